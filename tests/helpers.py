@@ -1,0 +1,24 @@
+"""Shared test helpers: small separable data sets and flat weight vectors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import wnjax
+
+
+def separable_data(key, n=16, d=4, margin=0.3):
+    """Linearly separable data: ``y = sign(<w*, x>)``, with points within ``margin`` removed."""
+    k1, k2 = jax.random.split(key)
+    w_star = jax.random.normal(k1, (d,))
+    w_star = w_star / jnp.linalg.norm(w_star)
+    X = jax.random.normal(k2, (4 * n, d))
+    s = X @ w_star
+    keep = np.flatnonzero(np.abs(np.asarray(s)) > margin)[:n]
+    X, s = X[keep], s[keep]
+    return X, jnp.sign(s)
+
+
+def flat_weights(model):
+    """All layer weights of a (possibly parameterized) model as one vector."""
+    return jnp.concatenate([w.ravel() for w in wnjax._neurons.layer_weights(wnjax.to_standard(model))])

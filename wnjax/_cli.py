@@ -1,0 +1,64 @@
+"""The ``wnjax`` console script.
+
+Each subcommand lives in its own module, listed in ``COMMANDS``; a module provides ``HELP``
+(one line), ``add_arguments(parser)`` and ``run(args) -> int | None``. Adding a command touches
+that module and one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS: dict[str, str] = {
+    "demo": "wnjax._demo",
+    "equivalence": "wnjax._equivalence",
+    "reproduce": "wnjax._reproduce",
+}
+
+
+def _configure(args: argparse.Namespace) -> None:
+    """Set JAX's precision and device count once, at the entry point (never at import)."""
+    devices = getattr(args, "devices", None)
+    if devices:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        )
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import jax
+
+    jax.config.update("jax_enable_x64", not getattr(args, "float32", False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wnjax",
+        description="Implicit bias of gradient flow/descent on weight-normalized homogeneous nets.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument(
+            "--float32", action="store_true", help="run in float32 (default: float64)"
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    _configure(args)
+    code = args._module.run(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""Gradient flow ``dw/dt = -grad L(w)``, integrated with diffrax under error control.
+
+The vector field works with ``log L`` throughout: ``grad L = L grad log L``, so the flow is
+evaluated accurately however small ``L`` becomes. Two clocks are offered:
+
+- ``time="plain"``: ``d theta/dt = -L grad_theta log L``;
+- ``time="normalized"``: ``d theta/ds = -grad_theta log L``, the same path with ``dt/ds = 1/L``.
+  Alongside it ``tau = log(1 + t)`` is integrated, ``d tau/ds = exp(-log L - tau)``, so that
+  ``log t`` is available without ever forming ``t`` (which overflows past ``log t = 709``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from ._losses import Loss, get_loss
+from ._models import homogeneity_degree
+from ._parameterize import (
+    Parameterized,
+    as_parameterized,
+    neuron_norm_sq_rate,
+    restore_type,
+    trainable_weight_norm,
+)
+from ._validate import check_data, check_outputs
+
+RATES = (None, "neuron_norm_sq")
+TIMES = ("plain", "normalized")
+
+
+class FlowFailed(RuntimeError):
+    """A gradient-flow solve stopped before ``t1`` or its target; ``.result`` has the partial run."""
+
+    def __init__(self, message: str, result: "FlowResult"):
+        super().__init__(message)
+        self.result = result
+
+
+class FlowResult(eqx.Module):
+    """The outcome of ``gradient_flow``. All fields are arrays, so results vmap and stack.
+
+    - `ts`: plain time ``t`` at the save points (``inf`` past the end of the run);
+    - `s`: normalized time at the save points (equal to ``ts`` for ``time='plain'``);
+    - `log_t`: ``log t`` at the save points;
+    - `log_loss`: ``log L`` at the save points;
+    - `summaries`: dict of per-save-point diagnostics (margins, neuron norms, ...);
+    - `states`: the model at each save point (stacked), or ``None``;
+    - `final`: the model at the end of the run, of the same type as the input;
+    - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
+    - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ...);
+    - `result_code`: diffrax's result code; `ok` says whether the run succeeded.
+    """
+
+    ts: Array
+    s: Array
+    log_t: Array
+    log_loss: Array
+    summaries: dict
+    states: Any
+    final: Any
+    final_log_loss: Array
+    final_log_t: Array
+    final_time: Array
+    stats: dict
+    result_code: Array
+    reached_target: Array
+
+    @property
+    def ok(self) -> Array:
+        """True when the solve reached ``t1`` or its target log loss."""
+        return self.result_code == 0
+
+    @property
+    def message(self) -> str:
+        """A human-readable account of how the run ended."""
+        return _describe(self)
+
+    def check(self) -> "FlowResult":
+        """Raise ``FlowFailed`` (carrying this partial result) unless the run succeeded."""
+        if not bool(np.all(np.asarray(self.ok))):
+            raise FlowFailed(self.message, self)
+        return self
+
+
+def _describe(r: FlowResult) -> str:
+    code = np.asarray(r.result_code)
+    if code.ndim:
+        return f"{int((code == 0).sum())}/{code.size} runs succeeded"
+    steps = int(np.asarray(r.stats["num_steps"]))
+    if int(code) == 0:
+        how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
+        return f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
+    if int(code) == 1:
+        return (
+            f"gradient flow stopped after max_steps = {steps} steps, at time "
+            f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
+            "result is kept (result.final, result.summaries). Raise max_steps, loosen rtol/atol, "
+            "or use time='normalized' to reach small losses."
+        )
+    return (
+        f"gradient flow failed (diffrax result code {int(code)}) after {steps} steps at time "
+        f"{float(r.final_time):.6g}: the step size collapsed or the state became non-finite. "
+        "Check the data scale and the learning-rate option; the partial result is kept."
+    )
+
+
+def _log_loss_fn(params, static, X, y, loss: Loss):
+    model = eqx.combine(params, static)
+    return loss.log_loss(jax.vmap(model)(X), y)
+
+
+def _grad_log_loss(params, static, X, y, loss, rate):
+    value, grads = jax.value_and_grad(_log_loss_fn)(params, static, X, y, loss)
+    if rate == "neuron_norm_sq":
+        full = neuron_norm_sq_rate(eqx.combine(grads, static), eqx.combine(params, static))
+        grads = eqx.filter(full, eqx.is_inexact_array)
+    return value, grads
+
+
+def summaries(p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array) -> dict:
+    """Diagnostics of one state: log loss, margins, normalized margin, per-neuron norms.
+
+    The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
+    trainable layer weights.
+    """
+    out = jax.vmap(p)(X)
+    q = loss.margins(out, y)
+    min_margin = jnp.min(q)
+    return {
+        "log_loss": loss.log_loss(out, y),
+        "min_margin": min_margin,
+        "normalized_margin": min_margin / trainable_weight_norm(p) ** degree,
+        "weight_norm": trainable_weight_norm(p),
+        "neuron_norms": p.neuron_norms(),
+        "direction_norms": p.direction_norms(),
+    }
+
+
+def _tau_to_log_t(tau: Array) -> Array:
+    """``log t`` from ``tau = log(1 + t)``: ``log(expm1(tau))``, stably for large ``tau``."""
+    big = tau > 1.0
+    return jnp.where(
+        big,
+        tau + jnp.log1p(-jnp.exp(-jnp.where(big, tau, 1.0))),
+        jnp.log(jnp.expm1(jnp.where(big, 1.0, tau))),
+    )
+
+
+@eqx.filter_jit
+def _solve(
+    p: Parameterized,
+    X: Array,
+    y: Array,
+    numbers: dict,
+    save_s: Array,
+    *,
+    loss: Loss,
+    solver: diffrax.AbstractSolver,
+    time: str,
+    rate: str | None,
+    has_target: bool,
+    max_steps: int,
+    save_states: bool,
+    progress_meter: diffrax.AbstractProgressMeter,
+    controller_kwargs: tuple,
+) -> FlowResult:
+    params, static = eqx.partition(p, eqx.is_inexact_array)
+    normalized = time == "normalized"
+
+    def field(s, state, args):
+        theta, tau = state
+        value, g = _grad_log_loss(theta, static, X, y, loss, rate)
+        if normalized:
+            dtheta = jax.tree_util.tree_map(jnp.negative, g)
+            dtau = jnp.exp(-value - tau)
+        else:
+            scale = -jnp.exp(value)
+            dtheta = jax.tree_util.tree_map(lambda x: scale * x, g)
+            dtau = jnp.exp(-tau)
+        return dtheta, dtau
+
+    def save_fn(s, state, args):
+        theta, tau = state
+        model = eqx.combine(theta, static)
+        out = summaries(model, X, y, loss, numbers["degree"])
+        out["tau"] = tau
+        if save_states:
+            out["state"] = theta
+        return out
+
+    event = None
+    if has_target:
+
+        def cond(s, state, args, **kwargs):
+            return _log_loss_fn(state[0], static, X, y, loss) <= numbers["target"]
+
+        event = diffrax.Event(cond)
+
+    tau0 = jnp.log1p(numbers["t0"])
+    s0 = jnp.zeros_like(numbers["t1"]) if normalized else numbers["t0"]
+    controller = diffrax.PIDController(
+        rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
+    )
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)]
+    )
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver,
+        t0=s0,
+        t1=numbers["t1"],
+        dt0=numbers.get("dt0"),
+        y0=(params, tau0),
+        saveat=saveat,
+        stepsize_controller=controller,
+        event=event,
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=progress_meter,
+    )
+    saved, (final_params, final_tau) = sol.ys
+    final_params = jax.tree_util.tree_map(lambda x: x[-1], final_params)
+    final_model = eqx.combine(final_params, static)
+    final_tau = final_tau[-1]
+    tau = saved.pop("tau")
+    states = saved.pop("state", None)
+    if states is not None:
+        states = eqx.combine(states, static)
+    log_t = _tau_to_log_t(tau)
+    ts = jnp.where(jnp.isfinite(tau), jnp.expm1(tau), jnp.inf)
+    code = sol.result._value  # 0 successful, 1 max_steps, ...
+    event_hit = (
+        sol.event_mask if sol.event_mask is not None else jnp.asarray(False)
+    )
+    event_hit = jnp.asarray(event_hit)
+    # An event is a successful ending.
+    code = jnp.where(sol.result == diffrax.RESULTS.event_occurred, 0, code)
+    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    stats["max_steps"] = jnp.asarray(max_steps)
+    return FlowResult(
+        ts=ts,
+        s=sol.ts[0],
+        log_t=log_t,
+        log_loss=saved["log_loss"],
+        summaries=saved,
+        states=states,
+        final=final_model,
+        final_log_loss=_log_loss_fn(final_params, static, X, y, loss),
+        final_log_t=_tau_to_log_t(final_tau),
+        final_time=sol.ts[1][-1],
+        stats=stats,
+        result_code=code,
+        reached_target=event_hit,
+    )
+
+
+def default_save_times(t0: float, t1: float, n_save: int) -> np.ndarray:
+    """``n_save`` save points: ``t0``, then log-spaced from ``t0 + (t1 - t0) 1e-6`` to ``t1``."""
+    span = t1 - t0
+    return np.concatenate([[t0], t0 + span * np.logspace(-6, 0, n_save - 1)])
+
+
+def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
+    if not progress:
+        return diffrax.NoProgressMeter()
+    try:
+        import tqdm  # noqa: F401
+
+        return diffrax.TqdmProgressMeter()
+    except ImportError:
+        return diffrax.TextProgressMeter()
+
+
+def _auto_degree(p: Parameterized, X, loss: Loss) -> float:
+    if isinstance(X, jax.core.Tracer) or not loss.margin_based:
+        return math.nan
+    try:
+        return homogeneity_degree(p, X[: min(8, X.shape[0])], rtol=1e-5)
+    except ValueError:
+        return math.nan
+
+
+def gradient_flow(
+    model: PyTree,
+    X: Array,
+    y: Array,
+    *,
+    loss: str | Loss = "exponential",
+    t1: float = 1.0,
+    t0: float = 0.0,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    solver: diffrax.AbstractSolver | None = None,
+    time: str = "plain",
+    rate: str | None = None,
+    target_log_loss: float | None = None,
+    n_save: int = 64,
+    save_ts: Array | None = None,
+    save_states: bool = True,
+    max_steps: int = 100_000,
+    dt0: float | None = None,
+    degree: float | None = None,
+    progress: bool = False,
+    throw: bool = True,
+    controller_kwargs: dict | None = None,
+) -> FlowResult:
+    """Integrate gradient flow ``dw/dt = -grad L(w)`` of a (parameterized) model with diffrax.
+
+    ``theta`` are the model's trainable arrays (``(a, v)`` for EWN, ``(g, v)`` for SWN, ``w``
+    for a plain model). With ``rate='neuron_norm_sq'`` the unnormalized flow runs with per-neuron
+    learning rates: ``dw_u/dt = -||w_u||^2 grad_u L``. With ``time='normalized'`` the flow is
+    ``d theta/ds = -grad log L`` (the same path, ``dt/ds = 1/L``), and ``t1`` bounds ``s``.
+
+    **Arguments:**
+    - `model`: an equinox model, or a ``Parameterized`` one from ``wnjax.ewn``/``swn``.
+    - `X`, `y`: data, ``X`` of shape ``(n, ...)``; ``y`` in ``{-1, +1}`` for binary losses.
+    - `loss`: ``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'`` or a ``Loss``.
+    - `t1`, `t0`: the time span (in ``s`` for ``time='normalized'``, where ``t0`` is the plain
+      time at ``s = 0``).
+    - `rtol`, `atol`: the PID controller's tolerances.
+    - `solver`: any diffrax solver; default ``Tsit5()``.
+    - `time`: ``'plain'`` or ``'normalized'``.
+    - `rate`: ``None`` or ``'neuron_norm_sq'``.
+    - `target_log_loss`: stop once ``log L`` falls to this value.
+    - `n_save`, `save_ts`: number of log-spaced save points, or explicit save points.
+    - `save_states`: keep the full model at the save points.
+    - `max_steps`: the step budget. Exhausting it raises ``FlowFailed`` (``throw=True``) or
+      returns the partial result with ``ok == False``.
+    - `dt0`: initial step (``None``: chosen automatically).
+    - `degree`: homogeneity degree for the normalized margin; measured if ``None``.
+    - `progress`: show diffrax's progress meter.
+    - `throw`: raise ``FlowFailed`` on failure instead of returning.
+    - `controller_kwargs`: extra ``diffrax.PIDController`` arguments (``pcoeff``, ``dtmax``, ...).
+
+    **Returns:** a ``FlowResult``.
+
+    Numbers (``t1``, ``rtol``, ``atol``, ``target_log_loss``, ...) are traced, so calling again
+    with other values reuses the compiled program.
+    """
+    if time not in TIMES:
+        raise ValueError(f"time must be one of {TIMES}, got {time!r}.")
+    if rate not in RATES:
+        raise ValueError(f"rate must be one of {RATES}, got {rate!r}.")
+    loss_obj = get_loss(loss)
+    X, y = check_data(X, y, loss_obj)
+    p = as_parameterized(model)
+    check_outputs(p, X, y, loss_obj)
+    if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time == "normalized" else t0):
+        raise ValueError(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
+    dtype = jnp.asarray(X).dtype
+    if degree is None:
+        degree = _auto_degree(p, X, loss_obj)
+    numbers = {
+        "t0": jnp.asarray(t0, dtype),
+        "t1": jnp.asarray(t1, dtype),
+        "rtol": jnp.asarray(rtol, dtype),
+        "atol": jnp.asarray(atol, dtype),
+        "degree": jnp.asarray(degree, dtype),
+        "target": jnp.asarray(-jnp.inf if target_log_loss is None else target_log_loss, dtype),
+    }
+    if dt0 is not None:
+        numbers["dt0"] = jnp.asarray(dt0, dtype)
+    if save_ts is None:
+        start = 0.0 if time == "normalized" else t0
+        if isinstance(t1, jax.core.Tracer):
+            save_s = start + (t1 - start) * jnp.concatenate(
+                [jnp.zeros(1), jnp.logspace(-6, 0, n_save - 1)]
+            )
+        else:
+            save_s = default_save_times(start, float(t1), n_save)
+    else:
+        save_s = save_ts
+    save_s = jnp.asarray(save_s, dtype)
+    result = _solve(
+        p,
+        X,
+        y,
+        numbers,
+        save_s,
+        loss=loss_obj,
+        solver=solver if solver is not None else diffrax.Tsit5(),
+        time=time,
+        rate=rate,
+        has_target=target_log_loss is not None,
+        max_steps=int(max_steps),
+        save_states=save_states,
+        progress_meter=_progress_meter(progress),
+        controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
+    )
+    result = eqx.tree_at(
+        lambda r: (r.final, r.states),
+        result,
+        (
+            restore_type(result.final, model),
+            None if result.states is None else _restore_stacked(result.states, model),
+        ),
+        is_leaf=lambda x: x is None,
+    )
+    if not isinstance(result.result_code, jax.core.Tracer):
+        if not bool(np.all(np.asarray(result.ok))):
+            if throw:
+                raise FlowFailed(result.message, result)
+            warnings.warn(result.message, RuntimeWarning, stacklevel=2)
+    return result
+
+
+def _restore_stacked(states: Parameterized, like: PyTree) -> PyTree:
+    if isinstance(like, Parameterized):
+        return states
+    return jax.vmap(lambda s: s.standard())(states)

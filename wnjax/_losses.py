@@ -1,0 +1,148 @@
+"""Losses, evaluated in log space so that ``log L`` stays finite at ``log L = -10,000``.
+
+Margin-based losses sum over points (as Exp-WN does), not a mean:
+
+- exponential: ``L = sum_i exp(-q_i)``, so ``log L = logsumexp(-q)``;
+- logistic: ``L = sum_i log(1 + exp(-q_i))``, so ``log L = logsumexp(log softplus(-q))``;
+- cross-entropy: ``l_i = log(1 + sum_{j != y_i} exp(f_j - f_{y_i}))``;
+- square: ``L = 1/2 sum_i ||f(x_i) - y_i||^2`` (``mean=True`` divides by ``n``).
+
+Margins are ``q_i = y_i f(x_i)`` (binary) and ``q_i = f_{y_i} - max_{j != y_i} f_j`` (multi-class).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+from jaxtyping import Array
+
+
+def log_softplus(z: Array) -> Array:
+    """``log(log(1 + exp(z)))``, accurate where ``softplus(z)`` underflows.
+
+    For ``z < -20``, ``log1p(e^z) = e^z (1 - e^z/2 + ...)``, so the result is ``z - e^z/2`` to
+    double precision.
+    """
+    small = z < -20.0
+    z_safe = jnp.where(small, 0.0, z)
+    return jnp.where(small, z - 0.5 * jnp.exp(jnp.minimum(z, -20.0)), jnp.log(jax.nn.softplus(z_safe)))
+
+
+def _binary_outputs(outputs: Array) -> Array:
+    """Accept outputs of shape ``(n,)`` or ``(n, 1)``; return ``(n,)``."""
+    if outputs.ndim == 2 and outputs.shape[1] == 1:
+        return outputs[:, 0]
+    if outputs.ndim != 1:
+        raise ValueError(
+            f"a binary loss needs one output per example (shape () or (1,)), got outputs of "
+            f"shape {outputs.shape[1:]} per example; use loss='cross_entropy' for several classes."
+        )
+    return outputs
+
+
+class Loss(eqx.Module):
+    """A loss ``L(w) = sum_i l(q_i)``, evaluated as ``log L``."""
+
+    binary: bool = eqx.field(static=True, default=True)
+
+    @abc.abstractmethod
+    def log_loss(self, outputs: Array, y: Array) -> Array:
+        """``log L`` from the network outputs on all points (leading axis) and labels."""
+
+    def loss(self, outputs: Array, y: Array) -> Array:
+        """``L = exp(log L)`` (underflows to 0 below ``log L ~ -745``)."""
+        return jnp.exp(self.log_loss(outputs, y))
+
+    def margins(self, outputs: Array, y: Array) -> Array:
+        """Margins ``q_i = y_i f(x_i)``."""
+        return y * _binary_outputs(outputs)
+
+    @property
+    def margin_based(self) -> bool:
+        return True
+
+
+class Exponential(Loss):
+    """``l(q) = exp(-q)``: ``log L = logsumexp(-q)``."""
+
+    def log_loss(self, outputs, y):
+        return logsumexp(-self.margins(outputs, y))
+
+
+class Logistic(Loss):
+    """``l(q) = log(1 + exp(-q))``: ``log L = logsumexp(log softplus(-q))``."""
+
+    def log_loss(self, outputs, y):
+        return logsumexp(log_softplus(-self.margins(outputs, y)))
+
+
+class CrossEntropy(Loss):
+    """``l_i = log(1 + sum_{j != y_i} exp(f_j - f_{y_i}))``, labels are class indices."""
+
+    binary: bool = eqx.field(static=True, default=False)
+
+    def _others(self, outputs, y):
+        k = outputs.shape[1]
+        onehot = jax.nn.one_hot(y, k, dtype=bool)
+        f_y = jnp.take_along_axis(outputs, y[:, None], axis=1)
+        diff = outputs - f_y
+        return jnp.where(onehot, -jnp.inf, diff)
+
+    def log_loss(self, outputs, y):
+        z = logsumexp(self._others(outputs, y), axis=1)
+        return logsumexp(log_softplus(z))
+
+    def margins(self, outputs, y):
+        return -jnp.max(self._others(outputs, y), axis=1)
+
+
+class Square(Loss):
+    """``L = 1/2 sum_i ||f(x_i) - y_i||^2`` (``mean=True``: divided by ``n``)."""
+
+    mean: bool = eqx.field(static=True, default=False)
+
+    def log_loss(self, outputs, y):
+        r = outputs.reshape(outputs.shape[0], -1) - y.reshape(y.shape[0], -1)
+        total = 0.5 * jnp.sum(r * r)
+        if self.mean:
+            total = total / r.shape[0]
+        return jnp.log(total)
+
+    def margins(self, outputs, y):
+        return jnp.full((outputs.shape[0],), jnp.nan, outputs.dtype)
+
+    @property
+    def margin_based(self) -> bool:
+        return False
+
+
+LOSSES = {
+    "exponential": Exponential,
+    "logistic": Logistic,
+    "cross_entropy": CrossEntropy,
+    "square": Square,
+}
+
+
+def get_loss(loss: str | Loss) -> Loss:
+    """Resolve a loss name (``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'``)."""
+    if isinstance(loss, Loss):
+        return loss
+    try:
+        return LOSSES[loss]()
+    except KeyError:
+        raise ValueError(f"unknown loss {loss!r}: choose one of {sorted(LOSSES)}.") from None
+
+
+def log_loss(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
+    """``log L(w)`` of ``model`` on the data ``(X, y)``: the model is vmapped over ``X``."""
+    return get_loss(loss).log_loss(jax.vmap(model)(X), y)
+
+
+def margins(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
+    """Margins ``q_i`` of ``model`` on ``(X, y)``."""
+    return get_loss(loss).margins(jax.vmap(model)(X), y)
