@@ -55,6 +55,7 @@ from ._transforms import scale_by_neuron_norm_sq as scale_by_neuron_norm_sq
 # --- asymptotics: schedules and diagnostics (issue: asymptotic regime) ---
 
 # --- data and experiments (issue: reproductions) ---
+from ._data import lin_sep as lin_sep
 
 # --- diagonal nets (issue: diagonal WN) ---
 

@@ -290,7 +290,11 @@ def gradient_descent(
         )
     if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
         raise ValueError("pass learning_rate=... (or hyperparams) for the optimizer factory.")
-    hp = {k: jnp.asarray(v, dtype) if isinstance(v, (int, float)) else v for k, v in hp.items()}
+    # Numbers become traced arrays; bools and strings stay static choices.
+    hp = {
+        k: jnp.asarray(v, dtype) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for k, v in hp.items()
+    }
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
     params, static = eqx.partition(p, eqx.is_inexact_array)
