@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "demo": "wnjax._demo",
     "equivalence": "wnjax._equivalence",
     "reproduce": "wnjax._reproduce",
+    "sweep": "wnjax._sweep_cli",
+    "asymptotics": "wnjax._asymptotics",
 }
 
 

@@ -20,8 +20,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array, PyTree
 
+from ._diagnostics import asymptotic_summaries
 from ._losses import Loss, get_loss
 from ._models import homogeneity_degree
 from ._parameterize import (
@@ -35,6 +37,8 @@ from ._validate import check_data, check_outputs
 
 RATES = (None, "neuron_norm_sq")
 TIMES = ("plain", "normalized")
+# Stop at log L = level - _LEVEL_OFFSET (1 + |level|) (to 1e-10 (1 + |level|)): log L <= level.
+_LEVEL_OFFSET = 1e-9
 
 
 class FlowFailed(RuntimeError):
@@ -120,14 +124,19 @@ def _log_loss_fn(params, static, X, y, loss: Loss):
 
 def _grad_log_loss(params, static, X, y, loss, rate):
     value, grads = jax.value_and_grad(_log_loss_fn)(params, static, X, y, loss)
-    if rate == "neuron_norm_sq":
+    if callable(rate):  # a preconditioner rate(grads, params) -> grads, e.g. wnjax.polar_rates
+        full = rate(eqx.combine(grads, static), eqx.combine(params, static))
+        grads = eqx.filter(full, eqx.is_inexact_array)
+    elif rate == "neuron_norm_sq":
         full = neuron_norm_sq_rate(eqx.combine(grads, static), eqx.combine(params, static))
         grads = eqx.filter(full, eqx.is_inexact_array)
     return value, grads
 
 
 def summaries(p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array) -> dict:
-    """Diagnostics of one state: log loss, margins, normalized margin, per-neuron norms.
+    """Diagnostics of one state: log loss, margins, normalized margin, per-neuron norms, and
+    the asymptotic diagnostics of ``wnjax.asymptotic_summaries`` (relative norms, alignment,
+    relation spreads, loss direction, KKT residuals).
 
     The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
     trainable layer weights.
@@ -142,6 +151,8 @@ def summaries(p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array) -
         "weight_norm": trainable_weight_norm(p),
         "neuron_norms": p.neuron_norms(),
         "direction_norms": p.direction_norms(),
+        # relative norms, alignment, relation spreads, loss direction, KKT (wnjax diagnostics)
+        **asymptotic_summaries(p, X, y, loss, degree),
     }
 
 
@@ -170,6 +181,7 @@ def _solve(
     has_target: bool,
     max_steps: int,
     save_states: bool,
+    save_levels: bool,
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
 ) -> FlowResult:
@@ -197,19 +209,30 @@ def _solve(
             out["state"] = theta
         return out
 
-    event = None
-    if has_target:
+    def level_event(level):
+        # log L - level changes sign at the crossing; the root finder stops the solve on it.
+        # The offset keeps the stopping point at, or a hair below, the level.
+        labels = y
 
-        def cond(s, state, args, **kwargs):
-            return _log_loss_fn(state[0], static, X, y, loss) <= numbers["target"]
+        def cond(t, y, args, **kwargs):  # diffrax passes these by keyword
+            log_l = _log_loss_fn(y[0], static, X, labels, loss)
+            return (log_l - level) / (1.0 + jnp.abs(level)) + _LEVEL_OFFSET
 
-        event = diffrax.Event(cond)
+        # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
+        return diffrax.Event(cond, root_finder=optx.Bisection(rtol=1e-12, atol=1e-10))
+
+    event = level_event(numbers["target"]) if has_target else None
 
     tau0 = jnp.log1p(numbers["t0"])
     s0 = jnp.zeros_like(numbers["t1"]) if normalized else numbers["t0"]
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
     )
+    if save_levels:
+        return _solve_levels(
+            diffrax.ODETerm(field), solver, controller, level_event, save_fn, (params, tau0),
+            static, X, y, loss, numbers, n_save=save_s.shape[0], max_steps=max_steps,
+        )
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)]
     )
@@ -263,6 +286,94 @@ def _solve(
     )
 
 
+def loss_levels(log_l0: Array, target: Array, n: int) -> Array:
+    """``n`` save levels of ``log L``: ``log L0``, then drops ``d`` geometric in ``d`` from
+    ``min(1e-2, 1e-3 D)`` to ``D = log L0 - target``, so the last level is the target."""
+    span = jnp.maximum(log_l0 - target, 0.0)
+    d_min = jnp.minimum(1e-2, 1e-3 * span)
+    frac = jnp.linspace(0.0, 1.0, n - 1)
+    drops = jnp.where(span > 0, d_min * (span / jnp.where(span > 0, d_min, 1.0)) ** frac, 0.0)
+    drops = drops.at[-1].set(span)
+    return jnp.concatenate([log_l0[None], log_l0 - drops])
+
+
+def _tree_norm(tree) -> Array:
+    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X, y, loss,
+                  numbers, *, n_save: int, max_steps: int) -> FlowResult:
+    """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
+    the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target."""
+    log_l0 = _log_loss_fn(y0[0], static, X, y, loss)
+    levels = loss_levels(log_l0, numbers["target"], n_save)
+    zero = jnp.asarray(0)
+    if "dt0" in numbers:
+        dt0 = numbers["dt0"]
+    else:  # diffrax's automatic first step can stall on a restart, so carry our own
+        f0 = term.vf(0.0, y0, None)
+        dt0 = 1e-3 * (1.0 + _tree_norm(y0[0])) / jnp.maximum(_tree_norm(f0), 1e-300)
+    start = {"s": jnp.zeros_like(numbers["t1"]), "y": y0, "code": zero, "done": jnp.asarray(False),
+             "steps": zero, "accepted": zero, "rejected": zero,
+             "dt": jnp.minimum(dt0, numbers["t1"])}
+
+    def solve(c, level):
+        sol = diffrax.diffeqsolve(
+            term, solver, t0=c["s"], t1=numbers["t1"], dt0=c["dt"], y0=c["y"],
+            saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
+            event=level_event(level), max_steps=max_steps, throw=False,
+        )
+        hit = sol.result == diffrax.RESULTS.event_occurred
+        steps = c["steps"] + sol.stats["num_steps"]
+        code = jnp.where(hit, 0, sol.result._value)
+        code = jnp.where(steps > max_steps, 1, code)
+        new = {
+            "s": sol.ts[-1], "y": jax.tree_util.tree_map(lambda x: x[-1], sol.ys),
+            "code": code, "done": ~hit | (code != 0), "steps": steps,
+            "accepted": c["accepted"] + sol.stats["num_accepted_steps"],
+            "rejected": c["rejected"] + sol.stats["num_rejected_steps"],
+            # the next segment starts with this one's mean accepted step
+            "dt": jnp.where(
+                sol.stats["num_accepted_steps"] > 0,
+                (sol.ts[-1] - c["s"]) / jnp.maximum(sol.stats["num_accepted_steps"], 1),
+                c["dt"],
+            ),
+        }
+        return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, c)
+
+    def body(c, level):
+        c = jax.lax.cond(c["done"], lambda c, _: c, solve, c, level)
+        out = save_fn(c["s"], c["y"], None)
+        keep = ~c["done"]
+        out = jax.tree_util.tree_map(lambda v: jnp.where(keep, v, jnp.inf), out)
+        return c, (out, jnp.where(keep, c["s"], jnp.inf))
+
+    first = save_fn(start["s"], y0, None)
+    end, (saved, s_saved) = jax.lax.scan(body, start, levels[1:])
+    saved = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
+    s_saved = jnp.concatenate([start["s"][None], s_saved])
+    final_params, final_tau = end["y"]
+    tau = saved.pop("tau")
+    states = saved.pop("state", None)
+    final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
+    return FlowResult(
+        ts=jnp.where(jnp.isfinite(tau), jnp.expm1(tau), jnp.inf),
+        s=s_saved,
+        log_t=_tau_to_log_t(tau),
+        log_loss=saved["log_loss"],
+        summaries=saved,
+        states=None if states is None else eqx.combine(states, static),
+        final=eqx.combine(final_params, static),
+        final_log_loss=final_log_loss,
+        final_log_t=_tau_to_log_t(final_tau),
+        final_time=end["s"],
+        stats={"num_steps": end["steps"], "num_accepted_steps": end["accepted"],
+               "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps)},
+        result_code=end["code"],
+        reached_target=(end["code"] == 0) & (final_log_loss <= numbers["target"]),
+    )
+
+
 def default_save_times(t0: float, t1: float, n_save: int) -> np.ndarray:
     """``n_save`` save points: ``t0``, then log-spaced from ``t0 + (t1 - t0) 1e-6`` to ``t1``."""
     span = t1 - t0
@@ -280,9 +391,24 @@ def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
         return diffrax.TextProgressMeter()
 
 
+def _traced_degree(p: Parameterized, X: Array) -> Array:
+    """Under a transform (vmap over seeds): ``L = median_i log(|Phi(2w; x_i)|/|Phi(w; x_i)|)/log 2``."""
+    plain = p.standard()
+    scaled = eqx.combine(
+        jax.tree_util.tree_map(lambda w: 2.0 * w, eqx.filter(plain, eqx.is_inexact_array)),
+        eqx.filter(plain, eqx.is_inexact_array, inverse=True),
+    )
+    phi = jnp.abs(jax.vmap(plain)(X)).ravel()
+    phi2 = jnp.abs(jax.vmap(scaled)(X)).ravel()
+    est = jnp.log(phi2 / jnp.where(phi > 0, phi, 1.0)) / jnp.log(2.0)
+    return jnp.nanmedian(jnp.where(phi > 0, est, jnp.nan))
+
+
 def _auto_degree(p: Parameterized, X, loss: Loss) -> float:
     if isinstance(X, jax.core.Tracer) or not loss.margin_based:
         return math.nan
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)):
+        return _traced_degree(p, X[: min(8, X.shape[0])])
     try:
         return homogeneity_degree(p, X[: min(8, X.shape[0])], rtol=1e-5)
     except ValueError:
@@ -329,9 +455,15 @@ def gradient_flow(
     - `rtol`, `atol`: the PID controller's tolerances.
     - `solver`: any diffrax solver; default ``Tsit5()``.
     - `time`: ``'plain'`` or ``'normalized'``.
-    - `rate`: ``None`` or ``'neuron_norm_sq'``.
-    - `target_log_loss`: stop once ``log L`` falls to this value.
-    - `n_save`, `save_ts`: number of log-spaced save points, or explicit save points.
+    - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
+      (both the parameterized model's type) that rescales the gradient, e.g.
+      ``wnjax.polar_rates(eta_r, eta_theta)``; its array fields are traced.
+    - `target_log_loss`: stop once ``log L`` falls to this value (the crossing is root-found,
+      so the run ends at ``log L = target`` to about ``1e-9 (1 + |target|)``).
+    - `n_save`, `save_ts`: number of log-spaced save points, or explicit save points. With
+      ``time='normalized'`` and a target (and no ``save_ts``) the run is saved where ``log L``
+      crosses ``n_save`` levels from ``log L(0)`` to the target (``wnjax.loss_levels``: drops
+      geometric in ``log L(0) - log L``), one root-found stop per level.
     - `save_states`: keep the full model at the save points.
     - `max_steps`: the step budget. Exhausting it raises ``FlowFailed`` (``throw=True``) or
       returns the partial result with ``ok == False``.
@@ -348,8 +480,8 @@ def gradient_flow(
     """
     if time not in TIMES:
         raise ValueError(f"time must be one of {TIMES}, got {time!r}.")
-    if rate not in RATES:
-        raise ValueError(f"rate must be one of {RATES}, got {rate!r}.")
+    if not callable(rate) and rate not in RATES:
+        raise ValueError(f"rate must be one of {RATES} or a callable, got {rate!r}.")
     loss_obj = get_loss(loss)
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
@@ -369,6 +501,8 @@ def gradient_flow(
     }
     if dt0 is not None:
         numbers["dt0"] = jnp.asarray(dt0, dtype)
+    # Normalized time with a target: save where log L crosses n_save levels (see loss_levels).
+    save_levels = time == "normalized" and target_log_loss is not None and save_ts is None
     if save_ts is None:
         start = 0.0 if time == "normalized" else t0
         if isinstance(t1, jax.core.Tracer):
@@ -393,6 +527,7 @@ def gradient_flow(
         has_target=target_log_loss is not None,
         max_steps=int(max_steps),
         save_states=save_states,
+        save_levels=save_levels,
         progress_meter=_progress_meter(progress),
         controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
     )

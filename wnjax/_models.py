@@ -69,7 +69,7 @@ def get_activation(activation: str | Callable) -> Callable:
 
 def _scaled_linear(n_in, n_out, use_bias, scale, key):
     layer = eqx.nn.Linear(n_in, n_out, use_bias=use_bias, dtype=jnp.result_type(float), key=key)
-    return eqx.tree_at(lambda lin: lin.weight, layer, layer.weight * scale) if scale != 1 else layer
+    return eqx.tree_at(lambda lin: lin.weight, layer, layer.weight * scale) if isinstance(scale, jax.Array) or scale != 1 else layer
 
 
 class MLP(eqx.Module):

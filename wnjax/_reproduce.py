@@ -15,6 +15,15 @@ HELP = "reproduce an experiment of the seed papers (figures, metrics.json, repor
 
 EXPERIMENTS: dict[str, str] = {
     # name: module; each experiment registers itself with one line here.
+    "simple-traj": "wnjax._experiments.simple_traj",
+    "lin-sep": "wnjax._experiments.lin_sep",
+    "xor": "wnjax._experiments.xor",
+    "conv-rate": "wnjax._experiments.conv_rate",
+    "pruning": "wnjax._experiments.pruning",
+    "small-init": "wnjax._experiments.small_init",
+    "tensor-regression": "wnjax._experiments.tensor_regression",
+    "tensor-classification": "wnjax._experiments.tensor_classification",
+    "diagonal-wn": "wnjax._experiments.diagonal_wn",
 }
 
 
@@ -44,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         )
     module = _load(args.name)
     sub = argparse.ArgumentParser(prog=f"wnjax reproduce {args.name}")
+    # The common flags may also come after NAME; they keep the values parsed before it.
+    sub.add_argument("--out", default=args.out)
+    sub.add_argument("--seeds", type=int, default=args.seeds)
+    sub.add_argument("--full", action="store_true", default=args.full)
     module.add_arguments(sub)
     extra = sub.parse_args(args.rest)
     for key, value in vars(extra).items():

@@ -1,0 +1,97 @@
+"""Smoke runs of the benchmark scripts: each ``--quick`` run exits cleanly and writes valid JSON.
+
+Nothing about speed is asserted. The torch baselines are skipped where the ``bench`` extra
+(torch, torchdiffeq) is not installed.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+        import torchdiffeq  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_torch = pytest.mark.skipif(not _has_torch(), reason="torch/torchdiffeq not installed")
+
+
+def _run(name: str, out) -> dict:
+    env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = out / f"{name}.json"
+    assert path.exists(), proc.stdout[-2000:]
+    with open(path) as f:
+        doc = json.load(f)
+    assert doc["benchmark"] == name and doc["quick"] is True
+    assert doc["dtype"] == "float64"
+    assert doc["machine"]["versions"]["jax"]
+    assert "not measured" in doc["gpu"]
+    return doc
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@needs_torch
+def test_gf_vs_torchdiffeq(tmp_path):
+    doc = _run("gf_vs_torchdiffeq", tmp_path)
+    assert _positive(doc["wnjax"]["solve_s"]) and doc["wnjax"]["steps"] > 0
+    assert _positive(doc["torchdiffeq"]["solve_s"]) and doc["torchdiffeq"]["steps"] > 0
+    # Both solve the same flow at rtol 1e-8: the final weights agree far below O(1).
+    assert doc["final_relative_difference"] < 1e-3
+
+
+@needs_torch
+def test_gd_vs_torch(tmp_path):
+    doc = _run("gd_vs_torch", tmp_path)
+    seeds = str(doc["problem"]["seeds"])
+    assert _positive(doc["wnjax"]["1"]["per_seed_step_us"])
+    assert _positive(doc["wnjax"][seeds]["per_seed_step_us"])
+    assert _positive(doc["torch"][seeds]["func_vmap_per_seed_step_us"])
+    # The same GD from the same start: the weights agree to rounding.
+    assert doc["final_relative_difference"] < 1e-8
+
+
+@needs_torch
+def test_linsep_pipeline(tmp_path):
+    doc = _run("linsep_pipeline", tmp_path)
+    assert _positive(doc["torch"]["per_epoch_us"])
+    assert isinstance(doc["wnjax"], (dict, str))
+
+
+def test_scaling(tmp_path):
+    doc = _run("scaling", tmp_path)
+    for sweep in ("width", "points", "seeds", "steps"):
+        assert doc[sweep], sweep
+    assert all(_positive(r["step_s"]) for r in doc["width"] + doc["points"])
+    assert all(math.isfinite(v) for v in doc["exponents"].values())
+    assert (tmp_path / doc["plot"]).exists()
+
+
+def test_roofline(tmp_path):
+    doc = _run("roofline", tmp_path)
+    assert _positive(doc["peak_matmul"]["flops_per_s"])
+    for r in doc["widths"]:
+        assert _positive(r["flops"]) and _positive(r["fraction_of_peak"])
+        if r["xla_flops"] is not None:
+            # The shape count covers the matmuls; XLA also counts elementwise work.
+            assert 0.8 < r["xla_flops"] / r["flops"] < 1.5

@@ -1,0 +1,193 @@
+"""Gradient flow: conservation of ||v_u||, the EWN = adaptive-rate equivalence, flows induced on w
+(SPEC section 1) integrated independently with scipy, frozen layers, and compile-once."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import wnjax
+from core_problems import N_SAVE, T1, cnn_problem, compiles, flow, mlp_problem
+
+
+
+@pytest.fixture(scope="module", name="mlp_problem")
+def _mlp_problem():
+    return mlp_problem()
+
+
+@pytest.fixture(scope="module", name="cnn_problem")
+def _cnn_problem():
+    return cnn_problem()
+
+
+def path_weights(states):
+    """The saved states, mapped to plain weights: one flat vector per save point."""
+    plain = jax.vmap(wnjax.to_standard)(states) if isinstance(states, wnjax.Parameterized) else states
+    leaves = [layer.weight for layer in wnjax.weight_layers(plain)]
+    return np.concatenate([np.asarray(w).reshape(w.shape[0], -1) for w in leaves], axis=1)
+
+
+def max_rel_err(a, b):
+    return float(np.max(np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def _max_rel_err_to_rate_flow(p, model, X, y, rtol):
+    """Max over the saved path of ``||w_p(t) - w_rate(t)|| / ||w_rate(t)||``, where ``w_rate`` is
+    unnormalized GF with per-neuron rate ``||w_u||^2``."""
+    p_flow = flow(p, X, y, rtol=rtol)
+    rate_flow = flow(model, X, y, rtol=rtol, rate="neuron_norm_sq")
+    assert bool(p_flow.ok) and bool(rate_flow.ok)
+    np.testing.assert_array_equal(p_flow.s, rate_flow.s)
+    ref = path_weights(rate_flow.states)
+    moved = np.linalg.norm(ref[-1] - ref[0]) / np.linalg.norm(ref[0])
+    assert moved > 0.1, "the flow must move the weights for the comparison to mean anything"
+    return max_rel_err(path_weights(p_flow.states), ref)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_ewn_flow_equals_adaptive_rate_flow(arch, request):
+    model, X, y = request.getfixturevalue(f"{arch}_problem")
+    err = _max_rel_err_to_rate_flow(wnjax.ewn(model), model, X, y, 1e-10)
+    assert err < 1e-7
+    loose = _max_rel_err_to_rate_flow(wnjax.ewn(model), model, X, y, 1e-7)
+    assert loose > 10 * err  # the error is the integrators' own: it shrinks with rtol
+
+
+def test_swn_flow_differs_from_adaptive_rate_flow(mlp_problem):
+    """SWN is not a scalar-rate reparameterization: radial rate 1, tangential rate ``||w_u||^2``."""
+    model, X, y = mlp_problem
+    assert _max_rel_err_to_rate_flow(wnjax.swn(model), model, X, y, 1e-10) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["ewn", "swn"])
+def test_direction_norms_constant_along_flow(kind, mlp_problem):
+    model, X, y = mlp_problem
+    p = getattr(wnjax, kind)(model)
+    # Start off the unit sphere: the invariant is ||v_u(t)|| = ||v_u(0)||, whatever its value.
+    c = jnp.linspace(0.5, 2.0, 6)
+    p = eqx.tree_at(lambda q: q.layers[0].v, p, p.layers[0].v * c[:, None])
+    r = flow(p, X, y)
+    v0 = np.asarray(p.direction_norms())
+    dn = np.asarray(r.summaries["direction_norms"])
+    assert np.all(np.isfinite(dn))
+    assert np.max(np.abs(dn / v0 - 1.0)) < 1e-9
+    # ...while the neuron norms do move.
+    assert np.max(np.abs(np.asarray(r.summaries["neuron_norms"][-1]) / np.asarray(p.neuron_norms()) - 1)) > 0.05
+
+
+# --- independent reference: the flows induced on w (SPEC section 1), integrated by scipy ---
+
+
+def _explicit_loss(W1, W2, X, y):
+    """``L = sum_i exp(-y_i W2 relu(W1 x_i)^2)``, written without wnjax."""
+    f = (jnp.maximum(X @ W1.T, 0.0) ** 2) @ W2.T
+    return jnp.sum(jnp.exp(-y * f[:, 0]))
+
+
+def _induced_field(kind, shapes, X, y):
+    """dw/dt for ``kind``: plain ``-nabla``; EWN ``-||w_u||^2 nabla_u``; SWN
+    ``-[P_u + ||w_u||^2 (I - P_u)] nabla_u`` (all with ``||v_u|| = 1``)."""
+    (s1, s2) = shapes
+    n1 = int(np.prod(s1))
+
+    def field(w):
+        W1, W2 = w[:n1].reshape(s1), w[n1:].reshape(s2)
+        grads = jax.grad(_explicit_loss, argnums=(0, 1))(W1, W2, X, y)
+        out = []
+        for W, G in zip((W1, W2), grads):
+            sq = jnp.sum(W * W, axis=1, keepdims=True)
+            if kind == "plain":
+                d = -G
+            elif kind == "ewn":
+                d = -sq * G
+            else:
+                radial = jnp.sum(W * G, axis=1, keepdims=True) / sq * W
+                d = -(radial + sq * (G - radial))
+            out.append(d.ravel())
+        return jnp.concatenate(out)
+
+    return jax.jit(field)
+
+
+@pytest.mark.parametrize("kind", ["plain", "ewn", "swn"])
+def test_flow_matches_scipy_integration_of_induced_flow(kind, mlp_problem):
+    model, X, y = mlp_problem
+    p = {"plain": model, "ewn": wnjax.ewn(model), "swn": wnjax.swn(model)}[kind]
+    r = flow(p, X, y)
+    shapes = [layer.weight.shape for layer in model.layers]
+    field = _induced_field(kind, shapes, X, y)
+    w0 = np.concatenate([np.asarray(layer.weight).ravel() for layer in model.layers])
+    ts = np.asarray(r.s)
+    ref = solve_ivp(lambda t, w: np.asarray(field(jnp.asarray(w))), (0.0, T1), w0, method="DOP853",
+                    t_eval=ts, rtol=1e-12, atol=1e-14)
+    assert ref.success
+    assert max_rel_err(path_weights(r.states), ref.y.T) < 1e-7
+    # Summaries are those of the saved states.
+    np.testing.assert_allclose(r.log_loss, [wnjax.log_loss(s, X, y) for s in _unstack(r.states)], rtol=1e-12)
+
+
+def _unstack(states):
+    n = jax.tree_util.tree_leaves(states)[0].shape[0]
+    return [jax.tree_util.tree_map(lambda x: x[i] if eqx.is_array(x) else x, states) for i in range(n)]
+
+
+def test_normalized_time_matches_scipy(mlp_problem):
+    """``d theta/ds = -grad log L`` with ``dt/ds = 1/L``: same path, and ``log t`` from the clock."""
+    model, X, y = mlp_problem
+    s1 = 6.0
+    # log t is sensitive here: dt/ds = 1/L grows like e^5 by the end, so integrate tightly.
+    r = flow(model, X, y, t1=s1, time="normalized", rtol=1e-12)
+    shapes = [layer.weight.shape for layer in model.layers]
+    n = sum(int(np.prod(s)) for s in shapes)
+
+    def rhs(state):
+        w = state[:n]
+        n1 = int(np.prod(shapes[0]))
+        W1, W2 = w[:n1].reshape(shapes[0]), w[n1:].reshape(shapes[1])
+        L, grads = jax.value_and_grad(_explicit_loss, argnums=(0, 1))(W1, W2, X, y)
+        return jnp.concatenate([-(grads[0] / L).ravel(), -(grads[1] / L).ravel(), jnp.atleast_1d(1.0 / L)])
+
+    rhs = jax.jit(rhs)
+    w0 = np.concatenate([np.asarray(layer.weight).ravel() for layer in model.layers] + [[0.0]])
+    ref = solve_ivp(lambda s, z: np.asarray(rhs(jnp.asarray(z))), (0.0, s1), w0, method="DOP853",
+                    rtol=1e-12, atol=1e-14)
+    assert ref.success
+    w_final = path_weights(jax.tree_util.tree_map(lambda x: x[None], r.final))[0]
+    np.testing.assert_allclose(w_final, ref.y[:n, -1], rtol=0, atol=1e-8 * np.abs(ref.y[:n, -1]).max())
+    np.testing.assert_allclose(r.final_log_t, np.log(ref.y[n, -1]), rtol=1e-7)
+    assert float(r.final_log_loss) < -3.0
+
+
+def test_frozen_output_layer_stays_fixed(mlp_problem):
+    """XOR-style: a fixed +-1 output layer, EWN on the hidden layer only."""
+    model, X, y = mlp_problem
+    head = jnp.concatenate([jnp.ones(3), -jnp.ones(3)])[None, :]
+    model = eqx.tree_at(lambda m: m.layers[1].weight, model, head)
+    p = wnjax.ewn(model, where=lambda m: [m.layers[0]], freeze=lambda m: [m.layers[1]])
+    r = flow(p, X, y)
+    np.testing.assert_array_equal(r.final.layers[1].w, head)
+    np.testing.assert_array_equal(r.states.layers[1].w, jnp.broadcast_to(head, (N_SAVE, 1, 6)))
+    assert float(r.final_log_loss) < float(r.log_loss[0]) - 0.1
+    assert np.max(np.abs(np.asarray(r.final.layers[0].direction_norms()) - 1.0)) < 1e-9
+
+
+def test_flow_compiles_once(mlp_problem):
+    """New t1/rtol/atol/target values reuse the compiled solve (``flow`` always passes a target)."""
+    with compiles() as probe:  # the counter sees a fresh program
+        jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(7))
+    assert "jit(<lambda>)" in probe
+    model, X, y = mlp_problem
+    p = wnjax.ewn(model)
+    flow(p, X, y)
+    with compiles() as again:
+        r1 = flow(p, X, y, t1=10.0, rtol=1e-6, atol=1e-8, target_log_loss=-1.0)
+        r2 = flow(p, X, y, t1=20.0, rtol=1e-8, atol=1e-9, target_log_loss=-3.0)
+        r3 = flow(p, X, y, t1=0.5, rtol=1e-5, atol=1e-7, target_log_loss=-50.0)
+    assert again == [], f"a new t1/rtol/atol/target compiled {again}"
+    # ...and the traced numbers were really used.
+    assert float(r1.final_log_loss) <= -1.0 and bool(r1.reached_target)
+    assert float(r2.final_log_loss) <= -3.0 and bool(r2.reached_target)
+    assert not bool(r3.reached_target) and float(r3.final_time) == 0.5

@@ -1,0 +1,162 @@
+"""Reproductions of the first paper: closed forms, qualitative outcomes, data loaders, smoke runs."""
+
+import argparse
+import gzip
+import json
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wnjax
+from wnjax._experiments import conv_rate, lin_sep, simple_traj, xor
+from wnjax._experiments._runner import run_gd
+
+MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+if not os.path.isdir(MNIST_DIR):
+    MNIST_DIR = "/work/shared/data/mnist"
+
+
+def test_simple_traj_flow_matches_closed_form():
+    # EWN per coordinate: 1/w_i(s) = 1/w_i(0) - x_i s; unnormalized: w(s) = w(0) + x s (S = s).
+    x = jnp.array([[2.0, 1.0]])
+    w0 = jnp.array([1.0, 3.0])
+    s = np.linspace(0.0, 0.3, 7)  # blow-up at s = 1/3 for coordinate 2
+    for param, exact in [
+        (wnjax.ewn, 1.0 / (1.0 / w0 - x * s[:, None])),
+        (wnjax.standard, w0 + x * s[:, None]),
+    ]:
+        r = wnjax.gradient_flow(param(wnjax.CoordinateLinear(w0)), x, jnp.ones(1), t1=0.3,
+                                time="normalized", save_ts=s, rtol=1e-11, atol=1e-13)
+        w = np.asarray(eqx.filter_vmap(simple_traj.coordinate_weights)(r.states))
+        np.testing.assert_allclose(w, exact, rtol=1e-7)
+    # d log t / ds for the unnormalized flow: t(s) = int_0^s exp(w(s').x) ds' in closed form.
+    r = wnjax.gradient_flow(wnjax.standard(wnjax.CoordinateLinear(w0)), x, jnp.ones(1), t1=0.3,
+                            time="normalized", save_ts=s[1:], rtol=1e-11, atol=1e-13)
+    q0, c = float(w0 @ x[0]), float(x[0] @ x[0])
+    t_exact = np.exp(q0) * np.expm1(c * s[1:]) / c
+    np.testing.assert_allclose(np.exp(np.asarray(r.log_t)), t_exact, rtol=1e-7)
+
+
+def test_simple_traj_outcome_across_inits():
+    W0 = simple_traj.inits(jax.random.key(3), 3)[len(simple_traj.PAPER_INITS):]
+    sim = simple_traj.simulate(W0, dynamics="gd", target=-30.0, lr=5e-3)
+    x = np.asarray(simple_traj.POINT)
+    for name in sim:
+        assert np.all(sim[name]["ok"])
+    ewn = sim["ewn"]["final"]
+    axis = np.argmax(np.abs(ewn), axis=1)
+    np.testing.assert_array_equal(axis, np.argmax(W0 * x, axis=1))
+    i = np.argmax(W0 * x, axis=1)
+    j, rows = 1 - i, np.arange(len(W0))
+    # the other coordinate stays below its limit 1/(1/w_j(0) - x_j/(w_i(0) x_i)) (GD: to O(eta))
+    bound = 1.0 / (1.0 / W0[rows, j] - x[j] / (W0[rows, i] * x[i]))
+    assert np.all(ewn[rows, j] <= bound * 1.02)
+    assert np.all(ewn[rows, i] / ewn[rows, j] > W0[rows, i] / W0[rows, j])
+    xhat = x / np.linalg.norm(x)
+    std = sim["standard"]["final"]
+    cos_end = std @ xhat / np.linalg.norm(std, axis=1)
+    cos_start = W0 @ xhat / np.linalg.norm(W0, axis=1)
+    assert np.all(cos_end > cos_start)
+
+
+def test_runner_matches_single_gradient_descent(getkey):
+    # The vmapped runner must take exactly the steps of wnjax.gradient_descent, seed by seed.
+    X, y = wnjax.lin_sep(getkey())
+    keys = jax.random.split(getkey(), 3)
+    models = eqx.filter_vmap(lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(keys)
+    r = run_gd(models, X, y, num_steps=40, learning_rate=0.05, chunk_size=15)
+    for i in range(3):
+        one = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, models)
+        ref = wnjax.gradient_descent(one, X, y, num_steps=40, learning_rate=0.05)
+        got = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, r.final)
+        np.testing.assert_allclose(
+            np.asarray(got.standard().layers[0].weight),
+            np.asarray(ref.final.standard().layers[0].weight), rtol=1e-10)
+    assert np.all(r.num_steps == 40)
+
+
+def test_conv_rate_same_end_to_end_predictor(getkey):
+    w_star = jax.random.normal(getkey(), (1, 2))
+    for depth in (1, 2, 4):
+        m = conv_rate.deep_linear(getkey(), depth, 7, w_star)
+        np.testing.assert_allclose(np.asarray(conv_rate.end_to_end(m)), np.asarray(w_star), rtol=1e-10)
+        x = jax.random.normal(getkey(), (2,))
+        np.testing.assert_allclose(float(m(x)[0]), float(w_star[0] @ x), rtol=1e-10)
+
+
+def test_data_sets(getkey):
+    X, y = wnjax.xor()
+    np.testing.assert_array_equal(np.asarray(y), -np.asarray(X[:, 0] * X[:, 1]))
+    X, y = wnjax.conv_rate_data(getkey())
+    assert X.shape == (20, 2) and np.sum(np.asarray(y) == 1) == 10
+    neg = np.asarray(X[2:11])
+    assert np.all((neg >= 1.5) & (neg <= 2.0)) and np.all(np.asarray(y[2:11]) == -1)
+    Xtr, ytr, Xte, yte = wnjax.digits(getkey())
+    assert Xtr.shape[0] + Xte.shape[0] == 1797 and Xtr.shape[1] == 64
+    assert float(Xtr.max()) <= 1.0 and set(np.unique(np.asarray(yte))) <= set(range(10))
+    with pytest.raises(ValueError, match="even"):
+        wnjax.conv_rate_data(getkey(), n=7)
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="no MNIST folder on this machine")
+def test_mnist_idx_on_bytes():
+    img_path = os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")
+    lab_path = os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
+    raw_img = gzip.open(img_path).read()
+    raw_lab = gzip.open(lab_path).read()
+    # Independent read of the header bytes: magic 2051/2049, sizes big-endian.
+    assert int.from_bytes(raw_img[:4], "big") == 2051 and int.from_bytes(raw_lab[:4], "big") == 2049
+    n, rows, cols = (int.from_bytes(raw_img[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
+    images, labels = wnjax.load_mnist(MNIST_DIR, "t10k")
+    assert images.shape == (n, rows, cols) == (10000, 28, 28)
+    assert labels.shape == (10000,)
+    np.testing.assert_array_equal(images[-1].ravel(), np.frombuffer(raw_img[-784:], np.uint8))
+    counts = np.bincount(np.frombuffer(raw_lab[8:], np.uint8), minlength=10)
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), counts)
+    assert counts.sum() == 10000 and counts.min() > 800
+    Xtr, ytr, Xte, yte, note = wnjax.mnist(jax.random.key(0), MNIST_DIR)
+    assert Xtr.shape[0] + Xte.shape[0] == 10000 and Xtr.shape[1] == 784 and "split" in note
+
+
+def test_idx_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        wnjax.load_mnist(str(tmp_path), "t10k")
+    bad = tmp_path / "bad.idx"
+    bad.write_bytes(b"\x12\x34\x08\x01\x00\x00\x00\x05abc")
+    with pytest.raises(ValueError, match="magic"):
+        wnjax.read_idx(str(bad))
+    short = tmp_path / "short.idx"
+    short.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
+    with pytest.raises(ValueError, match="corrupt"):
+        wnjax.read_idx(str(short))
+    gz = tmp_path / "trunc.gz"
+    gz.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")[:-6])
+    with pytest.raises(ValueError, match="gzip"):
+        wnjax.read_idx(str(gz))
+    ok = tmp_path / "ok.idx"
+    ok.write_bytes(b"\x00\x00\x08\x02\x00\x00\x00\x02\x00\x00\x00\x02\x01\x02\x03\x04")
+    np.testing.assert_array_equal(wnjax.read_idx(str(ok)), [[1, 2], [3, 4]])
+
+
+def test_conv_rate_smoke(tmp_path):
+    args = argparse.Namespace(seeds=2, full=False, out=str(tmp_path), dynamics="gd", lr=1e-3,
+                              steps=20, width=4, depths=[1, 2])
+    metrics = conv_rate.run(args)
+    assert np.shape(metrics["ratio_first_to_last_depth"]["ewn"]) == (2,)
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert len(saved["final_loss"]["swn"]["2"]) == 2
+    assert (tmp_path / "conv_rate.png").exists() and "Verdicts" in (tmp_path / "report.md").read_text()
+
+
+def test_xor_outcome_across_seeds():
+    sim = xor.simulate(3, dynamics="gd", target=-50.0, lr=0.005, key=jax.random.key(1))
+    kept = {k: (r["rel"] > xor.THRESHOLD).sum(1) for k, r in sim.items()}
+    for r in sim.values():
+        assert np.all(r["ok"]) and np.all(r["accuracy"] == 1.0)
+    # relative sparsity: EWN keeps at most half of what SWN keeps; unnormalized keeps all 20
+    assert np.all(2 * kept["ewn"] <= kept["swn"])
+    assert np.all(kept["standard"] == xor.WIDTH)

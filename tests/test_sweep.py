@@ -1,0 +1,244 @@
+"""Seed sweeps: sharded equals unsharded, kill-and-resume, config mismatch, reproducibility.
+
+The conftest forces 8 CPU devices; the CLI runs in subprocesses with ``--devices 8``.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import wnjax
+from wnjax import _cli, _sweep_cli
+
+X, Y = wnjax.lin_sep(jax.random.key(0))
+
+CONFIG = """
+[sweep]
+seeds = 12
+batch_size = 2
+chunk_size = 4
+dynamics = "descent"
+
+[data]
+name = "lin_sep"
+seed = 0
+
+[model]
+depth = 2
+width = 4
+
+[dynamics]
+num_steps = 8000
+learning_rate = 0.05
+n_save = 8
+chunk_size = 2000
+
+[grid]
+init_scale = [0.5, 1.0]
+"""
+N_ROWS, CHUNK = 24, 4
+
+
+def _launch(cfg, out, cache, *extra):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    cmd = [sys.executable, "-m", "wnjax", "sweep", str(cfg), "--out", str(out), "--devices", "8",
+           "--no-progress", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """Run the CLI, SIGKILL it after its first chunk, rerun it; also an in-process reference."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = tmp / "sweep.toml"
+    cfg.write_text(CONFIG)
+    out, cache = tmp / "killed", tmp / "cache"
+    chunks = out / "chunks"
+    proc = _launch(cfg, out, cache)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if chunks.exists() and any(n.endswith(".npz") for n in os.listdir(chunks)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_at_kill = len([n for n in os.listdir(chunks) if n.endswith(".npz")])
+    table_at_kill = (out / "table.csv").exists()
+    resumed = _launch(cfg, out, cache)
+    log = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, log
+
+    settings = _sweep_cli.load_config(str(cfg), [])
+    reference = wnjax.sweep(
+        _sweep_cli.make_run(settings, X, Y), 12, settings["grid"], out=str(tmp / "reference"),
+        batch_size=2, chunk_size=CHUNK, devices=8, progress=False,
+    )
+    return dict(out=out, cfg=cfg, n_at_kill=n_at_kill, table_at_kill=table_at_kill, log=log,
+                reference=reference, ref_dir=tmp / "reference")
+
+
+def test_kill_and_resume_gives_identical_table(killed_and_resumed):
+    r = killed_and_resumed
+    assert 0 < r["n_at_kill"] < N_ROWS // CHUNK, "the kill did not land mid-sweep"
+    assert not r["table_at_kill"]
+    assert "24 runs" in r["log"]
+    # Killed + resumed (two processes) against an uninterrupted in-process run: same bytes.
+    assert (r["out"] / "table.csv").read_bytes() == (r["ref_dir"] / "table.csv").read_bytes()
+    with np.load(r["out"] / "trajectories" / "c000.npz") as a, np.load(
+        r["ref_dir"] / "trajectories" / "c000.npz"
+    ) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_rows_equal_single_runs(killed_and_resumed):
+    """Each row equals an independent, unvmapped ``wnjax.gradient_descent`` run of its seed."""
+    ref = killed_and_resumed["reference"]
+    t = ref.table
+    for i in (0, 7):
+        model = wnjax.MLP(2, 4, 2, init_scale=float(t["init_scale"][i]),
+                          key=jax.random.key(int(t["seed"][i])))
+        r = wnjax.gradient_descent(wnjax.ewn(model), X, Y, num_steps=8000, learning_rate=0.05,
+                                   n_save=8, chunk_size=2000)
+        np.testing.assert_allclose(t["final_log_loss"][i], r.final_log_loss, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(ref.trajectories[0]["log_loss"][i], r.log_loss, rtol=1e-12)
+        assert t["num_steps"][i] == 8000 and t["ok"][i]
+
+
+def test_config_mismatch_is_an_error(killed_and_resumed, tmp_path):
+    r = killed_and_resumed
+    with pytest.raises(wnjax.StoreMismatch, match="grid.init_scale"):
+        _cli.main(["sweep", str(r["cfg"]), "--out", str(r["out"]), "--no-progress",
+                         "--set", "grid.init_scale=[0.25, 1.0]"])
+    with pytest.raises(wnjax.StoreMismatch, match="dynamics"):
+        _cli.main(["sweep", str(r["cfg"]), "--out", str(r["out"]), "--no-progress",
+                         "--set", "dynamics.learning_rate=0.1"])
+    wnjax.Store(str(tmp_path), {"a": 1})
+    wnjax.Store(str(tmp_path), {"a": 1})  # the same config resumes
+    with pytest.raises(wnjax.StoreMismatch):
+        wnjax.Store(str(tmp_path), {"a": 2})
+
+
+def test_same_seed_same_bits(killed_and_resumed):
+    """Rerunning the stored sweep in-process (a resume with every chunk present) and a fresh
+    sweep of a subset of the seeds reproduce those rows bit for bit."""
+    ref = killed_and_resumed["reference"]
+    settings = _sweep_cli.load_config(str(killed_and_resumed["cfg"]), [])
+    fn = _sweep_cli.make_run(settings, X, Y)
+    again = wnjax.sweep(fn, 12, settings["grid"], out=str(killed_and_resumed["ref_dir"]),
+                        batch_size=2, devices=8, progress=False)
+    for k in ref.table:
+        np.testing.assert_array_equal(again.table[k], ref.table[k])
+    subset = wnjax.sweep(fn, [5, 9], settings["grid"], batch_size=2, chunk_size=CHUNK,
+                         devices=8, progress=False)
+    rows = np.flatnonzero(np.isin(ref.table["seed"], [5, 9]))
+    for k in ("final_log_loss", "final_normalized_margin", "num_steps"):
+        np.testing.assert_array_equal(subset.table[k], ref.table[k][rows])
+
+
+def test_flow_sharded_equals_unsharded():
+    """Adaptive GF runs: 8 devices (each its own while-loops) against 1 device, to 1e-12."""
+
+    def run(key, cfg):
+        # ReLU^2: smooth, as the theory assumes (ReLU kinks make the adaptive solver chatter).
+        model = wnjax.MLP(2, 4, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)
+        r = wnjax.gradient_flow(wnjax.ewn(model), X, Y, t1=50.0, rtol=1e-9, atol=1e-12,
+                                n_save=6, save_states=False, max_steps=4000, throw=False)
+        return {"final_log_loss": r.final_log_loss, "steps": r.stats["num_steps"],
+                "ok": r.ok, "log_loss": r.log_loss}
+
+    grid = {"init_scale": [0.5, 1.0], "width": [4]}
+    one = wnjax.sweep(run, 6, grid, batch_size=2, devices=1, progress=False)
+    eight = wnjax.sweep(run, 6, grid, batch_size=2, devices=8, progress=False)
+    assert one.table["ok"].all() and len(one) == 12
+    # Seeds differ in their step counts, so each block's while-loop ran its own length.
+    assert np.unique(one.table["steps"]).size > 1
+    # The 1- and 8-device programs differ by ~1e-15 roundoff. Where the adaptive controller took
+    # the same steps, results agree to 1e-12; near a saddle (log L ~ log 2) an accept/reject
+    # decision can flip, and then they agree only to the solver tolerance.
+    same = one.table["steps"] == eight.table["steps"]
+    assert same.sum() >= len(one) // 2
+    a, b = one.table["final_log_loss"], eight.table["final_log_loss"]
+    rel = np.abs(a - b) / np.abs(a)
+    assert rel[same].max() <= 1e-12
+    assert rel.max() <= 1e-8
+    ta, tb = one.trajectories[0]["log_loss"][same], eight.trajectories[0]["log_loss"][same]
+    np.testing.assert_allclose(tb, ta, rtol=1e-12, atol=0)
+
+
+def test_grid_split_and_bad_input():
+    cells, configs = wnjax.split_grid(
+        {"width": [4, 8], "parameterization": ["ewn"], "init_scale": [0.5, 1.0, 2.0]}
+    )
+    assert cells == [{"width": 4, "parameterization": "ewn"}, {"width": 8, "parameterization": "ewn"}]
+    assert [c["init_scale"] for c in configs] == [0.5, 1.0, 2.0]
+    cells, configs = wnjax.split_grid({"lr": [0.1, 0.2]}, static=["lr"])
+    assert len(cells) == 2 and configs == [{}]
+    with pytest.raises(ValueError, match="duplicates"):
+        wnjax.sweep(lambda k, c: {}, [1, 1])
+    with pytest.raises(ValueError, match="visible"):
+        wnjax.sweep(lambda k, c: {}, 2, devices=10_000)
+    with pytest.raises(ValueError, match="no values"):
+        wnjax.sweep(lambda k, c: {}, 2, {"width": []})
+
+
+MULTIHOST = """
+import sys
+import jax
+jax.config.update("jax_enable_x64", True)
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[3], num_processes=2,
+                           process_id=int(sys.argv[1]))
+import wnjax
+X, y = wnjax.lin_sep(jax.random.key(0))
+def run(key, cfg):
+    m = wnjax.MLP(2, 4, 2, init_scale=cfg["init_scale"], key=key)
+    r = wnjax.traced_gradient_descent(wnjax.ewn(m), X, y, num_steps=200, learning_rate=0.05,
+                                      n_save=4, chunk_size=100)
+    return {"final_log_loss": r.final_log_loss}
+assert jax.process_count() == 2 and len(jax.devices()) == 4
+wnjax.sweep(run, 6, {"init_scale": [0.5, 1.0]}, out=sys.argv[2], batch_size=2, chunk_size=4,
+            progress=False)
+"""
+
+
+@pytest.mark.skipif(
+    os.environ.get("WNJAX_TEST_MULTIHOST") != "1",
+    reason="2-process loopback sweep (~30 s); set WNJAX_TEST_MULTIHOST=1",
+)
+def test_two_processes_on_loopback(tmp_path):
+    """``jax.distributed`` with 2 local processes x 2 CPU devices equals a 1-process sweep."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "host.py"
+    script.write_text(MULTIHOST)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(i), str(tmp_path / "out"), port],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+
+    def run(key, cfg):
+        m = wnjax.MLP(2, 4, 2, init_scale=cfg["init_scale"], key=key)
+        r = wnjax.traced_gradient_descent(wnjax.ewn(m), X, Y, num_steps=200, learning_rate=0.05,
+                                          n_save=4, chunk_size=100)
+        return {"final_log_loss": r.final_log_loss}
+
+    ref = wnjax.sweep(run, 6, {"init_scale": [0.5, 1.0]}, batch_size=2, chunk_size=4,
+                      devices=4, progress=False)
+    got = np.genfromtxt(tmp_path / "out" / "table.csv", delimiter=",", names=True)
+    np.testing.assert_array_equal(got["seed"], ref.table["seed"])
+    np.testing.assert_allclose(got["final_log_loss"], ref.table["final_log_loss"], rtol=1e-12)

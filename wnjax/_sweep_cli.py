@@ -1,0 +1,214 @@
+"""``wnjax sweep CONFIG.toml``: a seed sweep of a flow or GD run, from a TOML file or flags.
+
+The config (see ``examples/sweep.toml``)::
+
+    [sweep]      seeds, batch_size, chunk_size, out, dynamics ('flow' | 'descent'),
+                 run ('module:function', optional), plot (trajectories to plot)
+    [data]       name = 'lin_sep' and seed, or path = 'data.npz' (arrays X, y)
+    [model]      MLP settings: width, depth, activation, init_scale; parameterization
+    [dynamics]   keyword arguments of wnjax.gradient_flow / wnjax.traced_gradient_descent
+    [grid]       name = [values]: any model or dynamics setting, swept over their product
+
+Float grid axes (init_scale, learning_rate, rtol, ...) are vmapped inside one compiled program;
+the others (width, depth, parameterization, ...) compile one program per combination.
+
+Multi-host: run the same command on every host with ``--coordinator HOST:PORT
+--num-processes N --process-id I`` (passed to ``jax.distributed.initialize``), or with no flags
+on a cluster that JAX detects (SLURM, TPU pods). Process 0 writes the store, on a filesystem
+that all hosts share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tomllib
+
+HELP = "run a seed sweep from a TOML config (vmapped, sharded over devices, resumable)"
+
+MODEL_KEYS = ("width", "depth", "activation", "init_scale", "out_size")
+PARAMETERIZATIONS = ("ewn", "swn", "standard")
+DYNAMICS = ("flow", "descent")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="TOML config (see examples/sweep.toml)")
+    parser.add_argument("--out", help="results directory (overrides [sweep] out)")
+    parser.add_argument("--seeds", type=int, help="number of seeds (overrides [sweep] seeds)")
+    parser.add_argument("--batch-size", type=int, help="rows per vmapped block")
+    parser.add_argument("--chunk-size", type=int, help="rows per stored chunk")
+    parser.add_argument(
+        "--devices", type=int, help="use N devices (on CPU: force N host devices)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value, as TOML: --set grid.width=[8,16] --set dynamics.t1=1e4",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="discard stored results")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
+
+
+def load_config(path: str | None, overrides: list[str]) -> dict:
+    """The TOML config with ``SECTION.KEY=VALUE`` overrides applied (values parsed as TOML)."""
+    settings: dict = {}
+    if path is not None:
+        with open(path, "rb") as f:
+            settings = tomllib.load(f)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set takes SECTION.KEY=VALUE, got {item!r}.")
+        section, name = key.split(".", 1)
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare string
+        settings.setdefault(section, {})[name] = parsed
+    return settings
+
+
+def load_data(data: dict):
+    """``(X, y)`` from ``[data]``: ``name = 'lin_sep'`` (with ``seed``) or ``path`` to an npz."""
+    import jax
+    import numpy as np
+
+    from ._data import lin_sep
+
+    if "path" in data:
+        with np.load(data["path"]) as f:
+            return jax.numpy.asarray(f["X"]), jax.numpy.asarray(f["y"])
+    name = data.get("name", "lin_sep")
+    if name != "lin_sep":
+        raise ValueError(f"unknown data set {name!r}: use name = 'lin_sep' or path = 'file.npz'.")
+    return lin_sep(jax.random.key(int(data.get("seed", 0))))
+
+
+def make_run(settings: dict, X, y):
+    """The built-in run function: an MLP, a parameterization, then a flow or GD run.
+
+    Grid values override ``[model]`` and ``[dynamics]``; keys in ``MODEL_KEYS`` and
+    ``parameterization`` go to the model, the rest to the dynamics.
+    """
+    import jax
+
+    from . import _parameterize
+    from ._batched import traced_gradient_descent
+    from ._flow import gradient_flow, summaries
+    from ._losses import get_loss
+    from ._models import MLP, homogeneity_degree
+
+    kind = settings.get("sweep", {}).get("dynamics", "flow")
+    if kind not in DYNAMICS:
+        raise ValueError(f"[sweep] dynamics must be one of {DYNAMICS}, got {kind!r}.")
+    model_fixed = dict(settings.get("model", {}))
+    dyn_fixed = dict(settings.get("dynamics", {}))
+    loss = get_loss(dyn_fixed.get("loss", "exponential"))
+
+    def run(key, cfg):
+        model_cfg = {**model_fixed, **{k: v for k, v in cfg.items() if k in MODEL_KEYS}}
+        name = cfg.get("parameterization", model_cfg.pop("parameterization", "ewn"))
+        dyn = {**dyn_fixed}
+        dyn.update({k: v for k, v in cfg.items() if k not in MODEL_KEYS and k != "parameterization"})
+        if name not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {name!r}.")
+        build = dict(
+            in_size=X.shape[1],
+            width=int(model_cfg.get("width", 8)),
+            depth=int(model_cfg.get("depth", 2)),
+            out_size=int(model_cfg.get("out_size", 1)),
+            activation=model_cfg.get("activation", "relu"),
+        )
+        with jax.ensure_compile_time_eval():  # the degree depends on the architecture only
+            degree = homogeneity_degree(MLP(**build, key=jax.random.key(0)), X[:8], rtol=1e-5)
+        model = MLP(**build, init_scale=model_cfg.get("init_scale", 1.0), key=key)
+        p = getattr(_parameterize, name)(model)
+        if kind == "flow":
+            r = gradient_flow(p, X, y, degree=degree, throw=False, save_states=False, **dyn)
+            extra = {"final_log_t": r.final_log_t, "num_steps": r.stats["num_steps"]}
+            traj = {"log_t": r.log_t}
+        else:
+            r = traced_gradient_descent(p, X, y, degree=degree, **dyn)
+            extra = {"num_steps": r.num_steps, "stop_code": r.stop_code}
+            traj = {"steps": r.steps}
+        final = summaries(r.final, X, y, loss, degree)
+        return {
+            "final_log_loss": r.final_log_loss,
+            "final_min_margin": final["min_margin"],
+            "final_normalized_margin": final["normalized_margin"],
+            "final_weight_norm": final["weight_norm"],
+            "ok": r.ok,
+            "reached_target": r.reached_target,
+            **extra,
+            "log_loss": r.log_loss,
+            "normalized_margin": r.summaries["normalized_margin"],
+            "neuron_norms": r.summaries["neuron_norms"],
+            **traj,
+        }
+
+    return run
+
+
+def _custom_run(spec: str, settings: dict, X, y):
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise ValueError(f"[sweep] run must be 'module:function', got {spec!r}.")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(settings, X, y)
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    if args.coordinator or args.num_processes:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    from ._sweep import plot_bands, sweep
+
+    settings = load_config(args.config, args.set)
+    sw = dict(settings.get("sweep", {}))
+    out = args.out or sw.get("out")
+    if out is None:
+        raise SystemExit("give a results directory: [sweep] out = '...' or --out DIR.")
+    seeds = args.seeds if args.seeds is not None else sw.get("seeds", 8)
+    X, y = load_data(settings.get("data", {}))
+    if "run" in sw:
+        fn, run_name = _custom_run(sw["run"], settings, X, y), sw["run"]
+    else:
+        fn, run_name = make_run(settings, X, y), f"wnjax.sweep_cli:{sw.get('dynamics', 'flow')}"
+    # Everything that changes the numbers is in the manifest; where results go is not.
+    identity = {k: v for k, v in settings.items() if k not in ("sweep", "grid")}
+    identity["sweep"] = {k: v for k, v in sw.items() if k in ("dynamics", "run")}
+    result = sweep(
+        fn,
+        seeds,
+        settings.get("grid", {}),
+        out=out,
+        static=sw.get("static"),
+        batch_size=args.batch_size or sw.get("batch_size", 16),
+        chunk_size=args.chunk_size or sw.get("chunk_size"),
+        devices=args.devices,
+        config=identity,
+        run_name=run_name,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if jax.process_index() != 0:
+        return 0
+    for name in sw.get("plot", []):
+        x = sw.get("plot_x")
+        plot_bands(result, name, x=x, out=os.path.join(out, f"band_{name.replace('/', '_')}.png"))
+    scalars = [k for k in ("final_log_loss", "final_normalized_margin", "num_steps", "ok")
+               if k in result.table]
+    print(f"{len(result)} runs ({len(result.cells)} compiled cells) in {result.elapsed:.1f} s "
+          f"on {args.devices or len(jax.devices())} device(s); table: {out}/table.csv")
+    print(result.summary(scalars or None))
+    sys.stdout.flush()
+    return 0
