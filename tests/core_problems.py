@@ -10,9 +10,9 @@ import logging
 import jax
 import jax.numpy as jnp
 import optax
+from helpers import separable_data
 
 import wnjax
-from helpers import separable_data
 
 N_SAVE = 16
 T1 = 2.0
@@ -52,7 +52,9 @@ GD_N_SAVE = 32
 def gd(model, X, y, **kwargs):
     """``wnjax.gradient_descent`` with the shared settings (states kept, chunks of ``CHUNK``)."""
     kwargs.setdefault("optimizer", optax.sgd)
-    return wnjax.gradient_descent(model, X, y, n_save=GD_N_SAVE, save_states=True, chunk_size=CHUNK, **kwargs)
+    return wnjax.gradient_descent(
+        model, X, y, n_save=GD_N_SAVE, save_states=True, chunk_size=CHUNK, **kwargs
+    )
 
 
 class _Collect(logging.Handler):
@@ -68,7 +70,7 @@ class _Collect(logging.Handler):
 
 @contextlib.contextmanager
 def compiles():
-    """Collect the names (``jit(f)``) of everything XLA compiles in the block (``jax.log_compiles``)."""
+    """Collect the names (``jit(f)``) of what XLA compiles in the block (``jax.log_compiles``)."""
     handler = _Collect()
     logger = logging.getLogger("jax")
     logger.addHandler(handler)

@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_problems import CHUNK, compiles, flow, gd, mlp_problem
 
 import wnjax
-from core_problems import CHUNK, compiles, flow, gd, mlp_problem
+
 
 @pytest.fixture(scope="module")
 def problem():
@@ -28,7 +29,12 @@ loss_grad = eqx.filter_jit(eqx.filter_grad(exp_loss))
 
 
 def weights(model):
-    return np.concatenate([np.asarray(layer.weight).ravel() for layer in wnjax.weight_layers(wnjax.to_standard(model))])
+    return np.concatenate(
+        [
+            np.asarray(layer.weight).ravel()
+            for layer in wnjax.weight_layers(wnjax.to_standard(model))
+        ]
+    )
 
 
 def rel(a, b):
@@ -41,7 +47,9 @@ def _state(states, i):
 
 def _consecutive(result):
     steps = np.asarray(result.steps)
-    return [(i, i + 1) for i in range(len(steps) - 1) if steps[i] >= 0 and steps[i + 1] == steps[i] + 1]
+    return [
+        (i, i + 1) for i in range(len(steps) - 1) if steps[i] >= 0 and steps[i + 1] == steps[i] + 1
+    ]
 
 
 def test_sgd_steps_match_formula(problem):
@@ -71,7 +79,9 @@ def test_neuron_rate_sgd_steps_match_formula(problem):
             for layer, g_layer in zip(w0.layers, g.layers)
         ]
         np.testing.assert_allclose(
-            weights(_state(r.states, j)), np.concatenate([np.asarray(e).ravel() for e in expected]), rtol=1e-12
+            weights(_state(r.states, j)),
+            np.concatenate([np.asarray(e).ravel() for e in expected]),
+            rtol=1e-12,
         )
 
 
@@ -87,7 +97,9 @@ def test_direction_norms_grow_as_spec_says(kind, problem):
     manual, growth = p, np.zeros_like(np.asarray(p.direction_norms()))
     for _ in range(k):
         g = loss_grad(manual, X, y)
-        dv_sq = np.concatenate([np.sum(np.asarray(gl.v).reshape(gl.v.shape[0], -1) ** 2, axis=1) for gl in g.layers])
+        dv_sq = np.concatenate(
+            [np.sum(np.asarray(gl.v).reshape(gl.v.shape[0], -1) ** 2, axis=1) for gl in g.layers]
+        )
         before = np.asarray(manual.direction_norms()) ** 2
         manual = eqx.apply_updates(manual, jax.tree_util.tree_map(lambda x: -eta * x, g))
         after = np.asarray(manual.direction_norms()) ** 2
@@ -127,7 +139,7 @@ def gd_runs(problem):
     model, X, y = problem
     runs = {}
     for eta in ETAS:
-        k = int(round(T / eta))
+        k = round(T / eta)
         runs[eta] = (
             gd(wnjax.ewn(model), X, y, num_steps=k, learning_rate=eta),
             gd(model, X, y, num_steps=k, learning_rate=eta, optimizer=wnjax.neuron_rate_sgd),
@@ -138,7 +150,9 @@ def gd_runs(problem):
 
 def _halves(errors):
     ratios = np.asarray(errors[:-1]) / np.asarray(errors[1:])
-    assert np.all((ratios > 1.7) & (ratios < 2.3)), f"errors {errors} do not halve with eta: ratios {ratios}"
+    assert np.all((ratios > 1.7) & (ratios < 2.3)), (
+        f"errors {errors} do not halve with eta: ratios {ratios}"
+    )
 
 
 def test_ewn_gd_drift_from_adaptive_rate_gd_is_order_eta(gd_runs):
@@ -148,7 +162,7 @@ def test_ewn_gd_drift_from_adaptive_rate_gd_is_order_eta(gd_runs):
 
 
 def test_gd_converges_to_flow_at_rate_eta(gd_runs, problem):
-    """``k`` GD steps of size ``eta`` against the flow at ``t = k eta``, for EWN and adaptive rate."""
+    """``k`` GD steps of size ``eta`` against the flow at ``t = k eta`` (EWN and adaptive rate)."""
     model, X, y = problem
     ewn_flow = flow(wnjax.ewn(model), X, y, t1=T)
     rate_flow = flow(model, X, y, t1=T, rate="neuron_norm_sq")
@@ -167,7 +181,9 @@ def test_gd_stops_at_target(problem):
     assert float(r.final_log_loss) <= target
     before = gd(model, X, y, num_steps=k - 1, learning_rate=0.05)
     assert float(before.final_log_loss) > target
-    np.testing.assert_allclose(float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss), rtol=1e-13)
+    np.testing.assert_allclose(
+        float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss), rtol=1e-13
+    )
 
 
 def test_gd_compiles_once(problem):

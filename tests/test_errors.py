@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_problems import gd, mlp_problem
 
 import wnjax
-from core_problems import gd, mlp_problem
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,9 @@ def test_max_steps_exhausted_keeps_partial_result(problem):
     assert isinstance(r.final, wnjax.Parameterized)
     assert 0 < float(r.final_time) < 50.0
     # The partial result is the real state: its loss matches the reported one and has decreased.
-    np.testing.assert_allclose(float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss), rtol=1e-12
+    )
     assert float(r.final_log_loss) < float(wnjax.log_loss(p, X, y))
     with pytest.raises(wnjax.FlowFailed):
         r.check()
@@ -114,7 +116,12 @@ def test_max_steps_exhausted_keeps_partial_result(problem):
 
 
 def weights(model):
-    return np.concatenate([np.asarray(layer.weight).ravel() for layer in wnjax.weight_layers(wnjax.to_standard(model))])
+    return np.concatenate(
+        [
+            np.asarray(layer.weight).ravel()
+            for layer in wnjax.weight_layers(wnjax.to_standard(model))
+        ]
+    )
 
 
 def test_diverging_gd(problem):

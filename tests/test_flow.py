@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_problems import N_SAVE, T1, cnn_problem, compiles, flow, mlp_problem
 from scipy.integrate import solve_ivp
 
 import wnjax
-from core_problems import N_SAVE, T1, cnn_problem, compiles, flow, mlp_problem
-
 
 
 @pytest.fixture(scope="module", name="mlp_problem")
@@ -25,7 +24,9 @@ def _cnn_problem():
 
 def path_weights(states):
     """The saved states, mapped to plain weights: one flat vector per save point."""
-    plain = jax.vmap(wnjax.to_standard)(states) if isinstance(states, wnjax.Parameterized) else states
+    plain = (
+        jax.vmap(wnjax.to_standard)(states) if isinstance(states, wnjax.Parameterized) else states
+    )
     leaves = [layer.weight for layer in wnjax.weight_layers(plain)]
     return np.concatenate([np.asarray(w).reshape(w.shape[0], -1) for w in leaves], axis=1)
 
@@ -75,7 +76,12 @@ def test_direction_norms_constant_along_flow(kind, mlp_problem):
     assert np.all(np.isfinite(dn))
     assert np.max(np.abs(dn / v0 - 1.0)) < 1e-9
     # ...while the neuron norms do move.
-    assert np.max(np.abs(np.asarray(r.summaries["neuron_norms"][-1]) / np.asarray(p.neuron_norms()) - 1)) > 0.05
+    assert (
+        np.max(
+            np.abs(np.asarray(r.summaries["neuron_norms"][-1]) / np.asarray(p.neuron_norms()) - 1)
+        )
+        > 0.05
+    )
 
 
 # --- independent reference: the flows induced on w (SPEC section 1), integrated by scipy ---
@@ -121,21 +127,33 @@ def test_flow_matches_scipy_integration_of_induced_flow(kind, mlp_problem):
     field = _induced_field(kind, shapes, X, y)
     w0 = np.concatenate([np.asarray(layer.weight).ravel() for layer in model.layers])
     ts = np.asarray(r.s)
-    ref = solve_ivp(lambda t, w: np.asarray(field(jnp.asarray(w))), (0.0, T1), w0, method="DOP853",
-                    t_eval=ts, rtol=1e-12, atol=1e-14)
+    ref = solve_ivp(
+        lambda t, w: np.asarray(field(jnp.asarray(w))),
+        (0.0, T1),
+        w0,
+        method="DOP853",
+        t_eval=ts,
+        rtol=1e-12,
+        atol=1e-14,
+    )
     assert ref.success
     assert max_rel_err(path_weights(r.states), ref.y.T) < 1e-7
     # Summaries are those of the saved states.
-    np.testing.assert_allclose(r.log_loss, [wnjax.log_loss(s, X, y) for s in _unstack(r.states)], rtol=1e-12)
+    np.testing.assert_allclose(
+        r.log_loss, [wnjax.log_loss(s, X, y) for s in _unstack(r.states)], rtol=1e-12
+    )
 
 
 def _unstack(states):
     n = jax.tree_util.tree_leaves(states)[0].shape[0]
-    return [jax.tree_util.tree_map(lambda x: x[i] if eqx.is_array(x) else x, states) for i in range(n)]
+    return [
+        jax.tree_util.tree_map(lambda x, i=i: x[i] if eqx.is_array(x) else x, states)
+        for i in range(n)
+    ]
 
 
 def test_normalized_time_matches_scipy(mlp_problem):
-    """``d theta/ds = -grad log L`` with ``dt/ds = 1/L``: same path, and ``log t`` from the clock."""
+    """``d theta/ds = -grad log L`` with ``dt/ds = 1/L``: the path, and ``log t`` from the clock."""
     model, X, y = mlp_problem
     s1 = 6.0
     # log t is sensitive here: dt/ds = 1/L grows like e^5 by the end, so integrate tightly.
@@ -148,15 +166,25 @@ def test_normalized_time_matches_scipy(mlp_problem):
         n1 = int(np.prod(shapes[0]))
         W1, W2 = w[:n1].reshape(shapes[0]), w[n1:].reshape(shapes[1])
         L, grads = jax.value_and_grad(_explicit_loss, argnums=(0, 1))(W1, W2, X, y)
-        return jnp.concatenate([-(grads[0] / L).ravel(), -(grads[1] / L).ravel(), jnp.atleast_1d(1.0 / L)])
+        return jnp.concatenate(
+            [-(grads[0] / L).ravel(), -(grads[1] / L).ravel(), jnp.atleast_1d(1.0 / L)]
+        )
 
     rhs = jax.jit(rhs)
     w0 = np.concatenate([np.asarray(layer.weight).ravel() for layer in model.layers] + [[0.0]])
-    ref = solve_ivp(lambda s, z: np.asarray(rhs(jnp.asarray(z))), (0.0, s1), w0, method="DOP853",
-                    rtol=1e-12, atol=1e-14)
+    ref = solve_ivp(
+        lambda s, z: np.asarray(rhs(jnp.asarray(z))),
+        (0.0, s1),
+        w0,
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-14,
+    )
     assert ref.success
     w_final = path_weights(jax.tree_util.tree_map(lambda x: x[None], r.final))[0]
-    np.testing.assert_allclose(w_final, ref.y[:n, -1], rtol=0, atol=1e-8 * np.abs(ref.y[:n, -1]).max())
+    np.testing.assert_allclose(
+        w_final, ref.y[:n, -1], rtol=0, atol=1e-8 * np.abs(ref.y[:n, -1]).max()
+    )
     np.testing.assert_allclose(r.final_log_t, np.log(ref.y[n, -1]), rtol=1e-7)
     assert float(r.final_log_loss) < -3.0
 

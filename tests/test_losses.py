@@ -1,4 +1,5 @@
-"""Log-space losses against the naive formulas, and against asymptotic closed forms at log L = -1e4."""
+"""Log-space losses against the naive formulas, and against asymptotic closed forms at
+log L = -1e4."""
 
 import equinox as eqx
 import jax
@@ -21,7 +22,9 @@ def naive(name, f, y):
         p = np.exp(f) / np.sum(np.exp(f), axis=1, keepdims=True)
         return np.log(np.sum(-np.log(p[np.arange(len(y)), y])))
     if name == "square":
-        return np.log(0.5 * np.sum((f.reshape(len(y), -1) - np.asarray(y).reshape(len(y), -1)) ** 2))
+        return np.log(
+            0.5 * np.sum((f.reshape(len(y), -1) - np.asarray(y).reshape(len(y), -1)) ** 2)
+        )
     raise AssertionError(name)
 
 
@@ -43,23 +46,30 @@ def test_log_loss_equals_naive_formula(name, scale):
         f, y = _data(name, jax.random.key(seed), scale=scale)
         np.testing.assert_allclose(loss.log_loss(f, y), naive(name, f, y), rtol=1e-12, atol=1e-12)
         if loss.binary:  # scalar outputs are accepted as well as shape (1,)
-            np.testing.assert_allclose(loss.log_loss(f[:, 0], y), naive(name, f, y), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                loss.log_loss(f[:, 0], y), naive(name, f, y), rtol=1e-12, atol=1e-12
+            )
 
 
 def test_margins():
     f, y = _data("exponential", jax.random.key(0))
-    np.testing.assert_allclose(wnjax.get_loss("logistic").margins(f, y), np.asarray(y) * np.asarray(f[:, 0]))
+    np.testing.assert_allclose(
+        wnjax.get_loss("logistic").margins(f, y), np.asarray(y) * np.asarray(f[:, 0])
+    )
     f, y = _data("cross_entropy", jax.random.key(1))
     fn, yn = np.asarray(f), np.asarray(y)
     others = np.where(np.eye(f.shape[1], dtype=bool)[yn], -np.inf, fn)
     np.testing.assert_allclose(
-        wnjax.get_loss("cross_entropy").margins(f, y), fn[np.arange(len(yn)), yn] - others.max(axis=1)
+        wnjax.get_loss("cross_entropy").margins(f, y),
+        fn[np.arange(len(yn)), yn] - others.max(axis=1),
     )
 
 
 def test_log_softplus():
     z = np.linspace(-40.0, 30.0, 141)
-    np.testing.assert_allclose(wnjax.log_softplus(jnp.asarray(z)), np.log(np.log1p(np.exp(z))), rtol=1e-13)
+    np.testing.assert_allclose(
+        wnjax.log_softplus(jnp.asarray(z)), np.log(np.log1p(np.exp(z))), rtol=1e-13
+    )
     # Far below: log(log(1 + e^z)) = z - e^z/2 + ... = z to double precision.
     np.testing.assert_array_equal(wnjax.log_softplus(jnp.asarray([-1e4, -800.0])), [-1e4, -800.0])
 
@@ -69,7 +79,7 @@ OFFSETS = np.array([0.0, 0.0, 0.5, 3.0, 10.0, 40.0, 1000.0])
 
 @pytest.mark.parametrize("name", ["exponential", "logistic"])
 def test_binary_losses_at_log_loss_minus_1e4(name):
-    """``q_i = Q + d_i`` with ``Q = 1e4``: ``log L = -Q + log sum_i exp(-d_i)`` up to ``O(e^-Q)``."""
+    """``q_i = Q + d_i``, ``Q = 1e4``: ``log L = -Q + log sum_i exp(-d_i)`` up to ``O(e^-Q)``."""
     q_min = 1e4
     y = jnp.asarray([1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 1.0])
     f = (q_min + jnp.asarray(OFFSETS)) * y
@@ -115,7 +125,8 @@ def test_cross_entropy_at_log_loss_minus_1e4():
 
 @pytest.mark.parametrize("name", ["exponential", "logistic"])
 def test_model_gradient_finite_at_log_loss_minus_1e4(name):
-    """A linear model ``f(x) = w.x`` scaled until ``min_i q_i = 1e4``: ``grad log L = -sum_i s_i y_i x_i``."""
+    """A linear model ``f(x) = w.x`` scaled until ``min_i q_i = 1e4``:
+    ``grad log L = -sum_i s_i y_i x_i`` with ``s = softmax(-q)``."""
     X = jnp.asarray([[1.0, 0.5], [0.8, -0.2], [-1.0, -0.3], [-0.6, 0.9]])
     y = jnp.asarray([1.0, 1.0, -1.0, -1.0])
     model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(0))
@@ -126,7 +137,9 @@ def test_model_gradient_finite_at_log_loss_minus_1e4(name):
     value, grads = eqx.filter_value_and_grad(lambda m: wnjax.log_loss(m, X, y, name))(model)
     s = np.exp(-(c * q - c * q.min()))
     s = s / s.sum()
-    np.testing.assert_allclose(value, -c * q.min() + np.log(np.sum(np.exp(-(c * q - c * q.min())))), rtol=1e-15)
+    np.testing.assert_allclose(
+        value, -c * q.min() + np.log(np.sum(np.exp(-(c * q - c * q.min())))), rtol=1e-15
+    )
     expected = -np.sum((s * np.asarray(y))[:, None] * np.asarray(X), axis=0)
     assert np.all(np.isfinite(grads.layers[0].weight))
     np.testing.assert_allclose(grads.layers[0].weight[0], expected, rtol=1e-12)

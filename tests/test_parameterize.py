@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import separable_data
 from jax.flatten_util import ravel_pytree
 
 import wnjax
-from helpers import separable_data
 
 
 def exp_loss(model, X, y):
@@ -104,7 +104,9 @@ def test_gradients_match_chain_rule_and_finite_differences(kind, arch):
     assert np.all(np.abs(np.asarray(p.direction_norms()) - 1.0) > 1e-3)
 
     grads = eqx.filter_grad(exp_loss)(p, X, y)
-    nablas = [layer.weight for layer in wnjax.weight_layers(eqx.filter_grad(exp_loss)(p.standard(), X, y))]
+    nablas = [
+        layer.weight for layer in wnjax.weight_layers(eqx.filter_grad(exp_loss)(p.standard(), X, y))
+    ]
     for layer, g, nabla in zip(p.layers, grads.layers, nablas):
         scale, dv = _chain_rule(layer, nabla)
         got_scale = g.a if kind == "ewn" else g.g
@@ -151,7 +153,10 @@ def test_conversion_preserves_function(arch, kind):
     # Starts at ||v_u|| = 1, and the scale parameter is the neuron norm.
     np.testing.assert_allclose(p.direction_norms(), 1.0, rtol=0, atol=1e-14)
     norms = np.concatenate(
-        [np.linalg.norm(np.asarray(w.weight).reshape(w.weight.shape[0], -1), axis=1) for w in wnjax.weight_layers(model)]
+        [
+            np.linalg.norm(np.asarray(w.weight).reshape(w.weight.shape[0], -1), axis=1)
+            for w in wnjax.weight_layers(model)
+        ]
     )
     np.testing.assert_allclose(p.neuron_norms(), norms, rtol=1e-13)
     scales = np.concatenate([np.asarray(layer.scale_params()) for layer in p.layers])
@@ -165,7 +170,9 @@ def test_neurons_are_rows_and_filters():
     model = small_cnn(jax.random.key(0))
     p = wnjax.ewn(model)
     conv_w = model.convs[0].weight  # (out, in, kh, kw): a neuron is one filter
-    np.testing.assert_allclose(p.layers[0].a, np.log(np.sqrt(np.sum(np.asarray(conv_w) ** 2, axis=(1, 2, 3)))), rtol=1e-13)
+    np.testing.assert_allclose(
+        p.layers[0].a, np.log(np.sqrt(np.sum(np.asarray(conv_w) ** 2, axis=(1, 2, 3)))), rtol=1e-13
+    )
     assert p.layers[0].a.shape == (3,)
     assert p.layers[1].a.shape == (1,)
 

@@ -115,33 +115,47 @@ def _run_chunk(
     *,
     loss: Loss,
     optimizer,
-    chunk_size: int,
     batch_size: int | None,
     objective: str,
     save_states: bool,
 ) -> dict:
+    """Advance to the next save step (at most ``chunk_size`` steps), recording summaries there.
+
+    Steps run in a ``lax.while_loop``; the (costly) summaries are evaluated once per save point,
+    never per step, also under ``vmap``. A stopped run records its final state once.
+    """
     n = X.shape[0]
     optimizer = build_optimizer(optimizer, numbers["hyperparams"])
+    save_at = numbers["save_at"]
+    n_save = save_at.shape[0]
 
     def log_loss_on(params, Xb, yb):
         return loss.log_loss(jax.vmap(eqx.combine(params, static))(Xb), yb)
+
+    def next_save(c):
+        target = save_at[jnp.minimum(c["save_idx"], n_save - 1)]
+        ok = (c["save_idx"] < n_save) & (target >= 0)
+        return jnp.where(ok, target, jnp.iinfo(c["k"].dtype).max)
 
     def record(c):
         out = summaries(eqx.combine(c["params"], static), X, y, loss, numbers["degree"])
         if save_states:
             out["state"] = c["params"]
-        i = c["save_idx"]
+        i = jnp.minimum(c["save_idx"], n_save - 1)
         c = dict(c)
         c["saved"] = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), c["saved"], out)
         c["saved_steps"] = c["saved_steps"].at[i].set(c["k"])
-        c["save_idx"] = i + 1
+        c["save_idx"] = c["save_idx"] + 1
         return c
 
-    def step(c, _):
-        running = c["stop"] == STOP_RUNNING
-        due = running & (c["save_idx"] < numbers["save_at"].shape[0])
-        due = due & (numbers["save_at"][jnp.minimum(c["save_idx"], numbers["save_at"].shape[0] - 1)] == c["k"])
-        c = jax.lax.cond(due, record, lambda c: c, c)
+    def maybe_record(c):
+        last = c["saved_steps"][jnp.maximum(c["save_idx"] - 1, 0)]
+        fresh = (c["save_idx"] == 0) | (last != c["k"])
+        stopped = c["stop"] != STOP_RUNNING
+        due = fresh & (c["save_idx"] < n_save) & ((c["k"] == next_save(c)) | stopped)
+        return jax.lax.cond(due, record, lambda c: c, c)
+
+    def step(c):
         if batch_size is None:
             Xb, yb = X, y
         else:
@@ -166,22 +180,26 @@ def _run_chunk(
                 jnp.where(c["k"] + 1 >= numbers["num_steps"], STOP_MAX_STEPS, STOP_RUNNING),
             ),
         )
-        take = running & ~at_target & ~blew_up
+        take = ~at_target & ~blew_up
         c = dict(c)
         c["params"] = _tree_where(take, new_params, c["params"])
         c["opt_state"] = _tree_where(take, opt_state, c["opt_state"])
         c["k"] = c["k"] + take.astype(c["k"].dtype)
-        c["last_log_loss"] = jnp.where(running & jnp.isfinite(value), value, c["last_log_loss"])
-        c["stop"] = jnp.where(running, new_stop, c["stop"])
-        return c, None
+        c["last_log_loss"] = jnp.where(jnp.isfinite(value), value, c["last_log_loss"])
+        c["stop"] = new_stop
+        return c
 
-    carry, _ = jax.lax.scan(step, carry, None, length=chunk_size)
+    carry = maybe_record(carry)
+    until = jnp.minimum(next_save(carry), carry["k"] + numbers["chunk_size"])
+    carry = jax.lax.while_loop(
+        lambda c: (c["stop"] == STOP_RUNNING) & (c["k"] < until), step, carry
+    )
     full = log_loss_on(carry["params"], X, y)
     carry["final_log_loss"] = full
     if batch_size is not None:
         hit = (carry["stop"] == STOP_RUNNING) & (full <= numbers["target"])
         carry["stop"] = jnp.where(hit, STOP_TARGET, carry["stop"])
-    return carry
+    return maybe_record(carry)
 
 
 def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformationExtraArgs:
@@ -191,12 +209,18 @@ def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformatio
     return optax.with_extra_args_support(optimizer(**hyperparams))
 
 
-def _init_carry(params, static, X, y, loss, optimizer, n_save, save_states, degree):
-    example = summaries(eqx.combine(params, static), X, y, loss, degree)
+@eqx.filter_jit
+def _init_carry(params, static, X, y, loss, optimizer, hyperparams, n_save, save_states, degree):
+    """The loop state at step 0: parameters, optimizer state, empty save buffers (compiled once)."""
+    optimizer = build_optimizer(optimizer, hyperparams)
+    # Only the shapes of the summaries are needed to allocate the save buffers.
+    example = eqx.filter_eval_shape(
+        lambda q: summaries(eqx.combine(q, static), X, y, loss, degree), params
+    )
     if save_states:
         example["state"] = params
     saved = jax.tree_util.tree_map(
-        lambda v: jnp.full((n_save,) + jnp.shape(v), jnp.nan, jnp.result_type(v)), example
+        lambda v: jnp.full((n_save,) + jnp.shape(v), jnp.nan, v.dtype), example
     )
     return {
         "params": params,
@@ -209,6 +233,87 @@ def _init_carry(params, static, X, y, loss, optimizer, n_save, save_states, degr
         "last_log_loss": jnp.asarray(jnp.nan, X.dtype),
         "final_log_loss": jnp.asarray(jnp.nan, X.dtype),
     }
+
+
+def _as_number(v, dtype):
+    """Numbers become traced arrays of ``dtype``; bools, strings and other objects stay static."""
+    if isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, float, jax.Array)):
+        return jnp.asarray(v, dtype)
+    return v
+
+
+def prepare_run(
+    model, X, y, *, num_steps, learning_rate, optimizer, hyperparams, loss, target_log_loss,
+    batch_size, key, objective, n_save, save_states, chunk_size, degree, diverge_above,
+):
+    """Validate a GD run's inputs; return ``(carry, static, X, y, numbers, key, statics)``.
+
+    Shared by ``gradient_descent`` (Python-driven chunks) and ``traced_gradient_descent``
+    (one traced loop). Works on traced models and numbers (checks needing values are skipped).
+    """
+    from ._flow import _auto_degree
+
+    if objective not in ("loss", "log_loss"):
+        raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
+    loss_obj = get_loss(loss)
+    X, y = check_data(X, y, loss_obj)
+    p = as_parameterized(model)
+    check_outputs(p, X, y, loss_obj)
+    if batch_size is not None:
+        if not 0 < batch_size <= X.shape[0]:
+            raise ValueError(f"batch_size must be in 1..{X.shape[0]}, got {batch_size}.")
+        if key is None:
+            raise ValueError("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
+    key = jax.random.key(0) if key is None else key
+    dtype = X.dtype
+    hp = dict(hyperparams or {})
+    if learning_rate is not None:
+        hp["learning_rate"] = learning_rate
+    if isinstance(optimizer, optax.GradientTransformation) and hp:
+        raise ValueError(
+            "learning_rate/hyperparams go with an optimizer factory (optimizer=optax.sgd); "
+            "this optimizer is already built, so its numbers are fixed."
+        )
+    if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
+        raise ValueError("pass learning_rate=... (or hyperparams) for the optimizer factory.")
+    hp = {k: _as_number(v, dtype) for k, v in hp.items()}
+    if degree is None:
+        degree = _auto_degree(p, X, loss_obj)
+    params, static = eqx.partition(p, eqx.is_inexact_array)
+    log_l0 = loss_obj.log_loss(jax.vmap(p)(X), y)
+    if not isinstance(log_l0, jax.core.Tracer) and not bool(jnp.isfinite(log_l0)):
+        raise ValueError("the initial loss is not finite; check the data and the model.")
+    numbers = {
+        "target": jnp.asarray(-jnp.inf if target_log_loss is None else target_log_loss, dtype),
+        "num_steps": jnp.asarray(num_steps),
+        "diverge_above": log_l0 + diverge_above,
+        "degree": jnp.asarray(degree, dtype),
+        "save_at": jnp.asarray(save_steps(num_steps, n_save)),
+        "chunk_size": jnp.asarray(chunk_size),
+        "hyperparams": hp,
+    }
+    carry = _init_carry(
+        params,
+        static,
+        X,
+        y,
+        loss_obj,
+        optimizer,
+        hp,
+        n_save,
+        save_states,
+        numbers["degree"],
+    )
+    statics = dict(
+        loss=loss_obj,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        objective=objective,
+        save_states=save_states,
+    )
+    return carry, static, X, y, numbers, key, statics
 
 
 def gradient_descent(
@@ -229,7 +334,7 @@ def gradient_descent(
     save_states: bool = False,
     chunk_size: int = 1000,
     degree: float | None = None,
-    diverge_above: float = 50.0,
+    diverge_above: float = 200.0,
     callback=None,
     throw: bool = True,
 ) -> GDResult:
@@ -265,68 +370,12 @@ def gradient_descent(
     **Returns:** a ``GDResult``. Numbers (learning rates inside ``optimizer``, targets) are
     traced where optax keeps them as arrays, so repeated calls reuse the compiled chunk.
     """
-    from ._flow import _auto_degree
-
-    if objective not in ("loss", "log_loss"):
-        raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
-    loss_obj = get_loss(loss)
-    X, y = check_data(X, y, loss_obj)
-    p = as_parameterized(model)
-    check_outputs(p, X, y, loss_obj)
-    if batch_size is not None:
-        if not 0 < batch_size <= X.shape[0]:
-            raise ValueError(f"batch_size must be in 1..{X.shape[0]}, got {batch_size}.")
-        if key is None:
-            raise ValueError("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
-    key = jax.random.key(0) if key is None else key
-    dtype = X.dtype
-    hp = dict(hyperparams or {})
-    if learning_rate is not None:
-        hp["learning_rate"] = learning_rate
-    if isinstance(optimizer, optax.GradientTransformation) and hp:
-        raise ValueError(
-            "learning_rate/hyperparams go with an optimizer factory (optimizer=optax.sgd); "
-            "this optimizer is already built, so its numbers are fixed."
-        )
-    if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
-        raise ValueError("pass learning_rate=... (or hyperparams) for the optimizer factory.")
-    # Numbers become traced arrays; bools and strings stay static choices.
-    hp = {
-        k: jnp.asarray(v, dtype) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-        for k, v in hp.items()
-    }
-    if degree is None:
-        degree = _auto_degree(p, X, loss_obj)
-    params, static = eqx.partition(p, eqx.is_inexact_array)
-    log_l0 = loss_obj.log_loss(jax.vmap(p)(X), y)
-    if not bool(jnp.isfinite(log_l0)):
-        raise ValueError("the initial loss is not finite; check the data and the model.")
-    numbers = {
-        "target": jnp.asarray(-jnp.inf if target_log_loss is None else target_log_loss, dtype),
-        "num_steps": jnp.asarray(num_steps),
-        "diverge_above": log_l0 + diverge_above,
-        "degree": jnp.asarray(degree, dtype),
-        "save_at": jnp.asarray(save_steps(num_steps, n_save)),
-        "hyperparams": hp,
-    }
-    carry = _init_carry(
-        params,
-        static,
-        X,
-        y,
-        loss_obj,
-        build_optimizer(optimizer, hp),
-        n_save,
-        save_states,
-        numbers["degree"],
-    )
-    statics = dict(
-        loss=loss_obj,
-        optimizer=optimizer,
-        chunk_size=int(min(chunk_size, max(num_steps, 1))),
-        batch_size=batch_size,
-        objective=objective,
-        save_states=save_states,
+    carry, static, X, y, numbers, key, statics = prepare_run(
+        model, X, y, num_steps=num_steps, learning_rate=learning_rate, optimizer=optimizer,
+        hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
+        batch_size=batch_size, key=key, objective=objective, n_save=n_save,
+        save_states=save_states, chunk_size=chunk_size, degree=degree,
+        diverge_above=diverge_above,
     )
     try:
         while True:

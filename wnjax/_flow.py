@@ -260,6 +260,8 @@ def _solve(
         states = eqx.combine(states, static)
     log_t = _tau_to_log_t(tau)
     ts = jnp.where(jnp.isfinite(tau), jnp.expm1(tau), jnp.inf)
+    if not normalized:  # plain time: the solver's own clock is exact; tau carries rtol error
+        ts = sol.ts[0]
     code = sol.result._value  # 0 successful, 1 max_steps, ...
     event_hit = (
         sol.event_mask if sol.event_mask is not None else jnp.asarray(False)

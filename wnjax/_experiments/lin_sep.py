@@ -31,14 +31,9 @@ DEGREE = 3.0
 
 def loss_normalized_schedule():
     """``wnjax.loss_normalized_sgd`` (step ``eta0/L^power``, optional backtracking)."""
-    import wnjax
+    from .._schedules import loss_normalized_sgd
 
-    if not hasattr(wnjax, "loss_normalized_sgd"):
-        raise ValueError(
-            "GD with the paper's schedule eta0/L^(1-1/30) needs wnjax.loss_normalized_sgd, which "
-            "this installation lacks; run with --dynamics flow instead."
-        )
-    return wnjax.loss_normalized_sgd
+    return loss_normalized_sgd
 
 
 def neuron_diagnostics(model, X, y) -> dict:
@@ -72,9 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=0.1, help="eta0 of the GD schedule")
     parser.add_argument("--frac", type=float, default=30.0, help="power 1 - 1/frac of the schedule")
     parser.add_argument("--max-steps", type=int, default=30_000)
+    parser.add_argument("--cap", type=float, default=1.0,
+                        help="cap on eta0 as backtracking grows it (SPEC: 'up to a cap')")
 
 
-def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_steps=30_000, key=None):
+def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_steps=30_000, key=None,
+             cap=1.0):
     """All three parameterizations on ``seeds`` data sets and inits (vmapped).
 
     **Returns:** dict ``name -> dict(steps (seeds,), reached, final diagnostics, history)``.
@@ -89,8 +87,11 @@ def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_step
         if dynamics == "gd":
             r = run_gd(models, X, y, per_seed_data=True, num_steps=max_steps, learning_rate=lr,
                        optimizer=loss_normalized_schedule(),
-                       hyperparams=dict(power=1.0 - 1.0 / frac, backtracking=True),
-                       target_log_loss=target, chunk_size=25, summarize=neuron_diagnostics)
+                       hyperparams=dict(power=1.0 - 1.0 / frac, backtracking=True,
+                                        max_learning_rate=cap),
+                       target_log_loss=target, chunk_size=25, summarize=neuron_diagnostics,
+                       # backtracking undoes a rising step itself; only non-finite values stop
+                       diverge_above=jnp.inf)
             hist = {k: np.swapaxes(v, 0, 1) for k, v in r.history.items()}
             out[name] = dict(steps=r.num_steps, reached=r.reached & ~r.diverged, final=r.final,
                              x=r.steps.T, hist=hist)
@@ -124,7 +125,7 @@ def relation_spread(diag: dict, sign: float) -> np.ndarray:
 def run(args: argparse.Namespace) -> dict:
     max_steps = args.max_steps * (4 if args.full else 1)
     sim = simulate(args.seeds, dynamics=args.dynamics, target=args.target, lr=args.lr,
-                   frac=args.frac, max_steps=max_steps)
+                   frac=args.frac, max_steps=max_steps, cap=args.cap)
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     def _min_cos(d, s):
         c = d["cos"][s][(d["rel"][s] > THRESHOLD) & (d["grad_norm"][s] > 0)]

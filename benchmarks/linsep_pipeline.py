@@ -1,0 +1,198 @@
+"""lin-sep with the paper's schedule: wnjax against a PyTorch re-implementation of its loop.
+
+The problem of SPEC section 4: 4 points in R^2, a bias-free 2-layer ReLU^2 net with 8 hidden
+neurons, EWN on every neuron (8 hidden + 1 output), exponential loss summed over points, GD with
+step ``eta0 / L^(1 - 1/30)`` and backtracking (a rise in the loss undoes the step and divides
+``eta0`` by 1.1; a fall multiplies it by 1.1), run to log L = -300, float64.
+
+The PyTorch loop is written from that description (no code copied): an ``nn.Module`` holding
+``(a_u, v_u)``, ``loss.backward()``, a manual in-place update, one loss/gradient evaluation per
+epoch. wnjax runs ``gradient_descent(ewn(MLP), optimizer=wnjax.loss_normalized_sgd, ...)``, one
+seed, and the same vmapped over many seeds. Reported: time per epoch, epochs to the target,
+and the wall time of ``wnjax reproduce lin-sep --seeds 100`` (compile and figures included)
+against one torch EWN seed.
+
+    python benchmarks/linsep_pipeline.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import _common as C
+
+POWER = 1.0 - 1.0 / 30.0
+
+
+def torch_linsep(X, y, W1, W2, *, lr: float, target: float, max_epochs: int, shrink=1.1,
+                 grow=1.1):
+    """EWN GD with eta = lr / L^(1-1/30) and backtracking, in eager PyTorch.
+
+    **Returns:** (epochs run, final log L).
+    """
+    import torch
+
+    class EWNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            n1, n2 = W1.norm(dim=1), W2.norm(dim=1)
+            self.a1 = torch.nn.Parameter(n1.log())
+            self.v1 = torch.nn.Parameter(W1 / n1[:, None])
+            self.a2 = torch.nn.Parameter(n2.log())
+            self.v2 = torch.nn.Parameter(W2 / n2[:, None])
+
+        def forward(self, x):
+            w1 = self.a1.exp()[:, None] * self.v1 / self.v1.norm(dim=1, keepdim=True)
+            w2 = self.a2.exp()[:, None] * self.v2 / self.v2.norm(dim=1, keepdim=True)
+            return (torch.relu(x @ w1.T) ** 2 @ w2.T)[:, 0]
+
+    net = EWNNet()
+    params = list(net.parameters())
+    prev = [p.detach().clone() for p in params]
+    prev_loss = float("inf")
+    epoch = 0
+    log_loss = float("nan")
+    while epoch < max_epochs:
+        epoch += 1
+        loss = torch.exp(-y * net(X)).sum()
+        log_loss = float(torch.log(loss.detach()))
+        if log_loss <= target:
+            break
+        value = float(loss.detach())
+        if value > prev_loss:  # backtrack: undo the last step, shrink eta0
+            with torch.no_grad():
+                for p, q in zip(params, prev):
+                    p.copy_(q)
+            lr /= shrink
+            continue
+        if value < prev_loss:  # the last step succeeded: grow eta0
+            lr *= grow
+        net.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            eta = lr / value**POWER
+            for p, q in zip(params, prev):
+                q.copy_(p)
+                p -= eta * p.grad
+            prev_loss = value
+    return epoch, log_loss
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, default=None, help="seeds of the vmapped wnjax run")
+    p.add_argument("--skip-reproduce", action="store_true",
+                   help="do not time `wnjax reproduce lin-sep --seeds 100`")
+    args = p.parse_args()
+    C.setup(args)
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    import wnjax
+    from wnjax._batched import traced_gradient_descent
+
+    target = -20.0 if args.quick else -300.0
+    max_epochs = 2_000 if args.quick else 30_000
+    seeds = args.seeds or (4 if args.quick else 100)
+    repeats = 1 if args.quick else 5
+    X, y = wnjax.lin_sep(jax.random.key(0))
+    mk = lambda k: wnjax.MLP(2, 8, 2, activation="relu2", key=k)  # noqa: E731
+    model = mk(jax.random.key(1))
+    fig = {"problem": {"target_log_loss": target, "lr": args.lr, "power": POWER,
+                       "backtracking": True, "max_epochs": max_epochs},
+           "gpu": C.GPU_NOT_MEASURED}
+    rows = []
+    schedule = getattr(wnjax, "loss_normalized_sgd", None)
+    if schedule is None:
+        fig["wnjax"] = "not measured: wnjax.loss_normalized_sgd does not exist yet"
+    else:
+        kw = dict(num_steps=max_epochs, learning_rate=args.lr, optimizer=schedule,
+                  hyperparams=dict(power=POWER, backtracking=True), target_log_loss=target,
+                  degree=3.0)
+        p0 = wnjax.ewn(model)
+
+        def one():
+            r = wnjax.gradient_descent(p0, X, y, **kw)
+            jax.block_until_ready(r.final)
+            return r
+
+        first = C.first_call_time(one)
+        t1 = C.median_time(one, repeats=repeats)
+        r = one()
+        epochs = int(r.num_steps)
+        models = eqx.filter_vmap(lambda k: wnjax.ewn(mk(k)))(jax.random.split(jax.random.key(2), seeds))
+        Xs, ys = jax.vmap(wnjax.lin_sep)(jax.random.split(jax.random.key(3), seeds))
+        many_fn = jax.jit(jax.vmap(lambda m, a, b: traced_gradient_descent(m, a, b, **kw).num_steps))
+        many = lambda: jax.block_until_ready(many_fn(models, Xs, ys))  # noqa: E731
+        firstS = C.first_call_time(many)
+        tS = C.median_time(many, repeats=repeats)
+        stepsS = np.asarray(many())
+        fig["wnjax"] = {
+            "1": {"epochs": epochs, "final_log_loss": float(r.final_log_loss),
+                  "run_s": t1["median"], "per_epoch_us": 1e6 * t1["median"] / epochs,
+                  "compile_s": first - t1["median"], "timing": t1},
+            str(seeds): {"epochs_median": float(np.median(stepsS)),
+                         "epochs_max": int(stepsS.max()), "run_s": tS["median"],
+                         "per_seed_epoch_us": 1e6 * tS["median"] / seeds / int(stepsS.max()),
+                         "compile_s": firstS - tS["median"], "timing": tS},
+        }
+        rows += [{"impl": "wnjax, 1 seed", "epochs": epochs, "run_s": t1["median"],
+                  "per_epoch_us": fig["wnjax"]["1"]["per_epoch_us"]},
+                 {"impl": f"wnjax, {seeds} seeds vmapped", "epochs": int(stepsS.max()),
+                  "run_s": tS["median"],
+                  "per_epoch_us": fig["wnjax"][str(seeds)]["per_seed_epoch_us"]}]
+    if C.has_torch():
+        import torch
+
+        Xt, yt = torch.tensor(np.asarray(X)), torch.tensor(np.asarray(y))
+        W1 = torch.tensor(np.asarray(model.layers[0].weight))
+        W2 = torch.tensor(np.asarray(model.layers[1].weight))
+        run = lambda: torch_linsep(Xt, yt, W1, W2, lr=args.lr, target=target,  # noqa: E731
+                                   max_epochs=max_epochs)
+        tt = C.median_time(run, repeats=max(1, repeats // 2 + 1), warmup=0 if args.quick else 1)
+        epochs_t, final_t = run()
+        fig["torch"] = {"epochs": epochs_t, "final_log_loss": final_t, "run_s": tt["median"],
+                        "per_epoch_us": 1e6 * tt["median"] / epochs_t, "timing": tt,
+                        "threads": torch.get_num_threads()}
+        rows.append({"impl": "torch eager, 1 seed", "epochs": epochs_t, "run_s": tt["median"],
+                     "per_epoch_us": fig["torch"]["per_epoch_us"]})
+        if isinstance(fig["wnjax"], dict):
+            fig["speedup_per_epoch"] = fig["torch"]["per_epoch_us"] / fig["wnjax"]["1"]["per_epoch_us"]
+            fig["speedup_per_seed_epoch_vmapped"] = (
+                fig["torch"]["per_epoch_us"] / fig["wnjax"][str(seeds)]["per_seed_epoch_us"])
+    else:
+        fig["torch"] = "not measured: torch not installed"
+    fig["reproduce_lin_sep_100_seeds"] = reproduce_time(args)
+    print(C.table(rows, ["impl", "epochs", "run_s", "per_epoch_us"]))
+    rep = fig["reproduce_lin_sep_100_seeds"]
+    if isinstance(rep, dict):
+        print(f"`wnjax reproduce lin-sep --seeds 100`: {rep['wall_s']:.1f} s (rc {rep['returncode']})")
+    C.write_result("linsep_pipeline", args, fig)
+
+
+def reproduce_time(args) -> dict | str:
+    """Wall time of ``wnjax reproduce lin-sep --seeds 100`` in a fresh process."""
+    if args.quick or args.skip_reproduce:
+        return "not measured: skipped (--quick or --skip-reproduce)"
+    from wnjax._reproduce import EXPERIMENTS
+
+    if "lin-sep" not in EXPERIMENTS:
+        return "not measured: `wnjax reproduce lin-sep` is not registered yet"
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "wnjax", "reproduce", "--seeds", "100", "--out", out,
+               "lin-sep"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        wall = time.perf_counter() - t0
+    return {"command": "wnjax reproduce lin-sep --seeds 100", "wall_s": wall,
+            "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
+
+
+if __name__ == "__main__":
+    main()
