@@ -79,7 +79,7 @@ def main() -> None:
     model, X, y = problem(jax.random.key(0), n, d, width)
     keys = jax.random.split(jax.random.key(1), seeds)
     models = eqx.filter_vmap(lambda k: problem(k, n, d, width)[0])(keys)
-    kw = dict(num_steps=steps, learning_rate=args.lr, degree=3.0)
+    kw = dict(num_steps=steps, learning_rate=args.lr, degree=3.0, diagnostics=False)
 
     def one():
         r = wnjax.gradient_descent(model, X, y, **kw)

@@ -98,7 +98,8 @@ def main() -> None:
     repeats = 1 if args.quick else 7
     model, X, y = problem(jax.random.key(0), n, d, width)
     kw = dict(t1=t1, rtol=args.rtol, atol=args.atol, solver=diffrax.Dopri5(), n_save=2,
-              save_states=False, degree=3.0, max_steps=1_000_000)
+              save_states=False, degree=3.0, max_steps=1_000_000,
+              diagnostics=False)
 
     def run_jax(**over):
         r = wnjax.gradient_flow(model, X, y, **{**kw, **over})

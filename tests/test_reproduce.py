@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax._experiments import conv_rate, lin_sep, simple_traj, xor
+from wnjax._experiments import conv_rate, simple_traj, xor
 from wnjax._experiments._runner import run_gd
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")

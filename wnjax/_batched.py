@@ -36,6 +36,7 @@ def traced_gradient_descent(
     chunk_size: int = 1000,
     degree: float | Array | None = None,
     diverge_above: float = 200.0,
+    diagnostics: bool = True,
 ) -> GDResult:
     """GD/SGD ``theta <- theta + optimizer.update(g, ...)`` as one traceable, vmappable program.
 
@@ -56,7 +57,7 @@ def traced_gradient_descent(
         hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
         batch_size=batch_size, key=key, objective=objective, n_save=n_save,
         save_states=save_states, chunk_size=chunk_size, degree=degree,
-        diverge_above=diverge_above,
+        diverge_above=diverge_above, diagnostics=diagnostics,
     )
     # A carry of fixed types: the chunk must map it to exactly the same avals.
     carry = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.result_type(x)), carry)

@@ -13,7 +13,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._data import lin_sep

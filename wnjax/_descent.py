@@ -104,6 +104,34 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
+def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: Loss,
+                   batch_size: int | None, objective: str):
+    """One GD/SGD step ``theta <- theta + optimizer.update(g, ...)`` on the batch of step ``k``.
+
+    ``g = L grad log L = grad L`` (``objective='loss'``) or ``grad log L`` (``'log_loss'``), both
+    on the batch; ``optimizer.update`` also receives ``value=L`` and ``log_value=log L``.
+
+    **Returns:** ``(log L on the batch, new params, new optimizer state, all finite)``.
+    """
+    if batch_size is None:
+        Xb, yb = X, y
+    else:
+        idx = _batch_indices(key, k, X.shape[0], batch_size)
+        Xb, yb = X[idx], y[idx]
+
+    def log_loss(q):
+        return loss.log_loss(jax.vmap(eqx.combine(q, static))(Xb), yb)
+
+    value, g = jax.value_and_grad(log_loss)(params)
+    if objective == "loss":
+        g = jax.tree_util.tree_map(lambda x: jnp.exp(value) * x, g)
+    updates, opt_state = optimizer.update(
+        g, opt_state, params, value=jnp.exp(value), log_value=value
+    )
+    new_params = eqx.apply_updates(params, updates)
+    return value, new_params, opt_state, jnp.isfinite(value) & _all_finite(new_params)
+
+
 @eqx.filter_jit
 def _run_chunk(
     carry: dict,
@@ -118,13 +146,13 @@ def _run_chunk(
     batch_size: int | None,
     objective: str,
     save_states: bool,
+    diagnostics: bool = True,
 ) -> dict:
     """Advance to the next save step (at most ``chunk_size`` steps), recording summaries there.
 
     Steps run in a ``lax.while_loop``; the (costly) summaries are evaluated once per save point,
     never per step, also under ``vmap``. A stopped run records its final state once.
     """
-    n = X.shape[0]
     optimizer = build_optimizer(optimizer, numbers["hyperparams"])
     save_at = numbers["save_at"]
     n_save = save_at.shape[0]
@@ -138,7 +166,7 @@ def _run_chunk(
         return jnp.where(ok, target, jnp.iinfo(c["k"].dtype).max)
 
     def record(c):
-        out = summaries(eqx.combine(c["params"], static), X, y, loss, numbers["degree"])
+        out = summaries(eqx.combine(c["params"], static), X, y, loss, numbers["degree"], diagnostics)
         if save_states:
             out["state"] = c["params"]
         i = jnp.minimum(c["save_idx"], n_save - 1)
@@ -156,21 +184,12 @@ def _run_chunk(
         return jax.lax.cond(due, record, lambda c: c, c)
 
     def step(c):
-        if batch_size is None:
-            Xb, yb = X, y
-        else:
-            idx = _batch_indices(key, c["k"], n, batch_size)
-            Xb, yb = X[idx], y[idx]
-        value, g = jax.value_and_grad(log_loss_on)(c["params"], Xb, yb)
-        if objective == "loss":
-            g = jax.tree_util.tree_map(lambda x: jnp.exp(value) * x, g)
-        updates, opt_state = optimizer.update(
-            g, c["opt_state"], c["params"], value=jnp.exp(value), log_value=value
+        value, new_params, opt_state, finite = descent_update(
+            c["params"], c["opt_state"], c["k"], static, X, y, key, optimizer,
+            loss=loss, batch_size=batch_size, objective=objective,
         )
-        new_params = eqx.apply_updates(c["params"], updates)
         at_target = (batch_size is None) & (value <= numbers["target"])
-        blew_up = ~jnp.isfinite(value) | (value > numbers["diverge_above"])
-        blew_up = blew_up | ~_all_finite(new_params)
+        blew_up = ~finite | (value > numbers["diverge_above"])
         new_stop = jnp.where(
             at_target,
             STOP_TARGET,
@@ -210,12 +229,14 @@ def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformatio
 
 
 @eqx.filter_jit
-def _init_carry(params, static, X, y, loss, optimizer, hyperparams, n_save, save_states, degree):
+def _init_carry(
+    params, static, X, y, loss, optimizer, hyperparams, n_save, save_states, degree, diagnostics
+):
     """The loop state at step 0: parameters, optimizer state, empty save buffers (compiled once)."""
     optimizer = build_optimizer(optimizer, hyperparams)
     # Only the shapes of the summaries are needed to allocate the save buffers.
     example = eqx.filter_eval_shape(
-        lambda q: summaries(eqx.combine(q, static), X, y, loss, degree), params
+        lambda q: summaries(eqx.combine(q, static), X, y, loss, degree, diagnostics), params
     )
     if save_states:
         example["state"] = params
@@ -247,6 +268,7 @@ def _as_number(v, dtype):
 def prepare_run(
     model, X, y, *, num_steps, learning_rate, optimizer, hyperparams, loss, target_log_loss,
     batch_size, key, objective, n_save, save_states, chunk_size, degree, diverge_above,
+    diagnostics=True,
 ):
     """Validate a GD run's inputs; return ``(carry, static, X, y, numbers, key, statics)``.
 
@@ -305,6 +327,7 @@ def prepare_run(
         n_save,
         save_states,
         numbers["degree"],
+        diagnostics,
     )
     statics = dict(
         loss=loss_obj,
@@ -312,6 +335,7 @@ def prepare_run(
         batch_size=batch_size,
         objective=objective,
         save_states=save_states,
+        diagnostics=diagnostics,
     )
     return carry, static, X, y, numbers, key, statics
 
@@ -337,6 +361,7 @@ def gradient_descent(
     diverge_above: float = 200.0,
     callback=None,
     throw: bool = True,
+    diagnostics: bool = True,
 ) -> GDResult:
     """Run GD (or minibatch SGD) with an optax optimizer until a target, divergence or ``num_steps``.
 
@@ -366,6 +391,8 @@ def gradient_descent(
     - `diverge_above`: a run whose ``log L`` exceeds ``log L(0) + diverge_above`` has diverged.
     - `callback`: called with the chunk carry after each chunk (for checkpoints or progress).
     - `throw`: raise ``GDFailed`` on divergence instead of returning the partial result.
+    - `diagnostics`: also save the asymptotic diagnostics at the save points (see
+      ``wnjax.gradient_flow``).
 
     **Returns:** a ``GDResult``. Numbers (learning rates inside ``optimizer``, targets) are
     traced where optax keeps them as arrays, so repeated calls reuse the compiled chunk.
@@ -375,7 +402,7 @@ def gradient_descent(
         hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
         batch_size=batch_size, key=key, objective=objective, n_save=n_save,
         save_states=save_states, chunk_size=chunk_size, degree=degree,
-        diverge_above=diverge_above,
+        diverge_above=diverge_above, diagnostics=diagnostics,
     )
     try:
         while True:

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._losses import Loss, get_loss
-from ._neurons import broadcast_rows, row_norms
+from ._neurons import row_norms
 from ._parameterize import Frozen, Parameterized, Standard, as_parameterized
 
 

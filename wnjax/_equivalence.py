@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from ._descent import gradient_descent

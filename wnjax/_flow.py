@@ -133,7 +133,9 @@ def _grad_log_loss(params, static, X, y, loss, rate):
     return value, grads
 
 
-def summaries(p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array) -> dict:
+def summaries(
+    p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
+) -> dict:
     """Diagnostics of one state: log loss, margins, normalized margin, per-neuron norms, and
     the asymptotic diagnostics of ``wnjax.asymptotic_summaries`` (relative norms, alignment,
     relation spreads, loss direction, KKT residuals).
@@ -141,19 +143,19 @@ def summaries(p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array) -
     The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
     trainable layer weights.
     """
-    out = jax.vmap(p)(X)
-    q = loss.margins(out, y)
-    min_margin = jnp.min(q)
-    return {
-        "log_loss": loss.log_loss(out, y),
+    outputs = jax.vmap(p)(X)
+    min_margin = jnp.min(loss.margins(outputs, y))
+    out = {
+        "log_loss": loss.log_loss(outputs, y),
         "min_margin": min_margin,
         "normalized_margin": min_margin / trainable_weight_norm(p) ** degree,
         "weight_norm": trainable_weight_norm(p),
         "neuron_norms": p.neuron_norms(),
         "direction_norms": p.direction_norms(),
-        # relative norms, alignment, relation spreads, loss direction, KKT (wnjax diagnostics)
-        **asymptotic_summaries(p, X, y, loss, degree),
     }
+    if diagnostics:  # relative norms, alignment, relation spreads, loss direction, KKT
+        out.update(asymptotic_summaries(p, X, y, loss, degree))
+    return out
 
 
 def _tau_to_log_t(tau: Array) -> Array:
@@ -182,6 +184,7 @@ def _solve(
     max_steps: int,
     save_states: bool,
     save_levels: bool,
+    diagnostics: bool,
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
 ) -> FlowResult:
@@ -203,7 +206,7 @@ def _solve(
     def save_fn(s, state, args):
         theta, tau = state
         model = eqx.combine(theta, static)
-        out = summaries(model, X, y, loss, numbers["degree"])
+        out = summaries(model, X, y, loss, numbers["degree"], diagnostics)
         out["tau"] = tau
         if save_states:
             out["state"] = theta
@@ -440,6 +443,7 @@ def gradient_flow(
     progress: bool = False,
     throw: bool = True,
     controller_kwargs: dict | None = None,
+    diagnostics: bool = True,
 ) -> FlowResult:
     """Integrate gradient flow ``dw/dt = -grad L(w)`` of a (parameterized) model with diffrax.
 
@@ -474,6 +478,9 @@ def gradient_flow(
     - `progress`: show diffrax's progress meter.
     - `throw`: raise ``FlowFailed`` on failure instead of returning.
     - `controller_kwargs`: extra ``diffrax.PIDController`` arguments (``pcoeff``, ``dtmax``, ...).
+    - `diagnostics`: also save the asymptotic diagnostics (``wnjax.asymptotic_summaries``:
+      alignment, relation spreads, KKT residuals, ...) at the save points; ``False`` keeps only
+      the loss, margins and norms (cheaper to compile and run).
 
     **Returns:** a ``FlowResult``.
 
@@ -530,6 +537,7 @@ def gradient_flow(
         max_steps=int(max_steps),
         save_states=save_states,
         save_levels=save_levels,
+        diagnostics=diagnostics,
         progress_meter=_progress_meter(progress),
         controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
     )

@@ -58,7 +58,8 @@ def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
 def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
     """Check the model's per-example output shape against ``loss`` (via ``jax.eval_shape``)."""
     try:
-        out = jax.eval_shape(jax.vmap(model), X)
+        # A lambda, not the module itself: JAX would pretty-print the module for source info.
+        out = jax.eval_shape(jax.vmap(lambda x: model(x)), X)
     except Exception as err:  # shape errors from inside the model
         raise ValueError(
             f"the model cannot be applied to examples of shape {X.shape[1:]}: {err}"

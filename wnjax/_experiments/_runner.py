@@ -18,18 +18,13 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._descent import build_optimizer
+from .._descent import build_optimizer, descent_update
 from .._flow import FlowResult, gradient_flow
 from .._losses import Loss, get_loss
 
 
 def _where(c, a, b):
     return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
-
-
-def _finite(tree) -> Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _log_loss(params, static, X, y, loss: Loss) -> Array:
@@ -43,26 +38,15 @@ def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size
 
     def one(c, X, y, hp, key):
         opt = build_optimizer(optimizer, hp)
-        n = X.shape[0]
 
         def step(c, _):
             running = ~c["done"]
-            if batch_size is None:
-                Xb, yb = X, y
-            else:
-                per_epoch = n // batch_size
-                perm = jax.random.permutation(jax.random.fold_in(key, c["k"] // per_epoch), n)
-                idx = jax.lax.dynamic_slice(perm, ((c["k"] % per_epoch) * batch_size,), (batch_size,))
-                Xb, yb = X[idx], y[idx]
-            value, g = jax.value_and_grad(_log_loss)(c["params"], static, Xb, yb, loss)
-            if objective == "loss":
-                g = jax.tree_util.tree_map(lambda x: jnp.exp(value) * x, g)
-            upd, opt_state = opt.update(
-                g, c["opt_state"], c["params"], value=jnp.exp(value), log_value=value
+            value, new, opt_state, finite = descent_update(
+                c["params"], c["opt_state"], c["k"], static, X, y, key, opt,
+                loss=loss, batch_size=batch_size, objective=objective,
             )
-            new = eqx.apply_updates(c["params"], upd)
             at_target = (batch_size is None) & (value <= c["target"])
-            bad = ~jnp.isfinite(value) | ~_finite(new) | (value > c["diverge_above"])
+            bad = ~finite | (value > c["diverge_above"])
             take = running & ~at_target & ~bad
             c = dict(c)
             c["params"] = _where(take, new, c["params"])
