@@ -31,6 +31,7 @@ from ._parameterize import (
     as_parameterized,
     neuron_norm_sq_rate,
     restore_type,
+    scale_trainable,
     trainable_weight_norm,
 )
 from ._validate import check_data, check_outputs
@@ -399,10 +400,7 @@ def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
 def _traced_degree(p: Parameterized, X: Array) -> Array:
     """Under a transform (vmap over seeds): ``L = median_i log(|Phi(2w; x_i)|/|Phi(w; x_i)|)/log 2``."""
     plain = p.standard()
-    scaled = eqx.combine(
-        jax.tree_util.tree_map(lambda w: 2.0 * w, eqx.filter(plain, eqx.is_inexact_array)),
-        eqx.filter(plain, eqx.is_inexact_array, inverse=True),
-    )
+    scaled = scale_trainable(p, 2.0).standard()
     phi = jnp.abs(jax.vmap(plain)(X)).ravel()
     phi2 = jnp.abs(jax.vmap(scaled)(X)).ravel()
     est = jnp.log(phi2 / jnp.where(phi > 0, phi, 1.0)) / jnp.log(2.0)

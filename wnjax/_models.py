@@ -203,13 +203,14 @@ def homogeneity_degree(
 ) -> float:
     """Measure ``L`` with ``Phi(c w; x) = c^L Phi(w; x)``: ``L = log(|Phi(c w)|/|Phi(w)|) / log c``.
 
-    Every inexact array of ``model`` is scaled by ``c``. ``x`` is a batch of examples (leading
+    Every inexact array of a plain ``model`` is scaled by ``c``; for a ``Parameterized`` model,
+    the weights of its non-frozen layers (a frozen layer is a constant of the function). ``x`` is a batch of examples (leading
     axis). ``L`` is estimated at each ``c`` in ``scales``; the estimates must agree with each
     other and across examples to ``rtol``, or the model is not homogeneous.
 
     **Returns:** the measured degree ``L`` (a float; round it if you need an integer).
     """
-    from ._parameterize import to_standard
+    from ._parameterize import Parameterized, scale_trainable, to_standard
 
     plain = to_standard(model)
     if has_bias(plain):
@@ -224,7 +225,13 @@ def homogeneity_degree(
         raise ValueError("the model outputs zero on every example of x; pick other inputs.")
     estimates = []
     for c in scales:
-        phi_c = np.asarray(jax.vmap(_scale_weights(plain, c))(x), dtype=np.float64).ravel()
+        # A parameterized model scales only its trainable layers: frozen ones are constants.
+        scaled = (
+            scale_trainable(model, c).standard()
+            if isinstance(model, Parameterized)
+            else _scale_weights(plain, c)
+        )
+        phi_c = np.asarray(jax.vmap(scaled)(x), dtype=np.float64).ravel()
         if np.any(np.sign(phi_c[keep]) != np.sign(phi[keep])):
             raise ValueError(
                 f"Phi(c w) changes sign at c = {c}: the model is not positively homogeneous in "

@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._neurons import has_bias
+from ._models import homogeneity_degree
 from ._parameterize import (
     Parameterized,
     Standard,
@@ -94,23 +95,10 @@ def trainable_degree(model: PyTree, X: Array, *, rtol: float = 1e-6) -> float:
     """Homogeneity degree in the trainable weights: ``H(2w) = 2^L H(w)``, so ``L = log2 |H(2w)/H(w)|``.
 
     Frozen layers are not scaled (a net with a frozen output layer is 2-homogeneous in its
-    first layer, say). Raises ``ValueError`` if the estimates disagree across examples.
+    first layer, say); this is ``wnjax.homogeneity_degree`` at ``c = 2``. Raises
+    ``ValueError`` if the estimates disagree across examples.
     """
-    w, build = trainable_vector(model)
-    X = jnp.asarray(X)
-    h1 = np.abs(np.asarray(jax.vmap(build(w))(X), dtype=np.float64)).ravel()
-    h2 = np.abs(np.asarray(jax.vmap(build(2.0 * w))(X), dtype=np.float64)).ravel()
-    keep = h1 > 1e-12 * max(h1.max(), 1e-300)
-    if not keep.any():
-        raise ValueError("the model outputs zero on every example; pick other inputs.")
-    est = np.log2(h2[keep] / h1[keep])
-    degree = float(np.median(est))
-    if np.max(np.abs(est - degree)) > rtol * max(1.0, abs(degree)):
-        raise ValueError(
-            f"the model is not homogeneous in its trainable weights: the degree ranges from "
-            f"{est.min():.6g} to {est.max():.6g} across examples."
-        )
-    return degree
+    return homogeneity_degree(model, X, scales=(2.0,), rtol=rtol)
 
 
 def _residual(g: Array, u: Array) -> Array:
