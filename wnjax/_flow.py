@@ -137,7 +137,7 @@ def _grad_log_loss(params, static, X, y, loss, rate):
 def summaries(
     p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
 ) -> dict:
-    """Diagnostics of one state: log loss, margins, normalized margin, per-neuron norms, and
+    """Diagnostics of one state: loss and log loss, margins, normalized margin, per-neuron norms, and
     the asymptotic diagnostics of ``wnjax.asymptotic_summaries`` (relative norms, alignment,
     relation spreads, loss direction, KKT residuals).
 
@@ -146,8 +146,10 @@ def summaries(
     """
     outputs = jax.vmap(p)(X)
     min_margin = jnp.min(loss.margins(outputs, y))
+    log_l = loss.log_loss(outputs, y)
     out = {
-        "log_loss": loss.log_loss(outputs, y),
+        "log_loss": log_l,
+        "loss": jnp.exp(log_l),  # underflows to 0 below log L ~ -745; log_loss does not
         "min_margin": min_margin,
         "normalized_margin": min_margin / trainable_weight_norm(p) ** degree,
         "weight_norm": trainable_weight_norm(p),
