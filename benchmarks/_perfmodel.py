@@ -14,9 +14,9 @@ gradient written once, and each layer's activations written by the forward pass 
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
+from _common import median_time
 
 
 def layer_shapes(d: int, width: int, depth: int) -> list[tuple[int, int]]:
@@ -39,13 +39,8 @@ def gd_step_bytes(n: int, d: int, width: int, depth: int, itemsize: int = 8) -> 
 
 
 def _median_call(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    """Median seconds of ``fn()`` after one warm-up call (``_common.median_time``)."""
+    return float(median_time(fn, repeats=repeats, warmup=1)["median"])
 
 
 def peak_matmul_flops(size: int = 2048, dtype=None, repeats: int = 5) -> dict:
