@@ -41,6 +41,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
+def experiment_parser(name: str, **defaults) -> argparse.ArgumentParser:
+    """The argument parser of experiment ``name``: the common flags and its own."""
+    if name not in EXPERIMENTS:
+        raise ValueError(
+            f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)} "
+            f"(`wnjax reproduce --list` describes them)."
+        )
+    sub = argparse.ArgumentParser(prog=f"wnjax reproduce {name}")
+    sub.add_argument("--out", default=defaults.get("out"))
+    sub.add_argument("--seeds", type=int, default=defaults.get("seeds", 5))
+    sub.add_argument("--full", action="store_true", default=defaults.get("full", False))
+    _load(name).add_arguments(sub)
+    return sub
+
+
+def reproduce(name: str, *, seeds: int = 5, out: str | None = None, full: bool = False,
+              **options) -> dict:
+    """Run experiment ``name`` as ``wnjax reproduce NAME`` does and return its metrics.
+
+    ``options`` are the experiment's own flags with ``-`` written as ``_`` (for example
+    ``reproduce("lin-sep", seeds=3, dynamics="flow", max_steps=2000)``); unknown ones raise.
+    Writes the figures, ``metrics.json`` and ``report.md`` under ``out`` (default
+    ``runs/NAME``).
+    """
+    parser = experiment_parser(name, out=out, seeds=seeds, full=full)
+    args = parser.parse_args([])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(
+            f"experiment {name!r} has no option(s) {unknown}; its options are "
+            f"{sorted(k for k in vars(args) if k not in ('out', 'seeds', 'full'))}."
+        )
+    for key, value in options.items():
+        setattr(args, key, value)
+    args.name = name
+    args.out = args.out or os.path.join("runs", name)
+    os.makedirs(args.out, exist_ok=True)
+    return _load(name).run(args)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list or not args.name:
         for name in EXPERIMENTS:
@@ -52,12 +92,8 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(EXPERIMENTS) or 'none yet'}."
         )
     module = _load(args.name)
-    sub = argparse.ArgumentParser(prog=f"wnjax reproduce {args.name}")
     # The common flags may also come after NAME; they keep the values parsed before it.
-    sub.add_argument("--out", default=args.out)
-    sub.add_argument("--seeds", type=int, default=args.seeds)
-    sub.add_argument("--full", action="store_true", default=args.full)
-    module.add_arguments(sub)
+    sub = experiment_parser(args.name, out=args.out, seeds=args.seeds, full=args.full)
     extra = sub.parse_args(args.rest)
     for key, value in vars(extra).items():
         setattr(args, key, value)
