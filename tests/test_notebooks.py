@@ -25,3 +25,19 @@ def test_notebooks_are_paired():
     assert NOTEBOOKS, "no notebooks found"
     for script in NOTEBOOKS:
         assert script.with_suffix(".ipynb").exists(), f"{script.name} has no paired .ipynb"
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_in_sync(script):
+    """The .ipynb holds the same cells (type and source) as its percent script, so neither was
+    edited without the other (`jupytext --sync notebooks/NAME.py` re-pairs them)."""
+    jupytext = pytest.importorskip("jupytext")
+
+    def cells(path):
+        return [(c.cell_type, c.source.strip()) for c in jupytext.read(path).cells
+                if c.source.strip()]
+
+    script_cells, notebook_cells = cells(script), cells(script.with_suffix(".ipynb"))
+    assert [c for c in script_cells if c[0] == "code"], f"{script.name} has no code cell"
+    assert script_cells == notebook_cells, (
+        f"{script.name} and its .ipynb differ; run `jupytext --sync {script}`")

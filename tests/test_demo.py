@@ -1,0 +1,43 @@
+"""``wnjax demo`` at small size: its outputs, their keys and shapes, and the equivalence it checks."""
+
+import json
+
+import numpy as np
+
+from wnjax import _cli, _demo
+
+
+def test_demo_small(tmp_path):
+    out = tmp_path / "demo"
+    code = _cli.main(["demo", "--out", str(out), "--seeds", "2", "--target", "-100",
+                      "--xor-target", "-20", "--max-steps", "3000", "--jobs", "2"])
+    assert code == 0  # the equivalence holds
+    for name in ("demo.png", "report.md", "metrics.json", "lin-sep/lin_sep.png",
+                 "lin-sep/report.md", "xor/xor.png", "xor/report.md"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) >= {"equivalence", "lin_sep", "xor", "verdicts", "settings", "seconds"}
+    eq = m["equivalence"]
+    # EWN flow = rate-||w_u||^2 flow to solver precision; SWN does not; GD error ~ eta^1.
+    assert eq["ewn_max_rel_err"] < 1e-6 < 1e-3 < eq["swn_max_rel_err"]
+    assert abs(eq["gd_vs_flow_exponent"] - 1.0) < 0.2
+    for name in ("ewn", "swn", "standard"):
+        assert np.shape(m["lin_sep"][f"{name}_relative_norms"]) == (2, 8)
+        assert np.shape(m["xor"][f"{name}_relative_norms"]) == (2, 20)
+        rel = np.asarray(m["xor"][f"{name}_relative_norms"])
+        np.testing.assert_allclose(np.sum(rel**2, axis=1), 1.0, rtol=1e-9)  # unit-norm profile
+    assert [len(m["verdicts"][k]) for k in ("equivalence", "lin_sep", "xor")] == [1, 5, 4]
+    assert m["settings"] == {"seed": 0, "seeds": 2, "lin_sep_target": -100.0,
+                             "xor_target": -20.0, "max_steps": 3000, "jobs": 2}
+    report = (out / "report.md").read_text()
+    assert "![demo](demo.png)" in report and "(lin-sep/lin_sep.png)" in report
+    assert report.count("reproduced") >= 10
+
+
+def test_verdict_parsing():
+    line = "- **not reproduced**: x + y = const (EWN) and y - x = const (SWN) (spread (a) 0.1)"
+    assert _demo.verdict_lines("# r\n" + line + "\n- **reproduced**: plain claim") == [
+        {"reproduced": False, "claim": "x + y = const (EWN) and y - x = const (SWN)",
+         "detail": "spread (a) 0.1"},
+        {"reproduced": True, "claim": "plain claim", "detail": ""},
+    ]
