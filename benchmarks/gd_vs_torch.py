@@ -4,7 +4,8 @@ The same bias-free MLP as ``gf_vs_torchdiffeq.py`` (d -> width -> 1, ReLU^2), fu
 exponential loss summed over points, plain GD ``w <- w - eta grad L``, float64. Time per
 seed-step for 1 seed and for many seeds:
 
-- wnjax, 1 seed: ``wnjax.gradient_descent`` (compiled ``lax.scan`` chunks, default save points);
+- wnjax, 1 seed: ``wnjax.gradient_descent`` (compiled chunks of ``chunk_size`` steps, the
+  default 64 save points recorded inside them);
 - wnjax, S seeds: ``jax.jit(jax.vmap(traced_gradient_descent))``, one compiled program;
 - torch, 1 seed: an eager loop (forward, ``backward``, in-place update under ``no_grad``);
 - torch, S seeds: (a) the same eager loop run seed after seed, and (b) one eager loop over

@@ -203,3 +203,26 @@ def test_gd_compiles_once(problem):
     assert not bool(r2.reached_target) and int(r2.num_steps) == 2 * CHUNK
     assert float(r2.final_log_loss) > float(r1.final_log_loss)
     assert bool(r3.reached_target) and float(r3.final_log_loss) <= -2.0
+
+
+def test_long_segments_match_step_by_step_loop(problem):
+    """Segments longer than ``FAST_BLOCK`` run in unchecked blocks: the steps are the same, and
+    a target crossed inside a block stops the run at exactly the step a step-by-step loop does."""
+    from wnjax._descent import FAST_BLOCK
+
+    model, X, y = problem
+    eta, k = 0.05, 2 * FAST_BLOCK + 44
+    manual, values = model, []
+    for _ in range(k):
+        values.append(float(wnjax.log_loss(manual, X, y)))
+        g = loss_grad(manual, X, y)
+        manual = eqx.apply_updates(manual, jax.tree_util.tree_map(lambda x: -eta * x, g))
+    run = dict(num_steps=k, learning_rate=eta, n_save=2, chunk_size=10 * k, diagnostics=False)
+    r = wnjax.gradient_descent(model, X, y, **run)
+    assert int(r.num_steps) == k and int(r.stop_code) == 2
+    np.testing.assert_allclose(weights(r.final), weights(manual), rtol=1e-11)
+    stop_at = FAST_BLOCK + 37  # inside the second block
+    target = 0.5 * (values[stop_at - 1] + values[stop_at])
+    t = wnjax.gradient_descent(model, X, y, target_log_loss=target, **run)
+    assert bool(t.reached_target) and int(t.num_steps) == stop_at
+    assert float(t.final_log_loss) <= target < values[stop_at - 1]

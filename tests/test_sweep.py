@@ -161,17 +161,23 @@ def test_flow_sharded_equals_unsharded():
     assert one.table["ok"].all() and len(one) == 12
     # Seeds differ in their step counts, so each block's while-loop ran its own length.
     assert np.unique(one.table["steps"]).size > 1
-    # The 1- and 8-device programs differ by ~1e-15 roundoff. Where the adaptive controller took
-    # the same steps, results agree to 1e-12; near a saddle (log L ~ log 2) an accept/reject
-    # decision can flip, and then they agree only to the solver tolerance.
+    # The 1- and 8-device programs differ by ~1e-15 roundoff, which a few thousand adaptive steps
+    # of a nonlinear flow amplify (the step sizes themselves depend on it): where the controller
+    # took the same number of steps, results agree to 1e-10 (measured: most rows ~1e-15, worst
+    # ~3e-12); near a saddle (log L ~ log 2) an accept/reject decision can flip, and then they
+    # agree only to the solver tolerance.
     same = one.table["steps"] == eight.table["steps"]
     assert same.sum() >= len(one) // 2
     a, b = one.table["final_log_loss"], eight.table["final_log_loss"]
-    rel = np.abs(a - b) / np.abs(a)
-    assert rel[same].max() <= 1e-12
+    # log L is compared on the scale max(|log L|, 1): an end near log L = 0 (a loss near 1)
+    # leaves only absolute roundoff, which a plain relative error would blow up.
+    rel = np.abs(a - b) / np.maximum(np.abs(a), 1.0)
+    assert rel[same].max() <= 1e-10
     assert rel.max() <= 1e-8
     ta, tb = one.trajectories[0]["log_loss"][same], eight.trajectories[0]["log_loss"][same]
-    np.testing.assert_allclose(tb, ta, rtol=1e-12, atol=0)
+    # Intermediate save points (dense output mid-run) carry the amplified roundoff too (worst
+    # measured 2.4e-10); they must still agree well inside the solver's rtol = 1e-9.
+    np.testing.assert_allclose(tb, ta, rtol=1e-9, atol=1e-9)
 
 
 def test_grid_split_and_bad_input():

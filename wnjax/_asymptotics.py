@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=8, help="hidden neurons (default 8)")
     parser.add_argument("--n-save", type=int, default=64, help="save levels of log L")
     parser.add_argument("--max-steps", type=int, default=200_000, help="solver step budget")
+    parser.add_argument("--solver", default="auto",
+                        help="tsit5, stiff (Kvaerno5), or auto (default: Tsit5, then Kvaerno5 if "
+                        "the explicit solver is held up by stiffness, as SWN is at deep targets)")
     parser.add_argument("--threshold", type=float, default=0.1, help="survivor relative norm")
     parser.add_argument("--out", default=os.path.join("runs", "asymptotics"), help="output folder")
 
@@ -125,13 +128,20 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         r = wnjax.gradient_flow(makers[name](model), X, y, time="normalized", t1=1e6,
                                 target_log_loss=args.target, n_save=args.n_save,
-                                max_steps=args.max_steps, degree=degree, throw=False)
+                                max_steps=args.max_steps, degree=degree, throw=False,
+                                solver=args.solver)
         jax.block_until_ready(r.final_log_loss)
         seconds = time.perf_counter() - start
         runs[name] = r
         report["runs"][name] = {"seconds_with_compile": seconds,
                                 **_final_diagnostics(r, X, y, args.threshold, degree)}
-        print(f"{name:9s} {r.message} ({seconds:.1f} s with compilation)")
+        stiff = bool(r.stats.get("stiff", args.solver in ("stiff", "kvaerno5")))
+        report["runs"][name]["solver"] = "Kvaerno5" if stiff else (
+            "Tsit5" if args.solver in ("auto", "tsit5") else args.solver)
+        if "explicit_steps" in r.stats:
+            report["runs"][name]["explicit_steps_before_switch"] = int(r.stats["explicit_steps"])
+        print(f"{name:9s} {report['runs'][name]['solver']}: {r.message} "
+              f"({seconds:.1f} s with compilation)")
     report["figures"] = _figures(runs, X, y, args.out)
     path = os.path.join(args.out, "diagnostics.json")
     with open(path, "w") as f:

@@ -132,6 +132,11 @@ def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: 
     return value, new_params, opt_state, jnp.isfinite(value) & _all_finite(new_params)
 
 
+# Steps per block of the fast path (see ``_run_chunk``): a block that has to be redone with the
+# per-step stopping rules costs at most this many extra steps, once per run.
+FAST_BLOCK = 128
+
+
 @eqx.filter_jit
 def _run_chunk(
     carry: dict,
@@ -148,17 +153,39 @@ def _run_chunk(
     save_states: bool,
     diagnostics: bool = True,
 ) -> dict:
-    """Advance to the next save step (at most ``chunk_size`` steps), recording summaries there.
+    """Advance by up to ``chunk_size`` steps, recording the summaries at every save step on the way.
 
-    Steps run in a ``lax.while_loop``; the (costly) summaries are evaluated once per save point,
-    never per step, also under ``vmap``. A stopped run records its final state once.
+    The steps between two save steps (a *segment*) run in blocks of ``FAST_BLOCK`` plain steps:
+    no stop logic per step, only a running flag of whether some step would have stopped the run
+    (target reached, loss non-finite or above ``diverge_above``) and, at the end of the block,
+    whether the parameters are still finite (a non-finite parameter stays non-finite under an
+    additive update). A clean block is kept; a flagged block is discarded and rerun step by step
+    with the stopping rules, so the run stops at exactly the step a step-by-step loop stops at,
+    with the state before that step. The last step of the run also goes step by step.
+
+    The (costly) summaries are evaluated once per save point, never per step, also under
+    ``vmap``; with a minibatch the full-data target is checked at the end of each segment. A
+    stopped run records its final state once.
     """
     optimizer = build_optimizer(optimizer, numbers["hyperparams"])
     save_at = numbers["save_at"]
     n_save = save_at.shape[0]
+    full_batch = batch_size is None
 
     def log_loss_on(params, Xb, yb):
         return loss.log_loss(jax.vmap(eqx.combine(params, static))(Xb), yb)
+
+    def update(params, opt_state, k):
+        return descent_update(
+            params, opt_state, k, static, X, y, key, optimizer,
+            loss=loss, batch_size=batch_size, objective=objective,
+        )
+
+    def stops(value, finite):
+        """``(at_target, blew_up)`` for a step from a state whose (batch) log loss is ``value``."""
+        at_target = full_batch & (value <= numbers["target"])
+        blew_up = ~finite | (value > numbers["diverge_above"])
+        return at_target, blew_up
 
     def next_save(c):
         target = save_at[jnp.minimum(c["save_idx"], n_save - 1)]
@@ -184,12 +211,9 @@ def _run_chunk(
         return jax.lax.cond(due, record, lambda c: c, c)
 
     def step(c):
-        value, new_params, opt_state, finite = descent_update(
-            c["params"], c["opt_state"], c["k"], static, X, y, key, optimizer,
-            loss=loss, batch_size=batch_size, objective=objective,
-        )
-        at_target = (batch_size is None) & (value <= numbers["target"])
-        blew_up = ~finite | (value > numbers["diverge_above"])
+        """One step with the stopping rules (the exact path)."""
+        value, new_params, opt_state, finite = update(c["params"], c["opt_state"], c["k"])
+        at_target, blew_up = stops(value, finite)
         new_stop = jnp.where(
             at_target,
             STOP_TARGET,
@@ -208,17 +232,62 @@ def _run_chunk(
         c["stop"] = new_stop
         return c
 
+    def fast_block(f, lim):
+        """Up to ``FAST_BLOCK`` plain steps (while ``k < lim``); whether none would have stopped."""
+        params, opt_state, k, last, _ = f
+        m = jnp.minimum(lim - k, FAST_BLOCK)
+
+        def body(i, b):
+            params, opt_state, halt, last = b
+            value, params, opt_state, _ = update(params, opt_state, k + i)
+            at_target, blew_up = stops(value, jnp.isfinite(value))
+            return params, opt_state, halt | at_target | blew_up, value
+
+        params, opt_state, halt, last = jax.lax.fori_loop(
+            0, m, body, (params, opt_state, jnp.asarray(False), last)
+        )
+        clean = ~halt & _all_finite(params)
+        return (params, opt_state, k + m.astype(k.dtype), last, clean)
+
+    def advance(c, until):
+        """Steps until ``k == until`` or a stop: fast blocks, then the exact path."""
+        lim = jnp.minimum(until, numbers["num_steps"] - 1)  # the run's last step: exact path
+        f = (c["params"], c["opt_state"], c["k"], c["last_log_loss"], jnp.asarray(True))
+        f = jax.lax.while_loop(
+            lambda f: f[4] & (f[2] < lim),
+            lambda f: _keep_if_clean(fast_block(f, lim), f),
+            f,
+        )
+        c = dict(c)
+        c["params"], c["opt_state"], c["k"], c["last_log_loss"], _ = f
+        return jax.lax.while_loop(
+            lambda c: (c["stop"] == STOP_RUNNING) & (c["k"] < until), step, c
+        )
+
+    def segment(c, end):
+        c = advance(c, jnp.minimum(next_save(c), end))
+        if not full_batch:  # minibatch: the full-data target, checked at each segment's end
+            full = log_loss_on(c["params"], X, y)
+            hit = (c["stop"] == STOP_RUNNING) & (full <= numbers["target"])
+            c["stop"] = jnp.where(hit, STOP_TARGET, c["stop"])
+        return maybe_record(c)
+
     carry = maybe_record(carry)
-    until = jnp.minimum(next_save(carry), carry["k"] + numbers["chunk_size"])
+    end = carry["k"] + numbers["chunk_size"].astype(carry["k"].dtype)
     carry = jax.lax.while_loop(
-        lambda c: (c["stop"] == STOP_RUNNING) & (c["k"] < until), step, carry
+        lambda c: (c["stop"] == STOP_RUNNING) & (c["k"] < end), lambda c: segment(c, end), carry
     )
-    full = log_loss_on(carry["params"], X, y)
-    carry["final_log_loss"] = full
-    if batch_size is not None:
-        hit = (carry["stop"] == STOP_RUNNING) & (full <= numbers["target"])
-        carry["stop"] = jnp.where(hit, STOP_TARGET, carry["stop"])
+    carry = dict(carry)
+    carry["final_log_loss"] = log_loss_on(carry["params"], X, y)
     return maybe_record(carry)
+
+
+def _keep_if_clean(new, old):
+    """The fast path's state after a block if the block was clean, else the state before it (and
+    the flag that sends the rest of the segment to the exact path)."""
+    clean = new[4]
+    kept = _tree_where(clean, new[:4], old[:4])
+    return (*kept, clean)
 
 
 def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformationExtraArgs:
@@ -230,10 +299,14 @@ def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformatio
 
 @eqx.filter_jit
 def _init_carry(
-    params, static, X, y, loss, optimizer, hyperparams, n_save, save_states, degree, diagnostics
+    params, static, X, y, loss, optimizer, hyperparams, n_save, save_states, degree, diagnostics,
+    diverge_above,
 ):
-    """The loop state at step 0: parameters, optimizer state, empty save buffers (compiled once)."""
+    """The loop state at step 0 (parameters, optimizer state, empty save buffers), the initial
+    full-data ``log L`` and the divergence level ``log L(0) + diverge_above``, in one compiled
+    call."""
     optimizer = build_optimizer(optimizer, hyperparams)
+    log_l0 = loss.log_loss(jax.vmap(eqx.combine(params, static))(X), y)
     # Only the shapes of the summaries are needed to allocate the save buffers.
     example = eqx.filter_eval_shape(
         lambda q: summaries(eqx.combine(q, static), X, y, loss, degree, diagnostics), params
@@ -243,7 +316,7 @@ def _init_carry(
     saved = jax.tree_util.tree_map(
         lambda v: jnp.full((n_save,) + jnp.shape(v), jnp.nan, v.dtype), example
     )
-    return {
+    carry = {
         "params": params,
         "opt_state": optimizer.init(params),
         "k": jnp.asarray(0),
@@ -254,26 +327,39 @@ def _init_carry(
         "last_log_loss": jnp.asarray(jnp.nan, X.dtype),
         "final_log_loss": jnp.asarray(jnp.nan, X.dtype),
     }
+    return carry, log_l0, log_l0 + diverge_above
 
 
 def _as_number(v, dtype):
-    """Numbers become traced arrays of ``dtype``; bools, strings and other objects stay static."""
+    """Numbers become traced arrays of ``dtype`` (host NumPy arrays for Python numbers: no eager
+    dispatch); bools, strings and other objects stay static."""
     if isinstance(v, (bool, str)):
         return v
-    if isinstance(v, (int, float, jax.Array)):
+    if isinstance(v, jax.Array):
         return jnp.asarray(v, dtype)
+    if isinstance(v, (int, float)):
+        return np.asarray(v, dtype)
     return v
+
+
+def _host_int(v):
+    """An integer for the compiled program, as a host array of JAX's default integer type."""
+    if isinstance(v, jax.Array):
+        return jnp.asarray(v)
+    return np.asarray(v, jax.dtypes.canonicalize_dtype(np.int64))
 
 
 def prepare_run(
     model, X, y, *, num_steps, learning_rate, optimizer, hyperparams, loss, target_log_loss,
     batch_size, key, objective, n_save, save_states, chunk_size, degree, diverge_above,
-    diagnostics=True,
+    diagnostics=True, check_initial_loss=True,
 ):
     """Validate a GD run's inputs; return ``(carry, static, X, y, numbers, key, statics)``.
 
     Shared by ``gradient_descent`` (Python-driven chunks) and ``traced_gradient_descent``
     (one traced loop). Works on traced models and numbers (checks needing values are skipped).
+    ``numbers['initial_log_loss']`` is ``log L(0)``; with ``check_initial_loss=False`` the caller
+    checks it (``_check_initial_loss``) at its next host read instead of a read here.
     """
     from ._flow import _auto_degree
 
@@ -288,7 +374,7 @@ def prepare_run(
             raise ValueError(f"batch_size must be in 1..{X.shape[0]}, got {batch_size}.")
         if key is None:
             raise ValueError("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
-    key = jax.random.key(0) if key is None else key
+    key = _default_key() if key is None else key
     dtype = X.dtype
     hp = dict(hyperparams or {})
     if learning_rate is not None:
@@ -304,31 +390,23 @@ def prepare_run(
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
     params, static = eqx.partition(p, eqx.is_inexact_array)
-    log_l0 = loss_obj.log_loss(jax.vmap(p)(X), y)
-    if not isinstance(log_l0, jax.core.Tracer) and not bool(jnp.isfinite(log_l0)):
-        raise ValueError("the initial loss is not finite; check the data and the model.")
+    degree = jnp.asarray(degree, dtype) if isinstance(degree, jax.Array) else np.asarray(degree, dtype)
+    carry, log_l0, diverge_level = _init_carry(
+        params, static, X, y, loss_obj, optimizer, hp, n_save, save_states, degree, diagnostics,
+        _as_number(diverge_above, dtype),
+    )
+    if check_initial_loss:
+        _check_initial_loss(log_l0)
     numbers = {
-        "target": jnp.asarray(-jnp.inf if target_log_loss is None else target_log_loss, dtype),
-        "num_steps": jnp.asarray(num_steps),
-        "diverge_above": log_l0 + diverge_above,
-        "degree": jnp.asarray(degree, dtype),
-        "save_at": jnp.asarray(save_steps(num_steps, n_save)),
-        "chunk_size": jnp.asarray(chunk_size),
+        "target": _as_number(-np.inf if target_log_loss is None else target_log_loss, dtype),
+        "num_steps": _host_int(num_steps),
+        "diverge_above": diverge_level,
+        "initial_log_loss": log_l0,
+        "degree": degree,
+        "save_at": _host_int(save_steps(num_steps, n_save)),
+        "chunk_size": _host_int(chunk_size),
         "hyperparams": hp,
     }
-    carry = _init_carry(
-        params,
-        static,
-        X,
-        y,
-        loss_obj,
-        optimizer,
-        hp,
-        n_save,
-        save_states,
-        numbers["degree"],
-        diagnostics,
-    )
     statics = dict(
         loss=loss_obj,
         optimizer=optimizer,
@@ -338,6 +416,25 @@ def prepare_run(
         diagnostics=diagnostics,
     )
     return carry, static, X, y, numbers, key, statics
+
+
+def _check_initial_loss(log_l0) -> None:
+    """Raise ``ValueError`` if the initial loss is not finite (one host read; skipped if traced)."""
+    if not isinstance(log_l0, jax.core.Tracer) and not np.isfinite(np.asarray(log_l0)):
+        raise ValueError("the initial loss is not finite; check the data and the model.")
+
+
+_DEFAULT_KEY = []
+
+
+def _default_key() -> PRNGKeyArray:
+    """``jax.random.key(0)``, made once outside any trace (full-batch runs never read it)."""
+    if _DEFAULT_KEY:
+        return _DEFAULT_KEY[0]
+    key = jax.random.key(0)
+    if not isinstance(key, jax.core.Tracer):  # never keep a tracer beyond its trace
+        _DEFAULT_KEY.append(key)
+    return key
 
 
 def gradient_descent(
@@ -402,14 +499,19 @@ def gradient_descent(
         hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
         batch_size=batch_size, key=key, objective=objective, n_save=n_save,
         save_states=save_states, chunk_size=chunk_size, degree=degree,
-        diverge_above=diverge_above, diagnostics=diagnostics,
+        diverge_above=diverge_above, diagnostics=diagnostics, check_initial_loss=False,
     )
+    first = True
     try:
         while True:
             carry = _run_chunk(carry, static, X, y, numbers, key, **statics)
+            stop = int(carry["stop"])  # waits for the chunk (and the initial loss) anyway
+            if first:  # a non-finite initial loss stops the run at step 0: report it as bad input
+                _check_initial_loss(numbers["initial_log_loss"])
+                first = False
             if callback is not None:
                 callback(carry)
-            if int(carry["stop"]) != STOP_RUNNING:
+            if stop != STOP_RUNNING:
                 break
     except KeyboardInterrupt:
         warnings.warn("gradient_descent interrupted; returning the partial result.", stacklevel=2)

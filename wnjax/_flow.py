@@ -30,7 +30,6 @@ from ._parameterize import (
     Parameterized,
     as_parameterized,
     neuron_norm_sq_rate,
-    restore_type,
     scale_trainable,
     trainable_weight_norm,
 )
@@ -38,6 +37,32 @@ from ._validate import check_data, check_outputs
 
 RATES = (None, "neuron_norm_sq")
 TIMES = ("plain", "normalized")
+# Solvers by name. "stiff" is L-stable: the loss-normalized SWN flow pins ReLU^2 neurons at the
+# kink of the activation (a pre-activation -> 0+ under a restoring rate that grows with |log L|),
+# where explicit solvers are held to tiny steps by stability, not accuracy.
+SOLVERS = {
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+    "kvaerno5": diffrax.Kvaerno5,
+    "stiff": diffrax.Kvaerno5,
+}
+# solver="auto": the explicit solver gets at most this many steps before the stiff one takes over.
+AUTO_EXPLICIT_STEPS = 20_000
+
+
+def resolve_solver(solver: "str | diffrax.AbstractSolver | None") -> diffrax.AbstractSolver:
+    """A diffrax solver from ``None`` (``Tsit5``), a name in ``SOLVERS``, or a solver instance."""
+    if solver is None:
+        return diffrax.Tsit5()
+    if isinstance(solver, str):
+        if solver not in SOLVERS:
+            raise ValueError(
+                f"unknown solver {solver!r}; pass a diffrax solver or one of "
+                f"{sorted(SOLVERS) + ['auto']}."
+            )
+        return SOLVERS[solver]()
+    return solver
 # Stop at log L = level - _LEVEL_OFFSET (1 + |level|) (to 1e-10 (1 + |level|)): log L <= level.
 _LEVEL_OFFSET = 1e-9
 
@@ -109,7 +134,9 @@ def _describe(r: FlowResult) -> str:
             f"gradient flow stopped after max_steps = {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
             "result is kept (result.final, result.summaries). Raise max_steps, loosen rtol/atol, "
-            "or use time='normalized' to reach small losses."
+            "or use time='normalized' to reach small losses. If the flow is stiff (many rejected "
+            "steps, e.g. SWN under time='normalized' at deep targets), pass solver='stiff' "
+            "(Kvaerno5) or solver='auto'."
         )
     return (
         f"gradient flow failed (diffrax result code {int(code)}) after {steps} steps at time "
@@ -190,27 +217,29 @@ def _solve(
     diagnostics: bool,
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
+    standard_out: bool = False,
 ) -> FlowResult:
     params, static = eqx.partition(p, eqx.is_inexact_array)
     normalized = time == "normalized"
+    # The state is (theta, tau). In plain time tau = log(1 + t) is a function of the solver's own
+    # clock, so it is not integrated (tau is None): log t is taken from the clock, exactly, and
+    # the error control sees theta alone. Normalized time integrates tau alongside theta.
 
     def field(s, state, args):
         theta, tau = state
         value, g = _grad_log_loss(theta, static, X, y, loss, rate)
         if normalized:
             dtheta = jax.tree_util.tree_map(jnp.negative, g)
-            dtau = jnp.exp(-value - tau)
-        else:
-            scale = -jnp.exp(value)
-            dtheta = jax.tree_util.tree_map(lambda x: scale * x, g)
-            dtau = jnp.exp(-tau)
-        return dtheta, dtau
+            return dtheta, jnp.exp(-value - tau)
+        scale = -jnp.exp(value)
+        return jax.tree_util.tree_map(lambda x: scale * x, g), None
 
     def save_fn(s, state, args):
         theta, tau = state
         model = eqx.combine(theta, static)
         out = summaries(model, X, y, loss, numbers["degree"], diagnostics)
-        out["tau"] = tau
+        if normalized:
+            out["tau"] = tau
         if save_states:
             out["state"] = theta
         return out
@@ -225,11 +254,11 @@ def _solve(
             return (log_l - level) / (1.0 + jnp.abs(level)) + _LEVEL_OFFSET
 
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
-        return diffrax.Event(cond, root_finder=optx.Bisection(rtol=1e-12, atol=1e-10))
+        return diffrax.Event(cond, root_finder=optx.Bisection(rtol=1e-12, atol=1e-10, expand_if_necessary=True))
 
     event = level_event(numbers["target"]) if has_target else None
 
-    tau0 = jnp.log1p(numbers["t0"])
+    tau0 = jnp.log1p(numbers["t0"]) if normalized else None
     s0 = jnp.zeros_like(numbers["t1"]) if normalized else numbers["t0"]
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
@@ -238,6 +267,7 @@ def _solve(
         return _solve_levels(
             diffrax.ODETerm(field), solver, controller, level_event, save_fn, (params, tau0),
             static, X, y, loss, numbers, n_save=save_s.shape[0], max_steps=max_steps,
+            standard_out=standard_out,
         )
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)]
@@ -259,15 +289,18 @@ def _solve(
     saved, (final_params, final_tau) = sol.ys
     final_params = jax.tree_util.tree_map(lambda x: x[-1], final_params)
     final_model = eqx.combine(final_params, static)
-    final_tau = final_tau[-1]
-    tau = saved.pop("tau")
     states = saved.pop("state", None)
     if states is not None:
         states = eqx.combine(states, static)
-    log_t = _tau_to_log_t(tau)
-    ts = jnp.where(jnp.isfinite(tau), jnp.expm1(tau), jnp.inf)
-    if not normalized:  # plain time: the solver's own clock is exact; tau carries rtol error
+    if normalized:
+        tau = saved.pop("tau")
+        final_log_t = _tau_to_log_t(final_tau[-1])
+        log_t = _tau_to_log_t(tau)
+        ts = jnp.where(jnp.isfinite(tau), jnp.expm1(tau), jnp.inf)
+    else:  # plain time: the solver's own clock is exact (inf past the end of the run)
         ts = sol.ts[0]
+        log_t = jnp.log(ts)
+        final_log_t = jnp.log(sol.ts[1][-1])
     code = sol.result._value  # 0 successful, 1 max_steps, ...
     event_hit = (
         sol.event_mask if sol.event_mask is not None else jnp.asarray(False)
@@ -283,15 +316,23 @@ def _solve(
         log_t=log_t,
         log_loss=saved["log_loss"],
         summaries=saved,
-        states=states,
-        final=final_model,
+        states=_as_output(states, standard_out, stacked=True),
+        final=_as_output(final_model, standard_out),
         final_log_loss=_log_loss_fn(final_params, static, X, y, loss),
-        final_log_t=_tau_to_log_t(final_tau),
+        final_log_t=final_log_t,
         final_time=sol.ts[1][-1],
         stats=stats,
         result_code=code,
         reached_target=event_hit,
     )
+
+
+def _as_output(p, standard_out: bool, stacked: bool = False):
+    """``p`` as returned to the caller: the plain model when the input was plain (done inside the
+    compiled program, so the caller gets it without further dispatches)."""
+    if p is None or not standard_out:
+        return p
+    return jax.vmap(lambda s: s.standard())(p) if stacked else p.standard()
 
 
 def loss_levels(log_l0: Array, target: Array, n: int) -> Array:
@@ -310,7 +351,8 @@ def _tree_norm(tree) -> Array:
 
 
 def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X, y, loss,
-                  numbers, *, n_save: int, max_steps: int) -> FlowResult:
+                  numbers, *, n_save: int, max_steps: int, standard_out: bool = False
+                  ) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target."""
     log_l0 = _log_loss_fn(y0[0], static, X, y, loss)
@@ -370,8 +412,9 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         log_t=_tau_to_log_t(tau),
         log_loss=saved["log_loss"],
         summaries=saved,
-        states=None if states is None else eqx.combine(states, static),
-        final=eqx.combine(final_params, static),
+        states=_as_output(None if states is None else eqx.combine(states, static), standard_out,
+                          stacked=True),
+        final=_as_output(eqx.combine(final_params, static), standard_out),
         final_log_loss=final_log_loss,
         final_log_t=_tau_to_log_t(final_tau),
         final_time=end["s"],
@@ -430,7 +473,7 @@ def gradient_flow(
     t0: float = 0.0,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    solver: diffrax.AbstractSolver | None = None,
+    solver: diffrax.AbstractSolver | str | None = None,
     time: str = "plain",
     rate: str | None = None,
     target_log_loss: float | None = None,
@@ -459,7 +502,10 @@ def gradient_flow(
     - `t1`, `t0`: the time span (in ``s`` for ``time='normalized'``, where ``t0`` is the plain
       time at ``s = 0``).
     - `rtol`, `atol`: the PID controller's tolerances.
-    - `solver`: any diffrax solver; default ``Tsit5()``.
+    - `solver`: any diffrax solver, or a name: ``'tsit5'`` (the default), ``'dopri5'``,
+      ``'dopri8'``, ``'stiff'``/``'kvaerno5'`` (L-stable, for stiff flows), or ``'auto'``:
+      ``Tsit5`` with at most ``AUTO_EXPLICIT_STEPS`` steps, then, if that budget runs out, the
+      whole run again with ``Kvaerno5`` (``result.stats['stiff']`` says which one ran).
     - `time`: ``'plain'`` or ``'normalized'``.
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
@@ -487,6 +533,14 @@ def gradient_flow(
     Numbers (``t1``, ``rtol``, ``atol``, ``target_log_loss``, ...) are traced, so calling again
     with other values reuses the compiled program.
     """
+    if isinstance(solver, str) and solver == "auto":
+        options = dict(
+            loss=loss, t1=t1, t0=t0, rtol=rtol, atol=atol, time=time, rate=rate,
+            target_log_loss=target_log_loss, n_save=n_save, save_ts=save_ts,
+            save_states=save_states, dt0=dt0, degree=degree, progress=progress,
+            controller_kwargs=controller_kwargs, diagnostics=diagnostics,
+        )
+        return _auto_solver_flow(model, X, y, max_steps=max_steps, throw=throw, **options)
     if time not in TIMES:
         raise ValueError(f"time must be one of {TIMES}, got {time!r}.")
     if not callable(rate) and rate not in RATES:
@@ -497,19 +551,19 @@ def gradient_flow(
     check_outputs(p, X, y, loss_obj)
     if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time == "normalized" else t0):
         raise ValueError(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
-    dtype = jnp.asarray(X).dtype
+    dtype = X.dtype
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
     numbers = {
-        "t0": jnp.asarray(t0, dtype),
-        "t1": jnp.asarray(t1, dtype),
-        "rtol": jnp.asarray(rtol, dtype),
-        "atol": jnp.asarray(atol, dtype),
-        "degree": jnp.asarray(degree, dtype),
-        "target": jnp.asarray(-jnp.inf if target_log_loss is None else target_log_loss, dtype),
+        "t0": _number(t0, dtype),
+        "t1": _number(t1, dtype),
+        "rtol": _number(rtol, dtype),
+        "atol": _number(atol, dtype),
+        "degree": _number(degree, dtype),
+        "target": _number(-np.inf if target_log_loss is None else target_log_loss, dtype),
     }
     if dt0 is not None:
-        numbers["dt0"] = jnp.asarray(dt0, dtype)
+        numbers["dt0"] = _number(dt0, dtype)
     # Normalized time with a target: save where log L crosses n_save levels (see loss_levels).
     save_levels = time == "normalized" and target_log_loss is not None and save_ts is None
     if save_ts is None:
@@ -522,7 +576,7 @@ def gradient_flow(
             save_s = default_save_times(start, float(t1), n_save)
     else:
         save_s = save_ts
-    save_s = jnp.asarray(save_s, dtype)
+    save_s = _number(save_s, dtype)
     result = _solve(
         p,
         X,
@@ -530,7 +584,7 @@ def gradient_flow(
         numbers,
         save_s,
         loss=loss_obj,
-        solver=solver if solver is not None else diffrax.Tsit5(),
+        solver=resolve_solver(solver),
         time=time,
         rate=rate,
         has_target=target_log_loss is not None,
@@ -540,25 +594,60 @@ def gradient_flow(
         diagnostics=diagnostics,
         progress_meter=_progress_meter(progress),
         controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
-    )
-    result = eqx.tree_at(
-        lambda r: (r.final, r.states),
-        result,
-        (
-            restore_type(result.final, model),
-            None if result.states is None else _restore_stacked(result.states, model),
-        ),
-        is_leaf=lambda x: x is None,
+        standard_out=not isinstance(model, Parameterized),  # final/states as the input's type
     )
     if not isinstance(result.result_code, jax.core.Tracer):
-        if not bool(np.all(np.asarray(result.ok))):
+        if not bool(np.all(np.asarray(result.result_code) == 0)):  # one host read, no dispatch
             if throw:
                 raise FlowFailed(result.message, result)
             warnings.warn(result.message, RuntimeWarning, stacklevel=2)
     return result
 
 
-def _restore_stacked(states: Parameterized, like: PyTree) -> PyTree:
-    if isinstance(like, Parameterized):
-        return states
-    return jax.vmap(lambda s: s.standard())(states)
+def _number(v, dtype):
+    """A number (or array of them) for the compiled program: a host NumPy array (``filter_jit``
+    traces it like a JAX array, without an eager dispatch per number), or a JAX array as it is
+    when it already is one (traced under ``vmap``/``jit``)."""
+    if isinstance(v, jax.Array):
+        return jnp.asarray(v, dtype)
+    return np.asarray(v, dtype)
+
+
+def _auto_solver_flow(model, X, y, *, max_steps: int, throw: bool, **options) -> FlowResult:
+    """``solver='auto'``: explicit ``Tsit5`` within ``min(max_steps, AUTO_EXPLICIT_STEPS)`` steps;
+    if that budget runs out (a stiff flow), the run is redone with ``Kvaerno5``. Only the stiff
+    solver's program is compiled in addition, and only when it is needed."""
+    budget = min(int(max_steps), AUTO_EXPLICIT_STEPS)
+    with warnings.catch_warnings():  # a spent budget is not the caller's failure
+        warnings.simplefilter("ignore", RuntimeWarning)
+        explicit = gradient_flow(
+            model, X, y, solver="tsit5", max_steps=budget, throw=False, **options
+        )
+    if isinstance(explicit.result_code, jax.core.Tracer):
+        raise ValueError(
+            "solver='auto' decides on the host and cannot run under jit/vmap; pass "
+            "solver='tsit5' or solver='stiff' explicitly there."
+        )
+    codes = np.asarray(explicit.result_code)
+    if not np.any(codes == 1) or budget >= max_steps:  # done, or failed for another reason
+        result = eqx.tree_at(
+            lambda r: r.stats,
+            explicit,
+            {**explicit.stats, "stiff": jnp.asarray(False), "max_steps": jnp.asarray(max_steps)},
+        )
+        if not np.all(codes == 0):
+            if throw:
+                raise FlowFailed(result.message, result)
+            warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+        return result
+    stiff = gradient_flow(model, X, y, solver="stiff", max_steps=max_steps, throw=False, **options)
+    result = eqx.tree_at(
+        lambda r: r.stats,
+        stiff,
+        {**stiff.stats, "stiff": jnp.asarray(True), "explicit_steps": explicit.stats["num_steps"]},
+    )
+    if not np.all(np.asarray(result.result_code) == 0):
+        if throw:
+            raise FlowFailed(result.message, result)
+        warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+    return result

@@ -234,3 +234,281 @@ def run_flow(
         )
 
     return go(params, X, y)
+
+
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+@eqx.filter_jit
+def _sgd_epochs(carry, static, X, y, keys, levels, *, loss, batch_size, length, grow, shrink, cap):
+    """``length`` epochs (accepted or undone) of every run, vmapped over seeds.
+
+    One epoch from ``theta_0`` with reference ``L_ref = L(theta_0)`` (full training set) runs
+    ``ceil(n / B)`` minibatch steps ``theta <- theta - eta0 grad(L_b/|b|) / (L_ref/n)`` over a
+    fresh permutation (the last batch holds the remainder), then judges the full training loss: kept (``eta0 <- min(grow eta0, cap)``,
+    ``L_ref <- L``) if it did not rise, else undone (``theta <- theta_0``, ``eta0 <- eta0/shrink``).
+    """
+
+    def one(c, X, y, key):
+        n = X.shape[0]
+        per_epoch, rest = divmod(n, batch_size)
+
+        def log_loss_on(q, Xb, yb):
+            return loss.log_loss(jax.vmap(eqx.combine(q, static))(Xb), yb)
+
+        def epoch(c, _):
+            running = ~c["done"]
+            perm = jax.random.permutation(jax.random.fold_in(key, c["attempts"]), n)
+            batches = perm[: per_epoch * batch_size].reshape(per_epoch, batch_size)
+
+            def sgd_step(q, idx):
+                # grad(L_b/B)/(L_ref/n) = exp(log L_b - log L_ref + log(n/B)) grad log L_b
+                value, g = jax.value_and_grad(log_loss_on)(q, X[idx], y[idx])
+                scale = c["eta0"] * jnp.exp(value - c["log_ref"] + jnp.log(n / idx.shape[0]))
+                return jax.tree_util.tree_map(lambda p, gi: p - scale * gi, q, g), None
+
+            q, _ = jax.lax.scan(sgd_step, c["params"], batches)
+            if rest:  # the last, smaller batch: every point is visited once per epoch
+                q, _ = sgd_step(q, perm[per_epoch * batch_size:])
+            full = log_loss_on(q, X, y)
+            fine = jnp.isfinite(full) & _all_finite(q) & (full <= c["log_ref"])
+            accept, undo = running & fine, running & ~fine
+            c = dict(c)
+            c["params"] = _where(accept, q, c["params"])
+            c["log_ref"] = jnp.where(accept, full, c["log_ref"])
+            c["eta0"] = jnp.where(accept, jnp.minimum(c["eta0"] * grow, cap),
+                                  jnp.where(undo, c["eta0"] / shrink, c["eta0"]))
+            c["epochs"] = c["epochs"] + accept.astype(c["epochs"].dtype)
+            c["undone"] = c["undone"] + undo.astype(c["undone"].dtype)
+            c["attempts"] = c["attempts"] + running.astype(c["attempts"].dtype)
+            new = accept & (c["ck_epochs"] < 0) & (full <= levels)
+            c["ck_epochs"] = jnp.where(new, c["epochs"], c["ck_epochs"])
+            c["ck_log_loss"] = jnp.where(new, full, c["ck_log_loss"])
+            c["ck_params"] = jax.tree_util.tree_map(
+                lambda b, p: jnp.where(new.reshape((-1,) + (1,) * p.ndim), p[None], b),
+                c["ck_params"], c["params"])
+            hit = accept & (full <= c["target"])
+            c["reached"] = c["reached"] | hit
+            c["stalled"] = c["stalled"] | (running & (c["eta0"] < c["min_eta0"]))
+            c["done"] = (c["done"] | hit | c["stalled"] | (c["attempts"] >= c["max_epochs"]))
+            return c, {"log_loss": c["log_ref"], "eta0": c["eta0"], "accepted": accept,
+                       "running": running}
+
+        return jax.lax.scan(epoch, c, None, length=length)
+
+    return jax.vmap(one)(carry, X, y, keys)
+
+
+def run_sgd_backtracking(
+    models: PyTree,
+    X: Array,
+    y: Array,
+    *,
+    learning_rate: float,
+    batch_size: int,
+    key: PRNGKeyArray,
+    max_epochs: int,
+    loss: str | Loss = "cross_entropy",
+    target_log_loss: float | None = None,
+    checkpoints: Sequence[float] = (),
+    per_seed_data: bool = False,
+    grow: float = 1.1,
+    shrink: float = 1.1,
+    max_learning_rate: float | None = None,
+    min_learning_rate: float = 1e-12,
+    epochs_per_chunk: int = 100,
+) -> BatchedRun:
+    """Minibatch SGD with ``eta = eta0 / L`` and epoch-level backtracking of ``eta0`` (Exp-WN's
+    MNIST schedule), on a batch of models, one vmapped program.
+
+    Within an epoch the rate is normalized by the full training loss at the epoch's start, in
+    the mean convention of the Exp-WN code (``L`` is a sum over points here, so ``L_b/|b|`` and
+    ``L/n`` are the means):
+
+        theta <- theta - eta0 * grad(L_b(theta)/|b|) / (L(theta_0)/n),
+
+    an unbiased estimate of ``-eta0 grad log L(theta_0)`` per step. At the end of the epoch the
+    **full training loss** decides: if ``L`` did not rise (and everything is finite) the epoch
+    is kept and ``eta0 <- min(grow eta0, max_learning_rate)``; otherwise it is undone and
+    ``eta0 <- eta0 / shrink``. Minibatch losses are never compared with each other (different
+    batches have different losses, so a rise between them says nothing about the step).
+
+    **Arguments:**
+    - `models`: stacked models (``eqx.filter_vmap`` over keys), plain or ``Parameterized``.
+    - `X`, `y`: shared data, or per-seed data with ``per_seed_data=True``.
+    - `learning_rate`: the initial ``eta0``; `grow`, `shrink`, `max_learning_rate`: the
+      backtracking factors (Exp-WN: 1.1, 1.1, no cap) and cap; `min_learning_rate`: a seed
+      whose ``eta0`` falls below it has stalled and stops.
+    - `batch_size`, `key`: ``ceil(n / batch_size)`` steps per epoch over a fresh permutation per
+      attempted epoch (each seed its own key); the last batch holds the remainder, so every
+      point is visited once per epoch and, to first order in ``eta0``, an epoch is one full
+      GD step on ``log L`` (dropping points would let a dominant point's loss rise whatever
+      ``eta0``).
+    - `max_epochs`: the budget of attempted epochs (kept or undone) per seed.
+    - `target_log_loss`: stop a seed once its full ``log L`` is at or below it.
+    - `checkpoints`: ``log L`` levels; the model is kept at the first kept epoch at or below each.
+    - `epochs_per_chunk`: epochs per compiled call (the host checks for the end between calls).
+
+    **Returns:** a ``BatchedRun``: ``num_steps`` and ``checkpoint_steps`` count SGD steps of
+    kept epochs (``epochs x ceil(n / batch_size)``); ``diverged`` means stalled; ``history`` has
+    per-attempt ``log_loss`` (full, at the kept point), ``eta0``, ``accepted`` and ``running``
+    of shape ``(attempts, seeds)``, and ``epochs``/``undone`` per seed.
+    """
+    loss_obj = get_loss(loss)
+    params, static = eqx.partition(models, eqx.is_inexact_array)
+    seeds = int(jax.tree_util.tree_leaves(params)[0].shape[0])
+    if not per_seed_data:
+        X, y = _per_seed(X, seeds), _per_seed(y, seeds)
+    n = int(X.shape[1])
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch_size must lie in 1..{n} (the training set size), got {batch_size}.")
+    dtype = jnp.asarray(X).dtype
+    keys = jax.random.split(key, seeds)
+    levels = jnp.asarray(list(checkpoints) or [-jnp.inf], dtype)
+    log_l0 = eqx.filter_vmap(lambda q, X, y: _log_loss(q, static, X, y, loss_obj))(params, X, y)
+    carry = {
+        "params": params,
+        "log_ref": log_l0,
+        "eta0": _per_seed(jnp.asarray(learning_rate, dtype), seeds),
+        "epochs": jnp.zeros(seeds, int),
+        "undone": jnp.zeros(seeds, int),
+        "attempts": jnp.zeros(seeds, int),
+        "done": jnp.zeros(seeds, bool),
+        "reached": jnp.zeros(seeds, bool),
+        "stalled": jnp.zeros(seeds, bool),
+        "target": _per_seed(-jnp.inf if target_log_loss is None else target_log_loss, seeds).astype(dtype),
+        "max_epochs": _per_seed(max_epochs, seeds),
+        "min_eta0": _per_seed(jnp.asarray(min_learning_rate, dtype), seeds),
+        "ck_epochs": -jnp.ones((seeds, levels.shape[0]), int),
+        "ck_log_loss": jnp.full((seeds, levels.shape[0]), jnp.nan, dtype),
+        "ck_params": jax.tree_util.tree_map(
+            lambda p: jnp.broadcast_to(p[:, None], (p.shape[0], levels.shape[0]) + p.shape[1:]),
+            params),
+    }
+    run = functools.partial(
+        _sgd_epochs, loss=loss_obj, batch_size=int(batch_size),
+        length=int(min(epochs_per_chunk, max_epochs)), grow=float(grow), shrink=float(shrink),
+        cap=jnp.inf if max_learning_rate is None else float(max_learning_rate),
+    )
+    records = []
+    while True:
+        carry, out = run(carry, static, X, y, keys, levels)
+        records.append(jax.tree_util.tree_map(np.asarray, out))
+        if bool(np.all(np.asarray(carry["done"]))):
+            break
+    last = int(np.max(np.asarray(carry["attempts"])))  # drop the padding of the last chunk
+    history = {k: np.concatenate([r[k] for r in records], axis=1).T[:last] for k in records[0]}
+    per_epoch = -(-n // batch_size)
+    epochs = np.asarray(carry["epochs"])
+    history["epochs"], history["undone"] = epochs, np.asarray(carry["undone"])
+    ck_epochs = np.asarray(carry["ck_epochs"]).T[: len(checkpoints)]
+    ck_params = []
+    for j in range(len(checkpoints)):
+        if np.any(ck_epochs[j] >= 0):
+            ck_params.append(eqx.combine(
+                jax.tree_util.tree_map(lambda b: b[:, j], carry["ck_params"]), static))
+        else:
+            ck_params.append(None)
+    return BatchedRun(
+        history=history,
+        steps=np.cumsum(history["accepted"], axis=0) * per_epoch,
+        final=eqx.combine(carry["params"], static),
+        num_steps=epochs * per_epoch,
+        reached=np.asarray(carry["reached"]),
+        diverged=np.asarray(carry["stalled"]),
+        checkpoints=tuple(ck_params),
+        checkpoint_log_loss=np.asarray(carry["ck_log_loss"]).T[: len(checkpoints)],
+        checkpoint_steps=np.where(ck_epochs >= 0, ck_epochs * per_epoch, -1),
+    )
+
+
+class FlowCheckpoints(eqx.Module):
+    """Outcome of ``run_flow_checkpoints``; arrays are ``(n_levels, seeds)`` unless noted.
+
+    - `checkpoints`: per level, the stacked models where the flow crossed it (``None`` if no
+      seed got there); `log_loss`: ``log L`` there (``nan`` where a seed failed);
+    - `s`, `log_t`: normalized time ``s`` and ``log t`` (plain time) at each level;
+    - `num_steps`: cumulative solver steps (accepted and rejected) to each level;
+    - `ok`: the seed's solve reached this level (and every earlier one).
+    """
+
+    checkpoints: tuple
+    log_loss: np.ndarray
+    s: np.ndarray
+    log_t: np.ndarray
+    num_steps: np.ndarray
+    ok: np.ndarray
+
+
+def run_flow_checkpoints(
+    models: PyTree,
+    X: Array,
+    y: Array,
+    *,
+    levels: Sequence[float],
+    per_seed_data: bool = False,
+    t1: float = 1e8,
+    **kwargs,
+) -> FlowCheckpoints:
+    """Loss-normalized gradient flow ``d theta/ds = -grad log L`` through decreasing ``log L``
+    levels, vmapped over seeds, keeping the model where the flow crosses each level.
+
+    The flow is autonomous, so the path from level ``j`` to level ``j + 1`` is one
+    ``wnjax.gradient_flow(..., time='normalized', target_log_loss=level_{j+1})`` solve started
+    at the state of level ``j`` (with ``t0`` the plain time reached there, so ``log t``
+    accumulates); each stop is root-found, so ``log L = level`` to about ``1e-9 (1 + |level|)``.
+    The target is traced: all levels share one compiled program.
+
+    **Arguments:**
+    - `models`, `X`, `y`, `per_seed_data`: as for ``run_gd``.
+    - `levels`: decreasing ``log L`` values.
+    - `t1`: the bound on ``s`` of each segment.
+    - `kwargs`: more ``gradient_flow`` options (``loss``, ``rtol``, ``atol``, ``max_steps``,
+      ``degree``, ...); ``n_save=2``, ``save_states=False``, ``diagnostics=False`` and
+      ``throw=False`` are set here.
+
+    **Returns:** a ``FlowCheckpoints``.
+    """
+    params, static = eqx.partition(models, eqx.is_inexact_array)
+    seeds = int(jax.tree_util.tree_leaves(params)[0].shape[0])
+    if not per_seed_data:
+        X, y = _per_seed(X, seeds), _per_seed(y, seeds)
+    levels = [float(v) for v in levels]
+    if any(b >= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"levels must decrease, got {levels}.")
+    options = dict(kwargs, time="normalized", n_save=2, save_states=False, diagnostics=False,
+                   throw=False, t1=t1)
+    options.setdefault("degree", float("nan"))
+
+    @eqx.filter_jit
+    def segment(params, X, y, target, t0):
+        def one(q, X, y, t0):
+            r = gradient_flow(eqx.combine(q, static), X, y, target_log_loss=target, t0=t0, **options)
+            final = eqx.filter(r.final, eqx.is_inexact_array)
+            return (final, r.final_log_loss, r.final_time, r.final_log_t, r.stats["num_steps"],
+                    r.ok & r.reached_target)
+
+        return jax.vmap(one)(params, X, y, t0)
+
+    dtype = jnp.asarray(X).dtype
+    t0 = jnp.zeros(seeds, dtype)
+    ok = np.ones(seeds, bool)
+    steps = np.zeros(seeds, int)
+    s_total = np.zeros(seeds)
+    ck, log_loss, s_at, log_t, n_steps, oks = [], [], [], [], [], []
+    for level in levels:
+        final, ll, s, lt, k, good = segment(params, X, y, jnp.asarray(level, dtype), t0)
+        ok = ok & np.asarray(good)
+        steps = steps + np.asarray(k)
+        s_total = s_total + np.asarray(s)
+        params = final
+        t0 = jnp.exp(lt)  # tau = log(1 + t) restarts from here
+        ck.append(eqx.combine(final, static) if ok.any() else None)
+        log_loss.append(np.where(ok, np.asarray(ll), np.nan))
+        s_at.append(np.where(ok, s_total, np.nan))
+        log_t.append(np.where(ok, np.asarray(lt), np.nan))
+        n_steps.append(np.where(ok, steps, -1))
+        oks.append(ok.copy())
+    return FlowCheckpoints(checkpoints=tuple(ck), log_loss=np.stack(log_loss), s=np.stack(s_at),
+                           log_t=np.stack(log_t), num_steps=np.stack(n_steps), ok=np.stack(oks))

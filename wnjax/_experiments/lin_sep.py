@@ -59,6 +59,12 @@ def neuron_diagnostics(model, X, y) -> dict:
     }
 
 
+@eqx.filter_jit
+def batched_diagnostics(models, X, y) -> dict:
+    """``neuron_diagnostics`` over a leading seed axis, in one compiled program."""
+    return eqx.filter_vmap(neuron_diagnostics)(models, X, y)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamics", choices=("gd", "flow"), default="gd",
                         help="GD with eta0/L^(1-1/30) and backtracking (default, as the paper), or "
@@ -99,8 +105,8 @@ def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_step
             r = run_flow(models, X, y, per_seed_data=True, t1=1e5, time="normalized",
                          target_log_loss=target, degree=DEGREE, rtol=1e-8, atol=1e-10,
                          max_steps=100_000, save_states=True, n_save=80)
-            hist = eqx.filter_vmap(eqx.filter_vmap(neuron_diagnostics, in_axes=(0, None, None)))(
-                r.states, X, y)
+            hist = eqx.filter_jit(eqx.filter_vmap(
+                eqx.filter_vmap(neuron_diagnostics, in_axes=(0, None, None))))(r.states, X, y)
             hist = {k: np.asarray(v) for k, v in hist.items()}
             hist["log_loss"] = np.asarray(r.log_loss)
             out[name] = dict(steps=np.asarray(r.stats["num_steps"]),
@@ -108,8 +114,8 @@ def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_step
                              final=r.final, x=np.asarray(r.log_t), hist=hist,
                              s=np.asarray(r.final_time), log_t=np.asarray(r.final_log_t))
         out[name]["diag"] = {k: np.asarray(v) for k, v in
-                             jax.vmap(neuron_diagnostics)(out[name]["final"], X, y).items()}
-        out[name]["margin0"] = np.asarray(jax.vmap(neuron_diagnostics)(models, X, y)["normalized_margin"])
+                             batched_diagnostics(out[name]["final"], X, y).items()}
+        out[name]["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
     return out
 
 
@@ -170,8 +176,9 @@ def run(args: argparse.Namespace) -> dict:
     axes[2].set(xscale="log" if gd else "linear", xlabel=xl, ylabel="min_u cos(w_u, -grad_u L)",
                 title="alignment (all neurons)")
     axes[3].set(xlabel="neuron (sorted)", ylabel="||w_u|| / ||W_1||", title="final relative norms")
-    for ax in axes:
-        ax.legend(fontsize=8)
+    # fixed corners: loc="best" searches every seed's line and point (seconds at 100 seeds)
+    for ax, loc in zip(axes, ("lower left", "upper right", "lower right", "upper right")):
+        ax.legend(fontsize=8, loc=loc)
     figs = [save_figure(fig, args.out, "lin_sep.png")]
     unit = "GD steps" if gd else "log t at the target"
     rows = [[PARAM_STYLE[k]["label"], mean_std(cost[k]), str(PAPER_STEPS.get(k, "-")) if gd else "-",
