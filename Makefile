@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/wnjax demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -85,7 +85,7 @@ def flow_equivalence(
     **Returns:** ``ewn_max_rel_err`` and ``swn_max_rel_err`` (max over save points of the relative
     distance to the adaptive-rate path) and the solvers' step counts.
     """
-    kw = dict(loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save)
+    kw = dict(loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save, diagnostics=False)
     ref = gradient_flow(model, X, y, rate="neuron_norm_sq", **kw)
     ewn_run = gradient_flow(ewn(model), X, y, **kw)
     swn_run = gradient_flow(swn(model), X, y, **kw)
@@ -140,7 +140,8 @@ def gd_equivalence(
       adaptive-rate GD against adaptive-rate GF).
     Both should shrink in proportion to ``eta``.
     """
-    flow_kw = dict(loss=loss, t1=horizon, rtol=rtol, atol=atol, n_save=2, save_states=False)
+    flow_kw = dict(loss=loss, t1=horizon, rtol=rtol, atol=atol, n_save=2, save_states=False,
+                   diagnostics=False)
     w_flow_rate = flat_weights(to_standard(
         gradient_flow(model, X, y, rate="neuron_norm_sq", **flow_kw).final
     ))
