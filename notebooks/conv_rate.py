@@ -39,32 +39,6 @@ SMOKE = os.environ.get("WNJAX_SMOKE") == "1"
 NAME = "conv-rate"
 OUT = os.path.join("runs", "notebooks", NAME)
 
-
-def show(out: str) -> None:
-    """Display ``out/report.md`` and the PNG figures beside it: rendered in Jupyter, the report
-    as plain text (and the figure names) elsewhere."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, Markdown, display
-    except ImportError:
-        get_ipython = None
-    with open(os.path.join(out, "report.md")) as f:
-        report = f.read()
-    figures = sorted(n for n in os.listdir(out) if n.endswith(".png"))
-    if get_ipython is not None and get_ipython() is not None:
-        display(Markdown(report))
-        for name in figures:
-            display(Image(os.path.join(out, name)))
-    else:
-        print(report)
-        print("figures:", ", ".join(os.path.join(out, n) for n in figures))
-
-
-def options_of(name: str) -> set:
-    """The options ``wnjax.reproduce(name, ...)`` accepts (the CLI flags of the experiment)."""
-    return set(vars(wnjax._reproduce.experiment_parser(name).parse_args([])))
-
-
 # %% [markdown]
 # ## Run it as the CLI does
 #
@@ -75,7 +49,7 @@ def options_of(name: str) -> set:
 # %%
 options = dict(seeds=1, steps=20, width=4, depths=[1, 2]) if SMOKE else {}
 metrics = wnjax.reproduce(NAME, out=OUT, **options)
-show(OUT)
+wnjax.show_run(OUT)
 
 # %% [markdown]
 # The final-loss ratio from the first to the last depth, per seed.
@@ -92,9 +66,9 @@ print(json.dumps(metrics["ratio_first_to_last_depth"], default=str))
 
 # %%
 variant = dict(dynamics="flow")
-assert set(variant) <= options_of(NAME), sorted(options_of(NAME))
+assert set(variant) <= wnjax.experiment_options(NAME), sorted(wnjax.experiment_options(NAME))
 if SMOKE:
     print("smoke run: the variant", variant, "is not run")
 else:
     other = wnjax.reproduce(NAME, out=OUT + "-variant", **variant)
-    show(OUT + "-variant")
+    wnjax.show_run(OUT + "-variant")

@@ -79,7 +79,9 @@ from ._data import read_idx as read_idx
 from ._data import train_test_split as train_test_split
 from ._data import xor as xor
 from ._experiments.simple_traj import CoordinateLinear as CoordinateLinear
+from ._reproduce import experiment_options as experiment_options
 from ._reproduce import reproduce as reproduce
+from ._reproduce import show_run as show_run
 
 # --- diagonal nets (issue: diagonal WN) ---
 from ._diagonal import DiagonalNet as DiagonalNet

@@ -56,6 +56,31 @@ def experiment_parser(name: str, **defaults) -> argparse.ArgumentParser:
     return sub
 
 
+def experiment_options(name: str) -> set[str]:
+    """The options ``reproduce(name, ...)`` accepts: the common ones and the experiment's flags."""
+    return set(vars(experiment_parser(name).parse_args([])))
+
+
+def show_run(out: str) -> None:
+    """Display ``out/report.md`` and the PNG figures beside it: rendered in Jupyter, the report
+    as plain text (and the figure paths) elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, Markdown, display
+    except ImportError:
+        get_ipython = None
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    figures = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(report))
+        for name in figures:
+            display(Image(os.path.join(out, name)))
+    else:
+        print(report)
+        print("figures:", ", ".join(os.path.join(out, n) for n in figures))
+
+
 def reproduce(name: str, *, seeds: int = 5, out: str | None = None, full: bool = False,
               **options) -> dict:
     """Run experiment ``name`` as ``wnjax reproduce NAME`` does and return its metrics.
