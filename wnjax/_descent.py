@@ -100,6 +100,16 @@ def _tree_where(c, a, b):
     return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
 
 
+def _undone(opt_state) -> Array:
+    """Whether a backtracking ``loss_normalized_sgd`` in ``opt_state`` just undid its step."""
+    from ._schedules import LossNormalizedState
+
+    states = jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState))
+    flags = [s.just_undone for s in states if isinstance(s, LossNormalizedState)]
+    return jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
+
+
 def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
@@ -111,7 +121,9 @@ def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: 
     ``g = L grad log L = grad L`` (``objective='loss'``) or ``grad log L`` (``'log_loss'``), both
     on the batch; ``optimizer.update`` also receives ``value=L`` and ``log_value=log L``.
 
-    **Returns:** ``(log L on the batch, new params, new optimizer state, all finite)``.
+    **Returns:** ``(log L on the batch, new params, new optimizer state, finite)``: ``finite``
+    says the new params are finite, and so is ``log L`` unless the optimizer undid the step
+    (``log L`` is NaN where an overflowed step is being undone by backtracking).
     """
     if batch_size is None:
         Xb, yb = X, y
@@ -129,7 +141,8 @@ def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: 
         g, opt_state, params, value=jnp.exp(value), log_value=value
     )
     new_params = eqx.apply_updates(params, updates)
-    return value, new_params, opt_state, jnp.isfinite(value) & _all_finite(new_params)
+    finite = _all_finite(new_params) & (jnp.isfinite(value) | _undone(opt_state))
+    return value, new_params, opt_state, finite
 
 
 # Steps per block of the fast path (see ``_run_chunk``): a block that has to be redone with the

@@ -258,7 +258,13 @@ def _solve(
 
     event = level_event(numbers["target"]) if has_target else None
 
-    tau0 = jnp.log1p(numbers["t0"]) if normalized else None
+    # tau0 = log(1 + t0), from log t0 when given (t0 itself may overflow).
+    if not normalized:
+        tau0 = None
+    elif "log_t0" in numbers:
+        tau0 = jnp.logaddexp(0.0, numbers["log_t0"])
+    else:
+        tau0 = jnp.log1p(numbers["t0"])
     s0 = jnp.zeros_like(numbers["t1"]) if normalized else numbers["t0"]
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
@@ -471,6 +477,7 @@ def gradient_flow(
     loss: str | Loss = "exponential",
     t1: float = 1.0,
     t0: float = 0.0,
+    log_t0: float | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
     solver: diffrax.AbstractSolver | str | None = None,
@@ -501,6 +508,9 @@ def gradient_flow(
     - `loss`: ``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'`` or a ``Loss``.
     - `t1`, `t0`: the time span (in ``s`` for ``time='normalized'``, where ``t0`` is the plain
       time at ``s = 0``).
+    - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` only). Use it
+      to continue a deep run, whose ``t = exp(log t)`` overflows: pass the previous result's
+      ``final_log_t`` with its ``final``.
     - `rtol`, `atol`: the PID controller's tolerances.
     - `solver`: any diffrax solver, or a name: ``'tsit5'`` (the default), ``'dopri5'``,
       ``'dopri8'``, ``'stiff'``/``'kvaerno5'`` (L-stable, for stiff flows), or ``'auto'``:
@@ -535,7 +545,7 @@ def gradient_flow(
     """
     if isinstance(solver, str) and solver == "auto":
         options = dict(
-            loss=loss, t1=t1, t0=t0, rtol=rtol, atol=atol, time=time, rate=rate,
+            loss=loss, t1=t1, t0=t0, rtol=rtol, atol=atol, time=time, rate=rate, log_t0=log_t0,
             target_log_loss=target_log_loss, n_save=n_save, save_ts=save_ts,
             save_states=save_states, dt0=dt0, degree=degree, progress=progress,
             controller_kwargs=controller_kwargs, diagnostics=diagnostics,
@@ -562,6 +572,10 @@ def gradient_flow(
         "degree": _number(degree, dtype),
         "target": _number(-np.inf if target_log_loss is None else target_log_loss, dtype),
     }
+    if log_t0 is not None:
+        if time != "normalized":
+            raise ValueError("log_t0 is for time='normalized'; with time='plain' pass t0.")
+        numbers["log_t0"] = _number(log_t0, dtype)
     if dt0 is not None:
         numbers["dt0"] = _number(dt0, dtype)
     # Normalized time with a target: save where log L crosses n_save levels (see loss_levels).

@@ -72,7 +72,7 @@ def loss_normalized_sgd(
             prev_log_value=jnp.asarray(jnp.inf, dtype),
             prev_update=zeros,
             just_undone=jnp.asarray(False),
-            num_undone=jnp.asarray(0),
+            num_undone=jnp.zeros((), int),  # strong-typed: a weak one retraces the loop
         )
 
     def update_fn(updates, state, params=None, *, log_value=None, **extra):
@@ -85,7 +85,8 @@ def loss_normalized_sgd(
         exponent = -power if gradient == "loss" else 1.0 - power
         if backtracking:
             # (the restored point's own loss is never judged: rounding could read as a rise)
-            rose = (log_value > state.prev_log_value) & ~state.just_undone
+            # (a non-finite loss, e.g. overflowed margins, counts as a rise and is undone)
+            rose = ~(log_value <= state.prev_log_value) & ~state.just_undone
             # right after an undo, retry from the restored point with the shrunk eta0
             grown = jnp.where(state.just_undone, state.eta0, jnp.minimum(state.eta0 * grow, cap))
             eta0 = jnp.where(rose, state.eta0 / shrink, grown)

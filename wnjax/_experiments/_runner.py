@@ -31,6 +31,75 @@ def _log_loss(params, static, X, y, loss: Loss) -> Array:
     return loss.log_loss(jax.vmap(eqx.combine(params, static))(X), y)
 
 
+def _no_summary(model, X, y) -> dict:
+    return {}
+
+
+class _Bound(eqx.Module):
+    """An optimizer factory with its static (non-number) arguments bound; equal instances hash
+    equal, so repeated runs reuse the compiled chunk (a ``functools.partial`` would not)."""
+
+    factory: Callable = eqx.field(static=True)
+    statics: tuple = eqx.field(static=True)
+
+    def __call__(self, **hyperparams):
+        return self.factory(**dict(self.statics), **hyperparams)
+
+
+@eqx.filter_jit
+def _init(params, static, X, y, traced, numbers, *, loss, optimizer) -> dict:
+    """The loop state of every seed at step 0, in one compiled call."""
+    seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
+    log_l0 = jax.vmap(lambda q, X, y: _log_loss(q, static, X, y, loss))(params, X, y)
+    opt0 = jax.vmap(lambda q, h: build_optimizer(optimizer, h).init(q))(params, traced)
+    flag = jnp.zeros(seeds, bool)
+    return {
+        "params": params,
+        "opt_state": opt0,
+        "k": jnp.zeros(seeds, int),
+        "done": flag,
+        "reached": flag,
+        "diverged": flag,
+        "stalled": flag,
+        "stop_stalled": jnp.broadcast_to(numbers["stop_stalled"], (seeds,)),
+        "target": jnp.broadcast_to(numbers["target"], (seeds,)).astype(X.dtype),
+        "num_steps": jnp.broadcast_to(numbers["num_steps"], (seeds,)),
+        "diverge_above": log_l0 + numbers["diverge_above"],
+    }
+
+
+# A seed has stalled when its loss is carried by dead points: points with margin 0 and zero
+# margin gradient (for a bias-free ReLU^p net, a point on which every hidden unit is off, whose
+# output is then exactly 0). Their floor F = n_dead * l(0) is above the target, and the live
+# points add less than STALL_SHARE of it: no step moves a dead point, so log L can only creep
+# towards log F. (A dead point could in principle come back to life as the weights turn; these
+# seeds are reported as stalled, not as failures of the dynamics.)
+STALL_SHARE = 1e-3
+_DEAD = 1e-12  # |q_i| and ||theta|| ||grad q_i|| below _DEAD max_j |q_j|: a dead point
+
+
+def _stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Array]:
+    """``(log L, stalled)`` on the full data; see ``STALL_SHARE``."""
+    model = eqx.combine(params, static)
+    out = jax.vmap(model)(X)
+    value = loss.log_loss(out, y)
+    q = loss.margins(out, y)
+
+    def margin(p, x, yi):
+        return loss.margins(eqx.combine(p, static)(x)[None], yi[None])[0]
+
+    g = jax.vmap(jax.grad(margin), in_axes=(None, 0, 0))(params, X, y)
+    gnorm = jnp.sqrt(sum(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
+                         for x in jax.tree_util.tree_leaves(g)))
+    wnorm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(params)))
+    scale = _DEAD * jnp.max(jnp.abs(q))
+    dead = (jnp.abs(q) <= scale) & (wnorm * gnorm <= scale)
+    n_dead = jnp.sum(dead)
+    log_floor = jnp.log(jnp.maximum(n_dead, 1)) + loss.log_loss(jnp.zeros_like(out[:1]), y[:1])
+    stuck = (n_dead > 0) & (log_floor > target) & (log_floor >= value - STALL_SHARE)
+    return value, stuck & jnp.isfinite(value)
+
+
 @eqx.filter_jit
 def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size, objective,
            summarize):
@@ -46,7 +115,8 @@ def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size
                 loss=loss, batch_size=batch_size, objective=objective,
             )
             at_target = (batch_size is None) & (value <= c["target"])
-            bad = ~finite | (value > c["diverge_above"])
+            # A seed at its target stops here: its (discarded) next step may overflow harmlessly.
+            bad = (~finite | (value > c["diverge_above"])) & ~at_target
             take = running & ~at_target & ~bad
             c = dict(c)
             c["params"] = _where(take, new, c["params"])
@@ -58,11 +128,14 @@ def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size
             return c, None
 
         c, _ = jax.lax.scan(step, c, None, length=length)
-        full = _log_loss(c["params"], static, X, y, loss)
+        full, stuck = _stalled(c["params"], static, X, y, loss, c["target"])
         if batch_size is not None:
             hit = ~c["done"] & (full <= c["target"])
             c["reached"] = c["reached"] | hit
             c["done"] = c["done"] | hit
+        stuck = stuck & ~c["done"] & (full > c["target"]) & c["stop_stalled"]
+        c["stalled"] = c["stalled"] | stuck
+        c["done"] = c["done"] | stuck
         out = summarize(eqx.combine(c["params"], static), X, y)
         out["log_loss"] = full
         return c, out
@@ -75,7 +148,8 @@ class BatchedRun(eqx.Module):
 
     - `history`: dict of arrays ``(n_records, seeds, ...)``: full-data ``log_loss`` and the
       ``summarize`` outputs after each chunk; `steps`: ``(n_records, seeds)`` steps taken then;
-    - `final`: the stacked final models; `num_steps`, `reached`, `diverged`: per seed;
+    - `final`: the stacked final models; `num_steps`, `reached`, `diverged`, `stalled`: per seed
+      (``stalled``: stopped at a point no step can improve, see ``STALL_RATIO``);
     - `checkpoints`: per checkpoint target, the stacked models at the first chunk end where the
       full-data ``log L`` was at or below it (``None`` entries for targets no seed reached), with
       `checkpoint_log_loss` and `checkpoint_steps` (``nan``/``-1`` where a seed never got there).
@@ -87,6 +161,7 @@ class BatchedRun(eqx.Module):
     num_steps: np.ndarray
     reached: np.ndarray
     diverged: np.ndarray
+    stalled: np.ndarray
     checkpoints: tuple
     checkpoint_log_loss: np.ndarray
     checkpoint_steps: np.ndarray
@@ -116,6 +191,7 @@ def run_gd(
     chunk_size: int = 100,
     summarize: Callable | None = None,
     diverge_above: float = 50.0,
+    stop_stalled: bool = True,
 ) -> BatchedRun:
     """GD or minibatch SGD on a batch of models with per-seed data, one vmapped program.
 
@@ -136,6 +212,8 @@ def run_gd(
     - `chunk_size`: steps between records (and between checkpoint checks).
     - `summarize`: ``f(model, X, y) -> dict`` of diagnostics recorded at chunk ends.
     - `diverge_above`: a seed whose ``log L`` exceeds its start by this much has diverged.
+    - `stop_stalled`: stop a seed, flagged ``stalled``, at a chunk end where no step can lower
+      its loss (``STALL_RATIO``), instead of spending ``num_steps`` on it.
 
     **Returns:** a ``BatchedRun``.
     """
@@ -159,24 +237,17 @@ def run_gd(
     traced = {k: v for k, v in hp.items() if isinstance(v, jax.Array)}
     opt_factory = optimizer
     if statics and not isinstance(optimizer, optax.GradientTransformation):
-        opt_factory = functools.partial(optimizer, **statics)
-    log_l0 = eqx.filter_vmap(lambda q, X, y: _log_loss(q, static, X, y, loss_obj))(params, X, y)
-    opt0 = jax.vmap(lambda q, h: build_optimizer(opt_factory, h).init(q))(params, traced)
-    carry = {
-        "params": params,
-        "opt_state": opt0,
-        "k": jnp.zeros(seeds, int),
-        "done": jnp.zeros(seeds, bool),
-        "reached": jnp.zeros(seeds, bool),
-        "diverged": jnp.zeros(seeds, bool),
-        "target": _per_seed(-jnp.inf if target_log_loss is None else target_log_loss, seeds).astype(dtype),
-        "num_steps": _per_seed(num_steps, seeds),
-        "diverge_above": log_l0 + diverge_above,
+        opt_factory = _Bound(optimizer, tuple(sorted(statics.items())))
+    numbers = {
+        "target": np.asarray(-np.inf if target_log_loss is None else target_log_loss, dtype),
+        "num_steps": np.asarray(num_steps),
+        "diverge_above": np.asarray(diverge_above, dtype),
+        "stop_stalled": np.asarray(bool(stop_stalled and loss_obj.margin_based)),
     }
-    summarize = summarize or (lambda m, X, y: {})
+    carry = _init(params, static, X, y, traced, numbers, loss=loss_obj, optimizer=opt_factory)
     run = functools.partial(
         _chunk, loss=loss_obj, optimizer=opt_factory, length=int(min(chunk_size, num_steps)),
-        batch_size=batch_size, objective=objective, summarize=summarize,
+        batch_size=batch_size, objective=objective, summarize=summarize or _no_summary,
     )
     targets = list(checkpoints)
     ck_params = [None] * len(targets)
@@ -207,6 +278,7 @@ def run_gd(
         num_steps=np.asarray(carry["k"]),
         reached=np.asarray(carry["reached"]),
         diverged=np.asarray(carry["diverged"]),
+        stalled=np.asarray(carry["stalled"]),
         checkpoints=tuple(None if q is None else eqx.combine(q, static) for q in ck_params),
         checkpoint_log_loss=ck_loss,
         checkpoint_steps=ck_steps,
@@ -417,6 +489,7 @@ def run_sgd_backtracking(
         num_steps=epochs * per_epoch,
         reached=np.asarray(carry["reached"]),
         diverged=np.asarray(carry["stalled"]),
+        stalled=np.asarray(carry["stalled"]),
         checkpoints=tuple(ck_params),
         checkpoint_log_loss=np.asarray(carry["ck_log_loss"]).T[: len(checkpoints)],
         checkpoint_steps=np.where(ck_epochs >= 0, ck_epochs * per_epoch, -1),

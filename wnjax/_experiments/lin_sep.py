@@ -100,7 +100,7 @@ def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_step
                        diverge_above=jnp.inf)
             hist = {k: np.swapaxes(v, 0, 1) for k, v in r.history.items()}
             out[name] = dict(steps=r.num_steps, reached=r.reached & ~r.diverged, final=r.final,
-                             x=r.steps.T, hist=hist)
+                             x=r.steps.T, hist=hist, stalled=r.stalled)
         else:
             r = run_flow(models, X, y, per_seed_data=True, t1=1e5, time="normalized",
                          target_log_loss=target, degree=DEGREE, rtol=1e-8, atol=1e-10,
@@ -112,7 +112,8 @@ def simulate(seeds, *, dynamics="gd", target=-300.0, lr=0.1, frac=30.0, max_step
             out[name] = dict(steps=np.asarray(r.stats["num_steps"]),
                              reached=np.asarray(r.ok) & np.asarray(r.reached_target),
                              final=r.final, x=np.asarray(r.log_t), hist=hist,
-                             s=np.asarray(r.final_time), log_t=np.asarray(r.final_log_t))
+                             s=np.asarray(r.final_time), log_t=np.asarray(r.final_log_t),
+                             stalled=np.zeros(seeds, bool))
         out[name]["diag"] = {k: np.asarray(v) for k, v in
                              batched_diagnostics(out[name]["final"], X, y).items()}
         out[name]["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
@@ -128,16 +129,33 @@ def relation_spread(diag: dict, sign: float) -> np.ndarray:
     return np.array([np.std(v[s][keep[s]]) if keep[s].sum() > 1 else np.nan for s in range(len(v))])
 
 
+def _select(entry: dict, mask: np.ndarray, seeds: int) -> dict:
+    """The seeds in ``mask`` of every per-seed array (leading axis ``seeds``) in ``entry``."""
+    def pick(v):
+        if isinstance(v, dict):
+            return {k: pick(x) for k, x in v.items()}
+        if isinstance(v, np.ndarray) and v.shape[:1] == (seeds,):
+            return v[mask]
+        return v
+    return {k: (v if k == "final" else pick(v)) for k, v in entry.items()}
+
+
 def run(args: argparse.Namespace) -> dict:
     max_steps = args.max_steps * (4 if args.full else 1)
     sim = simulate(args.seeds, dynamics=args.dynamics, target=args.target, lr=args.lr,
                    frac=args.frac, max_steps=max_steps, cap=args.cap)
+    # Seeds on which some parameterization stalled (a point went dead: every hidden unit off on
+    # it, so log L >= 0 for good) are set aside, for all three alike, so comparisons stay paired.
+    stalled = {k: np.asarray(r["stalled"]) for k, r in sim.items()}
+    live = ~np.any(list(stalled.values()), axis=0)
+    sim = {k: _select(r, live, args.seeds) for k, r in sim.items()}
+    n = int(live.sum())
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     def _min_cos(d, s):
         c = d["cos"][s][(d["rel"][s] > THRESHOLD) & (d["grad_norm"][s] > 0)]
         return c.min() if c.size else np.nan
 
-    cos_min = {k: np.array([_min_cos(r["diag"], s) for s in range(args.seeds)]) for k, r in sim.items()}
+    cos_min = {k: np.array([_min_cos(r["diag"], s) for s in range(n)]) for k, r in sim.items()}
     spread = {k: {"x+y": relation_spread(r["diag"], +1), "y-x": relation_spread(r["diag"], -1)}
               for k, r in sim.items()}
     gd = args.dynamics == "gd"
@@ -146,6 +164,8 @@ def run(args: argparse.Namespace) -> dict:
         "dynamics": args.dynamics, "target_log_loss": args.target,
         **{f"{k}_{'steps' if gd else 'log_t'}_to_target": cost[k] for k in sim},
         **{f"{k}_solver_steps": r["steps"] for k, r in sim.items() if not gd},
+        "seeds": args.seeds, "seeds_kept": n, "kept_seeds_mask": live,
+        **{f"{k}_stalled": stalled[k] for k in sim},
         **{f"{k}_reached_target": r["reached"] for k, r in sim.items()},
         **{f"{k}_relative_norms": r["diag"]["rel"] for k, r in sim.items()},
         **{f"{k}_kept": kept[k] for k in sim},
@@ -158,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for name, r in sim.items():
         st = PARAM_STYLE[name]
-        for s in range(args.seeds):
+        for s in range(n):
             ok = np.isfinite(r["hist"]["log_loss"][s]) & np.isfinite(r["x"][s])
             lab = st["label"] if s == 0 else None
             axes[0].plot(r["x"][s][ok], r["hist"]["log_loss"][s][ok], color=st["color"], alpha=0.6, label=lab)
@@ -166,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
         d = r["diag"]
         live = d["grad_norm"] > 0
         axes[1].scatter(np.log(d["w_norm"][live]), np.log(d["grad_norm"][live]), s=10, **st)
-        for s in range(args.seeds):
+        for s in range(n):
             axes[3].plot(np.sort(d["rel"][s])[::-1], "o-", ms=3, color=st["color"], alpha=0.5,
                          label=st["label"] if s == 0 else None)
     xl = "GD step" if gd else "log t"
@@ -182,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
     figs = [save_figure(fig, args.out, "lin_sep.png")]
     unit = "GD steps" if gd else "log t at the target"
     rows = [[PARAM_STYLE[k]["label"], mean_std(cost[k]), str(PAPER_STEPS.get(k, "-")) if gd else "-",
-             f"{int(sim[k]['reached'].sum())}/{args.seeds}", mean_std(kept[k]),
+             f"{int(sim[k]['reached'].sum())}/{n}", f"{int(stalled[k].sum())}", mean_std(kept[k]),
              mean_std(cos_min[k], ".4f"), mean_std(spread[k]["x+y"]), mean_std(spread[k]["y-x"]),
              f"{mean_std(sim[k]['margin0'])} -> {mean_std(sim[k]['diag']['normalized_margin'])}"]
             for k in sim]
@@ -195,16 +215,19 @@ def run(args: argparse.Namespace) -> dict:
         "# lin-sep", "",
         f"SPEC lin-sep data (4 points, drawn per seed), 2-layer ReLU^2 net, 8 hidden neurons, no bias, "
         f"WN on both layers, exponential loss to log L = {args.target}. Dynamics: {dyn}. "
-        f"{args.seeds} seeds, vmapped. 'Surviving' = relative norm ||w_u||/||W_1|| > {THRESHOLD}. "
+        f"{args.seeds} seeds, vmapped; {args.seeds - n} of them are set aside because a run stalled "
+        "under some parameterization ('stalled' column: a training point went dead, every hidden "
+        "unit off on it, so log L stays >= 0; wnjax stops such runs), and the statistics are over "
+        f"the other {n}. 'Surviving' = relative norm ||w_u||/||W_1|| > {THRESHOLD}. "
         "Spreads are std over surviving neurons of log||grad_u|| +- log||w_u|| (0 = exact relation); "
         "dead ReLU^2 units (zero gradient) are left out of spreads and cosines.", "",
-        table([ "", unit, "paper", "reached", "surviving (of 8)", "min cos(w_u, -grad_u)",
+        table([ "", unit, "paper", "reached", "stalled", "surviving (of 8)", "min cos(w_u, -grad_u)",
                "spread x+y", "spread y-x", "normalized margin start -> end"], rows), "",
         "## Verdicts", "",
         verdict(bool(faster and sim["ewn"]["reached"].all()),
                 "EWN reaches log L = -300 much sooner than SWN (paper 653 vs 12,284 epochs)",
                 f"median {e:.4g} vs {s_:.4g} {unit}; reached EWN {int(sim['ewn']['reached'].sum())}, "
-                f"SWN {int(sim['swn']['reached'].sum())} of {args.seeds}"),
+                f"SWN {int(sim['swn']['reached'].sum())} of {n}"),
         verdict(bool(np.median(kept["ewn"]) < np.median(kept["swn"]) and np.median(kept["ewn"]) <= 4),
                 "EWN leaves only a few neurons with non-negligible relative norm",
                 f"EWN {mean_std(kept['ewn'])}, SWN {mean_std(kept['swn'])}, unnormalized {mean_std(kept['standard'])} of 8"),
