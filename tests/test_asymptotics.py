@@ -67,6 +67,27 @@ def test_swn_stiff_solver_agrees_and_reaches_minus_10000(lin_sep_flows):
     assert np.all(np.isfinite(log_t)) and np.all(np.diff(log_t) > 0) and log_t[-1] > 9000
 
 
+def test_auto_solver_alternates_and_keeps_the_path(lin_sep_flows, monkeypatch):
+    """solver='auto' past its explicit budget alternates explicit and stiff blocks level by
+    level, continuing from where a block stopped. With blocks shrunk (300 explicit, 50 stiff
+    steps) both solvers take turns on the way to log L = -300, and the run ends where the plain
+    Tsit5 run (the reference integrator, rtol 1e-8) ends."""
+    import wnjax._flow as flow_module
+
+    monkeypatch.setattr(flow_module, "AUTO_EXPLICIT_STEPS", 300)
+    monkeypatch.setattr(flow_module, "AUTO_STIFF_STEPS", 50)
+    X, y, model, runs = lin_sep_flows
+    r = wnjax.gradient_flow(wnjax.swn(model), X, y, time="normalized", t1=1e3,
+                            target_log_loss=-300.0, n_save=16, solver="auto", diagnostics=False)
+    assert bool(r.reached_target) and bool(r.stats["stiff"])
+    assert int(r.stats["stiff_steps"]) > 0 and int(r.stats["explicit_steps"]) > 300
+    ref = runs["swn"]
+    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._neurons.layer_weights(p.standard())])
+    a, b = flat(r.final), flat(ref.final)
+    assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
+    np.testing.assert_allclose(np.asarray(r.log_t), np.asarray(ref.log_t), rtol=1e-5)
+
+
 def test_linear_flow_converges_to_svm_direction(linear_problem):
     """Exponential loss, linear model: w/||w|| -> hard-margin SVM direction (SLSQP reference)."""
     X, y = linear_problem

@@ -219,3 +219,23 @@ def test_flow_compiles_once(mlp_problem):
     assert float(r1.final_log_loss) <= -1.0 and bool(r1.reached_target)
     assert float(r2.final_log_loss) <= -3.0 and bool(r2.reached_target)
     assert not bool(r3.reached_target) and float(r3.final_time) == 0.5
+
+
+def test_normalized_run_continues_from_log_t0(mlp_problem):
+    """Stopping a loss-normalized run at s = 3 and continuing it from its ``final`` with
+    ``log_t0 = final_log_t`` gives the uninterrupted run's weights and ``log t`` at s = 6.
+    (Restarting with ``t0 = 0`` instead puts the clock back at ``t = 0``: ``log t`` then differs
+    by far more than the tolerance, so the comparison can fail.)"""
+    model, X, y = mlp_problem
+    kw = dict(time="normalized", rtol=1e-12, atol=1e-14)
+    whole = flow(model, X, y, t1=6.0, **kw)
+    first = flow(model, X, y, t1=3.0, **kw)
+    rest = flow(first.final, X, y, t1=3.0, log_t0=first.final_log_t, **kw)
+    a = path_weights(jax.tree_util.tree_map(lambda x: x[None], whole.final))[0]
+    b = path_weights(jax.tree_util.tree_map(lambda x: x[None], rest.final))[0]
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-8 * np.abs(a).max())
+    np.testing.assert_allclose(rest.final_log_t, whole.final_log_t, rtol=1e-8)
+    reset = flow(first.final, X, y, t1=3.0, **kw)
+    assert abs(float(reset.final_log_t) - float(whole.final_log_t)) > 1e-3
+    with pytest.raises(ValueError, match="log_t0"):
+        flow(model, X, y, t1=1.0, log_t0=0.0)

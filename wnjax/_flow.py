@@ -49,12 +49,17 @@ SOLVERS = {
 }
 # solver="auto": the explicit solver gets at most this many steps before the stiff one takes over.
 AUTO_EXPLICIT_STEPS = 20_000
+# ... and past it, per level of log L, blocks of AUTO_EXPLICIT_STEPS explicit and AUTO_STIFF_STEPS
+# stiff steps alternate (a stiff step costs several explicit ones) until the level is reached.
+AUTO_STIFF_STEPS = 1_000
 
 
 def resolve_solver(solver: "str | diffrax.AbstractSolver | None") -> diffrax.AbstractSolver:
     """A diffrax solver from ``None`` (``Tsit5``), a name in ``SOLVERS``, or a solver instance."""
     if solver is None:
         return diffrax.Tsit5()
+    if isinstance(solver, tuple):  # (explicit, stiff): solver='auto' past its explicit budget
+        return tuple(resolve_solver(x) for x in solver)
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise ValueError(
@@ -218,6 +223,7 @@ def _solve(
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
     standard_out: bool = False,
+    block_steps: tuple = (),
 ) -> FlowResult:
     params, static = eqx.partition(p, eqx.is_inexact_array)
     normalized = time == "normalized"
@@ -273,8 +279,10 @@ def _solve(
         return _solve_levels(
             diffrax.ODETerm(field), solver, controller, level_event, save_fn, (params, tau0),
             static, X, y, loss, numbers, n_save=save_s.shape[0], max_steps=max_steps,
-            standard_out=standard_out,
+            standard_out=standard_out, block_steps=block_steps,
         )
+    if isinstance(solver, tuple):
+        raise ValueError("a pair of solvers needs time='normalized' with a target and no save_ts.")
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)]
     )
@@ -357,8 +365,8 @@ def _tree_norm(tree) -> Array:
 
 
 def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X, y, loss,
-                  numbers, *, n_save: int, max_steps: int, standard_out: bool = False
-                  ) -> FlowResult:
+                  numbers, *, n_save: int, max_steps: int, standard_out: bool = False,
+                  block_steps: tuple = ()) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target."""
     log_l0 = _log_loss_fn(y0[0], static, X, y, loss)
@@ -372,30 +380,72 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
     start = {"s": jnp.zeros_like(numbers["t1"]), "y": y0, "code": zero, "done": jnp.asarray(False),
              "steps": zero, "accepted": zero, "rejected": zero,
              "dt": jnp.minimum(dt0, numbers["t1"])}
+    if isinstance(solver, tuple):  # which solver goes next; steps taken by each
+        start["which"] = jnp.asarray(0)
+        start["used"] = jnp.zeros(len(solver), int)
 
-    def solve(c, level):
+    def attempt(c, level, solver, budget):
+        """One diffrax solve from ``c`` towards ``level``, with at most ``budget`` steps."""
         sol = diffrax.diffeqsolve(
             term, solver, t0=c["s"], t1=numbers["t1"], dt0=c["dt"], y0=c["y"],
             saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
-            event=level_event(level), max_steps=max_steps, throw=False,
+            event=level_event(level), max_steps=budget, throw=False,
         )
         hit = sol.result == diffrax.RESULTS.event_occurred
-        steps = c["steps"] + sol.stats["num_steps"]
-        code = jnp.where(hit, 0, sol.result._value)
-        code = jnp.where(steps > max_steps, 1, code)
-        new = {
+        accepted = sol.stats["num_accepted_steps"]
+        new = dict(c)
+        new.update({
             "s": sol.ts[-1], "y": jax.tree_util.tree_map(lambda x: x[-1], sol.ys),
-            "code": code, "done": ~hit | (code != 0), "steps": steps,
-            "accepted": c["accepted"] + sol.stats["num_accepted_steps"],
+            "code": jnp.where(hit, 0, sol.result._value), "hit": hit,
+            "steps": c["steps"] + sol.stats["num_steps"],
+            "accepted": c["accepted"] + accepted,
             "rejected": c["rejected"] + sol.stats["num_rejected_steps"],
-            # the next segment starts with this one's mean accepted step
-            "dt": jnp.where(
-                sol.stats["num_accepted_steps"] > 0,
-                (sol.ts[-1] - c["s"]) / jnp.maximum(sol.stats["num_accepted_steps"], 1),
-                c["dt"],
-            ),
-        }
+            # the next solve starts with this one's mean accepted step
+            "dt": jnp.where(accepted > 0, (sol.ts[-1] - c["s"]) / jnp.maximum(accepted, 1),
+                            c["dt"]),
+        })
         return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, c)
+
+    def finish(c, new):
+        new = dict(new)
+        hit = new.pop("hit")
+        code = jnp.where(new["steps"] > max_steps, 1, new["code"])
+        new.update(code=code, done=~hit | (code != 0))
+        return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, c)
+
+    if not isinstance(solver, tuple):
+        def solve(c, level):
+            return finish(c, attempt(dict(c, hit=jnp.asarray(False)), level, solver, max_steps))
+    else:
+        # solver='auto' past its explicit budget: (explicit, stiff) solvers, alternated in blocks
+        # of block_steps. A block that ends short of the level leaves a valid point on the path,
+        # so nothing is lost: the other solver goes on from there. A solver that reaches a level
+        # keeps the next one. The run stops when both solvers in a row make no progress.
+        def solve(c, level):
+            def go(a):
+                prev_s = a["c"]["s"]
+                branches = [
+                    lambda cc, sv=sv, b=b: attempt(cc, level, sv, b)
+                    for sv, b in zip(solver, block_steps)
+                ]
+                new = jax.lax.switch(a["which"], branches, a["c"])
+                stuck = new["s"] <= prev_s
+                steps = new["steps"] - a["c"]["steps"]
+                return {
+                    "c": new,
+                    "which": jnp.where(new["hit"], a["which"], 1 - a["which"]),
+                    "idle": jnp.where(stuck, a["idle"] + 1, 0),
+                    "used": a["used"].at[a["which"]].add(steps),
+                }
+
+            def more(a):
+                return (~a["c"]["hit"] & (a["c"]["steps"] < max_steps) & (a["idle"] < 2)
+                        & jnp.isfinite(a["c"]["s"]))
+
+            a0 = {"c": dict(c, hit=jnp.asarray(False)), "which": c["which"],
+                  "idle": jnp.asarray(0), "used": c["used"]}
+            a = jax.lax.while_loop(more, go, a0)
+            return finish(c, dict(a["c"], which=a["which"], used=a["used"]))
 
     def body(c, level):
         c = jax.lax.cond(c["done"], lambda c, _: c, solve, c, level)
@@ -425,7 +475,9 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         final_log_t=_tau_to_log_t(final_tau),
         final_time=end["s"],
         stats={"num_steps": end["steps"], "num_accepted_steps": end["accepted"],
-               "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps)},
+               "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps),
+               **({"explicit_steps": end["used"][0], "stiff_steps": end["used"][1]}
+                  if isinstance(solver, tuple) else {})},
         result_code=end["code"],
         reached_target=(end["code"] == 0) & (final_log_loss <= numbers["target"]),
     )
@@ -514,8 +566,12 @@ def gradient_flow(
     - `rtol`, `atol`: the PID controller's tolerances.
     - `solver`: any diffrax solver, or a name: ``'tsit5'`` (the default), ``'dopri5'``,
       ``'dopri8'``, ``'stiff'``/``'kvaerno5'`` (L-stable, for stiff flows), or ``'auto'``:
-      ``Tsit5`` with at most ``AUTO_EXPLICIT_STEPS`` steps, then, if that budget runs out, the
-      whole run again with ``Kvaerno5`` (``result.stats['stiff']`` says which one ran).
+      ``Tsit5`` with at most ``AUTO_EXPLICIT_STEPS`` steps; if that budget runs out, the run
+      is redone, and with ``time='normalized'`` and a target it goes level by level of
+      ``log L``, alternating blocks of ``AUTO_EXPLICIT_STEPS`` ``Tsit5`` steps and
+      ``AUTO_STIFF_STEPS`` ``Kvaerno5`` steps, each block going on from where the last one
+      stopped (``result.stats``: ``explicit_steps``, ``stiff_steps``); otherwise the redo is
+      all ``Kvaerno5``. ``result.stats['stiff']`` says whether the stiff solver ran.
     - `time`: ``'plain'`` or ``'normalized'``.
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
@@ -609,6 +665,7 @@ def gradient_flow(
         progress_meter=_progress_meter(progress),
         controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
         standard_out=not isinstance(model, Parameterized),  # final/states as the input's type
+        block_steps=(AUTO_EXPLICIT_STEPS, AUTO_STIFF_STEPS),
     )
     if not isinstance(result.result_code, jax.core.Tracer):
         if not bool(np.all(np.asarray(result.result_code) == 0)):  # one host read, no dispatch
@@ -629,8 +686,9 @@ def _number(v, dtype):
 
 def _auto_solver_flow(model, X, y, *, max_steps: int, throw: bool, **options) -> FlowResult:
     """``solver='auto'``: explicit ``Tsit5`` within ``min(max_steps, AUTO_EXPLICIT_STEPS)`` steps;
-    if that budget runs out (a stiff flow), the run is redone with ``Kvaerno5``. Only the stiff
-    solver's program is compiled in addition, and only when it is needed."""
+    if that budget runs out (a stiff flow), the run is redone: level by level with alternating
+    ``Tsit5``/``Kvaerno5`` blocks when saving at levels of ``log L``, else with ``Kvaerno5``.
+    The second program is compiled only when it is needed."""
     budget = min(int(max_steps), AUTO_EXPLICIT_STEPS)
     with warnings.catch_warnings():  # a spent budget is not the caller's failure
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -654,12 +712,18 @@ def _auto_solver_flow(model, X, y, *, max_steps: int, throw: bool, **options) ->
                 raise FlowFailed(result.message, result)
             warnings.warn(result.message, RuntimeWarning, stacklevel=3)
         return result
-    stiff = gradient_flow(model, X, y, solver="stiff", max_steps=max_steps, throw=False, **options)
-    result = eqx.tree_at(
-        lambda r: r.stats,
-        stiff,
-        {**stiff.stats, "stiff": jnp.asarray(True), "explicit_steps": explicit.stats["num_steps"]},
-    )
+    levels = (options["time"] == "normalized" and options["target_log_loss"] is not None
+              and options["save_ts"] is None)
+    # Saving at levels of log L: explicit and stiff blocks alternate level by level (see
+    # AUTO_STIFF_STEPS); otherwise the whole run is redone with the stiff solver.
+    second = ("tsit5", "stiff") if levels else "stiff"
+    stiff = gradient_flow(model, X, y, solver=second, max_steps=max_steps, throw=False, **options)
+    used = {"stiff": jnp.asarray(True), "explicit_steps": explicit.stats["num_steps"]}
+    if levels:
+        used = {"stiff": stiff.stats["stiff_steps"] > 0,
+                "explicit_steps": explicit.stats["num_steps"] + stiff.stats["explicit_steps"],
+                "first_explicit_steps": explicit.stats["num_steps"]}
+    result = eqx.tree_at(lambda r: r.stats, stiff, {**stiff.stats, **used})
     if not np.all(np.asarray(result.result_code) == 0):
         if throw:
             raise FlowFailed(result.message, result)
