@@ -68,10 +68,10 @@ def test_swn_stiff_solver_agrees_and_reaches_minus_10000(lin_sep_flows):
 
 
 def test_auto_solver_alternates_and_keeps_the_path(lin_sep_flows, monkeypatch):
-    """solver='auto' past its explicit budget alternates explicit and stiff blocks level by
-    level, continuing from where a block stopped. With blocks shrunk (300 explicit, 50 stiff
-    steps) both solvers take turns on the way to log L = -300, and the run ends where the plain
-    Tsit5 run (the reference integrator, rtol 1e-8) ends."""
+    """solver='auto' past its explicit budget goes level by level in explicit (Bosh3) and stiff
+    (Kvaerno5) blocks, each continuing from where the last one stopped. With blocks shrunk (300
+    explicit, 50 stiff steps) both solvers take turns on the way to log L = -300, and the run
+    ends where the plain Tsit5 run (the reference integrator, rtol 1e-8) ends."""
     import wnjax._flow as flow_module
 
     monkeypatch.setattr(flow_module, "AUTO_EXPLICIT_STEPS", 300)

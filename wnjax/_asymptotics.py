@@ -137,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
         report["runs"][name] = {"seconds_with_compile": seconds,
                                 **_final_diagnostics(r, X, y, args.threshold, degree)}
         stiff = bool(r.stats.get("stiff", args.solver in ("stiff", "kvaerno5")))
-        if "stiff_steps" in r.stats:  # auto: Tsit5 and Kvaerno5 blocks, level by level
-            report["runs"][name]["solver"] = "Tsit5+Kvaerno5"
+        if "stiff_steps" in r.stats:  # auto past Tsit5: Bosh3 and Kvaerno5 blocks, level by level
+            report["runs"][name]["solver"] = "Bosh3+Kvaerno5 blocks"
             for k in ("explicit_steps", "stiff_steps", "first_explicit_steps"):
                 report["runs"][name][k] = int(r.stats[k])
         else:
