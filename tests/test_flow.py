@@ -239,3 +239,19 @@ def test_normalized_run_continues_from_log_t0(mlp_problem):
     assert abs(float(reset.final_log_t) - float(whole.final_log_t)) > 1e-3
     with pytest.raises(ValueError, match="log_t0"):
         flow(model, X, y, t1=1.0, log_t0=0.0)
+
+
+@pytest.mark.parametrize("time", ["normalized", "plain"])
+def test_target_already_met_stops_at_the_start(mlp_problem, time):
+    """A run whose initial loss is already at or below its target has nothing to integrate: it
+    reports the target reached and returns the input (it used to run on to t1, or, in normalized
+    time, to its step budget)."""
+    model, X, y = mlp_problem
+    start = float(wnjax.gradient_flow(model, X, y, t1=1e-9, n_save=2).log_loss[0])
+    r = flow(model, X, y, time=time, t1=50.0, target_log_loss=start + 1.0)
+    assert bool(r.reached_target) and bool(r.ok)
+    assert int(r.stats["num_steps"]) <= 3  # the first step, perhaps after a rejection
+    a = path_weights(jax.tree_util.tree_map(lambda x: x[None], r.final))[0]
+    b = path_weights(jax.tree_util.tree_map(lambda x: x[None], model))[0]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
+    np.testing.assert_allclose(float(r.final_log_loss), start, rtol=1e-9)  # stop time <= 1e-10

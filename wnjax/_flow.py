@@ -258,12 +258,21 @@ def _solve(
         # The offset keeps the stopping point at, or a hair below, the level.
         labels = y
 
-        def cond(t, y, args, **kwargs):  # diffrax passes these by keyword
+        def gap(y):
             log_l = _log_loss_fn(y[0], static, X, labels, loss)
             return (log_l - level) / (1.0 + jnp.abs(level)) + _LEVEL_OFFSET
 
+        def cond(t, y, args, **kwargs):  # diffrax passes these by keyword
+            # A run that starts at or below its level has nothing to cross: the condition is
+            # then t0 + 1e-30 - t, positive at t0 and negative after it, so the run stops in its
+            # first step, at t0 (to the root finder's tolerance), instead of running on to t1.
+            start = kwargs["t0"]
+            return jnp.where(already, start + 1e-30 * (1.0 + jnp.abs(start)) - t, gap(y))
+
+        already = gap((params, None)) <= 0
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
-        return diffrax.Event(cond, root_finder=optx.Bisection(rtol=1e-12, atol=1e-10, expand_if_necessary=True))
+        return diffrax.Event(cond, root_finder=optx.Bisection(
+            rtol=1e-12, atol=1e-10, expand_if_necessary=True))
 
     event = level_event(numbers["target"]) if has_target else None
 
@@ -380,7 +389,9 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
     else:  # diffrax's automatic first step can stall on a restart, so carry our own
         f0 = term.vf(0.0, y0, None)
         dt0 = 1e-3 * (1.0 + _tree_norm(y0[0])) / jnp.maximum(_tree_norm(f0), 1e-300)
-    start = {"s": jnp.zeros_like(numbers["t1"]), "y": y0, "code": zero, "done": jnp.asarray(False),
+    # a run that starts at or below its target is done before its first level
+    start = {"s": jnp.zeros_like(numbers["t1"]), "y": y0, "code": zero,
+             "done": log_l0 <= numbers["target"],
              "steps": zero, "accepted": zero, "rejected": zero,
              "dt": jnp.minimum(dt0, numbers["t1"])}
     if isinstance(solver, tuple):  # which solver goes next; steps taken by each
