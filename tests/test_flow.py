@@ -255,3 +255,15 @@ def test_target_already_met_stops_at_the_start(mlp_problem, time):
     b = path_weights(jax.tree_util.tree_map(lambda x: x[None], model))[0]
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
     np.testing.assert_allclose(float(r.final_log_loss), start, rtol=1e-9)  # stop time <= 1e-10
+
+
+@pytest.mark.parametrize("n_save", [2, 3, 16])
+def test_default_save_points_span_t0_to_t1(mlp_problem, n_save):
+    """The default save points start at t0 and end at t1 for every n_save (n_save = 2 used to
+    end at 1e-6 t1), and the last saved loss is the final one."""
+    model, X, y = mlp_problem
+    r = wnjax.gradient_flow(model, X, y, t0=0.5, t1=3.0, n_save=n_save, diagnostics=False)
+    ts = np.asarray(r.ts)
+    assert ts.shape == (n_save,) and ts[0] == 0.5 and np.isclose(ts[-1], 3.0, rtol=1e-14)
+    assert np.all(np.diff(ts) > 0)
+    np.testing.assert_allclose(float(r.log_loss[-1]), float(r.final_log_loss), rtol=1e-12)

@@ -510,10 +510,15 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
     )
 
 
+def _log_fractions(n: int) -> np.ndarray:
+    """``n`` fractions of the span, log-spaced from ``1e-6`` to ``1`` (just ``[1]`` for one)."""
+    return np.logspace(-6, 0, n) if n > 1 else np.ones(n)
+
+
 def default_save_times(t0: float, t1: float, n_save: int) -> np.ndarray:
     """``n_save`` save points: ``t0``, then log-spaced from ``t0 + (t1 - t0) 1e-6`` to ``t1``."""
     span = t1 - t0
-    return np.concatenate([[t0], t0 + span * np.logspace(-6, 0, n_save - 1)])
+    return np.concatenate([[t0], t0 + span * _log_fractions(n_save - 1)])
 
 
 def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
@@ -669,7 +674,7 @@ def gradient_flow(
         start = 0.0 if time == "normalized" else t0
         if isinstance(t1, jax.core.Tracer):
             save_s = start + (t1 - start) * jnp.concatenate(
-                [jnp.zeros(1), jnp.logspace(-6, 0, n_save - 1)]
+                [jnp.zeros(1), jnp.asarray(_log_fractions(n_save - 1))]
             )
         else:
             save_s = default_save_times(start, float(t1), n_save)
