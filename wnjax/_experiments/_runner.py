@@ -61,7 +61,6 @@ def _init(params, static, X, y, traced, numbers, *, loss, optimizer) -> dict:
         "reached": flag,
         "diverged": flag,
         "stalled": flag,
-        "stop_stalled": jnp.broadcast_to(numbers["stop_stalled"], (seeds,)),
         "target": jnp.broadcast_to(numbers["target"], (seeds,)).astype(X.dtype),
         "num_steps": jnp.broadcast_to(numbers["num_steps"], (seeds,)),
         "diverge_above": log_l0 + numbers["diverge_above"],
@@ -102,7 +101,7 @@ def _stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Ar
 
 @eqx.filter_jit
 def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size, objective,
-           summarize):
+           summarize, stop_stalled=False):
     """``length`` steps of every run (vmapped), then full-data summaries of each run."""
 
     def one(c, X, y, hp, key):
@@ -128,12 +127,15 @@ def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size
             return c, None
 
         c, _ = jax.lax.scan(step, c, None, length=length)
-        full, stuck = _stalled(c["params"], static, X, y, loss, c["target"])
+        if stop_stalled:  # per-point margin gradients: only when asked for
+            full, stuck = _stalled(c["params"], static, X, y, loss, c["target"])
+        else:
+            full, stuck = _log_loss(c["params"], static, X, y, loss), jnp.asarray(False)
         if batch_size is not None:
             hit = ~c["done"] & (full <= c["target"])
             c["reached"] = c["reached"] | hit
             c["done"] = c["done"] | hit
-        stuck = stuck & ~c["done"] & (full > c["target"]) & c["stop_stalled"]
+        stuck = stuck & ~c["done"] & (full > c["target"])
         c["stalled"] = c["stalled"] | stuck
         c["done"] = c["done"] | stuck
         out = summarize(eqx.combine(c["params"], static), X, y)
@@ -149,7 +151,7 @@ class BatchedRun(eqx.Module):
     - `history`: dict of arrays ``(n_records, seeds, ...)``: full-data ``log_loss`` and the
       ``summarize`` outputs after each chunk; `steps`: ``(n_records, seeds)`` steps taken then;
     - `final`: the stacked final models; `num_steps`, `reached`, `diverged`, `stalled`: per seed
-      (``stalled``: stopped at a point no step can improve, see ``STALL_RATIO``);
+      (``stalled``: stopped at a point no step can improve, see ``STALL_SHARE``);
     - `checkpoints`: per checkpoint target, the stacked models at the first chunk end where the
       full-data ``log L`` was at or below it (``None`` entries for targets no seed reached), with
       `checkpoint_log_loss` and `checkpoint_steps` (``nan``/``-1`` where a seed never got there).
@@ -213,7 +215,7 @@ def run_gd(
     - `summarize`: ``f(model, X, y) -> dict`` of diagnostics recorded at chunk ends.
     - `diverge_above`: a seed whose ``log L`` exceeds its start by this much has diverged.
     - `stop_stalled`: stop a seed, flagged ``stalled``, at a chunk end where no step can lower
-      its loss (``STALL_RATIO``), instead of spending ``num_steps`` on it.
+      its loss (``STALL_SHARE``), instead of spending ``num_steps`` on it.
 
     **Returns:** a ``BatchedRun``.
     """
@@ -242,12 +244,12 @@ def run_gd(
         "target": np.asarray(-np.inf if target_log_loss is None else target_log_loss, dtype),
         "num_steps": np.asarray(num_steps),
         "diverge_above": np.asarray(diverge_above, dtype),
-        "stop_stalled": np.asarray(bool(stop_stalled and loss_obj.margin_based)),
     }
     carry = _init(params, static, X, y, traced, numbers, loss=loss_obj, optimizer=opt_factory)
     run = functools.partial(
         _chunk, loss=loss_obj, optimizer=opt_factory, length=int(min(chunk_size, num_steps)),
         batch_size=batch_size, objective=objective, summarize=summarize or _no_summary,
+        stop_stalled=bool(stop_stalled and loss_obj.margin_based),
     )
     targets = list(checkpoints)
     ck_params = [None] * len(targets)
