@@ -37,6 +37,41 @@ def setup(args: argparse.Namespace) -> None:
     jax.config.update("jax_enable_x64", not args.float32)
 
 
+def force_host_devices(n: int | None = None) -> int:
+    """Expose the CPU's cores as ``n`` JAX host devices (default: all cores), so that a seed
+    sweep can shard its seeds over them. Must run before ``jax`` is imported; GPUs are unaffected.
+    """
+    if "jax" in sys.modules:
+        raise RuntimeError("force_host_devices must be called before jax is imported")
+    n = n or os.cpu_count() or 1
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    return n
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 5) -> dict[str, list[float]]:
+    """Wall times of each ``fns[name]()`` over ``rounds`` rounds, the calls of one round in turn.
+
+    On a machine whose speed drifts (a shared VM), interleaving puts every candidate under the
+    same conditions in each round, so per-round ratios are far steadier than ratios of timings
+    taken minutes apart. Call each ``fn`` once beforehand to compile and warm it up.
+    """
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(times: list[float], scale: float = 1.0) -> dict:
+    """Median, min and max of ``times`` multiplied by ``scale``."""
+    return {"median": statistics.median(times) * scale, "min": min(times) * scale,
+            "max": max(times) * scale, "repeats": len(times)}
+
+
 def has_torch() -> bool:
     try:
         import torch  # noqa: F401

@@ -58,6 +58,114 @@ def peak_matmul_flops(size: int = 2048, dtype=None, repeats: int = 5) -> dict:
             "seconds": t}
 
 
+def gd_loop_vs_peak(width: int, n: int, *, d: int = 10, depth: int = 3, rounds: int = 5,
+                    peak_size: int = 2048, target_s: float = 0.3, max_steps: int = 2000,
+                    lr: float = 1e-4) -> dict:
+    """Seconds per step of wnjax's compiled GD loop, and its fraction of the matmul peak.
+
+    The loop is ``traced_gradient_descent`` (the program ``gradient_descent`` runs chunk by chunk)
+    with ``S`` steps in one compiled call, ``S`` chosen so that a call takes ~``target_s`` at
+    100 GFLOP/s. Each round times one call of the loop right after one ``peak_size^2``
+    ``jnp.dot``; the fraction is the median over rounds of ``(FLOPs/step)/(s/step)/peak``, so a
+    drift of the machine's speed between rounds cancels.
+    """
+    import statistics
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    import wnjax
+    from wnjax._batched import traced_gradient_descent
+
+    X = jax.random.normal(jax.random.key(n), (n, d))
+    y = jnp.where(X[:, 0] >= 0, 1.0, -1.0)
+    m = wnjax.MLP(d, width, depth, activation="relu2", init_scale=min(1.0, (16 / width) ** 0.25),
+                  key=jax.random.key(1))
+    flops = gd_step_flops(n, d, width, depth)
+    S = int(min(max_steps, max(4, target_s * 1e11 / flops)))
+    loop = jax.jit(lambda m: traced_gradient_descent(
+        m, X, y, num_steps=S, learning_rate=lr, degree=3.0, n_save=2, chunk_size=S,
+        diagnostics=False, diverge_above=1e9).final_log_loss)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(k1, (peak_size, peak_size), jnp.result_type(float))
+    b = jax.random.normal(k2, (peak_size, peak_size), jnp.result_type(float))
+    dot = jax.jit(jnp.dot)
+    loop(m).block_until_ready()
+    dot(a, b).block_until_ready()
+    peaks, steps, fractions = [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        dot(a, b).block_until_ready()
+        t1 = time.perf_counter()
+        loop(m).block_until_ready()
+        t2 = time.perf_counter()
+        peaks.append(2.0 * peak_size**3 / (t1 - t0))
+        steps.append((t2 - t1) / S)
+        fractions.append(flops / steps[-1] / peaks[-1])
+    return {"width": width, "n": n, "depth": depth, "steps": S, "rounds": rounds,
+            "step_s": statistics.median(steps), "peak_flops_per_s_here": statistics.median(peaks),
+            "fraction_of_peak": statistics.median(fractions),
+            "fraction_range": [min(fractions), max(fractions)], "flops": flops,
+            "bytes": gd_step_bytes(n, d, width, depth)}
+
+
+GEMM_KINDS = {
+    # The three matmuls of a dense layer ``Z = A W^T`` (A: n x in, W: out x in, row-major),
+    # named by which operand is read transposed, as XLA sees them under ``vmap`` over points:
+    "NT": "forward  Z = A W^T",
+    "NN": "backward dA = dZ W",
+    "TN": "backward dW = dZ^T A (contracts the points axis, the major axis of both)",
+}
+
+
+def gemm_kinds(n: int, width: int, repeats: int = 7) -> dict:
+    """Measured FLOP/s of the three matmul kinds of a ``width x width`` layer on ``n`` points.
+
+    Timed in interleaved rounds (median), ``2 n width^2`` FLOPs each. XLA's CPU backend runs the
+    ``TN`` kind (the weight gradient) well below the other two; an explicitly transposed copy of
+    ``dZ`` (``TN via copy``) shows what the same product costs when it is handed over as ``NN``.
+    """
+    import statistics
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.result_type(float)
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    A = jax.random.normal(k1, (n, width), dtype)
+    B = jax.random.normal(k2, (n, width), dtype)
+    W = jax.random.normal(k3, (width, width), dtype)
+    ob = jax.lax.optimization_barrier
+    fns = {
+        "NT": (jax.jit(lambda a, w: a @ w.T), (A, W)),
+        "NN": (jax.jit(lambda a, w: a @ w), (A, W)),
+        "TN": (jax.jit(lambda a, b: a.T @ b), (A, B)),
+        "TN via copy": (jax.jit(lambda a, b: ob(jnp.transpose(a)) @ b), (A, B)),
+    }
+    for f, args in fns.values():
+        f(*args).block_until_ready()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, (f, args) in fns.items():
+            t0 = time.perf_counter()
+            f(*args).block_until_ready()
+            times[k].append(time.perf_counter() - t0)
+    flops = 2.0 * n * width * width
+    return {k: flops / statistics.median(v) for k, v in times.items()}
+
+
+def gemm_model_seconds(n: int, d: int, width: int, depth: int, rates: dict) -> float:
+    """Seconds of one GD step's matmuls if each ran at its kind's measured rate ``rates``."""
+    shapes = layer_shapes(d, width, depth)
+    t = 0.0
+    for i, (a, b) in enumerate(shapes):
+        f = 2.0 * n * a * b
+        t += f / rates["NT"] + f / rates["TN"] + (f / rates["NN"] if i > 0 else 0.0)
+    return t
+
+
 def memory_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> dict:
     """Measured bytes/s of ``a + b`` on large arrays (2 reads, 1 write)."""
     import jax
