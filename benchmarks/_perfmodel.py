@@ -156,13 +156,18 @@ def gemm_kinds(n: int, width: int, repeats: int = 7) -> dict:
     return {k: flops / statistics.median(v) for k, v in times.items()}
 
 
-def gemm_model_seconds(n: int, d: int, width: int, depth: int, rates: dict) -> float:
-    """Seconds of one GD step's matmuls if each ran at its kind's measured rate ``rates``."""
+def gemm_model_seconds(n: int, d: int, width: int, depth: int, rates: dict,
+                       weight_grad: str = "TN via copy") -> float:
+    """Seconds of one GD step's matmuls if each ran at its kind's measured rate ``rates``.
+
+    ``weight_grad`` names the kind used for ``dW``: ``"TN via copy"`` is what ``wnjax.MLP``
+    runs on CPU (``wnjax._dense.dense``), ``"TN"`` what a plain ``jax.vmap`` of the model gives.
+    """
     shapes = layer_shapes(d, width, depth)
     t = 0.0
     for i, (a, b) in enumerate(shapes):
         f = 2.0 * n * a * b
-        t += f / rates["NT"] + f / rates["TN"] + (f / rates["NN"] if i > 0 else 0.0)
+        t += f / rates["NT"] + f / rates[weight_grad] + (f / rates["NN"] if i > 0 else 0.0)
     return t
 
 

@@ -226,3 +226,30 @@ def test_long_segments_match_step_by_step_loop(problem):
     t = wnjax.gradient_descent(model, X, y, target_log_loss=target, **run)
     assert bool(t.reached_target) and int(t.num_steps) == stop_at
     assert float(t.final_log_loss) <= target < values[stop_at - 1]
+
+
+def test_auto_chunks_grow_without_recompiling_or_changing_steps(problem, monkeypatch):
+    """``chunk_size='auto'`` doubles the chunk after every fast chunk: fewer host round trips,
+    no new compilation, and the same steps as one chunk holding the whole run."""
+    import wnjax._descent as D
+
+    model, X, y = problem
+    monkeypatch.setattr(D, "AUTO_CHUNK_START", 8)
+    monkeypatch.setattr(D, "AUTO_CHUNK_SECONDS", 1e9)  # every chunk counts as fast
+    run = dict(num_steps=100, learning_rate=0.05, n_save=2, diagnostics=False)
+    sizes = []
+
+    def seen(carry):
+        sizes.append(int(carry["k"]))
+
+    D.gradient_descent(model, X, y, chunk_size="auto", **run)  # compile
+    with compiles() as again:
+        auto = D.gradient_descent(model, X, y, chunk_size="auto", callback=seen, **run)
+    assert again == [], f"growing chunks compiled {again}"
+    # Chunks of 8, 16, 32, 64 steps: the run's 100 steps end at 8, 24, 56, 100.
+    assert sizes == [8, 24, 56, 100]
+    whole = D.gradient_descent(model, X, y, chunk_size=100, **run)
+    np.testing.assert_array_equal(weights(auto.final), weights(whole.final))
+    for bad in (0, -3, 2.5, "big"):
+        with pytest.raises(ValueError, match="chunk_size"):
+            D.gradient_descent(model, X, y, chunk_size=bad, **run)

@@ -10,6 +10,7 @@ keeps everything computed so far.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from ._dense import apply_batch
 from ._flow import summaries
 from ._losses import Loss, get_loss
 from ._parameterize import Parameterized, as_parameterized, restore_type
@@ -132,7 +134,7 @@ def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: 
         Xb, yb = X[idx], y[idx]
 
     def log_loss(q):
-        return loss.log_loss(jax.vmap(eqx.combine(q, static))(Xb), yb)
+        return loss.log_loss(apply_batch(eqx.combine(q, static), Xb), yb)
 
     value, g = jax.value_and_grad(log_loss)(params)
     if objective == "loss":
@@ -186,7 +188,7 @@ def _run_chunk(
     full_batch = batch_size is None
 
     def log_loss_on(params, Xb, yb):
-        return loss.log_loss(jax.vmap(eqx.combine(params, static))(Xb), yb)
+        return loss.log_loss(apply_batch(eqx.combine(params, static), Xb), yb)
 
     def update(params, opt_state, k):
         return descent_update(
@@ -319,7 +321,7 @@ def _init_carry(
     full-data ``log L`` and the divergence level ``log L(0) + diverge_above``, in one compiled
     call."""
     optimizer = build_optimizer(optimizer, hyperparams)
-    log_l0 = loss.log_loss(jax.vmap(eqx.combine(params, static))(X), y)
+    log_l0 = loss.log_loss(apply_batch(eqx.combine(params, static), X), y)
     # Only the shapes of the summaries are needed to allocate the save buffers.
     example = eqx.filter_eval_shape(
         lambda q: summaries(eqx.combine(q, static), X, y, loss, degree, diagnostics), params
@@ -378,6 +380,8 @@ def prepare_run(
 
     if objective not in ("loss", "log_loss"):
         raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     loss_obj = get_loss(loss)
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
@@ -450,6 +454,13 @@ def _default_key() -> PRNGKeyArray:
     return key
 
 
+# chunk_size="auto": the first chunk's steps, the wall time under which the next chunk doubles,
+# and the cap. Each chunk costs ~1 ms of dispatch (a 10-32-1 net's step is ~10 us on a CPU).
+AUTO_CHUNK_START = 1000
+AUTO_CHUNK_SECONDS = 0.25
+AUTO_CHUNK_MAX = 2**20
+
+
 def gradient_descent(
     model: PyTree,
     X: Array,
@@ -466,7 +477,7 @@ def gradient_descent(
     objective: str = "loss",
     n_save: int = 64,
     save_states: bool = False,
-    chunk_size: int = 1000,
+    chunk_size: int | str = "auto",
     degree: float | None = None,
     diverge_above: float = 200.0,
     callback=None,
@@ -496,7 +507,10 @@ def gradient_descent(
     - `objective`: ``'loss'`` or ``'log_loss'`` (the gradient that the optimizer sees).
     - `n_save`: log-spaced save points (``log L`` and summaries at each).
     - `save_states`: keep the model at the save points.
-    - `chunk_size`: steps per compiled chunk.
+    - `chunk_size`: steps per compiled chunk; between chunks Python regains control (callback,
+      Ctrl-C). ``"auto"``: ``AUTO_CHUNK_START`` steps first, then twice as many after every
+      chunk that took less than ``AUTO_CHUNK_SECONDS``, up to ``AUTO_CHUNK_MAX`` (a chunk's
+      length is a traced number: changing it does not recompile, nor change any step).
     - `degree`: homogeneity degree for the normalized margin (measured if ``None``).
     - `diverge_above`: a run whose ``log L`` exceeds ``log L(0) + diverge_above`` has diverged.
     - `callback`: called with the chunk carry after each chunk (for checkpoints or progress).
@@ -507,18 +521,26 @@ def gradient_descent(
     **Returns:** a ``GDResult``. Numbers (learning rates inside ``optimizer``, targets) are
     traced where optax keeps them as arrays, so repeated calls reuse the compiled chunk.
     """
+    auto = isinstance(chunk_size, str)
+    if auto and chunk_size != "auto":
+        raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}.")
     carry, static, X, y, numbers, key, statics = prepare_run(
         model, X, y, num_steps=num_steps, learning_rate=learning_rate, optimizer=optimizer,
         hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
         batch_size=batch_size, key=key, objective=objective, n_save=n_save,
-        save_states=save_states, chunk_size=chunk_size, degree=degree,
-        diverge_above=diverge_above, diagnostics=diagnostics, check_initial_loss=False,
+        save_states=save_states, chunk_size=AUTO_CHUNK_START if auto else chunk_size,
+        degree=degree, diverge_above=diverge_above, diagnostics=diagnostics,
+        check_initial_loss=False,
     )
     first = True
     try:
         while True:
+            t0 = time.perf_counter()
             carry = _run_chunk(carry, static, X, y, numbers, key, **statics)
             stop = int(carry["stop"])  # waits for the chunk (and the initial loss) anyway
+            if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
+                size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
+                numbers = {**numbers, "chunk_size": _host_int(size)}
             if first:  # a non-finite initial loss stops the run at step 0: report it as bad input
                 _check_initial_loss(numbers["initial_log_loss"])
                 first = False

@@ -23,6 +23,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
+from ._dense import apply_batch
 from ._diagnostics import asymptotic_summaries
 from ._losses import Loss, get_loss
 from ._models import homogeneity_degree
@@ -155,7 +156,7 @@ def _describe(r: FlowResult) -> str:
 
 def _log_loss_fn(params, static, X, y, loss: Loss):
     model = eqx.combine(params, static)
-    return loss.log_loss(jax.vmap(model)(X), y)
+    return loss.log_loss(apply_batch(model, X), y)
 
 
 def _grad_log_loss(params, static, X, y, loss, rate):
@@ -179,7 +180,7 @@ def summaries(
     The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
     trainable layer weights.
     """
-    outputs = jax.vmap(p)(X)
+    outputs = apply_batch(p, X)
     min_margin = jnp.min(loss.margins(outputs, y))
     log_l = loss.log_loss(outputs, y)
     out = {

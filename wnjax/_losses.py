@@ -139,7 +139,11 @@ def get_loss(loss: str | Loss) -> Loss:
 
 
 def log_loss(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
-    """``log L(w)`` of ``model`` on the data ``(X, y)``: the model is vmapped over ``X``."""
+    """``log L(w)`` of ``model`` on the data ``(X, y)``: the model is vmapped over ``X``.
+
+    Differentiable in every mode (``jax.jvp``, ``jax.jacfwd`` included). GD and flows compute
+    their gradients through ``model.batched`` instead, where the model has it.
+    """
     return get_loss(loss).log_loss(jax.vmap(model)(X), y)
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from ._dense import dense
 from ._neurons import has_bias
 
 
@@ -72,6 +73,13 @@ def _scaled_linear(n_in, n_out, use_bias, scale, key):
     return eqx.tree_at(lambda lin: lin.weight, layer, layer.weight * scale) if isinstance(scale, jax.Array) or scale != 1 else layer
 
 
+# Below this many multiply-adds per forward pass (points x weights), ``jax.vmap`` of the
+# per-example net compiles to a faster GD step than ``dense`` products on CPU (measured: a
+# 10-32-1 net on 64 points runs 8.4 us/step with vmap, 10.1 with dense; from 256 points x
+# 10-64-64-1 on, dense is 1.2-1.4x faster).
+DENSE_MIN_MACS = 2**18
+
+
 class MLP(eqx.Module):
     """Bias-free MLP ``x -> W_D sigma(... sigma(W_1 x))`` with ``depth`` weight layers.
 
@@ -119,6 +127,28 @@ class MLP(eqx.Module):
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.layers[-1](x)
+
+    def batched(self, X: Array) -> Array:
+        """The outputs on every row of ``X``, shape ``(n, out_size)``: ``jax.vmap(self)(X)``,
+        computed with ``dense`` products (``Z = X W^T``) when the activation is wnjax's own
+        (elementwise) and the net has at least ``DENSE_MIN_MACS`` multiply-adds per forward
+        pass; otherwise through ``jax.vmap``. GD and flows differentiate it in reverse mode
+        (and forward-over-reverse); use ``jax.vmap(self)`` for plain forward mode."""
+        macs = X.shape[0] * sum(layer.weight.size for layer in self.layers) if X.ndim == 2 else 0
+        if not isinstance(self.activation, (ReLUPower, Identity)) or macs < DENSE_MIN_MACS:
+            return jax.vmap(self)(X)
+        return self.dense_forward(X)
+
+    def dense_forward(self, X: Array) -> Array:
+        """``Z_1 = X W_1^T``, ``Z_l = sigma(Z_{l-1}) W_l^T`` (plus a hidden bias if there is one),
+        with ``wnjax._dense.dense`` products; ``X`` has shape ``(n, in_size)``."""
+        for i, layer in enumerate(self.layers):
+            X = dense(X, layer.weight)
+            if layer.bias is not None:
+                X = X + layer.bias
+            if i < len(self.layers) - 1:
+                X = self.activation(X)
+        return X
 
 
 class CNN(eqx.Module):

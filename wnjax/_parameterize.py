@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from ._dense import apply_batch
 from ._neurons import broadcast_rows, layer_indices, row_norms, weight_layers
 
 
@@ -165,6 +166,11 @@ class Parameterized(eqx.Module):
 
     def __call__(self, x, *args, **kwargs):
         return self.standard()(x, *args, **kwargs)
+
+    def batched(self, X: Array) -> Array:
+        """The outputs on every row of ``X`` (``jax.vmap(self)(X)``), through the plain model's
+        own ``batched`` where it has one."""
+        return apply_batch(self.standard(), X)
 
     def neuron_norms(self) -> Array:
         """All per-neuron norms ``||w_u||``, concatenated over layers."""

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from .._dense import apply_batch
 from .._descent import build_optimizer, descent_update
 from .._flow import FlowResult, gradient_flow
 from .._losses import Loss, get_loss
@@ -28,7 +29,7 @@ def _where(c, a, b):
 
 
 def _log_loss(params, static, X, y, loss: Loss) -> Array:
-    return loss.log_loss(jax.vmap(eqx.combine(params, static))(X), y)
+    return loss.log_loss(apply_batch(eqx.combine(params, static), X), y)
 
 
 def _no_summary(model, X, y) -> dict:
@@ -80,7 +81,7 @@ _DEAD = 1e-12  # |q_i| and ||theta|| ||grad q_i|| below _DEAD max_j |q_j|: a dea
 def _stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Array]:
     """``(log L, stalled)`` on the full data; see ``STALL_SHARE``."""
     model = eqx.combine(params, static)
-    out = jax.vmap(model)(X)
+    out = apply_batch(model, X)
     value = loss.log_loss(out, y)
     q = loss.margins(out, y)
 
@@ -329,7 +330,7 @@ def _sgd_epochs(carry, static, X, y, keys, levels, *, loss, batch_size, length, 
         per_epoch, rest = divmod(n, batch_size)
 
         def log_loss_on(q, Xb, yb):
-            return loss.log_loss(jax.vmap(eqx.combine(q, static))(Xb), yb)
+            return loss.log_loss(apply_batch(eqx.combine(q, static), Xb), yb)
 
         def epoch(c, _):
             running = ~c["done"]
