@@ -248,3 +248,21 @@ def test_two_processes_on_loopback(tmp_path):
     got = np.genfromtxt(tmp_path / "out" / "table.csv", delimiter=",", names=True)
     np.testing.assert_array_equal(got["seed"], ref.table["seed"])
     np.testing.assert_allclose(got["final_log_loss"], ref.table["final_log_loss"], rtol=1e-12)
+
+
+def test_sweep_cli_defaults_to_one_device_per_core():
+    """``wnjax sweep`` without ``--devices`` forces one CPU host device per core, unless the
+    user's ``XLA_FLAGS`` already set a count or the run is multi-host."""
+    import argparse
+
+    from wnjax import _cli
+
+    def ns(**kw):
+        return argparse.Namespace(**({"command": "sweep", "devices": None, "coordinator": None}
+                                     | kw))
+
+    assert _cli.host_devices(ns(), {}) == os.cpu_count()
+    assert _cli.host_devices(ns(devices=3), {}) == 3
+    assert _cli.host_devices(ns(), {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}) is None
+    assert _cli.host_devices(ns(coordinator="host:1234"), {}) is None
+    assert _cli.host_devices(argparse.Namespace(command="demo"), {}) is None

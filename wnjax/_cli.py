@@ -21,9 +21,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def host_devices(args: argparse.Namespace, environ=os.environ) -> int | None:
+    """How many CPU host devices to force: ``--devices N``; for ``wnjax sweep`` without it, one
+    per core (a vmapped block per core is ~2.7x faster than one program on a 2-core CPU; GPUs
+    are unaffected), unless ``XLA_FLAGS`` already sets a count or the run is multi-host."""
+    devices = getattr(args, "devices", None)
+    if devices:
+        return devices
+    if (getattr(args, "command", None) == "sweep" and not getattr(args, "coordinator", None)
+            and "xla_force_host_platform_device_count" not in environ.get("XLA_FLAGS", "")):
+        return os.cpu_count() or 1
+    return None
+
+
 def _configure(args: argparse.Namespace) -> None:
     """Set JAX's precision and device count once, at the entry point (never at import)."""
-    devices = getattr(args, "devices", None)
+    devices = host_devices(args)
     if devices:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="rows per vmapped block")
     parser.add_argument("--chunk-size", type=int, help="rows per stored chunk")
     parser.add_argument(
-        "--devices", type=int, help="use N devices (on CPU: force N host devices)"
+        "--devices", type=int,
+        help="use N devices (on CPU: force N host devices; default: all GPUs, or one per core)"
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
