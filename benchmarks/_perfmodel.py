@@ -231,7 +231,8 @@ def gd_step_time(width: int, n: int, *, d: int = 10, depth: int = 3, repeats: in
                   key=jax.random.key(1))
     flops = gd_step_flops(n, d, width, depth)
     S = int(min(max_steps, max(4, 2e9 / flops)))
-    kw = dict(learning_rate=lr, degree=3.0, n_save=4, chunk_size=S, diverge_above=1e9)
+    kw = dict(learning_rate=lr, degree=3.0, n_save=4, chunk_size=S, diverge_above=1e9,
+              diagnostics=False)
 
     def call(k):
         return lambda: jax.block_until_ready(

@@ -74,7 +74,7 @@ def main() -> None:
         ms = eqx.filter_vmap(lambda k: model(32, k))(jax.random.split(jax.random.key(2), B))
         fn = jax.jit(jax.vmap(lambda m: traced_gradient_descent(
             m, X, y, num_steps=S, learning_rate=lr, degree=3.0, n_save=4,
-            chunk_size=S).final_log_loss))
+            chunk_size=S, diagnostics=False).final_log_loss))
         t = C.median_time(lambda: jax.block_until_ready(fn(ms)), repeats=repeats)["median"]
         seed_rows.append({"seeds": B, "width": 32, "n": 64, "steps": S, "total_s": t,
                           "per_seed_step_s": t / S / B})
@@ -84,8 +84,8 @@ def main() -> None:
     for k in steps_list:
         f = lambda: jax.block_until_ready(  # noqa: E731
             wnjax.gradient_descent(m, X, y, num_steps=k, learning_rate=lr, degree=3.0,
-                                   n_save=4, chunk_size=10 if args.quick else 1000
-                                   ).final_log_loss)
+                                   n_save=4, chunk_size=10 if args.quick else 1000,
+                                   diagnostics=False).final_log_loss)
         t = C.median_time(f, repeats=repeats)["median"]
         step_rows.append({"steps": k, "width": 32, "n": 64, "total_s": t, "per_step_s": t / k})
 

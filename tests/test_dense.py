@@ -50,8 +50,9 @@ def test_dense_value_and_vjp_match_the_plain_product():
     np.testing.assert_allclose(dW, np.asarray(G).T @ np.asarray(X), rtol=1e-13)
 
 
-@pytest.mark.parametrize("activation", ["linear", "relu", "relu2", "relu^3"])
-@pytest.mark.parametrize("wrap", ["plain", "swn", "ewn"])
+@pytest.mark.parametrize("activation, wrap", [
+    ("linear", "plain"), ("relu", "plain"), ("relu2", "plain"), ("relu^3", "plain"),
+    ("relu2", "swn"), ("relu", "ewn"), ("relu2", "ewn")])
 def test_batched_outputs_and_gradients_match_vmap(activation, wrap):
     X, y = _data()
     m = wnjax.MLP(4, 6, 3, activation=activation, key=jax.random.key(4))
@@ -133,10 +134,9 @@ def test_hidden_bias_and_foreign_activation():
 
 
 def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
-    """GD, an implicit-solver flow (forward-over-reverse Jacobians of ``grad L``) and a vmap over
-    seeds give the same numbers whether the net goes through ``dense`` or through ``jax.vmap``."""
-    import diffrax
-
+    """GD, a flow and a vmap over seeds give the same numbers whether the net goes through
+    ``dense`` or through ``jax.vmap`` (forward-over-reverse, what implicit solvers need, is
+    checked in ``test_hessian_vector_products_and_seed_vmap_match``)."""
     X, y = _data(n=12)
     m = wnjax.ewn(wnjax.MLP(4, 6, 2, activation="relu2", key=jax.random.key(11)))
     keys = jax.random.split(jax.random.key(12), 2)
@@ -144,8 +144,8 @@ def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
     def runs():
         gd = wnjax.gradient_descent(m, X, y, num_steps=40, learning_rate=0.05, n_save=2,
                                     diagnostics=False)
-        gf = wnjax.gradient_flow(m, X, y, t1=2.0, solver=diffrax.Kvaerno5(), rtol=1e-10,
-                                 atol=1e-12, n_save=2, diagnostics=False)
+        gf = wnjax.gradient_flow(m, X, y, t1=2.0, rtol=1e-10, atol=1e-12, n_save=2,
+                                 diagnostics=False)
         seeds = jax.vmap(lambda k: wnjax.traced_gradient_descent(
             wnjax.ewn(wnjax.MLP(4, 6, 2, activation="relu2", key=k)), X, y, num_steps=20,
             learning_rate=0.05, n_save=2, diagnostics=False).final_log_loss)(keys)
