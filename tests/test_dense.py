@@ -15,8 +15,13 @@ from wnjax._neurons import flat_weights
 
 @pytest.fixture(autouse=True)
 def always_dense(monkeypatch):
-    """Small nets normally take the vmap path; these tests check the dense path itself."""
+    """Small nets normally take the vmap path; these tests check the dense path itself. The
+    threshold is read when a program is traced, so programs compiled under another threshold
+    (by other test files in this process) are dropped before and after."""
     monkeypatch.setattr(wnjax._models, "DENSE_MIN_MACS", 0)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
 
 
 def _data(n=9, d=4, seed=0):
@@ -154,6 +159,8 @@ def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
 
     dense_runs = runs()  # DENSE_MIN_MACS = 0 (the fixture)
     monkeypatch.setattr(wnjax._models, "DENSE_MIN_MACS", 2**62)
+    jax.clear_caches()  # the threshold is read at trace time: compiled chunks must not be reused
     vmap_runs = runs()
+    jax.clear_caches()
     for a, b in zip(dense_runs, vmap_runs):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
