@@ -35,6 +35,11 @@ def _vmap_log_loss(model, X, y):
     return wnjax.get_loss("exponential").log_loss(jax.vmap(model)(X), y)
 
 
+def _assert_trees_close(new, ref, rtol, atol):
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
 def _batched_log_loss(model, X, y):
     """The path GD and flows differentiate: ``model.batched``."""
     return wnjax.get_loss("exponential").log_loss(apply_batch(model, X), y)
@@ -66,8 +71,7 @@ def test_batched_outputs_and_gradients_match_vmap(activation, wrap):
     p, s = eqx.partition(m, eqx.is_inexact_array)
     g = jax.grad(lambda q: _batched_log_loss(eqx.combine(q, s), X, y))(p)
     g_ref = jax.grad(lambda q: _vmap_log_loss(eqx.combine(q, s), X, y))(p)
-    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    _assert_trees_close(g, g_ref, rtol=1e-12, atol=1e-14)
 
 
 def test_batched_gradient_matches_finite_differences():
@@ -103,8 +107,7 @@ def test_hessian_vector_products_and_seed_vmap_match():
 
     for new, ref in [(grads(_batched_log_loss), grads(_vmap_log_loss)),
                      (hvp(_batched_log_loss), hvp(_vmap_log_loss))]:
-        for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(ref)):
-            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+        _assert_trees_close(new, ref, rtol=1e-11, atol=1e-13)
 
 
 def test_public_losses_keep_forward_mode():
