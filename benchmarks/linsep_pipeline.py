@@ -12,6 +12,10 @@ seed, and the same vmapped over many seeds. Reported: time per epoch, epochs to 
 and the wall time of ``wnjax reproduce lin-sep --seeds 100`` (compile and figures included)
 against one torch EWN seed.
 
+Two schedules: the library's default (``eta0 = 0.1``, grown by 1.1 after each successful step:
+tens of epochs) and a *paper-length* one (``eta0 = 0.01``, never grown: ~500-1,800 epochs per
+seed, like the paper's 653), which times the per-epoch cost over a run as long as the paper's.
+
     python benchmarks/linsep_pipeline.py [--quick]
 """
 
@@ -86,6 +90,8 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seeds", type=int, default=None, help="seeds of the vmapped wnjax run")
+    p.add_argument("--paper-lr", type=float, default=0.01,
+                   help="eta0 of the paper-length schedule (no growth)")
     p.add_argument("--skip-reproduce", action="store_true",
                    help="do not time `wnjax reproduce lin-sep --seeds 100`")
     args = p.parse_args()
@@ -142,11 +148,30 @@ def main() -> None:
                          "per_seed_epoch_us": 1e6 * tS["median"] / seeds / int(stepsS.max()),
                          "compile_s": firstS - tS["median"], "timing": tS},
         }
+        kw_paper = dict(kw, learning_rate=args.paper_lr,
+                        hyperparams=dict(power=POWER, backtracking=True, grow=1.0))
+
+        def paper():
+            r = wnjax.gradient_descent(p0, X, y, **kw_paper)
+            jax.block_until_ready(r.final)
+            return r
+
+        firstP = C.first_call_time(paper)
+        tP = C.median_time(paper, repeats=repeats)
+        rP = paper()
+        epochsP = int(rP.num_steps)
+        fig["wnjax"]["1_paper_length"] = {
+            "learning_rate": args.paper_lr, "grow": 1.0, "epochs": epochsP,
+            "final_log_loss": float(rP.final_log_loss), "run_s": tP["median"],
+            "per_epoch_us": 1e6 * tP["median"] / epochsP, "compile_s": firstP - tP["median"],
+            "timing": tP}
         rows += [{"impl": "wnjax, 1 seed", "epochs": epochs, "run_s": t1["median"],
                   "per_epoch_us": fig["wnjax"]["1"]["per_epoch_us"]},
                  {"impl": f"wnjax, {seeds} seeds vmapped", "epochs": int(stepsS.max()),
                   "run_s": tS["median"],
-                  "per_epoch_us": fig["wnjax"][str(seeds)]["per_seed_epoch_us"]}]
+                  "per_epoch_us": fig["wnjax"][str(seeds)]["per_seed_epoch_us"]},
+                 {"impl": f"wnjax, 1 seed, eta0={args.paper_lr} no growth", "epochs": epochsP,
+                  "run_s": tP["median"], "per_epoch_us": fig["wnjax"]["1_paper_length"]["per_epoch_us"]}]
     if C.has_torch():
         import torch
 
@@ -162,7 +187,21 @@ def main() -> None:
                         "threads": torch.get_num_threads()}
         rows.append({"impl": "torch eager, 1 seed", "epochs": epochs_t, "run_s": tt["median"],
                      "per_epoch_us": fig["torch"]["per_epoch_us"]})
+        runP = lambda: torch_linsep(Xt, yt, W1, W2, lr=args.paper_lr, target=target,  # noqa: E731
+                                    max_epochs=max_epochs, grow=1.0)
+        ttP = C.median_time(runP, repeats=max(1, repeats // 2 + 1), warmup=0 if args.quick else 1)
+        epochs_tP, final_tP = runP()
+        fig["torch_paper_length"] = {
+            "learning_rate": args.paper_lr, "grow": 1.0, "epochs": epochs_tP,
+            "final_log_loss": final_tP, "run_s": ttP["median"],
+            "per_epoch_us": 1e6 * ttP["median"] / epochs_tP, "timing": ttP}
+        rows.append({"impl": f"torch eager, 1 seed, eta0={args.paper_lr} no growth",
+                     "epochs": epochs_tP, "run_s": ttP["median"],
+                     "per_epoch_us": fig["torch_paper_length"]["per_epoch_us"]})
         if isinstance(fig["wnjax"], dict):
+            fig["speedup_per_epoch_paper_length"] = (
+                fig["torch_paper_length"]["per_epoch_us"]
+                / fig["wnjax"]["1_paper_length"]["per_epoch_us"])
             fig["speedup_per_epoch"] = fig["torch"]["per_epoch_us"] / fig["wnjax"]["1"]["per_epoch_us"]
             fig["speedup_per_seed_epoch_vmapped"] = (
                 fig["torch"]["per_epoch_us"] / fig["wnjax"][str(seeds)]["per_seed_epoch_us"])
