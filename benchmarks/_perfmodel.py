@@ -203,13 +203,24 @@ CACHE_BYTES = 4 * 2**20  # working sets below this stay in cache: no DRAM traffi
 
 
 def attribute_share(step_s: float, flops: float, n_bytes: float, peak: float,
-                    bandwidth: float) -> dict:
+                    bandwidth: float, floor_s: float | None = None) -> dict:
     """Shares of a step's time: compute ``flops/peak``, memory ``bytes/bandwidth`` (only for
-    working sets beyond the cache), and the rest, dispatch/loop overhead; plus the largest."""
+    working sets beyond the cache), dispatch/loop overhead, and the rest; plus the largest.
+
+    The overhead is the part of the unexplained time up to ``floor_s``, the per-step floor of
+    the compiled loop measured in the same run (its smallest size). What lies beyond it is
+    named for its likely cause: for a working set in cache, kernels running below the peak
+    (small matmuls, elementwise fusions on one core); beyond the cache, memory passes beyond the
+    lower bound of ``gd_step_bytes``. Without ``floor_s`` all unexplained time is overhead.
+    """
     compute = min(1.0, flops / peak / step_s)
     memory = min(1.0, (n_bytes / bandwidth if n_bytes > CACHE_BYTES else 0.0) / step_s)
-    overhead = max(0.0, 1.0 - compute - memory)
-    shares = {"dispatch/loop overhead": overhead, "compute": compute, "memory": memory}
+    rest = max(0.0, 1.0 - compute - memory)
+    overhead = rest if floor_s is None else min(rest, floor_s / step_s)
+    other = ("compute below peak (small kernels)" if n_bytes <= CACHE_BYTES
+             else "memory beyond the counted passes")
+    shares = {"dispatch/loop overhead": overhead, "compute": compute, "memory": memory,
+              other: rest - overhead}
     return {"shares": shares, "cost": max(shares, key=shares.get)}
 
 

@@ -4,10 +4,12 @@ A bias-free MLP d -> w -> w -> 1 (ReLU^2, depth 3, so the cost grows like ``n w^
 batch, exponential loss, float64. The time per step is that of wnjax's compiled GD loop
 (``_perfmodel.gd_loop_vs_peak``: median over rounds of one call of ``S`` steps, each call ~0.3 s
 at 100 GFLOP/s, right after a peak ``jnp.dot``); the fixed cost of a ``gradient_descent`` call
-(validation, set-up, dispatch) shows in the steps sweep. Exponents are fitted on log-log axes over the upper half of each sweep, and each
-size's time is split into compute (FLOPs / peak), memory (bytes / bandwidth, for working sets
-beyond the cache) and the rest, dispatch/loop overhead, by the cost model of ``_perfmodel.py``
-with the peak FLOP/s and bandwidth measured in the same run.
+(validation, set-up, dispatch) shows in the steps sweep. Exponents are fitted on log-log axes
+over the upper half of each sweep, and each size's time is split by the cost model of
+``_perfmodel.py`` into compute (FLOPs / peak), memory (bytes / bandwidth, for working sets
+beyond the cache), dispatch/loop overhead (up to the smallest size's step, the loop's floor) and
+the rest (kernels below peak in cache, memory passes beyond the counted lower bound outside
+it), with the peak FLOP/s and bandwidth measured in the same run.
 
     python benchmarks/scaling.py [--quick]
 """
@@ -63,10 +65,12 @@ def main() -> None:
     bw = P.memory_bandwidth(16 * 2**20 if args.quick else 256 * 2**20, repeats=repeats + 2)
     width_rows = [per_step(w, base_n) for w in widths]
     point_rows = [per_step(base_w, n) for n in points]
+    # The loop's per-step floor: the smallest size's step, where the work itself is negligible.
+    floor_s = min(r["step_s"] for r in width_rows + point_rows)
     for r in width_rows + point_rows:
         r["gflops_per_s"] = r["flops"] / r["step_s"] / 1e9
         r.update(P.attribute_share(r["step_s"], r["flops"], r["bytes"], peak["flops_per_s"],
-                                   bw["bytes_per_s"]))
+                                   bw["bytes_per_s"], floor_s=floor_s))
 
     X, y = data(64)
     seed_rows = []

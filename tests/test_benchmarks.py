@@ -94,6 +94,9 @@ def test_scaling(tmp_path):
     for sweep in ("width", "points", "seeds", "steps"):
         assert doc[sweep], sweep
     assert all(_positive(r["step_s"]) for r in doc["width"] + doc["points"])
+    for r in doc["width"] + doc["points"]:  # the cost model splits the whole step
+        assert all(v >= 0 for v in r["shares"].values())
+        assert sum(r["shares"].values()) >= 1 - 1e-9 and r["cost"] in r["shares"]
     assert all(math.isfinite(v) for v in doc["exponents"].values())
     assert (tmp_path / doc["plot"]).exists()
 

@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
 
 def host_devices(args: argparse.Namespace, environ=os.environ) -> int | None:
     """How many CPU host devices to force: ``--devices N``; for ``wnjax sweep`` without it, one
-    per core (a vmapped block per core is ~2.7x faster than one program on a 2-core CPU; GPUs
+    per core (a vmapped block per core is ~2.7-3.1x faster than one program on a 2-core CPU; GPUs
     are unaffected), unless ``XLA_FLAGS`` already sets a count or the run is multi-host."""
     devices = getattr(args, "devices", None)
     if devices:
