@@ -72,6 +72,31 @@ def summary(times: list[float], scale: float = 1.0) -> dict:
             "max": max(times) * scale, "repeats": len(times)}
 
 
+def gpu_status() -> str | dict:
+    """What a results file says about the GPU: the device it ran on, or why there is none.
+
+    On a GPU backend the file's figures are the GPU's; on CPU the GPU is "not measured".
+    """
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return GPU_NOT_MEASURED
+    devices = jax.devices()
+    return {"measured": True, "backend": jax.default_backend(), "device": devices[0].device_kind,
+            "count": len(devices)}
+
+
+def result_name(name: str, float32: bool) -> str:
+    """``NAME`` for the CPU float64 run; ``NAME.BACKEND-DTYPE`` otherwise (``NAME.gpu-float32``),
+    so that GPU and float32 runs sit beside the CPU float64 figures instead of replacing them."""
+    import jax
+
+    backend = jax.default_backend()
+    if backend == "cpu" and not float32:
+        return name
+    return f"{name}.{backend}-{'float32' if float32 else 'float64'}"
+
+
 def has_torch() -> bool:
     try:
         import torch  # noqa: F401
@@ -116,7 +141,7 @@ def machine() -> dict:
             for k in ("wnjax", "jax", "jaxlib", "equinox", "diffrax", "optax", "numpy", "torch",
                       "torchdiffeq")
         },
-        "gpu": GPU_NOT_MEASURED,
+        "gpu": gpu_status(),
     }
     try:
         import torch
@@ -170,11 +195,11 @@ def write_result(name: str, args: argparse.Namespace, payload: dict) -> str:
     """Write ``NAME.json`` (machine, versions, settings and figures); return its path.
 
     Quick runs go to ``results/quick/`` unless ``--out`` is given, so they never overwrite the
-    full runs' numbers.
+    full runs' numbers. GPU and float32 runs are named by ``result_name``.
     """
     out = args.out or (os.path.join(RESULTS, "quick") if args.quick else RESULTS)
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"{name}.json")
+    path = os.path.join(out, f"{result_name(name, args.float32)}.json")
     doc = {
         "benchmark": name,
         "quick": bool(args.quick),

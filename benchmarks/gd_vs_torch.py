@@ -157,7 +157,7 @@ def main() -> None:
                                 "compile_s": sw.compile_seconds,
                                 "note": "one wnjax.sweep call (shard_map over the devices); "
                                         "its own run time, compile excluded; not interleaved"},
-           "gpu": C.GPU_NOT_MEASURED}
+           "gpu": C.gpu_status()}
     per_step = {"wnjax 1": 1.0 / steps_one, "wnjax vmap": 1.0 / (steps * seeds),
                 "wnjax sharded": 1.0 / (steps * seeds),
                 "wnjax jit+sharding": 1.0 / (steps * seeds)}

@@ -83,10 +83,14 @@ def flat(model):
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--t1", type=float, default=None, help="flow horizon (plain time)")
-    p.add_argument("--rtol", type=float, default=1e-8)
-    p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--rtol", type=float, default=None, help="1e-8 (float64), 1e-5 (float32)")
+    p.add_argument("--atol", type=float, default=None, help="1e-10 (float64), 1e-7 (float32)")
     args = p.parse_args()
     C.setup(args)
+    # float32 cannot honour a tolerance near its epsilon (1.2e-7).
+    args.rtol = args.rtol or (1e-5 if args.float32 else 1e-8)
+    args.atol = args.atol or (1e-7 if args.float32 else 1e-10)
+    ref_tol = dict(rtol=1e-7, atol=1e-9) if args.float32 else dict(rtol=1e-12, atol=1e-14)
     import diffrax
     import jax
     import numpy as np
@@ -110,18 +114,19 @@ def main() -> None:
     jt = C.median_time(run_jax, repeats=repeats, warmup=1)
     r = run_jax()
     w_jax = flat(r.final)
-    ref = flat(run_jax(rtol=1e-12, atol=1e-14).final)
+    ref = flat(run_jax(**ref_tol).final)
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
     figures = {
         "problem": {"n": n, "d": d, "width": width, "depth": 2, "activation": "relu2",
                     "loss": "exponential", "t1": t1, "rtol": args.rtol, "atol": args.atol,
+                    "reference_tolerances": ref_tol,
                     "final_log_loss": float(r.final_log_loss)},
         "wnjax": {"solve_s": jt["median"], "timing": jt, "compile_s": first - jt["median"],
                   "first_call_s": first, "steps": int(r.stats["num_steps"]),
                   "accepted": int(r.stats["num_accepted_steps"]),
                   "rejected": int(r.stats["num_rejected_steps"]),
                   "rel_err_vs_tight_reference": rel(w_jax, ref)},
-        "gpu": C.GPU_NOT_MEASURED,
+        "gpu": C.gpu_status(),
     }
     rows = [{"impl": "wnjax (diffrax Dopri5)", "solve_s": jt["median"],
              "compile_s": first - jt["median"], "steps": figures["wnjax"]["steps"],

@@ -112,7 +112,7 @@ def main() -> None:
     model = mk(jax.random.key(1))
     fig = {"problem": {"target_log_loss": target, "lr": args.lr, "power": POWER,
                        "backtracking": True, "max_epochs": max_epochs},
-           "gpu": C.GPU_NOT_MEASURED}
+           "gpu": C.gpu_status()}
     rows = []
     schedule = getattr(wnjax, "loss_normalized_sgd", None)
     if schedule is None:

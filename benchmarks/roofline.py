@@ -98,7 +98,7 @@ def main() -> None:
         "peak_matmul": peak, "bandwidth": bw, "widths": rows, "gemm_kinds": P.GEMM_KINDS,
         "min_fraction_where_compute_dominates": (
             min(r["fraction_of_peak"] for r in compute_rows) if compute_rows else None),
-        "gpu": C.GPU_NOT_MEASURED})
+        "gpu": C.gpu_status()})
 
 
 if __name__ == "__main__":

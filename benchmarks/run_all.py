@@ -1,6 +1,10 @@
-"""Run every benchmark (``make bench``); ``--quick`` passes through for a smoke run.
+"""Run every benchmark (``make bench``); ``--quick`` and ``--float32`` pass through.
 
-    python benchmarks/run_all.py [--quick] [--only NAME ...]
+    python benchmarks/run_all.py [--quick] [--float32] [--only NAME ...]
+    python benchmarks/run_all.py --gpu        # on a GPU: 1, 2, 4 and 5 in float64 and float32
+
+Runs on a GPU write ``results/NAME.gpu-float64.json`` and ``NAME.gpu-float32.json`` beside the
+CPU figures (``_common.result_name``).
 """
 
 from __future__ import annotations
@@ -13,19 +17,29 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "linsep_pipeline", "scaling", "roofline"]
+GPU_SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "scaling", "roofline"]  # issue #9's 1, 2, 4, 5
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", nargs="*", default=None, choices=SCRIPTS)
+    p.add_argument("--float32", action="store_true")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU set: benchmarks 1, 2, 4, 5, each in float64 and float32")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     failed = []
-    for name in args.only or SCRIPTS:
+    if args.gpu:
+        runs = [(n, f32) for f32 in (False, True) for n in args.only or GPU_SCRIPTS]
+    else:
+        runs = [(n, args.float32) for n in args.only or SCRIPTS]
+    for name, f32 in runs:
         cmd = [sys.executable, os.path.join(HERE, f"{name}.py")]
         cmd += ["--quick"] if args.quick else []
+        cmd += ["--float32"] if f32 else []
         cmd += ["--out", args.out] if args.out else []
+        name = f"{name} (float32)" if f32 else name
         print(f"=== {name} ===", flush=True)
         t0 = time.perf_counter()
         code = subprocess.call(cmd)

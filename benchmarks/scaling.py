@@ -122,7 +122,7 @@ def main() -> None:
                     "width_sweep_n": base_n, "points_sweep_width": base_w},
         "peak_matmul": peak, "bandwidth": bw,
         "width": width_rows, "points": point_rows, "seeds": seed_rows, "steps": step_rows,
-        "exponents": exps, "plot": os.path.basename(png), "gpu": C.GPU_NOT_MEASURED})
+        "exponents": exps, "plot": os.path.basename(png), "gpu": C.gpu_status()})
 
 
 def plot(out, width_rows, point_rows, seed_rows, step_rows, exps) -> str:

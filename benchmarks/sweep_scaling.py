@@ -117,7 +117,7 @@ def main() -> None:
         "one_device": one,
         "eight_forced_cpu_devices": eight,
         "eight_over_one": ratio,
-        "gpu": "not measured (no GPU lent to this task)",
+        "gpu": "not measured: this benchmark times forced CPU host devices",
     }
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", "sweep_scaling.json")

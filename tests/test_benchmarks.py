@@ -47,6 +47,25 @@ def _run(name: str, out) -> dict:
     return doc
 
 
+def test_results_are_named_by_backend_and_dtype():
+    """CPU float64 figures keep NAME.json; float32 and GPU runs go beside them, never over them."""
+    sys.path.insert(0, BENCH)
+    try:
+        import _common as C
+    finally:
+        sys.path.remove(BENCH)
+    import jax
+
+    backend = jax.default_backend()
+    if backend == "cpu":
+        assert C.result_name("roofline", float32=False) == "roofline"
+        assert "not measured" in C.gpu_status()
+    else:
+        assert C.result_name("roofline", float32=False) == f"roofline.{backend}-float64"
+        assert C.gpu_status()["measured"] is True
+    assert C.result_name("roofline", float32=True) == f"roofline.{backend}-float32"
+
+
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
