@@ -208,15 +208,19 @@ def main() -> None:
     else:
         fig["torch"] = "not measured: torch not installed"
     fig["reproduce_lin_sep_100_seeds"] = reproduce_time(args)
+    # The paper-length schedule: eta0 = 0.01 never grown (the cap is eta0).
+    lr = f"{args.paper_lr:g}"
+    fig["reproduce_lin_sep_100_seeds_paper_length"] = reproduce_time(args, ("--lr", lr, "--cap", lr))
     print(C.table(rows, ["impl", "epochs", "run_s", "per_epoch_us"]))
-    rep = fig["reproduce_lin_sep_100_seeds"]
-    if isinstance(rep, dict):
-        print(f"`wnjax reproduce lin-sep --seeds 100`: {rep['wall_s']:.1f} s (rc {rep['returncode']})")
+    for key in ("reproduce_lin_sep_100_seeds", "reproduce_lin_sep_100_seeds_paper_length"):
+        rep = fig[key]
+        if isinstance(rep, dict):
+            print(f"`{rep['command']}`: {rep['wall_s']:.1f} s (rc {rep['returncode']})")
     C.write_result("linsep_pipeline", args, fig)
 
 
-def reproduce_time(args) -> dict | str:
-    """Wall time of ``wnjax reproduce lin-sep --seeds 100`` in a fresh process."""
+def reproduce_time(args, extra: tuple[str, ...] = ()) -> dict | str:
+    """Wall time of ``wnjax reproduce lin-sep --seeds 100 [extra]`` in a fresh process."""
     if args.quick or args.skip_reproduce:
         return "not measured: skipped (--quick or --skip-reproduce)"
     from wnjax._reproduce import EXPERIMENTS
@@ -225,11 +229,11 @@ def reproduce_time(args) -> dict | str:
         return "not measured: `wnjax reproduce lin-sep` is not registered yet"
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "wnjax", "reproduce", "--seeds", "100", "--out", out,
-               "lin-sep"]
+               "lin-sep", *extra]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         wall = time.perf_counter() - t0
-    return {"command": "wnjax reproduce lin-sep --seeds 100", "wall_s": wall,
+    return {"command": " ".join(["wnjax reproduce lin-sep --seeds 100", *extra]), "wall_s": wall,
             "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
 
 

@@ -208,8 +208,12 @@ def run(args: argparse.Namespace) -> dict:
             for k in sim]
     e, s_ = np.median(cost["ewn"]), np.median(cost["swn"])
     faster = (e < s_ / 3) if gd else (e < s_ - np.log(3))
-    dyn = ("GD, step eta0/L^(1-1/%g) with backtracking (wnjax.loss_normalized_sgd), eta0 = %g"
-           % (args.frac, args.lr) if gd else
+    dyn = ("GD, step eta0/L^(1-1/%g) with backtracking (wnjax.loss_normalized_sgd), eta0 = %g, "
+           "grown 1.1x after each good step up to %g%s"
+           % (args.frac, args.lr, args.cap,
+              "" if args.cap <= args.lr else
+              " (`--lr 0.01 --cap 0.01`, never grown, runs about as many epochs as the paper: "
+              "median ~600 EWN vs ~13,000 SWN steps over 100 seeds)") if gd else
            "exact loss-normalized gradient flow (diffrax Tsit5, rtol 1e-8); the cost is log t")
     lines = [
         "# lin-sep", "",
