@@ -123,15 +123,21 @@ def main() -> None:
                   degree=3.0)
         p0 = wnjax.ewn(model)
 
-        def one():
-            r = wnjax.gradient_descent(p0, X, y, **kw)
-            jax.block_until_ready(r.final)
-            return r
+        def one_seed(**over) -> dict:
+            """One EWN seed through ``wnjax.gradient_descent``: epochs, time, compile time."""
+            def call():
+                r = wnjax.gradient_descent(p0, X, y, **{**kw, **over})
+                jax.block_until_ready(r.final)
+                return r
 
-        first = C.first_call_time(one)
-        t1 = C.median_time(one, repeats=repeats)
-        r = one()
-        epochs = int(r.num_steps)
+            first = C.first_call_time(call)
+            t = C.median_time(call, repeats=repeats)
+            r = call()
+            return {"epochs": int(r.num_steps), "final_log_loss": float(r.final_log_loss),
+                    "run_s": t["median"], "per_epoch_us": 1e6 * t["median"] / int(r.num_steps),
+                    "compile_s": first - t["median"], "timing": t}
+
+        one = one_seed()
         models = eqx.filter_vmap(lambda k: wnjax.ewn(mk(k)))(jax.random.split(jax.random.key(2), seeds))
         Xs, ys = jax.vmap(wnjax.lin_sep)(jax.random.split(jax.random.key(3), seeds))
         many_fn = jax.jit(jax.vmap(lambda m, a, b: traced_gradient_descent(m, a, b, **kw).num_steps))
@@ -139,65 +145,43 @@ def main() -> None:
         firstS = C.first_call_time(many)
         tS = C.median_time(many, repeats=repeats)
         stepsS = np.asarray(many())
+        paper = {"learning_rate": args.paper_lr, "grow": 1.0, **one_seed(
+            learning_rate=args.paper_lr, hyperparams=dict(power=POWER, backtracking=True, grow=1.0))}
         fig["wnjax"] = {
-            "1": {"epochs": epochs, "final_log_loss": float(r.final_log_loss),
-                  "run_s": t1["median"], "per_epoch_us": 1e6 * t1["median"] / epochs,
-                  "compile_s": first - t1["median"], "timing": t1},
+            "1": one,
             str(seeds): {"epochs_median": float(np.median(stepsS)),
                          "epochs_max": int(stepsS.max()), "run_s": tS["median"],
                          "per_seed_epoch_us": 1e6 * tS["median"] / seeds / int(stepsS.max()),
                          "compile_s": firstS - tS["median"], "timing": tS},
+            "1_paper_length": paper,
         }
-        kw_paper = dict(kw, learning_rate=args.paper_lr,
-                        hyperparams=dict(power=POWER, backtracking=True, grow=1.0))
-
-        def paper():
-            r = wnjax.gradient_descent(p0, X, y, **kw_paper)
-            jax.block_until_ready(r.final)
-            return r
-
-        firstP = C.first_call_time(paper)
-        tP = C.median_time(paper, repeats=repeats)
-        rP = paper()
-        epochsP = int(rP.num_steps)
-        fig["wnjax"]["1_paper_length"] = {
-            "learning_rate": args.paper_lr, "grow": 1.0, "epochs": epochsP,
-            "final_log_loss": float(rP.final_log_loss), "run_s": tP["median"],
-            "per_epoch_us": 1e6 * tP["median"] / epochsP, "compile_s": firstP - tP["median"],
-            "timing": tP}
-        rows += [{"impl": "wnjax, 1 seed", "epochs": epochs, "run_s": t1["median"],
-                  "per_epoch_us": fig["wnjax"]["1"]["per_epoch_us"]},
+        rows += [{"impl": "wnjax, 1 seed", **one},
                  {"impl": f"wnjax, {seeds} seeds vmapped", "epochs": int(stepsS.max()),
                   "run_s": tS["median"],
                   "per_epoch_us": fig["wnjax"][str(seeds)]["per_seed_epoch_us"]},
-                 {"impl": f"wnjax, 1 seed, eta0={args.paper_lr} no growth", "epochs": epochsP,
-                  "run_s": tP["median"], "per_epoch_us": fig["wnjax"]["1_paper_length"]["per_epoch_us"]}]
+                 {"impl": f"wnjax, 1 seed, eta0={args.paper_lr} no growth", **paper}]
     if C.has_torch():
         import torch
 
         Xt, yt = torch.tensor(np.asarray(X)), torch.tensor(np.asarray(y))
         W1 = torch.tensor(np.asarray(model.layers[0].weight))
         W2 = torch.tensor(np.asarray(model.layers[1].weight))
-        run = lambda: torch_linsep(Xt, yt, W1, W2, lr=args.lr, target=target,  # noqa: E731
-                                   max_epochs=max_epochs)
-        tt = C.median_time(run, repeats=max(1, repeats // 2 + 1), warmup=0 if args.quick else 1)
-        epochs_t, final_t = run()
-        fig["torch"] = {"epochs": epochs_t, "final_log_loss": final_t, "run_s": tt["median"],
-                        "per_epoch_us": 1e6 * tt["median"] / epochs_t, "timing": tt,
-                        "threads": torch.get_num_threads()}
-        rows.append({"impl": "torch eager, 1 seed", "epochs": epochs_t, "run_s": tt["median"],
-                     "per_epoch_us": fig["torch"]["per_epoch_us"]})
-        runP = lambda: torch_linsep(Xt, yt, W1, W2, lr=args.paper_lr, target=target,  # noqa: E731
-                                    max_epochs=max_epochs, grow=1.0)
-        ttP = C.median_time(runP, repeats=max(1, repeats // 2 + 1), warmup=0 if args.quick else 1)
-        epochs_tP, final_tP = runP()
-        fig["torch_paper_length"] = {
-            "learning_rate": args.paper_lr, "grow": 1.0, "epochs": epochs_tP,
-            "final_log_loss": final_tP, "run_s": ttP["median"],
-            "per_epoch_us": 1e6 * ttP["median"] / epochs_tP, "timing": ttP}
-        rows.append({"impl": f"torch eager, 1 seed, eta0={args.paper_lr} no growth",
-                     "epochs": epochs_tP, "run_s": ttP["median"],
-                     "per_epoch_us": fig["torch_paper_length"]["per_epoch_us"]})
+
+        def torch_seed(lr: float, grow: float) -> dict:
+            """One EWN seed of the eager PyTorch loop: epochs and time."""
+            run = lambda: torch_linsep(Xt, yt, W1, W2, lr=lr, target=target,  # noqa: E731
+                                       max_epochs=max_epochs, grow=grow)
+            t = C.median_time(run, repeats=max(1, repeats // 2 + 1), warmup=0 if args.quick else 1)
+            epochs, final = run()
+            return {"learning_rate": lr, "grow": grow, "epochs": epochs, "final_log_loss": final,
+                    "run_s": t["median"], "per_epoch_us": 1e6 * t["median"] / epochs,
+                    "timing": t, "threads": torch.get_num_threads()}
+
+        fig["torch"] = torch_seed(args.lr, 1.1)
+        fig["torch_paper_length"] = torch_seed(args.paper_lr, 1.0)
+        rows += [{"impl": "torch eager, 1 seed", **fig["torch"]},
+                 {"impl": f"torch eager, 1 seed, eta0={args.paper_lr} no growth",
+                  **fig["torch_paper_length"]}]
         if isinstance(fig["wnjax"], dict):
             fig["speedup_per_epoch_paper_length"] = (
                 fig["torch_paper_length"]["per_epoch_us"]
