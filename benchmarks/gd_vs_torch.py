@@ -187,7 +187,7 @@ def main() -> None:
                      "torch func.vmap": 1.0 / (torch_steps * seeds)}
         for name in ("torch eager 1", "torch eager loop", "torch func.vmap"):
             fns[name]()  # warm-up
-        fig["torch_threads"] = torch.get_num_threads()
+        fig["torch"] = {"threads": torch.get_num_threads(), "version": torch.__version__}
     else:
         fig["torch"] = "not measured: torch not installed"
     times = C.interleaved(fns, rounds=rounds)

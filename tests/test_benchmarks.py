@@ -1,7 +1,8 @@
 """Smoke runs of the benchmark scripts: each ``--quick`` run exits cleanly and writes valid JSON.
 
-Nothing about speed is asserted. The torch baselines are skipped where the ``bench`` extra
-(torch, torchdiffeq) is not installed.
+Nothing about speed is asserted. Every script runs in CI; where the ``bench`` extra (torch,
+torchdiffeq) is not installed, the script must mark its baseline "not measured", and only the
+wnjax side is checked.
 """
 
 import json
@@ -10,7 +11,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -25,7 +25,7 @@ def _has_torch() -> bool:
     return True
 
 
-needs_torch = pytest.mark.skipif(not _has_torch(), reason="torch/torchdiffeq not installed")
+HAS_TORCH = _has_torch()
 
 
 def _run(name: str, out) -> dict:
@@ -70,42 +70,56 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-@needs_torch
+def _baseline(doc: dict, key: str):
+    """The torch side of ``doc``, or ``None`` where torch is not installed (CI), in which case
+    the script must say so instead of failing."""
+    if HAS_TORCH:
+        return doc[key]
+    assert isinstance(doc[key], str) and "not measured" in doc[key], doc[key]
+    return None
+
+
 def test_gf_vs_torchdiffeq(tmp_path):
     doc = _run("gf_vs_torchdiffeq", tmp_path)
     assert _positive(doc["wnjax"]["solve_s"]) and doc["wnjax"]["steps"] > 0
-    assert _positive(doc["torchdiffeq"]["solve_s"]) and doc["torchdiffeq"]["steps"] > 0
-    # Both solve the same flow at rtol 1e-8: the final weights agree far below O(1).
-    assert doc["final_relative_difference"] < 1e-3
+    # The tight reference solve is the same flow: the default solve is close to it.
+    assert doc["wnjax"]["rel_err_vs_tight_reference"] < 1e-3
+    if (torch_run := _baseline(doc, "torchdiffeq")) is not None:
+        assert _positive(torch_run["solve_s"]) and torch_run["steps"] > 0
+        # Both solve the same flow at rtol 1e-8: the final weights agree far below O(1).
+        assert doc["final_relative_difference"] < 1e-3
 
 
-@needs_torch
 def test_gd_vs_torch(tmp_path):
     doc = _run("gd_vs_torch", tmp_path)
-    for form in ("wnjax 1", "wnjax vmap", "wnjax sharded", "wnjax jit+sharding", "torch eager 1",
-                 "torch eager loop", "torch func.vmap"):
+    for form in ("wnjax 1", "wnjax vmap", "wnjax sharded", "wnjax jit+sharding"):
         assert _positive(doc["per_seed_step_us"][form]["median"]), form
-    # The same GD from the same start: the weights agree to rounding.
-    assert doc["final_relative_difference"] < 1e-8
     # vmapped, sharded (shard_map and GSPMD) and wnjax.sweep runs of the same seeds agree.
     assert all(v < 1e-10 for v in doc["max_abs_diff_final_log_loss_vs_vmap"].values())
-    assert set(doc["goal_20x_vs_eager_loop"]) == {"1", str(doc["problem"]["seeds"])}
+    if _baseline(doc, "torch") is not None:
+        for form in ("torch eager 1", "torch eager loop", "torch func.vmap"):
+            assert _positive(doc["per_seed_step_us"][form]["median"]), form
+        # The same GD from the same start: the weights agree to rounding.
+        assert doc["final_relative_difference"] < 1e-8
+        assert set(doc["goal_20x_vs_eager_loop"]) == {"1", str(doc["problem"]["seeds"])}
 
 
-@needs_torch
 def test_linsep_pipeline(tmp_path):
     doc = _run("linsep_pipeline", tmp_path)
     target = doc["problem"]["target_log_loss"]
-    for run, torch_run in ((doc["wnjax"]["1"], doc["torch"]),
-                           (doc["wnjax"]["1_paper_length"], doc["torch_paper_length"])):
-        assert _positive(run["per_epoch_us"]) and _positive(torch_run["per_epoch_us"])
+    ours = (doc["wnjax"]["1"], doc["wnjax"]["1_paper_length"])
+    for run in ours:
+        assert _positive(run["per_epoch_us"]) and run["final_log_loss"] <= target
+    # No growth from a 10x smaller eta0: a longer run, as the paper's.
+    assert ours[1]["epochs"] > ours[0]["epochs"]
+    if _baseline(doc, "torch") is None:
+        return
+    for run, torch_run in zip(ours, (doc["torch"], doc["torch_paper_length"])):
+        assert _positive(torch_run["per_epoch_us"]) and torch_run["final_log_loss"] <= target
         # The same schedule from the same start in both: the same run, to rounding. torch counts
         # the final loss evaluation as an epoch, wnjax counts steps taken.
-        assert run["final_log_loss"] <= target and torch_run["final_log_loss"] <= target
         assert torch_run["epochs"] - run["epochs"] in (0, 1)
         assert math.isclose(run["final_log_loss"], torch_run["final_log_loss"], rel_tol=1e-9)
-    # No growth from a 10x smaller eta0: a longer run, as the paper's.
-    assert doc["wnjax"]["1_paper_length"]["epochs"] > doc["wnjax"]["1"]["epochs"]
 
 
 def test_scaling(tmp_path):
