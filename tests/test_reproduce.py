@@ -172,3 +172,21 @@ def test_lin_sep_flow_ewn_reaches_target_sooner_than_swn():
     for name in ("ewn", "swn", "standard"):
         assert np.all(sim[name]["reached"]), name
     assert np.all(np.asarray(sim["ewn"]["log_t"]) < np.asarray(sim["swn"]["log_t"]) - 2.0)
+
+
+def test_lin_sep_limit_neurons_and_relation_spread():
+    """The relations are measured on neurons with both a weight and a gradient share above the
+    threshold; a neuron with a weight share but a vanished gradient share (no longer growing) or
+    a dead unit is left out, and the spread is the std of log||g_u|| +- log||w_u|| over the rest."""
+    from wnjax._experiments import lin_sep
+
+    w = np.array([[3.0, 2.0, 1.0, 1.0, 0.01]])
+    g = np.array([[1 / 3.0, 1 / 2.0, 1e-60, 0.0, 1.0]])  # ||w_u|| ||g_u|| = 1 on the first two
+    rel = w / np.linalg.norm(w, axis=1, keepdims=True)
+    diag = {"w_norm": w, "grad_norm": g, "rel": rel}
+    keep = lin_sep.limit_neurons(diag)
+    # neuron 2 keeps a weight share but no gradient share, 3 is dead, 4 has no weight share
+    assert keep.tolist() == [[True, True, False, False, False]]
+    assert lin_sep.relation_spread(diag, +1.0)[0] < 1e-12  # x + y = const exactly
+    expected = np.std(np.log(g[0, :2]) - np.log(w[0, :2]))
+    assert abs(lin_sep.relation_spread(diag, -1.0)[0] - expected) < 1e-12
