@@ -16,6 +16,7 @@ it), with the peak FLOP/s and bandwidth measured in the same run.
 
 from __future__ import annotations
 
+import json
 import os
 
 import _common as C
@@ -24,7 +25,16 @@ import _perfmodel as P
 
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw scaling.png from the results file of the last run, timing nothing")
     args = p.parse_args()
+    if args.plot_only:
+        out = args.out or C.RESULTS
+        with open(os.path.join(out, f"{C.result_name('scaling', args.float32)}.json")) as f:
+            doc = json.load(f)
+        print("wrote", plot(out, doc["width"], doc["points"], doc["seeds"], doc["steps"],
+                            doc["exponents"]))
+        return
     C.setup(args)
     import equinox as eqx
     import jax
@@ -129,10 +139,12 @@ def plot(out, width_rows, point_rows, seed_rows, step_rows, exps) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.lines  # noqa: F401  (Line2D for the legend)
     import matplotlib.pyplot as plt
+    import numpy as np
 
     os.makedirs(out, exist_ok=True)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
     panels = [
         (width_rows, "width", "step_s", "width", "time per GD step (s)",
          exps["width (time/step ~ width^k, upper half)"]),
@@ -143,14 +155,29 @@ def plot(out, width_rows, point_rows, seed_rows, step_rows, exps) -> str:
         (step_rows, "steps", "total_s", "steps", "time per call (s)",
          exps["steps (total time ~ steps^k, upper half)"]),
     ]
+    colors = {"dispatch/loop overhead": "tab:gray", "compute": "tab:blue", "memory": "tab:red",
+              "compute below peak (small kernels)": "tab:cyan",
+              "memory beyond the counted passes": "tab:orange"}
     for ax, (rows, kx, ky, xl, yl, k) in zip(axes, panels):
-        ax.loglog([r[kx] for r in rows], [r[ky] for r in rows], "o-")
+        xs, ys = [r[kx] for r in rows], [r[ky] for r in rows]
+        ax.loglog(xs, ys, "-", color="0.6")
+        for x, y_, r in zip(xs, ys, rows):  # each size coloured by where its time goes
+            ax.plot(x, y_, "o", color=colors.get(r.get("cost"), "black"))
+        if ky == "per_seed_step_s":  # a flat cost: show a decade either way, not the noise
+            mid = np.sqrt(min(ys) * max(ys))
+            ax.set_ylim(mid / 10, mid * 10)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.set_title(f"upper-half slope {k:.2f}")
         ax.grid(True, which="both", alpha=0.3)
+    seen = {r["cost"] for r in width_rows + point_rows}
+    handles = [matplotlib.lines.Line2D([], [], marker="o", ls="", color=c, label=name)
+               for name, c in colors.items() if name in seen]
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles),
+               title="where the time goes (cost model of _perfmodel.attribute_share)",
+               title_fontsize=8, frameon=False)
     fig.suptitle("wnjax GD scaling (bias-free ReLU^2 MLP, depth 3, float64, CPU)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     path = os.path.join(out, "scaling.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -132,6 +132,13 @@ def test_scaling(tmp_path):
         assert sum(r["shares"].values()) >= 1 - 1e-9 and r["cost"] in r["shares"]
     assert all(math.isfinite(v) for v in doc["exponents"].values())
     assert (tmp_path / doc["plot"]).exists()
+    # --plot-only redraws the figure from the results file alone
+    (tmp_path / doc["plot"]).unlink()
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "scaling.py"), "--plot-only",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / doc["plot"]).exists()
 
 
 def test_roofline(tmp_path):
