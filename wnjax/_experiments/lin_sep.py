@@ -142,19 +142,20 @@ def limit_neurons(diag: dict) -> np.ndarray:
     return (diag["rel"] > THRESHOLD) & (share > THRESHOLD)
 
 
-def _median(x) -> float:
-    """The median of the finite values of ``x``; NaN (without a warning) if there are none, as
+def _finite(reduce, x) -> float:
+    """``reduce`` over the finite values of ``x``; NaN (without a warning) if there are none, as
     when no seed has two limit neurons to spread."""
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
-    return float(np.median(x)) if x.size else float("nan")
+    return float(reduce(x)) if x.size else float("nan")
+
+
+def _median(x) -> float:
+    return _finite(np.median, x)
 
 
 def _min(x) -> float:
-    """The least finite value of ``x``; NaN if there is none."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return float(x.min()) if x.size else float("nan")
+    return _finite(np.min, x)
 
 
 def relation_spread(diag: dict, sign: float) -> np.ndarray:
@@ -189,11 +190,10 @@ def run(args: argparse.Namespace) -> dict:
     n = int(live.sum())
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     limit = {k: limit_neurons(r["diag"]).sum(1) for k, r in sim.items()}
-    def _min_cos(d, s):
-        c = d["cos"][s][limit_neurons(d)[s]]
-        return c.min() if c.size else np.nan
+    def _min_cos(d):  # per seed, the lowest cos over its limit neurons (NaN if none)
+        return np.array([_min(row) for row in np.where(limit_neurons(d), d["cos"], np.nan)])
 
-    cos_min = {k: np.array([_min_cos(r["diag"], s) for s in range(n)]) for k, r in sim.items()}
+    cos_min = {k: _min_cos(r["diag"]) for k, r in sim.items()}
     spread = {k: {"x+y": relation_spread(r["diag"], +1), "y-x": relation_spread(r["diag"], -1)}
               for k, r in sim.items()}
     gd = args.dynamics == "gd"
