@@ -45,7 +45,12 @@ from ._descent import GDResult as GDResult
 from ._descent import gradient_descent as gradient_descent
 from ._flow import FlowFailed as FlowFailed
 from ._flow import FlowResult as FlowResult
+from ._flow import default_solver as default_solver
 from ._flow import gradient_flow as gradient_flow
+from ._save import AtLossLevels as AtLossLevels
+from ._save import AtTimes as AtTimes
+from ._save import LogSpaced as LogSpaced
+from ._solver.auto import AutoSwitch as AutoSwitch
 from ._flow import summaries as summaries
 from ._transforms import neuron_rate_sgd as neuron_rate_sgd
 from ._transforms import scale_by_neuron_norm_sq as scale_by_neuron_norm_sq

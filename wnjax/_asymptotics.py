@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=1_000_000,
                         help="solver step budget (SWN to -10,000 takes about 700,000)")
     parser.add_argument("--solver", default="auto",
-                        help="tsit5, stiff (Kvaerno5), or auto (default: Tsit5, then Kvaerno5 if "
-                        "the explicit solver is held up by stiffness, as SWN is at deep targets)")
+                        help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
+                        "not stiff, Kvaerno5 while it is), tsit5, or stiff (Kvaerno5)")
     parser.add_argument("--threshold", type=float, default=0.1, help="survivor relative norm")
     parser.add_argument("--out", default=os.path.join("runs", "asymptotics"), help="output folder")
 
@@ -136,14 +136,10 @@ def run(args: argparse.Namespace) -> int:
         runs[name] = r
         report["runs"][name] = {"seconds_with_compile": seconds,
                                 **_final_diagnostics(r, X, y, args.threshold, degree)}
-        stiff = bool(r.stats.get("stiff", args.solver in ("stiff", "kvaerno5")))
-        if "stiff_steps" in r.stats:  # auto past Tsit5: Bosh3 and Kvaerno5 blocks, level by level
-            report["runs"][name]["solver"] = "Bosh3+Kvaerno5 blocks"
-            for k in ("explicit_steps", "stiff_steps", "first_explicit_steps"):
+        report["runs"][name]["solver"] = args.solver
+        for k in ("explicit_steps", "stiff_steps", "switches"):  # the default solver's counts
+            if k in r.stats:
                 report["runs"][name][k] = int(r.stats[k])
-        else:
-            report["runs"][name]["solver"] = "Kvaerno5" if stiff else (
-                "Tsit5" if args.solver in ("auto", "tsit5") else args.solver)
         print(f"{name:9s} {report['runs'][name]['solver']}: {r.message} "
               f"({seconds:.1f} s with compilation)")
     report["figures"] = _figures(runs, X, y, args.out)

@@ -21,12 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
+from diffrax._root_finder import use_stepsize_tol
+from diffrax._term import WrapTerm
 from jaxtyping import Array, PyTree
 
 from ._dense import apply_batch
 from ._diagnostics import asymptotic_summaries
 from ._losses import Loss, get_loss
 from ._models import homogeneity_degree
+from ._save import AtLossLevels, AtTimes, Save, resolve_save
+from ._solver.auto import AutoSwitch
 from ._parameterize import (
     Parameterized,
     as_parameterized,
@@ -38,10 +42,11 @@ from ._validate import check_data, check_outputs
 
 RATES = (None, "neuron_norm_sq")
 TIMES = ("plain", "normalized")
-# Solvers by name. "stiff" is L-stable: the loss-normalized SWN flow pins ReLU^2 neurons at the
-# kink of the activation (a pre-activation -> 0+ under a restoring rate that grows with |log L|),
-# where explicit solvers are held to tiny steps by stability, not accuracy.
+# Solvers by name. "stiff" is L-stable: the loss-normalized flow gets stiffer as log L falls
+# (its Jacobian's largest eigenvalue grows like (log L)^2 on lin-sep), so explicit solvers end up
+# held to tiny steps by stability, not accuracy. "auto" switches between the two on its own.
 SOLVERS = {
+    "auto": AutoSwitch,
     "tsit5": diffrax.Tsit5,
     "dopri5": diffrax.Dopri5,
     "dopri8": diffrax.Dopri8,
@@ -49,31 +54,94 @@ SOLVERS = {
     "kvaerno5": diffrax.Kvaerno5,
     "stiff": diffrax.Kvaerno5,
 }
-# solver="auto": the explicit solver gets at most this many steps before the stiff one takes over.
-AUTO_EXPLICIT_STEPS = 20_000
-# ... and past it the run is redone level by level of log L in blocks of AUTO_EXPLICIT_STEPS
-# Bosh3 steps and AUTO_STIFF_STEPS Kvaerno5 steps (see _solve_levels). Where stability, not
-# accuracy, sets the step, Bosh3's 3 stages make a step ~4x cheaper than Tsit5's: the SWN flow to
-# log L = -10,000 takes ~950k Bosh3 steps in ~6 s against ~660k Tsit5 steps in ~20 s.
-AUTO_STIFF_STEPS = 1_000
+# The default solver's explicit method: Tsit5, or the 8th-order Dopri8 below this rtol.
+HIGH_ORDER_RTOL = 1e-9
 
 
-def resolve_solver(solver: "str | diffrax.AbstractSolver | None") -> diffrax.AbstractSolver:
-    """A diffrax solver from ``None`` (``Tsit5``), a name in ``SOLVERS``, or a solver instance."""
-    if solver is None:
-        return diffrax.Tsit5()
-    if isinstance(solver, tuple):  # (explicit, stiff): solver='auto' past its explicit budget
-        return tuple(resolve_solver(x) for x in solver)
+def default_solver(rtol=None, n_params: int | None = None) -> AutoSwitch:
+    """The default solver: ``AutoSwitch`` (explicit while the flow is not stiff, L-stable
+    ``Kvaerno5`` while it is), its explicit method chosen for the tolerance (``Dopri8`` for
+    ``rtol < HIGH_ORDER_RTOL``, else ``Tsit5``) and its implicit linear solves for the model's
+    size (``wnjax.stiff_solver``: dense LU, or Krylov on Jacobian-vector products for large
+    models).
+
+    **Arguments:**
+    - `rtol`: the requested relative tolerance (``None``: ``Tsit5``).
+    - `n_params`: the number of trainable parameters (``None``: dense LU).
+    """
+    high = rtol is not None and not isinstance(rtol, jax.core.Tracer) and rtol < HIGH_ORDER_RTOL
+    explicit = diffrax.Dopri8() if high else diffrax.Tsit5()
+    return AutoSwitch(explicit=explicit, implicit=_implicit_for(n_params))
+
+
+def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
+    del n_params
+    return diffrax.Kvaerno5()
+
+
+def resolve_solver(
+    solver: "str | diffrax.AbstractSolver | None", rtol=None, n_params: int | None = None
+) -> diffrax.AbstractSolver:
+    """A diffrax solver from ``None`` (``default_solver(rtol, n_params)``), a name in
+    ``SOLVERS`` (``'auto'`` is the default solver), or a solver instance (used as it is)."""
+    if solver is None or (isinstance(solver, str) and solver == "auto"):
+        return default_solver(rtol, n_params)
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise ValueError(
-                f"unknown solver {solver!r}; pass a diffrax solver or one of "
-                f"{sorted(SOLVERS) + ['auto']}."
+                f"unknown solver {solver!r}; pass a diffrax solver or one of {sorted(SOLVERS)}."
             )
+        if SOLVERS[solver] is diffrax.Kvaerno5 and n_params is not None:
+            return _implicit_for(n_params)
         return SOLVERS[solver]()
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(
+            f"solver must be a diffrax solver or one of {sorted(SOLVERS)}, got {solver!r}."
+        )
     return solver
-# Stop at log L = level - _LEVEL_OFFSET (1 + |level|) (to 1e-10 (1 + |level|)): log L <= level.
-_LEVEL_OFFSET = 1e-9
+
+
+def level_tolerance(dtype) -> float:
+    """The offset of a target crossing, relative to ``1 + |target|``: the run stops at
+    ``log L = target - 2 tol (1 + |target|)``, up to the rounding in ``log L`` (``tol =
+    max(1e-10, 64 eps)``: 1e-10 in float64, 7.6e-6 in float32)."""
+    return max(1e-10, 64 * float(jnp.finfo(dtype).eps))
+
+
+def target_tolerance(dtype) -> float:
+    """``reached_target`` means ``final_log_loss <= target + tol (1 + |target|)`` with
+    ``tol = sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32): room for the rounding of
+    ``log L`` itself, which for a square loss near an interpolating point is
+    ``~ eps |y| / |residual|``."""
+    return float(np.sqrt(jnp.finfo(dtype).eps))
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` when none are given: ``(1e-8, 1e-10)`` in float64, ``(1e-5, 1e-7)`` in
+    float32 (and lower precisions)."""
+    if jnp.finfo(dtype).bits >= 64:
+        return 1e-8, 1e-10
+    return 1e-5, 1e-7
+
+
+def _rtol_floor(dtype) -> float:
+    """The smallest rtol the dtype can honour: ``10 eps``."""
+    return 10 * float(jnp.finfo(dtype).eps)
+
+
+class _Crossing(optx.Bisection):
+    """Bisection for a level crossing, run until the bracket is at the clock's rounding
+    (``tol_t`` relative). The root is then located as well as the arithmetic allows, whatever
+    the rounding in ``log L`` (which stalls a test on the gap's size): the midpoint returned is
+    within rounding of a point where the gap was seen to change sign."""
+
+    tol_t: float = 1e-14
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, y, args, options, tags
+        width = jnp.abs(state.lower - state.upper)
+        scale = jnp.abs(state.lower) + jnp.abs(state.upper)
+        return width <= self.tol_t * scale + 1e-300, optx.RESULTS.successful
 
 
 class FlowFailed(RuntimeError):
@@ -143,15 +211,31 @@ def _describe(r: FlowResult) -> str:
             f"gradient flow stopped after max_steps = {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
             "result is kept (result.final, result.summaries). Raise max_steps, loosen rtol/atol, "
-            "or use time='normalized' to reach small losses. If the flow is stiff (many rejected "
-            "steps, e.g. SWN under time='normalized' at deep targets), pass solver='stiff' "
-            "(Kvaerno5) or solver='auto'."
+            "or use time='normalized' to reach small losses."
+            + _solver_hint(r)
         )
     return (
         f"gradient flow failed (diffrax result code {int(code)}) after {steps} steps at time "
         f"{float(r.final_time):.6g}: the step size collapsed or the state became non-finite. "
         "Check the data scale and the learning-rate option; the partial result is kept."
     )
+
+
+def _solver_hint(r: FlowResult) -> str:
+    """What to try when a run ran out of steps, from how its steps went."""
+    stats = r.stats
+    if "switches" in stats:
+        if int(np.asarray(stats["switches"])) > 20:
+            return (" The default solver switched methods "
+                    f"{int(np.asarray(stats['switches']))} times: pass solver='stiff' "
+                    "(Kvaerno5 throughout) or solver='tsit5' to hold one method.")
+        return ""
+    rejected = int(np.asarray(stats["num_rejected_steps"]))
+    if rejected > 0.2 * int(np.asarray(stats["num_steps"])):
+        return (" Many steps were rejected, as when a flow is stiff: leave solver unset (the "
+                "default switches to the L-stable Kvaerno5 when it detects stiffness) or pass "
+                "solver='stiff'.")
+    return ""
 
 
 def _log_loss_fn(params, static, X, y, loss: Loss):
@@ -227,7 +311,6 @@ def _solve(
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
     standard_out: bool = False,
-    block_steps: tuple = (),
 ) -> FlowResult:
     params, static = eqx.partition(p, eqx.is_inexact_array)
     normalized = time == "normalized"
@@ -256,12 +339,12 @@ def _solve(
 
     def level_event(level):
         # log L - level changes sign at the crossing; the root finder stops the solve on it.
-        # The offset keeps the stopping point at, or a hair below, the level.
+        # The offset (twice the root finder's gap tolerance) keeps the stop a hair below it.
         labels = y
 
         def gap(y):
             log_l = _log_loss_fn(y[0], static, X, labels, loss)
-            return (log_l - level) / (1.0 + jnp.abs(level)) + _LEVEL_OFFSET
+            return (log_l - level) / (1.0 + jnp.abs(level)) + 2 * ftol
 
         def cond(t, y, args, **kwargs):  # diffrax passes these by keyword
             # A run that starts at or below its level has nothing to cross: the condition is
@@ -272,8 +355,11 @@ def _solve(
 
         already = gap((params, None)) <= 0
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
-        return diffrax.Event(cond, root_finder=optx.Bisection(
-            rtol=1e-12, atol=1e-10, expand_if_necessary=True))
+        return diffrax.Event(cond, root_finder=_Crossing(
+            rtol=0.0, atol=0.0, expand_if_necessary=True, tol_t=4 * eps))
+
+    eps = float(jnp.finfo(X.dtype).eps)
+    ftol = level_tolerance(X.dtype)
 
     event = level_event(numbers["target"]) if has_target else None
 
@@ -288,16 +374,16 @@ def _solve(
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
     )
+    solver = _root_tolerances(solver, controller, X.dtype)
     if save_levels:
         return _solve_levels(
             diffrax.ODETerm(field), solver, controller, level_event, save_fn, (params, tau0),
             static, X, y, loss, numbers, n_save=save_s.shape[0], max_steps=max_steps,
-            standard_out=standard_out, block_steps=block_steps,
+            standard_out=standard_out,
         )
-    if isinstance(solver, tuple):
-        raise ValueError("a pair of solvers needs time='normalized' with a target and no save_ts.")
     saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)]
+        subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)],
+        solver_state=True,
     )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
@@ -328,15 +414,15 @@ def _solve(
         ts = sol.ts[0]
         log_t = jnp.log(ts)
         final_log_t = jnp.log(sol.ts[1][-1])
-    code = sol.result._value  # 0 successful, 1 max_steps, ...
-    event_hit = (
-        sol.event_mask if sol.event_mask is not None else jnp.asarray(False)
-    )
-    event_hit = jnp.asarray(event_hit)
-    # An event is a successful ending.
-    code = jnp.where(sol.result == diffrax.RESULTS.event_occurred, 0, code)
+    final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
+    reached = _reached(final_log_loss, numbers["target"], X.dtype) if has_target else (
+        jnp.asarray(False))
+    # An event, or a crossing whose root-find ran out of digits, is a successful ending.
+    code = jnp.where(reached | (sol.result == diffrax.RESULTS.event_occurred), 0,
+                     sol.result._value)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
+    stats.update(_switch_stats(sol.solver_state))
     return FlowResult(
         ts=ts,
         s=sol.ts[0],
@@ -345,13 +431,44 @@ def _solve(
         summaries=saved,
         states=_as_output(states, standard_out, stacked=True),
         final=_as_output(final_model, standard_out),
-        final_log_loss=_log_loss_fn(final_params, static, X, y, loss),
+        final_log_loss=final_log_loss,
         final_log_t=final_log_t,
         final_time=sol.ts[1][-1],
         stats=stats,
         result_code=code,
-        reached_target=event_hit,
+        reached_target=reached,
     )
+
+
+def _root_tolerances(solver, controller, dtype):
+    """An implicit solver's Newton tolerances: the controller's, but rtol no tighter than
+    ``3e4 eps`` (float32: ``3.6e-3``; float64: ``6.7e-12``, below any useful rtol). diffrax's
+    ``VeryChord`` iterates until the scaled update is ``kappa = 1e-2`` of that, ~300 eps: any
+    tighter and rounding in the stage residual stalls the iteration and every step is
+    rejected."""
+    if not isinstance(solver, diffrax.AbstractImplicitSolver):
+        return solver
+    finder = solver.root_finder
+    fields = [f for f in ("rtol", "atol", "norm") if getattr(finder, f, None) is use_stepsize_tol]
+    if not fields:
+        return solver
+    floor = 30000 * float(jnp.finfo(dtype).eps)
+    values = {"rtol": jnp.maximum(controller.rtol, floor), "atol": controller.atol,
+              "norm": controller.norm}
+    return eqx.tree_at(lambda s: tuple(getattr(s.root_finder, f) for f in fields), solver,
+                       tuple(values[f] for f in fields))
+
+
+def _reached(log_l: Array, target: Array, dtype) -> Array:
+    """``log L <= target + target_tolerance(dtype) (1 + |target|)``."""
+    return log_l <= target + target_tolerance(dtype) * (1.0 + jnp.abs(target))
+
+
+def _switch_stats(solver_state) -> dict:
+    """``AutoSwitch``'s counts from its final state: accepted steps by each method, switches."""
+    if not isinstance(solver_state, dict) or "stiff_steps" not in solver_state:
+        return {}
+    return {k: solver_state[k] for k in ("explicit_steps", "stiff_steps", "switches")}
 
 
 def _as_output(p, standard_out: bool, stacked: bool = False):
@@ -378,10 +495,11 @@ def _tree_norm(tree) -> Array:
 
 
 def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X, y, loss,
-                  numbers, *, n_save: int, max_steps: int, standard_out: bool = False,
-                  block_steps: tuple = ()) -> FlowResult:
+                  numbers, *, n_save: int, max_steps: int, standard_out: bool = False
+                  ) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
-    the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target."""
+    the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
+    The solver's state (for ``AutoSwitch``: which method runs) carries from level to level."""
     log_l0 = _log_loss_fn(y0[0], static, X, y, loss)
     levels = loss_levels(log_l0, numbers["target"], n_save)
     zero = jnp.asarray(0)
@@ -390,90 +508,39 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
     else:  # diffrax's automatic first step can stall on a restart, so carry our own
         f0 = term.vf(0.0, y0, None)
         dt0 = 1e-3 * (1.0 + _tree_norm(y0[0])) / jnp.maximum(_tree_norm(f0), 1e-300)
+    s0 = jnp.zeros_like(numbers["t1"])
     # a run that starts at or below its target is done before its first level
-    start = {"s": jnp.zeros_like(numbers["t1"]), "y": y0, "code": zero,
+    start = {"s": s0, "y": y0, "code": zero,
              "done": log_l0 <= numbers["target"],
              "steps": zero, "accepted": zero, "rejected": zero,
-             "dt": jnp.minimum(dt0, numbers["t1"])}
-    if isinstance(solver, tuple):  # which solver goes next; steps taken by each
-        start["which"] = jnp.asarray(0)
-        start["left"] = jnp.asarray(1)  # explicit blocks before the stiff solver's next try
-        start["backoff"] = jnp.asarray(0)
-        start["used"] = jnp.zeros(len(solver), int)
+             "dt": jnp.minimum(dt0, numbers["t1"]),
+             "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, None)}
 
-    def attempt(c, level, solver, budget):
-        """One diffrax solve from ``c`` towards ``level``, with at most ``budget`` steps."""
+    def solve(c, level):
         sol = diffrax.diffeqsolve(
             term, solver, t0=c["s"], t1=numbers["t1"], dt0=c["dt"], y0=c["y"],
-            saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
-            event=level_event(level), max_steps=budget, throw=False,
+            saveat=diffrax.SaveAt(t1=True, solver_state=True), stepsize_controller=controller,
+            event=level_event(level), max_steps=max_steps, throw=False,
+            solver_state=c["solver_state"],
         )
-        hit = sol.result == diffrax.RESULTS.event_occurred
+        new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
+        log_l = _log_loss_fn(new_y[0], static, X, y, loss)
+        # An event, or a crossing whose root-find ran out of digits, reaches the level.
+        hit = (sol.result == diffrax.RESULTS.event_occurred) | _reached(log_l, level, X.dtype)
         accepted = sol.stats["num_accepted_steps"]
-        new = dict(c)
-        new.update({
-            "s": sol.ts[-1], "y": jax.tree_util.tree_map(lambda x: x[-1], sol.ys),
-            "code": jnp.where(hit, 0, sol.result._value), "hit": hit,
-            "steps": c["steps"] + sol.stats["num_steps"],
-            "accepted": c["accepted"] + accepted,
+        steps = c["steps"] + sol.stats["num_steps"]
+        code = jnp.where(hit, 0, sol.result._value)
+        code = jnp.where(hit & (steps > max_steps), 1, code)
+        new = {
+            "s": sol.ts[-1], "y": new_y, "code": code, "done": ~hit | (code != 0),
+            "steps": steps, "accepted": c["accepted"] + accepted,
             "rejected": c["rejected"] + sol.stats["num_rejected_steps"],
             # the next solve starts with this one's mean accepted step
             "dt": jnp.where(accepted > 0, (sol.ts[-1] - c["s"]) / jnp.maximum(accepted, 1),
                             c["dt"]),
-        })
+            "solver_state": sol.solver_state,
+        }
         return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, c)
-
-    def finish(c, new):
-        new = dict(new)
-        hit = new.pop("hit")
-        code = jnp.where(new["steps"] > max_steps, 1, new["code"])
-        new.update(code=code, done=~hit | (code != 0))
-        return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, c)
-
-    if not isinstance(solver, tuple):
-        def solve(c, level):
-            return finish(c, attempt(dict(c, hit=jnp.asarray(False)), level, solver, max_steps))
-    else:
-        # solver='auto' past its explicit budget: (explicit, stiff) solvers in blocks of
-        # block_steps. A block that ends short of the level leaves a valid point on the path, so
-        # nothing is lost: the next block goes on from there. A solver that reaches a level keeps
-        # the next one. When the stiff solver falls short, the explicit one gets 2, 4, 8, ...
-        # blocks before the stiff one is tried again (back-off); when the explicit one falls
-        # short that many times, the stiff one gets a block. The run stops when two blocks in a
-        # row make no progress.
-        def solve(c, level):
-            def go(a):
-                prev_s = a["c"]["s"]
-                branches = [
-                    lambda cc, sv=sv, b=b: attempt(cc, level, sv, b)
-                    for sv, b in zip(solver, block_steps)
-                ]
-                which = a["which"]
-                new = jax.lax.switch(which, branches, a["c"])
-                hit = new["hit"]
-                left = jnp.where(which == 0, a["left"] - 1, a["left"])
-                backoff = jnp.where((which == 1) & ~hit, a["backoff"] + 1,
-                                    jnp.where((which == 1) & hit, 0, a["backoff"]))
-                to_stiff = (which == 0) & ~hit & (left <= 0)
-                to_explicit = (which == 1) & ~hit
-                return {
-                    "c": new,
-                    "which": jnp.where(to_stiff, 1, jnp.where(to_explicit, 0, which)),
-                    "left": jnp.where(to_explicit, 2 ** jnp.minimum(backoff, 30), left),
-                    "backoff": backoff,
-                    "idle": jnp.where(new["s"] <= prev_s, a["idle"] + 1, 0),
-                    "used": a["used"].at[which].add(new["steps"] - a["c"]["steps"]),
-                }
-
-            def more(a):
-                return (~a["c"]["hit"] & (a["c"]["steps"] < max_steps) & (a["idle"] < 2)
-                        & jnp.isfinite(a["c"]["s"]))
-
-            a0 = {"c": dict(c, hit=jnp.asarray(False)), "idle": jnp.asarray(0),
-                  **{k: c[k] for k in ("which", "left", "backoff", "used")}}
-            a = jax.lax.while_loop(more, go, a0)
-            return finish(c, dict(a["c"], **{k: a[k] for k in ("which", "left", "backoff",
-                                                                   "used")}))
 
     def body(c, level):
         c = jax.lax.cond(c["done"], lambda c, _: c, solve, c, level)
@@ -504,10 +571,9 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         final_time=end["s"],
         stats={"num_steps": end["steps"], "num_accepted_steps": end["accepted"],
                "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps),
-               **({"explicit_steps": end["used"][0], "stiff_steps": end["used"][1]}
-                  if isinstance(solver, tuple) else {})},
+               **_switch_stats(end["solver_state"])},
         result_code=end["code"],
-        reached_target=(end["code"] == 0) & (final_log_loss <= numbers["target"]),
+        reached_target=(end["code"] == 0) & _reached(final_log_loss, numbers["target"], X.dtype),
     )
 
 
@@ -563,12 +629,13 @@ def gradient_flow(
     t1: float = 1.0,
     t0: float = 0.0,
     log_t0: float | None = None,
-    rtol: float = 1e-8,
-    atol: float = 1e-10,
+    rtol: float | None = None,
+    atol: float | None = None,
     solver: diffrax.AbstractSolver | str | None = None,
     time: str = "plain",
     rate: str | None = None,
     target_log_loss: float | None = None,
+    save: Save | None = None,
     n_save: int = 64,
     save_ts: Array | None = None,
     save_states: bool = True,
@@ -596,27 +663,28 @@ def gradient_flow(
     - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` only). Use it
       to continue a deep run, whose ``t = exp(log t)`` overflows: pass the previous result's
       ``final_log_t`` with its ``final``.
-    - `rtol`, `atol`: the PID controller's tolerances.
-    - `solver`: any diffrax solver, or a name: ``'tsit5'`` (the default), ``'dopri5'``,
-      ``'dopri8'``, ``'stiff'``/``'kvaerno5'`` (L-stable, for stiff flows), or ``'auto'``:
-      ``Tsit5`` with at most ``AUTO_EXPLICIT_STEPS`` steps; if that budget runs out, the run
-      is redone, and with ``time='normalized'`` and a target it goes level by level of
-      ``log L`` in blocks of ``AUTO_EXPLICIT_STEPS`` ``Bosh3`` steps (cheap steps for a flow
-      whose step is held down by stability) and ``AUTO_STIFF_STEPS`` ``Kvaerno5`` steps, each
-      block going on from where the last one stopped; the stiff solver is tried whenever the
-      explicit one falls short of a level, backing off (2, 4, 8, ... explicit blocks) while it
-      does no better (``result.stats``: ``explicit_steps``, ``stiff_steps``). Without levels the
-      redo is all ``Kvaerno5``. ``result.stats['stiff']`` says whether a stiff block ran.
+    - `rtol`, `atol`: the PID controller's tolerances (``None``: ``default_tolerances`` of the
+      data's dtype, ``(1e-8, 1e-10)`` in float64 and ``(1e-5, 1e-7)`` in float32). An rtol
+      below ``10 eps`` of the dtype is raised to it, with a warning.
+    - `solver`: a diffrax solver, or a name in ``SOLVERS``. The default (``None`` or
+      ``'auto'``) is ``default_solver``: ``wnjax.AutoSwitch``, explicit (``Tsit5``, or
+      ``Dopri8`` for ``rtol < 1e-9``) while the flow is not stiff and L-stable ``Kvaerno5``
+      while it is; ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and
+      ``switches``. ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
+      ``'bosh3'`` name one method alone.
     - `time`: ``'plain'`` or ``'normalized'``.
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.polar_rates(eta_r, eta_theta)``; its array fields are traced.
-    - `target_log_loss`: stop once ``log L`` falls to this value (the crossing is root-found,
-      so the run ends at ``log L = target`` to about ``1e-9 (1 + |target|)``).
-    - `n_save`, `save_ts`: number of log-spaced save points, or explicit save points. With
-      ``time='normalized'`` and a target (and no ``save_ts``) the run is saved where ``log L``
-      crosses ``n_save`` levels from ``log L(0)`` to the target (``wnjax.loss_levels``: drops
-      geometric in ``log L(0) - log L``), one root-found stop per level.
+    - `target_log_loss`: stop once ``log L`` falls to this value. The crossing is root-found:
+      the run ends within ``level_tolerance(dtype) (1 + |target|)`` below the target, and
+      ``reached_target`` is ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``.
+      A run that reaches its target is a success.
+    - `save`: where to save summaries: ``wnjax.LogSpaced(n)``, ``wnjax.AtTimes(ts)`` or
+      ``wnjax.AtLossLevels(n)``. ``None``: ``AtLossLevels(n_save)`` for
+      ``time='normalized'`` with a target, else ``LogSpaced(n_save)`` (``AtTimes(save_ts)``
+      when ``save_ts`` is given).
+    - `n_save`, `save_ts`: shorthands for the default ``save``.
     - `save_states`: keep the full model at the save points.
     - `max_steps`: the step budget. Exhausting it raises ``FlowFailed`` (``throw=True``) or
       returns the partial result with ``ok == False``.
@@ -634,14 +702,6 @@ def gradient_flow(
     Numbers (``t1``, ``rtol``, ``atol``, ``target_log_loss``, ...) are traced, so calling again
     with other values reuses the compiled program.
     """
-    if isinstance(solver, str) and solver == "auto":
-        options = dict(
-            loss=loss, t1=t1, t0=t0, rtol=rtol, atol=atol, time=time, rate=rate, log_t0=log_t0,
-            target_log_loss=target_log_loss, n_save=n_save, save_ts=save_ts,
-            save_states=save_states, dt0=dt0, degree=degree, progress=progress,
-            controller_kwargs=controller_kwargs, diagnostics=diagnostics,
-        )
-        return _auto_solver_flow(model, X, y, max_steps=max_steps, throw=throw, **options)
     if time not in TIMES:
         raise ValueError(f"time must be one of {TIMES}, got {time!r}.")
     if not callable(rate) and rate not in RATES:
@@ -653,6 +713,11 @@ def gradient_flow(
     if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time == "normalized" else t0):
         raise ValueError(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
+    rtol, atol = _tolerances(rtol, atol, dtype)
+    normalized = time == "normalized"
+    has_target = target_log_loss is not None
+    save = resolve_save(save, n_save=n_save, save_ts=save_ts, normalized=normalized,
+                        has_target=has_target)
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
     numbers = {
@@ -664,23 +729,22 @@ def gradient_flow(
         "target": _number(-np.inf if target_log_loss is None else target_log_loss, dtype),
     }
     if log_t0 is not None:
-        if time != "normalized":
+        if not normalized:
             raise ValueError("log_t0 is for time='normalized'; with time='plain' pass t0.")
         numbers["log_t0"] = _number(log_t0, dtype)
     if dt0 is not None:
         numbers["dt0"] = _number(dt0, dtype)
-    # Normalized time with a target: save where log L crosses n_save levels (see loss_levels).
-    save_levels = time == "normalized" and target_log_loss is not None and save_ts is None
-    if save_ts is None:
-        start = 0.0 if time == "normalized" else t0
+    save_levels = isinstance(save, AtLossLevels)
+    if isinstance(save, AtTimes):
+        save_s = save.ts
+    else:
+        start = 0.0 if normalized else t0
         if isinstance(t1, jax.core.Tracer):
             save_s = start + (t1 - start) * jnp.concatenate(
-                [jnp.zeros(1), jnp.asarray(_log_fractions(n_save - 1))]
+                [jnp.zeros(1), jnp.asarray(_log_fractions(save.n - 1))]
             )
         else:
-            save_s = default_save_times(start, float(t1), n_save)
-    else:
-        save_s = save_ts
+            save_s = default_save_times(start, float(t1), save.n)
     save_s = _number(save_s, dtype)
     result = _solve(
         p,
@@ -689,10 +753,10 @@ def gradient_flow(
         numbers,
         save_s,
         loss=loss_obj,
-        solver=resolve_solver(solver),
+        solver=resolve_solver(solver, rtol, _count_params(p)),
         time=time,
         rate=rate,
-        has_target=target_log_loss is not None,
+        has_target=has_target,
         max_steps=int(max_steps),
         save_states=save_states,
         save_levels=save_levels,
@@ -700,7 +764,6 @@ def gradient_flow(
         progress_meter=_progress_meter(progress),
         controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
         standard_out=not isinstance(model, Parameterized),  # final/states as the input's type
-        block_steps=(AUTO_EXPLICIT_STEPS, AUTO_STIFF_STEPS),
     )
     if not isinstance(result.result_code, jax.core.Tracer):
         if not bool(np.all(np.asarray(result.result_code) == 0)):  # one host read, no dispatch
@@ -710,6 +773,31 @@ def gradient_flow(
     return result
 
 
+def _count_params(p) -> int:
+    """The number of trainable scalars of a parameterized model."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+        eqx.filter(p, eqx.is_inexact_array)))
+
+
+def _tolerances(rtol, atol, dtype) -> tuple:
+    """``(rtol, atol)``: the dtype's defaults where ``None``; an rtol the dtype cannot honour
+    (below ``10 eps``) is raised to ``10 eps`` with a warning that says so."""
+    default_rtol, default_atol = default_tolerances(dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    if not isinstance(rtol, jax.core.Tracer):
+        floor = _rtol_floor(dtype)
+        if float(np.asarray(rtol)) < floor:
+            warnings.warn(
+                f"rtol={float(np.asarray(rtol)):.3g} is below what {jnp.dtype(dtype).name} can "
+                f"give (eps = {float(jnp.finfo(dtype).eps):.3g}); using rtol={floor:.3g}. Use "
+                "float64 data (with jax_enable_x64) for tighter tolerances.",
+                RuntimeWarning, stacklevel=3,
+            )
+            rtol = floor
+    return rtol, atol
+
+
 def _number(v, dtype):
     """A number (or array of them) for the compiled program: a host NumPy array (``filter_jit``
     traces it like a JAX array, without an eager dispatch per number), or a JAX array as it is
@@ -717,50 +805,3 @@ def _number(v, dtype):
     if isinstance(v, jax.Array):
         return jnp.asarray(v, dtype)
     return np.asarray(v, dtype)
-
-
-def _auto_solver_flow(model, X, y, *, max_steps: int, throw: bool, **options) -> FlowResult:
-    """``solver='auto'``: explicit ``Tsit5`` within ``min(max_steps, AUTO_EXPLICIT_STEPS)`` steps;
-    if that budget runs out (a stiff flow), the run is redone: level by level with alternating
-    ``Tsit5``/``Kvaerno5`` blocks when saving at levels of ``log L``, else with ``Kvaerno5``.
-    The second program is compiled only when it is needed."""
-    budget = min(int(max_steps), AUTO_EXPLICIT_STEPS)
-    with warnings.catch_warnings():  # a spent budget is not the caller's failure
-        warnings.simplefilter("ignore", RuntimeWarning)
-        explicit = gradient_flow(
-            model, X, y, solver="tsit5", max_steps=budget, throw=False, **options
-        )
-    if isinstance(explicit.result_code, jax.core.Tracer):
-        raise ValueError(
-            "solver='auto' decides on the host and cannot run under jit/vmap; pass "
-            "solver='tsit5' or solver='stiff' explicitly there."
-        )
-    codes = np.asarray(explicit.result_code)
-    if not np.any(codes == 1) or budget >= max_steps:  # done, or failed for another reason
-        result = eqx.tree_at(
-            lambda r: r.stats,
-            explicit,
-            {**explicit.stats, "stiff": jnp.asarray(False), "max_steps": jnp.asarray(max_steps)},
-        )
-        if not np.all(codes == 0):
-            if throw:
-                raise FlowFailed(result.message, result)
-            warnings.warn(result.message, RuntimeWarning, stacklevel=3)
-        return result
-    levels = (options["time"] == "normalized" and options["target_log_loss"] is not None
-              and options["save_ts"] is None)
-    # Saving at levels of log L: explicit and stiff blocks alternate level by level (see
-    # AUTO_STIFF_STEPS); otherwise the whole run is redone with the stiff solver.
-    second = ("bosh3", "stiff") if levels else "stiff"
-    stiff = gradient_flow(model, X, y, solver=second, max_steps=max_steps, throw=False, **options)
-    used = {"stiff": jnp.asarray(True), "explicit_steps": explicit.stats["num_steps"]}
-    if levels:
-        used = {"stiff": stiff.stats["stiff_steps"] > 0,
-                "explicit_steps": explicit.stats["num_steps"] + stiff.stats["explicit_steps"],
-                "first_explicit_steps": explicit.stats["num_steps"]}
-    result = eqx.tree_at(lambda r: r.stats, stiff, {**stiff.stats, **used})
-    if not np.all(np.asarray(result.result_code) == 0):
-        if throw:
-            raise FlowFailed(result.message, result)
-        warnings.warn(result.message, RuntimeWarning, stacklevel=3)
-    return result

@@ -1,0 +1,123 @@
+"""The stiffness-switching solver against scipy on the classic stiff test equations (Hairer &
+Wanner, *Solving ODEs II*): Robertson's chemical kinetics and Van der Pol with mu = 1000."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import wnjax
+from wnjax._solver.auto import stability_boundary, stiffness_estimate
+
+
+def robertson(t, y, args):
+    y1, y2, y3 = y
+    return jnp.stack([-0.04 * y1 + 1e4 * y2 * y3,
+                      0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2,
+                      3e7 * y2 ** 2])
+
+
+def van_der_pol(t, y, args, mu=1000.0):
+    return jnp.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+def _scipy(f, y0, ts, rtol=1e-10, atol=1e-14):
+    sol = solve_ivp(lambda t, y: np.asarray(f(t, jnp.asarray(y), None)), (0.0, ts[-1]),
+                    np.asarray(y0), method="Radau", rtol=rtol, atol=atol, t_eval=ts,
+                    jac=lambda t, y: np.asarray(jax.jacfwd(lambda z: f(t, z, None))(
+                        jnp.asarray(y))))
+    assert sol.success
+    return sol.y.T
+
+
+def _solve(f, y0, ts, solver, rtol, atol, max_steps=200_000):
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(f), solver, t0=0.0, t1=float(ts[-1]), dt0=None, y0=jnp.asarray(y0),
+        saveat=diffrax.SaveAt(ts=jnp.asarray(ts), solver_state=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps, throw=False,
+    )
+
+
+def test_stability_boundaries_match_the_literature():
+    """DOPRI5's real stability interval ends near -3.3 (Hairer & Wanner IV.2); Bosh3's (order 3,
+    4 stages) near -2.5; an L-stable method has none."""
+    assert stability_boundary(diffrax.Dopri5()) == pytest.approx(3.31, abs=0.01)
+    assert stability_boundary(diffrax.Bosh3()) == pytest.approx(2.51, abs=0.02)
+    assert stability_boundary(diffrax.Kvaerno5()) == np.inf
+
+
+@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri8(), diffrax.Kvaerno5()])
+def test_stiffness_estimate_is_exact_on_a_linear_problem(solver):
+    """On ``y' = A y`` every stage has ``k_i = h A Y_i``, so ``h rho = ||h A d|| / ||d||``: for a
+    diagonal A with one dominant entry, ``h |lambda_max|`` to rounding when d lies along it."""
+    lam = -250.0
+    A = jnp.diag(jnp.array([lam, -1.0]))
+    f = lambda t, y, args: A @ y  # noqa: E731
+    y0 = jnp.array([1.0, 0.0])  # only the stiff mode is excited
+    h = 0.01
+    term = diffrax.ODETerm(f)
+    if isinstance(solver, diffrax.AbstractImplicitSolver):
+        solver = diffrax.Kvaerno5(root_finder=diffrax.VeryChord(rtol=1e-12, atol=1e-14))
+    t0, t1 = jnp.asarray(0.0), jnp.asarray(h)
+    state = solver.init(term, t0, t1, y0, None)
+    _, _, dense, _, _ = solver.step(term, t0, t1, y0, None, state, jnp.asarray(False))
+    assert float(stiffness_estimate(solver, dense["k"])) == pytest.approx(abs(lam) * h, rel=1e-8)
+
+
+def test_robertson_switches_and_agrees_with_radau():
+    """Robertson (k1 = 0.04, k2 = 3e7, k3 = 1e4) to t = 1e5: the automatic solver turns implicit
+    early, agrees with scipy's Radau (rtol 1e-10) to the requested tolerance, conserves
+    y1 + y2 + y3 = 1, and takes far fewer steps than Tsit5 alone, which runs out of steps."""
+    y0 = np.array([1.0, 0.0, 0.0])
+    ts = np.array([1e-2, 1.0, 1e2, 1e4, 1e5])
+    ref = _scipy(robertson, y0, ts)
+    sol = _solve(robertson, y0, ts, wnjax.AutoSwitch(), rtol=1e-8, atol=1e-12)
+    assert sol.result == diffrax.RESULTS.successful
+    got = np.asarray(sol.ys)
+    scale = np.maximum(np.abs(ref), 1e-9)
+    assert np.max(np.abs(got - ref) / scale) < 1e-5
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-9)
+    state = sol.solver_state
+    assert int(state["stiff_steps"]) > 0 and int(state["switches"]) >= 1
+    explicit = _solve(robertson, y0, ts, diffrax.Tsit5(), rtol=1e-8, atol=1e-12, max_steps=20_000)
+    assert explicit.result != diffrax.RESULTS.successful  # stability-bound: out of steps
+    assert int(sol.stats["num_steps"]) < 2_000
+
+
+def test_van_der_pol_switches_both_ways_and_agrees_with_radau():
+    """Van der Pol with mu = 1000 over one period and a half (t = 3000): slow stiff phases
+    alternate with fast jumps, so the solver switches both ways; away from the jumps the
+    state agrees with scipy's Radau (rtol 1e-10)."""
+    y0 = np.array([2.0, 0.0])
+    ts = np.array([100.0, 500.0, 1000.0, 2000.0, 2500.0])
+    ref = _scipy(van_der_pol, y0, ts)
+    rtol = 1e-8
+    auto = _solve(van_der_pol, y0, ts, wnjax.AutoSwitch(), rtol=rtol, atol=1e-10)
+    stiff = _solve(van_der_pol, y0, ts, diffrax.Kvaerno5(), rtol=rtol, atol=1e-10)
+    assert auto.result == diffrax.RESULTS.successful
+    np.testing.assert_allclose(np.asarray(auto.ys)[:, 0], ref[:, 0], rtol=1e-5)
+    state = auto.solver_state
+    assert int(state["switches"]) >= 2
+    assert int(state["stiff_steps"]) > 0 and int(state["explicit_steps"]) > 0
+    # never far behind the implicit method alone, in steps
+    assert int(auto.stats["num_steps"]) < 1.5 * int(stiff.stats["num_steps"])
+
+
+def test_gradient_flow_reports_the_switch():
+    """The loss-normalized flow of a linear model on separable data turns stiff as log L falls:
+    the default solver counts both kinds of steps and reaches log L = -1000, where Tsit5 alone
+    is held to tiny steps."""
+    key1, key2 = jax.random.split(jax.random.key(0))
+    X = jax.random.normal(key1, (20, 3))
+    y = jnp.sign(X @ jnp.array([1.0, -2.0, 0.5]))
+    X = X + 0.3 * y[:, None] * jnp.array([1.0, -2.0, 0.5]) / jnp.sqrt(5.25)
+    model = wnjax.MLP(3, 1, 1, activation="linear", key=key2)
+    r = wnjax.gradient_flow(model, X, y, time="normalized", t1=1e6, target_log_loss=-1000.0,
+                            n_save=8, diagnostics=False)
+    assert bool(r.reached_target) and bool(r.ok)
+    assert int(r.stats["stiff_steps"]) > 0 and int(r.stats["explicit_steps"]) > 0
+    assert int(r.stats["explicit_steps"]) + int(r.stats["stiff_steps"]) == int(
+        r.stats["num_accepted_steps"])

@@ -1,0 +1,103 @@
+"""Stopping on a target: robust to rounding in ``log L``, to float32, and consistent with
+``final_log_loss``; tolerances fit the dtype."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wnjax
+from wnjax._diagonal import diagonal_net, sparse_problem
+from wnjax._flow import target_tolerance
+
+
+def _reached(r, target, dtype):
+    return float(r.final_log_loss) <= target + target_tolerance(dtype) * (1 + abs(target))
+
+
+def test_square_loss_to_minus_40_succeeds_and_matches_radau():
+    """Depth-2 diagonal net on sparse regression, square loss, to log L = -40 (a residual near
+    1e-8, where log L carries ~1e-7 of rounding): the run succeeds, stops at the target, and its
+    end agrees with scipy's Radau on the same vector field (u' = -grad_u L, written out by hand:
+    L = sum(r^2)/2, r = A(u^2 - v^2) - y)."""
+    from scipy.integrate import solve_ivp
+
+    A, y, _ = sparse_problem(jax.random.key(0), dim=12, n_measurements=6, sparsity=2)
+    net = diagonal_net(12, depth=2, alpha=0.1)
+    r = wnjax.gradient_flow(net, A, y, loss="square", target_log_loss=-40.0, t1=1e9,
+                            n_save=8, diagnostics=False)
+    assert bool(r.ok) and bool(r.reached_target)
+    assert _reached(r, -40.0, jnp.float64) and float(r.final_log_loss) > -40.001
+    An, yn = np.asarray(A), np.asarray(y)
+
+    def f(t, w):
+        u, v = w[:12], w[12:]
+        res = An @ (u**2 - v**2) - yn
+        g = An.T @ res
+        return np.concatenate([-2 * u * g, 2 * v * g])
+
+    w0 = np.full(24, 0.1)
+    ref = solve_ivp(f, (0.0, float(r.final_time)), w0, method="Radau", rtol=1e-11, atol=1e-13)
+    x_ref = ref.y[:12, -1] ** 2 - ref.y[12:, -1] ** 2
+    x = np.asarray(wnjax._diagonal.diagonal_signal(r.final))
+    assert np.linalg.norm(x - x_ref) / np.linalg.norm(x_ref) < 1e-6
+
+
+@pytest.mark.parametrize("target", [-30.0, -300.0])
+def test_float32_flow_with_a_target_succeeds(target):
+    """float32 data (x64 on, so float64 is not the data's dtype): a loss-normalized linear flow
+    reaches its target with the float32 defaults, and ``reached_target`` holds."""
+    k1, k2 = jax.random.split(jax.random.key(1))
+    X = jax.random.normal(k1, (16, 3), jnp.float32)
+    w = jnp.array([1.0, -1.0, 0.5], jnp.float32)
+    y = jnp.sign(X @ w)
+    X = X + 0.3 * y[:, None] * w / jnp.linalg.norm(w)
+    model = eqx.nn.Linear(3, "scalar", use_bias=False, dtype=jnp.float32, key=k2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the defaults fit float32: no warning
+        r = wnjax.gradient_flow(model, X, y, time="normalized", t1=1e6, target_log_loss=target,
+                                n_save=8, diagnostics=False)
+    assert r.final_log_loss.dtype == jnp.float32
+    assert bool(r.ok) and bool(r.reached_target) and _reached(r, target, jnp.float32)
+
+
+def test_float32_rtol_below_the_dtype_is_raised_with_a_warning():
+    k1, k2 = jax.random.split(jax.random.key(2))
+    X = jax.random.normal(k1, (8, 2), jnp.float32)
+    y = jnp.sign(X[:, 0])
+    model = eqx.nn.Linear(2, "scalar", use_bias=False, dtype=jnp.float32, key=k2)
+    with pytest.warns(RuntimeWarning, match="below what float32 can give"):
+        wnjax.gradient_flow(model, X, y, rtol=1e-10, t1=1.0, n_save=4, diagnostics=False)
+
+
+def test_reached_target_agrees_with_the_final_log_loss():
+    """``reached_target`` is ``final_log_loss <= target + tol (1 + |target|)`` on runs that stop on
+    their target, that end at t1 well short of it, and that end at t1 a hair above it."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    X = jax.random.normal(k1, (12, 3))
+    y = jnp.sign(X[:, 0] + 0.5 * X[:, 1])
+    X = X + 0.3 * y[:, None] * jnp.array([1.0, 0.5, 0.0]) / jnp.sqrt(1.25)
+    model = wnjax.MLP(3, 1, 1, activation="linear", key=k2)
+    kw = dict(time="normalized", n_save=4, diagnostics=False, throw=False)
+    free = wnjax.gradient_flow(model, X, y, t1=50.0, target_log_loss=-1e9, **kw)
+    end = float(free.final_log_loss)
+    tol = target_tolerance(jnp.float64)
+    cases = {
+        "stops on it": (-20.0, 1e6),
+        "far short": (end - 10.0, 50.0),
+        # ends at t1 a hair above the target, within the stated tolerance: reached
+        "a hair above": (end - 0.1 * tol * (1 + abs(end)), 50.0),
+        # ends at t1 above the target by more than the tolerance: not reached
+        "just short": (end - 10 * tol * (1 + abs(end)), 50.0),
+    }
+    for name, (target, t1) in cases.items():
+        r = wnjax.gradient_flow(model, X, y, t1=t1, target_log_loss=target, **kw)
+        assert bool(r.reached_target) == _reached(r, target, jnp.float64), name
+        assert bool(r.ok), name
+    r = wnjax.gradient_flow(model, X, y, t1=50.0, target_log_loss=cases["a hair above"][0], **kw)
+    assert bool(r.reached_target)
+    r = wnjax.gradient_flow(model, X, y, t1=50.0, target_log_loss=cases["just short"][0], **kw)
+    assert not bool(r.reached_target)

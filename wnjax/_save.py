@@ -1,0 +1,87 @@
+"""Where a gradient flow saves its summaries: small objects passed as ``gradient_flow(save=...)``,
+in the manner of diffrax's ``SaveAt``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+
+class LogSpaced(eqx.Module):
+    """Save at the start, then at ``n - 1`` times log-spaced from ``t0 + 1e-6 (t1 - t0)`` to
+    ``t1`` (in ``s`` for ``time='normalized'``).
+
+    **Arguments:** `n`: the number of save points (>= 1).
+    """
+
+    n: int = 64
+
+    def __check_init__(self):
+        _check_count(self.n, "LogSpaced")
+
+
+class AtTimes(eqx.Module):
+    """Save at the given times (plain ``t``, or ``s`` for ``time='normalized'``).
+
+    **Arguments:** `ts`: a 1-D array of increasing times within ``[t0, t1]``.
+    """
+
+    ts: Any
+
+    def __check_init__(self):
+        ts = np.asarray(self.ts)
+        if ts.ndim != 1 or ts.size == 0:
+            raise ValueError(
+                f"AtTimes needs a non-empty 1-D array of times, got shape {ts.shape}."
+            )
+
+
+class AtLossLevels(eqx.Module):
+    """Save where ``log L`` crosses ``n`` levels from ``log L(0)`` down to the target
+    (``wnjax.loss_levels``: drops geometric in ``log L(0) - log L``), one root-found stop per
+    level. Needs ``time='normalized'`` and a ``target_log_loss``.
+
+    **Arguments:** `n`: the number of levels (>= 2: the start and the target).
+    """
+
+    n: int = 64
+
+    def __check_init__(self):
+        _check_count(self.n, "AtLossLevels", least=2)
+
+
+Save = LogSpaced | AtTimes | AtLossLevels
+
+
+def _check_count(n, name: str, least: int = 1) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
+        raise ValueError(f"{name}(n) needs an integer n >= {least}, got {n!r}.")
+
+
+def resolve_save(save, *, n_save: int, save_ts, normalized: bool, has_target: bool) -> Save:
+    """The save object of a run: ``save`` when given; else ``AtTimes(save_ts)`` when
+    ``save_ts`` is given; else ``AtLossLevels(n_save)`` for ``time='normalized'`` with a target
+    (the path is then resolved where ``log L`` changes, whatever the clock does), and
+    ``LogSpaced(n_save)`` otherwise."""
+    if save is not None:
+        if save_ts is not None:
+            raise ValueError("pass either save= or save_ts=, not both.")
+        if not isinstance(save, (LogSpaced, AtTimes, AtLossLevels)):
+            raise ValueError(
+                "save must be wnjax.LogSpaced(n), wnjax.AtTimes(ts) or wnjax.AtLossLevels(n), "
+                f"got {save!r}."
+            )
+    elif save_ts is not None:
+        save = AtTimes(save_ts)
+    elif normalized and has_target:
+        save = AtLossLevels(n_save)
+    else:
+        save = LogSpaced(n_save)
+    if isinstance(save, AtLossLevels) and not (normalized and has_target):
+        raise ValueError(
+            "AtLossLevels saves at levels of log L down to the target: it needs "
+            "time='normalized' and a target_log_loss. Use LogSpaced(n) or AtTimes(ts) otherwise."
+        )
+    return save

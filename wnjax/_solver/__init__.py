@@ -1,0 +1,1 @@
+"""Solvers diffrax lacks: stiffness switching."""

@@ -1,0 +1,289 @@
+"""A stiffness-switching solver: an explicit Runge-Kutta pair that hands over to an L-stable
+implicit one while the flow is stiff, and back once it is not.
+
+After each step ``h rho`` estimates ``h`` times the modulus of the dominant eigenvalue of the
+Jacobian, by power iteration carried across steps: ``rho = ||J v||``, ``v <- J v / rho``, one
+forward difference ``J v ~ (f(y + delta v) - f(y)) / delta`` per step (one extra evaluation of
+the vector field; ``f(y)`` is the last stage of an FSAL method). It starts from Hairer's
+direction (Hairer & Wanner, *Solving ODEs II*, IV.2): the last two stages ``Y_{s-1}``, ``Y_s``
+of a step sit at the same time, and ``||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`` (``k_i = h f(Y_i)``)
+is the free estimate along ``Y_s - Y_{s-1}``. That free estimate alone is too noisy to act on
+where the stiff modes are already damped (it sees mostly the slow ones), so it only seeds ``v``. An explicit step is
+stability-limited when ``h rho`` sits at the method's stability boundary ``B`` on the negative real
+axis (3.51 for Tsit5, 5.17 for Dopri8). As OrdinaryDiffEq.jl's ``AutoSwitch`` does, the switch
+waits for the test to persist over several accepted steps (hysteresis), so one odd step does
+not flip the method.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from diffrax import AbstractLocalInterpolation
+from diffrax._root_finder import use_stepsize_tol
+
+
+def _stage_matrix(tableau) -> np.ndarray:
+    """The full Butcher matrix ``A`` (lower triangle plus diagonal) of a diffrax tableau."""
+    s = len(tableau.b_sol)
+    a = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        a[i + 1, : i + 1] = row
+    if tableau.a_diagonal is not None:
+        a += np.diag(tableau.a_diagonal)
+    return a
+
+
+def stability_boundary(solver: diffrax.AbstractSolver) -> float:
+    """``B = sup{r : |R(-x)| <= 1 for all x in [0, r]}``, the stability function
+    ``R(z) = 1 + z b^T (I - z A)^-1 1`` of a Runge-Kutta solver on the negative real axis
+    (``inf`` for an A-stable method)."""
+    tab = solver.tableau
+    a, b = _stage_matrix(tab), np.asarray(tab.b_sol, float)
+    one, eye = np.ones(len(b)), np.eye(len(b))
+    xs = np.linspace(0.0, 60.0, 60_001)[1:]
+    for x in xs:
+        if abs(1.0 - x * b @ np.linalg.solve(eye + x * a, one)) > 1.0 + 1e-12:
+            return float(x)
+    return float("inf")
+
+
+def _stage_difference(solver) -> np.ndarray:
+    """Coefficients ``d`` with ``Y_s - Y_{s-1} = sum_m d_m k_m`` for the last two stages."""
+    a = _stage_matrix(solver.tableau)
+    return a[-1] - a[-2]
+
+
+def _tree_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def stiffness_estimate(solver, k) -> jax.Array:
+    """``h rho`` of one step of a diffrax Runge-Kutta ``solver`` from its stage increments ``k``
+    (the ``k`` of its dense output: a pytree of ``(stages, ...)`` arrays, ``k_i = h f(Y_i)``)."""
+    return _stage_estimate(solver, k)[0]
+
+
+def _stage_estimate(solver, k):
+    """``(h rho, Y_s - Y_{s-1})`` from the last two stages of a Runge-Kutta step."""
+    d = _stage_difference(solver)
+    dk = jax.tree_util.tree_map(lambda x: x[-1] - x[-2], k)
+    dy = jax.tree_util.tree_map(lambda x: jnp.tensordot(jnp.asarray(d, x.dtype), x, 1), k)
+    num, den = _tree_norm(dk), _tree_norm(dy)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0), dy
+
+
+def _power_estimate(method, terms, t0, t1, y1, args, k, direction):
+    """``(h rho, v)``: one step of power iteration on the Jacobian at ``y1``, by a forward
+    difference, ``J v ~ (f(y1 + delta v) - f(y1)) / delta``, ``rho = ||J v||``, ``v <- J v / rho``.
+    ``v`` starts from the stage difference ``Y_s - Y_{s-1}`` and carries over between steps."""
+    _, dy = _stage_estimate(method, k)
+    v = _unit(direction, _unit(dy, jax.tree_util.tree_map(jnp.ones_like, y1)))
+    h = t1 - t0
+    if method.tableau.fsal:  # the last stage is y1: f(y1) = k_s / h
+        f1 = jax.tree_util.tree_map(lambda x: x[-1] / h, k)
+    else:
+        f1 = terms.vf(t1, y1, args)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(y1))
+    delta = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + _tree_norm(y1))
+    shifted = jax.tree_util.tree_map(lambda a, b: a + delta * b, y1, v)
+    jv = jax.tree_util.tree_map(lambda a, b: (a - b) / delta, terms.vf(t1, shifted, args), f1)
+    rho = _tree_norm(jv)
+    return jnp.abs(h) * rho, _unit(jv, v)
+
+
+def _unit(tree, fallback):
+    """``tree / ||tree||``, or ``fallback / ||fallback||`` where ``tree`` is zero."""
+    n = _tree_norm(tree)
+    m = _tree_norm(fallback)
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(n > 0, a / jnp.where(n > 0, n, 1.0), b / jnp.where(m > 0, m, 1.0)),
+        tree, fallback)
+
+
+class _SwitchInterpolation(AbstractLocalInterpolation):
+    """Dense output of one ``AutoSwitch`` step: that of the method which took it."""
+
+    t0: Any
+    t1: Any
+    explicit: AbstractLocalInterpolation
+    implicit: AbstractLocalInterpolation
+    stiff: Any
+
+    def __init__(self, *, t0, t1, explicit, implicit, stiff, explicit_cls, implicit_cls):
+        self.t0 = t0
+        self.t1 = t1
+        self.explicit = explicit_cls(t0=t0, t1=t1, **explicit)
+        self.implicit = implicit_cls(t0=t0, t1=t1, **implicit)
+        self.stiff = stiff
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        a = self.explicit.evaluate(t0, t1, left)
+        b = self.implicit.evaluate(t0, t1, left)
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(self.stiff, y, x), a, b)
+
+
+class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver):
+    """Explicit while the flow is not stiff, implicit while it is.
+
+    After each accepted step the stiffness estimate ``h rho`` (module docstring) is compared with
+    the explicit method's stability boundary ``B``. In explicit mode a step with
+    ``h rho > stiff_tol B`` votes for the implicit method; in implicit mode a step with
+    ``h rho < nonstiff_tol B`` (the explicit method could take the same step stably) votes for
+    the explicit one. Votes add one to a count and other steps take one away; the method
+    switches when the count reaches ``stiff_after`` (resp. ``nonstiff_after``). Each method keeps its own state; the
+    one switched to starts afresh.
+
+    **Arguments:**
+    - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
+    - `implicit`: an implicit diffrax Runge-Kutta solver (default ``Kvaerno5``, L-stable).
+    - `stiff_after`, `stiff_tol`: the switch to the implicit method (defaults 10 and 0.8).
+    - `nonstiff_after`, `nonstiff_tol`: the switch back (defaults 5 and 0.5).
+    - `start_stiff`: take the first step with the implicit method.
+
+    The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``) carries
+    ``stiff`` (the method of the next step), ``stiff_steps`` and ``explicit_steps`` (accepted
+    steps by each), ``switches`` and ``h_rho`` (the last estimate).
+    """
+
+    explicit: diffrax.AbstractSolver = diffrax.Tsit5()
+    implicit: diffrax.AbstractSolver = diffrax.Kvaerno5()
+    stiff_after: int = 10
+    stiff_tol: float = 0.8
+    nonstiff_after: int = 5
+    nonstiff_tol: float = 0.5
+    start_stiff: bool = False
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+
+    def __check_init__(self):
+        for name, method in (("explicit", self.explicit), ("implicit", self.implicit)):
+            if not isinstance(method, diffrax.AbstractRungeKutta):
+                raise ValueError(
+                    f"AutoSwitch's {name} method must be a diffrax Runge-Kutta solver "
+                    f"(e.g. Tsit5, Dopri8 / Kvaerno5), got {type(method).__name__}."
+                )
+        if isinstance(self.explicit, diffrax.AbstractImplicitSolver):
+            raise ValueError("AutoSwitch's explicit method must be explicit (Tsit5, Dopri5, ...).")
+        if not isinstance(self.implicit, diffrax.AbstractImplicitSolver):
+            raise ValueError("AutoSwitch's implicit method must be implicit (Kvaerno5, ...).")
+
+    # diffrax fills the implicit method's root-finder tolerances from the step-size controller.
+    @property
+    def root_finder(self):
+        return self.implicit.root_finder
+
+    @property
+    def root_find_max_steps(self):
+        return self.implicit.root_find_max_steps
+
+    @property
+    def boundary(self) -> float:
+        """The explicit method's stability boundary ``B`` on the negative real axis."""
+        return _boundary(type(self.explicit))
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return functools.partial(
+            _SwitchInterpolation,
+            explicit_cls=self.explicit.interpolation_cls,
+            implicit_cls=self.implicit.interpolation_cls,
+        )
+
+    def order(self, terms):
+        return self.explicit.order(terms)
+
+    def error_order(self, terms):
+        return self.explicit.error_order(terms)
+
+    def func(self, terms, t0, y0, args):
+        return self.explicit.func(terms, t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        zero = jnp.asarray(0)
+        return {
+            "explicit": self.explicit.init(terms, t0, t1, y0, args),
+            "implicit": self.implicit.init(terms, t0, t1, y0, args),
+            "stiff": jnp.asarray(self.start_stiff),
+            "fresh": jnp.asarray(False),
+            "count": zero,
+            "switches": zero,
+            "stiff_steps": zero,
+            "explicit_steps": zero,
+            "h_rho": jnp.zeros((), jnp.result_type(*jax.tree_util.tree_leaves(y0), float)),
+            "direction": jax.tree_util.tree_map(jnp.zeros_like, y0),
+        }
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        st = solver_state
+        methods = {"explicit": self.explicit, "implicit": self.implicit}
+
+        def zero_dense(name):
+            # A Runge-Kutta step's dense output: y0, y1 and the stage increments k.
+            stages = len(methods[name].tableau.b_sol)
+            k = jax.tree_util.tree_map(lambda x: jnp.zeros((stages, *x.shape), x.dtype), y0)
+            return {"y0": y0, "y1": y0, "k": k}
+
+        def run(name):
+            other = "implicit" if name == "explicit" else "explicit"
+
+            def branch(_):
+                method = methods[name]
+                fresh_state = method.init(terms, t0, t1, y0, args)
+                state = jax.tree_util.tree_map(
+                    lambda a, b: jnp.where(st["fresh"], a, b), fresh_state, st[name]
+                )
+                y1, err, dense, new, result = method.step(
+                    terms, t0, t1, y0, args, state, made_jump | st["fresh"]
+                )
+                h_rho, direction = _power_estimate(
+                    method, terms, t0, t1, y1, args, dense["k"], st["direction"]
+                )
+                dense_pair = {name: dense, other: zero_dense(other)}
+                states = {name: new, other: st[other]}
+                return y1, err, dense_pair, states, result, h_rho, direction
+
+            return branch
+
+        y1, err, dense, states, result, h_rho, direction = jax.lax.cond(
+            st["stiff"], run("implicit"), run("explicit"), None
+        )
+        h_rho = jnp.asarray(h_rho, st["h_rho"].dtype)
+        bound = self.boundary
+        stiff = st["stiff"]
+        # In explicit mode count steps at the stability boundary; in implicit mode, steps the
+        # explicit method could take stably.
+        vote = jnp.where(stiff, h_rho < self.nonstiff_tol * bound, h_rho > self.stiff_tol * bound)
+        # A leaky count: a vote adds one, a dissent takes one away, so a noisy estimate (low
+        # precision, a kink in the activation) still switches when most steps agree.
+        count = jnp.where(vote, st["count"] + 1, jnp.maximum(st["count"] - 1, 0))
+        needed = jnp.where(stiff, self.nonstiff_after, self.stiff_after)
+        switch = count >= needed
+        new_state = {
+            **states,
+            "stiff": stiff ^ switch,
+            "fresh": switch,
+            "count": jnp.where(switch, 0, count),
+            "switches": st["switches"] + switch.astype(st["switches"].dtype),
+            "stiff_steps": st["stiff_steps"] + stiff.astype(st["switches"].dtype),
+            "explicit_steps": st["explicit_steps"] + (~stiff).astype(st["switches"].dtype),
+            "h_rho": h_rho,
+            "direction": direction,
+        }
+        dense_info = {**dense, "stiff": stiff}
+        return y1, err, dense_info, new_state, result
+
+
+@functools.cache
+def _boundary(cls) -> float:
+    return stability_boundary(cls())
+
+
+def is_default_tolerance(root_finder) -> bool:
+    """Whether a root finder takes its tolerances from the step-size controller."""
+    return getattr(root_finder, "rtol", None) is use_stepsize_tol
