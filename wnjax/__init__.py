@@ -51,6 +51,7 @@ from ._save import AtLossLevels as AtLossLevels
 from ._save import AtTimes as AtTimes
 from ._save import LogSpaced as LogSpaced
 from ._solver.auto import AutoSwitch as AutoSwitch
+from ._solver.stiff import stiff_solver as stiff_solver
 from ._flow import summaries as summaries
 from ._transforms import neuron_rate_sgd as neuron_rate_sgd
 from ._transforms import scale_by_neuron_norm_sq as scale_by_neuron_norm_sq

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "reproduce": "wnjax._reproduce",
     "sweep": "wnjax._sweep_cli",
     "asymptotics": "wnjax._asymptotics",
+    "problems": "wnjax._problems_cli",
 }
 
 

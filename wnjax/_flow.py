@@ -31,6 +31,7 @@ from ._losses import Loss, get_loss
 from ._models import homogeneity_degree
 from ._save import AtLossLevels, AtTimes, Save, resolve_save
 from ._solver.auto import AutoSwitch
+from ._solver.stiff import stiff_solver
 from ._parameterize import (
     Parameterized,
     as_parameterized,
@@ -75,8 +76,9 @@ def default_solver(rtol=None, n_params: int | None = None) -> AutoSwitch:
 
 
 def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
-    del n_params
-    return diffrax.Kvaerno5()
+    if n_params is None:
+        return diffrax.Kvaerno5()
+    return stiff_solver(n_params)
 
 
 def resolve_solver(

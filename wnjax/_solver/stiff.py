@@ -1,0 +1,155 @@
+"""Stiff solvers for large models: ``Kvaerno5`` with a dense or a matrix-free Newton solve.
+
+An ESDIRK step (diffrax's ``Kvaerno5``) solves, for each implicit stage ``i``, the stage equation
+``F(f_i) = f_i - f(t_i, y_i^- + a_ii h f_i) = 0`` for the stage derivative ``f_i``, where
+``y_i^-`` holds the explicit part of the stage. ``diffrax.VeryChord`` does this with the chord
+method: ``J = df/dy`` is linearised once per step (``jax.linearize``, at the first implicit
+stage's predictor) and every iteration solves
+
+    (I - a_ii h J) delta = F(f_i),    f_i <- f_i - delta.
+
+For a gradient flow in normalized time, ``f(theta) = -grad log L(theta)`` and the ``theta``
+block of ``J`` is ``-H``, ``H`` the Hessian of ``log L``; ``J v`` is one Hessian-vector product
+(forward-over-reverse), at about the cost of a few gradients.
+
+How the linear solver meets the operator: ``VeryChord`` passes the linearised operator to
+``linear_solver.init`` once per step. ``lineax.LU`` materialises it there (``as_matrix``: ``n``
+Jacobian-vector products, an ``n x n`` matrix, an ``O(n^3)`` factorisation) and back-substitutes
+in each iteration. ``lineax.GMRES`` keeps the linear function and only ever applies it, so
+memory stays ``O(n * restart)`` beside the residuals of ``jax.linearize`` (the activations).
+Dense wins on small models, GMRES on large ones; the crossover is ``DENSE_JACOBIAN_MAX_PARAMS``.
+
+The Krylov method is GMRES, not CG: ``I - a_ii h J = I + a_ii h H`` on the ``theta`` block is
+symmetric but positive definite only where ``a_ii h lambda_min(H) > -1`` (``H`` is indefinite
+away from a minimum), lineax's ``CG`` refuses an operator not tagged positive semidefinite,
+and the ``tau`` row of the flow's state (``d tau/ds = exp(-log L - tau)``) makes the full
+Jacobian non-symmetric. Inside ``Kvaerno5``, lineax 0.1.1's ``BiCGStab`` returned NaN on the
+first solve of every step (even for a diagonal linear ODE), so every step was rejected.
+
+Unpreconditioned, restarted GMRES converges in a few cycles when the stiff part of the spectrum
+is a few outlying eigenvalues of ``a_ii h H``, as on the flows measured (a few neurons pinned
+at the activation's kink). With many spread-out stiff eigenvalues it stagnates, the step is
+rejected, and ``h`` shrinks until the solve converges: the step is then no longer free of the
+stability bound.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+import optimistix as optx
+
+# Largest parameter count for which the stage equations are solved with a dense Jacobian and LU.
+# Measured by benchmarks/stiff_crossover.py (SWN ReLU^2 MLP on 32 points, normalized flow from
+# log L = -300, Kvaerno5 steps with LU against GMRES; 2-core CPU, float64): the per-step times
+# met at ~200 parameters (196; a tie at 145 in another run), and LU was 17x slower at 1153.
+DENSE_JACOBIAN_MAX_PARAMS = 200
+# GMRES restart length. lineax's GMRES runs whole cycles of this many Arnoldi steps and tests
+# convergence between cycles, in the residual and in the last cycle's update, so every solve
+# takes at least two cycles (~2 * restart + 3 Jacobian-vector products). On the benchmark's SWN
+# flows (385 parameters from log L = -300 to -3000, 3073 from -1000), restart 16 took ~2.1
+# cycles per solve and never failed; restart 8 stagnated in 3% of the solves at -1000.
+KRYLOV_RESTART = 16
+# Forcing term eta of the inexact Newton (chord) iteration: each linear solve reduces the
+# residual to eta of the right-hand side (componentwise, plus an absolute floor eta * atol).
+KRYLOV_FORCING = 1e-2
+# Cycles before GMRES gives up; a failed linear solve fails the stage, so the step is rejected
+# and retried with a smaller h, where I - a_ii h J is better conditioned.
+KRYLOV_MAX_RESTARTS = 20
+
+
+class MatrixFreeVeryChord(diffrax.VeryChord):
+    """``diffrax.VeryChord`` whose linear solver may keep the linearised operator as its state.
+
+    Iteration: ``delta = (I - a_ii h J)^{-1} F(f)`` by ``linear_solver`` on the linearised
+    operator, ``f <- f - delta``; it stops when the increments, measured in
+    ``atol + rtol |f|``, converge (as ``diffrax.VeryChord``).
+
+    A Krylov solver's state is the operator itself: ``jax.linearize``'s linear function, whose
+    jaxpr is a pytree leaf. ``diffrax.VeryChord.step`` applies ``lax.stop_gradient`` to the
+    whole state, which rejects that leaf ("not a valid JAX type"); this class stops gradients
+    on the array leaves only. Everything else is ``diffrax.VeryChord``.
+
+    **Arguments:** as ``diffrax.VeryChord``:
+
+    - `rtol`, `atol`: tolerances of the Newton increments.
+    - `norm`: the norm of the scaled increments (default ``optimistix.max_norm``).
+    - `kappa`: the early-convergence tolerance.
+    - `linear_solver`: the solver of ``(I - a_ii h J) delta = F(f)``.
+    """
+
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        fx, aux = fn(y, args)
+        jac, linear_state = state.linear_state
+        dynamic, static = eqx.partition(linear_state, eqx.is_array)
+        linear_state = eqx.combine(lax.stop_gradient(dynamic), static)
+        sol = lx.linear_solve(jac, fx, self.linear_solver, state=linear_state, throw=False)
+        diff = sol.value
+        new_y = jtu.tree_map(lambda a, b: a - b, y, diff)
+        with jax.numpy_dtype_promotion("standard"):
+            scale = jtu.tree_map(lambda v: self.atol + self.rtol * jnp.abs(v), new_y)
+            diffsize = self.norm(jtu.tree_map(lambda d, s: d / s, diff, scale))
+        new_state = type(state)(
+            linear_state=state.linear_state,
+            diff=diff,
+            diffsize=diffsize,
+            diffsize_prev=state.diffsize,
+            result=optx.RESULTS.promote(sol.result),
+            step=state.step + 1,
+        )
+        return new_y, new_state, aux
+
+
+def krylov_linear_solver(atol: float, *, forcing: float = KRYLOV_FORCING,
+                         restart: int = KRYLOV_RESTART,
+                         max_restarts: int = KRYLOV_MAX_RESTARTS) -> lx.GMRES:
+    """Restarted GMRES on Jacobian-vector products, as the inexact-Newton linear solver.
+
+    Stops when ``|r_k| <= forcing * (atol + |b|)`` and the last cycle's update
+    ``|dx_k| <= forcing * (atol + |x|)`` componentwise (``r = b - A x``). The chord iteration
+    evaluates the stage residual ``F`` exactly, so an inexact solve slows its convergence (the
+    residual contracts by about ``forcing`` per iteration, at best) but does not move its root:
+    the Newton tolerance sets the accuracy, and ``forcing`` need not shrink with it.
+
+    **Arguments:**
+
+    - `atol`: the Newton (and step-size controller) absolute tolerance.
+    - `forcing`: the forcing term ``eta``, the relative residual of each linear solve.
+    - `restart`: Arnoldi steps per GMRES cycle.
+    - `max_restarts`: cycles before the solve is declared failed.
+    """
+    return lx.GMRES(rtol=forcing, atol=forcing * atol, restart=restart, max_steps=max_restarts)
+
+
+def stiff_solver(n_params: int, *, rtol: float | None = None, atol: float | None = None,
+                 threshold: int | None = None) -> diffrax.AbstractSolver:
+    """``diffrax.Kvaerno5`` whose stage equations ``(I - a_ii h J) delta = F`` are solved with
+    a dense Jacobian and LU for ``n_params <= threshold``, and with GMRES on Jacobian-vector
+    products (``krylov_linear_solver``, never forming ``J``) above it.
+
+    **Arguments:**
+
+    - `n_params`: the number of parameters (the ODE state's size, less ``tau``).
+    - `rtol`, `atol`: tolerances of the chord iteration (``diffrax.VeryChord``). ``None`` (the
+      default): the step-size controller's, filled in by ``diffeqsolve``, so a new tolerance
+      does not recompile; GMRES's absolute floor is then ``KRYLOV_FORCING * 1e-10``.
+    - `threshold`: the largest ``n_params`` solved densely (default
+      ``DENSE_JACOBIAN_MAX_PARAMS``).
+
+    **Returns:** a ``diffrax.Kvaerno5``.
+    """
+    limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
+    dense = n_params <= limit
+    cls = diffrax.VeryChord if dense else MatrixFreeVeryChord
+    linear_solver = lx.LU() if dense else krylov_linear_solver(1e-10 if atol is None else atol)
+    if rtol is None and atol is None:
+        root_finder = diffrax.with_stepsize_controller_tols(cls)(linear_solver=linear_solver)
+    else:
+        root_finder = cls(rtol=rtol, atol=atol, linear_solver=linear_solver)
+    return diffrax.Kvaerno5(root_finder=root_finder)
