@@ -91,7 +91,7 @@ def test_dense_below_krylov_above_the_threshold():
         assert isinstance(s, diffrax.Kvaerno5)
         assert isinstance(s.root_finder, diffrax.VeryChord)
         assert (s.root_finder.rtol, s.root_finder.atol) == (RTOL, ATOL)
-    assert isinstance(below.root_finder.linear_solver, lx.LU)
+    assert isinstance(below.root_finder.linear_solver, lx.AutoLinearSolver)
     gmres = above.root_finder.linear_solver
     assert isinstance(gmres, lx.GMRES)
     assert isinstance(above.root_finder, _stiff.MatrixFreeVeryChord)
@@ -101,7 +101,7 @@ def test_dense_below_krylov_above_the_threshold():
     assert isinstance(_stiff.stiff_solver(50, rtol=RTOL, atol=ATOL, threshold=10)
                       .root_finder.linear_solver, lx.GMRES)
     assert isinstance(_stiff.stiff_solver(50, rtol=RTOL, atol=ATOL, threshold=50)
-                      .root_finder.linear_solver, lx.LU)
+                      .root_finder.linear_solver, lx.AutoLinearSolver)
 
 
 def test_plain_verychord_cannot_carry_a_krylov_state():

@@ -82,10 +82,19 @@ def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
 
 
 def resolve_solver(
-    solver: "str | diffrax.AbstractSolver | None", rtol=None, n_params: int | None = None
+    solver: "str | diffrax.AbstractSolver | None", rtol=None, n_params: int | None = None,
+    traced: bool = False,
 ) -> diffrax.AbstractSolver:
-    """A diffrax solver from ``None`` (``default_solver(rtol, n_params)``), a name in
-    ``SOLVERS`` (``'auto'`` is the default solver), or a solver instance (used as it is)."""
+    """A diffrax solver from ``None`` (``default_solver(rtol, n_params)``; ``Tsit5`` when
+    ``traced``), a name in ``SOLVERS`` (``'auto'`` is the default solver), or a solver instance
+    (used as it is).
+
+    Under ``vmap`` the switch's two branches both run on every step, and diffrax's implicit
+    stage solves do not trace inside ``wnjax.sweep``'s ``shard_map``; so a traced call (a seed
+    sweep) defaults to ``Tsit5``, as as an explicit method alone, and ``solver='auto'`` there is
+    the caller's explicit choice."""
+    if solver is None and traced:
+        return diffrax.Tsit5()
     if solver is None or (isinstance(solver, str) and solver == "auto"):
         return default_solver(rtol, n_params)
     if isinstance(solver, str):
@@ -417,7 +426,8 @@ def _solve(
         log_t = jnp.log(ts)
         final_log_t = jnp.log(sol.ts[1][-1])
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
-    reached = _reached(final_log_loss, numbers["target"], X.dtype) if has_target else (
+    reached = _reached(final_log_loss, numbers["target"], X.dtype,
+                       _rounding(final_params, static, X, y, loss)) if has_target else (
         jnp.asarray(False))
     # An event, or a crossing whose root-find ran out of digits, is a successful ending.
     code = jnp.where(reached | (sol.result == diffrax.RESULTS.event_occurred), 0,
@@ -461,9 +471,18 @@ def _root_tolerances(solver, controller, dtype):
                        tuple(values[f] for f in fields))
 
 
-def _reached(log_l: Array, target: Array, dtype) -> Array:
-    """``log L <= target + target_tolerance(dtype) (1 + |target|)``."""
-    return log_l <= target + target_tolerance(dtype) * (1.0 + jnp.abs(target))
+def _reached(log_l: Array, target: Array, dtype, rounding) -> Array:
+    """``log L <= target + target_tolerance(dtype) (1 + |target|) + 4 rounding``."""
+    return log_l <= target + target_tolerance(dtype) * (1.0 + jnp.abs(target)) + 4 * rounding
+
+
+def _rounding(params, static, X, y, loss: Loss) -> Array:
+    """The rounding in ``log L``: ``eps sum_i |d log L / d f_i| 2 |f_i|`` over the outputs ``f``
+    (``eps |log L|`` for a margin loss; ``~ eps |y| / |residual|`` for a square loss near an
+    interpolating point, where it can exceed ``target_tolerance``)."""
+    outputs = apply_batch(eqx.combine(params, static), X)
+    g = jax.grad(lambda o: loss.log_loss(o, y))(outputs)
+    return jnp.finfo(outputs.dtype).eps * jnp.sum(jnp.abs(g) * 2 * jnp.abs(outputs))
 
 
 def _switch_stats(solver_state) -> dict:
@@ -528,7 +547,8 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         log_l = _log_loss_fn(new_y[0], static, X, y, loss)
         # An event, or a crossing whose root-find ran out of digits, reaches the level.
-        hit = (sol.result == diffrax.RESULTS.event_occurred) | _reached(log_l, level, X.dtype)
+        hit = (sol.result == diffrax.RESULTS.event_occurred) | _reached(
+            log_l, level, X.dtype, _rounding(new_y[0], static, X, y, loss))
         accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
         code = jnp.where(hit, 0, sol.result._value)
@@ -575,7 +595,9 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
                "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps),
                **_switch_stats(end["solver_state"])},
         result_code=end["code"],
-        reached_target=(end["code"] == 0) & _reached(final_log_loss, numbers["target"], X.dtype),
+        reached_target=(end["code"] == 0) & _reached(
+            final_log_loss, numbers["target"], X.dtype,
+            _rounding(final_params, static, X, y, loss)),
     )
 
 
@@ -673,15 +695,18 @@ def gradient_flow(
       ``Dopri8`` for ``rtol < 1e-9``) while the flow is not stiff and L-stable ``Kvaerno5``
       while it is; ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and
       ``switches``. ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
-      ``'bosh3'`` name one method alone.
+      ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
+      ``Tsit5`` (see ``resolve_solver``).
     - `time`: ``'plain'`` or ``'normalized'``.
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.polar_rates(eta_r, eta_theta)``; its array fields are traced.
     - `target_log_loss`: stop once ``log L`` falls to this value. The crossing is root-found:
-      the run ends within ``level_tolerance(dtype) (1 + |target|)`` below the target, and
-      ``reached_target`` is ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``.
-      A run that reaches its target is a success.
+      the run ends ``2 level_tolerance(dtype) (1 + |target|)`` below the target, up to rounding,
+      and ``reached_target`` is ``final_log_loss <= target + target_tolerance(dtype)
+      (1 + |target|) + 4 r`` with ``r = eps sum_i |d log L / d f_i| 2 |f_i|`` the rounding in
+      ``log L`` (large for a square loss near an interpolating point). A run that reaches its
+      target is a success.
     - `save`: where to save summaries: ``wnjax.LogSpaced(n)``, ``wnjax.AtTimes(ts)`` or
       ``wnjax.AtLossLevels(n)``. ``None``: ``AtLossLevels(n_save)`` for
       ``time='normalized'`` with a target, else ``LogSpaced(n_save)`` (``AtTimes(save_ts)``
@@ -755,7 +780,7 @@ def gradient_flow(
         numbers,
         save_s,
         loss=loss_obj,
-        solver=resolve_solver(solver, rtol, _count_params(p)),
+        solver=resolve_solver(solver, rtol, _count_params(p), traced=_is_traced(p, X)),
         time=time,
         rate=rate,
         has_target=has_target,
@@ -773,6 +798,12 @@ def gradient_flow(
                 raise FlowFailed(result.message, result)
             warnings.warn(result.message, RuntimeWarning, stacklevel=2)
     return result
+
+
+def _is_traced(p, X) -> bool:
+    """Whether the call is under a transform (``jit``, ``vmap``, a seed sweep)."""
+    return isinstance(X, jax.core.Tracer) or any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p))
 
 
 def _count_params(p) -> int:

@@ -147,7 +147,8 @@ def stiff_solver(n_params: int, *, rtol: float | None = None, atol: float | None
     limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
     dense = n_params <= limit
     cls = diffrax.VeryChord if dense else MatrixFreeVeryChord
-    linear_solver = lx.LU() if dense else krylov_linear_solver(1e-10 if atol is None else atol)
+    linear_solver = (lx.AutoLinearSolver(well_posed=None) if dense  # diffrax's own choice: LU
+                     else krylov_linear_solver(1e-10 if atol is None else atol))
     if rtol is None and atol is None:
         root_finder = diffrax.with_stepsize_controller_tols(cls)(linear_solver=linear_solver)
     else:
