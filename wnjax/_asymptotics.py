@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=8, help="hidden neurons (default 8)")
     parser.add_argument("--n-save", type=int, default=64, help="save levels of log L")
     parser.add_argument("--max-steps", type=int, default=1_000_000,
-                        help="solver step budget (SWN to -10,000 takes about 700,000)")
+                        help="solver step budget (SWN to -10,000 takes about 540,000)")
     parser.add_argument("--solver", default="auto",
                         help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
                         "not stiff, Kvaerno5 while it is), tsit5, or stiff (Kvaerno5)")

@@ -91,8 +91,7 @@ def resolve_solver(
 
     Under ``vmap`` the switch's two branches both run on every step, and diffrax's implicit
     stage solves do not trace inside ``wnjax.sweep``'s ``shard_map``; so a traced call (a seed
-    sweep) defaults to ``Tsit5``, as as an explicit method alone, and ``solver='auto'`` there is
-    the caller's explicit choice."""
+    sweep) defaults to ``Tsit5``; ``solver='auto'`` there is the caller's explicit choice."""
     if solver is None and traced:
         return diffrax.Tsit5()
     if solver is None or (isinstance(solver, str) and solver == "auto"):
