@@ -1,6 +1,6 @@
 """Kvaerno5 with a dense or a matrix-free (GMRES) Newton solve: ``wnjax._solver.stiff``.
 
-References are scipy's ``Radau`` at rtol 1e-10 (SPEC section 9) and closed forms.
+References are scipy's ``Radau`` at rtol 1e-10 and closed forms.
 """
 
 import re

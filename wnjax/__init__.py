@@ -56,12 +56,12 @@ from ._flow import summaries as summaries
 from ._transforms import neuron_rate_sgd as neuron_rate_sgd
 from ._transforms import scale_by_neuron_norm_sq as scale_by_neuron_norm_sq
 
-# --- equivalence (issue: core) ---
+# --- equivalence ---
 from ._equivalence import equivalence_check as equivalence_check
 from ._equivalence import flow_equivalence as flow_equivalence
 from ._equivalence import gd_equivalence as gd_equivalence
 
-# --- asymptotics: schedules and diagnostics (issue: asymptotic regime) ---
+# --- asymptotics: schedules and diagnostics ---
 from ._diagnostics import alignment as alignment
 from ._diagnostics import asymptotic_summaries as asymptotic_summaries
 from ._diagnostics import count_neurons_above as count_neurons_above
@@ -75,7 +75,7 @@ from ._diagnostics import relative_neuron_norms as relative_neuron_norms
 from ._flow import loss_levels as loss_levels
 from ._schedules import loss_normalized_sgd as loss_normalized_sgd
 
-# --- data and experiments (issue: reproductions) ---
+# --- data and experiments ---
 from ._data import conv_rate_data as conv_rate_data
 from ._data import digits as digits
 from ._data import lin_sep as lin_sep
@@ -89,7 +89,7 @@ from ._reproduce import experiment_options as experiment_options
 from ._reproduce import reproduce as reproduce
 from ._reproduce import show_run as show_run
 
-# --- diagonal nets (issue: diagonal WN) ---
+# --- diagonal nets ---
 from ._diagonal import DiagonalNet as DiagonalNet
 from ._diagonal import coordinate_wn as coordinate_wn
 from ._diagonal import diagonal_net as diagonal_net
@@ -110,7 +110,7 @@ from ._sparse import min_l2_interpolator as min_l2_interpolator
 from ._sparse import q_alpha as q_alpha
 from ._sparse import q_alpha_interpolator as q_alpha_interpolator
 
-# --- linear tensor networks (issue: tensor nets) ---
+# --- linear tensor networks ---
 from ._tensor import ConvolutionTensor as ConvolutionTensor
 from ._tensor import DataTensor as DataTensor
 from ._tensor import DenseTensor as DenseTensor
@@ -140,7 +140,7 @@ from ._tensor_predict import tensor_margin as tensor_margin
 from ._tensor_predict import min_norm_interpolant as min_norm_interpolant
 from ._tensor_predict import regression_limit as regression_limit
 
-# --- small initialization (issue: small init) ---
+# --- small initialization ---
 from ._ncf import KKTPoint as KKTPoint
 from ._ncf import SecondOrder as SecondOrder
 from ._ncf import kkt_residual as kkt_residual
@@ -165,7 +165,7 @@ from ._small_init import scale_to_norm as scale_to_norm
 from ._small_init import small_init_diagnostics as small_init_diagnostics
 from ._small_init import unit_norms as unit_norms
 
-# --- sweeps (issue: sweeps) ---
+# --- sweeps ---
 from ._batched import traced_gradient_descent as traced_gradient_descent
 from ._store import Store as Store
 from ._store import StoreMismatch as StoreMismatch

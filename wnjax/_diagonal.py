@@ -13,7 +13,7 @@ How ``w`` is split into neurons (``grouping``) decides what weight normalization
   (``coordinate_wn``);
 - ``'factor'``: two neurons, ``u`` and ``v``.
 
-Derived for ``L = 2`` (SPEC section 5): along the polar WN flow
+For ``L = 2``, along the polar WN flow
 ``dw/dt = -[eta_r theta theta^T + eta_theta r^2 (I - theta theta^T)] grad L`` the ratio
 ``u_i v_i(t) / u_i v_i(0)`` is the same for every ``i`` (``uv_ratio``).
 """
@@ -166,7 +166,7 @@ def uv_ratio(model: PyTree, initial: PyTree) -> Array:
     """``u_i v_i(t) / u_i v_i(0)`` per coordinate.
 
     For ``L = 2`` it equals ``exp(-2 int_0^t c)`` for every ``i`` along the polar WN flow, with
-    ``c = (eta_r/r^2 - eta_theta) L <A x - y, A x>`` (SPEC section 5, derived); plain gradient
+    ``c = (eta_r/r^2 - eta_theta) L <A x - y, A x>`` (differentiate ``log(u_i v_i)``); plain gradient
     flow keeps it at 1.
     """
     return uv_products(model) / uv_products(initial)

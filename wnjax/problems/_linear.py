@@ -10,7 +10,7 @@
 - ``relu2-kkt`` (Lyu & Li, ICLR 2020): a 2-layer ReLU^2 net (3-homogeneous and smooth); the
   normalized point ``theta / q_min^(1/3)`` approaches a KKT point of
   ``min ||theta||^2 s.t. q_i(theta) >= 1`` (``relu2_kkt_residual``).
-- ``ewn-custom``, ``swn-custom`` (Morwani & Ramaswamy 2022; SPEC sections 1-2): EWN from
+- ``ewn-custom``, ``swn-custom`` (Morwani & Ramaswamy 2022): EWN from
   ``||v_u(0)|| = 1`` follows ``dw_u/dt = -||w_u||^2 nabla_u L``; SWN follows
   ``dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] nabla_u L``, ``P_u = w_u w_u^T / ||w_u||^2``. The
   references integrate these induced flows in numpy (hand-written gradients) with scipy
@@ -622,11 +622,36 @@ def two_layer_induced(X, y, W1, a, t1: float, rate=ewn_rate, **solver) -> list[n
     return integrate_induced(rhs, [W1.shape, a.shape], [W1, a], t1, **solver)
 
 
+def _induced_flow_problem(name, prediction, model, X, y, t1, reference, weights) -> Problem:
+    """A parameterized flow in plain time to ``t1`` against its induced flow on ``w``
+    (``reference``: the blocks ``weights(plain model)`` integrated by scipy DOP853)."""
+
+    def error(result) -> float:
+        return relative_difference(weights(result.final.standard()), reference)
+
+    return Problem(
+        name=name,
+        citation=MORWANI,
+        prediction=prediction,
+        model=model,
+        X=X,
+        y=y,
+        loss="exponential",
+        target_log_loss=None,
+        flow_options={"time": "plain", "t1": t1, "rtol": FLOW_RTOL, "atol": FLOW_ATOL,
+                      "n_save": 4, "diagnostics": False, "save_states": False},
+        reference=reference,
+        error=error,
+        metric="||w - w_ref|| / ||w_ref|| at t1, w_ref by scipy DOP853 (rtol 1e-12)",
+        tolerance=EQUIVALENCE_TOLERANCE,
+    )
+
+
 @register("ewn-custom")
 def ewn_custom(size: str = "full", seed: int = 0) -> Problem:
     """EWN of ``TwoLayerReLU2`` (a hand-written module, not an ``MLP``), exponential loss, plain
     time to ``t1 = 5``: with every ``||v_u(0)|| = 1`` the EWN flow is the unnormalized flow with
-    rate ``||w_u||^2`` (SPEC section 2).
+    rate ``||w_u||^2`` (Morwani & Ramaswamy 2022).
 
     Data: ``(n, d, width) = (8, 3, 4)`` (test) or ``(20, 5, 8)`` (full) Gaussian points labelled
     by a Gaussian linear teacher. Reference: ``two_layer_induced`` with ``ewn_rate``. Error:
@@ -641,26 +666,9 @@ def ewn_custom(size: str = "full", seed: int = 0) -> Problem:
     t1 = _EWN_T1[size]
     reference = two_layer_induced(X, y, net.hidden.weight, net.readout.weight, t1, ewn_rate)
 
-    def error(result) -> float:
-        plain = result.final.standard()
-        return relative_difference([plain.hidden.weight, plain.readout.weight], reference)
-
-    return Problem(
-        name="ewn-custom",
-        citation=MORWANI,
-        prediction="EWN with ||v_u(0)|| = 1 follows dw_u/dt = -||w_u||^2 grad_u L",
-        model=ewn(net),
-        X=X,
-        y=y,
-        loss="exponential",
-        target_log_loss=None,
-        flow_options={"time": "plain", "t1": t1, "rtol": FLOW_RTOL, "atol": FLOW_ATOL,
-                      "n_save": 4, "diagnostics": False, "save_states": False},
-        reference=reference,
-        error=error,
-        metric="||w - w_ref|| / ||w_ref|| at t1, w_ref by scipy DOP853 (rtol 1e-12)",
-        tolerance=EQUIVALENCE_TOLERANCE,
-    )
+    return _induced_flow_problem(
+        "ewn-custom", "EWN with ||v_u(0)|| = 1 follows dw_u/dt = -||w_u||^2 grad_u L", ewn(net),
+        X, y, t1, reference, lambda m: [m.hidden.weight, m.readout.weight])
 
 
 _SWN_SIZES = {"test": (8, 5, 3), "full": (16, 8, 4)}  # (n, length, filters)
@@ -692,7 +700,7 @@ def conv_induced(X, y, K, h, t1: float, rate=swn_rate, **solver) -> list[np.ndar
 def swn_custom(size: str = "full", seed: int = 0) -> Problem:
     """SWN of ``ConvReLU2`` (conv filters and a linear head), exponential loss, plain time to
     ``t1 = 5``: the flow induced on ``w`` is
-    ``dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L`` (SPEC section 1), radial rate 1 and
+    ``dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L`` (Morwani & Ramaswamy 2022), radial rate 1 and
     tangential rate ``||w_u||^2``.
 
     Data: ``(n, length, filters) = (8, 5, 3)`` (test) or ``(16, 8, 4)`` (full) one-channel
@@ -709,23 +717,6 @@ def swn_custom(size: str = "full", seed: int = 0) -> Problem:
     t1 = _SWN_T1[size]
     reference = conv_induced(X, y, net.conv.weight, net.head.weight, t1, swn_rate)
 
-    def error(result) -> float:
-        plain = result.final.standard()
-        return relative_difference([plain.conv.weight, plain.head.weight], reference)
-
-    return Problem(
-        name="swn-custom",
-        citation=MORWANI,
-        prediction="SWN follows dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L",
-        model=swn(net),
-        X=X,
-        y=y,
-        loss="exponential",
-        target_log_loss=None,
-        flow_options={"time": "plain", "t1": t1, "rtol": FLOW_RTOL, "atol": FLOW_ATOL,
-                      "n_save": 4, "diagnostics": False, "save_states": False},
-        reference=reference,
-        error=error,
-        metric="||w - w_ref|| / ||w_ref|| at t1, w_ref by scipy DOP853 (rtol 1e-12)",
-        tolerance=EQUIVALENCE_TOLERANCE,
-    )
+    return _induced_flow_problem(
+        "swn-custom", "SWN follows dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L", swn(net),
+        X, y, t1, reference, lambda m: [m.conv.weight, m.head.weight])
