@@ -121,7 +121,7 @@ def test_hidden_bias_is_trained(problem):
     model = eqx.tree_at(lambda m: m.layers[0].bias, model, 0.3 * jnp.ones(6))
     p = wnjax.ewn(model, where=lambda m: [m.layers[0]])
     eta = 0.05
-    r = gd(p, X, y, num_steps=CHUNK, learning_rate=eta)
+    r = gd(p, X, y, num_steps=CHUNK, learning_rate=eta, degree=3.0)  # biased: not homogeneous
     g = loss_grad(model, X, y)
     assert int(r.steps[1]) == 1
     np.testing.assert_allclose(

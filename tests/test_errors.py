@@ -1,6 +1,10 @@
 """Bad input gives a clear ValueError (naming the problem) before anything is traced; failed runs
 are reported with their partial result."""
 
+import os
+import re
+import stat
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -132,6 +136,11 @@ def test_diverging_gd(problem):
     assert not bool(r.ok)
     assert np.isfinite(float(r.final_log_loss))
     assert np.all(np.isfinite(weights(r.final)))
+    # The kept state is the last good one: its loss is below the divergence level (200 above
+    # the start), and it is the loss of the kept weights.
+    assert float(r.final_log_loss) <= float(wnjax.log_loss(model, X, y)) + 200.0
+    np.testing.assert_allclose(float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss),
+                               rtol=1e-12)
     with pytest.warns(RuntimeWarning, match="diverged"):
         r2 = gd(model, X, y, num_steps=200, learning_rate=1e4, throw=False)
     assert not bool(r2.ok)
@@ -145,3 +154,223 @@ def test_bad_gd_options(problem):
         _gd(model, X, y, batch_size=20, key=jax.random.key(0))
     with pytest.raises(ValueError, match="PRNG key"):
         _gd(model, X, y, batch_size=4)
+
+
+# --- models that are not homogeneous ---
+
+NOT_HOMOGENEOUS = {
+    "hidden_bias": (lambda: wnjax.MLP(3, 6, 2, hidden_bias=True, key=jax.random.key(1)), "bias"),
+    "linear_bias": (lambda: eqx.nn.Linear(3, "scalar", use_bias=True, key=jax.random.key(1)),
+                    "bias"),
+    "tanh": (lambda: wnjax.MLP(3, 6, 2, activation=jnp.tanh, key=jax.random.key(1)),
+             "homogeneous"),
+}
+
+
+@RUNNERS
+@pytest.mark.parametrize("kind", sorted(NOT_HOMOGENEOUS))
+def test_not_homogeneous_model_needs_a_degree(run, kind, problem):
+    _, X, y = problem
+    build, cause = NOT_HOMOGENEOUS[kind]
+    for model in (build(), wnjax.ewn(build())):
+        with pytest.raises(wnjax.InvalidInput, match=rf"(?s){cause}.*Pass degree=") as info:
+            run(model, X, y)
+        assert isinstance(info.value, ValueError) and "bias-free" in str(info.value)
+
+
+@RUNNERS
+def test_explicit_degree_gives_finite_margins(run, problem):
+    _, X, y = problem
+    model = wnjax.MLP(3, 6, 2, activation="relu2", hidden_bias=True, key=jax.random.key(1))
+    kw = dict(solver="tsit5") if run is _flow else {}
+    r = run(model, X, y, degree=3.0, n_save=4, diagnostics=False, **kw)
+    margins = np.asarray(r.summaries["normalized_margin"])
+    assert margins.size and np.all(np.isfinite(margins))
+
+
+# --- numeric options ---
+
+BAD_GD = [("num_steps", 0), ("num_steps", -3), ("learning_rate", 0.0),
+          ("learning_rate", -0.1), ("learning_rate", np.nan), ("learning_rate", np.inf),
+          ("target_log_loss", np.nan), ("target_log_loss", np.inf), ("n_save", 0),
+          ("n_save", -1)]
+BAD_FLOW = [("rtol", 0.0), ("rtol", -1e-8), ("rtol", np.nan), ("atol", 0.0), ("atol", np.nan),
+            ("target_log_loss", np.nan), ("target_log_loss", -np.inf), ("n_save", 0),
+            ("max_steps", 0), ("max_steps", -5)]
+
+
+@pytest.mark.parametrize("name,value", BAD_GD)
+def test_bad_gd_numbers(name, value, problem):
+    model, X, y = problem
+    kw = dict(num_steps=10, learning_rate=0.1)
+    kw[name] = value
+    with pytest.raises(wnjax.InvalidInput, match=rf"{name} must be .*got .*; pass "):
+        wnjax.gradient_descent(model, X, y, **kw)
+
+
+@pytest.mark.parametrize("name,value", BAD_FLOW)
+def test_bad_flow_numbers(name, value, problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match=rf"{name} must be .*got .*; pass "):
+        _flow(model, X, y, **{name: value})
+
+
+# --- data ---
+
+@RUNNERS
+def test_empty_data(run, problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match="X has no rows"):
+        run(model, X[:0], y[:0])
+
+
+def test_integer_and_float32_data_and_two_devices(problem):
+    """Integer X becomes the default float, float32 X runs in the model's float64, and y on
+    another device than X is moved to X's: each GD runs (the same program as float64 data)."""
+    model, X, y = problem
+    devices = jax.devices()
+    cases = {
+        "integer": (np.sign(np.asarray(X)).astype(np.int32), y),
+        "float32": (X.astype(jnp.float32), y.astype(jnp.float32)),
+    }
+    if len(devices) > 1:
+        cases["devices"] = (jax.device_put(X, devices[0]), jax.device_put(y, devices[1]))
+    for name, (Xc, yc) in cases.items():
+        r = _gd(model, Xc, yc)
+        assert bool(r.ok) and np.isfinite(float(r.final_log_loss)), name
+        assert r.final_log_loss.dtype == jnp.float64, name
+
+
+@RUNNERS
+@pytest.mark.filterwarnings("ignore:gradient flow stopped:RuntimeWarning")
+def test_all_zero_row_warns(run, problem):
+    model, X, y = problem
+    if run is _flow:  # the settings of test_max_steps_exhausted_keeps_partial_result
+        model, kw = wnjax.ewn(model), dict(t1=50.0, max_steps=5, n_save=8, throw=False)
+    else:
+        kw = {}
+    with pytest.warns(UserWarning, match=r"row\(s\) \[3\] of X are all zero.*margin stays 0"):
+        run(model, X.at[3].set(0.0), y, **kw)
+
+
+# --- GD results ---
+
+def test_gd_save_arrays_hold_saved_points_only(problem):
+    model, X, y = problem
+    r = _gd(model, X, y)
+    steps = np.asarray(r.steps)
+    assert steps.shape == np.asarray(r.log_loss).shape
+    assert np.all(steps >= 0) and steps[-1] == int(r.num_steps)
+    assert np.all(np.isfinite(np.asarray(r.log_loss)))
+    assert float(r.log_loss[-1]) == float(r.final_log_loss)
+    for v in r.summaries.values():
+        assert np.shape(v)[0] == steps.size
+
+
+def test_stalled_gd_says_so(problem):
+    """Each of six points twice, with opposite labels: L has a positive floor, so a deep target
+    is never reached; the run ends ok but warns and says why."""
+    model, X, y = problem
+    X2, y2 = jnp.concatenate([X[:6], X[:6]]), jnp.concatenate([y[:6], -y[:6]])
+    with pytest.warns(RuntimeWarning, match=r"(?s)target_log_loss.*stopped decreasing.*separable"):
+        r = wnjax.gradient_descent(model, X2, y2, num_steps=2000, learning_rate=0.1,
+                                   target_log_loss=-10.0)
+    assert bool(r.ok) and not bool(r.reached_target)
+    assert "is the data separable" in r.message.lower()
+    # A run whose loss keeps falling says nothing of the kind.
+    assert "stopped decreasing" not in _gd(model, X, y).message
+
+
+# --- errors and the command line ---
+
+def test_error_classes_share_a_base():
+    for cls, base in [(wnjax.InvalidInput, ValueError), (wnjax.FlowFailed, RuntimeError),
+                      (wnjax.GDFailed, RuntimeError), (wnjax.StoreMismatch, ValueError)]:
+        assert issubclass(cls, wnjax.WnjaxError) and issubclass(cls, base), cls
+
+
+@pytest.mark.parametrize("argv", [["reproduce", "lin-sep", "--seeds", "0"],
+                                  ["reproduce", "--seeds", "-1", "lin-sep"],
+                                  ["sweep", "x.toml", "--seeds", "0"]])
+def test_cli_rejects_non_positive_counts(argv, capsys):
+    from wnjax import _cli
+
+    with pytest.raises(SystemExit) as info:
+        _cli.main(argv)
+    assert info.value.code == 2
+    assert "--seeds: expected a positive integer" in capsys.readouterr().err
+
+
+TYPOS = [("[grdi]\nwidth = [8]\n", "table 'grdi'", "'grid'"),
+         ("[model]\nwidht = 8\n", "key 'widht' in [model]", "'width'"),
+         ("[sweep]\nseedz = 4\n", "key 'seedz' in [sweep]", "'seeds'"),
+         ("[dynamics]\nrtoll = 1e-8\n", "key 'rtoll' in [dynamics]", "'rtol'"),
+         ("[grid]\nlearning_rat = [0.1]\n[sweep]\ndynamics = 'descent'\n",
+          "key 'learning_rat' in [grid]", "'learning_rate'")]
+
+
+@pytest.mark.parametrize("text,where,suggestion", TYPOS)
+def test_sweep_config_typos(text, where, suggestion, tmp_path):
+    from wnjax import _sweep_cli
+
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(text)
+    with pytest.raises(wnjax.InvalidInput, match=rf"unknown {re.escape(where)}.*did you mean "
+                       rf"{suggestion}"):
+        _sweep_cli.load_config(str(cfg), [])
+
+
+def test_example_sweep_config_is_valid():
+    from wnjax import _sweep_cli
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    settings = _sweep_cli.load_config(os.path.join(root, "examples", "sweep.toml"), [])
+    assert "grid" in settings
+    with pytest.raises(wnjax.InvalidInput, match="did you mean 'max_steps'"):
+        _sweep_cli.load_config(os.path.join(root, "examples", "sweep.toml"),
+                               ["dynamics.max_step=10"])
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys, monkeypatch):
+    from wnjax import _cli
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices writes it
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text("[model]\nwidht = 8\n")
+    argv = ["sweep", str(cfg), "--out", str(tmp_path / "out"), "--devices", "1"]
+    assert _cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wnjax: error: unknown key 'widht'")
+    with pytest.raises(wnjax.InvalidInput, match="widht"):
+        _cli.main([*argv, "--debug"])
+
+
+def failing_run(settings, X, y):
+    """A ``[sweep] run`` factory whose runs all fail."""
+    return lambda key, cfg: {"ok": jnp.asarray(False), "final_log_loss": jnp.asarray(0.0)}
+
+
+def test_cli_exits_non_zero_when_runs_failed(tmp_path, capsys, monkeypatch):
+    from wnjax import _cli
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices writes it
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(f"[sweep]\nrun = '{__name__}:failing_run'\nseeds = 2\nbatch_size = 1\n")
+    code = _cli.main(["sweep", str(cfg), "--out", str(tmp_path / "out"), "--devices", "1",
+                      "--no-progress"])
+    assert code == 1
+    assert "2 of 2 runs failed" in capsys.readouterr().out
+
+
+# --- files ---
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_store_files_follow_the_umask(umask, mode, tmp_path):
+    old = os.umask(umask)
+    try:
+        store = wnjax.Store(str(tmp_path), {"a": 1})
+        paths = store.write_table({"x": np.arange(3)})
+    finally:
+        os.umask(old)
+    for path in [os.path.join(str(tmp_path), "manifest.json"), *paths]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode, path

@@ -190,3 +190,156 @@ def test_lin_sep_limit_neurons_and_relation_spread():
     assert lin_sep.relation_spread(diag, +1.0)[0] < 1e-12  # x + y = const exactly
     expected = np.std(np.log(g[0, :2]) - np.log(w[0, :2]))
     assert abs(lin_sep.relation_spread(diag, -1.0)[0] - expected) < 1e-12
+
+
+def _net_loss_grad(theta, X, y, switch):
+    """``(L, margins, grad L)`` in numpy for the net ``f(x) = W2 relu(W1 x)^2``: unnormalized,
+    ``theta = (W1, W2)``, or SWN, ``theta = (g1, v1, g2, v2)`` with ``w_u = g_u v_u/||v_u||``.
+    ``L`` is exponential if ``switch is None or min_i q_i > switch``, else logistic."""
+    if len(theta) == 2:
+        W1, W2 = theta
+    else:
+        g1, v1, g2, v2 = theta
+        n1, n2 = (np.linalg.norm(v, axis=1, keepdims=True) for v in (v1, v2))
+        W1, W2 = g1[:, None] * v1 / n1, g2[:, None] * v2 / n2
+    Z = X @ W1.T
+    H = np.maximum(Z, 0.0) ** 2
+    q = y * (H @ W2[0])
+    if switch is None or q.min() > switch:
+        L, dq = np.sum(np.exp(-q)), -np.exp(-q)
+    else:
+        L, dq = np.sum(np.log1p(np.exp(-q))), -1.0 / (1.0 + np.exp(q))
+    df = y * dq
+    gW2 = (df @ H)[None, :]
+    gW1 = ((df[:, None] * W2[0]) * 2.0 * np.maximum(Z, 0.0)).T @ X
+    if len(theta) == 2:
+        return L, q, (gW1, gW2)
+
+    def back(gW, g, v, norm):  # dw/dg = v/||v||, dw/dv = g/||v|| (I - v v^T/||v||^2)
+        u = v / norm
+        gg = np.sum(gW * u, axis=1)
+        return gg, g[:, None] / norm * (gW - gg[:, None] * u)
+
+    return L, q, (*back(gW1, g1, v1, n1), *back(gW2, g2, v2, n2))
+
+
+def _authors_loop(theta, X, y, *, lr, cap, power, lag, switch, target=-np.inf, max_attempts=300):
+    """Exp-WN's lin-sep loop, transcribed: each epoch grows ``eta0 <- min(1.1 eta0, cap)`` and
+    tries ``theta_k - eta0 N^(-power) grad L(theta_k)`` with ``N = L(theta_{k-1})`` (``lag``;
+    ``L(theta_0)`` at the first step) or ``N = L(theta_k)``; a try that raises ``L`` is thrown
+    away, ``eta0 <- eta0/1.1``, and retried from ``theta_k`` with the same ``N``. Stops at
+    ``log L <= target`` or after ``max_attempts`` tries (kept and thrown away).
+
+    **Returns:** dict of ``theta``, ``epochs``, ``undone``, per epoch ``log_loss`` and
+    ``min_margin``, and ``tries``: ``(theta_k, try, kept)`` in order."""
+    L, q, g = _net_loss_grad(theta, X, y, switch)
+    L_prev, eta0, retry, epochs, undone = L, lr, False, 0, 0
+    logs, qmin, tries = [np.log(L)], [q.min()], []
+    while epochs + undone < max_attempts and np.log(L) > target:
+        if not retry:
+            eta0 = min(1.1 * eta0, cap)
+        scale = eta0 * (L_prev if lag else L) ** -power
+        trial = tuple(p - scale * gp for p, gp in zip(theta, g))
+        L_t, q_t, g_t = _net_loss_grad(trial, X, y, switch)
+        tries.append((theta, trial, bool(L_t <= L)))
+        if not L_t <= L:
+            eta0, undone, retry = eta0 / 1.1, undone + 1, True
+            continue
+        L_prev, theta, L, q, g, retry = L, trial, L_t, q_t, g_t, False
+        epochs += 1
+        logs.append(np.log(L))
+        qmin.append(q.min())
+    return dict(theta=theta, epochs=epochs, undone=undone, log_loss=np.array(logs),
+                min_margin=np.array(qmin), tries=tries)
+
+
+def _distance(a, b) -> float:
+    """Largest ``max|a_i - b_i| / max|b_i|`` over the arrays of ``a`` and ``b``."""
+    return max(float(np.max(np.abs(np.asarray(p) - q)) / np.max(np.abs(q))) for p, q in zip(a, b))
+
+
+def _schedule_case(schedule, parameterization, seed):
+    """lin-sep data and net of ``seed``, the net's parameter leaves, whether ``schedule`` lags,
+    and the transcription's settings (the experiment's eta0 and cap)."""
+    from wnjax._experiments import lin_sep
+
+    X, y = wnjax.lin_sep(jax.random.key(seed))
+    model = parameterization(wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(100 + seed)))
+    if parameterization is wnjax.standard:
+        def leaves(m):
+            return m.layers[0].w, m.layers[1].w
+    else:
+        def leaves(m):
+            return m.layers[0].g, m.layers[0].v, m.layers[1].g, m.layers[1].v
+    code = schedule == "paper-code"
+    kw = dict(lr=lin_sep.LR, cap=lin_sep.CAP, power=1.0 - 1.0 / 30.0,
+              switch=lin_sep.SWITCH_MARGIN if code else None)
+    return X, y, model, leaves, code, kw
+
+
+@pytest.mark.parametrize("schedule", ["paper-code", "paper-text"])
+def test_lin_sep_run_matches_numpy_transcription(schedule):
+    """lin-sep's GD (``run_gd`` with ``gd_options(schedule)``, eta0 and cap as the experiment)
+    against the numpy transcription over 300 epochs, unnormalized net: same epochs, same undone
+    steps, same parameters to 1e-12; under paper-code the run holds the logistic -> exponential
+    switch. The other lag setting ends far away, so the comparison tells them apart."""
+    from wnjax._experiments import lin_sep
+
+    X, y, model, leaves, lag, kw = _schedule_case(schedule, wnjax.standard, 2)
+    theta0 = tuple(np.asarray(a, float) for a in leaves(model))
+    Xn, yn = np.asarray(X, float), np.asarray(y, float)
+    logs = _authors_loop(theta0, Xn, yn, lag=lag, **kw)["log_loss"]
+    target = 0.5 * (logs[-2] + logs[-1])  # stop both between the last two epochs of 300 tries
+    ref = _authors_loop(theta0, Xn, yn, lag=lag, target=target, max_attempts=10**4, **kw)
+    assert ref["epochs"] + ref["undone"] == 300
+    if lag:  # steps were taken under both losses
+        assert ref["min_margin"][0] < kw["switch"] < np.max(ref["min_margin"][:-1])
+    r = run_gd(jax.tree_util.tree_map(lambda a: a[None], model), X[None], y[None],
+               per_seed_data=True, num_steps=1000, learning_rate=lin_sep.LR,
+               **lin_sep.gd_options(schedule), target_log_loss=target, chunk_size=100,
+               diverge_above=jnp.inf)
+    assert bool(r.reached[0])
+    assert int(r.num_steps[0]) == ref["epochs"] and int(r.undone[0]) == ref["undone"]
+    got = tuple(a[0] for a in leaves(r.final))
+    assert _distance(got, ref["theta"]) < 1e-12
+    other = _authors_loop(theta0, Xn, yn, lag=not lag, target=target, max_attempts=10**4, **kw)
+    assert _distance(got, other["theta"]) > 1e-6
+
+
+@pytest.mark.parametrize("schedule", ["paper-code", "paper-text"])
+def test_lin_sep_steps_match_numpy_transcription(schedule):
+    """Every update of lin-sep's GD step (``descent_update`` with ``gd_options(schedule)``)
+    over the transcription's first 300 tries, SWN, eta0 and cap as the experiment: fed the
+    transcription's point, it returns the transcription's next try, or the undo of a thrown-away
+    try, to 1e-12, and undoes exactly the tries the transcription throws away. (Fed points, not
+    a free run: past log L ~ -30 the loop amplifies rounding ~2x per epoch.)"""
+    from wnjax._descent import descent_update
+    from wnjax._experiments import lin_sep
+    from wnjax._losses import get_loss
+
+    X, y, model, leaves, lag, kw = _schedule_case(schedule, wnjax.swn, 3)
+    theta0 = tuple(np.asarray(a, float) for a in leaves(model))
+    ref = _authors_loop(theta0, np.asarray(X, float), np.asarray(y, float), lag=lag, **kw)
+    assert ref["epochs"] + ref["undone"] == 300 and ref["undone"] > 0
+    if lag:
+        assert ref["min_margin"][0] < kw["switch"] < np.max(ref["min_margin"][:-1])
+    options = lin_sep.gd_options(schedule)
+    opt = options["optimizer"](learning_rate=lin_sep.LR, **options["hyperparams"])
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    step = eqx.filter_jit(lambda p, s: descent_update(
+        p, s, 0, static, X, y, None, opt, loss=get_loss(options["loss"]),
+        batch_size=None, objective="loss")[1:3])
+
+    def at(theta):
+        return eqx.tree_at(leaves, params, tuple(jnp.asarray(a) for a in theta))
+
+    state = opt.init(params)
+    for base, trial, kept in ref["tries"]:
+        new, state = step(at(base), state)
+        assert not bool(state.just_undone)
+        assert _distance(leaves(new), trial) < 1e-12
+        if not kept:
+            new, state = step(at(trial), state)
+            assert bool(state.just_undone)
+            assert _distance(leaves(new), base) < 1e-12
+    assert int(state.num_undone) == ref["undone"]

@@ -66,3 +66,31 @@ def test_loss_normalized_state_is_strongly_typed():
     state = opt.init({"w": jnp.ones(3)})
     weak = [x for x in jax.tree_util.tree_leaves(state) if getattr(x, "weak_type", False)]
     assert not weak
+
+
+def test_epochs_and_undone_counts_match_a_plain_backtracking_loop():
+    """Plain GD with backtracking on ``L(w) = w^2/2`` from ``eta0 = 3`` (``w <- (1 - eta0) w``
+    rises for ``eta0 > 2``): the runner reports the epochs (kept steps) and the undone steps of
+    a plain Python loop, and its final ``w``; an undone step is not an epoch."""
+    lr, target = 3.0, -20.0
+    w, eta0, retry, epochs, undone = 1.0, lr, False, 0, 0
+    while np.log(w * w / 2) > target:
+        if not retry:
+            eta0 = min(1.1 * eta0, lr)
+        trial = w - eta0 * w
+        if not trial * trial <= w * w:
+            eta0, undone, retry = eta0 / 1.1, undone + 1, True
+            continue
+        w, epochs, retry = trial, epochs + 1, False
+    assert undone > epochs // 2  # most kept steps are followed by an undone one
+    model = wnjax.MLP(1, 1, 1, activation="linear", key=jax.random.key(0))
+    model = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.ones((1, 1)))
+    models = jax.tree_util.tree_map(lambda a: a[None], model)
+    r = run_gd(models, jnp.ones((1, 1)), jnp.zeros((1, 1)), num_steps=1000, learning_rate=lr,
+               optimizer=wnjax.loss_normalized_sgd, loss="square", chunk_size=7,
+               hyperparams=dict(power=0.0, backtracking=True, max_learning_rate=lr),
+               target_log_loss=target)
+    assert bool(r.reached[0])
+    assert int(r.num_steps[0]) == epochs and int(r.undone[0]) == undone
+    assert r.steps[-1, 0] == epochs
+    np.testing.assert_allclose(float(r.final.layers[0].weight[0, 0, 0]), w, rtol=1e-12)

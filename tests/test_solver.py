@@ -121,3 +121,37 @@ def test_gradient_flow_reports_the_switch():
     assert int(r.stats["stiff_steps"]) > 0 and int(r.stats["explicit_steps"]) > 0
     assert int(r.stats["explicit_steps"]) + int(r.stats["stiff_steps"]) == int(
         r.stats["num_accepted_steps"])
+
+
+def test_an_overflowing_step_is_rejected_not_fatal():
+    """y' = -y^3 from y(0) = 10 with a first step of 10: the explicit stages overflow. Plain
+    Tsit5 then gets a NaN step size and stalls; AutoSwitch rejects the step, shrinks h and
+    matches the closed form y(t) = (2t + y0^-2)^(-1/2)."""
+    term = diffrax.ODETerm(lambda t, y, args: -(y**3))
+    kw = dict(t0=0.0, t1=5.0, dt0=10.0, y0=jnp.array(10.0), throw=False, max_steps=2000,
+              stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
+    plain = diffrax.diffeqsolve(term, diffrax.Tsit5(), **kw)
+    assert plain.result != diffrax.RESULTS.successful
+    auto = diffrax.diffeqsolve(term, wnjax.AutoSwitch(), **kw)
+    assert auto.result == diffrax.RESULTS.successful
+    np.testing.assert_allclose(float(auto.ys[-1]), (2 * 5.0 + 1e-2) ** -0.5, rtol=1e-6)
+
+
+def test_high_order_only_on_a_smooth_field(getkey):
+    """Dopri8 below rtol 1e-9 only where the field has no kinks (linear, ReLU^p with p >= 3)."""
+    from wnjax._flow import smooth_field
+
+    for act, smooth in [("linear", True), ("relu3", True), ("relu2", False), ("relu", False)]:
+        net = wnjax.MLP(3, 4, 2, activation=act, key=getkey())
+        assert smooth_field(net) is smooth and smooth_field(wnjax.ewn(net)) is smooth
+        tight = wnjax.default_solver(1e-10, 10, smooth=smooth_field(net))
+        want = diffrax.Dopri8 if smooth else diffrax.Tsit5
+        assert type(tight.explicit) is want
+        assert type(wnjax.default_solver(1e-8, 10, smooth=True).explicit) is diffrax.Tsit5
+    assert not smooth_field(eqx_linear(getkey()))
+
+
+def eqx_linear(key):
+    import equinox as eqx
+
+    return eqx.nn.Linear(3, "scalar", use_bias=False, key=key)

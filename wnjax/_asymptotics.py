@@ -13,6 +13,8 @@ import json
 import os
 import time
 
+from ._cli import positive_int
+
 HELP = "lin-sep under loss-normalized gradient flow to a target log L: figures + diagnostics.json"
 
 PARAMETERIZATIONS = ("ewn", "swn", "standard")
@@ -21,9 +23,9 @@ PARAMETERIZATIONS = ("ewn", "swn", "standard")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=-300.0, help="target log L (default -300)")
     parser.add_argument("--seed", type=int, default=0, help="data and init seed")
-    parser.add_argument("--width", type=int, default=8, help="hidden neurons (default 8)")
-    parser.add_argument("--n-save", type=int, default=64, help="save levels of log L")
-    parser.add_argument("--max-steps", type=int, default=1_000_000,
+    parser.add_argument("--width", type=positive_int, default=8, help="hidden neurons (default 8)")
+    parser.add_argument("--n-save", type=positive_int, default=64, help="save levels of log L")
+    parser.add_argument("--max-steps", type=positive_int, default=1_000_000,
                         help="solver step budget (SWN to -10,000 takes about 540,000)")
     parser.add_argument("--solver", default="auto",
                         help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
@@ -147,4 +149,8 @@ def run(args: argparse.Namespace) -> int:
     with open(path, "w") as f:
         json.dump(report, f, indent=2, default=lambda o: np.asarray(o).tolist())
     print(f"wrote {path} and {len(report['figures'])} figures")
+    failed = [name for name, r in runs.items() if not bool(r.ok)]
+    if failed:
+        print(f"failed runs: {', '.join(failed)}; their figures show the partial results.")
+        return 1
     return 0

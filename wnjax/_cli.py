@@ -22,6 +22,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# Seconds a command has to answer SIGINT/SIGTERM before the process is ended.
+INTERRUPT_GRACE = 2.0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def host_devices(args: argparse.Namespace, environ=os.environ) -> int | None:
     """How many CPU host devices to force: ``--devices N``; for ``wnjax sweep`` without it, one
     per core (a vmapped block per core is ~2.7-3.1x faster than one program on a 2-core CPU; GPUs
@@ -60,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--float32", action="store_true", help="run in float32 (default: float64)"
         )
+        p.add_argument(
+            "--debug", action="store_true", help="show the traceback of an error"
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -72,7 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _configure(args)
-    code = args._module.run(args)
+    from . import _interrupt
+    from ._errors import WnjaxError
+
+    try:
+        # SIGINT/SIGTERM: commands stop at their next safe point and write what is finished;
+        # one still busy after INTERRUPT_GRACE seconds (compiling) is ended. Exit 128 + signal.
+        with _interrupt.handling(grace=INTERRUPT_GRACE):
+            code = args._module.run(args)
+    except KeyboardInterrupt:  # a second signal
+        print("wnjax: interrupted", file=sys.stderr)
+        return _interrupt.exit_code()
+    except (WnjaxError, ValueError) as err:  # bad input: one line, unless --debug
+        if getattr(args, "debug", False):
+            raise
+        print(f"wnjax: error: {err}", file=sys.stderr)
+        return 2
+    if _interrupt.requested():
+        return _interrupt.exit_code()
     return int(code or 0)
 
 

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 import jax
 import numpy as np
 
+from ._cli import positive_int
 from ._equivalence import equivalence_check, format_report
 from ._experiments import lin_sep as lin_sep_experiment
 from ._experiments import xor as xor_experiment
@@ -84,9 +85,10 @@ def embed_report(report: str, folder: str) -> str:
 
 
 def _steps_key(metrics: dict, name: str) -> tuple[str, str]:
-    """lin-sep's cost metric of ``name`` and its unit: GD steps, or log t under ``flow``."""
+    """lin-sep's cost metric of ``name`` and its unit: GD epochs (accepted steps), or log t
+    under ``flow``."""
     if metrics["dynamics"] == "gd":
-        return f"{name}_steps_to_target", "GD steps to the target"
+        return f"{name}_epochs_to_target", "GD epochs (accepted steps) to the target"
     return f"{name}_log_t_to_target", "log t at the target"
 
 
@@ -122,7 +124,7 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
         cost = np.asarray(lin[key], float)
         ax.bar(i, np.nanmedian(cost), color=PARAM_STYLE[k]["color"], alpha=0.5)
         ax.plot(np.full(cost.size, i), cost, "o", color=PARAM_STYLE[k]["color"], ms=4)
-        paper = lin_sep_experiment.PAPER_STEPS.get(k)
+        paper = lin_sep_experiment.PAPER_EPOCHS.get(k)
         if paper is not None and lin["dynamics"] == "gd":
             ax.plot(i, paper, "k*", ms=10, label="paper (epochs)" if k == "ewn" else None)
     ax.set_xticks(range(len(NAMES)), [PARAM_STYLE[k]["label"] for k in NAMES])
@@ -169,10 +171,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the equivalence problem")
     parser.add_argument("--target", type=float, default=-300.0, help="lin-sep's target log L")
     parser.add_argument("--xor-target", type=float, default=-50.0, help="XOR's target log L")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of lin-sep and XOR (vmapped)")
-    parser.add_argument("--max-steps", type=int, default=None,
+    parser.add_argument("--seeds", type=positive_int, default=3,
+                        help="seeds of lin-sep and XOR (vmapped)")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="GD step budget of lin-sep and XOR (default: each experiment's own)")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="2: run the equivalence check in a second process beside the "
                         "experiments; 1: everything in this process, one after the other")
 

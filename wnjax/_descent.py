@@ -21,16 +21,18 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from . import _interrupt
 from ._dense import apply_batch
+from ._errors import InvalidInput, WnjaxError
 from ._flow import summaries
 from ._losses import Loss, get_loss
 from ._parameterize import Parameterized, as_parameterized, restore_type
-from ._validate import check_data, check_outputs
+from ._validate import cast_floats, check_data, check_options, check_outputs, common_dtype
 
 STOP_RUNNING, STOP_TARGET, STOP_MAX_STEPS, STOP_DIVERGED = 0, 1, 2, 3
 
 
-class GDFailed(RuntimeError):
+class GDFailed(WnjaxError, RuntimeError):
     """A GD run diverged; ``.result`` holds everything computed before it did."""
 
     def __init__(self, message: str, result: "GDResult"):
@@ -41,13 +43,18 @@ class GDFailed(RuntimeError):
 class GDResult(eqx.Module):
     """The outcome of ``gradient_descent``; all fields are arrays.
 
-    - `steps`: the step index of each save point (``-1`` past the end);
+    - `steps`: the step index of each save point;
     - `log_loss`: full-data ``log L`` at the save points;
     - `summaries`: diagnostics at the save points (see ``wnjax.summaries``);
     - `states`: the model at each save point, or ``None``;
-    - `final`, `final_log_loss`: the last model (same type as the input) and its ``log L``;
+    - `final`, `final_log_loss`: the last model (same type as the input) and its ``log L``; a
+      diverged run keeps its last state whose loss is finite and below the divergence level;
     - `num_steps`: steps taken; `stop_code`: 1 target reached, 2 ``num_steps`` done,
       3 diverged, 0 interrupted.
+
+    ``gradient_descent`` trims the save arrays to the points saved, so every entry is a value.
+    ``traced_gradient_descent`` (fixed shapes, under ``vmap``) pads them: ``steps == -1`` marks
+    padding, whose values are NaN; select ``steps >= 0`` before reading them.
     """
 
     steps: Array
@@ -69,6 +76,11 @@ class GDResult(eqx.Module):
         return self.stop_code == STOP_TARGET
 
     @property
+    def interrupted(self) -> Array:
+        """True when SIGINT or SIGTERM stopped the run (after the chunk in progress)."""
+        return self.stop_code == STOP_RUNNING
+
+    @property
     def message(self) -> str:
         code = np.asarray(self.stop_code)
         if code.ndim:
@@ -78,11 +90,32 @@ class GDResult(eqx.Module):
             STOP_RUNNING: f"GD was interrupted after {k} steps (log L = {v:.6g}); the partial "
             "result is kept.",
             STOP_TARGET: f"GD reached the target log loss in {k} steps (log L = {v:.6g}).",
-            STOP_MAX_STEPS: f"GD ran its num_steps = {k} steps (log L = {v:.6g}).",
+            STOP_MAX_STEPS: f"GD ran its num_steps = {k} steps (log L = {v:.6g}).{self.stall}",
             STOP_DIVERGED: f"GD diverged after {k} steps: the loss became non-finite or rose far "
             f"above its start (log L = {v:.6g} at the kept state). Lower the learning rate; the "
             "result keeps the last finite state.",
         }[int(code)]
+
+    @property
+    def stall(self) -> str:
+        """A sentence when ``log L`` stopped decreasing over the last half of the run (fell by
+        less than 1e-3 of its fall before), else ``''``."""
+        steps, log_l = np.asarray(self.steps), np.asarray(self.log_loss)
+        if steps.ndim != 1 or log_l.ndim != 1:
+            return ""
+        keep = steps >= 0
+        steps, log_l = steps[keep], log_l[keep]
+        if steps.size < 3 or not np.all(np.isfinite(log_l)):
+            return ""
+        mid = int(np.flatnonzero(steps <= steps[-1] // 2)[-1])
+        before, after = log_l[0] - log_l[mid], log_l[mid] - log_l[-1]
+        if mid == 0 or after > 1e-3 * max(before, 0.0) + 1e-9 * (1.0 + abs(log_l[-1])):
+            return ""
+        return (
+            f" The loss stopped decreasing: log L fell by {after:.3g} over the last half of "
+            f"the steps (by {before:.3g} before). Is the data separable? Non-separable data, or "
+            "an all-zero row of X, keeps L above a positive floor."
+        )
 
 
 def save_steps(num_steps: int, n_save: int) -> np.ndarray:
@@ -110,6 +143,15 @@ def _undone(opt_state) -> Array:
         opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState))
     flags = [s.just_undone for s in states if isinstance(s, LossNormalizedState)]
     return jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
+
+
+def _may_undo(opt_state) -> bool:
+    """Whether the optimizer state holds a ``loss_normalized_sgd`` state, whose backtracking
+    undoes a step into a non-finite loss by itself."""
+    from ._schedules import LossNormalizedState
+
+    return any(isinstance(s, LossNormalizedState) for s in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState)))
 
 
 def _all_finite(tree) -> Array:
@@ -174,9 +216,10 @@ def _run_chunk(
     no stop logic per step, only a running flag of whether some step would have stopped the run
     (target reached, loss non-finite or above ``diverge_above``) and, at the end of the block,
     whether the parameters are still finite (a non-finite parameter stays non-finite under an
-    additive update). A clean block is kept; a flagged block is discarded and rerun step by step
-    with the stopping rules, so the run stops at exactly the step a step-by-step loop stops at,
-    with the state before that step. The last step of the run also goes step by step.
+    additive update) and their loss is still good. A clean block is kept; a flagged block is
+    discarded and rerun step by step with the stopping rules, so the run stops at exactly the
+    step a step-by-step loop stops at, with the state before that step. The last step of the
+    run also goes step by step.
 
     The (costly) summaries are evaluated once per save point, never per step, also under
     ``vmap``; with a minibatch the full-data target is checked at the end of each segment. A
@@ -202,6 +245,21 @@ def _run_chunk(
         blew_up = ~finite | (value > numbers["diverge_above"])
         return at_target, blew_up
 
+    may_undo = _may_undo(carry["opt_state"])
+
+    def bad(params, k):
+        """Whether the state's log loss on step ``k``'s batch is non-finite or above the
+        divergence level (never, for an optimizer that undoes such steps itself)."""
+        if may_undo:
+            return jnp.asarray(False)
+        if full_batch:
+            Xb, yb = X, y
+        else:
+            idx = _batch_indices(key, k, X.shape[0], batch_size)
+            Xb, yb = X[idx], y[idx]
+        value = log_loss_on(params, Xb, yb)
+        return ~(jnp.isfinite(value) & (value <= numbers["diverge_above"]))
+
     def next_save(c):
         target = save_at[jnp.minimum(c["save_idx"], n_save - 1)]
         ok = (c["save_idx"] < n_save) & (target >= 0)
@@ -226,9 +284,12 @@ def _run_chunk(
         return jax.lax.cond(due, record, lambda c: c, c)
 
     def step(c):
-        """One step with the stopping rules (the exact path)."""
+        """One step with the stopping rules (the exact path). A step into a state whose loss
+        is non-finite or above the divergence level is not taken: the run stops as diverged
+        with its last good state."""
         value, new_params, opt_state, finite = update(c["params"], c["opt_state"], c["k"])
         at_target, blew_up = stops(value, finite)
+        blew_up = blew_up | (~at_target & bad(new_params, c["k"] + 1))
         new_stop = jnp.where(
             at_target,
             STOP_TARGET,
@@ -261,7 +322,7 @@ def _run_chunk(
         params, opt_state, halt, last = jax.lax.fori_loop(
             0, m, body, (params, opt_state, jnp.asarray(False), last)
         )
-        clean = ~halt & _all_finite(params)
+        clean = ~halt & _all_finite(params) & ~bad(params, k + m.astype(k.dtype))
         return (params, opt_state, k + m.astype(k.dtype), last, clean)
 
     def advance(c, until):
@@ -303,6 +364,24 @@ def _keep_if_clean(new, old):
     clean = new[4]
     kept = _tree_where(clean, new[:4], old[:4])
     return (*kept, clean)
+
+
+def _cutter(n: int | None):
+    """A function that cuts the leading axis of every array in a tree to ``n`` (on the host,
+    so that no length compiles a program of its own); the identity for ``n=None``."""
+    if n is None:
+        return lambda tree: tree
+
+    def cut_one(a):
+        if not isinstance(a, jax.Array):
+            return a
+        host = np.asarray(a)[:n]
+        return jax.device_put(host, a.sharding if len(a.devices()) == 1 else None)
+
+    def cut(tree):
+        return jax.tree_util.tree_map(cut_one, tree)
+
+    return cut
 
 
 def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformationExtraArgs:
@@ -379,30 +458,37 @@ def prepare_run(
     from ._flow import _auto_degree
 
     if objective not in ("loss", "log_loss"):
-        raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
+        raise InvalidInput(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+        raise InvalidInput(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    hp = dict(hyperparams or {})
+    if learning_rate is not None:
+        hp["learning_rate"] = learning_rate
+    check_options(num_steps=num_steps, n_save=n_save, learning_rate=hp.get("learning_rate"),
+                  target_log_loss=target_log_loss, degree=degree, diverge_above=diverge_above)
+    n_save = int(n_save)
     loss_obj = get_loss(loss)
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
+    # One float dtype for data and parameters: the loop's carry keeps its types.
+    dtype = common_dtype(p, X)
+    X, p = cast_floats(X, dtype), cast_floats(p, dtype)
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        y = cast_floats(y, dtype)
     if batch_size is not None:
         if not 0 < batch_size <= X.shape[0]:
-            raise ValueError(f"batch_size must be in 1..{X.shape[0]}, got {batch_size}.")
+            raise InvalidInput(f"batch_size must be in 1..{X.shape[0]}, got {batch_size}.")
         if key is None:
-            raise ValueError("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
+            raise InvalidInput("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
     key = _default_key() if key is None else key
-    dtype = X.dtype
-    hp = dict(hyperparams or {})
-    if learning_rate is not None:
-        hp["learning_rate"] = learning_rate
     if isinstance(optimizer, optax.GradientTransformation) and hp:
-        raise ValueError(
+        raise InvalidInput(
             "learning_rate/hyperparams go with an optimizer factory (optimizer=optax.sgd); "
             "this optimizer is already built, so its numbers are fixed."
         )
     if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
-        raise ValueError("pass learning_rate=... (or hyperparams) for the optimizer factory.")
+        raise InvalidInput("pass learning_rate=... (or hyperparams) for the optimizer factory.")
     hp = {k: _as_number(v, dtype) for k, v in hp.items()}
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
@@ -436,9 +522,10 @@ def prepare_run(
 
 
 def _check_initial_loss(log_l0) -> None:
-    """Raise ``ValueError`` if the initial loss is not finite (one host read; skipped if traced)."""
+    """Raise ``InvalidInput`` if the initial loss is not finite (one host read; skipped if
+    traced)."""
     if not isinstance(log_l0, jax.core.Tracer) and not np.isfinite(np.asarray(log_l0)):
-        raise ValueError("the initial loss is not finite; check the data and the model.")
+        raise InvalidInput("the initial loss is not finite; check the data and the model.")
 
 
 _DEFAULT_KEY = []
@@ -502,7 +589,8 @@ def gradient_descent(
     - `hyperparams`: further keyword arguments of the factory (``momentum=0.9``, ...).
     - `loss`: a loss name or ``Loss``.
     - `target_log_loss`: stop once full-data ``log L`` reaches it (full batch: checked every step;
-      minibatch: at the end of each chunk).
+      minibatch: at the end of each chunk). A run that ends short of it with a stalled loss
+      warns (``GDResult.stall``: is the data separable?).
     - `batch_size`, `key`: minibatch SGD with a reshuffle every epoch, drawn from ``key``.
     - `objective`: ``'loss'`` or ``'log_loss'`` (the gradient that the optimizer sees).
     - `n_save`: log-spaced save points (``log L`` and summaries at each).
@@ -511,19 +599,21 @@ def gradient_descent(
       Ctrl-C). ``"auto"``: ``AUTO_CHUNK_START`` steps first, then twice as many after every
       chunk that took less than ``AUTO_CHUNK_SECONDS``, up to ``AUTO_CHUNK_MAX`` (a chunk's
       length is a traced number: changing it does not recompile, nor change any step).
-    - `degree`: homogeneity degree for the normalized margin (measured if ``None``).
+    - `degree`: homogeneity degree for the normalized margin (measured if ``None``; a model
+      that is not homogeneous raises ``InvalidInput`` unless it is given).
     - `diverge_above`: a run whose ``log L`` exceeds ``log L(0) + diverge_above`` has diverged.
     - `callback`: called with the chunk carry after each chunk (for checkpoints or progress).
     - `throw`: raise ``GDFailed`` on divergence instead of returning the partial result.
     - `diagnostics`: also save the asymptotic diagnostics at the save points (see
       ``wnjax.gradient_flow``).
 
-    **Returns:** a ``GDResult``. Numbers (learning rates inside ``optimizer``, targets) are
-    traced where optax keeps them as arrays, so repeated calls reuse the compiled chunk.
+    **Returns:** a ``GDResult`` whose save arrays hold the saved points only. Numbers
+    (learning rates inside ``optimizer``, targets) are traced where optax keeps them as arrays,
+    so repeated calls reuse the compiled chunk.
     """
     auto = isinstance(chunk_size, str)
     if auto and chunk_size != "auto":
-        raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}.")
+        raise InvalidInput(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}.")
     carry, static, X, y, numbers, key, statics = prepare_run(
         model, X, y, num_steps=num_steps, learning_rate=learning_rate, optimizer=optimizer,
         hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
@@ -533,42 +623,57 @@ def gradient_descent(
         check_initial_loss=False,
     )
     first = True
-    try:
-        while True:
-            t0 = time.perf_counter()
-            carry = _run_chunk(carry, static, X, y, numbers, key, **statics)
-            stop = int(carry["stop"])  # waits for the chunk (and the initial loss) anyway
-            if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
-                size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
-                numbers = {**numbers, "chunk_size": _host_int(size)}
-            if first:  # a non-finite initial loss stops the run at step 0: report it as bad input
-                _check_initial_loss(numbers["initial_log_loss"])
-                first = False
-            if callback is not None:
-                callback(carry)
-            if stop != STOP_RUNNING:
-                break
-    except KeyboardInterrupt:
-        warnings.warn("gradient_descent interrupted; returning the partial result.", stacklevel=2)
-    result = _to_result(carry, static, model, save_states)
+    # SIGINT/SIGTERM are recorded and end the run after the chunk in progress.
+    with _interrupt.handling():
+        try:
+            while True:
+                t0 = time.perf_counter()
+                carry = _run_chunk(carry, static, X, y, numbers, key, **statics)
+                stop = int(carry["stop"])  # waits for the chunk (and the initial loss) anyway
+                if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
+                    size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
+                    numbers = {**numbers, "chunk_size": _host_int(size)}
+                if first:  # a non-finite initial loss stops the run at step 0: bad input
+                    _check_initial_loss(numbers["initial_log_loss"])
+                    first = False
+                if callback is not None:
+                    callback(carry)
+                if stop != STOP_RUNNING or _interrupt.requested():
+                    break
+        except KeyboardInterrupt:  # a second signal: the last finished chunk is kept
+            pass
+    if int(carry["stop"]) == STOP_RUNNING:
+        warnings.warn("gradient_descent interrupted; returning the partial result.",
+                      RuntimeWarning, stacklevel=2)
+    result = _to_result(carry, static, model, save_states, trim=True)
     if int(result.stop_code) == STOP_DIVERGED:
         if throw:
             raise GDFailed(result.message, result)
         warnings.warn(result.message, RuntimeWarning, stacklevel=2)
+    elif target_log_loss is not None and int(result.stop_code) == STOP_MAX_STEPS:
+        stall = result.stall
+        if stall:
+            warnings.warn(f"GD did not reach target_log_loss = {target_log_loss}.{stall}",
+                          RuntimeWarning, stacklevel=2)
     return result
 
 
-def _to_result(carry: dict, static, like, save_states: bool) -> GDResult:
+def _to_result(carry: dict, static, like, save_states: bool, trim: bool = False) -> GDResult:
+    """The ``GDResult`` of a final carry; ``trim``: save arrays cut to the points saved."""
     saved = dict(carry["saved"])
+    steps = carry["saved_steps"]
     states = saved.pop("state", None)
+    cut = _cutter(int(carry["save_idx"]) if trim else None)
+    saved, steps = cut(saved), cut(steps)
     final = eqx.combine(carry["params"], static)
     if states is not None:
-        states = eqx.combine(states, static)
-        if not isinstance(like, Parameterized):
-            states = jax.vmap(lambda s: s.standard())(states)
+        if isinstance(like, Parameterized):
+            states = eqx.combine(cut(states), static)
+        else:  # standard() on the full buffers: one program whatever the number saved
+            states = cut(jax.vmap(lambda s: s.standard())(eqx.combine(states, static)))
     final_log_loss = carry["final_log_loss"]
     return GDResult(
-        steps=carry["saved_steps"],
+        steps=steps,
         log_loss=saved["log_loss"],
         summaries=saved,
         states=states,

@@ -25,13 +25,15 @@ from diffrax._root_finder import use_stepsize_tol
 from diffrax._term import WrapTerm
 from jaxtyping import Array, PyTree
 
+from . import _interrupt
 from ._dense import apply_batch
 from ._diagnostics import asymptotic_summaries
 from ._losses import Loss, get_loss
-from ._models import homogeneity_degree
+from ._errors import InvalidInput, WnjaxError
+from ._models import CNN, MLP, Identity, ReLUPower, homogeneity_degree
 from ._save import AtLossLevels, AtTimes, Save, resolve_save
 from ._solver.auto import AutoSwitch
-from ._solver.stiff import stiff_solver
+from ._solver.stiff import implicit_step_cost, stiff_solver
 from ._parameterize import (
     Parameterized,
     as_parameterized,
@@ -39,7 +41,7 @@ from ._parameterize import (
     scale_trainable,
     trainable_weight_norm,
 )
-from ._validate import check_data, check_outputs
+from ._validate import check_data, check_options, check_outputs
 
 RATES = (None, "neuron_norm_sq")
 TIMES = ("plain", "normalized")
@@ -55,24 +57,47 @@ SOLVERS = {
     "kvaerno5": diffrax.Kvaerno5,
     "stiff": diffrax.Kvaerno5,
 }
-# The default solver's explicit method: Tsit5, or the 8th-order Dopri8 below this rtol.
+# The default solver's explicit method on a smooth field: Tsit5, or Dopri8 below this rtol.
 HIGH_ORDER_RTOL = 1e-9
 
 
-def default_solver(rtol=None, n_params: int | None = None) -> AutoSwitch:
-    """The default solver: ``AutoSwitch`` (explicit while the flow is not stiff, L-stable
-    ``Kvaerno5`` while it is), its explicit method chosen for the tolerance (``Dopri8`` for
-    ``rtol < HIGH_ORDER_RTOL``, else ``Tsit5``) and its implicit linear solves for the model's
-    size (``wnjax.stiff_solver``: dense LU, or Krylov on Jacobian-vector products for large
-    models).
+def default_solver(rtol=None, n_params: int | None = None, *,
+                   smooth: bool = False) -> AutoSwitch:
+    """The default solver: ``AutoSwitch``, explicit while the flow is not stiff and L-stable
+    ``Kvaerno5`` while it is, its implicit linear solves chosen for the model's size
+    (``wnjax.stiff_solver``: dense LU, or Krylov on Jacobian-vector products for large models)
+    and its switching weighed by their cost (``implicit_step_cost``).
+
+    The explicit method is ``Dopri8`` for ``rtol < HIGH_ORDER_RTOL`` on a smooth field, else
+    ``Tsit5``. A high order pays only where the field is smooth: with ReLU or ReLU^2 the field
+    ``-grad L`` has kinks where a pre-activation changes sign. Measured on EWN 10-32-1 and 5-8-1
+    nets at rtol 1e-10 and 1e-12: with ReLU^3, Dopri8 took 0.65-1.1x Tsit5's time; with ReLU^2,
+    1.2-2.8x (half of its steps rejected).
 
     **Arguments:**
     - `rtol`: the requested relative tolerance (``None``: ``Tsit5``).
     - `n_params`: the number of trainable parameters (``None``: dense LU).
+    - `smooth`: whether the field is known to be smooth (``smooth_field``).
     """
-    high = rtol is not None and not isinstance(rtol, jax.core.Tracer) and rtol < HIGH_ORDER_RTOL
+    high = (smooth and rtol is not None and not isinstance(rtol, jax.core.Tracer)
+            and rtol < HIGH_ORDER_RTOL)
     explicit = diffrax.Dopri8() if high else diffrax.Tsit5()
-    return AutoSwitch(explicit=explicit, implicit=_implicit_for(n_params))
+    if n_params is None:
+        return AutoSwitch(explicit=explicit, implicit=diffrax.Kvaerno5())
+    return AutoSwitch(explicit=explicit, implicit=stiff_solver(n_params),
+                      implicit_cost=implicit_step_cost(n_params))
+
+
+def smooth_field(model) -> bool:
+    """Whether the gradient field of a loss through ``model`` is known to be smooth: an ``MLP``
+    or ``CNN`` (plain or parameterized) whose activation is linear or ``max(z, 0)^p`` with
+    ``p >= 3``. ``False`` where it is not known (other modules, callables) or has kinks (ReLU,
+    ReLU^2)."""
+    net = model.skeleton if isinstance(model, Parameterized) else model
+    if not isinstance(net, (MLP, CNN)):
+        return False
+    act = net.activation
+    return isinstance(act, Identity) or (isinstance(act, ReLUPower) and act.power >= 3)
 
 
 def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
@@ -83,9 +108,10 @@ def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
 
 def resolve_solver(
     solver: "str | diffrax.AbstractSolver | None", rtol=None, n_params: int | None = None,
-    traced: bool = False,
+    traced: bool = False, smooth: bool = False,
 ) -> diffrax.AbstractSolver:
-    """A diffrax solver from ``None`` (``default_solver(rtol, n_params)``; ``Tsit5`` when
+    """A diffrax solver from ``None`` (``default_solver(rtol, n_params, smooth=smooth)``;
+    ``Tsit5`` when
     ``traced``), a name in ``SOLVERS`` (``'auto'`` is the default solver), or a solver instance
     (used as it is).
 
@@ -95,7 +121,7 @@ def resolve_solver(
     if solver is None and traced:
         return diffrax.Tsit5()
     if solver is None or (isinstance(solver, str) and solver == "auto"):
-        return default_solver(rtol, n_params)
+        return default_solver(rtol, n_params, smooth=smooth)
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise ValueError(
@@ -154,7 +180,119 @@ class _Crossing(optx.Bisection):
         return width <= self.tol_t * scale + 1e-300, optx.RESULTS.successful
 
 
-class FlowFailed(RuntimeError):
+# The result code of a run stopped by SIGINT/SIGTERM (diffrax's codes are >= 0).
+INTERRUPTED = -1
+
+
+def _poll_start() -> dict:
+    """The poll state at the start of a solve: steps taken, the step of the next poll (the
+    first step; later ones about every ``_interrupt.POLL_SECONDS``; a poll costs ~0.05-0.2 ms on
+    a CPU), the steps between the last two polls (0: none yet), and whether a stop was
+    requested."""
+    zero = jnp.asarray(0, jnp.int32)
+    return {"count": zero, "next": zero, "interval": zero, "stop": jnp.asarray(False)}
+
+
+class _Polled(diffrax.AbstractAdaptiveStepSizeController):
+    """A step-size controller that also polls ``_interrupt.requested()`` now and then (see
+    ``_ask``) and ends the solve, with diffrax's ``internal_error``, when a stop was requested.
+    Steps and step sizes are the inner controller's; its state is ``(inner state, poll
+    state)``, the poll state starting from ``start`` (``_poll_start()``, or where a previous
+    solve left it)."""
+
+    inner: diffrax.AbstractAdaptiveStepSizeController
+    start: dict
+
+    @property
+    def rtol(self):
+        return self.inner.rtol
+
+    @property
+    def atol(self):
+        return self.inner.atol
+
+    @property
+    def norm(self):
+        return self.inner.norm
+
+    def wrap(self, direction):
+        return _Polled(self.inner.wrap(direction), self.start)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return tnext, (state, self.start)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order,
+                        controller_state):
+        state, poll = controller_state
+        keep, next_t0, next_t1, jump, state, result = self.inner.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, state)
+        poll = _ask({**poll, "count": poll["count"] + 1})
+        result = diffrax.RESULTS.where(poll["stop"], diffrax.RESULTS.internal_error, result)
+        return keep, next_t0, next_t1, jump, (state, poll), result
+
+
+@jax.custom_batching.custom_vmap
+def _ask(poll: dict) -> dict:
+    """The poll state after a step: at the step ``poll['next']``, ask the host whether a stop
+    was requested and how many steps to take before the next question (``_question``)."""
+
+    def answer(poll):
+        stop, steps = _question(jnp.asarray(True), poll["interval"])
+        return {"count": poll["count"], "next": poll["count"] + steps, "interval": steps,
+                "stop": poll["stop"] | stop}
+
+    return jax.lax.cond(poll["count"] >= poll["next"], answer, lambda p: p, poll)
+
+
+@_ask.def_vmap
+def _ask_vmap(axis_size, in_batched, poll):
+    # One question for all the runs of a vmapped solve (under a predicate that is not batched:
+    # a callback cannot run under a batched cond) when any run is due; every run then counts
+    # its next question from its own step count. Finished runs are frozen, never due.
+    def lanes(x, batched):
+        return x if batched else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+
+    poll = jax.tree_util.tree_map(lanes, poll, in_batched[0])
+    due = jnp.any(poll["count"] >= poll["next"])
+    stop, steps = _question(due, jnp.max(poll["interval"]))
+    out = {"count": poll["count"], "stop": poll["stop"] | stop,
+           "next": jnp.where(due, poll["count"] + steps, poll["next"]),
+           "interval": jnp.where(due, steps, poll["interval"])}
+    return out, {k: True for k in out}
+
+
+@jax.custom_batching.custom_vmap
+def _question(due: Array, steps: Array) -> tuple[Array, Array]:
+    """When ``due``, ``_interrupt.poll_interval(steps)``: whether a stop was requested, and the
+    steps to take before the next question, given that the last ``steps`` steps took the time
+    since the last question; else ``(False, steps)``.
+
+    A ``pure_callback`` (its argument changes from question to question, which keeps XLA from
+    moving the call out of its loop): an ``io_callback`` is an effect, and an effect in the
+    solve's loop made a dense Kvaerno5 step 23x slower on CPU (2.2 ms against 31 ms on a
+    200-parameter flow)."""
+    shapes = (jax.ShapeDtypeStruct((), jnp.bool_), jax.ShapeDtypeStruct((), jnp.int32))
+    return jax.lax.cond(
+        due, lambda n: jax.pure_callback(_interrupt.poll_interval, shapes, n),
+        lambda n: (jnp.asarray(False), n), steps)
+
+
+@_question.def_vmap
+def _question_vmap(axis_size, in_batched, due, steps):
+    # One question for all runs (nested vmaps reduce in turn).
+    due = jnp.any(due, axis=0) if in_batched[0] else due
+    steps = jnp.max(steps, axis=0) if in_batched[1] else steps
+    return _question(due, steps), (False, False)
+
+
+def _stopped(sol) -> Array:
+    """Whether a solve run under ``_Polled`` (with ``SaveAt(controller_state=True)``) was
+    ended by a stop request."""
+    return sol.controller_state[1]["stop"]
+
+
+class FlowFailed(WnjaxError, RuntimeError):
     """A gradient-flow solve stopped before ``t1`` or its target; ``.result`` has the partial run."""
 
     def __init__(self, message: str, result: "FlowResult"):
@@ -174,7 +312,8 @@ class FlowResult(eqx.Module):
     - `final`: the model at the end of the run, of the same type as the input;
     - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ...);
-    - `result_code`: diffrax's result code; `ok` says whether the run succeeded.
+    - `result_code`: diffrax's result code, or ``INTERRUPTED`` for a run stopped by SIGINT or
+      SIGTERM; `ok` says whether the run succeeded, `interrupted` whether a signal stopped it.
     """
 
     ts: Array
@@ -197,6 +336,11 @@ class FlowResult(eqx.Module):
         return self.result_code == 0
 
     @property
+    def interrupted(self) -> Array:
+        """True when SIGINT or SIGTERM stopped the run; the result holds the state reached."""
+        return self.result_code == INTERRUPTED
+
+    @property
     def message(self) -> str:
         """A human-readable account of how the run ended."""
         return _describe(self)
@@ -216,6 +360,12 @@ def _describe(r: FlowResult) -> str:
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
         return f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
+    if int(code) == INTERRUPTED:
+        return (
+            f"gradient flow was interrupted after {steps} steps, at time "
+            f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}; the partial "
+            "result is kept (result.final, result.summaries)."
+        )
     if int(code) == 1:
         return (
             f"gradient flow stopped after max_steps = {steps} steps, at time "
@@ -321,6 +471,7 @@ def _solve(
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
     standard_out: bool = False,
+    poll: bool = True,
 ) -> FlowResult:
     params, static = eqx.partition(p, eqx.is_inexact_array)
     normalized = time == "normalized"
@@ -384,6 +535,8 @@ def _solve(
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
     )
+    if poll:  # a stop request (SIGINT/SIGTERM) ends the solve (see _Polled)
+        controller = _Polled(controller, _poll_start())
     solver = _root_tolerances(solver, controller, X.dtype)
     if save_levels:
         return _solve_levels(
@@ -393,7 +546,7 @@ def _solve(
         )
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)],
-        solver_state=True,
+        solver_state=True, controller_state=poll,
     )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
@@ -425,12 +578,15 @@ def _solve(
         log_t = jnp.log(ts)
         final_log_t = jnp.log(sol.ts[1][-1])
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
-    reached = _reached(final_log_loss, numbers["target"], X.dtype,
-                       _rounding(final_params, static, X, y, loss)) if has_target else (
+    # A root-found crossing of the target, or an end within rounding of it, reaches it: a
+    # successful ending.
+    reached = (_reached(final_log_loss, numbers["target"], X.dtype,
+                        _rounding(final_params, static, X, y, loss))
+               | (sol.result == diffrax.RESULTS.event_occurred)) if has_target else (
         jnp.asarray(False))
-    # An event, or a crossing whose root-find ran out of digits, is a successful ending.
-    code = jnp.where(reached | (sol.result == diffrax.RESULTS.event_occurred), 0,
-                     sol.result._value)
+    code = jnp.where(reached, 0, sol.result._value)
+    if poll:
+        code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
     stats.update(_switch_stats(sol.solver_state))
@@ -519,7 +675,8 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
                   ) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
-    The solver's state (for ``AutoSwitch``: which method runs) carries from level to level."""
+    The solver's state (for ``AutoSwitch``: which method runs) carries from level to level, and
+    so does the poll state of a ``_Polled`` controller."""
     log_l0 = _log_loss_fn(y0[0], static, X, y, loss)
     levels = loss_levels(log_l0, numbers["target"], n_save)
     zero = jnp.asarray(0)
@@ -531,15 +688,21 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
     s0 = jnp.zeros_like(numbers["t1"])
     # a run that starts at or below its target is done before its first level
     start = {"s": s0, "y": y0, "code": zero,
-             "done": log_l0 <= numbers["target"],
+             "done": log_l0 <= numbers["target"], "hit": log_l0 <= numbers["target"],
              "steps": zero, "accepted": zero, "rejected": zero,
              "dt": jnp.minimum(dt0, numbers["t1"]),
              "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, None)}
+    polled = isinstance(controller, _Polled)
+    if polled:
+        start["poll"] = controller.start
 
     def solve(c, level):
+        # a finished run's solve ends where it starts, in no steps (its result is dropped)
+        t1 = jnp.where(c["done"], c["s"], numbers["t1"])
         sol = diffrax.diffeqsolve(
-            term, solver, t0=c["s"], t1=numbers["t1"], dt0=c["dt"], y0=c["y"],
-            saveat=diffrax.SaveAt(t1=True, solver_state=True), stepsize_controller=controller,
+            term, solver, t0=c["s"], t1=t1, dt0=c["dt"], y0=c["y"],
+            saveat=diffrax.SaveAt(t1=True, solver_state=True, controller_state=polled),
+            stepsize_controller=_Polled(controller.inner, c["poll"]) if polled else controller,
             event=level_event(level), max_steps=max_steps, throw=False,
             solver_state=c["solver_state"],
         )
@@ -552,8 +715,10 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         steps = c["steps"] + sol.stats["num_steps"]
         code = jnp.where(hit, 0, sol.result._value)
         code = jnp.where(hit & (steps > max_steps), 1, code)
+        if polled:
+            code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
         new = {
-            "s": sol.ts[-1], "y": new_y, "code": code, "done": ~hit | (code != 0),
+            "s": sol.ts[-1], "y": new_y, "code": code, "done": ~hit | (code != 0), "hit": hit,
             "steps": steps, "accepted": c["accepted"] + accepted,
             "rejected": c["rejected"] + sol.stats["num_rejected_steps"],
             # the next solve starts with this one's mean accepted step
@@ -561,10 +726,15 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
                             c["dt"]),
             "solver_state": sol.solver_state,
         }
+        if polled:
+            new["poll"] = sol.controller_state[1]
         return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, c)
 
     def body(c, level):
-        c = jax.lax.cond(c["done"], lambda c, _: c, solve, c, level)
+        # No cond on ``done`` (under vmap a cond cannot hold the solve's stop-request poll):
+        # every level solves, and a finished run keeps its state.
+        new = solve(c, level)
+        c = jax.tree_util.tree_map(lambda a, b: jnp.where(c["done"], a, b), c, new)
         out = save_fn(c["s"], c["y"], None)
         keep = ~c["done"]
         out = jax.tree_util.tree_map(lambda v: jnp.where(keep, v, jnp.inf), out)
@@ -594,9 +764,10 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
                "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps),
                **_switch_stats(end["solver_state"])},
         result_code=end["code"],
-        reached_target=(end["code"] == 0) & _reached(
+        # the last solve crossed its level (the target), or the run ended within rounding of it
+        reached_target=(end["code"] == 0) & (end["hit"] | _reached(
             final_log_loss, numbers["target"], X.dtype,
-            _rounding(final_params, static, X, y, loss)),
+            _rounding(final_params, static, X, y, loss))),
     )
 
 
@@ -635,12 +806,38 @@ def _traced_degree(p: Parameterized, X: Array) -> Array:
 def _auto_degree(p: Parameterized, X, loss: Loss) -> float:
     if isinstance(X, jax.core.Tracer) or not loss.margin_based:
         return math.nan
+    sample = X[: min(8, X.shape[0])]
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)):
-        return _traced_degree(p, X[: min(8, X.shape[0])])
+        return _traced_degree(p, sample)
     try:
-        return homogeneity_degree(p, X[: min(8, X.shape[0])], rtol=1e-5)
-    except ValueError:
-        return math.nan
+        return homogeneity_degree(p, sample, rtol=1e-5)
+    except ValueError as err:
+        cause = err
+    if not np.any(np.asarray(jax.vmap(p.standard())(sample))):
+        # Zero outputs at these weights (e.g. a diagonal net with u = v): homogeneity is a
+        # property of the architecture, so measure it at perturbed weights.
+        try:
+            return homogeneity_degree(_perturbed(p), sample, rtol=1e-5)
+        except ValueError as err:
+            cause = err
+    raise InvalidInput(
+        "the normalized margin min_i q_i / ||w||^L needs the model's homogeneity degree L, "
+        f"which cannot be measured: {cause} Pass degree=L explicitly, or use a bias-free model "
+        "with homogeneous activations (relu, relu^p, linear)."
+    ) from cause
+
+
+def _perturbed(p: Parameterized) -> Parameterized:
+    """``p`` with every inexact array perturbed by a few percent (fixed noise)."""
+    rng = np.random.default_rng(0)
+
+    def jitter(x):
+        if not eqx.is_inexact_array(x):
+            return x
+        scale = 0.05 * (float(jnp.mean(jnp.abs(x))) + 1e-3)
+        return x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype)
+
+    return jax.tree_util.tree_map(jitter, p)
 
 
 def gradient_flow(
@@ -690,8 +887,8 @@ def gradient_flow(
       data's dtype, ``(1e-8, 1e-10)`` in float64 and ``(1e-5, 1e-7)`` in float32). An rtol
       below ``10 eps`` of the dtype is raised to it, with a warning.
     - `solver`: a diffrax solver, or a name in ``SOLVERS``. The default (``None`` or
-      ``'auto'``) is ``default_solver``: ``wnjax.AutoSwitch``, explicit (``Tsit5``, or
-      ``Dopri8`` for ``rtol < 1e-9``) while the flow is not stiff and L-stable ``Kvaerno5``
+      ``'auto'``) is ``default_solver``: ``wnjax.AutoSwitch``, explicit (``Tsit5``; ``Dopri8`` for ``rtol < 1e-9``
+      on a smooth field, see ``default_solver``) while the flow is not stiff and L-stable ``Kvaerno5``
       while it is; ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and
       ``switches``. ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
       ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
@@ -715,7 +912,9 @@ def gradient_flow(
     - `max_steps`: the step budget. Exhausting it raises ``FlowFailed`` (``throw=True``) or
       returns the partial result with ``ok == False``.
     - `dt0`: initial step (``None``: chosen automatically).
-    - `degree`: homogeneity degree for the normalized margin; measured if ``None``.
+    - `degree`: homogeneity degree ``L`` for the normalized margin ``min_i q_i / ||w||^L``;
+      measured if ``None`` (margin losses). A model that is not homogeneous (biases, ``tanh``)
+      raises ``InvalidInput`` unless ``degree`` is given.
     - `progress`: show diffrax's progress meter.
     - `throw`: raise ``FlowFailed`` on failure instead of returning.
     - `controller_kwargs`: extra ``diffrax.PIDController`` arguments (``pcoeff``, ``dtmax``, ...).
@@ -725,24 +924,30 @@ def gradient_flow(
 
     **Returns:** a ``FlowResult``.
 
+    SIGINT (Ctrl-C) or SIGTERM during the solve ends it within ~0.2 s (a signal during
+    compilation takes effect once compilation is done): the run so far is returned with
+    ``interrupted`` true, and a warning, never ``FlowFailed``.
+
     Numbers (``t1``, ``rtol``, ``atol``, ``target_log_loss``, ...) are traced, so calling again
     with other values reuses the compiled program.
     """
     if time not in TIMES:
-        raise ValueError(f"time must be one of {TIMES}, got {time!r}.")
+        raise InvalidInput(f"time must be one of {TIMES}, got {time!r}.")
     if not callable(rate) and rate not in RATES:
-        raise ValueError(f"rate must be one of {RATES} or a callable, got {rate!r}.")
+        raise InvalidInput(f"rate must be one of {RATES} or a callable, got {rate!r}.")
+    check_options(t0=t0, t1=t1, log_t0=log_t0, rtol=rtol, atol=atol, dt0=dt0, degree=degree,
+                  target_log_loss=target_log_loss, n_save=n_save, max_steps=max_steps)
     loss_obj = get_loss(loss)
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
     if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time == "normalized" else t0):
-        raise ValueError(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
+        raise InvalidInput(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
     rtol, atol = _tolerances(rtol, atol, dtype)
     normalized = time == "normalized"
     has_target = target_log_loss is not None
-    save = resolve_save(save, n_save=n_save, save_ts=save_ts, normalized=normalized,
+    save = resolve_save(save, n_save=int(n_save), save_ts=save_ts, normalized=normalized,
                         has_target=has_target)
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
@@ -772,30 +977,40 @@ def gradient_flow(
         else:
             save_s = default_save_times(start, float(t1), save.n)
     save_s = _number(save_s, dtype)
-    result = _solve(
-        p,
-        X,
-        y,
-        numbers,
-        save_s,
-        loss=loss_obj,
-        solver=resolve_solver(solver, rtol, _count_params(p), traced=_is_traced(p, X)),
-        time=time,
-        rate=rate,
-        has_target=has_target,
-        max_steps=int(max_steps),
-        save_states=save_states,
-        save_levels=save_levels,
-        diagnostics=diagnostics,
-        progress_meter=_progress_meter(progress),
-        controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
-        standard_out=not isinstance(model, Parameterized),  # final/states as the input's type
-    )
+    with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
+        result = _solve(
+            p,
+            X,
+            y,
+            numbers,
+            save_s,
+            loss=loss_obj,
+            solver=resolve_solver(solver, rtol, _count_params(p), traced=_is_traced(p, X),
+                              smooth=smooth_field(p)),
+            time=time,
+            rate=rate,
+            has_target=has_target,
+            max_steps=int(max_steps),
+            save_states=save_states,
+            save_levels=save_levels,
+            diagnostics=diagnostics,
+            progress_meter=_progress_meter(progress),
+            controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
+            # final/states as the input's type
+            standard_out=not isinstance(model, Parameterized),
+        )
+        return _finish(result, throw)
+
+
+def _finish(result: FlowResult, throw: bool) -> FlowResult:
+    """``result``, once its run has finished; a failure raises ``FlowFailed`` (``throw``) or
+    warns, an interrupted run warns and is returned."""
     if not isinstance(result.result_code, jax.core.Tracer):
-        if not bool(np.all(np.asarray(result.result_code) == 0)):  # one host read, no dispatch
-            if throw:
+        code = np.asarray(result.result_code)  # one host read, no dispatch: waits for the run
+        if not bool(np.all(code == 0)):
+            if throw and not bool(np.any(code == INTERRUPTED)):
                 raise FlowFailed(result.message, result)
-            warnings.warn(result.message, RuntimeWarning, stacklevel=2)
+            warnings.warn(result.message, RuntimeWarning, stacklevel=3)
     return result
 
 

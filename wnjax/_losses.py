@@ -80,6 +80,18 @@ class Logistic(Loss):
         return logsumexp(log_softplus(-self.margins(outputs, y)))
 
 
+class LogisticThenExponential(Loss):
+    """Logistic while some margin is at most `switch`, exponential once all exceed it:
+    ``log L = logsumexp(-q)`` if ``min_i q_i > switch``, else ``logsumexp(log softplus(-q))``,
+    decided at each point (Exp-WN's lin-sep code: ``switch = 30``)."""
+
+    switch: float = eqx.field(static=True, default=30.0)
+
+    def log_loss(self, outputs, y):
+        q = self.margins(outputs, y)
+        return jnp.where(jnp.min(q) > self.switch, logsumexp(-q), logsumexp(log_softplus(-q)))
+
+
 class CrossEntropy(Loss):
     """``l_i = log(1 + sum_{j != y_i} exp(f_j - f_{y_i}))``, labels are class indices."""
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import time
+
+from ._cli import positive_int
+from . import _interrupt
+from ._errors import InvalidInput
+from ._store import atomic_write_bytes, writable_dir
 
 HELP = "reproduce an experiment of the seed papers (figures, metrics.json, report.md)"
 
@@ -35,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="experiment name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--out", default=None, help="output folder (default runs/NAME)")
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (vmapped)")
+    parser.add_argument("--seeds", type=positive_int, default=5,
+                        help="number of seeds (vmapped)")
     parser.add_argument("--full", action="store_true", help="the paper's sizes (slow)")
     # Experiment-specific flags are parsed from the remaining arguments.
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -44,13 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def experiment_parser(name: str, **defaults) -> argparse.ArgumentParser:
     """The argument parser of experiment ``name``: the common flags and its own."""
     if name not in EXPERIMENTS:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)} "
             f"(`wnjax reproduce --list` describes them)."
         )
     sub = argparse.ArgumentParser(prog=f"wnjax reproduce {name}")
     sub.add_argument("--out", default=defaults.get("out"))
-    sub.add_argument("--seeds", type=int, default=defaults.get("seeds", 5))
+    sub.add_argument("--seeds", type=positive_int, default=defaults.get("seeds", 5))
     sub.add_argument("--full", action="store_true", default=defaults.get("full", False))
     _load(name).add_arguments(sub)
     return sub
@@ -88,8 +95,12 @@ def reproduce(name: str, *, seeds: int = 5, out: str | None = None, full: bool =
     ``options`` are the experiment's own flags with ``-`` written as ``_`` (for example
     ``reproduce("lin-sep", seeds=3, dynamics="flow", max_steps=2000)``); unknown ones raise.
     Writes the figures, ``metrics.json`` and ``report.md`` under ``out`` (default
-    ``runs/NAME``).
+    ``runs/NAME``), which is checked for writability first. SIGINT/SIGTERM stop the experiment
+    early: what had finished is written and the report says PARTIAL.
     """
+    from ._validate import check_options
+
+    check_options(seeds=seeds)
     parser = experiment_parser(name, out=out, seeds=seeds, full=full)
     args = parser.parse_args([])
     unknown = sorted(set(options) - set(vars(args)))
@@ -102,8 +113,29 @@ def reproduce(name: str, *, seeds: int = 5, out: str | None = None, full: bool =
         setattr(args, key, value)
     args.name = name
     args.out = args.out or os.path.join("runs", name)
-    os.makedirs(args.out, exist_ok=True)
-    return _load(name).run(args)
+    writable_dir(args.out)
+    started = time.time()
+    with _interrupt.handling():
+        metrics = _load(name).run(args)
+        if _interrupt.requested():
+            mark_partial(args.out, started)
+    return metrics
+
+
+def mark_partial(out: str, started: float) -> bool:
+    """Mark the ``report.md`` written into ``out`` since ``started`` as PARTIAL (an interrupted
+    experiment whose later stages ran on cut-short runs), unless it says so already; return
+    whether this run wrote a report at all."""
+    path = os.path.join(out, "report.md")
+    if not os.path.exists(path) or os.path.getmtime(path) < started - 1.0:
+        return False
+    with open(path) as f:
+        text = f.read()
+    if "PARTIAL" not in text:
+        note = ("**PARTIAL**: interrupted (SIGINT/SIGTERM); runs in progress at the signal "
+                "stopped early, so the numbers below may be incomplete.\n\n")
+        atomic_write_bytes(path, (note + text).encode())
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,11 +151,58 @@ def run(args: argparse.Namespace) -> int:
     module = _load(args.name)
     # The common flags may also come after NAME; they keep the values parsed before it.
     sub = experiment_parser(args.name, out=args.out, seeds=args.seeds, full=args.full)
-    extra = sub.parse_args(args.rest)
+    rest = [a for a in args.rest if a != "--debug"]  # wnjax's own flag, also after NAME
+    args.debug = getattr(args, "debug", False) or len(rest) < len(args.rest)
+    extra = sub.parse_args(rest)
     for key, value in vars(extra).items():
         setattr(args, key, value)
     args.out = args.out or os.path.join("runs", args.name)
-    os.makedirs(args.out, exist_ok=True)
-    module.run(args)
+    writable_dir(args.out)
+    started = time.time()
+
+    def partial():
+        if mark_partial(args.out, started):
+            print(f"PARTIAL: interrupted; {args.out} holds what had finished (report.md names "
+                  "what is missing).")
+        else:
+            print("interrupted before any result had finished; nothing was written.")
+
+    with _interrupt.handling(on_timeout=partial):
+        metrics = module.run(args)
+    if _interrupt.requested():
+        _interrupt.stopping()
+        partial()
+        return _interrupt.exit_code()
     print(f"wrote {args.out}/report.md, metrics.json and figures")
+    failed = _failed_runs(metrics)
+    if failed:
+        print(f"some runs failed: {', '.join(failed)} (see {args.out}/metrics.json).")
+        return 1
     return 0
+
+
+def _failed_runs(metrics, path: str = "") -> list[str]:
+    """The paths of ``ok`` entries in ``metrics`` (nested dicts) that hold a false value."""
+    if not isinstance(metrics, dict):
+        return []
+    out = []
+    for key, value in metrics.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key == "ok" and not _all_true(value):
+            out.append(where)
+        elif isinstance(value, dict):
+            out += _failed_runs(value, where)
+    return out
+
+
+def _all_true(value) -> bool:
+    if isinstance(value, dict):
+        return all(_all_true(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_true(v) for v in value)
+    try:
+        import numpy as np
+
+        return bool(np.all(np.asarray(value)))
+    except Exception:  # not a truth value: not a failure flag
+        return True

@@ -3,7 +3,9 @@
 - ``eta = eta0 / L`` (Lyu & Li; Exp-WN's MNIST runs): ``power = 1``;
 - ``eta = eta0 / L^(1 - 1/frac)`` (Exp-WN's synthetic runs): ``power = 1 - 1/frac``;
 - backtracking: if the loss rose since the last step, undo that step and set
-  ``eta0 <- eta0 / shrink``; else ``eta0 <- min(grow eta0, max_learning_rate)``.
+  ``eta0 <- eta0 / shrink``; else ``eta0 <- min(grow eta0, max_learning_rate)``;
+- lagged (Exp-WN's lin-sep code): the step from ``theta_k`` is normalized by the loss of the
+  previous iterate, ``theta_{k+1} = theta_k - eta0 L(theta_{k-1})^(-power) grad L(theta_k)``.
 
 ``wnjax.gradient_descent`` calls ``update(g, state, params, value=L, log_value=log L)``. The
 scale ``L^-power`` is formed from ``log_value``, so nothing divides by an underflowed ``L``.
@@ -23,13 +25,15 @@ GRADIENTS = ("loss", "log_loss")
 
 class LossNormalizedState(NamedTuple):
     """``eta0`` now, ``log L`` at the last accepted point, the last update, whether the last
-    update was an undo, and the number of undone steps."""
+    update was an undo, the number of undone steps, and the ``log L`` that normalized the last
+    step (``L(theta_{k-1})`` when lagged)."""
 
     eta0: Array
     prev_log_value: Array
     prev_update: optax.Updates
     just_undone: Array
     num_undone: Array
+    lag_log_value: Array
 
 
 def loss_normalized_sgd(
@@ -40,6 +44,7 @@ def loss_normalized_sgd(
     shrink=1.1,
     max_learning_rate=None,
     gradient: str = "loss",
+    lag: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """GD with the loss-normalized rate ``eta = eta0 / L^power``, optionally backtracking.
 
@@ -56,9 +61,14 @@ def loss_normalized_sgd(
     - `grow`, `shrink`: the backtracking factors (Exp-WN: 1.1 both).
     - `max_learning_rate`: the cap on ``eta0`` (``None``: no cap).
     - `gradient`: ``'loss'`` if ``g = grad L``, ``'log_loss'`` if ``g = grad log L``.
+    - `lag`: normalize by the loss of the previous accepted iterate:
+      ``theta_{k+1} = theta_k - eta0 L(theta_{k-1})^(-power) grad L(theta_k)``, with
+      ``L(theta_{-1}) = L(theta_0)``; a retry after an undo reuses its ``L(theta_{k-1})``.
 
     **Returns:** an ``optax.GradientTransformationExtraArgs``; its ``update`` needs
-    ``log_value=log L`` (``gradient_descent`` passes it). An undone step counts as a step.
+    ``log_value=log L`` (``gradient_descent`` passes it). Each call is a step or the undo of
+    the last step: ``k`` calls with ``num_undone`` undos made ``k - 2 num_undone`` accepted steps
+    (epochs).
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}.")
@@ -73,6 +83,7 @@ def loss_normalized_sgd(
             prev_update=zeros,
             just_undone=jnp.asarray(False),
             num_undone=jnp.zeros((), int),  # strong-typed: a weak one retraces the loop
+            lag_log_value=jnp.asarray(jnp.nan, dtype),
         )
 
     def update_fn(updates, state, params=None, *, log_value=None, **extra):
@@ -93,7 +104,17 @@ def loss_normalized_sgd(
         else:
             rose = jnp.asarray(False)
             eta0 = state.eta0
-        scale = -eta0 * jnp.exp(exponent * log_value)
+        if lag:
+            # L(theta_{k-1}): the last accepted point's loss (theta_0's own at the first step);
+            # a retry from the restored point keeps the normalization of the step it retries
+            first = state.prev_log_value == jnp.inf
+            norm = jnp.where(state.just_undone, state.lag_log_value,
+                             jnp.where(first, log_value, state.prev_log_value))
+            log_scale = -power * norm + (log_value if gradient == "log_loss" else 0.0)
+        else:
+            norm = log_value
+            log_scale = exponent * log_value
+        scale = -eta0 * jnp.exp(log_scale)
         step = jax.tree_util.tree_map(lambda g: scale * g, updates)
         undo = jax.tree_util.tree_map(jnp.negative, state.prev_update)
         out = jax.tree_util.tree_map(lambda u, s: jnp.where(rose, u, s), undo, step)
@@ -108,6 +129,9 @@ def loss_normalized_sgd(
             ),
             just_undone=rose,
             num_undone=state.num_undone + rose.astype(state.num_undone.dtype),
+            lag_log_value=jnp.where(rose, state.lag_log_value, norm).astype(
+                state.lag_log_value.dtype
+            ),
         )
         return out, new_state
 

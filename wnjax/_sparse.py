@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.optimize
 
 
 def _check(A, y) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +28,7 @@ def l1_interpolator(A, y) -> np.ndarray:
     """``argmin ||x||_1`` s.t. ``A x = y``, by linear programming (scipy ``linprog``, HiGHS)."""
     A, y = _check(A, y)
     d = A.shape[1]
+    import scipy.optimize
     res = scipy.optimize.linprog(
         np.ones(2 * d),
         A_eq=np.hstack([A, -A]),
@@ -72,6 +72,7 @@ def _dual_newton(A: np.ndarray, y: np.ndarray, a2: float, mu0: np.ndarray) -> np
     def hess(mu):
         return (A * (2 * a2 * np.cosh(A.T @ mu))) @ A.T
 
+    import scipy.optimize
     res = scipy.optimize.minimize(
         fun, mu0, jac=jac, hess=hess, method="trust-exact", options={"gtol": 1e-12, "maxiter": 1000}
     )
@@ -116,6 +117,7 @@ def q_alpha_interpolator(A, y, alpha: float, method: str = "dual") -> np.ndarray
         def jac(x):
             return np.arcsinh(x / (2 * a2))
 
+        import scipy.optimize
         res = scipy.optimize.minimize(
             fun,
             x0,

@@ -23,16 +23,25 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+import zipfile
+import zlib
 from importlib import metadata
 
 import numpy as np
+
+from ._errors import WnjaxError
 
 MANIFEST = "manifest.json"
 PACKAGES = ("wnjax", "jax", "jaxlib", "equinox", "diffrax", "optax", "numpy")
 
 
-class StoreMismatch(ValueError):
+class StoreMismatch(WnjaxError, ValueError):
     """The directory holds a sweep with a different config."""
+
+
+class CorruptChunk(WnjaxError, ValueError):
+    """A stored chunk file cannot be read (truncated, or not an ``.npz``); the message names it."""
 
 
 def canonical_json(obj) -> str:
@@ -75,11 +84,13 @@ def git_revision() -> dict:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``;
+    the file gets the permissions of a plain ``open`` (``0o666`` less the umask)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -89,6 +100,41 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def writable_dir(path: str) -> str:
+    """Create the directory ``path`` if it is missing and check that files can be written in it,
+    before anything is computed; raise ``InvalidInput`` naming the problem otherwise."""
+    from ._errors import InvalidInput
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InvalidInput(f"output directory {path!r} is an existing file; give a directory "
+                           "(--out DIR).")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise InvalidInput(f"cannot write in output directory {path!r}: "
+                           f"{err.strerror or err}; give a writable directory (--out DIR)."
+                           ) from None
+    return path
+
+
+def _umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where there is one, else read by setting
+    it and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -117,6 +163,7 @@ class Store:
         self.path = path
         self.identity = json.loads(canonical_json(identity))
         self.hash = identity_hash(self.identity)
+        writable_dir(path)
         os.makedirs(self.chunk_dir, exist_ok=True)
         manifest_path = os.path.join(path, MANIFEST)
         if os.path.exists(manifest_path) and not overwrite:
@@ -160,9 +207,28 @@ class Store:
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(self.chunk_path(cell, chunk), buf.getvalue())
 
-    def read_chunk(self, cell: int, chunk: int) -> dict[str, np.ndarray]:
-        with np.load(self.chunk_path(cell, chunk)) as data:
-            return {k: data[k] for k in data.files}
+    def read_chunk(self, cell: int, chunk: int, *, recover: bool = False
+                   ) -> dict[str, np.ndarray] | None:
+        """One stored chunk's arrays. A file that cannot be read raises ``CorruptChunk``, which
+        names it; with ``recover`` the file is renamed ``*.corrupt`` instead, a warning names
+        it, and the result is ``None`` (the chunk is then computed again)."""
+        path = self.chunk_path(cell, chunk)
+        try:
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files}
+            if "row" not in arrays:
+                raise ValueError("it has no 'row' array")
+            return arrays
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            why = f"{type(err).__name__}: {err}"
+            if not recover:
+                raise CorruptChunk(f"stored chunk {path} cannot be read ({why}); delete it and "
+                                   "rerun the sweep to compute it again.") from err
+        os.replace(path, path + ".corrupt")
+        warnings.warn(f"stored chunk {path} cannot be read ({why}); it is renamed "
+                      f"{os.path.basename(path)}.corrupt and computed again.", RuntimeWarning,
+                      stacklevel=2)
+        return None
 
     def write_table(self, columns: dict[str, np.ndarray]) -> list[str]:
         """Write ``table.csv`` (and ``table.parquet`` with pyarrow); return the paths written."""

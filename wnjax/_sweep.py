@@ -1,4 +1,4 @@
-"""Seed sweeps: ``vmap`` inside one compiled program, ``shard_map`` across devices, resumable.
+"""Seed sweeps: ``vmap`` over blocks of seeds, the blocks spread over devices, resumable.
 
 A sweep runs ``run(key, cfg)`` (one seed, one config; any wnjax flow or GD run returning a dict
 of arrays) for every seed and every config of a grid. The grid splits in two:
@@ -9,16 +9,33 @@ of arrays) for every seed and every config of a grid. The grid splits in two:
   inside a cell they are vmapped together with the seeds.
 
 The rows of a cell, ``(seed, config)`` pairs, go in *blocks* of ``batch_size`` rows, each block
-one ``vmap`` of ``run``. A *chunk* (``chunk_size`` rows, the unit of storage and resumption) is a
-stack of blocks whose block axis is split over a ``'seeds'`` mesh axis with ``jax.shard_map``:
-each device runs its own blocks with its own adaptive while-loops, so no device waits on
-another's slowest seed (the plain-``jit`` sharding problem of diffrax #407 / jax #26586). A row
-always sits in a block of the same width, so its numbers do not depend on the device count.
+one ``jax.vmap`` of ``run`` compiled as a single-device program (``jax.jit``, compiled once per
+device that runs it). A *chunk* (``chunk_size`` rows, the unit of storage and resumption) is a
+list of blocks, dealt out to the devices in turn (by default one block per device). Dispatch is
+asynchronous, so the devices run their blocks at the same time, each block with its own
+adaptive while-loops (it waits only for its own slowest seed), and the next chunk is dispatched
+before the current one is read.
+
+Every row is computed by the same program, a ``vmap`` of ``batch_size`` lanes, whatever the
+number of devices or the chunk size, so the table does not depend on them, bit for bit. (One
+``shard_map`` program over a mesh of D devices would not do: XLA optimizes a multi-device
+program differently from a single-device one, and the last-bit differences, amplified by
+adaptive step-size control, change step counts.) The numbers depend on ``batch_size``, the
+seeds, the grid, the config and the platform; the manifest holds all of them (and the chunk
+size, which fixes the store's layout), and a resume with any other value raises
+``StoreMismatch``.
+
+SIGINT/SIGTERM stop a sweep at the chunk in progress, which is dropped (its gradient flows stop
+within ~0.2 s; a traced GD run finishes first): the finished chunks are stored,
+and rerunning the same call resumes. A stored chunk
+that cannot be read (a truncated file) is renamed ``*.corrupt``, named in a warning and
+recomputed.
 
 Multi-host: start every process with ``jax.distributed.initialize(...)`` (see
-``wnjax sweep --help``) before calling ``sweep``; the mesh then spans all processes'
-devices, inputs are assembled with ``jax.make_array_from_callback``, process 0 decides which
-chunks are pending and is the only writer of the store (a shared filesystem is assumed).
+``wnjax sweep --help``) before calling ``sweep``; the devices then span all processes, each
+process runs the blocks dealt to its own devices, the outputs are gathered to every process,
+process 0 decides which chunks are pending and is the only writer of the store (a shared
+filesystem is assumed).
 """
 
 from __future__ import annotations
@@ -36,12 +53,12 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from . import _interrupt
 from ._store import Store
 
-AXIS = "seeds"
+# What the program of a row is: recorded in the manifest, since the numbers depend on it.
+PROGRAM = "jit(vmap(run)) over blocks of batch_size rows, one single-device program per block"
 
 
 @dataclass
@@ -54,7 +71,9 @@ class SweepResult:
       (in table order), plus ``row``, their row indices in ``table``;
     - `cells`: the static config of each grid cell;
     - `path`: the results directory (``None`` for an in-memory sweep);
-    - `elapsed`, `compile_seconds`: wall time of running the chunks, and of compiling.
+    - `elapsed`, `compile_seconds`: wall time of running the chunks, and of compiling;
+    - `interrupted`: SIGINT/SIGTERM stopped the sweep, and the table holds only the rows of the
+      chunks finished by then.
     """
 
     table: dict[str, np.ndarray]
@@ -64,6 +83,7 @@ class SweepResult:
     path: str | None = None
     elapsed: float = field(default=float("nan"))
     compile_seconds: float = field(default=float("nan"))
+    interrupted: bool = False
 
     def __len__(self) -> int:
         return int(self.table["seed"].shape[0])
@@ -190,44 +210,54 @@ def _run_identity(run: Callable, run_name: str | None) -> dict:
     return {"name": name, "source_sha256": source}
 
 
-def _compile_cell(run: Callable, cell: dict, mesh: Mesh) -> Callable:
-    """``(seeds, configs)`` of shape ``(blocks, batch)`` -> outputs, one vmapped block at a time."""
+def _block_program(run: Callable, cell: dict) -> Callable:
+    """``(seeds, configs)`` of one block (leading axis ``batch_size``) -> outputs: one ``vmap``
+    of ``run``, jitted (a single-device program wherever its inputs are)."""
 
     def one(seed, cfg):
         return _flatten(run(jax.random.key(seed), {**cell, **cfg}))
 
-    block = jax.vmap(one)
-
-    def per_device(seeds, cfgs):
-        return jax.lax.map(lambda a: block(*a), (seeds, cfgs))
-
-    # check_vma=False: diffrax/equinox loops build carries that are not marked as varying.
-    sharded = jax.shard_map(
-        per_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False
-    )
-    return jax.jit(sharded)
+    return jax.jit(jax.vmap(one))
 
 
-def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def _gather(outs: list[dict], owners: list[int], shapes: dict) -> list[dict]:
+    """Every block's outputs on every process: ``outs`` are this process's blocks (in block
+    order), ``owners[b]`` the process that ran block ``b``, ``shapes`` a block's output
+    shapes."""
     if jax.process_count() == 1:
-        return jax.device_put(x, sharding)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def _fetch(x: jax.Array) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray(x)
+        return outs
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    width = max(owners.count(p) for p in range(jax.process_count()))
+    pad = [{n: np.zeros(v.shape, v.dtype) for n, v in shapes.items()}] * (width - len(outs))
+    local = {n: np.stack([o[n] for o in outs + pad]) for n in shapes}
+    every = multihost_utils.process_allgather(local, tiled=False)  # (processes, width, ...)
+    seen = [0] * jax.process_count()
+    blocks = []
+    for p in owners:
+        blocks.append({n: np.asarray(v[p, seen[p]]) for n, v in every.items()})
+        seen[p] += 1
+    return blocks
 
 
-def _pending_mask(store: Store | None, n_cells: int, n_chunks: int) -> np.ndarray:
-    mask = np.ones((n_cells, n_chunks), bool)
+def _read_stored(store: Store | None, n_cells: int, n_chunks: int) -> dict:
+    """The readable stored chunks, ``{(cell, chunk): arrays}`` (process 0 reads; an unreadable
+    chunk is set aside and recomputed, see ``Store.read_chunk``)."""
+    done = {}
     if store is not None and jax.process_index() == 0:
         for c in range(n_cells):
             for k in range(n_chunks):
-                mask[c, k] = not store.has_chunk(c, k)
+                if store.has_chunk(c, k):
+                    arrays = store.read_chunk(c, k, recover=True)
+                    if arrays is not None:
+                        done[c, k] = arrays
+    return done
+
+
+def _pending_mask(done: dict, n_cells: int, n_chunks: int) -> np.ndarray:
+    mask = np.ones((n_cells, n_chunks), bool)
+    for c, k in done:
+        mask[c, k] = False
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -260,7 +290,8 @@ def sweep(
     overwrite: bool = False,
     progress: bool = True,
 ) -> SweepResult:
-    """Run ``run(key, cfg)`` for every seed and config, vmapped and sharded, into a results table.
+    """Run ``run(key, cfg)`` for every seed and config, vmapped in blocks spread over the devices,
+    into a results table.
 
     ``key = jax.random.key(seed)``; ``cfg`` holds one value per grid axis: static axes as Python
     values, array axes (floats) as traced scalars, so that inside a grid cell all configs and seeds
@@ -278,8 +309,10 @@ def sweep(
     - `static`: grid axes to treat as static even if their values are floats.
     - `batch_size`: rows per vmapped block (the vmap width; part of the config, since it fixes
       each row's floating-point program).
-    - `chunk_size`: rows per stored chunk (default ``batch_size * devices``, or the stored value).
-    - `devices`: a count or a list of devices (default: all visible, across all processes).
+    - `chunk_size`: rows per stored chunk (default ``batch_size * devices``, or the stored value);
+      it sets only how rows are stored, not their numbers.
+    - `devices`: a count or a list of devices (default: all visible, across all processes); the
+      numbers do not depend on it.
     - `config`: extra settings that determine the results (data, fixed run arguments); stored in
       the manifest and compared on resume.
     - `run_name`: a stable name for ``run`` in the manifest (default module.qualname).
@@ -287,7 +320,9 @@ def sweep(
     - `progress`: show a progress bar over chunks (runs/s and ETA).
 
     **Returns:** a ``SweepResult``; with ``out``, also ``table.csv`` (and ``table.parquet`` with
-    pyarrow) and ``trajectories/cCCC.npz`` in ``out``.
+    pyarrow) and ``trajectories/cCCC.npz`` in ``out``. After SIGINT/SIGTERM the result holds the
+    rows of the finished chunks (``interrupted`` is set), which are stored, and the table files
+    are not written.
     """
     grid = _normalize_grid(grid)
     cells, configs = split_grid(grid, static)
@@ -313,14 +348,18 @@ def sweep(
         "x64": bool(jax.config.jax_enable_x64),
         "key_impl": str(jax.config.jax_default_prng_impl),
     }
+    identity["platform"] = devs[0].platform
+    identity["program"] = PROGRAM
     writer = jax.process_index() == 0
     store = Store(out, identity, overwrite=overwrite) if out is not None else None
-    pending = _pending_mask(store, len(cells), n_chunks)
-    mesh = Mesh(np.asarray(devs), (AXIS,))
-    sharding = NamedSharding(mesh, P(AXIS))
-    blocks = math.ceil(chunk_size / batch_size)
-    blocks += -blocks % len(devs)
-    padded = blocks * batch_size
+    done = _read_stored(store, len(cells), n_chunks)
+    pending = _pending_mask(done, len(cells), n_chunks)
+    n_blocks = math.ceil(chunk_size / batch_size)
+
+    # Block b of a chunk runs on device b mod D, in the process that owns it (a chunk of fewer
+    # blocks than devices compiles for fewer).
+    block_device = [devs[b % len(devs)] for b in range(n_blocks)]
+    owners = [d.process_index for d in block_device]
 
     # Row r of a cell is (seed r // n_cfg, config r % n_cfg): seed-major, so a partial sweep
     # already covers every config.
@@ -345,46 +384,100 @@ def sweep(
             bar = None
 
     start, compile_seconds = time.perf_counter(), 0.0
-    results: list[list[dict]] = [[None] * n_chunks for _ in cells]
-    for c, cell in enumerate(cells):
-        if not pending[c].any():
-            continue
-        fn = _compile_cell(run, cell, mesh)
-        compiled = None
-        for k in range(n_chunks):
-            if not pending[c, k]:
+    results: dict = {}
+    interrupted = False
+
+    def launch(c, k, program, compiled):
+        """Dispatch this process's blocks of chunk ``k`` (asynchronously); compile the block
+        program for a device on its first block there."""
+        nonlocal compile_seconds
+        lo, hi = k * chunk_size, min((k + 1) * chunk_size, n_rows)
+        rows = np.arange(lo, hi)
+        # the last block is filled up with the chunk's first row (its outputs are dropped)
+        take = np.concatenate([rows, np.full(n_blocks * batch_size - rows.size, rows[0])])
+        s_in = row_seed[take].reshape(n_blocks, batch_size)
+        c_in = {n: v[row_cfg[take]].reshape(n_blocks, batch_size) for n, v in cfg_values.items()}
+        outs = []
+        for b, dev in enumerate(block_device):
+            if dev.process_index != jax.process_index():
                 continue
-            lo, hi = k * chunk_size, min((k + 1) * chunk_size, n_rows)
-            rows = np.arange(lo, hi)
-            take = np.concatenate([rows, np.full(padded - rows.size, rows[0])])
-            s_in = row_seed[take].reshape(blocks, batch_size)
-            c_in = {
-                name: v[row_cfg[take]].reshape(blocks, batch_size) for name, v in cfg_values.items()
-            }
-            args = (_put(s_in, sharding), {n: _put(v, sharding) for n, v in c_in.items()})
-            if compiled is None:  # compile once per cell, timed apart from the runs
+            args = (jax.device_put(s_in[b], dev), {n: jax.device_put(v[b], dev)
+                                                    for n, v in c_in.items()})
+            if dev not in compiled:  # timed apart from the runs
                 t0 = time.perf_counter()
-                compiled = fn.lower(*args).compile()
+                compiled[dev] = program.lower(*args).compile()
                 compile_seconds += time.perf_counter() - t0
-            outs = compiled(*args)
-            outs = {n: _fetch(v).reshape((padded,) + v.shape[2:])[: rows.size] for n, v in outs.items()}
-            arrays = {"row": rows, "seed": row_seed[rows], "config": row_cfg[rows], **outs}
-            if store is not None and writer:
-                store.write_chunk(c, k, arrays)
-            results[c][k] = arrays
-            if bar is not None:
-                bar.update(rows.size)
+            outs.append(compiled[dev](*args))
+        return c, k, rows, outs
+
+    def collect(launched, shapes):
+        c, k, rows, outs = launched
+        blocks = _gather([{n: np.asarray(v) for n, v in o.items()} for o in outs], owners,
+                         shapes)
+        merged = {n: np.concatenate([blk[n] for blk in blocks])[: rows.size] for n in blocks[0]}
+        return {"row": rows, "seed": row_seed[rows], "config": row_cfg[rows], **merged}
+
+    def stop_requested() -> bool:
+        stop = _interrupt.requested()
+        if jax.process_count() > 1:  # every process stops at the same chunk
+            from jax.experimental import multihost_utils
+
+            stop = bool(multihost_utils.broadcast_one_to_all(np.asarray(stop)))
+        return stop
+
+    with _interrupt.handling():
+        for c, cell in enumerate(cells):
+            todo = [k for k in range(n_chunks) if pending[c, k]]
+            if not todo or interrupted:
+                continue
+            if stop_requested():
+                interrupted = True
+                _interrupt.stopping()
+                continue
+            program, compiled = _block_program(run, cell), {}
+            shapes = None
+            if jax.process_count() > 1:
+                example = (jax.ShapeDtypeStruct((batch_size,), row_seed.dtype),
+                           {n: jax.ShapeDtypeStruct((batch_size,), v.dtype)
+                            for n, v in cfg_values.items()})
+                shapes = jax.eval_shape(program, *example)
+            # the next chunk is dispatched before this one is read, so the devices stay busy
+            inflight = launch(c, todo[0], program, compiled)
+            for i in range(len(todo)):
+                # (with several processes only the broadcast decision below counts)
+                more = i + 1 < len(todo) and (jax.process_count() > 1
+                                              or not _interrupt.requested())
+                nxt = launch(c, todo[i + 1], program, compiled) if more else None
+                arrays = collect(inflight, shapes)
+                if stop_requested():  # its flows may have stopped early: recomputed on resume
+                    interrupted = True
+                    _interrupt.stopping()
+                    break
+                if store is not None and writer:
+                    store.write_chunk(c, todo[i], arrays)
+                results[c, todo[i]] = arrays
+                if bar is not None:
+                    bar.update(arrays["row"].size)
+                inflight = nxt
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - start - compile_seconds
 
-    chunks = [
-        [results[c][k] if results[c][k] is not None else store.read_chunk(c, k) for k in range(n_chunks)]
-        for c in range(len(cells))
-    ]
+    chunks = []
+    for c in range(len(cells)):
+        have = []
+        for k in range(n_chunks):
+            if (c, k) in results:
+                have.append(results[c, k])
+            elif (c, k) in done:
+                have.append(done[c, k])
+            elif not pending[c, k]:  # stored, read by process 0 only
+                have.append(store.read_chunk(c, k))
+        chunks.append(have)
     result = _assemble(chunks, cells, configs, grid, out, elapsed)
     result.compile_seconds = compile_seconds
-    if store is not None and writer:
+    result.interrupted = interrupted
+    if store is not None and writer and not interrupted:
         store.write_table(result.table)
         for c, traj in enumerate(result.trajectories):
             store.write_trajectories(c, traj)
@@ -392,9 +485,13 @@ def sweep(
 
 
 def _assemble(chunks, cells, configs, grid, out, elapsed) -> SweepResult:
-    """Merge the chunks of every cell into one table (rows in cell, then row order)."""
+    """Merge the chunks of every cell into one table (rows in cell, then row order); a cell
+    without chunks (an interrupted sweep) has no rows."""
     per_cell, trajectories, offset = [], [], 0
     for c, cell_chunks in enumerate(chunks):
+        if not cell_chunks:
+            trajectories.append({"row": np.zeros(0, int)})
+            continue
         merged = {n: np.concatenate([ch[n] for ch in cell_chunks]) for n in cell_chunks[0]}
         n = merged["row"].size
         cols = {"cell": np.full(n, c), "config": merged["config"], "seed": merged["seed"]}
@@ -413,7 +510,8 @@ def _assemble(chunks, cells, configs, grid, out, elapsed) -> SweepResult:
             [cols.get(k, np.full(cols["seed"].size, np.nan)) for cols in per_cell]
         )
         for k in names
-    }
+    } if per_cell else {"cell": np.zeros(0, int), "config": np.zeros(0, int),
+                        "seed": np.zeros(0, int)}
     return SweepResult(
         table=table, trajectories=trajectories, cells=cells, grid=grid, path=out, elapsed=elapsed
     )

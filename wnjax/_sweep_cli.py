@@ -21,26 +21,39 @@ that all hosts share.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import inspect
 import os
 import sys
 import tomllib
 
-HELP = "run a seed sweep from a TOML config (vmapped, sharded over devices, resumable)"
+from ._cli import positive_int
+from ._errors import InvalidInput
+
+HELP = "run a seed sweep from a TOML config (vmapped blocks spread over devices, resumable)"
 
 MODEL_KEYS = ("width", "depth", "activation", "init_scale", "out_size")
 PARAMETERIZATIONS = ("ewn", "swn", "standard")
 DYNAMICS = ("flow", "descent")
+TABLES = ("sweep", "data", "model", "dynamics", "grid")
+SWEEP_KEYS = ("out", "seeds", "batch_size", "chunk_size", "dynamics", "run", "plot", "plot_x",
+              "static")
+DATA_KEYS = ("name", "seed", "path")
+# Arguments the built-in run sets itself, so [dynamics] may not.
+_FIXED = {"flow": ("model", "X", "y", "degree", "throw", "save_states"),
+          "descent": ("model", "X", "y", "degree")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config (see examples/sweep.toml)")
     parser.add_argument("--out", help="results directory (overrides [sweep] out)")
-    parser.add_argument("--seeds", type=int, help="number of seeds (overrides [sweep] seeds)")
-    parser.add_argument("--batch-size", type=int, help="rows per vmapped block")
-    parser.add_argument("--chunk-size", type=int, help="rows per stored chunk")
+    parser.add_argument("--seeds", type=positive_int,
+                        help="number of seeds (overrides [sweep] seeds)")
+    parser.add_argument("--batch-size", type=positive_int, help="rows per vmapped block")
+    parser.add_argument("--chunk-size", type=positive_int, help="rows per stored chunk")
     parser.add_argument(
-        "--devices", type=int,
+        "--devices", type=positive_int,
         help="use N devices (on CPU: force N host devices; default: all GPUs, or one per core)"
     )
     parser.add_argument(
@@ -50,12 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard stored results")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
-    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--num-processes", type=positive_int,
+                        help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict:
-    """The TOML config with ``SECTION.KEY=VALUE`` overrides applied (values parsed as TOML)."""
+    """The TOML config with ``SECTION.KEY=VALUE`` overrides applied (values parsed as TOML),
+    checked by ``check_config``."""
     settings: dict = {}
     if path is not None:
         with open(path, "rb") as f:
@@ -70,7 +85,58 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
         except tomllib.TOMLDecodeError:
             parsed = value  # a bare string
         settings.setdefault(section, {})[name] = parsed
+    check_config(settings)
     return settings
+
+
+def dynamics_keys(kind: str) -> tuple[str, ...]:
+    """The ``[dynamics]`` keys of the built-in run: the keyword arguments of
+    ``wnjax.gradient_flow`` (``kind='flow'``) or ``wnjax.traced_gradient_descent``
+    (``'descent'``) that it does not set itself."""
+    if kind == "flow":
+        from ._flow import gradient_flow as fn
+    else:
+        from ._batched import traced_gradient_descent as fn
+    return tuple(k for k in inspect.signature(fn).parameters if k not in _FIXED[kind])
+
+
+def check_config(settings: dict) -> None:
+    """Raise ``InvalidInput`` for an unknown table or key, naming it and the closest valid name.
+
+    With a custom ``[sweep] run``, only ``[sweep]`` and ``[data]`` are checked: the other tables
+    are the run's own.
+    """
+    sweep_table = settings.get("sweep", {})
+    custom = isinstance(sweep_table, dict) and "run" in sweep_table
+    if not custom:
+        _check_names("table", list(settings), TABLES, "the config")
+    for table, value in settings.items():
+        if table in TABLES and not isinstance(value, dict):
+            raise InvalidInput(f"[{table}] must be a table, got {table} = {value!r}.")
+    _check_names("key", list(sweep_table), SWEEP_KEYS, "[sweep]")
+    _check_names("key", list(settings.get("data", {})), DATA_KEYS, "[data]")
+    if custom:
+        return
+    kind = sweep_table.get("dynamics", "flow")
+    if kind not in DYNAMICS:
+        raise InvalidInput(f"[sweep] dynamics must be one of {DYNAMICS}, got {kind!r}.")
+    dynamics = dynamics_keys(kind)
+    model = (*MODEL_KEYS, "parameterization")
+    _check_names("key", list(settings.get("model", {})), model, "[model]")
+    _check_names("key", list(settings.get("dynamics", {})), dynamics,
+                 f"[dynamics] (dynamics = {kind!r})")
+    _check_names("key", list(settings.get("grid", {})), (*model, *dynamics), "[grid]")
+
+
+def _check_names(what: str, names: list, valid, where: str) -> None:
+    for name in names:
+        if name in valid:
+            continue
+        close = difflib.get_close_matches(str(name), list(valid), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise InvalidInput(
+            f"unknown {what} {name!r} in {where}{hint} Valid: {', '.join(valid)}."
+        )
 
 
 def load_data(data: dict):
@@ -177,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     sw = dict(settings.get("sweep", {}))
     out = args.out or sw.get("out")
     if out is None:
-        raise SystemExit("give a results directory: [sweep] out = '...' or --out DIR.")
+        raise InvalidInput("give a results directory: [sweep] out = '...' or --out DIR.")
     seeds = args.seeds if args.seeds is not None else sw.get("seeds", 8)
     X, y = load_data(settings.get("data", {}))
     if "run" in sw:
@@ -187,20 +253,35 @@ def run(args: argparse.Namespace) -> int:
     # Everything that changes the numbers is in the manifest; where results go is not.
     identity = {k: v for k, v in settings.items() if k not in ("sweep", "grid")}
     identity["sweep"] = {k: v for k, v in sw.items() if k in ("dynamics", "run")}
-    result = sweep(
-        fn,
-        seeds,
-        settings.get("grid", {}),
-        out=out,
-        static=sw.get("static"),
-        batch_size=args.batch_size or sw.get("batch_size", 16),
-        chunk_size=args.chunk_size or sw.get("chunk_size"),
-        devices=args.devices,
-        config=identity,
-        run_name=run_name,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    from . import _interrupt
+
+    def partial():
+        print(f"PARTIAL: interrupted; the finished chunks are stored in {out}/chunks (no "
+              "table.csv yet). Rerun the same command to resume.")
+
+    with _interrupt.handling(on_timeout=partial if jax.process_index() == 0 else None):
+        result = sweep(
+            fn,
+            seeds,
+            settings.get("grid", {}),
+            out=out,
+            static=sw.get("static"),
+            batch_size=args.batch_size or sw.get("batch_size", 16),
+            chunk_size=args.chunk_size or sw.get("chunk_size"),
+            devices=args.devices,
+            config=identity,
+            run_name=run_name,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    if result.interrupted:
+        if jax.process_index() == 0:
+            partial()
+            if len(result):
+                print(result.summary([k for k in ("final_log_loss", "num_steps", "ok")
+                                      if k in result.table] or None))
+            sys.stdout.flush()
+        return _interrupt.exit_code()
     if jax.process_index() != 0:
         return 0
     for name in sw.get("plot", []):
@@ -211,5 +292,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result)} runs ({len(result.cells)} compiled cells) in {result.elapsed:.1f} s "
           f"on {args.devices or len(jax.devices())} device(s); table: {out}/table.csv")
     print(result.summary(scalars or None))
+    failed = 0
+    if "ok" in result.table:
+        import numpy as np
+
+        failed = int(np.sum(~np.asarray(result.table["ok"], bool)))
+        if failed:
+            print(f"{failed} of {len(result)} runs failed (ok = 0 in the table).")
     sys.stdout.flush()
-    return 0
+    return 1 if failed else 0

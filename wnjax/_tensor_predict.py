@@ -24,7 +24,6 @@ the l1-SVM (an LP).
 from __future__ import annotations
 
 import numpy as np
-import scipy.optimize
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(256)
 
@@ -224,6 +223,7 @@ def min_norm_interpolant(Z, y, p: int = 2, weights=None):
         d = 1.0 / np.sqrt(w)
         return d * (np.linalg.pinv(Z * d) @ y)
     if p == 1:
+        import scipy.optimize
         res = scipy.optimize.linprog(
             np.concatenate([w, w]), A_eq=np.hstack([Z, -Z]), b_eq=y, bounds=(0, None),
             method="highs",
@@ -253,6 +253,7 @@ def l1_max_margin(Z, y):
     Z, y = _check_margins(Z, y)
     m = Z.shape[1]
     A = -(y[:, None] * np.hstack([Z, -Z]))
+    import scipy.optimize
     res = scipy.optimize.linprog(
         np.ones(2 * m), A_ub=A, b_ub=-np.ones(Z.shape[0]), bounds=(0, None), method="highs"
     )
@@ -289,6 +290,7 @@ def group_max_margin(Z, y, groups=None):
         np.add.at(J, g, 2.0 * v[:, None] * A)
         return -J
 
+    import scipy.optimize
     res = scipy.optimize.minimize(
         lambda lam: -np.sum(lam),
         np.full(n, 1e-3),
@@ -343,6 +345,7 @@ def tensor_kkt_residual(
     p = 2.0 / depth
     grad = p * norms[g] ** (p - 2) * rho
     A = (Z.T * y)[:, active]
+    import scipy.optimize
     lam_a, _ = scipy.optimize.nnls(A[coords], grad[coords], maxiter=50 * Z.shape[0])
     resid = np.linalg.norm(A[coords] @ lam_a - grad[coords]) / np.linalg.norm(grad[coords])
     lam = np.zeros(Z.shape[0])

@@ -69,12 +69,13 @@ def _nan_to_none(x):
 
 
 def write_outputs(out: str, metrics: dict, report: str) -> None:
-    """Write ``metrics.json`` and ``report.md`` into ``out``."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(_nan_to_none(jsonable(metrics)), f, indent=1)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(report.rstrip() + "\n")
+    """Write ``metrics.json`` and ``report.md`` into ``out``, each atomically (a stopped process
+    leaves the previous file or the new one, never a part)."""
+    from .._store import atomic_write_bytes
+
+    text = json.dumps(_nan_to_none(jsonable(metrics)), indent=1)
+    atomic_write_bytes(os.path.join(out, "metrics.json"), text.encode())
+    atomic_write_bytes(os.path.join(out, "report.md"), (report.rstrip() + "\n").encode())
 
 
 def save_figure(fig, out: str, name: str) -> str:

@@ -18,8 +18,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from .. import _interrupt
 from .._dense import apply_batch
-from .._descent import build_optimizer, descent_update
+from .._descent import _undone, build_optimizer, descent_update
 from .._flow import FlowResult, gradient_flow
 from .._losses import Loss, get_loss
 
@@ -57,7 +58,8 @@ def _init(params, static, X, y, traced, numbers, *, loss, optimizer) -> dict:
     return {
         "params": params,
         "opt_state": opt0,
-        "k": jnp.zeros(seeds, int),
+        "k": jnp.zeros(seeds, int),  # optimizer updates: steps and undos
+        "undone": jnp.zeros(seeds, int),
         "done": flag,
         "reached": flag,
         "diverged": flag,
@@ -122,9 +124,11 @@ def _chunk(carry, static, X, y, hp, keys, *, loss, optimizer, length, batch_size
             c["params"] = _where(take, new, c["params"])
             c["opt_state"] = _where(take, opt_state, c["opt_state"])
             c["k"] = c["k"] + take.astype(c["k"].dtype)
+            c["undone"] = c["undone"] + (take & _undone(opt_state)).astype(c["undone"].dtype)
             c["diverged"] = c["diverged"] | (running & bad)
             c["reached"] = c["reached"] | (running & at_target)
-            c["done"] = c["done"] | at_target | bad | (c["k"] >= c["num_steps"])
+            attempts = c["k"] - c["undone"]  # accepted steps and undone ones
+            c["done"] = c["done"] | at_target | bad | (attempts >= c["num_steps"])
             return c, None
 
         c, _ = jax.lax.scan(step, c, None, length=length)
@@ -153,9 +157,12 @@ class BatchedRun(eqx.Module):
       ``summarize`` outputs after each chunk; `steps`: ``(n_records, seeds)`` steps taken then;
     - `final`: the stacked final models; `num_steps`, `reached`, `diverged`, `stalled`: per seed
       (``stalled``: stopped at a point no step can improve, see ``STALL_SHARE``);
+    - steps are accepted steps (epochs); `undone`: per seed, the steps that backtracking undid
+      (not in `num_steps`: an undone step and its undo are two optimizer updates, no epoch);
     - `checkpoints`: per checkpoint target, the stacked models at the first chunk end where the
       full-data ``log L`` was at or below it (``None`` entries for targets no seed reached), with
-      `checkpoint_log_loss` and `checkpoint_steps` (``nan``/``-1`` where a seed never got there).
+      `checkpoint_log_loss` and `checkpoint_steps` (``nan``/``-1`` where a seed never got there);
+    - `interrupted`: SIGINT/SIGTERM stopped the run at a chunk end, before every seed was done.
     """
 
     history: dict
@@ -168,6 +175,14 @@ class BatchedRun(eqx.Module):
     checkpoints: tuple
     checkpoint_log_loss: np.ndarray
     checkpoint_steps: np.ndarray
+    interrupted: bool = False
+    undone: np.ndarray | None = None
+
+
+def _epochs(carry) -> np.ndarray:
+    """Accepted steps (epochs) per seed: ``k`` updates hold two per undone step (the step and
+    its undo), so ``epochs = k - 2 undone``."""
+    return np.asarray(carry["k"]) - 2 * np.asarray(carry["undone"])
 
 
 def _per_seed(x, seeds: int):
@@ -207,7 +222,8 @@ def run_gd(
     - `models`: stacked models (``eqx.filter_vmap`` over keys), plain or ``Parameterized``.
     - `X`, `y`: shared data ``(n, ...)``, or per-seed data ``(seeds, n, ...)`` with
       ``per_seed_data=True``.
-    - `num_steps`, `learning_rate`, `optimizer`, `hyperparams`, `loss`, `objective`: as for
+    - `num_steps`: the budget of attempted steps per seed (accepted and undone).
+    - `learning_rate`, `optimizer`, `hyperparams`, `loss`, `objective`: as for
       ``wnjax.gradient_descent``.
     - `target_log_loss`: stop a seed once it reaches it.
     - `checkpoints`: full-data ``log L`` values at which to keep the model (chunk resolution).
@@ -218,7 +234,8 @@ def run_gd(
     - `stop_stalled`: stop a seed, flagged ``stalled``, at a chunk end where no step can lower
       its loss (``STALL_SHARE``), instead of spending ``num_steps`` on it.
 
-    **Returns:** a ``BatchedRun``.
+    **Returns:** a ``BatchedRun``. SIGINT/SIGTERM end the run at the next chunk end, with
+    ``interrupted`` set.
     """
     loss_obj = get_loss(loss)
     params, static = eqx.partition(models, eqx.is_inexact_array)
@@ -257,34 +274,41 @@ def run_gd(
     ck_loss = np.full((len(targets), seeds), np.nan)
     ck_steps = -np.ones((len(targets), seeds), int)
     records, steps = [], []
-    while True:
-        carry, out = run(carry, static, X, y, traced, keys)
-        out = jax.tree_util.tree_map(np.asarray, out)
-        records.append(out)
-        k = np.asarray(carry["k"])
-        steps.append(k)
-        for j, t in enumerate(targets):
-            new = (ck_steps[j] < 0) & (out["log_loss"] <= t)
-            if new.any():
-                ck_loss[j] = np.where(new, out["log_loss"], ck_loss[j])
-                ck_steps[j] = np.where(new, k, ck_steps[j])
-                mask = jnp.asarray(new)
-                old = carry["params"] if ck_params[j] is None else ck_params[j]
-                ck_params[j] = jax.vmap(_where)(mask, carry["params"], old)
-        if bool(np.all(np.asarray(carry["done"]))):
-            break
+    interrupted = False
+    with _interrupt.handling():  # SIGINT/SIGTERM stop the run at a chunk end
+        while True:
+            carry, out = run(carry, static, X, y, traced, keys)
+            out = jax.tree_util.tree_map(np.asarray, out)  # waits for the chunk
+            records.append(out)
+            k = _epochs(carry)
+            steps.append(k)
+            for j, t in enumerate(targets):
+                new = (ck_steps[j] < 0) & (out["log_loss"] <= t)
+                if new.any():
+                    ck_loss[j] = np.where(new, out["log_loss"], ck_loss[j])
+                    ck_steps[j] = np.where(new, k, ck_steps[j])
+                    mask = jnp.asarray(new)
+                    old = carry["params"] if ck_params[j] is None else ck_params[j]
+                    ck_params[j] = jax.vmap(_where)(mask, carry["params"], old)
+            if bool(np.all(np.asarray(carry["done"]))):
+                break
+            if _interrupt.requested():
+                interrupted = True
+                break
     history = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *records)
     return BatchedRun(
         history=history,
         steps=np.stack(steps),
         final=eqx.combine(carry["params"], static),
-        num_steps=np.asarray(carry["k"]),
+        num_steps=_epochs(carry),
         reached=np.asarray(carry["reached"]),
         diverged=np.asarray(carry["diverged"]),
         stalled=np.asarray(carry["stalled"]),
         checkpoints=tuple(None if q is None else eqx.combine(q, static) for q in ck_params),
         checkpoint_log_loss=ck_loss,
         checkpoint_steps=ck_steps,
+        interrupted=interrupted,
+        undone=np.asarray(carry["undone"]),
     )
 
 
@@ -294,7 +318,8 @@ def run_flow(
     """``wnjax.gradient_flow`` vmapped over stacked models and per-seed (or shared) data.
 
     Keyword arguments go to ``gradient_flow`` (pass ``degree=`` explicitly: it cannot be
-    measured on traced data). ``throw`` is off; check ``result.ok`` per seed.
+    measured on traced data). ``throw`` is off; check ``result.ok`` per seed. SIGINT/SIGTERM
+    stop every seed's solve within ~0.2 s (``result.interrupted``).
     """
     params, static = eqx.partition(models, eqx.is_inexact_array)
     seeds = int(jax.tree_util.tree_leaves(params)[0].shape[0])
@@ -308,7 +333,8 @@ def run_flow(
             params, X, y
         )
 
-    return go(params, X, y)
+    with _interrupt.handling():
+        return jax.block_until_ready(go(params, X, y))
 
 
 def _all_finite(tree) -> Array:
@@ -496,6 +522,7 @@ def run_sgd_backtracking(
         checkpoints=tuple(ck_params),
         checkpoint_log_loss=np.asarray(carry["ck_log_loss"]).T[: len(checkpoints)],
         checkpoint_steps=np.where(ck_epochs >= 0, ck_epochs * per_epoch, -1),
+        undone=history["undone"],
     )
 
 

@@ -106,6 +106,27 @@ def _unit(tree, fallback):
         tree, fallback)
 
 
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+# The local error reported for a step whose result overflowed, relative to ``1 + |y0|``.
+_OVERFLOW_ERROR = 1e10
+
+
+def _guard(y0, y1, err):
+    """A step that overflowed (an explicit step far past its stability boundary, as right after
+    the switch back from the implicit method) returns ``y0`` and a large finite error, so the
+    step-size controller rejects it and shrinks ``h`` by its ``factormin``; a non-finite error
+    would make the next ``h`` NaN and stall the solve."""
+    finite = _all_finite((y1, err))
+    y1 = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, b, a), y0, y1)
+    err = jax.tree_util.tree_map(
+        lambda e, y: jnp.where(finite, e, _OVERFLOW_ERROR * (1 + jnp.abs(y))), err, y0)
+    return y1, err
+
+
 class _SwitchInterpolation(AbstractLocalInterpolation):
     """Dense output of one ``AutoSwitch`` step: that of the method which took it."""
 
@@ -133,22 +154,31 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     After each accepted step the stiffness estimate ``h rho`` (module docstring) is compared with
     the explicit method's stability boundary ``B``. In explicit mode a step with
-    ``h rho > stiff_tol B`` votes for the implicit method; in implicit mode a step with
-    ``h rho < nonstiff_tol B`` (the explicit method could take the same step stably) votes for
-    the explicit one. Votes add one to a count and other steps take one away; the method
-    switches when the count reaches ``stiff_after`` (resp. ``nonstiff_after``). Each method keeps its own state; the
-    one switched to starts afresh.
+    ``h rho > stiff_tol B`` votes for the implicit method. In implicit mode a step with
+    ``h rho < nonstiff_tol c B`` votes for the explicit one, ``c = implicit_cost``: the explicit
+    method, held to ``h <= B / rho``, would then cover the same time for less work. Votes add
+    one to a count and other steps take one away; the method switches when the count reaches
+    ``stiff_after`` (resp. ``nonstiff_after``). Each switch back to the explicit method doubles
+    the count the next switch to the implicit one needs (up to ``2^max_backoff`` times), so a
+    flow on which the implicit steps barely pay (stiff, but with kinks that hold every method to
+    small steps) stays explicit instead of ping-ponging; an implicit stretch of
+    ``profitable_steps`` steps resets it. Each method keeps its own state; the one switched to
+    starts afresh.
 
     **Arguments:**
     - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
     - `implicit`: an implicit diffrax Runge-Kutta solver (default ``Kvaerno5``, L-stable).
     - `stiff_after`, `stiff_tol`: the switch to the implicit method (defaults 10 and 0.8).
     - `nonstiff_after`, `nonstiff_tol`: the switch back (defaults 5 and 0.5).
+    - `implicit_cost`: the work of one implicit step in explicit steps (default 4; see
+      ``wnjax.default_solver`` for the model-size estimate it uses).
+    - `max_backoff`, `profitable_steps`: the back-off of the switch to the implicit method
+      (defaults 6 and 64).
     - `start_stiff`: take the first step with the implicit method.
 
     The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``) carries
     ``stiff`` (the method of the next step), ``stiff_steps`` and ``explicit_steps`` (accepted
-    steps by each), ``switches`` and ``h_rho`` (the last estimate).
+    steps by each), ``switches``, ``backoff`` and ``h_rho`` (the last estimate).
     """
 
     explicit: diffrax.AbstractSolver = diffrax.Tsit5()
@@ -157,6 +187,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     stiff_tol: float = 0.8
     nonstiff_after: int = 5
     nonstiff_tol: float = 0.5
+    implicit_cost: float = 4.0
+    max_backoff: int = 6
+    profitable_steps: int = 64
     start_stiff: bool = False
 
     term_structure: ClassVar = diffrax.AbstractTerm
@@ -212,6 +245,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             "stiff": jnp.asarray(self.start_stiff),
             "fresh": jnp.asarray(False),
             "count": zero,
+            "backoff": zero,
+            "run": zero,
             "switches": zero,
             "stiff_steps": zero,
             "explicit_steps": zero,
@@ -254,24 +289,34 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             st["stiff"], run("implicit"), run("explicit"), None
         )
         h_rho = jnp.asarray(h_rho, st["h_rho"].dtype)
+        y1, err = _guard(y0, y1, err)
         bound = self.boundary
         stiff = st["stiff"]
         # In explicit mode count steps at the stability boundary; in implicit mode, steps the
-        # explicit method could take stably.
-        vote = jnp.where(stiff, h_rho < self.nonstiff_tol * bound, h_rho > self.stiff_tol * bound)
+        # explicit method could cover for less work.
+        vote = jnp.where(stiff, h_rho < self.nonstiff_tol * self.implicit_cost * bound,
+                         h_rho > self.stiff_tol * bound)
         # A leaky count: a vote adds one, a dissent takes one away, so a noisy estimate (low
         # precision, a kink in the activation) still switches when most steps agree.
         count = jnp.where(vote, st["count"] + 1, jnp.maximum(st["count"] - 1, 0))
-        needed = jnp.where(stiff, self.nonstiff_after, self.stiff_after)
+        to_implicit = self.stiff_after * 2 ** st["backoff"]
+        needed = jnp.where(stiff, self.nonstiff_after, to_implicit)
         switch = count >= needed
+        streak = jnp.where(switch, 0, st["run"] + 1)  # steps since the last switch
+        backoff = jnp.where(stiff & switch, jnp.minimum(st["backoff"] + 1, self.max_backoff),
+                            jnp.where(stiff & (streak >= self.profitable_steps), 0,
+                                      st["backoff"]))
+        one = st["switches"].dtype
         new_state = {
             **states,
             "stiff": stiff ^ switch,
             "fresh": switch,
             "count": jnp.where(switch, 0, count),
-            "switches": st["switches"] + switch.astype(st["switches"].dtype),
-            "stiff_steps": st["stiff_steps"] + stiff.astype(st["switches"].dtype),
-            "explicit_steps": st["explicit_steps"] + (~stiff).astype(st["switches"].dtype),
+            "backoff": backoff.astype(one),
+            "run": streak.astype(one),
+            "switches": st["switches"] + switch.astype(one),
+            "stiff_steps": st["stiff_steps"] + stiff.astype(one),
+            "explicit_steps": st["explicit_steps"] + (~stiff).astype(one),
             "h_rho": h_rho,
             "direction": direction,
         }

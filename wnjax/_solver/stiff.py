@@ -106,6 +106,18 @@ class MatrixFreeVeryChord(diffrax.VeryChord):
         return new_y, new_state, aux
 
 
+def implicit_step_cost(n_params: int, threshold: int | None = None) -> float:
+    """The work of one ``stiff_solver(n_params)`` step in ``Tsit5`` steps (the
+    ``AutoSwitch.implicit_cost`` of the default solver): ``2 + n_params / 8`` with a dense
+    Jacobian (its ``n`` Jacobian-vector products and the LU grow with the model while a
+    Tsit5 step does not), and ``2 + threshold / 8`` above the threshold, where GMRES's
+    Jacobian-vector products scale with the model as the explicit step does. Fitted to medians
+    on this 2-core CPU (float64, Kvaerno5 against Tsit5 per step): 3.3 at 6 parameters, 6.4-10.6
+    at 40-57."""
+    limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
+    return 2.0 + min(n_params, limit) / 8.0
+
+
 def krylov_linear_solver(atol: float, *, forcing: float = KRYLOV_FORCING,
                          restart: int = KRYLOV_RESTART,
                          max_restarts: int = KRYLOV_MAX_RESTARTS) -> lx.GMRES:

@@ -1,0 +1,131 @@
+"""SIGINT/SIGTERM: a flow, GD and a reproduction stop early and keep what they computed; output
+directories are checked before computing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import wnjax
+from wnjax import _cli, _interrupt
+
+X, Y = wnjax.lin_sep(jax.random.key(0))
+
+
+def _signal_when_handled(signum=signal.SIGINT):
+    """Send ``signum`` to this process as soon as a computation has installed its handlers."""
+
+    def send():
+        deadline = time.time() + 60
+        while not _interrupt._state["depth"] and time.time() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kw", [
+    dict(time="normalized", t1=1e8, target_log_loss=-300.0),  # one solve per save level
+    dict(t1=1e6),  # one solve, save times
+], ids=["levels", "times"])
+def test_flow_signal_returns_the_partial_run(kw):
+    model = wnjax.swn(wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(1)))
+    opts = dict(solver="tsit5", diagnostics=False, throw=True, **kw)
+    full = wnjax.gradient_flow(model, X, Y, n_save=8, **opts)
+    assert full.ok and not full.interrupted
+    assert int(full.stats["num_steps"]) > 100
+    before = signal.getsignal(signal.SIGINT)
+    thread = _signal_when_handled(signal.SIGTERM)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        # another n_save: a new compilation, during which the signal arrives
+        part = wnjax.gradient_flow(model, X, Y, n_save=9, **opts)  # no FlowFailed (throw=True)
+    thread.join()
+    assert bool(part.interrupted) and not bool(part.ok)
+    assert "interrupted" in part.message
+    # so the run stopped at its first poll, on its first step
+    assert int(part.stats["num_steps"]) == 1
+    assert float(part.final_log_loss) > float(full.final_log_loss)
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are restored
+    again = wnjax.gradient_flow(model, X, Y, n_save=8, **opts)  # a new call starts afresh
+    assert again.ok and int(again.stats["num_steps"]) == int(full.stats["num_steps"])
+
+
+def test_flow_poll_leaves_the_numbers_unchanged():
+    """The stop-request poll inside the solve changes no bit of an uninterrupted run."""
+    from wnjax import _flow
+
+    model = wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(2)))
+    kw = dict(time="normalized", t1=1e8, target_log_loss=-50.0, solver="tsit5",
+              diagnostics=False)
+    polled = wnjax.gradient_flow(model, X, Y, **kw)
+    solve = _flow._solve
+    try:
+        _flow._solve = lambda *a, **k: solve(*a, **k, poll=False)
+        plain = wnjax.gradient_flow(model, X, Y, **kw)
+    finally:
+        _flow._solve = solve
+    for a, b in zip(jax.tree_util.tree_leaves(polled), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_gradient_descent_signal_keeps_the_finished_chunks():
+    model = wnjax.ewn(wnjax.MLP(2, 4, 2, key=jax.random.key(3)))
+    thread = _signal_when_handled()
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        r = wnjax.gradient_descent(model, X, Y, num_steps=10**7, learning_rate=0.05,
+                                   chunk_size=500, n_save=8, diagnostics=False)
+    thread.join()
+    assert bool(r.interrupted) and not bool(r.ok)
+    assert int(r.num_steps) == 500  # the chunk in progress at the signal, and no more
+    assert "interrupted" in r.message
+
+
+def test_reproduce_sigint_writes_a_partial_report(tmp_path):
+    """``wnjax reproduce lin-sep`` stopped by SIGINT once its first parameterization is written:
+    exit 130, no traceback, the finished results on disk in a report marked PARTIAL."""
+    out = tmp_path / "lin-sep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wnjax", "reproduce", "lin-sep", "--seeds", "2", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if (out / "metrics.json").exists():
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the signal"
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.time() - sent < 10
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "PARTIAL" in stdout
+    report = (out / "report.md").read_text()
+    assert "PARTIAL" in report and "EWN" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["partial"] is True
+    assert "ewn" in metrics.get("finished", ["ewn"])
+    assert len(metrics["ewn_epochs_to_target"]) == 2
+
+
+def test_output_that_is_a_file_fails_before_computing(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    t0 = time.time()
+    assert _cli.main(["reproduce", "lin-sep", "--seeds", "2", "--out", str(taken)]) == 2
+    assert "existing file" in capsys.readouterr().err
+    assert _cli.main(["reproduce", "lin-sep", "--out", str(taken / "sub")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert time.time() - t0 < 5  # nothing was compiled
+    with pytest.raises(wnjax.InvalidInput, match="existing file"):
+        wnjax.sweep(lambda k, c: {"x": jax.numpy.zeros(())}, 2, out=str(taken), progress=False)
+    assert taken.read_text() == "not a directory"

@@ -1,0 +1,204 @@
+"""SIGINT and SIGTERM as requests to stop, honoured at safe points.
+
+Inside ``handling()`` a signal only records the request. Long computations check ``requested()``
+between their compiled pieces (GD chunks, sweep chunks, experiment stages), and a gradient-flow
+solve checks it from inside its compiled loop (``poll_interval``), so each returns what it has
+computed. No exception is raised inside a compilation or a running program.
+
+The request is recorded at once, even while the main thread waits on a running program (when
+Python runs no signal handler): the signal's wakeup byte (``signal.set_wakeup_fd``) is read by a
+watcher thread. A second signal raises ``KeyboardInterrupt`` in the main thread, or, with a
+``grace`` period set (the command line), ends the process at once. With ``grace``, a request
+that nothing answers (see ``stopping``) within it, as when XLA is compiling, ends the process
+with ``exit_code()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds between two checks for a request inside a compiled loop (``poll_interval``), and the
+# steps from a loop's first check to its second.
+POLL_SECONDS = 0.2
+POLL_FIRST_STEPS = 256
+
+_state: dict = {"signal": None, "count": 0, "handled": 0, "depth": 0, "answered": False,
+                "timer": None, "grace": None, "on_timeout": None, "polled": 0.0}
+_lock = threading.Lock()
+
+
+def requested() -> bool:
+    """Whether SIGINT or SIGTERM arrived since the outermost ``handling()`` was entered (or
+    ``request()`` was called)."""
+    return _state["signal"] is not None
+
+
+def poll_interval(steps):
+    """The host side of the check inside a compiled loop: ``(requested(), steps to the next
+    check)``. ``steps`` are those since the loop's previous check, 0 at its first. The steps
+    to the next check are ``POLL_FIRST_STEPS`` after the first, later ``steps`` scaled by
+    ``POLL_SECONDS`` over the time since the previous check (any loop's), within 1/8x-4x, so
+    that checks come about every ``POLL_SECONDS`` and a miscounted interval moves them only
+    gradually."""
+    import numpy as np
+
+    now = time.monotonic()
+    elapsed, _state["polled"] = now - _state["polled"], now
+    if int(steps) == 0:
+        next_steps = POLL_FIRST_STEPS
+    else:
+        factor = min(max(POLL_SECONDS / max(elapsed, 1e-9), 0.125), 4.0)
+        next_steps = int(min(max(int(steps) * factor, 1), 1 << 24))
+    return np.asarray(requested()), np.asarray(next_steps, np.int32)
+
+
+def exit_code() -> int:
+    """``128 + signal number`` of the request (130 for SIGINT, 143 for SIGTERM); 130 if none."""
+    return 128 + int(_state["signal"] or signal.SIGINT)
+
+
+def request(signum: int = signal.SIGINT) -> None:
+    """Record a stop request, as the signal ``signum`` does (without a grace period)."""
+    with _lock:
+        if _state["signal"] is None:
+            _state["signal"] = int(signum)
+
+
+def clear() -> None:
+    """Forget any request."""
+    with _lock:
+        _state.update(signal=None, count=0, handled=0, answered=False)
+
+
+def stopping() -> None:
+    """Tell the grace timer that the request is being answered (the computation has stopped
+    and is writing its partial results), so that the process is not ended."""
+    _state["answered"] = True
+    timer = _state["timer"]
+    if timer is not None:
+        timer.cancel()
+
+
+def _received(signum: int) -> None:
+    """Record one delivery of ``signum`` (from the watcher thread)."""
+    with _lock:
+        _state["count"] += 1
+        first = _state["count"] == 1
+        if _state["signal"] is None:
+            _state["signal"] = int(signum)
+        grace = _state["grace"]
+    if grace is None:
+        return
+    if not first:  # a second signal on the command line: stop at once
+        _end(None, "a second signal")
+    elif _state["timer"] is None:
+        timer = threading.Timer(grace, _timeout, args=(_state["on_timeout"],))
+        timer.daemon = True
+        _state["timer"] = timer
+        timer.start()
+
+
+def _handle(signum, frame) -> None:
+    """The Python-level handler (main thread): a second signal raises ``KeyboardInterrupt``."""
+    with _lock:
+        _state["handled"] += 1
+        if _state["signal"] is None:
+            _state["signal"] = int(signum)
+        second = max(_state["handled"], _state["count"]) >= 2
+    if second:
+        raise KeyboardInterrupt
+
+
+def _watch(sock: socket.socket) -> None:
+    """Read the wakeup bytes (one signal number per delivery) until the other end closes."""
+    with sock:
+        while True:
+            try:
+                data = sock.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in SIGNALS:
+                    _received(signum)
+
+
+def _timeout(on_timeout: Callable[[], None] | None) -> None:
+    """End the process when a request went unanswered for the grace period."""
+    if not _state["answered"]:
+        _end(on_timeout, "a step that cannot stop early (such as an XLA compilation)")
+
+
+def _end(on_timeout: Callable[[], None] | None, during: str) -> None:
+    try:
+        if on_timeout is not None:
+            on_timeout()
+        name = signal.Signals(exit_code() - 128).name
+        print(f"wnjax: {name} during {during}; stopped.", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(exit_code())
+
+
+@contextlib.contextmanager
+def handling(grace: float | None = None, on_timeout: Callable[[], None] | None = None):
+    """Record SIGINT/SIGTERM instead of acting on them, for the duration of the block.
+
+    The outermost ``handling()`` clears earlier requests, installs the handlers (and the watcher
+    thread) and restores the previous ones on exit; nested ones only set ``grace``/``on_timeout``
+    for their block. Outside the main thread (where handlers cannot be installed) it does
+    nothing. The request stays readable (``requested()``) after the block.
+
+    **Arguments:**
+    - `grace`: seconds after a signal within which ``stopping()`` must be called; otherwise
+      ``on_timeout()`` runs (in another thread) and the process exits with ``exit_code()``;
+      a second signal then exits at once. ``None``: the enclosing block's setting (outermost:
+      never end the process).
+    - `on_timeout`: what to write before such an exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {k: _state[k] for k in ("grace", "on_timeout")}
+    if grace is not None:
+        _state["grace"] = grace
+    if on_timeout is not None:
+        _state["on_timeout"] = on_timeout
+    outermost = not _state["depth"]
+    previous, wake, watcher, old_fd = {}, None, None, -1
+    if outermost:
+        clear()
+        previous = {s: signal.getsignal(s) for s in SIGNALS}
+        for s in SIGNALS:
+            signal.signal(s, _handle)
+        wake, read = socket.socketpair()
+        wake.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wake.fileno(), warn_on_full_buffer=False)
+        watcher = threading.Thread(target=_watch, args=(read,), daemon=True,
+                                   name="wnjax-signal-watcher")
+        watcher.start()
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        _state.update(saved)
+        if outermost:
+            timer, _state["timer"] = _state["timer"], None
+            if timer is not None:
+                timer.cancel()
+            signal.set_wakeup_fd(old_fd)
+            for s, h in previous.items():
+                signal.signal(s, h)
+            wake.close()  # the watcher reads end-of-file and returns
+            watcher.join(timeout=1.0)
