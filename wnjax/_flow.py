@@ -115,8 +115,7 @@ def resolve_solver(
     ``traced``), a name in ``SOLVERS`` (``'auto'`` is the default solver), or a solver instance
     (used as it is).
 
-    Under ``vmap`` the switch's two branches both run on every step, and diffrax's implicit
-    stage solves do not trace inside ``wnjax.sweep``'s ``shard_map``; so a traced call (a seed
+    Under ``vmap`` the switch's two branches both run on every step, so a traced call (a seed
     sweep) defaults to ``Tsit5``; ``solver='auto'`` there is the caller's explicit choice."""
     if solver is None and traced:
         return diffrax.Tsit5()

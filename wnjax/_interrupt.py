@@ -139,6 +139,7 @@ def _timeout(on_timeout: Callable[[], None] | None) -> None:
 
 
 def _end(on_timeout: Callable[[], None] | None, during: str) -> None:
+    """Run ``on_timeout``, say why, and exit with ``exit_code()`` (without unwinding)."""
     try:
         if on_timeout is not None:
             on_timeout()
