@@ -39,8 +39,7 @@ def positive_int(text: str) -> int:
 
 def host_devices(args: argparse.Namespace, environ=os.environ) -> int | None:
     """How many CPU host devices to force: ``--devices N``; for ``wnjax sweep`` without it, one
-    per core (a vmapped block per core is ~2.7-3.1x faster than one program on a 2-core CPU; GPUs
-    are unaffected), unless ``XLA_FLAGS`` already sets a count or the run is multi-host."""
+    per core (the blocks of seeds then run on every core at once; GPUs are unaffected), unless ``XLA_FLAGS`` already sets a count or the run is multi-host."""
     devices = getattr(args, "devices", None)
     if devices:
         return devices
