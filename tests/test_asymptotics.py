@@ -137,7 +137,7 @@ def test_ewn_sparsity_identity(linear_problem):
                               max_steps=100_000)
     norms = jax.vmap(lambda th: eqx.combine(th, static).neuron_norms())(sol.ys[0])
     lhs = 1.0 / norms
-    rhs = 1.0 / norms[0] - sol.ys[1]
+    rhs = 1.0 / norms[:1] - sol.ys[1]
     assert float(jnp.max(jnp.abs(sol.ys[1][-1]))) > 1e-2  # the integral is not trivially zero
     np.testing.assert_allclose(lhs, rhs, rtol=1e-7)
 

@@ -122,7 +122,7 @@ def test_gradients_match_chain_rule_and_finite_differences(kind, arch):
     f = jax.jit(jax.vmap(lambda theta: exp_loss(eqx.combine(unravel(theta), static), X, y)))
     h = 1e-6
     steps = h * jnp.eye(flat.size)
-    fd = np.asarray((f(flat + steps) - f(flat - steps)) / (2 * h))
+    fd = np.asarray((f(flat[None] + steps) - f(flat[None] - steps)) / (2 * h))
     analytic = np.asarray(ravel_pytree(eqx.filter(grads, eqx.is_inexact_array))[0])
     np.testing.assert_allclose(fd, analytic, rtol=0, atol=1e-7 * np.abs(analytic).max())
 

@@ -26,8 +26,8 @@ def test_simple_traj_flow_matches_closed_form():
     w0 = jnp.array([1.0, 3.0])
     s = np.linspace(0.0, 0.3, 7)  # blow-up at s = 1/3 for coordinate 2
     for param, exact in [
-        (wnjax.ewn, 1.0 / (1.0 / w0 - x * s[:, None])),
-        (wnjax.standard, w0 + x * s[:, None]),
+        (wnjax.ewn, 1.0 / (1.0 / w0[None] - x * s[:, None])),
+        (wnjax.standard, w0[None] + x * s[:, None]),
     ]:
         r = wnjax.gradient_flow(param(wnjax.CoordinateLinear(w0)), x, jnp.ones(1), t1=0.3,
                                 time="normalized", save_ts=s, rtol=1e-11, atol=1e-13)

@@ -113,7 +113,7 @@ def test_gradient_flow_reports_the_switch():
     key1, key2 = jax.random.split(jax.random.key(0))
     X = jax.random.normal(key1, (20, 3))
     y = jnp.sign(X @ jnp.array([1.0, -2.0, 0.5]))
-    X = X + 0.3 * y[:, None] * jnp.array([1.0, -2.0, 0.5]) / jnp.sqrt(5.25)
+    X = X + 0.3 * y[:, None] * jnp.array([[1.0, -2.0, 0.5]]) / jnp.sqrt(5.25)
     model = wnjax.MLP(3, 1, 1, activation="linear", key=key2)
     r = wnjax.gradient_flow(model, X, y, time="normalized", t1=1e6, target_log_loss=-1000.0,
                             n_save=8, diagnostics=False)

@@ -54,7 +54,7 @@ def test_float32_flow_with_a_target_succeeds(target):
     X = jax.random.normal(k1, (16, 3), jnp.float32)
     w = jnp.array([1.0, -1.0, 0.5], jnp.float32)
     y = jnp.sign(X @ w)
-    X = X + 0.3 * y[:, None] * w / jnp.linalg.norm(w)
+    X = X + 0.3 * y[:, None] * w[None] / jnp.linalg.norm(w)
     model = eqx.nn.Linear(3, "scalar", use_bias=False, dtype=jnp.float32, key=k2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the defaults fit float32: no warning
@@ -79,7 +79,7 @@ def test_reached_target_agrees_with_the_final_log_loss():
     k1, k2 = jax.random.split(jax.random.key(3))
     X = jax.random.normal(k1, (12, 3))
     y = jnp.sign(X[:, 0] + 0.5 * X[:, 1])
-    X = X + 0.3 * y[:, None] * jnp.array([1.0, 0.5, 0.0]) / jnp.sqrt(1.25)
+    X = X + 0.3 * y[:, None] * jnp.array([[1.0, 0.5, 0.0]]) / jnp.sqrt(1.25)
     model = wnjax.MLP(3, 1, 1, activation="linear", key=k2)
     kw = dict(time="normalized", n_save=4, diagnostics=False, throw=False)
     free = wnjax.gradient_flow(model, X, y, t1=50.0, target_log_loss=-1e9, **kw)

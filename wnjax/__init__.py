@@ -101,13 +101,20 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """Import a public name from its module on first use (PEP 562); later uses find it here."""
+    """Import a public name from its module on first use (PEP 562); later uses find it here.
+    A submodule (``wnjax._neurons``, ``wnjax.problems``) is imported on first use too."""
     module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    if module is not None:
+        value = getattr(_importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:
+            return _importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -145,7 +145,7 @@ class MLP(eqx.Module):
         for i, layer in enumerate(self.layers):
             X = dense(X, layer.weight)
             if layer.bias is not None:
-                X = X + layer.bias
+                X = X + layer.bias[None]
             if i < len(self.layers) - 1:
                 X = self.activation(X)
         return X

@@ -61,7 +61,7 @@ def coordinate_weights(model) -> Array:
 def closed_form(w0: Array, x: Array, s: Array, parameterization: str) -> Array:
     """``w(s)`` under the loss-normalized flow, ``S = s``: EWN ``1/w_i = 1/w_i(0) - x_i s``;
     unnormalized and SWN (1-D neurons: ``g_i`` moves like ``w_i``) ``w = w(0) + x s``."""
-    s = jnp.asarray(s)[..., None]
+    w0, x, s = jnp.broadcast_arrays(w0, x, jnp.asarray(s)[..., None])
     if parameterization == "ewn":
         return 1.0 / (1.0 / w0 - x * s)
     return w0 + x * s
