@@ -62,13 +62,17 @@ def _configure(args: argparse.Namespace) -> None:
     jax.config.update("jax_enable_x64", not getattr(args, "float32", False))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone (whose module is then the only one
+    imported: a run of one command does not load the others' dependencies)."""
     parser = argparse.ArgumentParser(
         prog="wnjax",
         description="Implicit bias of gradient flow/descent on weight-normalized homogeneous nets.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if command is not None and name != command:
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.add_argument(
@@ -83,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
