@@ -76,7 +76,7 @@ def gd_loop_vs_peak(width: int, n: int, *, d: int = 10, depth: int = 3, rounds: 
     import jax.numpy as jnp
 
     import wnjax
-    from wnjax._batched import traced_gradient_descent
+    from wnjax._dynamics.batched import traced_gradient_descent
 
     X = jax.random.normal(jax.random.key(n), (n, d))
     y = jnp.where(X[:, 0] >= 0, 1.0, -1.0)
@@ -161,7 +161,7 @@ def gemm_model_seconds(n: int, d: int, width: int, depth: int, rates: dict,
     """Seconds of one GD step's matmuls if each ran at its kind's measured rate ``rates``.
 
     ``weight_grad`` names the kind used for ``dW``: ``"TN via copy"`` is what ``wnjax.MLP``
-    runs on CPU (``wnjax._dense.dense``), ``"TN"`` what a plain ``jax.vmap`` of the model gives.
+    runs on CPU (``wnjax._nets.dense.dense``), ``"TN"`` what a plain ``jax.vmap`` of the model gives.
     """
     shapes = layer_shapes(d, width, depth)
     t = 0.0

@@ -87,8 +87,8 @@ def main() -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     import wnjax
-    from wnjax._batched import traced_gradient_descent
-    from wnjax._sweep import _block_program
+    from wnjax._dynamics.batched import traced_gradient_descent
+    from wnjax._sweeps.sweep import _block_program
 
     n, d, width = (16, 4, 8) if args.quick else (64, 10, 32)
     steps = 100 if args.quick else 2000

@@ -103,13 +103,13 @@ def main() -> None:
     import numpy as np
 
     import wnjax
-    from wnjax._batched import traced_gradient_descent
+    from wnjax._dynamics.batched import traced_gradient_descent
 
     target = -20.0 if args.quick else -300.0
     max_epochs = 2_000 if args.quick else 30_000
     seeds = args.seeds or (4 if args.quick else 100)
     repeats = 1 if args.quick else 5
-    X, y = wnjax.lin_sep(jax.random.key(0))
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
     mk = lambda k: wnjax.MLP(2, 8, 2, activation="relu2", key=k)  # noqa: E731
     model = mk(jax.random.key(1))
     fig = {"problem": {"target_log_loss": target, "lr": args.lr, "power": POWER,
@@ -141,7 +141,7 @@ def main() -> None:
 
         one = one_seed()
         models = eqx.filter_vmap(lambda k: wnjax.ewn(mk(k)))(jax.random.split(jax.random.key(2), seeds))
-        Xs, ys = jax.vmap(wnjax.lin_sep)(jax.random.split(jax.random.key(3), seeds))
+        Xs, ys = jax.vmap(wnjax.data.lin_sep)(jax.random.split(jax.random.key(3), seeds))
         many_fn = jax.jit(jax.vmap(lambda m, a, b: traced_gradient_descent(m, a, b, **kw).num_steps))
         many = lambda: jax.block_until_ready(many_fn(models, Xs, ys))  # noqa: E731
         firstS = C.first_call_time(many)
@@ -209,7 +209,7 @@ def reproduce_time(args, extra: tuple[str, ...] = ()) -> dict | str:
     """Wall time of ``wnjax reproduce lin-sep --seeds 100 [extra]`` in a fresh process."""
     if args.quick or args.skip_reproduce:
         return "not measured: skipped (--quick or --skip-reproduce)"
-    from wnjax._reproduce import EXPERIMENTS
+    from wnjax.experiments._reproduce import EXPERIMENTS
 
     if "lin-sep" not in EXPERIMENTS:
         return "not measured: `wnjax reproduce lin-sep` is not registered yet"

@@ -12,7 +12,7 @@ activation gradient ``NN``, weight gradient ``TN``) are timed on their own, and 
 matmuls are re-costed at those speeds (``gemm_model_fraction_of_peak``). On XLA's CPU backend
 the ``TN`` product (contracting the points axis, the major axis of both operands) runs at
 about 40% of the speed of the others, and the same product on an explicitly transposed copy
-runs at full speed: ``wnjax.MLP`` computes its weight gradients that way (``wnjax._dense``), and
+runs at full speed: ``wnjax.MLP`` computes its weight gradients that way (``wnjax._nets.dense``), and
 ``gemm_model_fraction_of_peak_plain_tn`` shows what the plain product would allow.
 
     python benchmarks/roofline.py [--quick]

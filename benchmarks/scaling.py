@@ -41,7 +41,7 @@ def main() -> None:
     import jax.numpy as jnp
 
     import wnjax
-    from wnjax._batched import traced_gradient_descent
+    from wnjax._dynamics.batched import traced_gradient_descent
 
     d, depth, lr = 10, 3, 1e-4
     if args.quick:

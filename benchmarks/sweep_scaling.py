@@ -32,7 +32,7 @@ def measure(devices: int, seeds: list[int], batch_size: int, repeats: int) -> di
     jax.config.update("jax_enable_x64", True)
     import wnjax
 
-    X, y = wnjax.lin_sep(jax.random.key(0))
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
 
     def flow(key, cfg):
         model = wnjax.MLP(2, 8, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)

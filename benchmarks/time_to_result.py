@@ -30,7 +30,7 @@ import time
 import _common as C
 
 HEAVY = ("equinox", "diffrax", "optax", "optimistix", "lineax", "scipy", "sklearn",
-         "matplotlib", "tqdm", "wnjax._flow", "wnjax._descent", "wnjax._experiments")
+         "matplotlib", "tqdm", "wnjax._dynamics.flow", "wnjax._dynamics.descent", "wnjax.experiments")
 MODES = ("off", "cold", "warm")
 
 

@@ -49,7 +49,7 @@ OUT = os.path.join("runs", "notebooks", NAME)
 # %%
 options = dict(seeds=1, steps=20, width=4, depths=[1, 2]) if SMOKE else {}
 metrics = wnjax.reproduce(NAME, out=OUT, **options)
-wnjax.show_run(OUT)
+wnjax.experiments.show_run(OUT)
 
 # %% [markdown]
 # The final-loss ratio from the first to the last depth, per seed.
@@ -66,9 +66,9 @@ print(json.dumps(metrics["ratio_first_to_last_depth"], default=str))
 
 # %%
 variant = dict(dynamics="flow")
-assert set(variant) <= wnjax.experiment_options(NAME), sorted(wnjax.experiment_options(NAME))
+assert set(variant) <= wnjax.experiments.options(NAME), sorted(wnjax.experiments.options(NAME))
 if SMOKE:
     print("smoke run: the variant", variant, "is not run")
 else:
     other = wnjax.reproduce(NAME, out=OUT + "-variant", **variant)
-    wnjax.show_run(OUT + "-variant")
+    wnjax.experiments.show_run(OUT + "-variant")

@@ -38,7 +38,7 @@ SMOKE = os.environ.get("WNJAX_SMOKE") == "1"
 # A 2-layer ReLU^2 net (3-homogeneous) on separable Gaussian data.
 
 # %%
-net, X, y = wnjax._equivalence.default_problem(jax.random.key(0), n=8 if SMOKE else 16)
+net, X, y = wnjax._analysis.equivalence.default_problem(jax.random.key(0), n=8 if SMOKE else 16)
 print("homogeneity degree:", wnjax.homogeneity_degree(net, X))
 t1, rtol = (2.0, 1e-8) if SMOKE else (10.0, 1e-10)
 kw = dict(t1=t1, rtol=rtol, atol=rtol * 1e-2, n_save=24)
@@ -49,7 +49,7 @@ runs = {"EWN": wnjax.gradient_flow(wnjax.ewn(net), X, y, **kw),
 
 # %%
 def path(states):
-    return jax.vmap(lambda s: wnjax._neurons.flat_weights(wnjax.to_standard(s)))(states)
+    return jax.vmap(lambda s: wnjax._nets.neurons.flat_weights(wnjax.to_standard(s)))(states)
 
 
 ref_path = path(ref.states)

@@ -60,7 +60,7 @@ OUT = os.path.join("runs", "notebooks", NAME)
 # %%
 options = dict(seeds=1, target=-30.0, max_steps=200) if SMOKE else {}
 metrics = wnjax.reproduce(NAME, out=OUT, **options)
-wnjax.show_run(OUT)
+wnjax.experiments.show_run(OUT)
 
 # %% [markdown]
 # The metrics: GD epochs (accepted steps) to the target, undone steps and surviving neurons per parameterization, per seed.
@@ -80,9 +80,9 @@ for k in ("ewn", "swn", "standard"):
 
 # %%
 variant = dict(dynamics="flow")
-assert set(variant) <= wnjax.experiment_options(NAME), sorted(wnjax.experiment_options(NAME))
+assert set(variant) <= wnjax.experiments.options(NAME), sorted(wnjax.experiments.options(NAME))
 if SMOKE:
     print("smoke run: the variant", variant, "is not run")
 else:
     other = wnjax.reproduce(NAME, out=OUT + "-variant", **variant)
-    wnjax.show_run(OUT + "-variant")
+    wnjax.experiments.show_run(OUT + "-variant")

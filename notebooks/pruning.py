@@ -52,7 +52,7 @@ OUT = os.path.join("runs", "notebooks", NAME)
 # %%
 options = dict(seeds=1, width=16, max_epochs=2, train_size=256) if SMOKE else {}
 metrics = wnjax.reproduce(NAME, out=OUT, **options)
-wnjax.show_run(OUT)
+wnjax.experiments.show_run(OUT)
 
 # %% [markdown]
 # The accuracy table: checkpoint x seed x fraction pruned (NaN where a checkpoint was not
@@ -73,9 +73,9 @@ for k, table in metrics["test_accuracy"].items():
 
 # %%
 variant = dict(width=512)
-assert set(variant) <= wnjax.experiment_options(NAME), sorted(wnjax.experiment_options(NAME))
+assert set(variant) <= wnjax.experiments.options(NAME), sorted(wnjax.experiments.options(NAME))
 if SMOKE:
     print("smoke run: the variant", variant, "is not run")
 else:
     other = wnjax.reproduce(NAME, out=OUT + "-variant", **variant)
-    wnjax.show_run(OUT + "-variant")
+    wnjax.experiments.show_run(OUT + "-variant")

@@ -54,7 +54,7 @@ OUT = os.path.join("runs", "notebooks", NAME)
 # %%
 options = dict(seeds=1, dynamics="gd", target=-20.0, lr=5e-3) if SMOKE else {}
 metrics = wnjax.reproduce(NAME, out=OUT, **options)
-wnjax.show_run(OUT)
+wnjax.experiments.show_run(OUT)
 
 # %% [markdown]
 # The returned metrics hold the same numbers: the final EWN direction of each init, and the
@@ -75,9 +75,9 @@ print("closed-form max relative error:", json.dumps(metrics["closed_form_max_rel
 
 # %%
 variant = dict(dynamics="gd", lr=5e-3)
-assert set(variant) <= wnjax.experiment_options(NAME), sorted(wnjax.experiment_options(NAME))
+assert set(variant) <= wnjax.experiments.options(NAME), sorted(wnjax.experiments.options(NAME))
 if SMOKE:
     print("smoke run: the variant", variant, "is not run")
 else:
     other = wnjax.reproduce(NAME, out=OUT + "-variant", **variant)
-    wnjax.show_run(OUT + "-variant")
+    wnjax.experiments.show_run(OUT + "-variant")

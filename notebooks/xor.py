@@ -49,7 +49,7 @@ OUT = os.path.join("runs", "notebooks", NAME)
 # %%
 options = dict(seeds=1, target=-10.0, max_steps=500) if SMOKE else {}
 metrics = wnjax.reproduce(NAME, out=OUT, **options)
-wnjax.show_run(OUT)
+wnjax.experiments.show_run(OUT)
 
 # %% [markdown]
 # Kept neurons (relative norm above the threshold) per seed, from the returned metrics.
@@ -68,9 +68,9 @@ for k in ("ewn", "swn", "standard"):
 
 # %%
 variant = dict(dynamics="flow")
-assert set(variant) <= wnjax.experiment_options(NAME), sorted(wnjax.experiment_options(NAME))
+assert set(variant) <= wnjax.experiments.options(NAME), sorted(wnjax.experiments.options(NAME))
 if SMOKE:
     print("smoke run: the variant", variant, "is not run")
 else:
     other = wnjax.reproduce(NAME, out=OUT + "-variant", **variant)
-    wnjax.show_run(OUT + "-variant")
+    wnjax.experiments.show_run(OUT + "-variant")

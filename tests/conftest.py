@@ -6,7 +6,7 @@ The compilation cache is ``.pytest_cache/jax-cache`` under the repository (or wh
 variable, so the xdist workers and every ``wnjax`` subprocess a test starts (the CLI, the
 notebooks) read and write the same entries: a program compiled once in a run, in any process,
 is loaded by the others, and a later run starts warm. Every program is cached, however fast it
-compiles (``wnjax._cache``); an entry's key covers the program, the JAX version and the flags.
+compiles (``wnjax._runtime.cache``); an entry's key covers the program, the JAX version and the flags.
 """
 
 import os

@@ -21,7 +21,7 @@ from helpers import separable_data
 
 def _weights(states):
     """Flat plain weights of stacked states, shape ``(n_save, n_weights)``."""
-    return jax.vmap(lambda s: jnp.concatenate([w.ravel() for w in wnjax._neurons.layer_weights(s.standard())]))(states)
+    return jax.vmap(lambda s: jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(s.standard())]))(states)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def linear_problem():
 
 @pytest.fixture(scope="module")
 def lin_sep_flows():
-    X, y = wnjax.lin_sep(jax.random.key(0))
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(1))
     runs = {
         name: wnjax.gradient_flow(f(model), X, y, time="normalized", t1=1e3, target_log_loss=-300.0, n_save=16,
@@ -56,7 +56,7 @@ def test_swn_stiff_solver_agrees_and_reaches_minus_10000(lin_sep_flows):
               rtol=1e-6, atol=1e-8, max_steps=50_000)
     shallow = wnjax.gradient_flow(wnjax.swn(model), X, y, target_log_loss=-300.0, **kw)
     ref = runs["swn"]  # Tsit5, rtol 1e-8
-    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._neurons.layer_weights(p.standard())])
+    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(p.standard())])
     a, b = flat(shallow.final), flat(ref.final)
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-4
     assert abs(float(shallow.final_log_t - ref.final_log_t)) < 1e-4 * float(ref.final_log_t)
@@ -79,7 +79,7 @@ def test_default_solver_keeps_the_path(lin_sep_flows):
     assert int(r.stats["explicit_steps"]) + int(r.stats["stiff_steps"]) == int(
         r.stats["num_accepted_steps"])
     ref = runs["swn"]
-    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._neurons.layer_weights(p.standard())])
+    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(p.standard())])
     a, b = flat(r.final), flat(ref.final)
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
     np.testing.assert_allclose(np.asarray(r.log_t), np.asarray(ref.log_t), rtol=1e-5)
@@ -113,7 +113,7 @@ def test_linear_flow_converges_to_svm_direction(linear_problem):
 
 def test_ewn_sparsity_identity(linear_problem):
     """1/||w_u(t)|| = 1/||w_u(0)|| - int_0^t w^_u.(-grad_u L) ds, integrated as an extra state."""
-    X, y = wnjax.lin_sep(jax.random.key(0))
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(4))
     p = wnjax.ewn(model)
     params, static = eqx.partition(p, eqx.is_inexact_array)
@@ -145,7 +145,7 @@ def test_ewn_sparsity_identity(linear_problem):
 
 def test_normalized_clock_traces_plain_flow():
     """Same weights at the same t: normalized run's (log t, w) against a plain-time run."""
-    X, y = wnjax.lin_sep(jax.random.key(0))
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(1))
     p = wnjax.ewn(model)
     rn = wnjax.gradient_flow(p, X, y, time="normalized", t1=1.99, save_ts=jnp.linspace(0.5, 1.99, 5), rtol=1e-11, atol=1e-13)

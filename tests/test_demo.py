@@ -4,7 +4,9 @@ import json
 
 import numpy as np
 
-from wnjax import _cli, _demo
+import wnjax._cli as _cli
+
+import wnjax._cli.demo as _demo
 
 
 def test_demo_small(tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import wnjax
-import wnjax._models
-from wnjax._dense import apply_batch, dense
-from wnjax._neurons import flat_weights
+import wnjax._nets.models
+from wnjax._nets.dense import apply_batch, dense
+from wnjax._nets.neurons import flat_weights
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def always_dense(monkeypatch):
     """Small nets normally take the vmap path; these tests check the dense path itself. The
     threshold is read when a program is traced, so programs compiled under another threshold
     (by other test files in this process) are dropped before and after."""
-    monkeypatch.setattr(wnjax._models, "DENSE_MIN_MACS", 0)
+    monkeypatch.setattr(wnjax._nets.models, "DENSE_MIN_MACS", 0)
     jax.clear_caches()
     yield
     jax.clear_caches()
@@ -120,7 +120,7 @@ def test_public_losses_keep_forward_mode():
 
 
 def test_small_nets_take_the_vmap_path(monkeypatch):
-    monkeypatch.setattr(wnjax._models, "DENSE_MIN_MACS", 2**18)
+    monkeypatch.setattr(wnjax._nets.models, "DENSE_MIN_MACS", 2**18)
     small = wnjax.MLP(4, 6, 2, activation="relu2", key=jax.random.key(9))
     big = wnjax.MLP(10, 64, 3, activation="relu2", key=jax.random.key(9))
     for m, X, dense_path in [(small, _data()[0], False),
@@ -161,7 +161,7 @@ def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
             flat_weights(wnjax.to_standard(gf.final)), seeds
 
     dense_runs = runs()  # DENSE_MIN_MACS = 0 (the fixture)
-    monkeypatch.setattr(wnjax._models, "DENSE_MIN_MACS", 2**62)
+    monkeypatch.setattr(wnjax._nets.models, "DENSE_MIN_MACS", 2**62)
     jax.clear_caches()  # the threshold is read at trace time: compiled chunks must not be reused
     vmap_runs = runs()
     jax.clear_caches()

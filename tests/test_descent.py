@@ -208,7 +208,7 @@ def test_gd_compiles_once(problem):
 def test_long_segments_match_step_by_step_loop(problem):
     """Segments longer than ``FAST_BLOCK`` run in unchecked blocks: the steps are the same, and
     a target crossed inside a block stops the run at exactly the step a step-by-step loop does."""
-    from wnjax._descent import FAST_BLOCK
+    from wnjax._dynamics.descent import FAST_BLOCK
 
     model, X, y = problem
     eta, k = 0.05, 2 * FAST_BLOCK + 44
@@ -231,7 +231,7 @@ def test_long_segments_match_step_by_step_loop(problem):
 def test_auto_chunks_grow_without_recompiling_or_changing_steps(problem, monkeypatch):
     """``chunk_size='auto'`` doubles the chunk after every fast chunk: fewer host round trips,
     no new compilation, and the same steps as one chunk holding the whole run."""
-    import wnjax._descent as D
+    import wnjax._dynamics.descent as D
 
     model, X, y = problem
     monkeypatch.setattr(D, "AUTO_CHUNK_START", 8)

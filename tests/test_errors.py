@@ -293,7 +293,7 @@ def test_error_classes_share_a_base():
                                   ["reproduce", "--seeds", "-1", "lin-sep"],
                                   ["sweep", "x.toml", "--seeds", "0"]])
 def test_cli_rejects_non_positive_counts(argv, capsys):
-    from wnjax import _cli
+    import wnjax._cli as _cli
 
     with pytest.raises(SystemExit) as info:
         _cli.main(argv)
@@ -311,7 +311,7 @@ TYPOS = [("[grdi]\nwidth = [8]\n", "table 'grdi'", "'grid'"),
 
 @pytest.mark.parametrize("text,where,suggestion", TYPOS)
 def test_sweep_config_typos(text, where, suggestion, tmp_path):
-    from wnjax import _sweep_cli
+    import wnjax._cli.sweep as _sweep_cli
 
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(text)
@@ -321,7 +321,7 @@ def test_sweep_config_typos(text, where, suggestion, tmp_path):
 
 
 def test_example_sweep_config_is_valid():
-    from wnjax import _sweep_cli
+    import wnjax._cli.sweep as _sweep_cli
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     settings = _sweep_cli.load_config(os.path.join(root, "examples", "sweep.toml"), [])
@@ -332,7 +332,7 @@ def test_example_sweep_config_is_valid():
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys, monkeypatch):
-    from wnjax import _cli
+    import wnjax._cli as _cli
 
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices writes it
     cfg = tmp_path / "sweep.toml"
@@ -351,7 +351,7 @@ def failing_run(settings, X, y):
 
 
 def test_cli_exits_non_zero_when_runs_failed(tmp_path, capsys, monkeypatch):
-    from wnjax import _cli
+    import wnjax._cli as _cli
 
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices writes it
     cfg = tmp_path / "sweep.toml"

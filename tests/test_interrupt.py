@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax import _cli, _interrupt
+import wnjax._cli as _cli
+import wnjax._runtime.interrupt as _interrupt
 
-X, Y = wnjax.lin_sep(jax.random.key(0))
+X, Y = wnjax.data.lin_sep(jax.random.key(0))
 
 
 def _signal_when_handled(signum=signal.SIGINT):
@@ -83,7 +84,7 @@ def test_flow_signal_returns_the_partial_run(kw, monkeypatch):
 
 def test_flow_poll_leaves_the_numbers_unchanged():
     """The stop-request poll inside the solve changes no bit of an uninterrupted run."""
-    from wnjax import _flow
+    import wnjax._dynamics.flow as _flow
 
     model = wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(2)))
     kw = dict(time="normalized", t1=1e8, target_log_loss=-50.0, solver="tsit5",

@@ -14,7 +14,9 @@ import pytest
 import scipy.optimize
 from zoo_runs import make, solve
 
-from wnjax import _cli, problems
+from wnjax import problems
+
+import wnjax._cli as _cli
 from wnjax.problems import _linear as zoo
 
 NAMES = ["linear-exp", "linear-logistic", "multiclass-linear", "deep-linear-2", "deep-linear-3"]

@@ -103,7 +103,7 @@ def test_q_alpha_root_sinh_form_and_limits():
         assert np.linalg.norm(A @ sol.x - y) <= 1e-11
         assert np.allclose(sol.x, 2 * alpha**2 * np.sinh(A.T @ sol.mu), rtol=0, atol=1e-14)
         # the same minimizer by Newton trust-region minimization of the dual (another method)
-        other = wnjax.q_alpha_interpolator(A, y, alpha)
+        other = wnjax.diagonal.q_alpha_interpolator(A, y, alpha)
         assert np.linalg.norm(sol.x - other) <= 1e-7 * np.linalg.norm(other)
         # optimality over the feasible set: moving in the null space of A raises Q_alpha
         null = np.linalg.svd(A)[2][A.shape[0]:]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax._experiments import pruning
-from wnjax._experiments._runner import run_flow_checkpoints, run_sgd_backtracking
+import wnjax.experiments._pruning as pruning
+from wnjax.experiments._runner import run_flow_checkpoints, run_sgd_backtracking
 
 
 def _stacked(name, keys, d=5, width=8, activation="relu"):

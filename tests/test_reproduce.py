@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax._experiments import conv_rate, simple_traj, xor
-from wnjax._experiments._runner import run_gd
+import wnjax.experiments._conv_rate as conv_rate
+import wnjax.experiments._simple_traj as simple_traj
+import wnjax.experiments._xor as xor
+from wnjax.experiments._runner import run_gd
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 if not os.path.isdir(MNIST_DIR):
@@ -64,7 +66,7 @@ def test_simple_traj_outcome_across_inits():
 
 def test_runner_matches_single_gradient_descent(getkey):
     # The vmapped runner must take exactly the steps of wnjax.gradient_descent, seed by seed.
-    X, y = wnjax.lin_sep(getkey())
+    X, y = wnjax.data.lin_sep(getkey())
     keys = jax.random.split(getkey(), 3)
     models = eqx.filter_vmap(lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(keys)
     r = run_gd(models, X, y, num_steps=40, learning_rate=0.05, chunk_size=15)
@@ -88,17 +90,17 @@ def test_conv_rate_same_end_to_end_predictor(getkey):
 
 
 def test_data_sets(getkey):
-    X, y = wnjax.xor()
+    X, y = wnjax.data.xor()
     np.testing.assert_array_equal(np.asarray(y), -np.asarray(X[:, 0] * X[:, 1]))
-    X, y = wnjax.conv_rate_data(getkey())
+    X, y = wnjax.data.conv_rate(getkey())
     assert X.shape == (20, 2) and np.sum(np.asarray(y) == 1) == 10
     neg = np.asarray(X[2:11])
     assert np.all((neg >= 1.5) & (neg <= 2.0)) and np.all(np.asarray(y[2:11]) == -1)
-    Xtr, ytr, Xte, yte = wnjax.digits(getkey())
+    Xtr, ytr, Xte, yte = wnjax.data.digits(getkey())
     assert Xtr.shape[0] + Xte.shape[0] == 1797 and Xtr.shape[1] == 64
     assert float(Xtr.max()) <= 1.0 and set(np.unique(np.asarray(yte))) <= set(range(10))
     with pytest.raises(ValueError, match="even"):
-        wnjax.conv_rate_data(getkey(), n=7)
+        wnjax.data.conv_rate(getkey(), n=7)
 
 
 @pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="no MNIST folder on this machine")
@@ -110,35 +112,35 @@ def test_mnist_idx_on_bytes():
     # Independent read of the header bytes: magic 2051/2049, sizes big-endian.
     assert int.from_bytes(raw_img[:4], "big") == 2051 and int.from_bytes(raw_lab[:4], "big") == 2049
     n, rows, cols = (int.from_bytes(raw_img[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
-    images, labels = wnjax.load_mnist(MNIST_DIR, "t10k")
+    images, labels = wnjax.data.load_mnist(MNIST_DIR, "t10k")
     assert images.shape == (n, rows, cols) == (10000, 28, 28)
     assert labels.shape == (10000,)
     np.testing.assert_array_equal(images[-1].ravel(), np.frombuffer(raw_img[-784:], np.uint8))
     counts = np.bincount(np.frombuffer(raw_lab[8:], np.uint8), minlength=10)
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), counts)
     assert counts.sum() == 10000 and counts.min() > 800
-    Xtr, ytr, Xte, yte, note = wnjax.mnist(jax.random.key(0), MNIST_DIR)
+    Xtr, ytr, Xte, yte, note = wnjax.data.mnist(jax.random.key(0), MNIST_DIR)
     assert Xtr.shape[0] + Xte.shape[0] == 10000 and Xtr.shape[1] == 784 and "split" in note
 
 
 def test_idx_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="t10k-images"):
-        wnjax.load_mnist(str(tmp_path), "t10k")
+        wnjax.data.load_mnist(str(tmp_path), "t10k")
     bad = tmp_path / "bad.idx"
     bad.write_bytes(b"\x12\x34\x08\x01\x00\x00\x00\x05abc")
     with pytest.raises(ValueError, match="magic"):
-        wnjax.read_idx(str(bad))
+        wnjax.data.read_idx(str(bad))
     short = tmp_path / "short.idx"
     short.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
     with pytest.raises(ValueError, match="corrupt"):
-        wnjax.read_idx(str(short))
+        wnjax.data.read_idx(str(short))
     gz = tmp_path / "trunc.gz"
     gz.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")[:-6])
     with pytest.raises(ValueError, match="gzip"):
-        wnjax.read_idx(str(gz))
+        wnjax.data.read_idx(str(gz))
     ok = tmp_path / "ok.idx"
     ok.write_bytes(b"\x00\x00\x08\x02\x00\x00\x00\x02\x00\x00\x00\x02\x01\x02\x03\x04")
-    np.testing.assert_array_equal(wnjax.read_idx(str(ok)), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(wnjax.data.read_idx(str(ok)), [[1, 2], [3, 4]])
 
 
 def test_conv_rate_smoke(tmp_path):
@@ -165,7 +167,7 @@ def test_lin_sep_flow_ewn_reaches_target_sooner_than_swn():
     """lin-sep, exact loss-normalized flow, 3 seeds: every run reaches log L = -300, and EWN gets
     there at a plain time t at least e^2 ~ 7x earlier than SWN on every seed (the paper: EWN
     reaches log L = -300 much sooner than SWN)."""
-    from wnjax._experiments import lin_sep
+    import wnjax.experiments._lin_sep as lin_sep
 
     sim = lin_sep.simulate(3, dynamics="flow", target=-300.0)
     for name in ("ewn", "swn", "standard"):
@@ -177,7 +179,7 @@ def test_lin_sep_limit_neurons_and_relation_spread():
     """The relations are measured on neurons with both a weight and a gradient share above the
     threshold; a neuron with a weight share but a vanished gradient share (no longer growing) or
     a dead unit is left out, and the spread is the std of log||g_u|| +- log||w_u|| over the rest."""
-    from wnjax._experiments import lin_sep
+    import wnjax.experiments._lin_sep as lin_sep
 
     w = np.array([[3.0, 2.0, 1.0, 1.0, 0.01]])
     g = np.array([[1 / 3.0, 1 / 2.0, 1e-60, 0.0, 1.0]])  # ||w_u|| ||g_u|| = 1 on the first two
@@ -260,9 +262,9 @@ def _distance(a, b) -> float:
 def _schedule_case(schedule, parameterization, seed):
     """lin-sep data and net of ``seed``, the net's parameter leaves, whether ``schedule`` lags,
     and the transcription's settings (the experiment's eta0 and cap)."""
-    from wnjax._experiments import lin_sep
+    import wnjax.experiments._lin_sep as lin_sep
 
-    X, y = wnjax.lin_sep(jax.random.key(seed))
+    X, y = wnjax.data.lin_sep(jax.random.key(seed))
     model = parameterization(wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(100 + seed)))
     if parameterization is wnjax.standard:
         def leaves(m):
@@ -282,7 +284,7 @@ def test_lin_sep_run_matches_numpy_transcription(schedule):
     against the numpy transcription over 300 epochs, unnormalized net: same epochs, same undone
     steps, same parameters to 1e-12; under paper-code the run holds the logistic -> exponential
     switch. The other lag setting ends far away, so the comparison tells them apart."""
-    from wnjax._experiments import lin_sep
+    import wnjax.experiments._lin_sep as lin_sep
 
     X, y, model, leaves, lag, kw = _schedule_case(schedule, wnjax.standard, 2)
     theta0 = tuple(np.asarray(a, float) for a in leaves(model))
@@ -312,8 +314,8 @@ def test_lin_sep_steps_match_numpy_transcription(schedule):
     transcription's point, it returns the transcription's next try, or the undo of a thrown-away
     try, to 1e-12, and undoes exactly the tries the transcription throws away. (Fed points, not
     a free run: past log L ~ -30 the loop amplifies rounding ~2x per epoch.)"""
-    from wnjax._descent import descent_update
-    from wnjax._experiments import lin_sep
+    from wnjax._dynamics.descent import descent_update
+    import wnjax.experiments._lin_sep as lin_sep
     from wnjax._losses import get_loss
 
     X, y, model, leaves, lag, kw = _schedule_case(schedule, wnjax.swn, 3)

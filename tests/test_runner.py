@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import wnjax
-from wnjax._experiments._runner import run_gd
+from wnjax.experiments._runner import run_gd
 
 
 def _dead_point_model(key):
@@ -23,7 +23,7 @@ def test_dead_point_seed_stalls_and_live_seed_reaches():
     """Seed 1 has a dead point (margin 0, zero gradient: ``L >= l(0) = 1`` for good), seed 0 not.
     The runner stops seed 1 early as stalled, with ``log L >= 0``, and seed 0 reaches the
     target; without the stall rule seed 1 would spend the whole budget."""
-    X, y = wnjax.lin_sep(jax.random.key(0))
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
     live = wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(3))
     dead = _dead_point_model(jax.random.key(4))
     out = jax.vmap(dead)(X).reshape(-1)

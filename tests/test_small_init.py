@@ -12,7 +12,7 @@ import numpy as np
 import scipy.optimize
 
 import wnjax
-from wnjax._ncf import trainable_vector
+from wnjax.small_init._ncf import trainable_vector
 
 N_POINTS, DIM, WIDTH = 100, 6, 10
 SQUARE = wnjax.Square(mean=True)
@@ -21,9 +21,9 @@ SQUARE = wnjax.Square(mean=True)
 @functools.lru_cache(maxsize=None)
 def problem():
     """SPEC section 7: ReLU^2 student of width 10, teacher relu(x1)^2 - 0.5 relu(x2)^2."""
-    X, y = wnjax.relu2_teacher_data(jax.random.key(0), n=N_POINTS, d=DIM)
+    X, y = wnjax.small_init.relu2_teacher_data(jax.random.key(0), n=N_POINTS, d=DIM)
     model = wnjax.MLP(DIM, WIDTH, 2, activation="relu2", key=jax.random.key(1))
-    return X, y, model, wnjax.ncf_kkt_point(model, X, y)
+    return X, y, model, wnjax.small_init.ncf_kkt_point(model, X, y)
 
 
 def _np_weights(model):
@@ -42,10 +42,10 @@ def flow_run(delta):
     X, y, model, kkt = problem()
     t1 = 1.3 * N_POINTS * float(kkt.escape_integral) / delta
     r = wnjax.gradient_flow(
-        wnjax.scale_to_norm(model, delta), X, y, loss=SQUARE, t1=t1,
-        save_ts=wnjax.log_save_times(t1, 1500, 7), rtol=1e-10, atol=1e-14, max_steps=200_000,
+        wnjax.small_init.scale_to_norm(model, delta), X, y, loss=SQUARE, t1=t1,
+        save_ts=wnjax.small_init.log_save_times(t1, 1500, 7), rtol=1e-10, atol=1e-14, max_steps=200_000,
     )
-    return r, wnjax.small_init_diagnostics(r.ts, r.log_loss, r.states, kkt, delta)
+    return r, wnjax.small_init.diagnostics(r.ts, r.log_loss, r.states, kkt, delta)
 
 
 def test_kkt_point_residual_sparsity_closed_form():
@@ -82,18 +82,18 @@ def test_kkt_point_residual_sparsity_closed_form():
     )
     assert sol.success
     assert abs(2 / (3 * np.sqrt(3)) * np.sign(a[j]) * -sol.fun - value) < 1e-6 * abs(value)
-    assert float(wnjax.kkt_residual(kkt.u, X, y)) < 1e-9
+    assert float(wnjax.small_init.kkt_residual(kkt.u, X, y)) < 1e-9
 
 
 def test_second_order_matches_finite_differences():
     X, y, _, kkt = problem()
-    so = wnjax.ncf_second_order(kkt.u, X, y)
+    so = wnjax.small_init.ncf_second_order(kkt.u, X, y)
     assert so.kind == "strict local max"
     eig = np.asarray(so.eigenvalues)
     assert eig.size == kkt.vector.size - 1 and eig.max() < 0
     w, build = trainable_vector(kkt.u)
     u = np.asarray(w)
-    N = lambda v: float(wnjax.neural_correlation(build(jnp.asarray(v / np.linalg.norm(v))), X, y))  # noqa: E731
+    N = lambda v: float(wnjax.small_init.neural_correlation(build(jnp.asarray(v / np.linalg.norm(v))), X, y))  # noqa: E731
     rng = np.random.default_rng(1)
     eps = 1e-4
     for _ in range(4):
@@ -104,7 +104,7 @@ def test_second_order_matches_finite_differences():
         second = (N(u + eps * v) + N(u - eps * v) - 2 * N(u)) / eps**2
         assert eig.min() - 1e-5 <= second <= eig.max() + 1e-5
     # A non-KKT direction has a large residual and is flagged.
-    assert float(wnjax.kkt_residual(wnjax.scale_to_norm(problem()[2], 1.0), X, y)) > 1e-2
+    assert float(wnjax.small_init.kkt_residual(wnjax.small_init.scale_to_norm(problem()[2], 1.0), X, y)) > 1e-2
 
 
 def test_early_alignment_and_escape_time():
@@ -118,7 +118,7 @@ def test_early_alignment_and_escape_time():
     # Leading order: T = n I / delta (dw/dt = grad N / n near the origin), error O(delta).
     pred = N_POINTS * float(kkt.escape_integral) / 1e-3
     assert abs(d.escape_time / pred - 1) < 0.02  # from the log-spaced save grid
-    T, _ = wnjax.flow_escape_time(wnjax.scale_to_norm(problem()[2], 1e-3), X, y, t1=1.5 * pred,
+    T, _ = wnjax.small_init.flow_escape_time(wnjax.small_init.scale_to_norm(problem()[2], 1e-3), X, y, t1=1.5 * pred,
                                   loss=SQUARE)
     assert abs(T / pred - 1) < 5e-3
 
@@ -128,7 +128,7 @@ def test_first_plateau_matches_reduced_network():
     _, d = flow_run(1e-3)
     assert d.saddles, "no plateau after the escape"
     plateau = np.exp(d.saddles[0].log_loss)
-    red = wnjax.reduced_network(kkt, X, y, loss=SQUARE, scale=1e-3)
+    red = wnjax.small_init.reduced_network(kkt, X, y, loss=SQUARE, scale=1e-3)
     assert float(red.grad_norm) < 1e-8
     assert abs(np.exp(float(red.log_loss)) / plateau - 1) < 1e-4
     # Independent reference: BFGS on the one-unit loss from u*'s unit, in numpy.

@@ -139,7 +139,7 @@ def test_an_overflowing_step_is_rejected_not_fatal():
 
 def test_high_order_only_on_a_smooth_field(getkey):
     """Dopri8 below rtol 1e-9 only where the field has no kinks (linear, ReLU^p with p >= 3)."""
-    from wnjax._flow import smooth_field
+    from wnjax._dynamics.flow import smooth_field
 
     for act, smooth in [("linear", True), ("relu3", True), ("relu2", False), ("relu", False)]:
         net = wnjax.MLP(3, 4, 2, activation=act, key=getkey())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax._diagonal import diagonal_net, sparse_problem
-from wnjax._flow import target_tolerance
+from wnjax.diagonal._nets import diagonal_net, sparse_problem
+from wnjax._dynamics.flow import target_tolerance
 
 
 def _reached(r, target, dtype):
@@ -42,7 +42,7 @@ def test_square_loss_to_minus_40_succeeds_and_matches_radau():
     w0 = np.full(24, 0.1)
     ref = solve_ivp(f, (0.0, float(r.final_time)), w0, method="Radau", rtol=1e-11, atol=1e-13)
     x_ref = ref.y[:12, -1] ** 2 - ref.y[12:, -1] ** 2
-    x = np.asarray(wnjax._diagonal.diagonal_signal(r.final))
+    x = np.asarray(wnjax.diagonal._nets.diagonal_signal(r.final))
     assert np.linalg.norm(x - x_ref) / np.linalg.norm(x_ref) < 1e-6
 
 

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax import _cli, _sweep_cli
-from wnjax._store import CorruptChunk
+import wnjax._cli as _cli
+import wnjax._cli.sweep as _sweep_cli
+from wnjax._sweeps.store import CorruptChunk
 
-X, Y = wnjax.lin_sep(jax.random.key(0))
+X, Y = wnjax.data.lin_sep(jax.random.key(0))
 
 CONFIG = """
 [sweep]
@@ -194,7 +195,7 @@ jax.config.update("jax_enable_x64", True)
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[3], num_processes=2,
                            process_id=int(sys.argv[1]))
 import wnjax
-X, y = wnjax.lin_sep(jax.random.key(0))
+X, y = wnjax.data.lin_sep(jax.random.key(0))
 def run(key, cfg):
     m = wnjax.MLP(2, 4, 2, init_scale=cfg["init_scale"], key=key)
     r = wnjax.traced_gradient_descent(wnjax.ewn(m), X, y, num_steps=200, learning_rate=0.05,
@@ -246,7 +247,7 @@ def test_sweep_cli_defaults_to_one_device_per_core():
     user's ``XLA_FLAGS`` already set a count or the run is multi-host."""
     import argparse
 
-    from wnjax import _cli
+    import wnjax._cli as _cli
 
     def ns(**kw):
         return argparse.Namespace(**({"command": "sweep", "devices": None, "coordinator": None}
@@ -337,7 +338,7 @@ def test_sigint_stops_a_sweep_keeping_finished_chunks(tmp_path):
 def test_reached_target_within_rounding_is_the_same_decision_in_a_sweep():
     """A run that ends at t1 within rounding above its target has reached it (and its message
     says so); one that ends further above has not. A sweep row decides the same."""
-    from wnjax._flow import target_tolerance
+    from wnjax._dynamics.flow import target_tolerance
 
     kw = dict(t1=20.0, n_save=4, solver="tsit5", diagnostics=False, save_states=False,
               throw=False)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._flow import FlowResult, gradient_flow
+from wnjax._dynamics.flow import FlowResult, gradient_flow
 
 SIZES = ("test", "full")
 

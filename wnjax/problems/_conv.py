@@ -28,8 +28,8 @@ import numpy as np
 import scipy.optimize
 from jaxtyping import Array
 
-from ._base import Problem, register
-from ._diagonal import (
+from wnjax.problems._base import Problem, register
+from wnjax.problems._diagonal import (
     CLASS_TARGET,
     class_tolerance,
     direction_distance,

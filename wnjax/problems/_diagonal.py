@@ -25,8 +25,8 @@ import dataclasses
 import numpy as np
 import scipy.optimize
 
-from .._diagonal import diagonal_net, diagonal_signal
-from ._base import Problem, register
+from wnjax.diagonal._nets import diagonal_net, diagonal_signal
+from wnjax.problems._base import Problem, register
 
 # How far the flow runs: log L at the end (classification, both sizes) and the final residual
 # (regression).

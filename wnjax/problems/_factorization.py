@@ -23,7 +23,7 @@ import numpy as np
 import scipy.optimize
 from jaxtyping import Array
 
-from ._base import Problem, register
+from wnjax.problems._base import Problem, register
 
 RESIDUAL = 1e-10
 

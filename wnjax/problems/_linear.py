@@ -29,9 +29,9 @@ import numpy as np
 import scipy.integrate
 import scipy.optimize
 
-from .._models import MLP
-from .._parameterize import ewn, swn
-from ._base import Problem, register
+from wnjax._nets.models import MLP
+from wnjax._nets.parameterize import ewn, swn
+from wnjax.problems._base import Problem, register
 
 # log L at the end of the classification runs, and their options: loss-normalized time, t1 out
 # of reach (the target ends the run), no states or diagnostics kept (the errors read the end).

@@ -1,0 +1,287 @@
+"""``wnjax demo``: the main job. A short tour of the library's core claims.
+
+1. The equivalence check (EWN flow = unnormalized flow with rate ``||w_u||^2``; SWN differs;
+   GD approaches both with an ``O(eta)`` error): ``wnjax.equivalence_check``.
+2. lin-sep at small size (few seeds): ``wnjax.reproduce("lin-sep", ...)``, the same run as
+   ``wnjax reproduce lin-sep``; its figures and report go to ``OUT/lin-sep/``.
+3. XOR at small size: ``wnjax.reproduce("xor", ...)``, into ``OUT/xor/``.
+
+With ``--jobs 2`` (the default on a machine with 2 or more cores) the equivalence check, which
+is mostly compilation, runs in a second (spawned) process beside the two experiments.
+
+Then one summary figure ``OUT/demo.png`` (equivalence, lin-sep and XOR panels), ``OUT/report.md``
+(the numbers and the verdicts of every claim) and ``OUT/metrics.json``. The experiments' verdicts
+are read from their own reports, never recomputed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import jax
+import numpy as np
+
+from wnjax._cli import positive_int
+from wnjax._analysis.equivalence import equivalence_check, format_report
+import wnjax.experiments._lin_sep as lin_sep_experiment
+import wnjax.experiments._xor as xor_experiment
+from wnjax.experiments._report import PARAM_STYLE, pyplot, save_figure, verdict, write_outputs
+from wnjax.experiments._reproduce import reproduce
+
+HELP = "run the main job: the equivalence check, then lin-sep and XOR at small size"
+
+NAMES = ("ewn", "swn", "standard")
+REPRODUCED = "- **reproduced**: "
+NOT_REPRODUCED = "- **not reproduced**: "
+
+
+def split_claim(text: str) -> tuple[str, str]:
+    """``'claim (detail)'`` to ``(claim, detail)``: the detail is the last balanced parenthesized
+    group at the end (``_report.verdict``'s format); ``(text, '')`` if there is none."""
+    text = text.rstrip()
+    if not text.endswith(")"):
+        return text, ""
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[:i].rstrip(), text[i + 1:-1]
+    return text, ""
+
+
+def verdict_lines(report: str) -> list[dict]:
+    """The verdict lines of an experiment's ``report.md`` (written by ``_report.verdict``).
+
+    **Returns:** one ``{"reproduced": bool, "claim": str, "detail": str}`` per line.
+    """
+    out = []
+    for line in report.splitlines():
+        for tag, ok in ((REPRODUCED, True), (NOT_REPRODUCED, False)):
+            if line.startswith(tag):
+                claim, detail = split_claim(line[len(tag):])
+                out.append({"reproduced": ok, "claim": claim, "detail": detail})
+    return out
+
+
+def embed_report(report: str, folder: str) -> str:
+    """An experiment's ``report.md`` as a section of the demo report: its title dropped, its
+    headings one level deeper, and its figure names prefixed by ``folder/`` (relative links)."""
+    lines = report.rstrip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        if line.startswith("#"):
+            line = "##" + line
+        elif line.startswith("Figures: "):
+            names = [n.strip() for n in line[len("Figures: "):].split(",") if n.strip()]
+            line = "Figures: " + ", ".join(f"[{n}]({folder}/{n})" for n in names)
+        out.append(line)
+    return "\n".join(out).strip()
+
+
+def _steps_key(metrics: dict, name: str) -> tuple[str, str]:
+    """lin-sep's cost metric of ``name`` and its unit: GD epochs (accepted steps), or log t
+    under ``flow``."""
+    if metrics["dynamics"] == "gd":
+        return f"{name}_epochs_to_target", "GD epochs (accepted steps) to the target"
+    return f"{name}_log_t_to_target", "log t at the target"
+
+
+def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png") -> str:
+    """One figure, six panels: the equivalence's flow-path errors and GD errors against ``eta``;
+    lin-sep's cost to the target and final relative neuron norms; XOR's relative neuron norms
+    and kept-neuron counts beside the paper's. **Returns:** the file name written in ``out``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    # (a) flow paths: EWN-GF and SWN-GF against the rate-||w_u||^2 flow.
+    ax = axes[0, 0]
+    errs = {"EWN": eq["ewn_max_rel_err"], "SWN": eq["swn_max_rel_err"]}
+    ax.bar(list(errs), list(errs.values()), color=[PARAM_STYLE["ewn"]["color"], PARAM_STYLE["swn"]["color"]])
+    for i, v in enumerate(errs.values()):
+        ax.text(i, v, f"{v:.1e}", ha="center", va="bottom", fontsize=9)
+    ax.axhline(eq["rtol"], ls=":", c="k", lw=0.8, label=f"solver rtol {eq['rtol']:g}")
+    ax.set(yscale="log", ylabel="max_t ||w - w_rate|| / ||w_rate||",
+           title="equivalence: flow vs rate-||w_u||^2 flow")
+    ax.legend(fontsize=8)
+    # (b) GD: both errors shrink like eta.
+    ax = axes[0, 1]
+    for key, label, exponent in (("gd_drift", "EWN-GD vs rate-GD", eq["gd_drift_exponent"]),
+                                 ("gd_vs_flow", "GD vs flow", eq["gd_vs_flow_exponent"])):
+        eta, err = np.asarray(eq[key], float).T
+        ax.loglog(eta, err, "o-", label=f"{label} (slope {exponent:.2f})")
+    ax.set(xlabel="eta", ylabel="relative error at T = k eta",
+           title=f"equivalence: GD over T = {eq['gd_horizon']:g}")
+    ax.legend(fontsize=8)
+    # (c) lin-sep: cost to the target, per seed, beside the paper's epochs.
+    ax = axes[0, 2]
+    for i, k in enumerate(NAMES):
+        key, unit = _steps_key(lin, k)
+        cost = np.asarray(lin[key], float)
+        ax.bar(i, np.nanmedian(cost), color=PARAM_STYLE[k]["color"], alpha=0.5)
+        ax.plot(np.full(cost.size, i), cost, "o", color=PARAM_STYLE[k]["color"], ms=4)
+        paper = lin_sep_experiment.PAPER_EPOCHS.get(k)
+        if paper is not None and lin["dynamics"] == "gd":
+            ax.plot(i, paper, "k*", ms=10, label="paper (epochs)" if k == "ewn" else None)
+    ax.set_xticks(range(len(NAMES)), [PARAM_STYLE[k]["label"] for k in NAMES])
+    ax.set(yscale="log" if lin["dynamics"] == "gd" else "linear", ylabel=unit,
+           title=f"lin-sep: to log L = {lin['target_log_loss']:g}")
+    if lin["dynamics"] == "gd":
+        ax.legend(fontsize=8)
+    # (d), (e) final relative norms, sorted, mean over seeds; (f) XOR kept neurons vs paper.
+    for ax, metrics, title, threshold in (
+        (axes[1, 0], lin, "lin-sep: final relative norms (8 neurons)", lin_sep_experiment.THRESHOLD),
+        (axes[1, 1], xor, "XOR: final relative norms (20 neurons)", xor_experiment.THRESHOLD),
+    ):
+        for k in NAMES:
+            rel = -np.sort(-np.asarray(metrics[f"{k}_relative_norms"], float), axis=1)
+            kept = np.asarray(metrics[f"{k}_kept"], float)
+            ax.plot(np.arange(rel.shape[1]), rel.mean(0), "o-", ms=3, color=PARAM_STYLE[k]["color"],
+                    label=f"{PARAM_STYLE[k]['label']}: {kept.mean():.3g} above {threshold}")
+        ax.axhline(threshold, ls="--", c="k", lw=0.8)
+        ax.set(xlabel="neuron (sorted)", ylabel="||w_u|| / ||W_1||", title=title, ylim=(0, 1))
+        ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    for i, k in enumerate(NAMES):
+        kept = np.asarray(xor[f"{k}_kept"], float)
+        ax.bar(i, kept.mean(), color=PARAM_STYLE[k]["color"], alpha=0.5)
+        ax.plot(np.full(kept.size, i), kept, "o", color=PARAM_STYLE[k]["color"], ms=4)
+        ax.plot(i, xor_experiment.PAPER[k], "k*", ms=10, label="paper" if k == "ewn" else None)
+    ax.set_xticks(range(len(NAMES)), [PARAM_STYLE[k]["label"] for k in NAMES])
+    ax.set(ylabel=f"neurons with relative norm > {xor_experiment.THRESHOLD}",
+           title="XOR: kept neurons (of 20)", ylim=(0, xor_experiment.WIDTH + 1))
+    ax.legend(fontsize=8)
+    return save_figure(fig, out, name)
+
+
+def equivalence_job(seed: int, x64: bool) -> tuple[dict, float]:
+    """``equivalence_check`` on the default problem of ``seed`` with float64 on or off, as run in
+    a worker process. **Returns:** the check's dict and the seconds it took."""
+    jax.config.update("jax_enable_x64", x64)
+    start = time.perf_counter()
+    return equivalence_check(jax.random.key(seed)), time.perf_counter() - start
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the equivalence problem")
+    parser.add_argument("--target", type=float, default=-300.0, help="lin-sep's target log L")
+    parser.add_argument("--xor-target", type=float, default=-50.0, help="XOR's target log L")
+    parser.add_argument("--seeds", type=positive_int, default=3,
+                        help="seeds of lin-sep and XOR (vmapped)")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="GD step budget of lin-sep and XOR (default: each experiment's own)")
+    parser.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
+                        help="2: run the equivalence check in a second process beside the "
+                        "experiments; 1: everything in this process, one after the other")
+
+
+def run_parts(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
+    """The equivalence check (in a spawned process when ``args.jobs > 1``) and the lin-sep and
+    XOR runs of ``wnjax.reproduce`` into ``OUT/lin-sep`` and ``OUT/xor``.
+
+    **Returns:** ``(equivalence dict, lin-sep metrics, XOR metrics, seconds per part)``.
+    """
+    seconds: dict[str, float] = {}
+    size = {} if getattr(args, "max_steps", None) is None else {"max_steps": args.max_steps}
+    seeds, xor_target = getattr(args, "seeds", 3), getattr(args, "xor_target", -50.0)
+    x64 = bool(jax.config.read("jax_enable_x64"))
+    pool = None
+    if getattr(args, "jobs", 1) > 1:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        print("equivalence check (in a second process) ...", flush=True)
+        future = pool.submit(equivalence_job, args.seed, x64)
+    else:
+        print("equivalence check ...", flush=True)
+        eq, seconds["equivalence"] = equivalence_job(args.seed, x64)
+        print(format_report(eq), flush=True)
+    try:
+        print(f"lin-sep, {seeds} seeds, to log L = {args.target:g} ...", flush=True)
+        t = time.perf_counter()
+        lin = reproduce("lin-sep", seeds=seeds, out=os.path.join(args.out, "lin-sep"),
+                        target=args.target, **size)
+        seconds["lin_sep"] = time.perf_counter() - t
+        print(f"XOR, {seeds} seeds, to log L = {xor_target:g} ...", flush=True)
+        t = time.perf_counter()
+        xor = reproduce("xor", seeds=seeds, out=os.path.join(args.out, "xor"), target=xor_target,
+                        **size)
+        seconds["xor"] = time.perf_counter() - t
+        if pool is not None:
+            eq, seconds["equivalence"] = future.result()
+            print(format_report(eq), flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return eq, lin, xor, seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the tour, write ``demo.png``, ``report.md`` and ``metrics.json`` under ``args.out``.
+
+    **Returns:** the exit code, 0 if the equivalence holds (EWN matches, SWN differs); the
+    experiments' verdicts are reported but do not change it.
+    """
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    eq, lin, xor, seconds = run_parts(args)
+    lin_out, xor_out = os.path.join(args.out, "lin-sep"), os.path.join(args.out, "xor")
+    figure = plot_summary(eq, lin, xor, args.out)
+    reports = {}
+    for key, folder in (("lin_sep", lin_out), ("xor", xor_out)):
+        with open(os.path.join(folder, "report.md")) as f:
+            reports[key] = f.read()
+    eq_verdict = verdict(
+        bool(eq["equivalent"] and eq["swn_differs"]),
+        "EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2; SWN differs",
+        f"EWN max path error {eq['ewn_max_rel_err']:.1e}, SWN {eq['swn_max_rel_err']:.2f}; "
+        f"GD error ~ eta^{eq['gd_vs_flow_exponent']:.2f}",
+    )
+    verdicts = {"equivalence": verdict_lines(eq_verdict),
+                **{k: verdict_lines(r) for k, r in reports.items()}}
+    seconds["total"] = time.perf_counter() - start
+    metrics = {
+        "equivalence": eq, "lin_sep": lin, "xor": xor, "verdicts": verdicts,
+        "settings": {"seed": args.seed, "seeds": getattr(args, "seeds", 3),
+                     "lin_sep_target": args.target, "xor_target": getattr(args, "xor_target", -50.0),
+                     **({} if getattr(args, "max_steps", None) is None else
+                        {"max_steps": args.max_steps}), "jobs": getattr(args, "jobs", 1)},
+        "seconds": seconds,
+    }
+    write_outputs(args.out, metrics, _report(eq, eq_verdict, reports, verdicts, figure, seconds))
+    n_ok = sum(v["reproduced"] for vs in verdicts.values() for v in vs)
+    n_all = sum(len(vs) for vs in verdicts.values())
+    print(f"\n{n_ok}/{n_all} claims reproduced; wrote {os.path.join(args.out, figure)}, "
+          f"{args.out}/report.md and {args.out}/metrics.json ({seconds['total']:.0f} s)")
+    return 0 if (eq["equivalent"] and eq["swn_differs"]) else 1
+
+
+def _report(eq: dict, eq_verdict: str, reports: dict, verdicts: dict, figure: str,
+            seconds: dict) -> str:
+    """The demo's ``report.md``: a verdict summary, then one section per part."""
+    titles = {"equivalence": "equivalence", "lin_sep": "lin-sep", "xor": "XOR"}
+    lines = [
+        "# wnjax demo", "",
+        "A short tour of the first paper's claims: the equivalence check, then the lin-sep and XOR "
+        "experiments at small size, run exactly as `wnjax reproduce lin-sep` / `wnjax reproduce "
+        "xor` (their full figures and reports are in `lin-sep/` and `xor/`).", "",
+        f"![demo]({figure})", "",
+        "## Verdicts", "",
+        "| part | claim | verdict |", "|---|---|---|",
+    ]
+    for part, vs in verdicts.items():
+        for v in vs:
+            tag = "reproduced" if v["reproduced"] else "**not reproduced**"
+            lines.append(f"| {titles[part]} | {v['claim']} | {tag} |")
+    lines += [
+        "", "## 1. EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2", "",
+        "```", format_report(eq), "```", "", eq_verdict, "",
+        "## 2. lin-sep", "", embed_report(reports["lin_sep"], "lin-sep"), "",
+        "## 3. XOR", "", embed_report(reports["xor"], "xor"), "",
+        "Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+        + " (with --jobs 2 the equivalence check runs beside the experiments).", "",
+    ]
+    return "\n".join(lines)

@@ -1,1 +1,0 @@
-"""Reproductions of the seed papers' experiments, one module each (see ``wnjax._reproduce``)."""

@@ -1,0 +1,271 @@
+"""Input checks that turn bad arguments and data into clear errors before anything is traced.
+
+Every error is an ``InvalidInput`` (a ``ValueError``) that names the argument, its value and
+the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from wnjax._runtime.errors import InvalidInput
+from wnjax._losses import Loss
+
+# How each numeric option is checked, and what to pass instead of a bad value.
+_POSITIVE_INT = {
+    "num_steps": "the number of steps to take, e.g. num_steps=1000",
+    "n_save": "the number of save points, e.g. n_save=64",
+    "max_steps": "the solver's step budget, e.g. max_steps=100_000",
+    "seeds": "the number of seeds, e.g. seeds=5",
+}
+_POSITIVE = {
+    "learning_rate": "a positive, finite step size, e.g. learning_rate=0.1",
+    "rtol": "a positive relative tolerance, or None for the dtype's default",
+    "atol": "a positive absolute tolerance, or None for the dtype's default",
+    "dt0": "a positive first step, or None to choose it automatically",
+    "diverge_above": "a positive rise of log L that counts as divergence, e.g. 200.0",
+}
+_INF_OK = ("diverge_above",)  # inf: never diverged by a rise alone
+_FINITE = {
+    "target_log_loss": "a finite log L to stop at, or None to run without a target",
+    "t0": "a finite start time",
+    "t1": "a finite end time",
+    "log_t0": "a finite log t at the start",
+    "degree": "the model's homogeneity degree, a finite number such as 2.0",
+}
+
+
+def _concrete(value):
+    """``value`` as a host array, or ``None`` when it is traced or not numeric."""
+    if isinstance(value, jax.core.Tracer) or callable(value):
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception:  # an object that is not an array
+        return None
+    return arr if arr.dtype.kind in "biuf" else None
+
+
+def check_options(**options) -> None:
+    """Check numeric options by name: ``None`` (not given) and traced values pass.
+
+    ``num_steps``, ``n_save``, ``max_steps``, ``seeds``: positive integers (an integral float
+    such as ``1e5`` is accepted); ``learning_rate``, ``rtol``, ``atol``, ``dt0``: positive and
+    finite; ``diverge_above``: positive (``inf`` allowed); ``target_log_loss``, ``t0``,
+    ``t1``, ``log_t0``, ``degree``: finite. Raises ``InvalidInput`` naming the option, its
+    value and the fix.
+    """
+    for name, value in options.items():
+        if value is None:
+            continue
+        arr = _concrete(value)
+        if name in _POSITIVE_INT:
+            ok = (not isinstance(value, bool) and arr is not None and arr.ndim == 0
+                  and arr.dtype.kind in "iuf" and math.isfinite(float(arr))
+                  and float(arr) == int(arr) and int(arr) >= 1)
+            if not ok:
+                raise InvalidInput(
+                    f"{name} must be a positive integer, got {value!r}; pass {_POSITIVE_INT[name]}."
+                )
+        elif name in _POSITIVE or name in _FINITE:
+            if isinstance(value, bool) or (arr is None and not isinstance(
+                    value, jax.core.Tracer) and not callable(value)):
+                raise InvalidInput(f"{name} must be a number, got {value!r}.")
+            if arr is None:  # traced, or a schedule (callable)
+                continue
+            positive = name in _POSITIVE
+            bad = (np.isnan(arr) if name in _INF_OK else ~np.isfinite(arr)) | (
+                (arr <= 0) if positive else False)
+            if np.any(bad):
+                what = "positive and finite" if positive else "finite"
+                fix = _POSITIVE.get(name) or _FINITE[name]
+                raise InvalidInput(f"{name} must be {what}, got {value!r}; pass {fix}.")
+        else:
+            raise KeyError(f"no rule for option {name!r}")
+
+
+def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
+    """Validate ``(X, y)`` for ``loss``; return them as JAX arrays on one device.
+
+    Integer or boolean ``X`` becomes the default float dtype. Raises ``InvalidInput`` (a
+    ``ValueError``) for empty data, NaN/inf in ``X`` or ``y``, a length mismatch, labels outside
+    ``{-1, +1}`` for binary losses, or non-integer class labels for cross-entropy. Warns when a
+    row of ``X`` is all zero under a margin loss (its margin stays 0 for a homogeneous model).
+    """
+    if isinstance(X, jax.core.Tracer) or isinstance(y, jax.core.Tracer):
+        return X, y
+    Xn, yn = np.asarray(X), np.asarray(y)
+    if Xn.dtype.kind in "biu":
+        float_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+        Xn = Xn.astype(float_dtype)
+        X = Xn
+    if Xn.ndim < 2:
+        raise InvalidInput(
+            f"X must have a leading axis of examples, shape (n, ...); got shape {Xn.shape}."
+        )
+    if Xn.shape[0] == 0:
+        raise InvalidInput(
+            f"X has no rows (shape {Xn.shape}); pass at least one example."
+        )
+    if yn.ndim < 1 or yn.shape[0] != Xn.shape[0]:
+        raise InvalidInput(
+            f"X has {Xn.shape[0]} examples but y has shape {yn.shape}; they must match along "
+            "axis 0."
+        )
+    if not np.issubdtype(Xn.dtype, np.number) or not np.all(np.isfinite(Xn)):
+        bad = np.argwhere(~np.isfinite(Xn))[:3].tolist()
+        raise InvalidInput(f"X contains NaN or inf (first at indices {bad}); clean the data first.")
+    if np.issubdtype(yn.dtype, np.floating) and not np.all(np.isfinite(yn)):
+        raise InvalidInput("y contains NaN or inf; clean the labels first.")
+    name = type(loss).__name__.lower()
+    if loss.binary and loss.margin_based:
+        labels = set(np.unique(yn).tolist())
+        if yn.ndim != 1 or not labels <= {-1, 1}:
+            raise InvalidInput(
+                f"the {name} loss needs binary labels in {{-1, +1}} of shape (n,), got labels "
+                f"{sorted(labels)[:6]} of shape {yn.shape}. Map {{0, 1}} labels with y = 2*y - 1, "
+                "or use loss='cross_entropy' for class indices."
+            )
+        y_out = _as_device(y, yn, Xn.dtype)
+    elif not loss.binary:
+        if yn.ndim != 1 or not np.all(np.mod(yn, 1) == 0) or yn.min() < 0:
+            raise InvalidInput(
+                "cross-entropy needs integer class indices 0..k-1 of shape (n,), got "
+                f"dtype {yn.dtype} and shape {yn.shape}."
+            )
+        y_out = _as_device(y, yn, jnp.int32)
+    else:
+        y_out = _as_device(y, yn, Xn.dtype)
+    if loss.margin_based:
+        _warn_zero_rows(Xn)
+    X_out = _as_device(X, Xn, Xn.dtype)
+    return X_out, _same_device(y_out, X_out)
+
+
+def _warn_zero_rows(Xn: np.ndarray) -> None:
+    zero = np.flatnonzero(~np.any(Xn.reshape(Xn.shape[0], -1) != 0, axis=1))
+    if zero.size:
+        warnings.warn(
+            f"row(s) {zero[:6].tolist()}{' ...' if zero.size > 6 else ''} of X are all zero: a "
+            "bias-free homogeneous model outputs 0 there, so their margin stays 0 and their loss "
+            "stays at loss(0) for ever; log L cannot go below it. Drop those rows.",
+            UserWarning, stacklevel=4,
+        )
+
+
+def _same_device(v: Array, like: Array) -> Array:
+    """``v`` on ``like``'s device when both are committed to different single devices."""
+    if not (getattr(v, "committed", False) and getattr(like, "committed", False)):
+        return v
+    if v.devices() == like.devices():
+        return v
+    if len(like.devices()) != 1:
+        raise InvalidInput(
+            f"X and y are on different devices ({sorted(map(str, like.devices()))} and "
+            f"{sorted(map(str, v.devices()))}); put them on the same devices with "
+            "jax.device_put."
+        )
+    return jax.device_put(v, next(iter(like.devices())))
+
+
+def common_dtype(p: PyTree, X: Array):
+    """The run's float dtype: that of ``X`` and the model's inexact arrays, promoted."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(p) if _inexact(leaf)]
+    return jnp.result_type(X.dtype, *(leaf.dtype for leaf in leaves))
+
+
+def cast_floats(tree: PyTree, dtype) -> PyTree:
+    """``tree`` with its inexact arrays in ``dtype`` (the same arrays where they already are)."""
+    return jax.tree_util.tree_map(
+        lambda leaf: leaf.astype(dtype) if _inexact(leaf) and leaf.dtype != dtype else leaf, tree
+    )
+
+
+def _inexact(leaf) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray)) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+
+
+def _as_device(v, host: np.ndarray, dtype) -> Array:
+    """``v`` as a JAX array of ``dtype``: itself if it already is one (no copy, no dispatch)."""
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    if isinstance(v, jax.Array) and v.dtype == dtype:
+        return v
+    return jnp.asarray(host, dtype=dtype)
+
+
+# Per-example output shapes already traced, keyed on the model's structure and leaf shapes and
+# on X's shape: the shape depends on nothing else, so a repeated call skips the trace.
+_OUTPUT_SHAPES: dict = {}
+_OUTPUT_SHAPES_MAX = 256
+
+
+def _shape_key(model: PyTree, X) -> tuple | None:
+    """A hashable key fixing the model's output shape on ``X``, or ``None`` (then: no caching)."""
+    if isinstance(X, jax.core.Tracer):
+        return None
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    spec = []
+    for leaf in leaves:
+        if isinstance(leaf, jax.core.Tracer):
+            return None
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            spec.append((np.shape(leaf), str(leaf.dtype)))
+        else:
+            spec.append((type(leaf), leaf))
+    key = (treedef, tuple(spec), tuple(X.shape), str(X.dtype))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable leaf or static field: trace every time
+        return None
+    return key
+
+
+def _per_example_shape(model: PyTree, X) -> tuple:
+    key = _shape_key(model, X)
+    if key is not None:
+        try:
+            hit = _OUTPUT_SHAPES.get(key)
+        except Exception:  # a leaf whose == does not give a bool
+            key, hit = None, None
+        if hit is not None:
+            return hit
+    try:
+        # A lambda, not the module itself: JAX would pretty-print the module for source info.
+        out = jax.eval_shape(jax.vmap(lambda x: model(x)), X)
+    except Exception as err:  # shape errors from inside the model
+        raise InvalidInput(
+            f"the model cannot be applied to examples of shape {X.shape[1:]}: {err}"
+        ) from err
+    per_example = tuple(out.shape[1:])
+    if key is not None:
+        if len(_OUTPUT_SHAPES) >= _OUTPUT_SHAPES_MAX:
+            _OUTPUT_SHAPES.clear()
+        _OUTPUT_SHAPES[key] = per_example
+    return per_example
+
+
+def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
+    """Check the model's per-example output shape against ``loss`` (via ``jax.eval_shape``, traced
+    once per model structure and data shape)."""
+    per_example = _per_example_shape(model, X)
+    if loss.binary and loss.margin_based and per_example not in ((), (1,)):
+        raise InvalidInput(
+            f"the {type(loss).__name__.lower()} loss needs one output per example (shape () or "
+            f"(1,)); the model outputs shape {per_example}."
+        )
+    if not loss.binary:
+        if len(per_example) != 1:
+            raise InvalidInput(
+                f"cross-entropy needs a vector of class scores per example; got {per_example}."
+            )
+        if not isinstance(y, jax.core.Tracer) and int(np.max(np.asarray(y))) >= per_example[0]:
+            raise InvalidInput(
+                f"labels go up to {int(np.max(np.asarray(y)))} but the model has only "
+                f"{per_example[0]} outputs."
+            )

@@ -1,0 +1,147 @@
+"""conv-rate: deep linear nets of depth 1-4 from one end-to-end predictor; loss vs depth.
+
+EWN's loss rate ``Theta(1/(t (log t)^2))`` does not depend on depth, while the unnormalized
+rate ``Theta(1/(t (log t)^(2 - 2/L)))`` does (SPEC section 3). Every depth starts from the same
+end-to-end predictor ``w* = W_D ... W_1``: the first layer of a random deep net is corrected by
+``W_1 <- W_1 + r^T (w* - r W_1)/||r||^2`` with ``r = W_D ... W_2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wnjax.data._sets import conv_rate_data
+from wnjax._nets.models import MLP
+from wnjax._nets.parameterize import ewn, standard, swn
+from wnjax.experiments._report import PARAM_STYLE, mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.experiments._runner import run_flow, run_gd
+
+DESCRIPTION = "deep linear nets, depth 1-4, same predictor: EWN's loss barely depends on depth"
+PAPER_RATIO = {"ewn": 2.0, "swn": 28.0, "standard": 70.0}
+PARAMETERIZATIONS = {"ewn": ewn, "swn": swn, "standard": standard}
+
+
+def end_to_end(model: MLP) -> jnp.ndarray:
+    """``W_D ... W_1`` of a linear MLP, shape ``(1, in)``."""
+    w = model.layers[0].weight
+    for layer in model.layers[1:]:
+        w = layer.weight @ w
+    return w
+
+
+def deep_linear(key, depth: int, width: int, w_star: jnp.ndarray) -> MLP:
+    """A random linear MLP of ``depth`` layers whose end-to-end product is ``w_star``."""
+    model = MLP(w_star.shape[1], width, depth, activation="linear", key=key)
+    if depth == 1:
+        return eqx.tree_at(lambda m: m.layers[0].weight, model, w_star)
+    r = model.layers[-1].weight
+    for layer in model.layers[-2:0:-1]:
+        r = r @ layer.weight
+    w1 = model.layers[0].weight
+    w1 = w1 + r.T @ (w_star - r @ w1) / jnp.sum(r * r)
+    return eqx.tree_at(lambda m: m.layers[0].weight, model, w1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dynamics", choices=("gd", "flow"), default="gd",
+                        help="GD with constant lr (default, as the paper) or exact gradient flow "
+                        "over the same time span lr * steps")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--width", type=int, default=100)
+    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4])
+
+
+def simulate(seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000, dynamics="gd",
+             key=None):
+    """Every (parameterization, depth) on ``seeds`` data sets and inits (vmapped over seeds).
+
+    **Returns:** dict ``(name, depth) -> dict(final_log_loss (seeds,), curve_x, curve_log_loss)``.
+    """
+    key = jax.random.key(0) if key is None else key
+    k_data, k_star, k_net = jax.random.split(key, 3)
+    data = jax.vmap(conv_rate_data)(jax.random.split(k_data, seeds))
+    w_star = jax.vmap(lambda k: MLP(2, 1, 1, activation="linear", key=k).layers[0].weight)(
+        jax.random.split(k_star, seeds))
+    net_keys = jax.random.split(k_net, seeds)
+    out = {}
+    for name, param in PARAMETERIZATIONS.items():
+        for depth in depths:
+            models = eqx.filter_vmap(lambda k, w: param(deep_linear(k, depth, width, w)))(net_keys, w_star)
+            if dynamics == "gd":
+                r = run_gd(models, *data, per_seed_data=True, num_steps=steps, learning_rate=lr,
+                           loss="logistic", chunk_size=max(steps // 100, 1))
+                out[name, depth] = dict(final_log_loss=r.history["log_loss"][-1],
+                                        x=r.steps[:, 0], log_loss=r.history["log_loss"].T,
+                                        ok=~r.diverged)
+            else:
+                t1 = lr * steps
+                r = run_flow(models, *data, per_seed_data=True, t1=t1, loss="logistic",
+                             degree=float(depth), save_ts=np.linspace(0, t1, 101),
+                             save_states=False, rtol=1e-8, atol=1e-10)
+                out[name, depth] = dict(final_log_loss=np.asarray(r.final_log_loss),
+                                        x=np.linspace(0, t1, 101) / lr,
+                                        log_loss=np.asarray(r.log_loss), ok=np.asarray(r.ok))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    depths = list(args.depths)
+    steps = args.steps * (4 if args.full else 1)
+    sim = simulate(args.seeds, depths=depths, width=args.width, lr=args.lr, steps=steps,
+                   dynamics=args.dynamics)
+    d0, d1 = depths[0], depths[-1]
+    ratio = {k: np.exp(sim[k, d0]["final_log_loss"] - sim[k, d1]["final_log_loss"])
+             for k in PARAMETERIZATIONS}
+    spread = {k: np.exp(np.max([sim[k, d]["final_log_loss"] for d in depths], 0)
+                        - np.min([sim[k, d]["final_log_loss"] for d in depths], 0))
+              for k in PARAMETERIZATIONS}
+    metrics = {
+        "dynamics": args.dynamics, "depths": depths, "steps": steps, "lr": args.lr,
+        "final_loss": {k: {str(d): np.exp(sim[k, d]["final_log_loss"]) for d in depths}
+                       for k in PARAMETERIZATIONS},
+        "ratio_first_to_last_depth": ratio, "max_over_min_depth_ratio": spread,
+        "ok": {k: {str(d): sim[k, d]["ok"] for d in depths} for k in PARAMETERIZATIONS},
+    }
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, name in zip(axes, PARAMETERIZATIONS):
+        for i, d in enumerate(depths):
+            ll = sim[name, d]["log_loss"]
+            ax.plot(sim[name, d]["x"], np.exp(np.nanmean(ll, 0)), color=cmap(i / max(len(depths) - 1, 1)),
+                    label=f"depth {d}")
+        ax.set(yscale="log", xlabel="step" if args.dynamics == "gd" else "t / lr",
+               title=PARAM_STYLE[name]["label"])
+        ax.legend()
+    axes[0].set_ylabel("training loss (mean over seeds)")
+    figs = [save_figure(fig, args.out, "conv_rate.png")]
+    rows = [[PARAM_STYLE[k]["label"]] + [mean_std(np.exp(sim[k, d]["final_log_loss"])) for d in depths]
+            + [mean_std(ratio[k]), f"{PAPER_RATIO[k]:g}x"] for k in PARAMETERIZATIONS]
+    e, s_, u = (np.median(ratio[k]) for k in ("ewn", "swn", "standard"))
+    dyn = (f"GD, constant lr {args.lr}, {steps} steps" if args.dynamics == "gd"
+           else f"exact gradient flow to t = {args.lr * steps:g} (= lr x steps)")
+    lines = [
+        "# conv-rate", "",
+        f"20 points in R^2, deep linear nets of depth {depths}, width {args.width}, no bias, all "
+        f"depths started at the same end-to-end predictor; logistic loss (sum over points); "
+        f"{dyn}; WN on every layer; {args.seeds} seeds (data, predictor and init), vmapped.", "",
+        table(["", *[f"final L, depth {d}" for d in depths], f"ratio L(d={d0})/L(d={d1})", "paper"],
+              rows), "",
+        "## Verdicts", "",
+        verdict(bool(e < min(s_, u) and e < 2 * PAPER_RATIO["ewn"] + 1),
+                "EWN's final loss barely depends on depth (paper ~2x)",
+                f"median ratio {e:.3g}x, against SWN {s_:.3g}x and unnormalized {u:.3g}x"),
+        verdict(bool(s_ > 3 * e and PAPER_RATIO["swn"] / 3 < s_ < PAPER_RATIO["swn"] * 3),
+                "SWN's depends on depth (paper ~28x)", f"median ratio {s_:.3g}x"),
+        verdict(bool(u > 3 * e and PAPER_RATIO["standard"] / 3 < u < PAPER_RATIO["standard"] * 3),
+                "unnormalized depends on depth (paper ~70x)", f"median ratio {u:.3g}x"),
+        "", "Figures: " + ", ".join(figs),
+    ]
+    write_outputs(args.out, metrics, "\n".join(lines))
+    return metrics

@@ -1,0 +1,95 @@
+"""Shared output helpers of the experiments: mean ± std, verdict lines, metrics.json, report.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def pyplot():
+    """Matplotlib's pyplot on the Agg backend (figures are written to files, never shown)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_std(x, fmt: str = ".3g") -> str:
+    """``'mean ± std'`` over the seeds (NaNs ignored; ``'n/a'`` if none is finite)."""
+    x = np.asarray(x, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return "n/a"
+    return f"{np.mean(x):{fmt}} ± {np.std(x):{fmt}}"
+
+
+def verdict(ok: bool, claim: str, detail: str) -> str:
+    """One report line: ``- **reproduced** / **not reproduced**: claim (detail)``."""
+    tag = "**reproduced**" if ok else "**not reproduced**"
+    return f"- {tag}: {claim} ({detail})"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def jsonable(obj):
+    """Arrays to nested lists (NaN/inf to ``None``), recursively through dicts and lists."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "shape") or isinstance(obj, (float, int, np.number, bool, np.bool_)):
+        a = np.asarray(obj)
+        if a.dtype.kind == "b":
+            return a.tolist()
+        if a.dtype.kind in "iu":
+            return a.tolist()
+        a = a.astype(float)
+        return np.where(np.isfinite(a), a, np.nan).tolist() if a.ndim else (
+            float(a) if np.isfinite(a) else None
+        )
+    return obj
+
+
+def _nan_to_none(x):
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def write_outputs(out: str, metrics: dict, report: str) -> None:
+    """Write ``metrics.json`` and ``report.md`` into ``out``, each atomically (a stopped process
+    leaves the previous file or the new one, never a part)."""
+    from wnjax._sweeps.store import atomic_write_bytes
+
+    text = json.dumps(_nan_to_none(jsonable(metrics)), indent=1)
+    atomic_write_bytes(os.path.join(out, "metrics.json"), text.encode())
+    atomic_write_bytes(os.path.join(out, "report.md"), (report.rstrip() + "\n").encode())
+
+
+def save_figure(fig, out: str, name: str) -> str:
+    """Save ``fig`` as ``out/name`` (PNG, 120 dpi) and close it; return the file name."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return name
+
+
+PARAM_STYLE = {
+    "ewn": dict(color="tab:red", label="EWN"),
+    "swn": dict(color="tab:blue", label="SWN"),
+    "standard": dict(color="tab:green", label="unnormalized"),
+}

@@ -1,0 +1,410 @@
+"""Small initialization (Kumar & Haupt 2024, 2025; SPEC section 7): NCF alignment, escape, saddles.
+
+Two-layer ReLU^2 student (10 units, 3-homogeneous) on the teacher ``relu(x1)^2 - 0.5 relu(x2)^2``,
+``n = 100`` points on the sphere of ``R^6``, loss ``1/2 mean r^2``, from ``w(0) = delta w_0/||w_0||``.
+Exact gradient flow (diffrax, Tsit5) and GD (step 0.05). The 2-homogeneous variant freezes the
+output weights at ``+-1`` and trains the first layer only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wnjax._dynamics.descent import gradient_descent
+from wnjax._dynamics.flow import gradient_flow
+from wnjax._losses import Square
+from wnjax._nets.models import MLP
+from wnjax.small_init._ncf import ncf_kkt_point, ncf_second_order
+from wnjax._nets.parameterize import standard
+from wnjax.small_init._dynamics import (
+    fit_escape_scaling,
+    flow_escape_time,
+    log_save_times,
+    reduced_network,
+    relu2_teacher_data,
+    scale_to_norm,
+    small_init_diagnostics,
+    stacked_unit_norms,
+    unit_norms,
+)
+from wnjax.experiments._report import mean_std, pyplot, save_figure, table, verdict, write_outputs
+
+DESCRIPTION = "ReLU^2 teacher-student from small init: NCF alignment, escape ~ 1/delta, first saddle"
+N_POINTS, DIM, WIDTH = 100, 6, 10
+LOSS = Square(mean=True)
+K_LEVELS = (3.0, 10.0, 30.0, 100.0)
+SPEC_COS = (0.67, 0.89, 0.98, 0.997)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--deltas", default="1e-2,1e-3", help="deltas for alignment/plateaus")
+    parser.add_argument("--escape-deltas", default="1e-2,3e-3,1e-3,3e-4,1e-4",
+                        help="deltas of the escape-time fit (L = 3)")
+    parser.add_argument("--escape-deltas-2", default="1e-2,1e-3,1e-4,1e-5,1e-6",
+                        help="deltas of the escape-time fit of the 2-homogeneous variant")
+    parser.add_argument("--gd-lr", type=float, default=0.05, help="GD step (SPEC: 0.05)")
+    parser.add_argument("--gd-deltas", default=None,
+                        help="deltas run with GD (default 1e-2; --full: 1e-2,1e-3)")
+    parser.add_argument("--target", type=float, default=-25.0,
+                        help="log L that ends the saddle-to-saddle run")
+
+
+def student(key, *, two_homogeneous: bool = False):
+    """The ReLU^2 student; with ``two_homogeneous`` the output is frozen at ``+-1`` (alternating)."""
+    model = MLP(DIM, WIDTH, 2, activation="relu2", key=key)
+    if not two_homogeneous:
+        return model
+    signs = jnp.where(jnp.arange(WIDTH) % 2 == 0, 1.0, -1.0)[None, :]
+    model = eqx.tree_at(lambda m: m.layers[1].weight, model, signs)
+    return standard(model, freeze=lambda m: [m.layers[1]])
+
+
+def _flow(model, X, y, delta, t1, *, target=None, n_save=1500, decades=7.0):
+    return gradient_flow(
+        scale_to_norm(model, delta), X, y, loss=LOSS, t1=t1,
+        save_ts=log_save_times(t1, n_save, decades), rtol=1e-10, atol=1e-14,
+        max_steps=400_000, target_log_loss=target, throw=False,
+    )
+
+
+def _escape(model, X, y, delta, t1):
+    """Escape time (1% loss drop) of gradient flow from ``||w(0)|| = delta``, and its steps."""
+    return flow_escape_time(scale_to_norm(model, delta), X, y, t1=t1, loss=LOSS)
+
+
+def run(args: argparse.Namespace) -> dict:
+    t_start = time.time()
+    deltas = _floats(args.deltas)
+    esc_deltas = _floats(args.escape_deltas)
+    esc_deltas2 = _floats(args.escape_deltas_2)
+    gd_deltas = _floats(args.gd_deltas) if args.gd_deltas else ([1e-2, 1e-3] if args.full else [1e-2])
+    seeds = max(1, args.seeds)
+    X, y = relu2_teacher_data(jax.random.key(0), n=N_POINTS, d=DIM)
+    log_l0 = float(np.log(0.5 * np.mean(np.asarray(y) ** 2)))
+    keys = [jax.random.key(1 + s) for s in range(seeds)]
+
+    # --- NCF: KKT points, sparsity, second order, reduced nets ---
+    ncf = []
+    for key in keys:
+        model = student(key)
+        kkt = ncf_kkt_point(model, X, y)
+        so = ncf_second_order(kkt.u, X, y)
+        units = np.asarray(unit_norms(kkt.u))
+        red = reduced_network(kkt, X, y, loss=LOSS, scale=1e-3)
+        ncf.append(dict(model=model, kkt=kkt, kind=so.kind, max_eig=float(np.max(so.eigenvalues)),
+                        active=int(np.sum(units > 1e-6)), reduced=red,
+                        reduced_loss=float(np.exp(red.log_loss))))
+
+    # --- GF from each delta: alignment, escape, first plateau, inactive norms ---
+    gf = {}
+    for delta in deltas:
+        rows = []
+        for s, item in enumerate(ncf):
+            t1 = 1.3 * N_POINTS * float(item["kkt"].escape_integral) / delta
+            r = _flow(item["model"], X, y, delta, t1)
+            d = small_init_diagnostics(r.ts, r.log_loss, r.states, item["kkt"], delta,
+                                       k_levels=K_LEVELS)
+            plateau = float(np.exp(d.saddles[0].log_loss)) if d.saddles else np.nan
+            rows.append(dict(diag=d, steps=int(r.stats["num_steps"]), plateau=plateau,
+                             escape=_escape(item["model"], X, y, delta, t1)[0],
+                             plateau_rel=plateau / item["reduced_loss"] - 1,
+                             inactive=d.inactive_norms))
+        gf[delta] = rows
+
+    # --- escape-time scaling, L = 3 and the 2-homogeneous variant ---
+    escape = {}
+    for label, two, ds in (("L=3", False, esc_deltas), ("L=2", True, esc_deltas2)):
+        times, steps, nstar, integral = [], [], [], []
+        for key in keys:
+            model = student(key, two_homogeneous=two)
+            kkt = ncf_kkt_point(model, X, y)
+            nstar.append(float(kkt.value))
+            integral.append(float(kkt.escape_integral))
+            row, srow = [], []
+            for delta in ds:
+                if two:
+                    t1 = 3.0 * N_POINTS * (np.log(1 / delta) + 10) / (2 * max(kkt.value, 1e-3))
+                else:
+                    t1 = 1.5 * N_POINTS * float(kkt.escape_integral) / delta
+                T, n_steps = _escape(model, X, y, delta, t1)
+                row.append(T)
+                srow.append(n_steps)
+            times.append(row)
+            steps.append(srow)
+        times = np.array(times)
+        fits = [fit_escape_scaling(ds, t, 2.0 if two else 3.0) for t in times]
+        escape[label] = dict(deltas=np.array(ds), times=times, steps=np.array(steps),
+                             nstar=np.array(nstar), integral=np.array(integral), fits=fits)
+
+    # --- saddle to saddle: GF to the target loss, and GD ---
+    item = ncf[0]
+    delta_s = deltas[-1]
+    t1_long = 40.0 * N_POINTS * float(item["kkt"].escape_integral) / delta_s
+    long = _flow(item["model"], X, y, delta_s, t1_long, target=args.target, n_save=3000, decades=8)
+    long_d = small_init_diagnostics(long.ts, long.log_loss, long.states, item["kkt"], delta_s)
+    gd = {}
+    for delta in gd_deltas:
+        t_end = 2.6 * N_POINTS * float(item["kkt"].escape_integral) / delta
+        num_steps = int(t_end / args.gd_lr)
+        t0 = time.time()
+        r = gradient_descent(
+            scale_to_norm(item["model"], delta), X, y, num_steps=num_steps,
+            learning_rate=args.gd_lr, loss=LOSS, n_save=1500, save_states=True,
+            chunk_size=20_000, target_log_loss=args.target, throw=False,
+        )
+        # The escape step exactly: full-batch GD checks the target every step.
+        esc = gradient_descent(
+            scale_to_norm(item["model"], delta), X, y, num_steps=num_steps,
+            learning_rate=args.gd_lr, loss=LOSS, n_save=2, chunk_size=20_000,
+            target_log_loss=log_l0 + np.log(0.99), throw=False,
+        )
+        steps_arr = np.asarray(r.steps, float)
+        ts = np.where(steps_arr >= 0, steps_arr * args.gd_lr, np.inf)
+        d = small_init_diagnostics(ts, r.log_loss, r.states, item["kkt"], delta, k_levels=K_LEVELS)
+        gf_match = gf.get(delta, [None])[0]
+        gd[delta] = dict(diag=d, steps=int(r.num_steps), seconds=time.time() - t0,
+                         escape=int(esc.num_steps) * args.gd_lr,
+                         plateau=float(np.exp(d.saddles[0].log_loss)) if d.saddles else np.nan,
+                         gf_escape=gf_match["escape"] if gf_match else np.nan)
+
+    return _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s,
+                   time.time() - t_start)
+
+
+def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seconds) -> dict:
+    plt = pyplot()
+    deltas = sorted(gf, reverse=True)
+    figs = []
+
+    # Figure 1: cos(w, u*) against ||w|| / delta.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for delta in deltas:
+        d = gf[delta][0]["diag"]
+        ax.plot(d.norms / delta, d.cosines, label=f"GF, delta={delta:g}")
+    for delta, g in gd.items():
+        d = g["diag"]
+        ax.plot(d.norms / delta, d.cosines, "--", label=f"GD, delta={delta:g}")
+    for k in K_LEVELS:
+        ax.axvline(k, c="gray", lw=0.6, ls=":")
+    ax.set(xscale="log", xlabel="||w|| / delta", ylabel="cos(w, u*)", ylim=(-0.1, 1.02),
+           title="alignment with the NCF's KKT point (seed 0)")
+    ax.legend()
+    figs.append(save_figure(fig, args.out, "alignment.png"))
+
+    # Figure 2: escape time scaling.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    e3, e2 = escape["L=3"], escape["L=2"]
+    for s in range(e3["times"].shape[0]):
+        axes[0].loglog(1 / e3["deltas"], e3["times"][s], "o-", alpha=0.6)
+        axes[0].loglog(1 / e3["deltas"], N_POINTS * e3["integral"][s] / e3["deltas"], "k:", lw=0.8)
+        axes[1].plot(np.log(1 / e2["deltas"]), e2["times"][s], "o-", alpha=0.6)
+    axes[0].set(xlabel="1/delta", ylabel="escape time T (1% loss drop)",
+                title="L = 3: T ~ delta^-1 (dotted: n I / delta)")
+    axes[1].set(xlabel="log(1/delta)", ylabel="escape time T",
+                title="L = 2 (frozen +-1 output): T linear in log(1/delta)")
+    figs.append(save_figure(fig, args.out, "escape.png"))
+
+    # Figure 3: saddle to saddle, against the rescaled time delta t (escapes at delta t ~ n I).
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ok = np.isfinite(long.ts) & (long.ts > 0)
+    ts = np.asarray(long.ts)[ok]
+    axes[0].semilogy(delta_s * ts, np.exp(np.asarray(long.log_loss)[ok]), label=f"GF, delta={delta_s:g}")
+    for delta, g in gd.items():
+        d = g["diag"]
+        okd = np.isfinite(d.ts) & (d.ts > 0)
+        axes[0].semilogy(delta * d.ts[okd], np.exp(d.log_loss[okd]), "--",
+                         label=f"GD (step {args.gd_lr}), delta={delta:g}")
+    for p in long_d.plateaus:
+        axes[0].axvspan(delta_s * p.start, delta_s * p.end, color="tab:orange", alpha=0.15)
+    axes[0].axhline(ncf[0]["reduced_loss"], c="k", ls=":", lw=0.8, label="reduced net's loss")
+    axes[0].set(xlabel="delta t", ylabel="loss",
+                title="saddle to saddle (shaded: plateaus detected on the GF run)")
+    axes[0].legend(fontsize=8)
+    units = np.asarray(stacked_unit_norms(long.states))[ok]
+    axes[1].semilogy(delta_s * ts, units)
+    axes[1].axhline(delta_s, c="k", ls=":", lw=0.8)
+    axes[1].set(xlabel="delta t", ylabel="unit norm sqrt(|w_j|^2 + a_j^2)",
+                title=f"per-unit norms (GF, delta={delta_s:g})")
+    figs.append(save_figure(fig, args.out, "saddle_to_saddle.png"))
+
+    # Figure 4: inactive norms / delta.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for delta in deltas:
+        inact = gf[delta][0]["inactive"]
+        if inact is not None:
+            ax.plot(np.arange(inact.size), inact / delta, "o-", label=f"delta={delta:g}")
+    ax.set(xlabel="inactive unit", ylabel="norm / delta at the first saddle",
+           title="inactive units stay O(delta) (seed 0)")
+    ax.legend()
+    figs.append(save_figure(fig, args.out, "inactive_norms.png"))
+
+    # Numbers.
+    nstar = np.array([c["kkt"].value for c in ncf], float)
+    resid = np.array([c["kkt"].residual for c in ncf], float)
+    active = np.array([c["active"] for c in ncf])
+    kinds = [c["kind"] for c in ncf]
+    red_loss = np.array([c["reduced_loss"] for c in ncf])
+    red_grad = np.array([float(c["reduced"].grad_norm) for c in ncf])
+    cos_table = []
+    for delta in deltas:
+        kc = np.array([r["diag"].k_cosines for r in gf[delta]])
+        cos_table.append([f"GF {delta:g}"] + [mean_std(kc[:, i], ".4f") for i in range(len(K_LEVELS))]
+                         + [mean_std([r["diag"].cos_at_escape for r in gf[delta]], ".4f")])
+    for delta, g in gd.items():
+        d = g["diag"]
+        cos_table.append([f"GD {delta:g} (seed 0)"] + [f"{c:.4f}" for c in d.k_cosines]
+                         + [f"{d.cos_at_escape:.4f}"])
+    cos_table.append(["SPEC (numpy GD, its own w0 and norm convention)"] + [str(c) for c in SPEC_COS]
+                     + ["-"])
+    plateau_rel = {delta: np.array([r["plateau_rel"] for r in gf[delta]]) for delta in deltas}
+    ratio = None
+    if len(deltas) >= 2:
+        a, b = deltas[0], deltas[1]
+        ratio = np.concatenate([ra["inactive"] / rb["inactive"] for ra, rb in zip(gf[a], gf[b])
+                                if ra["inactive"] is not None and rb["inactive"] is not None])
+        ratio_target = a / b
+    f3 = escape["L=3"]["fits"]
+    f2 = escape["L=2"]["fits"]
+    exp3 = np.array([f["exponent"] for f in f3])
+    tdelta = escape["L=3"]["times"] * escape["L=3"]["deltas"][None, :]
+    pred_c = N_POINTS * escape["L=3"]["integral"][:, None]
+    ratio_pred = tdelta[:, -1] / pred_c[:, 0]
+    slope2 = np.array([f["log_slope"] for f in f2])
+    slope2_pred = N_POINTS / (2 * escape["L=2"]["nstar"])
+    # The local slope between the two smallest deltas: the delta -> 0 limit is n / (2 N*).
+    t2, d2 = escape["L=2"]["times"], escape["L=2"]["deltas"]
+    local2 = (t2[:, -1] - t2[:, -2]) / np.log(d2[-2] / d2[-1])
+    exp2 = np.array([f["exponent"] for f in f2])
+    long_saddles = [p for p in long_d.saddles]
+
+    metrics = {
+        "n_points": N_POINTS, "dim": DIM, "width": WIDTH, "seeds": len(ncf), "seconds": seconds,
+        "ncf_value": nstar, "kkt_residual": resid, "active_units": active, "second_order": kinds,
+        "max_tangent_eigenvalue": [c["max_eig"] for c in ncf],
+        "escape_integral": [float(c["kkt"].escape_integral) for c in ncf],
+        "reduced_loss": red_loss, "reduced_grad_norm": red_grad,
+        "gf": {str(d): {"k_levels": K_LEVELS,
+                        "k_cosines": [r["diag"].k_cosines for r in gf[d]],
+                        "cos_at_escape": [r["diag"].cos_at_escape for r in gf[d]],
+                        "escape_time": [r["escape"] for r in gf[d]],
+                        "plateau_loss": [r["plateau"] for r in gf[d]],
+                        "plateau_rel_to_reduced": plateau_rel[d],
+                        "inactive_norms": [r["inactive"] for r in gf[d]],
+                        "num_steps": [r["steps"] for r in gf[d]]} for d in deltas},
+        "escape": {k: {"deltas": v["deltas"], "times": v["times"], "num_steps": v["steps"],
+                       "ncf_value": v["nstar"], "fits": v["fits"]} for k, v in escape.items()},
+        "escape_T_delta_over_nI": tdelta / pred_c,
+        "saddle_to_saddle": {"delta": delta_s, "num_steps": int(long.stats["num_steps"]),
+                             "final_log_loss": float(long.final_log_loss),
+                             "plateaus": [p._asdict() for p in long_d.plateaus]},
+        "gd": {str(d): {"lr": args.gd_lr, "num_steps": g["steps"], "seconds": g["seconds"],
+                        "escape_time": g["escape"], "gf_escape_time": g["gf_escape"],
+                        "k_cosines": g["diag"].k_cosines, "cos_at_escape": g["diag"].cos_at_escape,
+                        "plateau_loss": g["plateau"],
+                        "plateaus": [p._asdict() for p in g["diag"].plateaus]}
+               for d, g in gd.items()},
+    }
+
+    cos_small = np.array([r["diag"].cos_at_escape for r in gf[deltas[-1]]])
+    collapse = np.max(np.abs(np.array([r["diag"].k_cosines for r in gf[deltas[0]]])[:, :3]
+                             - np.array([r["diag"].k_cosines for r in gf[deltas[-1]]])[:, :3]))
+    lines = [
+        "# Small initialization: NCF alignment, escape, first saddle", "",
+        f"Two-layer ReLU^2 student, {WIDTH} units, on y = relu(x1)^2 - 0.5 relu(x2)^2, n = {N_POINTS} "
+        f"points uniform on the sphere of R^{DIM}; loss 1/2 mean r^2 (L(0) = {np.exp(log_l0):.5g}); "
+        f"w(0) = delta w0/||w0||, so ||w(0)|| = delta; {len(ncf)} init seeds. Exact gradient flow "
+        "(diffrax Tsit5, rtol 1e-10, atol 1e-14) and GD with step "
+        f"{args.gd_lr}. Escape = first time the loss has fallen 1%. Run time {seconds:.0f} s.", "",
+        "## NCF KKT point u* (spherical NCF flow from w0/||w0||, Newton-polished)", "",
+        f"- N(u*) = {mean_std(nstar, '.4f')} (SPEC's draw of data and w0: 1.417); KKT residual "
+        f"{mean_std(resid, '.1e')}; active units {active.tolist()}; second order: "
+        f"{', '.join(sorted(set(kinds)))} (max tangent eigenvalue "
+        f"{mean_std([c['max_eig'] for c in ncf], '.3f')}).",
+        f"- Reduced (one-unit) net trained alone by GF from 1e-3 u*: stationary loss "
+        f"{mean_std(red_loss, '.6e')}, final gradient norm {mean_std(red_grad, '.1e')}.", "",
+        "## Alignment: cos(w/||w||, u*) when ||w|| first exceeds K delta", "",
+        table(["run"] + [f"K={k:g}" for k in K_LEVELS] + ["before 1% loss drop"], cos_table), "",
+        "## Escape time", "",
+        table(["", "deltas", "fitted exponent p (T ~ delta^-p)", "T/(a log(1/delta) + b) rms",
+               "fitted slope a", "local slope (2 smallest deltas)", "predicted n/(2 N*)"],
+              [["L=3", ", ".join(f"{d:g}" for d in escape["L=3"]["deltas"]), mean_std(exp3, ".4f"),
+                "-", "-", "-", "-"],
+               ["L=2", ", ".join(f"{d:g}" for d in escape["L=2"]["deltas"]), mean_std(exp2, ".3f"),
+                mean_std([f["log_rms_rel"] for f in f2], ".1e"), mean_std(slope2, ".2f"),
+                mean_std(local2, ".2f"), mean_std(slope2_pred, ".3f")]]), "",
+        f"L = 2 local slopes per seed: {np.round(local2, 2).tolist()}.", "",
+        f"Leading-order theory for L = 3: T = n I / delta, with I = int exp(-3 Phi(s)) ds along the "
+        f"NCF flow. Measured T delta / (n I) at the smallest delta: {mean_std(ratio_pred, '.4f')} "
+        f"(all deltas: {np.round(np.mean(tdelta / pred_c, axis=0), 4).tolist()}). Flow steps per "
+        f"escape run: {int(escape['L=3']['steps'].min())}-{int(escape['L=3']['steps'].max())} (L=3), "
+        f"{int(escape['L=2']['steps'].min())}-{int(escape['L=2']['steps'].max())} (L=2).", "",
+        "## First saddle", "",
+        table(["delta", "first plateau loss (GF)", "relative to reduced net", "GF steps"],
+              [[f"{d:g}", mean_std([r["plateau"] for r in gf[d]], ".7e"),
+                mean_std(plateau_rel[d], ".1e"), mean_std([r["steps"] for r in gf[d]], ".0f")]
+               for d in deltas]), "",
+    ]
+    if ratio is not None:
+        lines += [f"Inactive-unit norms at the start of the first saddle plateau, ratio between "
+                  f"delta = {deltas[0]:g} and {deltas[1]:g}: {mean_std(ratio, '.3f')} "
+                  f"(target {ratio_target:g}; range {ratio.min():.3f}-{ratio.max():.3f}).", ""]
+    lines += [
+        f"## Saddle to saddle (seed 0, delta = {delta_s:g}, GF to log L = {args.target:g})", "",
+        f"{int(long.stats['num_steps'])} Tsit5 steps; final log L = {float(long.final_log_loss):.4g}. "
+        "Plateaus detected (|d log L / d log t| < 1e-3):", "",
+        table(["start t", "end t", "loss"],
+              [[f"{p.start:.4g}", f"{p.end:.4g}", f"{np.exp(p.log_loss):.6e}"] for p in long_d.plateaus]),
+        "",
+    ]
+    if gd:
+        lines += ["## GD", "", table(
+            ["delta", "steps", "seconds", "escape t (GD, first k with a 1% drop, t = k eta)", "escape t (GF)",
+             "first plateau loss", "relative to reduced net"],
+            [[f"{d:g}", g["steps"], f"{g['seconds']:.0f}", f"{g['escape']:.6g}",
+              f"{g['gf_escape']:.6g}", f"{g['plateau']:.7e}",
+              f"{g['plateau'] / ncf[0]['reduced_loss'] - 1:.1e}"] for d, g in gd.items()]), ""]
+    gd_rel = [abs(g["plateau"] / ncf[0]["reduced_loss"] - 1) for g in gd.values()]
+    lines += [
+        "## Verdicts", "",
+        verdict(bool(np.all(active == 1) and np.all(resid < 1e-9)), "u* is a 1-sparse KKT point",
+                f"active units {active.tolist()}, residual <= {resid.max():.1e}"),
+        verdict(bool(np.all(cos_small > 0.99)), "w/||w|| aligns with u* before the loss moves",
+                f"cos before the 1% drop at delta={deltas[-1]:g}: {mean_std(cos_small, '.4f')}"),
+        verdict(bool(collapse < 0.01), "the cosine-vs-K curve collapses across delta",
+                f"max difference over K = 3, 10, 30 between delta {deltas[0]:g} and "
+                f"{deltas[-1]:g}: {collapse:.1e}"),
+        verdict(bool(np.all(np.abs(exp3 - 1) < 0.05)), "escape time ~ delta^-(L-2) for L = 3",
+                f"fitted exponent {mean_std(exp3, '.4f')}"),
+        verdict(bool(np.all(np.abs(local2 / slope2_pred - 1) < 0.05)),
+                "L = 2: escape time linear in log(1/delta), slope n/(2 N*)",
+                f"local slope {mean_std(local2, '.2f')} vs n/(2N*) = {mean_std(slope2_pred, '.3f')}; "
+                f"a power-law fit gives exponent {mean_std(exp2, '.3f')}"),
+        verdict(bool(np.all(np.abs(plateau_rel[deltas[-1]]) < 1e-4)),
+                "first plateau loss = reduced net's stationary loss",
+                f"relative difference {mean_std(np.abs(plateau_rel[deltas[-1]]), '.1e')} at "
+                f"delta={deltas[-1]:g}"),
+        verdict(bool(ratio is not None and np.all(np.abs(ratio / ratio_target - 1) < 0.2)),
+                "inactive norms proportional to delta",
+                "n/a" if ratio is None else f"ratio {mean_std(ratio, '.3f')} vs {ratio_target:g}"),
+        verdict(bool(len(long_saddles) >= 1 and float(long.final_log_loss) < np.log(1e-7)),
+                "saddle-to-saddle: plateaus, then the loss falls below 1e-7",
+                f"{len(long_saddles)} plateau(s) after the escape, final loss "
+                f"{np.exp(float(long.final_log_loss)):.2e}"),
+    ]
+    if gd:
+        lines.append(verdict(bool(np.all(np.array(gd_rel) < 1e-4)),
+                             "GD (step 0.05) sees the same first saddle",
+                             f"relative difference {max(gd_rel):.1e}"))
+    lines += ["", "Figures: " + ", ".join(figs)]
+    write_outputs(args.out, metrics, "\n".join(lines))
+    return metrics
