@@ -14,7 +14,7 @@ seed-step for 1 seed and for many seeds:
   run once too (its own run time reported apart). All forms must give the same final losses;
 - torch, 1 seed: an eager loop (forward, ``backward``, in-place update under ``no_grad``), with
   torch's default intra-op threads (all cores);
-- torch, S seeds: (a) the same eager loop run seed after seed (the issue's baseline), and
+- torch, S seeds: (a) the same eager loop run seed after seed (the usual research loop), and
   (b) one eager loop over stacked weights with ``torch.func.vmap(torch.func.grad(...))``.
 
 The machine's speed drifts on a shared VM, so all candidates are timed in interleaved rounds

@@ -17,7 +17,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "linsep_pipeline", "scaling", "roofline"]
-GPU_SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "scaling", "roofline"]  # issue #9's 1, 2, 4, 5
+GPU_SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "scaling", "roofline"]  # benchmarks 1, 2, 4 and 5
 
 
 def main() -> int:

@@ -244,8 +244,8 @@ def test_normalized_run_continues_from_log_t0(mlp_problem):
 @pytest.mark.parametrize("time", ["normalized", "plain"])
 def test_target_already_met_stops_at_the_start(mlp_problem, time):
     """A run whose initial loss is already at or below its target has nothing to integrate: it
-    reports the target reached and returns the input (it used to run on to t1, or, in normalized
-    time, to its step budget)."""
+    reports the target reached and returns the input, rather than running on to t1 (or, in
+    normalized time, to its step budget)."""
     model, X, y = mlp_problem
     start = float(wnjax.gradient_flow(model, X, y, t1=1e-9, n_save=2).log_loss[0])
     r = flow(model, X, y, time=time, t1=50.0, target_log_loss=start + 1.0)
@@ -259,8 +259,8 @@ def test_target_already_met_stops_at_the_start(mlp_problem, time):
 
 @pytest.mark.parametrize("n_save", [2, 3, 16])
 def test_default_save_points_span_t0_to_t1(mlp_problem, n_save):
-    """The default save points start at t0 and end at t1 for every n_save (n_save = 2 used to
-    end at 1e-6 t1), and the last saved loss is the final one."""
+    """The default save points start at t0 and end at t1 for every n_save (n_save = 2 included),
+    and the last saved loss is the final one."""
     model, X, y = mlp_problem
     r = wnjax.gradient_flow(model, X, y, t0=0.5, t1=3.0, n_save=n_save, diagnostics=False)
     ts = np.asarray(r.ts)

@@ -67,7 +67,20 @@ class Loss(eqx.Module):
 
 
 class Exponential(Loss):
-    """``l(q) = exp(-q)``: ``log L = logsumexp(-q)``."""
+    """``l(q) = exp(-q)``: ``log L = logsumexp(-q)``.
+
+    ``log L`` stays exact where ``L`` itself underflows:
+
+    ```python
+    >>> import jax.numpy as jnp, wnjax
+    >>> outputs, y = jnp.array([800.0, 900.0]), jnp.array([1.0, 1.0])
+    >>> float(wnjax.Exponential().log_loss(outputs, y))  # log(e^-800 + e^-900)
+    -800.0
+    >>> float(wnjax.Exponential().loss(outputs, y))  # e^-800 underflows
+    0.0
+
+    ```
+    """
 
     def log_loss(self, outputs, y):
         return logsumexp(-self.margins(outputs, y))
@@ -141,7 +154,19 @@ LOSSES = {
 
 
 def get_loss(loss: str | Loss) -> Loss:
-    """Resolve a loss name (``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'``)."""
+    """Resolve a loss name (``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'``).
+
+    A ``Loss`` instance is returned as it is.
+
+    ```python
+    >>> import wnjax
+    >>> wnjax.get_loss("logistic")
+    Logistic()
+    >>> wnjax.get_loss(wnjax.Square(mean=True))
+    Square(mean=True)
+
+    ```
+    """
     if isinstance(loss, Loss):
         return loss
     try:

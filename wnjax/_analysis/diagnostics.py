@@ -59,7 +59,21 @@ def count_neurons_above(model: PyTree, threshold: float = 0.05) -> Array:
 def normalized_margin(
     model: PyTree, X: Array, y: Array, degree: float, loss: str | Loss = "exponential"
 ) -> Array:
-    """``gamma(w) = min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over trainable weights."""
+    """``gamma(w) = min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over trainable weights.
+
+    It does not change when ``w`` is scaled:
+
+    ```python
+    >>> import jax.numpy as jnp, wnjax
+    >>> X, y = jnp.array([[1.0, 1.0], [-1.0, 1.0]]), jnp.array([-1.0, 1.0])
+    >>> w = jnp.array([-1.0, 0.5])  # margins 0.5 and 1.5, ||w|| = 1.118
+    >>> g1 = wnjax.normalized_margin(wnjax.CoordinateLinear(w), X, y, degree=1)
+    >>> g3 = wnjax.normalized_margin(wnjax.CoordinateLinear(3 * w), X, y, degree=1)
+    >>> round(float(g1), 4), bool(jnp.isclose(g1, g3))
+    (0.4472, True)
+
+    ```
+    """
     p = as_parameterized(model)
     q = get_loss(loss).margins(jax.vmap(p)(X), y)
     norm = jnp.sqrt(sum(jnp.sum(w * w) for w in _trainable_weights(p)))

@@ -239,6 +239,15 @@ def homogeneity_degree(
     other and across examples to ``rtol``, or the model is not homogeneous.
 
     **Returns:** the measured degree ``L`` (a float; round it if you need an integer).
+
+    ```python
+    >>> import jax, wnjax
+    >>> net = wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(0))
+    >>> X = jax.random.normal(jax.random.key(1), (5, 2))
+    >>> round(wnjax.homogeneity_degree(net, X))  # a 2-layer ReLU^2 net: L = 1 + 2
+    3
+
+    ```
     """
     from wnjax._nets.parameterize import Parameterized, scale_trainable, to_standard
 
@@ -292,7 +301,10 @@ class CoordinateLinear(eqx.Module):
     layer: eqx.nn.Linear
 
     def __init__(self, w: Array):
-        """**Arguments:** - `w`: the initial weight vector, shape ``(d,)``."""
+        """**Arguments:**
+
+        - `w`: the initial weight vector, shape ``(d,)``.
+        """
         w = jnp.asarray(w, jnp.result_type(float))
         layer = eqx.nn.Linear(1, w.shape[0], use_bias=False, dtype=w.dtype, key=jax.random.key(0))
         self.layer = eqx.tree_at(lambda lin: lin.weight, layer, w[:, None])

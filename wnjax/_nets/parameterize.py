@@ -231,6 +231,18 @@ def ewn(model, *, where=None, freeze=None) -> Parameterized:
 
     Starts at ``a_u = log ||w_u||``, ``v_u = w_u/||w_u||``, so the function is unchanged and every
     ``||v_u(0)|| = 1``. See ``parameterize`` for ``where`` and ``freeze``.
+
+    ```python
+    >>> import jax, jax.numpy as jnp, wnjax
+    >>> net = wnjax.MLP(3, 4, 2, key=jax.random.key(0))  # 4 hidden neurons and 1 output neuron
+    >>> p = wnjax.ewn(net)
+    >>> x = jnp.ones(3)
+    >>> bool(jnp.allclose(p(x), net(x)))  # the same function
+    True
+    >>> bool(jnp.allclose(p.direction_norms(), 1.0))  # every ||v_u(0)|| = 1
+    True
+
+    ```
     """
     return parameterize(model, ewn_weight, where=where, freeze=freeze)
 
@@ -258,7 +270,9 @@ PARAMETERIZATIONS: dict[str, Callable[..., Parameterized]] = {
 def parameterization(name: str | Callable[..., Parameterized]) -> Callable[..., Parameterized]:
     """The parameterization called ``name``: ``'ewn'``, ``'swn'`` or ``'standard'``.
 
-    **Arguments:** - `name`: a registered name, or a parameterization function (returned as is).
+    **Arguments:**
+
+    - `name`: a registered name, or a parameterization function (returned as is).
 
     **Returns:** the function ``f(model, **options) -> Parameterized`` (``ewn``, ``swn`` or
     ``standard``).

@@ -57,7 +57,7 @@ def hard_margin_svm(X, y) -> np.ndarray:
     """``argmin ||w||^2 s.t. y_i <w, x_i> >= 1`` by scipy SLSQP, certified by its multipliers
     (``w = Z^T lambda`` to ``1e-6``, ``lambda >= 0``, margins ``>= 1``).
 
-    Used to choose instances on which the theorem's prediction is far from the ``l2`` one.
+    It picks instances on which the theorem's prediction is far from the ``l2`` one.
     """
     Z = np.asarray(y, float)[:, None] * np.asarray(X, float)
     w0 = np.linalg.lstsq(Z, np.ones(len(Z)), rcond=None)[0]
