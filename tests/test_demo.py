@@ -1,12 +1,11 @@
-"""``wnjax demo`` at small size: its outputs, their keys and shapes, and the equivalence it checks."""
+"""``wnjax demo`` at small size: its outputs, their keys and shapes, the equivalence it checks and
+the experiments' verdicts it collects."""
 
 import json
 
 import numpy as np
 
 import wnjax._cli as _cli
-
-import wnjax._cli.demo as _demo
 
 
 def test_demo_small(tmp_path):
@@ -29,17 +28,17 @@ def test_demo_small(tmp_path):
         rel = np.asarray(m["xor"][f"{name}_relative_norms"])
         np.testing.assert_allclose(np.sum(rel**2, axis=1), 1.0, rtol=1e-9)  # unit-norm profile
     assert [len(m["verdicts"][k]) for k in ("equivalence", "lin_sep", "xor")] == [1, 5, 4]
+    # the experiments' verdicts are the data their runs returned, and their reports render them
+    assert m["verdicts"]["lin_sep"] == m["lin_sep"]["verdicts"]
+    assert m["verdicts"]["xor"] == m["xor"]["verdicts"]
+    assert m["verdicts"]["equivalence"][0]["verdict"] == "reproduced"  # both errors as above
+    for part, folder in (("lin_sep", "lin-sep"), ("xor", "xor")):
+        lines = (out / folder / "report.md").read_text().splitlines()
+        for v in m["verdicts"][part]:
+            assert v["verdict"] in ("reproduced", "not reproduced", "not answered")
+            assert f"- **{v['verdict']}**: {v['claim']} ({v['detail']})" in lines
     assert m["settings"] == {"seed": 0, "seeds": 2, "lin_sep_target": -100.0,
                              "xor_target": -20.0, "max_steps": 3000, "jobs": 2}
     report = (out / "report.md").read_text()
     assert "![demo](demo.png)" in report and "(lin-sep/lin_sep.png)" in report
     assert report.count("reproduced") >= 10
-
-
-def test_verdict_parsing():
-    line = "- **not reproduced**: x + y = const (EWN) and y - x = const (SWN) (spread (a) 0.1)"
-    assert _demo.verdict_lines("# r\n" + line + "\n- **reproduced**: plain claim") == [
-        {"reproduced": False, "claim": "x + y = const (EWN) and y - x = const (SWN)",
-         "detail": "spread (a) 0.1"},
-        {"reproduced": True, "claim": "plain claim", "detail": ""},
-    ]

@@ -301,6 +301,31 @@ def test_cli_rejects_non_positive_counts(argv, capsys):
     assert "--seeds: expected a positive integer" in capsys.readouterr().err
 
 
+def test_reproduce_rejects_bad_options(tmp_path, capsys):
+    out = str(tmp_path / "never")
+    with pytest.raises(TypeError, match=r"no option\(s\) \['max_step'\]; its options are "
+                       r"\[.*'max_steps'.*\]"):
+        wnjax.reproduce("lin-sep", max_step=10, out=out)
+    for bad, match in ((dict(seeds=0), "seeds must be a positive integer, got 0"),
+                       (dict(max_steps=-5), "max_steps must be a positive integer, got -5"),
+                       (dict(max_steps=2.5), "max_steps must be a positive integer"),
+                       (dict(schedule="paper"), "schedule must be one of paper-code, paper-text"),
+                       (dict(lr=float("nan")), "lr must be a positive number"),
+                       (dict(dynamics=None), "dynamics must be given")):
+        with pytest.raises(wnjax.InvalidInput, match=match):
+            wnjax.reproduce("lin-sep", out=out, **bad)
+    with pytest.raises(wnjax.InvalidInput, match="unknown experiment 'lin_sep'; known: .*lin-sep"):
+        wnjax.reproduce("lin_sep", out=out)
+    assert not (tmp_path / "never").exists()
+    # a value argparse accepts but the options reject: one line, exit 2
+    import wnjax._cli as _cli
+
+    assert _cli.main(["reproduce", "small-init", "--deltas", "1e-2,x", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["wnjax: error: deltas must be comma-separated positive numbers such as "
+                   "'1e-2,1e-3', got '1e-2,x'."]
+
+
 TYPOS = [("[grdi]\nwidth = [8]\n", "table 'grdi'", "'grid'"),
          ("[model]\nwidht = 8\n", "key 'widht' in [model]", "'width'"),
          ("[sweep]\nseedz = 4\n", "key 'seedz' in [sweep]", "'seeds'"),

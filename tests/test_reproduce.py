@@ -1,6 +1,7 @@
-"""Reproductions of the first paper: closed forms, qualitative outcomes, data loaders, smoke runs."""
+"""Reproductions of the first paper: closed forms, qualitative outcomes, data loaders, smoke runs,
+and the experiments' typed options, flags and verdicts."""
 
-import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -68,7 +69,8 @@ def test_runner_matches_single_gradient_descent(getkey):
     # The vmapped runner must take exactly the steps of wnjax.gradient_descent, seed by seed.
     X, y = wnjax.data.lin_sep(getkey())
     keys = jax.random.split(getkey(), 3)
-    models = eqx.filter_vmap(lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(keys)
+    models = eqx.filter_vmap(
+        lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(keys)
     r = run_gd(models, X, y, num_steps=40, learning_rate=0.05, chunk_size=15)
     for i in range(3):
         one = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, models)
@@ -84,7 +86,8 @@ def test_conv_rate_same_end_to_end_predictor(getkey):
     w_star = jax.random.normal(getkey(), (1, 2))
     for depth in (1, 2, 4):
         m = conv_rate.deep_linear(getkey(), depth, 7, w_star)
-        np.testing.assert_allclose(np.asarray(conv_rate.end_to_end(m)), np.asarray(w_star), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(conv_rate.end_to_end(m)), np.asarray(w_star),
+                                   rtol=1e-10)
         x = jax.random.normal(getkey(), (2,))
         np.testing.assert_allclose(float(m(x)[0]), float(w_star[0] @ x), rtol=1e-10)
 
@@ -144,13 +147,188 @@ def test_idx_errors(tmp_path):
 
 
 def test_conv_rate_smoke(tmp_path):
-    args = argparse.Namespace(seeds=2, full=False, out=str(tmp_path), dynamics="gd", lr=1e-3,
-                              steps=20, width=4, depths=[1, 2])
-    metrics = conv_rate.run(args)
+    options = conv_rate.Options(seeds=2, out=str(tmp_path), dynamics="gd", lr=1e-3, steps=20,
+                                width=4, depths=[1, 2])
+    metrics = conv_rate.run(options)
     assert np.shape(metrics["ratio_first_to_last_depth"]["ewn"]) == (2,)
     saved = json.load(open(tmp_path / "metrics.json"))
     assert len(saved["final_loss"]["swn"]["2"]) == 2
-    assert (tmp_path / "conv_rate.png").exists() and "Verdicts" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "conv_rate.png").exists() and "## Verdicts" in report
+    # one verdict per claim, as data, and its report line: - **<verdict>**: <claim> (<detail>)
+    assert len(saved["verdicts"]) == 3
+    for v in saved["verdicts"]:
+        assert set(v) == {"claim", "verdict", "detail"}
+        assert v["verdict"] in ("reproduced", "not reproduced")
+        assert f"- **{v['verdict']}**: {v['claim']} ({v['detail']})" in report.splitlines()
+
+
+def test_verdict_rendering():
+    from wnjax.experiments._report import judge, not_answered, render_verdicts
+
+    verdicts = [judge(np.bool_(True), "EWN keeps ~4", "kept 4 (paper 4)"),
+                judge(False, "x + y = const (EWN)", "spread (a) 0.1"),
+                not_answered("at log L = -300", ""),
+                not_answered("late pruning", "no seed got there")]
+    assert [v["verdict"] for v in verdicts] == ["reproduced", "not reproduced", "not answered",
+                                                 "not answered"]
+    assert json.loads(json.dumps(verdicts)) == verdicts  # plain data
+    assert render_verdicts(verdicts) == [
+        "- **reproduced**: EWN keeps ~4 (kept 4 (paper 4))",
+        "- **not reproduced**: x + y = const (EWN) (spread (a) 0.1)",
+        "- **not answered**: at log L = -300",
+        "- **not answered**: late pruning (no seed got there)",
+    ]
+
+
+# --- options: typed dataclasses, flags built from their fields ---
+
+def test_experiment_options_and_flags():
+    """Every flag users call keeps its name and default, and parses to the same ``Options`` as
+    the keywords of ``wnjax.reproduce``."""
+    from wnjax._cli.reproduce import parse_options
+    import wnjax.experiments._lin_sep as lin_sep
+
+    assert wnjax.experiments.options("lin-sep") == {
+        "seeds", "out", "full", "dynamics", "target", "lr", "frac", "max_steps", "schedule", "cap"}
+    assert wnjax.experiments.options("xor") == {
+        "seeds", "out", "full", "dynamics", "target", "lr", "max_steps"}
+    defaults = lin_sep.Options()
+    assert (defaults.seeds, defaults.out, defaults.full, defaults.dynamics, defaults.target,
+            defaults.lr, defaults.frac, defaults.max_steps, defaults.schedule, defaults.cap) == (
+        5, None, False, "gd", -300.0, 0.01, 30.0, 30_000, "paper-code", 0.01)
+    got = parse_options("lin-sep", ["--seeds", "3", "--dynamics", "flow", "--max-steps", "2000",
+                                    "--schedule", "paper-text", "--full", "--out", "/tmp/x"])
+    assert got == lin_sep.Options(seeds=3, dynamics="flow", max_steps=2000,
+                                  schedule="paper-text", full=True, out="/tmp/x")
+    # the common flags given before NAME are the defaults of those after it
+    got = parse_options("conv-rate", ["--depths", "1", "3"], seeds=2, full=True, out=None)
+    assert (got.seeds, got.full, got.depths) == (2, True, (1, 3))
+    got = parse_options("small-init", ["--escape-deltas-2", "1e-2,1e-4", "--gd-lr", "0.1"])
+    assert (got.escape_deltas_2, got.gd_lr, got.gd_deltas) == ("1e-2,1e-4", 0.1, None)
+    got = parse_options("diagonal-wn", ["--target-log-loss", "-20", "--radial-rate", "0.5"])
+    assert (got.target_log_loss, got.radial_rate, got.angular_rate) == (-20.0, 0.5, 1e-2)
+    got = parse_options("tensor-regression", ["--alphas", "0.1", "1"])
+    assert got.alphas == (0.1, 1.0) and got.depths == (2, 3)
+
+
+def test_options_dataclass_to_flags():
+    """The flag builder on a dataclass of every supported field type."""
+    import argparse
+
+    from wnjax._cli.reproduce import add_option_arguments
+    from wnjax.experiments._options import Common, option
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy(Common):
+        max_steps: int = option(10, "budget", positive=True)
+        rate: float | None = option(None, "rate", positive=True)
+        mode: str = option("a", "mode", choices=("a", "b"))
+        plot: bool = option(True, "draw figures")
+        sizes: tuple[int, ...] = option((1, 2), "sizes")
+
+    parser = argparse.ArgumentParser()
+    add_option_arguments(parser, Toy)
+    assert Toy(**vars(parser.parse_args([]))) == Toy()
+    args = parser.parse_args(["--max-steps", "7", "--rate", "0.5", "--mode", "b", "--no-plot",
+                              "--sizes", "3", "4", "5", "--full", "--seeds", "2"])
+    assert Toy(**vars(args)) == Toy(seeds=2, full=True, max_steps=7, rate=0.5, mode="b",
+                                    plot=False, sizes=(3, 4, 5))
+    for argv in (["--max-steps", "0"], ["--rate", "-1"], ["--mode", "c"], ["--sizes"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    # values from Python are checked and converted alike
+    assert Toy(max_steps=1e3, sizes=[7]).max_steps == 1000
+    assert Toy(max_steps=1e3, sizes=[7]).sizes == (7,)
+    for bad, match in ((dict(max_steps=0), "max_steps must be a positive integer, got 0"),
+                       (dict(max_steps=2.5), "max_steps must be a positive integer"),
+                       (dict(rate=0.0), "rate must be a positive number"),
+                       (dict(mode="c"), "mode must be one of a, b"),
+                       (dict(plot="yes"), "plot must be True or False"),
+                       (dict(sizes=()), "sizes must be a non-empty list"),
+                       (dict(seeds=True), "seeds must be a positive integer")):
+        with pytest.raises(wnjax.InvalidInput, match=match):
+            Toy(**bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Toy().seeds = 3
+
+
+def test_no_argparse_outside_the_cli():
+    """argparse lives in ``wnjax._cli``; a library module imports it only as an experiment with
+    the ``add_arguments(parser)`` + ``run(args)`` interface."""
+    import importlib
+    import pathlib
+    import re
+
+    root = pathlib.Path(wnjax.__file__).parent
+    imports = re.compile(r"^\s*(import argparse|from argparse import)", re.M)
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        if rel.parts[1] == "_cli" or not imports.search(path.read_text()):
+            continue
+        module = importlib.import_module(".".join(rel.with_suffix("").parts))
+        assert hasattr(module, "add_arguments") and not hasattr(module, "Options"), rel
+    for name in wnjax.experiments.names():
+        module = importlib.import_module(wnjax.experiments.EXPERIMENTS[name])
+        if hasattr(module, "Options"):
+            assert dataclasses.is_dataclass(module.Options) and not hasattr(module, "add_arguments")
+            assert module.Options.__dataclass_params__.frozen, name
+            for f in dataclasses.fields(module.Options):  # a default, a help and a doc line each
+                assert f.default is not dataclasses.MISSING and f.metadata.get("help"), (name, f)
+                assert f.name in (module.Options.__doc__ or "") or f.name in (
+                    "seeds", "out", "full"), (name, f.name)
+
+
+def _toy_experiment(tmp_path):
+    """A module with the argparse interface: ``add_arguments`` and ``run(args)``."""
+    mod = tmp_path / "toy_argparse_experiment.py"
+    mod.write_text(
+        "DESCRIPTION = 'toy'\n"
+        "def add_arguments(parser):\n"
+        "    parser.add_argument('--scale', type=float, default=2.0)\n"
+        "def run(args):\n"
+        "    import json, os\n"
+        "    m = {'value': args.scale * args.seeds, 'full': args.full}\n"
+        "    open(os.path.join(args.out, 'report.md'), 'w').write('# toy\\n')\n"
+        "    json.dump(m, open(os.path.join(args.out, 'metrics.json'), 'w'))\n"
+        "    return m\n")
+    return "toy_argparse_experiment"
+
+
+def test_argparse_experiment_still_runs(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import wnjax._cli as _cli
+    from wnjax.experiments import _reproduce
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_reproduce.EXPERIMENTS, "toy", _toy_experiment(tmp_path))
+    assert wnjax.experiments.options("toy") == {"seeds", "out", "full", "scale"}
+    m = wnjax.reproduce("toy", seeds=3, scale=0.5, out=str(tmp_path / "a"))
+    assert m == {"value": 1.5, "full": False}
+    with pytest.raises(TypeError, match=r"no option\(s\) \['scal'\].*\['scale'\]"):
+        wnjax.reproduce("toy", scal=1.0, out=str(tmp_path / "a"))
+    with pytest.raises(wnjax.InvalidInput, match="seeds must be a positive integer"):
+        wnjax.reproduce("toy", seeds=0, out=str(tmp_path / "a"))
+    out = tmp_path / "b"
+    assert _cli.main(["reproduce", "--seeds", "2", "toy", "--scale", "4", "--full",
+                      "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == {"value": 8.0, "full": True}
+    sys.modules.pop("toy_argparse_experiment", None)
+
+
+def test_cli_help_of_every_command(capsys):
+    import wnjax._cli as _cli
+
+    for command in _cli.COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            _cli.main([command, "--help"])
+        assert info.value.code == 0
+        assert f"usage: wnjax {command}" in capsys.readouterr().out
+    for name in wnjax.experiments.names():
+        with pytest.raises(SystemExit):
+            _cli.main(["reproduce", name, "--help"])
+        assert f"usage: wnjax reproduce {name}" in capsys.readouterr().out
 
 
 def test_xor_outcome_across_seeds():

@@ -1,40 +1,26 @@
-"""``wnjax asymptotics``: lin-sep under loss-normalized gradient flow, EWN vs SWN vs standard.
+"""lin-sep under loss-normalized gradient flow, EWN vs SWN vs standard: diagnostics, figures.
 
-Runs ``d theta/ds = -grad log L`` to a target ``log L`` (default -300) and writes under
-``--out`` (default ``runs/asymptotics/``): relative norms against ``log t``, the relation plots
-(``log ||grad_u L||`` against ``log ||w_u||`` with the ``x + y = const`` and ``y - x = const``
-lines), the normalized margin, the alignment, and ``diagnostics.json`` with the final values.
+``lin_sep_asymptotics`` runs ``d theta/ds = -grad log L`` to a target ``log L`` for each
+parameterization and collects the final diagnostics (relative norms, weight-gradient relations,
+normalized margin, alignment, KKT residuals); ``figures`` draws relative norms against ``log t``,
+the relation plots (``log ||grad_u L||`` against ``log ||w_u||`` with the ``x + y = const`` and
+``y - x = const`` lines), the normalized margin and the alignment. ``wnjax asymptotics`` runs both.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
-
-from wnjax._cli import positive_int
-
-HELP = "lin-sep under loss-normalized gradient flow to a target log L: figures + diagnostics.json"
+from collections.abc import Callable
 
 PARAMETERIZATIONS = ("ewn", "swn", "standard")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", type=float, default=-300.0, help="target log L (default -300)")
-    parser.add_argument("--seed", type=int, default=0, help="data and init seed")
-    parser.add_argument("--width", type=positive_int, default=8, help="hidden neurons (default 8)")
-    parser.add_argument("--n-save", type=positive_int, default=64, help="save levels of log L")
-    parser.add_argument("--max-steps", type=positive_int, default=1_000_000,
-                        help="solver step budget (SWN to -10,000 takes about 540,000)")
-    parser.add_argument("--solver", default="auto",
-                        help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
-                        "not stiff, Kvaerno5 while it is), tsit5, or stiff (Kvaerno5)")
-    parser.add_argument("--threshold", type=float, default=0.1, help="survivor relative norm")
-    parser.add_argument("--out", default=os.path.join("runs", "asymptotics"), help="output folder")
-
-
-def _final_diagnostics(r, X, y, threshold: float, degree: float) -> dict:
+def final_diagnostics(r, X, y, threshold: float, degree: float) -> dict:
+    """The diagnostics of flow result ``r``'s final state on data ``(X, y)``: solver outcome,
+    ``log L``, ``log t``, normalized margin ``min_i q_i / ||w||^degree``, relative norms, neurons
+    above 0.05 and above ``threshold``, alignment, relation residuals, loss direction and the
+    approximate KKT residuals."""
     import numpy as np
 
     import wnjax
@@ -63,7 +49,10 @@ def _final_diagnostics(r, X, y, threshold: float, degree: float) -> dict:
     }
 
 
-def _figures(runs: dict, X, y, out: str) -> list[str]:
+def figures(runs: dict, X, y, out: str) -> list[str]:
+    """Write ``relative_norms.png``, ``relations.png``, ``normalized_margin.png`` and
+    ``alignment.png`` of ``runs`` (name -> flow result, with summaries) into ``out``.
+    **Returns:** the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,42 +104,49 @@ def _figures(runs: dict, X, y, out: str) -> list[str]:
     return paths
 
 
-def run(args: argparse.Namespace) -> int:
+def lin_sep_asymptotics(*, target: float = -300.0, seed: int = 0, width: int = 8,
+                        n_save: int = 64, max_steps: int = 1_000_000, solver: str = "auto",
+                        threshold: float = 0.1,
+                        on_run: Callable[[str, object, float], None] | None = None):
+    """Loss-normalized gradient flow on lin-sep for EWN, SWN and standard from one init.
+
+    - target: the ``log L`` to reach;
+    - seed: data seed (the init uses ``seed + 1``);
+    - width: hidden neurons of the 2-layer ReLU^2 net;
+    - n_save: save levels of ``log L``;
+    - max_steps: the solver's step budget;
+    - solver: ``"auto"`` (``wnjax.AutoSwitch``), ``"tsit5"`` or ``"stiff"`` (Kvaerno5);
+    - threshold: the relative norm above which a neuron survives;
+    - on_run: called as ``on_run(name, result, seconds)`` after each parameterization.
+
+    **Returns:** ``(runs, report, X, y)``: ``runs`` maps each parameterization to its
+    ``FlowResult``; ``report`` holds ``target_log_loss``, ``seed`` and per run ``runs[name]``,
+    the ``final_diagnostics`` with ``seconds_with_compile``, ``solver`` and the default solver's
+    step counts.
+    """
     import jax
-    import numpy as np
 
     import wnjax
 
-    os.makedirs(args.out, exist_ok=True)
-    X, y = wnjax.data.lin_sep(jax.random.key(args.seed))
-    model = wnjax.MLP(2, args.width, 2, activation="relu2", key=jax.random.key(args.seed + 1))
+    X, y = wnjax.data.lin_sep(jax.random.key(seed))
+    model = wnjax.MLP(2, width, 2, activation="relu2", key=jax.random.key(seed + 1))
     degree = 3.0  # 2-layer ReLU^2
     makers = {"ewn": wnjax.ewn, "swn": wnjax.swn, "standard": wnjax.standard}
-    runs, report = {}, {"target_log_loss": args.target, "seed": args.seed, "runs": {}}
+    runs, report = {}, {"target_log_loss": target, "seed": seed, "runs": {}}
     for name in PARAMETERIZATIONS:
         start = time.perf_counter()
         r = wnjax.gradient_flow(makers[name](model), X, y, time="normalized", t1=1e6,
-                                target_log_loss=args.target, n_save=args.n_save,
-                                max_steps=args.max_steps, degree=degree, throw=False,
-                                solver=args.solver)
+                                target_log_loss=target, n_save=n_save, max_steps=max_steps,
+                                degree=degree, throw=False, solver=solver)
         jax.block_until_ready(r.final_log_loss)
         seconds = time.perf_counter() - start
         runs[name] = r
-        report["runs"][name] = {"seconds_with_compile": seconds,
-                                **_final_diagnostics(r, X, y, args.threshold, degree)}
-        report["runs"][name]["solver"] = args.solver
+        entry = {"seconds_with_compile": seconds,
+                 **final_diagnostics(r, X, y, threshold, degree), "solver": solver}
         for k in ("explicit_steps", "stiff_steps", "switches"):  # the default solver's counts
             if k in r.stats:
-                report["runs"][name][k] = int(r.stats[k])
-        print(f"{name:9s} {report['runs'][name]['solver']}: {r.message} "
-              f"({seconds:.1f} s with compilation)")
-    report["figures"] = _figures(runs, X, y, args.out)
-    path = os.path.join(args.out, "diagnostics.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2, default=lambda o: np.asarray(o).tolist())
-    print(f"wrote {path} and {len(report['figures'])} figures")
-    failed = [name for name, r in runs.items() if not bool(r.ok)]
-    if failed:
-        print(f"failed runs: {', '.join(failed)}; their figures show the partial results.")
-        return 1
-    return 0
+                entry[k] = int(r.stats[k])
+        report["runs"][name] = entry
+        if on_run is not None:
+            on_run(name, r, seconds)
+    return runs, report, X, y

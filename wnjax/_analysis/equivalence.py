@@ -8,8 +8,6 @@ only up to ``O(eta^2)`` per step, so over a fixed time ``T = k eta`` they drift 
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 
 import jax
@@ -22,9 +20,6 @@ from wnjax._dynamics.flow import gradient_flow
 from wnjax._nets.models import CNN, MLP
 from wnjax._nets.neurons import flat_weights
 from wnjax._nets.parameterize import ewn, swn, to_standard
-
-HELP = "check numerically that EWN gradient flow = unnormalized flow with rate ||w_u||^2"
-
 
 def default_problem(
     key: PRNGKeyArray,
@@ -208,23 +203,6 @@ def equivalence_check(
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    parser.add_argument("--n", type=int, default=16, help="number of points")
-    parser.add_argument("--d", type=int, default=4, help="input dimension (CNN: image side)")
-    parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--depth", type=int, default=2, help="number of weight layers")
-    parser.add_argument("--activation", default="relu2")
-    parser.add_argument("--loss", default="exponential")
-    parser.add_argument("--t1", type=float, default=10.0, help="flow horizon")
-    parser.add_argument("--rtol", type=float, default=1e-10)
-    parser.add_argument("--atol", type=float, default=1e-12)
-    parser.add_argument("--etas", type=float, nargs="+", default=[0.01, 0.005, 0.0025])
-    parser.add_argument("--gd-horizon", type=float, default=1.0, help="T = k eta for the GD checks")
-    parser.add_argument("--seed", type=int, default=0)
-
-
 def format_report(r: dict) -> str:
     """A plain-text table of an ``equivalence_check`` result."""
     lines = [
@@ -242,14 +220,3 @@ def format_report(r: dict) -> str:
         f"GD-vs-flow {r['gd_vs_flow_exponent']:.2f} (1 expected)"
     )
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    r = equivalence_check(
-        jax.random.key(args.seed),
-        model=args.model, n=args.n, d=args.d, width=args.width, depth=args.depth,
-        activation=args.activation, loss=args.loss, t1=args.t1, rtol=args.rtol, atol=args.atol,
-        etas=tuple(args.etas), horizon=args.gd_horizon,
-    )
-    print(json.dumps(r) if args.json else format_report(r))
-    return 0 if (r["equivalent"] and r["swn_differs"]) else 1

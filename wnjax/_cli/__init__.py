@@ -14,10 +14,10 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "demo": "wnjax._cli.demo",
-    "equivalence": "wnjax._analysis.equivalence",
-    "reproduce": "wnjax.experiments._reproduce",
+    "equivalence": "wnjax._cli.equivalence",
+    "reproduce": "wnjax._cli.reproduce",
     "sweep": "wnjax._cli.sweep",
-    "asymptotics": "wnjax._analysis.asymptotics",
+    "asymptotics": "wnjax._cli.asymptotics",
     "problems": "wnjax._cli.problems",
 }
 
@@ -37,9 +37,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0 (argparse reports anything else as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 def host_devices(args: argparse.Namespace, environ=os.environ) -> int | None:
     """How many CPU host devices to force: ``--devices N``; for ``wnjax sweep`` without it, one
-    per core (the blocks of seeds then run on every core at once; GPUs are unaffected), unless ``XLA_FLAGS`` already sets a count or the run is multi-host."""
+    per core (the blocks of seeds then run on every core at once; GPUs are unaffected), unless
+    ``XLA_FLAGS`` already sets a count or the run is multi-host."""
     devices = getattr(args, "devices", None)
     if devices:
         return devices

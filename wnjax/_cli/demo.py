@@ -11,7 +11,7 @@ is mostly compilation, runs in a second (spawned) process beside the two experim
 
 Then one summary figure ``OUT/demo.png`` (equivalence, lin-sep and XOR panels), ``OUT/report.md``
 (the numbers and the verdicts of every claim) and ``OUT/metrics.json``. The experiments' verdicts
-are read from their own reports, never recomputed here.
+are the data their runs return (``metrics["verdicts"]``), never recomputed here.
 """
 
 from __future__ import annotations
@@ -29,44 +29,20 @@ from wnjax._cli import positive_int
 from wnjax._analysis.equivalence import equivalence_check, format_report
 import wnjax.experiments._lin_sep as lin_sep_experiment
 import wnjax.experiments._xor as xor_experiment
-from wnjax.experiments._report import PARAM_STYLE, pyplot, save_figure, verdict, write_outputs
+from wnjax.experiments._report import (
+    PARAM_STYLE,
+    REPRODUCED,
+    judge,
+    pyplot,
+    render_verdict,
+    save_figure,
+    write_outputs,
+)
 from wnjax.experiments._reproduce import reproduce
 
 HELP = "run the main job: the equivalence check, then lin-sep and XOR at small size"
 
 NAMES = ("ewn", "swn", "standard")
-REPRODUCED = "- **reproduced**: "
-NOT_REPRODUCED = "- **not reproduced**: "
-
-
-def split_claim(text: str) -> tuple[str, str]:
-    """``'claim (detail)'`` to ``(claim, detail)``: the detail is the last balanced parenthesized
-    group at the end (``_report.verdict``'s format); ``(text, '')`` if there is none."""
-    text = text.rstrip()
-    if not text.endswith(")"):
-        return text, ""
-    depth = 0
-    for i in range(len(text) - 1, -1, -1):
-        depth += {")": 1, "(": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[:i].rstrip(), text[i + 1:-1]
-    return text, ""
-
-
-def verdict_lines(report: str) -> list[dict]:
-    """The verdict lines of an experiment's ``report.md`` (written by ``_report.verdict``).
-
-    **Returns:** one ``{"reproduced": bool, "claim": str, "detail": str}`` per line.
-    """
-    out = []
-    for line in report.splitlines():
-        for tag, ok in ((REPRODUCED, True), (NOT_REPRODUCED, False)):
-            if line.startswith(tag):
-                claim, detail = split_claim(line[len(tag):])
-                out.append({"reproduced": ok, "claim": claim, "detail": detail})
-    return out
-
-
 def embed_report(report: str, folder: str) -> str:
     """An experiment's ``report.md`` as a section of the demo report: its title dropped, its
     headings one level deeper, and its figure names prefixed by ``folder/`` (relative links)."""
@@ -101,7 +77,8 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
     # (a) flow paths: EWN-GF and SWN-GF against the rate-||w_u||^2 flow.
     ax = axes[0, 0]
     errs = {"EWN": eq["ewn_max_rel_err"], "SWN": eq["swn_max_rel_err"]}
-    ax.bar(list(errs), list(errs.values()), color=[PARAM_STYLE["ewn"]["color"], PARAM_STYLE["swn"]["color"]])
+    ax.bar(list(errs), list(errs.values()),
+           color=[PARAM_STYLE["ewn"]["color"], PARAM_STYLE["swn"]["color"]])
     for i, v in enumerate(errs.values()):
         ax.text(i, v, f"{v:.1e}", ha="center", va="bottom", fontsize=9)
     ax.axhline(eq["rtol"], ls=":", c="k", lw=0.8, label=f"solver rtol {eq['rtol']:g}")
@@ -134,7 +111,8 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
         ax.legend(fontsize=8)
     # (d), (e) final relative norms, sorted, mean over seeds; (f) XOR kept neurons vs paper.
     for ax, metrics, title, threshold in (
-        (axes[1, 0], lin, "lin-sep: final relative norms (8 neurons)", lin_sep_experiment.THRESHOLD),
+        (axes[1, 0], lin, "lin-sep: final relative norms (8 neurons)",
+         lin_sep_experiment.THRESHOLD),
         (axes[1, 1], xor, "XOR: final relative norms (20 neurons)", xor_experiment.THRESHOLD),
     ):
         for k in NAMES:
@@ -234,34 +212,36 @@ def run(args: argparse.Namespace) -> int:
     for key, folder in (("lin_sep", lin_out), ("xor", xor_out)):
         with open(os.path.join(folder, "report.md")) as f:
             reports[key] = f.read()
-    eq_verdict = verdict(
+    eq_verdict = judge(
         bool(eq["equivalent"] and eq["swn_differs"]),
         "EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2; SWN differs",
         f"EWN max path error {eq['ewn_max_rel_err']:.1e}, SWN {eq['swn_max_rel_err']:.2f}; "
         f"GD error ~ eta^{eq['gd_vs_flow_exponent']:.2f}",
     )
-    verdicts = {"equivalence": verdict_lines(eq_verdict),
-                **{k: verdict_lines(r) for k, r in reports.items()}}
+    verdicts = {"equivalence": [eq_verdict], "lin_sep": list(lin.get("verdicts", [])),
+                "xor": list(xor.get("verdicts", []))}
     seconds["total"] = time.perf_counter() - start
     metrics = {
         "equivalence": eq, "lin_sep": lin, "xor": xor, "verdicts": verdicts,
         "settings": {"seed": args.seed, "seeds": getattr(args, "seeds", 3),
-                     "lin_sep_target": args.target, "xor_target": getattr(args, "xor_target", -50.0),
+                     "lin_sep_target": args.target,
+                     "xor_target": getattr(args, "xor_target", -50.0),
                      **({} if getattr(args, "max_steps", None) is None else
                         {"max_steps": args.max_steps}), "jobs": getattr(args, "jobs", 1)},
         "seconds": seconds,
     }
     write_outputs(args.out, metrics, _report(eq, eq_verdict, reports, verdicts, figure, seconds))
-    n_ok = sum(v["reproduced"] for vs in verdicts.values() for v in vs)
+    n_ok = sum(v["verdict"] == REPRODUCED for vs in verdicts.values() for v in vs)
     n_all = sum(len(vs) for vs in verdicts.values())
     print(f"\n{n_ok}/{n_all} claims reproduced; wrote {os.path.join(args.out, figure)}, "
           f"{args.out}/report.md and {args.out}/metrics.json ({seconds['total']:.0f} s)")
     return 0 if (eq["equivalent"] and eq["swn_differs"]) else 1
 
 
-def _report(eq: dict, eq_verdict: str, reports: dict, verdicts: dict, figure: str,
+def _report(eq: dict, eq_verdict: dict, reports: dict, verdicts: dict, figure: str,
             seconds: dict) -> str:
-    """The demo's ``report.md``: a verdict summary, then one section per part."""
+    """The demo's ``report.md``: a verdict summary table from ``verdicts`` (part -> list of
+    ``{"claim", "verdict", "detail"}``), then one section per part."""
     titles = {"equivalence": "equivalence", "lin_sep": "lin-sep", "xor": "XOR"}
     lines = [
         "# wnjax demo", "",
@@ -274,11 +254,11 @@ def _report(eq: dict, eq_verdict: str, reports: dict, verdicts: dict, figure: st
     ]
     for part, vs in verdicts.items():
         for v in vs:
-            tag = "reproduced" if v["reproduced"] else "**not reproduced**"
+            tag = v["verdict"] if v["verdict"] == REPRODUCED else f"**{v['verdict']}**"
             lines.append(f"| {titles[part]} | {v['claim']} | {tag} |")
     lines += [
         "", "## 1. EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2", "",
-        "```", format_report(eq), "```", "", eq_verdict, "",
+        "```", format_report(eq), "```", "", render_verdict(eq_verdict), "",
         "## 2. lin-sep", "", embed_report(reports["lin_sep"], "lin-sep"), "",
         "## 3. XOR", "", embed_report(reports["xor"], "xor"), "",
         "Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())

@@ -180,7 +180,8 @@ def make_run(settings: dict, X, y):
         model_cfg = {**model_fixed, **{k: v for k, v in cfg.items() if k in MODEL_KEYS}}
         name = cfg.get("parameterization", model_cfg.pop("parameterization", "ewn"))
         dyn = {**dyn_fixed}
-        dyn.update({k: v for k, v in cfg.items() if k not in MODEL_KEYS and k != "parameterization"})
+        dyn.update({k: v for k, v in cfg.items()
+                    if k not in MODEL_KEYS and k != "parameterization"})
         if name not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {name!r}.")
         build = dict(

@@ -1,8 +1,11 @@
 """Reproductions of the seed papers' experiments, one private module each.
 
-``reproduce(name, **options)`` runs one (``wnjax reproduce NAME`` on the command line);
-``names()`` lists them, ``options(name)`` gives the options an experiment takes, and
-``show_run(out)`` prints the summary of a finished run.
+``reproduce(name, **options)`` runs one (``wnjax reproduce NAME`` on the command line) and
+returns its metrics, among them ``metrics["verdicts"]``: one ``{"claim", "verdict", "detail"}``
+per claim, ``verdict`` being ``"reproduced"``, ``"not reproduced"`` or ``"not answered"``.
+``names()`` lists the experiments, ``options(name)`` gives the option names an experiment takes
+(the fields of its frozen ``Options`` dataclass, the flags of ``wnjax reproduce NAME`` with ``-``
+written as ``_``), and ``show_run(out)`` prints the summary of a finished run.
 """
 
 from wnjax.experiments._reproduce import EXPERIMENTS as EXPERIMENTS

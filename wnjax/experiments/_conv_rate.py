@@ -8,7 +8,7 @@ end-to-end predictor ``w* = W_D ... W_1``: the first layer of a random deep net 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -18,7 +18,17 @@ import numpy as np
 from wnjax.data._sets import conv_rate_data
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn
-from wnjax.experiments._report import PARAM_STYLE, mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    PARAM_STYLE,
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 from wnjax.experiments._runner import run_flow, run_gd
 
 DESCRIPTION = "deep linear nets, depth 1-4, same predictor: EWN's loss barely depends on depth"
@@ -47,14 +57,25 @@ def deep_linear(key, depth: int, width: int, w_star: jnp.ndarray) -> MLP:
     return eqx.tree_at(lambda m: m.layers[0].weight, model, w1)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dynamics", choices=("gd", "flow"), default="gd",
-                        help="GD with constant lr (default, as the paper) or exact gradient flow "
-                        "over the same time span lr * steps")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--width", type=int, default=100)
-    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4])
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """conv-rate's options, besides ``seeds``, ``out`` and ``full`` (``Common``; ``full``
+    multiplies ``steps`` by 4).
+
+    - dynamics: ``"gd"``, GD with constant step ``lr`` (as the paper), or ``"flow"``, exact
+      gradient flow over the same time ``lr * steps``;
+    - lr: GD's step;
+    - steps: the number of GD steps;
+    - width: the hidden width of every layer;
+    - depths: the depths compared (the ratio is first over last).
+    """
+
+    dynamics: str = option("gd", "GD with constant lr (default, as the paper) or exact gradient "
+                           "flow over the same time span lr * steps", choices=("gd", "flow"))
+    lr: float = option(1e-3, "GD step", positive=True)
+    steps: int = option(5000, "number of GD steps", positive=True)
+    width: int = option(100, "hidden width", positive=True)
+    depths: tuple[int, ...] = option((1, 2, 3, 4), "depths compared", positive=True)
 
 
 def simulate(seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000, dynamics="gd",
@@ -72,7 +93,8 @@ def simulate(seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000,
     out = {}
     for name, param in PARAMETERIZATIONS.items():
         for depth in depths:
-            models = eqx.filter_vmap(lambda k, w: param(deep_linear(k, depth, width, w)))(net_keys, w_star)
+            models = eqx.filter_vmap(
+                lambda k, w: param(deep_linear(k, depth, width, w)))(net_keys, w_star)
             if dynamics == "gd":
                 r = run_gd(models, *data, per_seed_data=True, num_steps=steps, learning_rate=lr,
                            loss="logistic", chunk_size=max(steps // 100, 1))
@@ -90,11 +112,13 @@ def simulate(seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000,
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
-    depths = list(args.depths)
-    steps = args.steps * (4 if args.full else 1)
-    sim = simulate(args.seeds, depths=depths, width=args.width, lr=args.lr, steps=steps,
-                   dynamics=args.dynamics)
+def run(options: Options) -> dict:
+    """Run conv-rate with ``options``; write ``conv_rate.png``, ``metrics.json`` and
+    ``report.md`` under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
+    depths = list(options.depths)
+    steps = options.steps * (4 if options.full else 1)
+    sim = simulate(options.seeds, depths=depths, width=options.width, lr=options.lr, steps=steps,
+                   dynamics=options.dynamics)
     d0, d1 = depths[0], depths[-1]
     ratio = {k: np.exp(sim[k, d0]["final_log_loss"] - sim[k, d1]["final_log_loss"])
              for k in PARAMETERIZATIONS}
@@ -102,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
                         - np.min([sim[k, d]["final_log_loss"] for d in depths], 0))
               for k in PARAMETERIZATIONS}
     metrics = {
-        "dynamics": args.dynamics, "depths": depths, "steps": steps, "lr": args.lr,
+        "dynamics": options.dynamics, "depths": depths, "steps": steps, "lr": options.lr,
         "final_loss": {k: {str(d): np.exp(sim[k, d]["final_log_loss"]) for d in depths}
                        for k in PARAMETERIZATIONS},
         "ratio_first_to_last_depth": ratio, "max_over_min_depth_ratio": spread,
@@ -114,34 +138,39 @@ def run(args: argparse.Namespace) -> dict:
     for ax, name in zip(axes, PARAMETERIZATIONS):
         for i, d in enumerate(depths):
             ll = sim[name, d]["log_loss"]
-            ax.plot(sim[name, d]["x"], np.exp(np.nanmean(ll, 0)), color=cmap(i / max(len(depths) - 1, 1)),
-                    label=f"depth {d}")
-        ax.set(yscale="log", xlabel="step" if args.dynamics == "gd" else "t / lr",
+            ax.plot(sim[name, d]["x"], np.exp(np.nanmean(ll, 0)),
+                    color=cmap(i / max(len(depths) - 1, 1)), label=f"depth {d}")
+        ax.set(yscale="log", xlabel="step" if options.dynamics == "gd" else "t / lr",
                title=PARAM_STYLE[name]["label"])
         ax.legend()
     axes[0].set_ylabel("training loss (mean over seeds)")
-    figs = [save_figure(fig, args.out, "conv_rate.png")]
-    rows = [[PARAM_STYLE[k]["label"]] + [mean_std(np.exp(sim[k, d]["final_log_loss"])) for d in depths]
+    figs = [save_figure(fig, options.out, "conv_rate.png")]
+    rows = [[PARAM_STYLE[k]["label"]]
+            + [mean_std(np.exp(sim[k, d]["final_log_loss"])) for d in depths]
             + [mean_std(ratio[k]), f"{PAPER_RATIO[k]:g}x"] for k in PARAMETERIZATIONS]
     e, s_, u = (np.median(ratio[k]) for k in ("ewn", "swn", "standard"))
-    dyn = (f"GD, constant lr {args.lr}, {steps} steps" if args.dynamics == "gd"
-           else f"exact gradient flow to t = {args.lr * steps:g} (= lr x steps)")
+    dyn = (f"GD, constant lr {options.lr}, {steps} steps" if options.dynamics == "gd"
+           else f"exact gradient flow to t = {options.lr * steps:g} (= lr x steps)")
+    verdicts = [
+        judge(bool(e < min(s_, u) and e < 2 * PAPER_RATIO["ewn"] + 1),
+              "EWN's final loss barely depends on depth (paper ~2x)",
+              f"median ratio {e:.3g}x, against SWN {s_:.3g}x and unnormalized {u:.3g}x"),
+        judge(bool(s_ > 3 * e and PAPER_RATIO["swn"] / 3 < s_ < PAPER_RATIO["swn"] * 3),
+              "SWN's depends on depth (paper ~28x)", f"median ratio {s_:.3g}x"),
+        judge(bool(u > 3 * e and PAPER_RATIO["standard"] / 3 < u < PAPER_RATIO["standard"] * 3),
+              "unnormalized depends on depth (paper ~70x)", f"median ratio {u:.3g}x"),
+    ]
+    metrics["verdicts"] = verdicts
     lines = [
         "# conv-rate", "",
-        f"20 points in R^2, deep linear nets of depth {depths}, width {args.width}, no bias, all "
-        f"depths started at the same end-to-end predictor; logistic loss (sum over points); "
-        f"{dyn}; WN on every layer; {args.seeds} seeds (data, predictor and init), vmapped.", "",
+        f"20 points in R^2, deep linear nets of depth {depths}, width {options.width}, no bias, "
+        f"all depths started at the same end-to-end predictor; logistic loss (sum over points); "
+        f"{dyn}; WN on every layer; {options.seeds} seeds (data, predictor and init), vmapped.", "",
         table(["", *[f"final L, depth {d}" for d in depths], f"ratio L(d={d0})/L(d={d1})", "paper"],
               rows), "",
         "## Verdicts", "",
-        verdict(bool(e < min(s_, u) and e < 2 * PAPER_RATIO["ewn"] + 1),
-                "EWN's final loss barely depends on depth (paper ~2x)",
-                f"median ratio {e:.3g}x, against SWN {s_:.3g}x and unnormalized {u:.3g}x"),
-        verdict(bool(s_ > 3 * e and PAPER_RATIO["swn"] / 3 < s_ < PAPER_RATIO["swn"] * 3),
-                "SWN's depends on depth (paper ~28x)", f"median ratio {s_:.3g}x"),
-        verdict(bool(u > 3 * e and PAPER_RATIO["standard"] / 3 < u < PAPER_RATIO["standard"] * 3),
-                "unnormalized depends on depth (paper ~70x)", f"median ratio {u:.3g}x"),
+        *render_verdicts(verdicts),
         "", "Figures: " + ", ".join(figs),
     ]
-    write_outputs(args.out, metrics, "\n".join(lines))
+    write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

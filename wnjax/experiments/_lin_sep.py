@@ -10,7 +10,7 @@ text's (``paper-text``); step counts are epochs (accepted steps), undone steps a
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -22,7 +22,17 @@ from wnjax.data._sets import lin_sep
 from wnjax._losses import LogisticThenExponential, get_loss
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn, to_standard, trainable_weight_norm
-from wnjax.experiments._report import PARAM_STYLE, mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    PARAM_STYLE,
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 from wnjax.experiments._runner import run_flow, run_gd
 
 DESCRIPTION = "4 points, 2-layer ReLU^2 net, 8 neurons, to log L = -300: EWN fast and sparse"
@@ -103,25 +113,40 @@ def batched_diagnostics(models, X, y) -> dict:
     return eqx.filter_vmap(neuron_diagnostics)(models, X, y)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dynamics", choices=("gd", "flow"), default="gd",
-                        help="GD with eta0/L^(1-1/30) and backtracking (default, as the paper), or "
-                        "exact loss-normalized gradient flow (ReLU^2 is smooth, so the same net)")
-    parser.add_argument("--target", type=float, default=-300.0)
-    parser.add_argument("--lr", type=float, default=LR,
-                        help="eta0 of the GD schedule (default 0.01 with --cap 0.01: never grown, "
-                        "hundreds of epochs as the paper's; --lr 0.1 --cap 1: tens)")
-    parser.add_argument("--frac", type=float, default=30.0, help="power 1 - 1/frac of the schedule")
-    parser.add_argument("--max-steps", type=int, default=30_000,
-                        help="budget of attempted GD steps per seed (epochs and undone steps)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default=SCHEDULE,
-                        help="paper-code (default): the authors' lin-sep code, step "
-                        "eta0/L(theta_{k-1})^(1-1/frac) (the previous iterate's loss) and the "
-                        "logistic loss until every margin exceeds 30, then the exponential; "
-                        "paper-text: step eta0/L(theta_k)^(1-1/frac), exponential loss "
-                        f"throughout. Why: {SCHEDULE_WHY}")
-    parser.add_argument("--cap", type=float, default=CAP,
-                        help="cap on eta0 as backtracking grows it (1.1x after each kept step)")
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """lin-sep's options, besides ``seeds``, ``out`` and ``full`` (``Common``; ``full``
+    multiplies ``max_steps`` by 4).
+
+    - dynamics: ``"gd"``, GD with step ``eta0/L^(1-1/frac)`` and backtracking (as the paper), or
+      ``"flow"``, exact loss-normalized gradient flow (ReLU^2 is smooth: the same net);
+    - target: the final ``log L``;
+    - lr: ``eta0`` of the GD schedule;
+    - frac: the schedule's power is ``1 - 1/frac``;
+    - max_steps: budget of attempted GD steps per seed (epochs and undone steps);
+    - schedule: ``"paper-code"`` or ``"paper-text"`` (``gd_options``);
+    - cap: the cap on ``eta0`` as backtracking grows it (1.1x after each kept step).
+    """
+
+    dynamics: str = option(
+        "gd", "GD with eta0/L^(1-1/30) and backtracking (default, as the paper), or exact "
+        "loss-normalized gradient flow (ReLU^2 is smooth, so the same net)",
+        choices=("gd", "flow"))
+    target: float = option(-300.0, "final log L")
+    lr: float = option(LR, "eta0 of the GD schedule (default 0.01 with --cap 0.01: never grown, "
+                       "hundreds of epochs as the paper's; --lr 0.1 --cap 1: tens)",
+                       positive=True)
+    frac: float = option(30.0, "power 1 - 1/frac of the schedule", positive=True)
+    max_steps: int = option(30_000, "budget of attempted GD steps per seed (epochs and undone "
+                            "steps)", positive=True)
+    schedule: str = option(
+        SCHEDULE, "paper-code (default): the authors' lin-sep code, step "
+        "eta0/L(theta_{k-1})^(1-1/frac) (the previous iterate's loss) and the logistic loss "
+        "until every margin exceeds 30, then the exponential; paper-text: step "
+        f"eta0/L(theta_k)^(1-1/frac), exponential loss throughout. Why: {SCHEDULE_WHY}",
+        choices=SCHEDULES)
+    cap: float = option(CAP, "cap on eta0 as backtracking grows it (1.1x after each kept step)",
+                        positive=True)
 
 
 def simulate(seeds, *, dynamics="gd", target=-300.0, lr=LR, frac=30.0, max_steps=30_000, key=None,
@@ -228,18 +253,18 @@ def _select(entry: dict, mask: np.ndarray, seeds: int) -> dict:
     return {k: (v if k == "final" else pick(v)) for k, v in entry.items()}
 
 
-def write_partial(args: argparse.Namespace, sim: dict) -> dict:
+def write_partial(options: Options, sim: dict) -> dict:
     """Write ``metrics.json`` and a report marked PARTIAL for the parameterizations in ``sim``
     (those that finished); return the metrics."""
-    gd = args.dynamics == "gd"
+    gd = options.dynamics == "gd"
     cost = "epochs" if gd else "log_t"
     done = list(sim)
     missing = [k for k in PARAMETERIZATIONS if k not in sim]
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     metrics = {
-        "partial": True, "finished": done, "not_finished": missing,
-        "dynamics": args.dynamics, "target_log_loss": args.target, "seeds": args.seeds,
-        **({"schedule": args.schedule} if gd else {}),
+        "partial": True, "finished": done, "not_finished": missing, "verdicts": [],
+        "dynamics": options.dynamics, "target_log_loss": options.target, "seeds": options.seeds,
+        **({"schedule": options.schedule} if gd else {}),
         **{f"{k}_{cost}_to_target": r[cost] for k, r in sim.items()},
         **{f"{k}_undone": r["undone"] for k, r in sim.items() if gd},
         **{f"{k}_stalled": r["stalled"] for k, r in sim.items()},
@@ -249,42 +274,46 @@ def write_partial(args: argparse.Namespace, sim: dict) -> dict:
         **{f"{k}_normalized_margin_end": r["diag"]["normalized_margin"] for k, r in sim.items()},
     }
     unit = "epochs (accepted GD steps)" if gd else "log t at the target"
-    rows = [[PARAM_STYLE[k]["label"], mean_std(r[cost]), f"{int(r['reached'].sum())}/{args.seeds}",
-             f"{int(r['stalled'].sum())}", mean_std(kept[k])] for k, r in sim.items()]
+    rows = [[PARAM_STYLE[k]["label"], mean_std(r[cost]),
+             f"{int(r['reached'].sum())}/{options.seeds}", f"{int(r['stalled'].sum())}",
+             mean_std(kept[k])] for k, r in sim.items()]
     lines = [
         "# lin-sep: PARTIAL results", "",
         "**PARTIAL**: the run was stopped before every parameterization finished. Finished: "
         f"{', '.join(PARAM_STYLE[k]['label'] for k in done) or 'none'}; not finished: "
         f"{', '.join(PARAM_STYLE[k]['label'] for k in missing)}. Statistics are over all "
-        f"{args.seeds} seeds of each finished parameterization (no seed is set aside), and no "
+        f"{options.seeds} seeds of each finished parameterization (no seed is set aside), and no "
         "verdict is drawn. Rerun the command for the full report.", "",
         table(["", unit, "reached", "stalled", f"surviving (of 8, rel. norm > {THRESHOLD})"],
               rows) if rows else "",
     ]
-    write_outputs(args.out, metrics, "\n".join(lines))
+    write_outputs(options.out, metrics, "\n".join(lines))
     return metrics
 
 
-def run(args: argparse.Namespace) -> dict:
-    max_steps = args.max_steps * (4 if args.full else 1)
+def run(options: Options) -> dict:
+    """Run lin-sep with ``options``; write ``lin_sep.png``, ``metrics.json`` and ``report.md``
+    under ``options.out`` (a PARTIAL report after each parameterization while some are still to
+    run). **Returns:** the metrics, with ``verdicts``."""
+    max_steps = options.max_steps * (4 if options.full else 1)
 
     def on_done(sim):  # the disk holds what is finished, whatever stops the run later
         if len(sim) < len(PARAMETERIZATIONS):
-            write_partial(args, sim)
+            write_partial(options, sim)
 
-    sim = simulate(args.seeds, dynamics=args.dynamics, target=args.target, lr=args.lr,
-                   frac=args.frac, max_steps=max_steps, cap=args.cap, on_done=on_done,
-                   schedule=args.schedule)
+    sim = simulate(options.seeds, dynamics=options.dynamics, target=options.target, lr=options.lr,
+                   frac=options.frac, max_steps=max_steps, cap=options.cap, on_done=on_done,
+                   schedule=options.schedule)
     if len(sim) < len(PARAMETERIZATIONS):
         _interrupt.stopping()
         if not sim:
-            return {"partial": True, "finished": []}
-        return write_partial(args, sim)
+            return {"partial": True, "finished": [], "verdicts": []}
+        return write_partial(options, sim)
     # Seeds on which some parameterization stalled (a point went dead: every hidden unit off on
     # it, so log L >= 0 for good) are set aside, for all three alike, so comparisons stay paired.
     stalled = {k: np.asarray(r["stalled"]) for k, r in sim.items()}
     live = ~np.any(list(stalled.values()), axis=0)
-    sim = {k: _select(r, live, args.seeds) for k, r in sim.items()}
+    sim = {k: _select(r, live, options.seeds) for k, r in sim.items()}
     n = int(live.sum())
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     limit = {k: limit_neurons(r["diag"]).sum(1) for k, r in sim.items()}
@@ -294,15 +323,15 @@ def run(args: argparse.Namespace) -> dict:
     cos_min = {k: _min_cos(r["diag"]) for k, r in sim.items()}
     spread = {k: {"x+y": relation_spread(r["diag"], +1), "y-x": relation_spread(r["diag"], -1)}
               for k, r in sim.items()}
-    gd = args.dynamics == "gd"
+    gd = options.dynamics == "gd"
     cost = {k: (r["epochs"] if gd else r["log_t"]) for k, r in sim.items()}
     metrics = {
-        "dynamics": args.dynamics, "target_log_loss": args.target,
-        **({"schedule": args.schedule} if gd else {}),
+        "dynamics": options.dynamics, "target_log_loss": options.target,
+        **({"schedule": options.schedule} if gd else {}),
         **{f"{k}_{'epochs' if gd else 'log_t'}_to_target": cost[k] for k in sim},
         **{f"{k}_undone": r["undone"] for k, r in sim.items() if gd},
         **{f"{k}_solver_steps": r["steps"] for k, r in sim.items() if not gd},
-        "seeds": args.seeds, "seeds_kept": n, "kept_seeds_mask": live,
+        "seeds": options.seeds, "seeds_kept": n, "kept_seeds_mask": live,
         **{f"{k}_stalled": stalled[k] for k in sim},
         **{f"{k}_reached_target": r["reached"] for k, r in sim.items()},
         **{f"{k}_relative_norms": r["diag"]["rel"] for k, r in sim.items()},
@@ -320,8 +349,10 @@ def run(args: argparse.Namespace) -> dict:
         for s in range(n):
             ok = np.isfinite(r["hist"]["log_loss"][s]) & np.isfinite(r["x"][s])
             lab = st["label"] if s == 0 else None
-            axes[0].plot(r["x"][s][ok], r["hist"]["log_loss"][s][ok], color=st["color"], alpha=0.6, label=lab)
-            axes[2].plot(r["x"][s][ok], r["hist"]["cos"][s][ok].min(-1), color=st["color"], alpha=0.6, label=lab)
+            axes[0].plot(r["x"][s][ok], r["hist"]["log_loss"][s][ok], color=st["color"],
+                         alpha=0.6, label=lab)
+            axes[2].plot(r["x"][s][ok], r["hist"]["cos"][s][ok].min(-1), color=st["color"],
+                         alpha=0.6, label=lab)
         d = r["diag"]
         live = d["grad_norm"] > 0
         axes[1].scatter(np.log(d["w_norm"][live]), np.log(d["grad_norm"][live]), s=10, **st)
@@ -338,82 +369,88 @@ def run(args: argparse.Namespace) -> dict:
     # fixed corners: loc="best" searches every seed's line and point (seconds at 100 seeds)
     for ax, loc in zip(axes, ("lower left", "upper right", "lower right", "upper right")):
         ax.legend(fontsize=8, loc=loc)
-    figs = [save_figure(fig, args.out, "lin_sep.png")]
+    figs = [save_figure(fig, options.out, "lin_sep.png")]
     unit = "epochs (accepted GD steps)" if gd else "log t at the target"
     rows = [[PARAM_STYLE[k]["label"], mean_std(cost[k]),
              str(PAPER_EPOCHS.get(k, "-")) if gd else "-",
              mean_std(sim[k]["undone"]) if gd else "-", f"{int(sim[k]['reached'].sum())}/{n}",
-             f"{int(stalled[k].sum())}", mean_std(kept[k]), mean_std(limit[k]), mean_std(cos_min[k], ".4f"), mean_std(spread[k]["x+y"]), mean_std(spread[k]["y-x"]),
+             f"{int(stalled[k].sum())}", mean_std(kept[k]), mean_std(limit[k]),
+             mean_std(cos_min[k], ".4f"), mean_std(spread[k]["x+y"]), mean_std(spread[k]["y-x"]),
              f"{mean_std(sim[k]['margin0'])} -> {mean_std(sim[k]['diag']['normalized_margin'])}"]
             for k in sim]
     e, s_ = np.median(cost["ewn"]), np.median(cost["swn"])
     faster = (e < s_ / 3) if gd else (e < s_ - np.log(3))
-    grown = ("never grown (the cap is eta0)" if args.cap <= args.lr else
-             f"grown 1.1x after each good step up to {args.cap:g} (the default `--lr {LR:g} --cap "
-             f"{CAP:g}` never grows it)")
-    if args.schedule == "paper-code":
+    grown = ("never grown (the cap is eta0)" if options.cap <= options.lr else
+             f"grown 1.1x after each good step up to {options.cap:g} (the default `--lr {LR:g} "
+             f"--cap {CAP:g}` never grows it)")
+    if options.schedule == "paper-code":
         sched = ("`--schedule paper-code` (the authors' lin-sep code): theta_{k+1} = theta_k - "
                  "eta0 L(theta_{k-1})^-(1-1/%g) grad L(theta_k), the previous iterate's loss "
                  "normalizing the step, with L logistic until every margin exceeds %g, "
-                 "exponential after" % (args.frac, SWITCH_MARGIN))
+                 "exponential after" % (options.frac, SWITCH_MARGIN))
     else:
         sched = ("`--schedule paper-text` (the paper's text): theta_{k+1} = theta_k - "
-                 "eta0 L(theta_k)^-(1-1/%g) grad L(theta_k), exponential loss" % args.frac)
+                 "eta0 L(theta_k)^-(1-1/%g) grad L(theta_k), exponential loss" % options.frac)
     dyn = ("GD with backtracking (wnjax.loss_normalized_sgd; a rise undoes the step and divides "
            "eta0 by 1.1), %s; eta0 = %g, %s; %s. Epochs count accepted steps, as the paper's "
            "epochs do; 'undone' counts the steps that backtracking undid. Past log L ~ -30 the "
            "loop amplifies rounding about 2x per epoch, so a single run's epoch count (the "
            "paper's included) is comparable in distribution only"
-           % (sched, args.lr, grown, SCHEDULE_WHY) if gd else
+           % (sched, options.lr, grown, SCHEDULE_WHY) if gd else
            "exact loss-normalized gradient flow on the exponential loss (diffrax Tsit5, rtol "
            "1e-8); the cost is log t")
+    margin_rises = all(bool(np.all(r["diag"]["normalized_margin"] > r["margin0"]))
+                       for r in sim.values())
+    verdicts = [
+        judge(bool(faster and sim["ewn"]["reached"].all()),
+              "EWN reaches log L = -300 much sooner than SWN (paper 653 vs 12,284 epochs)",
+              f"median {e:.4g} vs {s_:.4g} {unit}; reached EWN {int(sim['ewn']['reached'].sum())}, "
+              f"SWN {int(sim['swn']['reached'].sum())} of {n}"),
+        judge(bool(np.median(kept["ewn"]) < np.median(kept["swn"]) and np.median(kept["ewn"]) <= 4),
+              "EWN leaves only a few neurons with non-negligible relative norm",
+              f"EWN {mean_std(kept['ewn'])}, SWN {mean_std(kept['swn'])}, unnormalized "
+              f"{mean_std(kept['standard'])} of 8"),
+        judge(bool(_median(spread["ewn"]["x+y"]) < _median(spread["ewn"]["y-x"])
+                   and _median(spread["swn"]["y-x"]) < _median(spread["swn"]["x+y"])),
+              "x + y = const (EWN) and y - x = const (SWN)",
+              "median spread over seeds: EWN x+y %.3g vs y-x %.3g; SWN y-x %.3g vs x+y %.3g "
+              "(means: EWN %s vs %s; SWN %s vs %s)" % (
+                  _median(spread["ewn"]["x+y"]), _median(spread["ewn"]["y-x"]),
+                  _median(spread["swn"]["y-x"]), _median(spread["swn"]["x+y"]),
+                  mean_std(spread["ewn"]["x+y"]), mean_std(spread["ewn"]["y-x"]),
+                  mean_std(spread["swn"]["y-x"]), mean_std(spread["swn"]["x+y"]))),
+        judge(bool(all(_median(c) > 0.9 for c in cos_min.values())),
+              "surviving neurons align with their negative gradients (cos -> 1)",
+              "median over seeds of the lowest cos: " + ", ".join(
+                  f"{PARAM_STYLE[k]['label']} {_median(c):.4f} (worst seed {_min(c):.4f})"
+                  for k, c in cos_min.items())),
+        judge(margin_rises, "the normalized margin rises",
+              "all seeds and parameterizations" if margin_rises else "not on every seed"),
+    ]
+    metrics["verdicts"] = verdicts
     lines = [
         "# lin-sep", "",
         "Exp-WN lin-sep data (4 points, drawn per seed), 2-layer ReLU^2 net, 8 hidden neurons, "
         "no bias, "
-        f"WN on both layers, to log L = {args.target}. Dynamics: {dyn}. "
-        f"{args.seeds} seeds, vmapped; {args.seeds - n} of them are set aside because a run stalled "
-        "under some parameterization ('stalled' column: a training point went dead, every hidden "
-        "unit off on it, so log L stays >= 0; wnjax stops such runs), and the statistics are over "
-        f"the other {n}. 'Surviving' = relative norm ||w_u||/||W_1|| > {THRESHOLD}. The relations "
-        "and the alignment concern the neurons with a nonzero limit, which have a nonzero limit "
-        "gradient too: 'limit neurons' have both shares, ||w_u||/||W_1|| and "
-        f"||grad_u||/||grad_W_1||, above {THRESHOLD} (a neuron that keeps its weight share but has "
-        "lost its gradient share no longer grows, so its share is on its way to 0; dead ReLU^2 "
-        "units have no gradient). Spreads are std over limit neurons of log||grad_u|| +- "
-        "log||w_u|| (0 = exact relation), per seed; min cos is the lowest over limit neurons, "
-        "per seed.", "",
+        f"WN on both layers, to log L = {options.target}. Dynamics: {dyn}. "
+        f"{options.seeds} seeds, vmapped; {options.seeds - n} of them are set aside because a run "
+        "stalled under some parameterization ('stalled' column: a training point went dead, "
+        "every hidden unit off on it, so log L stays >= 0; wnjax stops such runs), and the "
+        f"statistics are over the other {n}. 'Surviving' = relative norm ||w_u||/||W_1|| > "
+        f"{THRESHOLD}. The relations and the alignment concern the neurons with a nonzero limit, "
+        "which have a nonzero limit gradient too: 'limit neurons' have both shares, "
+        f"||w_u||/||W_1|| and ||grad_u||/||grad_W_1||, above {THRESHOLD} (a neuron that keeps its "
+        "weight share but has lost its gradient share no longer grows, so its share is on its way "
+        "to 0; dead ReLU^2 units have no gradient). Spreads are std over limit neurons of "
+        "log||grad_u|| +- log||w_u|| (0 = exact relation), per seed; min cos is the lowest over "
+        "limit neurons, per seed.", "",
         table(["", unit, "paper (epochs)", "undone", "reached", "stalled", "surviving (of 8)",
                "limit neurons",
                "min cos(w_u, -grad_u)", "spread x+y", "spread y-x",
                "normalized margin start -> end"], rows), "",
         "## Verdicts", "",
-        verdict(bool(faster and sim["ewn"]["reached"].all()),
-                "EWN reaches log L = -300 much sooner than SWN (paper 653 vs 12,284 epochs)",
-                f"median {e:.4g} vs {s_:.4g} {unit}; reached EWN {int(sim['ewn']['reached'].sum())}, "
-                f"SWN {int(sim['swn']['reached'].sum())} of {n}"),
-        verdict(bool(np.median(kept["ewn"]) < np.median(kept["swn"]) and np.median(kept["ewn"]) <= 4),
-                "EWN leaves only a few neurons with non-negligible relative norm",
-                f"EWN {mean_std(kept['ewn'])}, SWN {mean_std(kept['swn'])}, unnormalized {mean_std(kept['standard'])} of 8"),
-        verdict(bool(_median(spread["ewn"]["x+y"]) < _median(spread["ewn"]["y-x"])
-                     and _median(spread["swn"]["y-x"]) < _median(spread["swn"]["x+y"])),
-                "x + y = const (EWN) and y - x = const (SWN)",
-                "median spread over seeds: EWN x+y %.3g vs y-x %.3g; SWN y-x %.3g vs x+y %.3g "
-                "(means: EWN %s vs %s; SWN %s vs %s)" % (
-                    _median(spread["ewn"]["x+y"]), _median(spread["ewn"]["y-x"]),
-                    _median(spread["swn"]["y-x"]), _median(spread["swn"]["x+y"]),
-                    mean_std(spread["ewn"]["x+y"]), mean_std(spread["ewn"]["y-x"]),
-                    mean_std(spread["swn"]["y-x"]), mean_std(spread["swn"]["x+y"]))),
-        verdict(bool(all(_median(c) > 0.9 for c in cos_min.values())),
-                "surviving neurons align with their negative gradients (cos -> 1)",
-                "median over seeds of the lowest cos: " + ", ".join(
-                    f"{PARAM_STYLE[k]['label']} {_median(c):.4f} (worst seed {_min(c):.4f})"
-                    for k, c in cos_min.items())),
-        verdict(bool(all(np.all(r["diag"]["normalized_margin"] > r["margin0"]) for r in sim.values())),
-                "the normalized margin rises", "all seeds and parameterizations"
-                if all(np.all(r["diag"]["normalized_margin"] > r["margin0"]) for r in sim.values())
-                else "not on every seed"),
+        *render_verdicts(verdicts),
         "", "Figures: " + ", ".join(figs),
     ]
-    write_outputs(args.out, metrics, "\n".join(lines))
+    write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

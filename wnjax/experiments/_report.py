@@ -1,4 +1,9 @@
-"""Shared output helpers of the experiments: mean ± std, verdict lines, metrics.json, report.md."""
+"""Shared output helpers of the experiments: mean ± std, verdicts, metrics.json, report.md.
+
+A verdict is data, ``{"claim": str, "verdict": "reproduced" | "not reproduced" | "not answered",
+"detail": str}`` (``judge``, ``not_answered``); an experiment returns its verdicts as
+``metrics["verdicts"]`` and ``render_verdicts`` writes their report lines.
+"""
 
 from __future__ import annotations
 
@@ -28,10 +33,38 @@ def mean_std(x, fmt: str = ".3g") -> str:
     return f"{np.mean(x):{fmt}} ± {np.std(x):{fmt}}"
 
 
+REPRODUCED, NOT_REPRODUCED, NOT_ANSWERED = "reproduced", "not reproduced", "not answered"
+
+
+def judge(ok: bool, claim: str, detail: str) -> dict:
+    """One verdict as data: ``{"claim": claim, "verdict": "reproduced" | "not reproduced",
+    "detail": detail}`` (``ok`` true: reproduced)."""
+    return {"claim": claim, "verdict": REPRODUCED if bool(ok) else NOT_REPRODUCED,
+            "detail": detail}
+
+
+def not_answered(claim: str, detail: str) -> dict:
+    """A verdict of a claim the run could not decide: ``verdict = "not answered"``, ``detail``
+    says why."""
+    return {"claim": claim, "verdict": NOT_ANSWERED, "detail": detail}
+
+
+def render_verdict(v: dict) -> str:
+    """The report line of verdict ``v``: ``- **<verdict>**: <claim> (<detail>)``, the
+    parenthesis left out when the detail is empty."""
+    detail = f" ({v['detail']})" if v.get("detail") else ""
+    return f"- **{v['verdict']}**: {v['claim']}{detail}"
+
+
+def render_verdicts(verdicts: Sequence[dict]) -> list[str]:
+    """The report lines of ``verdicts``, one per verdict (``render_verdict``)."""
+    return [render_verdict(v) for v in verdicts]
+
+
 def verdict(ok: bool, claim: str, detail: str) -> str:
-    """One report line: ``- **reproduced** / **not reproduced**: claim (detail)``."""
-    tag = "**reproduced**" if ok else "**not reproduced**"
-    return f"- {tag}: {claim} ({detail})"
+    """The report line of ``judge(ok, claim, detail)``, for experiments that write their report
+    lines directly."""
+    return render_verdict(judge(ok, claim, detail))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -1,23 +1,32 @@
-"""``wnjax reproduce NAME``: one command per experiment of the seed papers.
+"""The experiments of the seed papers: their registry, their options and ``reproduce``.
 
-Each experiment is a module listed in ``EXPERIMENTS``. It provides ``DESCRIPTION`` (one line),
-``add_arguments(parser)`` for its own flags, and ``run(args) -> dict`` which writes figures,
-``metrics.json`` and ``report.md`` under ``args.out`` and returns the metrics.
+Each experiment is a module listed in ``EXPERIMENTS``. It provides:
+
+- ``DESCRIPTION``: one line;
+- ``Options``: a frozen dataclass derived from ``_options.Common`` (``seeds``, ``out``, ``full``)
+  whose own fields all have defaults, a help text in their metadata, and a line each in its
+  docstring; ``wnjax reproduce NAME`` builds its flags from these fields (``max_steps`` ->
+  ``--max-steps``, see ``_options``);
+- ``run(options: Options) -> dict``: writes the figures, ``metrics.json`` and ``report.md`` under
+  ``options.out`` and returns the metrics; ``metrics["verdicts"]`` lists the verdicts as data,
+  ``{"claim", "verdict", "detail"}`` (``_report.judge``), rendered into the report by
+  ``_report.render_verdicts``.
+
+A module without ``Options`` keeps the argparse interface, ``add_arguments(parser)`` for its own
+flags and ``run(args: argparse.Namespace) -> dict``; ``wnjax._cli.reproduce`` parses its flags.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib
 import os
 import time
 
-from wnjax._cli import positive_int
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._runtime.errors import InvalidInput
 from wnjax._sweeps.store import atomic_write_bytes, writable_dir
-
-HELP = "reproduce an experiment of the seed papers (figures, metrics.json, report.md)"
+from wnjax.experiments._options import COMMON, Common
 
 EXPERIMENTS: dict[str, str] = {
     # name: module; each experiment registers itself with one line here.
@@ -38,39 +47,57 @@ def names() -> list[str]:
     return list(EXPERIMENTS)
 
 
-def _load(name: str):
-    return importlib.import_module(EXPERIMENTS[name])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="experiment name (see --list)")
-    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
-    parser.add_argument("--out", default=None, help="output folder (default runs/NAME)")
-    parser.add_argument("--seeds", type=positive_int, default=5,
-                        help="number of seeds (vmapped)")
-    parser.add_argument("--full", action="store_true", help="the paper's sizes (slow)")
-    # Experiment-specific flags are parsed from the remaining arguments.
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-
-def experiment_parser(name: str, **defaults) -> argparse.ArgumentParser:
-    """The argument parser of experiment ``name``: the common flags and its own."""
+def load(name: str):
+    """The module of experiment ``name``; ``InvalidInput`` naming the known ones otherwise."""
     if name not in EXPERIMENTS:
         raise InvalidInput(
             f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)} "
             f"(`wnjax reproduce --list` describes them)."
         )
-    sub = argparse.ArgumentParser(prog=f"wnjax reproduce {name}")
-    sub.add_argument("--out", default=defaults.get("out"))
-    sub.add_argument("--seeds", type=positive_int, default=defaults.get("seeds", 5))
-    sub.add_argument("--full", action="store_true", default=defaults.get("full", False))
-    _load(name).add_arguments(sub)
-    return sub
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+def options_class(name: str) -> type[Common] | None:
+    """The ``Options`` dataclass of experiment ``name``, or ``None`` for a module with the
+    argparse interface."""
+    return getattr(load(name), "Options", None)
 
 
 def experiment_options(name: str) -> set[str]:
-    """The options ``reproduce(name, ...)`` accepts: the common ones and the experiment's flags."""
-    return set(vars(experiment_parser(name).parse_args([])))
+    """The options ``reproduce(name, ...)`` accepts: the common ones and the experiment's own."""
+    cls = options_class(name)
+    if cls is None:
+        from wnjax._cli.reproduce import argparse_namespace
+
+        return set(vars(argparse_namespace(name)))
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def make_options(name: str, **values) -> Common:
+    """``Options(**values)`` of experiment ``name``: ``TypeError`` naming the valid options for an
+    unknown one, ``InvalidInput`` for a bad value."""
+    cls = options_class(name)
+    if cls is None:
+        raise TypeError(f"experiment {name!r} takes argparse arguments, not an Options dataclass.")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"experiment {name!r} has no option(s) {unknown}; its options are "
+            f"{sorted(k for k in valid if k not in COMMON)} and {list(COMMON)}."
+        )
+    return cls(**values)
+
+
+def prepare(name: str, options):
+    """``options`` (an ``Options`` or an ``argparse.Namespace``) with ``out`` set (``runs/NAME``
+    when ``None``) to a folder checked for writability before anything is computed."""
+    out = options.out or os.path.join("runs", name)
+    writable_dir(out)
+    if dataclasses.is_dataclass(options):
+        return dataclasses.replace(options, out=out)
+    options.out = out
+    return options
 
 
 def show_run(out: str) -> None:
@@ -97,33 +124,27 @@ def reproduce(name: str, *, seeds: int = 5, out: str | None = None, full: bool =
               **options) -> dict:
     """Run experiment ``name`` as ``wnjax reproduce NAME`` does and return its metrics.
 
-    ``options`` are the experiment's own flags with ``-`` written as ``_`` (for example
-    ``reproduce("lin-sep", seeds=3, dynamics="flow", max_steps=2000)``); unknown ones raise.
-    Writes the figures, ``metrics.json`` and ``report.md`` under ``out`` (default
-    ``runs/NAME``), which is checked for writability first. SIGINT/SIGTERM stop the experiment
-    early: what had finished is written and the report says PARTIAL.
+    ``options`` are the fields of the experiment's ``Options`` (its flags with ``-`` written as
+    ``_``), e.g. ``reproduce("lin-sep", seeds=3, dynamics="flow", max_steps=2000)``; an unknown
+    one raises ``TypeError`` naming the valid ones, a bad value ``InvalidInput``. Writes the
+    figures, ``metrics.json`` and ``report.md`` under ``out`` (default ``runs/NAME``), checked
+    for writability first. SIGINT/SIGTERM stop the experiment early: what had finished is
+    written and the report says PARTIAL.
     """
-    from wnjax._runtime.validate import check_options
+    module = load(name)
+    if getattr(module, "Options", None) is None:
+        from wnjax._cli.reproduce import argparse_namespace
 
-    check_options(seeds=seeds)
-    parser = experiment_parser(name, out=out, seeds=seeds, full=full)
-    args = parser.parse_args([])
-    unknown = sorted(set(options) - set(vars(args)))
-    if unknown:
-        raise TypeError(
-            f"experiment {name!r} has no option(s) {unknown}; its options are "
-            f"{sorted(k for k in vars(args) if k not in ('out', 'seeds', 'full'))}."
-        )
-    for key, value in options.items():
-        setattr(args, key, value)
-    args.name = name
-    args.out = args.out or os.path.join("runs", name)
-    writable_dir(args.out)
+        opts = argparse_namespace(name, seeds=seeds, out=out, full=full, **options)
+        opts.name = name
+    else:
+        opts = make_options(name, seeds=seeds, out=out, full=full, **options)
+    opts = prepare(name, opts)
     started = time.time()
     with _interrupt.handling():
-        metrics = _load(name).run(args)
+        metrics = module.run(opts)
         if _interrupt.requested():
-            mark_partial(args.out, started)
+            mark_partial(opts.out, started)
     return metrics
 
 
@@ -143,50 +164,7 @@ def mark_partial(out: str, started: float) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.list or not args.name:
-        for name in EXPERIMENTS:
-            print(f"{name:24s} {_load(name).DESCRIPTION}")
-        return 0
-    if args.name not in EXPERIMENTS:
-        raise SystemExit(
-            f"unknown experiment {args.name!r}; `wnjax reproduce --list` shows "
-            f"{', '.join(EXPERIMENTS) or 'none yet'}."
-        )
-    module = _load(args.name)
-    # The common flags may also come after NAME; they keep the values parsed before it.
-    sub = experiment_parser(args.name, out=args.out, seeds=args.seeds, full=args.full)
-    rest = [a for a in args.rest if a != "--debug"]  # wnjax's own flag, also after NAME
-    args.debug = getattr(args, "debug", False) or len(rest) < len(args.rest)
-    extra = sub.parse_args(rest)
-    for key, value in vars(extra).items():
-        setattr(args, key, value)
-    args.out = args.out or os.path.join("runs", args.name)
-    writable_dir(args.out)
-    started = time.time()
-
-    def partial():
-        if mark_partial(args.out, started):
-            print(f"PARTIAL: interrupted; {args.out} holds what had finished (report.md names "
-                  "what is missing).")
-        else:
-            print("interrupted before any result had finished; nothing was written.")
-
-    with _interrupt.handling(on_timeout=partial):
-        metrics = module.run(args)
-    if _interrupt.requested():
-        _interrupt.stopping()
-        partial()
-        return _interrupt.exit_code()
-    print(f"wrote {args.out}/report.md, metrics.json and figures")
-    failed = _failed_runs(metrics)
-    if failed:
-        print(f"some runs failed: {', '.join(failed)} (see {args.out}/metrics.json).")
-        return 1
-    return 0
-
-
-def _failed_runs(metrics, path: str = "") -> list[str]:
+def failed_runs(metrics, path: str = "") -> list[str]:
     """The paths of ``ok`` entries in ``metrics`` (nested dicts) that hold a false value."""
     if not isinstance(metrics, dict):
         return []
@@ -196,7 +174,7 @@ def _failed_runs(metrics, path: str = "") -> list[str]:
         if key == "ok" and not _all_true(value):
             out.append(where)
         elif isinstance(value, dict):
-            out += _failed_runs(value, where)
+            out += failed_runs(value, where)
     return out
 
 

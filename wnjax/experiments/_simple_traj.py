@@ -12,7 +12,7 @@ loss-normalized clock ``d theta/ds = -grad log L`` one has ``dt/ds = 1/L``, so `
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -22,7 +22,17 @@ from jaxtyping import Array, PRNGKeyArray
 
 from wnjax._nets.models import CoordinateLinear
 from wnjax._nets.parameterize import ewn, standard, swn
-from wnjax.experiments._report import PARAM_STYLE, mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    PARAM_STYLE,
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 from wnjax.experiments._runner import run_flow, run_gd
 
 DESCRIPTION = "linear model in R^2, one point: EWN ends on an axis, unnormalized drifts to x/||x||"
@@ -54,11 +64,21 @@ def inits(key: PRNGKeyArray, seeds: int) -> np.ndarray:
     return np.concatenate([np.asarray(PAPER_INITS), extra]).astype(np.float64)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dynamics", choices=("flow", "gd"), default="flow",
-                        help="loss-normalized gradient flow (exact, default) or GD with eta0/L")
-    parser.add_argument("--target", type=float, default=-50.0, help="final log L (paper: -50)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="eta0 of GD's step eta0/L")
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """simple-traj's options, besides ``seeds`` (random inits added to the paper's 5), ``out`` and
+    ``full`` (``Common``).
+
+    - dynamics: ``"flow"``, exact loss-normalized gradient flow, or ``"gd"``, GD with step
+      ``lr/L``;
+    - target: the final ``log L`` (paper: -50);
+    - lr: ``eta0`` of GD's step ``eta0/L``.
+    """
+
+    dynamics: str = option("flow", "loss-normalized gradient flow (exact, default) or GD with "
+                           "eta0/L", choices=("flow", "gd"))
+    target: float = option(-50.0, "final log L (paper: -50)")
+    lr: float = option(1e-3, "eta0 of GD's step eta0/L", positive=True)
 
 
 def simulate(W0: np.ndarray, *, dynamics: str = "flow", target: float = -50.0, lr: float = 1e-3):
@@ -108,12 +128,15 @@ def closed_form_error(W0: np.ndarray, sim: dict) -> dict:
     return errs
 
 
-def run(args: argparse.Namespace) -> dict:
-    W0 = inits(jax.random.key(0), args.seeds)
-    sim = simulate(W0, dynamics=args.dynamics, target=args.target, lr=args.lr)
+def run(options: Options) -> dict:
+    """Run simple-traj with ``options``; write ``simple_traj.png``, ``metrics.json`` and
+    ``report.md`` under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
+    W0 = inits(jax.random.key(0), options.seeds)
+    sim = simulate(W0, dynamics=options.dynamics, target=options.target, lr=options.lr)
     x = np.asarray(POINT)
     xhat = x / np.linalg.norm(x)
-    dirs = {k: r["final"] / np.linalg.norm(r["final"], axis=1, keepdims=True) for k, r in sim.items()}
+    dirs = {k: r["final"] / np.linalg.norm(r["final"], axis=1, keepdims=True)
+            for k, r in sim.items()}
     # EWN: the predicted axis is argmax_i w_i(0) x_i; distance to an axis is min_i |dir_i|.
     predicted_axis = np.argmax(W0 * x, axis=1)
     ewn_axis = np.argmax(np.abs(dirs["ewn"]), axis=1)
@@ -123,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     errs = closed_form_error(W0, sim)
     n_p = len(PAPER_INITS)
     metrics = {
-        "dynamics": args.dynamics, "target_log_loss": args.target, "inits": W0,
+        "dynamics": options.dynamics, "target_log_loss": options.target, "inits": W0,
         "final_direction": dirs, "ok": {k: r["ok"] for k, r in sim.items()},
         "ewn_axis": ewn_axis, "predicted_axis": predicted_axis, "ewn_off_axis": ewn_off_axis,
         "standard_cos_to_xhat": std_cos, "init_cos_to_xhat": start_cos,
@@ -136,9 +159,11 @@ def run(args: argparse.Namespace) -> dict:
         for name in ("ewn", "standard"):
             w = sim[name]["w"][j]
             w = w[np.all(np.isfinite(w), axis=1)]
-            axes[0].plot(w[:, 0], w[:, 1], **{**PARAM_STYLE[name], "label": PARAM_STYLE[name]["label"] if j == 0 else None})
+            label = PARAM_STYLE[name]["label"] if j == 0 else None
+            axes[0].plot(w[:, 0], w[:, 1], **{**PARAM_STYLE[name], "label": label})
             axes[0].plot(*W0[j], "ko", ms=3)
-    axes[0].set(xscale="log", yscale="log", xlabel="$w_1$", ylabel="$w_2$", title="trajectories (paper's inits)")
+    axes[0].set(xscale="log", yscale="log", xlabel="$w_1$", ylabel="$w_2$",
+                title="trajectories (paper's inits)")
     axes[0].legend()
     for j in range(n_p):
         for name in ("ewn", "standard"):
@@ -157,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     axes[2].set(aspect="equal", xlabel="$w_1/||w||$", ylabel="$w_2/||w||$",
                 title=f"final directions, all {len(W0)} inits")
     axes[2].legend(fontsize=8)
-    figs = [save_figure(fig, args.out, "simple_traj.png")]
+    figs = [save_figure(fig, options.out, "simple_traj.png")]
     # Report.
     rows = []
     for j, w0 in enumerate(PAPER_INITS):
@@ -182,12 +207,27 @@ def run(args: argparse.Namespace) -> dict:
               for j, w0 in enumerate(PAPER_INITS) if w0 in PAPER_EWN)
     all_ok = all(bool(np.all(r["ok"])) for r in sim.values())
     dyn = ("exact loss-normalized gradient flow (diffrax Tsit5, rtol 1e-10), S(t) = s"
-           if args.dynamics == "flow" else f"GD with step {args.lr}/L (objective log L)")
+           if options.dynamics == "flow" else f"GD with step {options.lr}/L (objective log L)")
+    verdicts = [
+        judge(bool(on_axis.all()), "EWN ends on a coordinate axis chosen by the init",
+              f"{int(on_axis.sum())}/{len(W0)} inits head to the predicted axis, off-axis share "
+              f"{mean_std(ewn_off_axis)} at log L = {options.target} (-> 0 as log L -> -inf); "
+              f"max deviation from the paper's two quoted directions {dev:.3f}"),
+        judge(bool(drift.all()), "unnormalized drifts towards x/||x||",
+              f"cos(w, x) rose on {int(drift.sum())}/{len(W0)} inits, to "
+              f"{mean_std(std_cos, '.4f')}"),
+        judge(options.dynamics != "flow" or max(errs.values()) < 1e-6,
+              "closed form 1/w_i(t) = 1/w_i(0) - x_i S(t) (EWN), w = w(0) + x S(t) (unnormalized)",
+              f"max relative error {max(errs.values()):.1e}"
+              + ("" if options.dynamics == "flow" else "; GD follows it only up to O(eta)")),
+    ]
+    metrics["verdicts"] = verdicts
     lines = [
         "# simple-traj", "",
-        f"Linear model w . x, one point x = {POINT}, exponential loss, run to log L = {args.target}. "
-        f"Each coordinate is a 1-D neuron (EWN: w_i = exp(a_i) sign(v_i)). Dynamics: {dyn}. "
-        f"Inits: the paper's 5 plus {args.seeds} random ones uniform in [0.5, 5]^2, all vmapped. "
+        f"Linear model w . x, one point x = {POINT}, exponential loss, run to log L = "
+        f"{options.target}. Each coordinate is a 1-D neuron (EWN: w_i = exp(a_i) sign(v_i)). "
+        f"Dynamics: {dyn}. Inits: the paper's 5 plus {options.seeds} random ones uniform in "
+        "[0.5, 5]^2, all vmapped. "
         "SWN on 1-D neurons moves g_i exactly like an unnormalized w_i.", "",
         f"All runs reached the target: {all_ok}.", "",
         "## Final directions w/||w|| (paper's inits)", "",
@@ -198,7 +238,8 @@ def run(args: argparse.Namespace) -> dict:
             ["EWN min_i |w_i|/||w|| (0 = on an axis)", mean_std(ewn_off_axis)],
             ["EWN off-axis share at the start", mean_std(start_off)],
             ["EWN on the predicted axis argmax_i w_i(0) x_i, other coordinate below its bound "
-             "1/(1/w_j(0) - x_j/(w_i(0) x_i)), off-axis share shrunk", f"{int(on_axis.sum())}/{len(W0)}"],
+             "1/(1/w_j(0) - x_j/(w_i(0) x_i)), off-axis share shrunk",
+             f"{int(on_axis.sum())}/{len(W0)}"],
             ["unnormalized cos(w, x) at start", mean_std(start_cos, ".4f")],
             ["unnormalized cos(w, x) at the end", mean_std(std_cos, ".4f")],
         ]), "",
@@ -206,17 +247,8 @@ def run(args: argparse.Namespace) -> dict:
         table(["parameterization", "max relative error vs closed form"],
               [[k, f"{v:.2e}"] for k, v in errs.items()]), "",
         "## Verdicts", "",
-        verdict(bool(on_axis.all()), "EWN ends on a coordinate axis chosen by the init",
-                f"{int(on_axis.sum())}/{len(W0)} inits head to the predicted axis, off-axis share "
-                f"{mean_std(ewn_off_axis)} at log L = {args.target} (-> 0 as log L -> -inf); "
-                f"max deviation from the paper's two quoted directions {dev:.3f}"),
-        verdict(bool(drift.all()), "unnormalized drifts towards x/||x||",
-                f"cos(w, x) rose on {int(drift.sum())}/{len(W0)} inits, to {mean_std(std_cos, '.4f')}"),
-        verdict(args.dynamics != "flow" or max(errs.values()) < 1e-6,
-                "closed form 1/w_i(t) = 1/w_i(0) - x_i S(t) (EWN), w = w(0) + x S(t) (unnormalized)",
-                f"max relative error {max(errs.values()):.1e}"
-                + ("" if args.dynamics == "flow" else "; GD follows it only up to O(eta)")),
+        *render_verdicts(verdicts),
         "", "Figures: " + ", ".join(figs),
     ]
-    write_outputs(args.out, metrics, "\n".join(lines))
+    write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

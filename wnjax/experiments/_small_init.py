@@ -8,7 +8,7 @@ output weights at ``+-1`` and trains the first layer only.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
 
 import equinox as eqx
@@ -33,7 +33,17 @@ from wnjax.small_init._dynamics import (
     stacked_unit_norms,
     unit_norms,
 )
-from wnjax.experiments._report import mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax._runtime.errors import InvalidInput
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 
 DESCRIPTION = "ReLU^2 teacher-student from small init: NCF alignment, escape ~ 1/delta, first saddle"
 N_POINTS, DIM, WIDTH = 100, 6, 10
@@ -46,17 +56,40 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--deltas", default="1e-2,1e-3", help="deltas for alignment/plateaus")
-    parser.add_argument("--escape-deltas", default="1e-2,3e-3,1e-3,3e-4,1e-4",
-                        help="deltas of the escape-time fit (L = 3)")
-    parser.add_argument("--escape-deltas-2", default="1e-2,1e-3,1e-4,1e-5,1e-6",
-                        help="deltas of the escape-time fit of the 2-homogeneous variant")
-    parser.add_argument("--gd-lr", type=float, default=0.05, help="GD step (SPEC: 0.05)")
-    parser.add_argument("--gd-deltas", default=None,
-                        help="deltas run with GD (default 1e-2; --full: 1e-2,1e-3)")
-    parser.add_argument("--target", type=float, default=-25.0,
-                        help="log L that ends the saddle-to-saddle run")
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """small-init's options, besides ``seeds`` (init seeds), ``out`` and ``full`` (``Common``;
+    ``full`` adds GD from ``delta = 1e-3``). Lists of deltas are comma-separated positive numbers.
+
+    - deltas: the init norms ``delta`` of the alignment and plateau runs;
+    - escape_deltas: the deltas of the escape-time fit, ``L = 3``;
+    - escape_deltas_2: the deltas of the escape-time fit of the 2-homogeneous variant;
+    - gd_lr: GD's step;
+    - gd_deltas: the deltas run with GD (``None``: 1e-2; with ``full``: 1e-2,1e-3);
+    - target: the ``log L`` that ends the saddle-to-saddle run.
+    """
+
+    deltas: str = option("1e-2,1e-3", "deltas for alignment/plateaus")
+    escape_deltas: str = option("1e-2,3e-3,1e-3,3e-4,1e-4", "deltas of the escape-time fit (L = 3)")
+    escape_deltas_2: str = option("1e-2,1e-3,1e-4,1e-5,1e-6",
+                                  "deltas of the escape-time fit of the 2-homogeneous variant")
+    gd_lr: float = option(0.05, "GD step", positive=True)
+    gd_deltas: str | None = option(None, "deltas run with GD (default 1e-2; --full: 1e-2,1e-3)")
+    target: float = option(-25.0, "log L that ends the saddle-to-saddle run")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("deltas", "escape_deltas", "escape_deltas_2", "gd_deltas"):
+            text = getattr(self, name)
+            if text is None:
+                continue
+            try:
+                values = _floats(text)
+            except ValueError:
+                values = []
+            if not values or not all(v > 0 for v in values):
+                raise InvalidInput(f"{name} must be comma-separated positive numbers such as "
+                                   f"'1e-2,1e-3', got {text!r}.")
 
 
 def student(key, *, two_homogeneous: bool = False):
@@ -82,13 +115,16 @@ def _escape(model, X, y, delta, t1):
     return flow_escape_time(scale_to_norm(model, delta), X, y, t1=t1, loss=LOSS)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(options: Options) -> dict:
+    """Run small-init with ``options``; write its figures, ``metrics.json`` and ``report.md``
+    under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
     t_start = time.time()
-    deltas = _floats(args.deltas)
-    esc_deltas = _floats(args.escape_deltas)
-    esc_deltas2 = _floats(args.escape_deltas_2)
-    gd_deltas = _floats(args.gd_deltas) if args.gd_deltas else ([1e-2, 1e-3] if args.full else [1e-2])
-    seeds = max(1, args.seeds)
+    deltas = _floats(options.deltas)
+    esc_deltas = _floats(options.escape_deltas)
+    esc_deltas2 = _floats(options.escape_deltas_2)
+    gd_deltas = (_floats(options.gd_deltas) if options.gd_deltas
+                 else ([1e-2, 1e-3] if options.full else [1e-2]))
+    seeds = max(1, options.seeds)
     X, y = relu2_teacher_data(jax.random.key(0), n=N_POINTS, d=DIM)
     log_l0 = float(np.log(0.5 * np.mean(np.asarray(y) ** 2)))
     keys = [jax.random.key(1 + s) for s in range(seeds)]
@@ -150,38 +186,39 @@ def run(args: argparse.Namespace) -> dict:
     item = ncf[0]
     delta_s = deltas[-1]
     t1_long = 40.0 * N_POINTS * float(item["kkt"].escape_integral) / delta_s
-    long = _flow(item["model"], X, y, delta_s, t1_long, target=args.target, n_save=3000, decades=8)
+    long = _flow(item["model"], X, y, delta_s, t1_long, target=options.target, n_save=3000,
+                 decades=8)
     long_d = small_init_diagnostics(long.ts, long.log_loss, long.states, item["kkt"], delta_s)
     gd = {}
     for delta in gd_deltas:
         t_end = 2.6 * N_POINTS * float(item["kkt"].escape_integral) / delta
-        num_steps = int(t_end / args.gd_lr)
+        num_steps = int(t_end / options.gd_lr)
         t0 = time.time()
         r = gradient_descent(
             scale_to_norm(item["model"], delta), X, y, num_steps=num_steps,
-            learning_rate=args.gd_lr, loss=LOSS, n_save=1500, save_states=True,
-            chunk_size=20_000, target_log_loss=args.target, throw=False,
+            learning_rate=options.gd_lr, loss=LOSS, n_save=1500, save_states=True,
+            chunk_size=20_000, target_log_loss=options.target, throw=False,
         )
         # The escape step exactly: full-batch GD checks the target every step.
         esc = gradient_descent(
             scale_to_norm(item["model"], delta), X, y, num_steps=num_steps,
-            learning_rate=args.gd_lr, loss=LOSS, n_save=2, chunk_size=20_000,
+            learning_rate=options.gd_lr, loss=LOSS, n_save=2, chunk_size=20_000,
             target_log_loss=log_l0 + np.log(0.99), throw=False,
         )
         steps_arr = np.asarray(r.steps, float)
-        ts = np.where(steps_arr >= 0, steps_arr * args.gd_lr, np.inf)
+        ts = np.where(steps_arr >= 0, steps_arr * options.gd_lr, np.inf)
         d = small_init_diagnostics(ts, r.log_loss, r.states, item["kkt"], delta, k_levels=K_LEVELS)
         gf_match = gf.get(delta, [None])[0]
         gd[delta] = dict(diag=d, steps=int(r.num_steps), seconds=time.time() - t0,
-                         escape=int(esc.num_steps) * args.gd_lr,
+                         escape=int(esc.num_steps) * options.gd_lr,
                          plateau=float(np.exp(d.saddles[0].log_loss)) if d.saddles else np.nan,
                          gf_escape=gf_match["escape"] if gf_match else np.nan)
 
-    return _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s,
+    return _report(options, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s,
                    time.time() - t_start)
 
 
-def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seconds) -> dict:
+def _report(options, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seconds) -> dict:
     plt = pyplot()
     deltas = sorted(gf, reverse=True)
     figs = []
@@ -199,7 +236,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
     ax.set(xscale="log", xlabel="||w|| / delta", ylabel="cos(w, u*)", ylim=(-0.1, 1.02),
            title="alignment with the NCF's KKT point (seed 0)")
     ax.legend()
-    figs.append(save_figure(fig, args.out, "alignment.png"))
+    figs.append(save_figure(fig, options.out, "alignment.png"))
 
     # Figure 2: escape time scaling.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -212,7 +249,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
                 title="L = 3: T ~ delta^-1 (dotted: n I / delta)")
     axes[1].set(xlabel="log(1/delta)", ylabel="escape time T",
                 title="L = 2 (frozen +-1 output): T linear in log(1/delta)")
-    figs.append(save_figure(fig, args.out, "escape.png"))
+    figs.append(save_figure(fig, options.out, "escape.png"))
 
     # Figure 3: saddle to saddle, against the rescaled time delta t (escapes at delta t ~ n I).
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -223,7 +260,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
         d = g["diag"]
         okd = np.isfinite(d.ts) & (d.ts > 0)
         axes[0].semilogy(delta * d.ts[okd], np.exp(d.log_loss[okd]), "--",
-                         label=f"GD (step {args.gd_lr}), delta={delta:g}")
+                         label=f"GD (step {options.gd_lr}), delta={delta:g}")
     for p in long_d.plateaus:
         axes[0].axvspan(delta_s * p.start, delta_s * p.end, color="tab:orange", alpha=0.15)
     axes[0].axhline(ncf[0]["reduced_loss"], c="k", ls=":", lw=0.8, label="reduced net's loss")
@@ -235,7 +272,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
     axes[1].axhline(delta_s, c="k", ls=":", lw=0.8)
     axes[1].set(xlabel="delta t", ylabel="unit norm sqrt(|w_j|^2 + a_j^2)",
                 title=f"per-unit norms (GF, delta={delta_s:g})")
-    figs.append(save_figure(fig, args.out, "saddle_to_saddle.png"))
+    figs.append(save_figure(fig, options.out, "saddle_to_saddle.png"))
 
     # Figure 4: inactive norms / delta.
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -246,7 +283,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
     ax.set(xlabel="inactive unit", ylabel="norm / delta at the first saddle",
            title="inactive units stay O(delta) (seed 0)")
     ax.legend()
-    figs.append(save_figure(fig, args.out, "inactive_norms.png"))
+    figs.append(save_figure(fig, options.out, "inactive_norms.png"))
 
     # Numbers.
     nstar = np.array([c["kkt"].value for c in ncf], float)
@@ -307,7 +344,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
         "saddle_to_saddle": {"delta": delta_s, "num_steps": int(long.stats["num_steps"]),
                              "final_log_loss": float(long.final_log_loss),
                              "plateaus": [p._asdict() for p in long_d.plateaus]},
-        "gd": {str(d): {"lr": args.gd_lr, "num_steps": g["steps"], "seconds": g["seconds"],
+        "gd": {str(d): {"lr": options.gd_lr, "num_steps": g["steps"], "seconds": g["seconds"],
                         "escape_time": g["escape"], "gf_escape_time": g["gf_escape"],
                         "k_cosines": g["diag"].k_cosines, "cos_at_escape": g["diag"].cos_at_escape,
                         "plateau_loss": g["plateau"],
@@ -323,8 +360,8 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
         f"Two-layer ReLU^2 student, {WIDTH} units, on y = relu(x1)^2 - 0.5 relu(x2)^2, n = {N_POINTS} "
         f"points uniform on the sphere of R^{DIM}; loss 1/2 mean r^2 (L(0) = {np.exp(log_l0):.5g}); "
         f"w(0) = delta w0/||w0||, so ||w(0)|| = delta; {len(ncf)} init seeds. Exact gradient flow "
-        "(diffrax Tsit5, rtol 1e-10, atol 1e-14) and GD with step "
-        f"{args.gd_lr}. Escape = first time the loss has fallen 1%. Run time {seconds:.0f} s.", "",
+        f"(diffrax Tsit5, rtol 1e-10, atol 1e-14) and GD with step {options.gd_lr}. Escape = "
+        f"first time the loss has fallen 1%. Run time {seconds:.0f} s.", "",
         "## NCF KKT point u* (spherical NCF flow from w0/||w0||, Newton-polished)", "",
         f"- N(u*) = {mean_std(nstar, '.4f')} (SPEC's draw of data and w0: 1.417); KKT residual "
         f"{mean_std(resid, '.1e')}; active units {active.tolist()}; second order: "
@@ -359,7 +396,7 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
                   f"delta = {deltas[0]:g} and {deltas[1]:g}: {mean_std(ratio, '.3f')} "
                   f"(target {ratio_target:g}; range {ratio.min():.3f}-{ratio.max():.3f}).", ""]
     lines += [
-        f"## Saddle to saddle (seed 0, delta = {delta_s:g}, GF to log L = {args.target:g})", "",
+        f"## Saddle to saddle (seed 0, delta = {delta_s:g}, GF to log L = {options.target:g})", "",
         f"{int(long.stats['num_steps'])} Tsit5 steps; final log L = {float(long.final_log_loss):.4g}. "
         "Plateaus detected (|d log L / d log t| < 1e-3):", "",
         table(["start t", "end t", "loss"],
@@ -374,37 +411,37 @@ def _report(args, X, y, log_l0, ncf, gf, escape, long, long_d, gd, delta_s, seco
               f"{g['gf_escape']:.6g}", f"{g['plateau']:.7e}",
               f"{g['plateau'] / ncf[0]['reduced_loss'] - 1:.1e}"] for d, g in gd.items()]), ""]
     gd_rel = [abs(g["plateau"] / ncf[0]["reduced_loss"] - 1) for g in gd.values()]
-    lines += [
-        "## Verdicts", "",
-        verdict(bool(np.all(active == 1) and np.all(resid < 1e-9)), "u* is a 1-sparse KKT point",
-                f"active units {active.tolist()}, residual <= {resid.max():.1e}"),
-        verdict(bool(np.all(cos_small > 0.99)), "w/||w|| aligns with u* before the loss moves",
-                f"cos before the 1% drop at delta={deltas[-1]:g}: {mean_std(cos_small, '.4f')}"),
-        verdict(bool(collapse < 0.01), "the cosine-vs-K curve collapses across delta",
-                f"max difference over K = 3, 10, 30 between delta {deltas[0]:g} and "
-                f"{deltas[-1]:g}: {collapse:.1e}"),
-        verdict(bool(np.all(np.abs(exp3 - 1) < 0.05)), "escape time ~ delta^-(L-2) for L = 3",
-                f"fitted exponent {mean_std(exp3, '.4f')}"),
-        verdict(bool(np.all(np.abs(local2 / slope2_pred - 1) < 0.05)),
-                "L = 2: escape time linear in log(1/delta), slope n/(2 N*)",
-                f"local slope {mean_std(local2, '.2f')} vs n/(2N*) = {mean_std(slope2_pred, '.3f')}; "
-                f"a power-law fit gives exponent {mean_std(exp2, '.3f')}"),
-        verdict(bool(np.all(np.abs(plateau_rel[deltas[-1]]) < 1e-4)),
-                "first plateau loss = reduced net's stationary loss",
-                f"relative difference {mean_std(np.abs(plateau_rel[deltas[-1]]), '.1e')} at "
-                f"delta={deltas[-1]:g}"),
-        verdict(bool(ratio is not None and np.all(np.abs(ratio / ratio_target - 1) < 0.2)),
-                "inactive norms proportional to delta",
-                "n/a" if ratio is None else f"ratio {mean_std(ratio, '.3f')} vs {ratio_target:g}"),
-        verdict(bool(len(long_saddles) >= 1 and float(long.final_log_loss) < np.log(1e-7)),
-                "saddle-to-saddle: plateaus, then the loss falls below 1e-7",
-                f"{len(long_saddles)} plateau(s) after the escape, final loss "
-                f"{np.exp(float(long.final_log_loss)):.2e}"),
+    verdicts = [
+        judge(bool(np.all(active == 1) and np.all(resid < 1e-9)), "u* is a 1-sparse KKT point",
+              f"active units {active.tolist()}, residual <= {resid.max():.1e}"),
+        judge(bool(np.all(cos_small > 0.99)), "w/||w|| aligns with u* before the loss moves",
+              f"cos before the 1% drop at delta={deltas[-1]:g}: {mean_std(cos_small, '.4f')}"),
+        judge(bool(collapse < 0.01), "the cosine-vs-K curve collapses across delta",
+              f"max difference over K = 3, 10, 30 between delta {deltas[0]:g} and "
+              f"{deltas[-1]:g}: {collapse:.1e}"),
+        judge(bool(np.all(np.abs(exp3 - 1) < 0.05)), "escape time ~ delta^-(L-2) for L = 3",
+              f"fitted exponent {mean_std(exp3, '.4f')}"),
+        judge(bool(np.all(np.abs(local2 / slope2_pred - 1) < 0.05)),
+              "L = 2: escape time linear in log(1/delta), slope n/(2 N*)",
+              f"local slope {mean_std(local2, '.2f')} vs n/(2N*) = {mean_std(slope2_pred, '.3f')}; "
+              f"a power-law fit gives exponent {mean_std(exp2, '.3f')}"),
+        judge(bool(np.all(np.abs(plateau_rel[deltas[-1]]) < 1e-4)),
+              "first plateau loss = reduced net's stationary loss",
+              f"relative difference {mean_std(np.abs(plateau_rel[deltas[-1]]), '.1e')} at "
+              f"delta={deltas[-1]:g}"),
+        judge(bool(ratio is not None and np.all(np.abs(ratio / ratio_target - 1) < 0.2)),
+              "inactive norms proportional to delta",
+              "n/a" if ratio is None else f"ratio {mean_std(ratio, '.3f')} vs {ratio_target:g}"),
+        judge(bool(len(long_saddles) >= 1 and float(long.final_log_loss) < np.log(1e-7)),
+              "saddle-to-saddle: plateaus, then the loss falls below 1e-7",
+              f"{len(long_saddles)} plateau(s) after the escape, final loss "
+              f"{np.exp(float(long.final_log_loss)):.2e}"),
     ]
     if gd:
-        lines.append(verdict(bool(np.all(np.array(gd_rel) < 1e-4)),
-                             "GD (step 0.05) sees the same first saddle",
-                             f"relative difference {max(gd_rel):.1e}"))
-    lines += ["", "Figures: " + ", ".join(figs)]
-    write_outputs(args.out, metrics, "\n".join(lines))
+        verdicts.append(judge(bool(np.all(np.array(gd_rel) < 1e-4)),
+                              f"GD (step {options.gd_lr:g}) sees the same first saddle",
+                              f"relative difference {max(gd_rel):.1e}"))
+    metrics["verdicts"] = verdicts
+    lines += ["## Verdicts", "", *render_verdicts(verdicts), "", "Figures: " + ", ".join(figs)]
+    write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

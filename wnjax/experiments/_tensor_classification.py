@@ -15,7 +15,7 @@ convex optimum, where the problem is convex) and the KKT stationarity residual a
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -33,19 +33,45 @@ from wnjax.tensor._nets import (
     linear_predictor,
     transformed_rho,
 )
-from wnjax.tensor._predict import group_max_margin, l1_max_margin, tensor_kkt_residual, tensor_margin
-from wnjax.experiments._report import mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.tensor._predict import (
+    group_max_margin,
+    l1_max_margin,
+    tensor_kkt_residual,
+    tensor_margin,
+)
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 
-DESCRIPTION = "linear tensor nets (diag/conv/FC), L=2,3, separable data: margin vs l_{2/L} max margin"
+DESCRIPTION = ("linear tensor nets (diag/conv/FC), L=2,3, separable data: margin vs l_{2/L} max "
+               "margin")
 ARCHS = ("diagonal", "convolutional", "fully_connected")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depths", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--target", type=float, default=None, help="final log L (default -1e3; --full -1e4)")
-    parser.add_argument("--init-scale", type=float, default=0.1)
-    parser.add_argument("--gd-lr", type=float, default=0.05)
-    parser.add_argument("--gd-steps", type=int, default=20000)
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """tensor-classification's options, besides ``seeds`` (at most 3 unless ``full``), ``out`` and
+    ``full`` (``Common``; ``full``: ``n = 10``, ``d = 30`` instead of 8 and 12).
+
+    - depths: the depths ``L``;
+    - target: the final ``log L`` (``None``: -1e3; with ``full`` -1e4);
+    - init_scale: the scale of the random init;
+    - gd_lr: the step ``eta`` of GD on ``log L``;
+    - gd_steps: GD's step budget.
+    """
+
+    depths: tuple[int, ...] = option((2, 3), "depths L", positive=True)
+    target: float | None = option(None, "final log L (default -1e3; --full -1e4)")
+    init_scale: float = option(0.1, "scale of the random init", positive=True)
+    gd_lr: float = option(0.05, "GD step on log L", positive=True)
+    gd_steps: int = option(20000, "GD step budget", positive=True)
 
 
 def problem(seed: int, n: int, d: int):
@@ -122,15 +148,19 @@ def simulate(seeds, n, d, depths, target, scale, gd_lr, gd_steps):
                 rows.append(dict(seed=seed, arch=arch, depth=depth,
                                  gf_log_loss=float(flow.final_log_loss), gf_ratio=final[0],
                                  gf_kkt=final[2], gd_log_loss=float(gd.final_log_loss),
-                                 gd_steps=int(gd.num_steps), gd_ratio=gd_final[0], gd_kkt=gd_final[2]))
+                                 gd_steps=int(gd.num_steps), gd_ratio=gd_final[0],
+                                 gd_kkt=gd_final[2]))
     return rows, paths
 
 
-def run(args) -> dict:
-    n, d = (10, 30) if args.full else (8, 12)
-    target = args.target if args.target is not None else (-1e4 if args.full else -1e3)
-    seeds = args.seeds if args.full else min(args.seeds, 3)
-    rows, paths = simulate(seeds, n, d, args.depths, target, args.init_scale, args.gd_lr, args.gd_steps)
+def run(options: Options) -> dict:
+    """Run tensor-classification with ``options``; write its figure, ``metrics.json`` and
+    ``report.md`` under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
+    n, d = (10, 30) if options.full else (8, 12)
+    target = options.target if options.target is not None else (-1e4 if options.full else -1e3)
+    seeds = options.seeds if options.full else min(options.seeds, 3)
+    rows, paths = simulate(seeds, n, d, options.depths, target, options.init_scale,
+                           options.gd_lr, options.gd_steps)
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (arch, depth, seed), path in paths.items():
@@ -138,42 +168,50 @@ def run(args) -> dict:
             continue
         style = dict(color={"diagonal": "tab:red", "convolutional": "tab:blue",
                             "fully_connected": "tab:green"}[arch],
-                     ls="-" if depth == 2 else "--", label=f"{arch} L={depth}" if seed == 0 else None)
+                     ls="-" if depth == 2 else "--",
+                     label=f"{arch} L={depth}" if seed == 0 else None)
         if np.isfinite(path[:, 1]).any():
             axes[0].semilogx(-path[:, 0], path[:, 1], **style)
         axes[1].loglog(-path[:, 0], np.maximum(path[:, 3], 1e-16), **style)
-    axes[0].set(xlabel="-log L", ylabel="margin / convex optimum", title="margin ratio (convex cases)")
+    axes[0].set(xlabel="-log L", ylabel="margin / convex optimum",
+                title="margin ratio (convex cases)")
     axes[1].set(xlabel="-log L", ylabel="KKT stationarity residual", title="l_{2/L} KKT residual")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
-    save_figure(fig, args.out, "margin_ratio_vs_log_loss.png")
+    save_figure(fig, options.out, "margin_ratio_vs_log_loss.png")
 
-    headers = ["arch", "L", "GF log L", "GF margin ratio", "GF KKT", "GD log L", "GD margin ratio", "GD KKT"]
+    headers = ["arch", "L", "GF log L", "GF margin ratio", "GF KKT", "GD log L", "GD margin ratio",
+               "GD KKT"]
     body = []
     for arch in ARCHS:
-        for depth in args.depths:
+        for depth in options.depths:
             sel = [r for r in rows if (r["arch"], r["depth"]) == (arch, depth)]
             body.append([arch, depth] + [mean_std([r[k] for r in sel], ".4g") for k in
                         ("gf_log_loss", "gf_ratio", "gf_kkt", "gd_log_loss", "gd_ratio", "gd_kkt")])
     l2diag = [r["gf_ratio"] for r in rows if r["arch"] == "diagonal" and r["depth"] == 2]
     kkt3 = [r["gf_kkt"] for r in rows if r["arch"] != "fully_connected" and r["depth"] > 2]
     fc = [r["gf_ratio"] for r in rows if r["arch"] == "fully_connected"]
-    lines = [
-        verdict(min(l2diag) >= 0.95, "L = 2 diagonal (odeco) reaches >= 95% of the l1-SVM margin (LP)",
-                f"ratios {', '.join(f'{v:.4f}' for v in l2diag)}"),
-        verdict(bool(kkt3) and np.nanmax(kkt3) < 1e-2, "L > 2 odeco/conv limits are KKT points of the l_{2/L} problem",
-                f"stationarity residuals {', '.join(f'{v:.2e}' for v in kkt3)}"),
-        verdict(min(fc) >= 0.95, "fully connected: l2-SVM margin", f"ratios {', '.join(f'{v:.4f}' for v in fc)}"),
+    verdicts = [
+        judge(min(l2diag) >= 0.95,
+              "L = 2 diagonal (odeco) reaches >= 95% of the l1-SVM margin (LP)",
+              f"ratios {', '.join(f'{v:.4f}' for v in l2diag)}"),
+        judge(bool(kkt3) and np.nanmax(kkt3) < 1e-2,
+              "L > 2 odeco/conv limits are KKT points of the l_{2/L} problem",
+              f"stationarity residuals {', '.join(f'{v:.2e}' for v in kkt3)}"),
+        judge(min(fc) >= 0.95, "fully connected: l2-SVM margin",
+              f"ratios {', '.join(f'{v:.4f}' for v in fc)}"),
     ]
     report = "\n".join([
         "# tensor-classification", "", __doc__, "",
-        f"n = {n}, d = {d}, seeds = {seeds}, init scale {args.init_scale}, target log L = {target}; "
-        f"GD: eta = {args.gd_lr} on grad log L, at most {args.gd_steps} steps. KKT residual: relative "
-        "stationarity residual with multipliers on the points within 1% of the minimum margin, on the "
-        "groups above 1e-2 of the largest. The margin ratio converges slowly (roughly logarithmically "
-        "in -log L) and depends on the data draw.", "",
-        *lines, "", table(headers, body), "", "![](margin_ratio_vs_log_loss.png)",
+        f"n = {n}, d = {d}, seeds = {seeds}, init scale {options.init_scale}, target log L = "
+        f"{target}; GD: eta = {options.gd_lr} on grad log L, at most {options.gd_steps} steps. KKT "
+        "residual: relative stationarity residual with multipliers on the points within 1% of the "
+        "minimum margin, on the groups above 1e-2 of the largest. The margin ratio converges "
+        "slowly (roughly logarithmically in -log L) and depends on the data draw.", "",
+        *render_verdicts(verdicts), "", table(headers, body), "",
+        "![](margin_ratio_vs_log_loss.png)",
     ])
-    metrics = {"rows": rows, "paths": {f"{k[0]}-L{k[1]}-seed{k[2]}": v for k, v in paths.items()}}
-    write_outputs(args.out, metrics, report)
+    metrics = {"rows": rows, "paths": {f"{k[0]}-L{k[1]}-seed{k[2]}": v for k, v in paths.items()},
+               "verdicts": verdicts}
+    write_outputs(options.out, metrics, report)
     return metrics

@@ -4,8 +4,8 @@ Third seed paper (Yun, Krishnan, Mobahi 2021; SPEC section 6). Underdetermined r
 square loss ``1/2 sum_i (f(x_i) - y_i)^2``, for three architectures and depths ``L = 2, 3``:
 
 - diagonal (odeco with ``S = U_l = I``), init ``w_l(0) = alpha nu`` (``l < L``), ``w_L(0) = 0``:
-  predicted limit ``rho = F(X^T lambda)`` (``wnjax.tensor.regression_limit``), which moves from weighted
-  l1 (small ``alpha``) to weighted l2 (large ``alpha``);
+  predicted limit ``rho = F(X^T lambda)`` (``wnjax.tensor.regression_limit``), which moves from
+  weighted l1 (small ``alpha``) to weighted l2 (large ``alpha``);
 - circular convolution, init ``F w_l(0) = alpha nu``: the complex analogue
   ``rho_j = F(|s_j|) s_j/|s_j|`` on the Fourier coefficients. This is **our extrapolation** (the
   real odeco theorem does not cover complex ``U_l``); the measured distance says whether it holds;
@@ -14,7 +14,7 @@ square loss ``1/2 sum_i (f(x_i) - y_i)^2``, for three architectures and depths `
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -33,21 +33,42 @@ from wnjax.tensor._nets import (
     transformed_rho,
 )
 from wnjax.tensor._predict import min_norm_interpolant, regression_limit
-from wnjax.experiments._report import mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 
 DESCRIPTION = "linear tensor nets (diag/conv/FC), L=2,3: GF/GD regression limit vs the Q-minimizer"
 ARCHS = ("diagonal", "convolutional", "fully_connected")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alphas", type=float, nargs="+", default=None)
-    parser.add_argument("--depths", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--gd-steps", type=int, default=20000)
-    parser.add_argument("--target", type=float, default=-30.0, help="stop at this log L")
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """tensor-regression's options, besides ``seeds`` (at most 2 unless ``full``), ``out`` and
+    ``full`` (``Common``; ``full``: ``n = 10``, ``d = 30`` instead of 5 and 12).
+
+    - alphas: the init scales (``None``: 0.1, 0.3, 1, 3; with ``full`` 0.03 first);
+    - depths: the depths ``L``;
+    - gd_steps: GD's step budget;
+    - target: the ``log L`` at which GF and GD stop.
+    """
+
+    alphas: tuple[float, ...] | None = option(None, "init scales (default 0.1 0.3 1 3; --full: "
+                                              "0.03 0.1 0.3 1 3)", positive=True)
+    depths: tuple[int, ...] = option((2, 3), "depths L", positive=True)
+    gd_steps: int = option(20000, "GD step budget", positive=True)
+    target: float = option(-30.0, "stop at this log L")
 
 
 def problem(seed: int, n: int, d: int):
-    """Unit-norm inputs ``x_i``, ``y ~ N(0, 1)`` and symmetric weights ``nu_j = nu_{d-j}`` in [0.5, 1.5]."""
+    """Unit-norm inputs ``x_i``, ``y ~ N(0, 1)`` and symmetric weights ``nu_j = nu_{d-j}`` in
+    [0.5, 1.5]."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
@@ -112,13 +133,15 @@ def simulate(seeds, n, d, alphas, depths, gd_steps, target):
             for depth in depths:
                 for alpha in alphas:
                     net, rho_of, pred, l1, l2 = setup(arch, X, y, nu, depth, alpha, seed)
-                    flow = gradient_flow(net, Xj, yj, loss="square", t1=1e7, target_log_loss=target,
-                                         save_states=False, n_save=2, max_steps=200_000, throw=False)
+                    flow = gradient_flow(net, Xj, yj, loss="square", t1=1e7,
+                                         target_log_loss=target, save_states=False, n_save=2,
+                                         max_steps=200_000, throw=False)
                     rho_gf = rho_of(flow.final)
                     lr = _lr(flow.final, Xj, yj)
                     gd = gradient_descent(net, Xj, yj, loss="square", num_steps=gd_steps,
-                                          learning_rate=lr, optimizer=optax.sgd, target_log_loss=target,
-                                          save_states=True, n_save=32, throw=False)
+                                          learning_rate=lr, optimizer=optax.sgd,
+                                          target_log_loss=target, save_states=True, n_save=32,
+                                          throw=False)
                     ok = np.asarray(gd.steps) >= 0
                     dist = [_rel(rho_of(jax.tree_util.tree_map(lambda s: s[i], gd.states)), pred)
                             for i in np.flatnonzero(ok)]
@@ -126,7 +149,8 @@ def simulate(seeds, n, d, alphas, depths, gd_steps, target):
                     rows.append(dict(
                         seed=seed, arch=arch, depth=depth, alpha=alpha,
                         gf_dist=_rel(rho_gf, pred), gd_dist=_rel(rho_of(gd.final), pred),
-                        gf_log_loss=float(flow.final_log_loss), gd_log_loss=float(gd.final_log_loss),
+                        gf_log_loss=float(flow.final_log_loss),
+                        gd_log_loss=float(gd.final_log_loss),
                         gf_ok=bool(flow.ok), gd_steps=int(gd.num_steps), lr=lr,
                         l1_dist=np.nan if l1 is None else _rel(rho_gf, l1),
                         l2_dist=np.nan if l2 is None else _rel(rho_gf, l2),
@@ -134,67 +158,75 @@ def simulate(seeds, n, d, alphas, depths, gd_steps, target):
     return rows, curves
 
 
-def run(args) -> dict:
-    n, d = (10, 30) if args.full else (5, 12)
-    alphas = args.alphas or ([0.03, 0.1, 0.3, 1.0, 3.0] if args.full else [0.1, 0.3, 1.0, 3.0])
-    seeds = args.seeds if args.full else min(args.seeds, 2)
-    rows, curves = simulate(seeds, n, d, alphas, args.depths, args.gd_steps, args.target)
+def run(options: Options) -> dict:
+    """Run tensor-regression with ``options``; write its figures, ``metrics.json`` and
+    ``report.md`` under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
+    n, d = (10, 30) if options.full else (5, 12)
+    alphas = list(options.alphas or ([0.03, 0.1, 0.3, 1.0, 3.0] if options.full
+                                     else [0.1, 0.3, 1.0, 3.0]))
+    seeds = options.seeds if options.full else min(options.seeds, 2)
+    rows, curves = simulate(seeds, n, d, alphas, options.depths, options.gd_steps, options.target)
     plt = pyplot()
 
     fig, axes = plt.subplots(1, len(ARCHS), figsize=(5 * len(ARCHS), 4), squeeze=False)
     for ax, arch in zip(axes[0], ARCHS):
-        for depth in args.depths:
+        for depth in options.depths:
             for alpha in (alphas[0], alphas[-1]):
                 steps, dist = curves[(arch, depth, alpha, 0)]
                 ax.loglog(np.maximum(steps, 1), dist, label=f"L={depth}, alpha={alpha:g}")
         ax.set(xlabel="GD iteration", ylabel="relative distance to prediction", title=arch)
         ax.legend(fontsize=7)
-    save_figure(fig, args.out, "distance_vs_iteration.png")
+    save_figure(fig, options.out, "distance_vs_iteration.png")
 
     fig, axes = plt.subplots(1, len(ARCHS), figsize=(5 * len(ARCHS), 4), squeeze=False)
     for ax, arch in zip(axes[0], ARCHS):
-        for depth in args.depths:
+        for depth in options.depths:
             sel = [r for r in rows if r["arch"] == arch and r["depth"] == depth]
             for key, style in (("gf_dist", "-o"), ("l1_dist", ":s"), ("l2_dist", "--^")):
                 vals = [np.nanmean([r[key] for r in sel if r["alpha"] == a]) for a in alphas]
                 if np.all(np.isnan(vals)):
                     continue
-                name = {"gf_dist": "prediction", "l1_dist": "l1 interp.", "l2_dist": "weighted l2"}[key]
+                name = {"gf_dist": "prediction", "l1_dist": "l1 interp.",
+                        "l2_dist": "weighted l2"}[key]
                 ax.loglog(alphas, vals, style, label=f"L={depth}: to {name}")
         ax.set(xlabel="alpha", ylabel="relative distance of the GF limit", title=arch)
         ax.legend(fontsize=7)
-    save_figure(fig, args.out, "distance_vs_alpha.png")
+    save_figure(fig, options.out, "distance_vs_alpha.png")
 
     headers = ["arch", "L", "alpha", "GF dist", "GD dist", "GF to l1", "GF to wl2", "GD lr"]
     body = []
     for arch in ARCHS:
-        for depth in args.depths:
+        for depth in options.depths:
             for alpha in alphas:
-                sel = [r for r in rows if (r["arch"], r["depth"], r["alpha"]) == (arch, depth, alpha)]
+                sel = [r for r in rows
+                       if (r["arch"], r["depth"], r["alpha"]) == (arch, depth, alpha)]
                 body.append([arch, depth, alpha] + [mean_std([r[k] for r in sel]) for k in
                             ("gf_dist", "gd_dist", "l1_dist", "l2_dist", "lr")])
     odeco = [r["gf_dist"] for r in rows if r["arch"] == "diagonal"]
     conv = [r["gf_dist"] for r in rows if r["arch"] == "convolutional"]
-    fc_small = [r["gf_dist"] for r in rows if r["arch"] == "fully_connected" and r["alpha"] == alphas[0]]
-    fc_large = [r["gf_dist"] for r in rows if r["arch"] == "fully_connected" and r["alpha"] == alphas[-1]]
-    lines = [
-        verdict(max(odeco) < 1e-3, "diagonal (odeco) GF limit = Q-minimizer F(S X^T lambda)",
-                f"max relative distance {max(odeco):.2e}"),
-        verdict(max(conv) < 1e-3, "convolutional GF limit = complex analogue of F (our extrapolation)",
-                f"max relative distance {max(conv):.2e}"),
-        verdict(np.mean(fc_small) < np.mean(fc_large), "FC limit approaches min-l2 as alpha shrinks",
-                f"mean distance {np.mean(fc_small):.3g} at alpha={alphas[0]} vs "
-                f"{np.mean(fc_large):.3g} at alpha={alphas[-1]}"),
+    fc = [r for r in rows if r["arch"] == "fully_connected"]
+    fc_small = [r["gf_dist"] for r in fc if r["alpha"] == alphas[0]]
+    fc_large = [r["gf_dist"] for r in fc if r["alpha"] == alphas[-1]]
+    verdicts = [
+        judge(max(odeco) < 1e-3, "diagonal (odeco) GF limit = Q-minimizer F(S X^T lambda)",
+              f"max relative distance {max(odeco):.2e}"),
+        judge(max(conv) < 1e-3,
+              "convolutional GF limit = complex analogue of F (our extrapolation)",
+              f"max relative distance {max(conv):.2e}"),
+        judge(np.mean(fc_small) < np.mean(fc_large), "FC limit approaches min-l2 as alpha shrinks",
+              f"mean distance {np.mean(fc_small):.3g} at alpha={alphas[0]} vs "
+              f"{np.mean(fc_large):.3g} at alpha={alphas[-1]}"),
     ]
     report = "\n".join([
         "# tensor-regression", "", __doc__, "",
-        f"n = {n}, d = {d}, seeds = {seeds}, GF: Tsit5 to log L = {args.target}; GD: lr = 0.5/lambda_max "
-        f"of the Hessian at the GF limit, at most {args.gd_steps} steps. Distances are relative "
-        "(||rho - rho_pred|| / ||rho_pred||); 'GF to l1'/'GF to wl2' compare the GF limit with the l1 and "
-        "weighted-l2 (weights nu^(-2(L-1))) interpolants (diagonal only; FC: the min-l2 one).", "",
-        *lines, "", table(headers, body), "",
+        f"n = {n}, d = {d}, seeds = {seeds}, GF: Tsit5 to log L = {options.target}; GD: lr = "
+        f"0.5/lambda_max of the Hessian at the GF limit, at most {options.gd_steps} steps. "
+        "Distances are relative (||rho - rho_pred|| / ||rho_pred||); 'GF to l1'/'GF to wl2' "
+        "compare the GF limit with the l1 and weighted-l2 (weights nu^(-2(L-1))) interpolants "
+        "(diagonal only; FC: the min-l2 one).", "",
+        *render_verdicts(verdicts), "", table(headers, body), "",
         "![](distance_vs_iteration.png)", "", "![](distance_vs_alpha.png)",
     ])
-    metrics = {"rows": rows, "n": n, "d": d, "alphas": alphas}
-    write_outputs(args.out, metrics, report)
+    metrics = {"rows": rows, "n": n, "d": d, "alphas": alphas, "verdicts": verdicts}
+    write_outputs(options.out, metrics, report)
     return metrics

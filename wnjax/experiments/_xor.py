@@ -7,7 +7,7 @@ SWN and unnormalized GD keep most neurons. The relative norm of neuron u is
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -17,17 +17,29 @@ import numpy as np
 from wnjax.data._sets import xor
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn
-from wnjax.experiments._report import PARAM_STYLE, mean_std, pyplot, save_figure, table, verdict, write_outputs
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import (
+    PARAM_STYLE,
+    judge,
+    mean_std,
+    pyplot,
+    render_verdicts,
+    save_figure,
+    table,
+    write_outputs,
+)
 from wnjax.experiments._runner import run_flow, run_gd
 
-DESCRIPTION = "XOR, 20 ReLU neurons, fixed +-1 output: EWN keeps ~4 neurons, SWN ~16, unnormalized 20"
+DESCRIPTION = ("XOR, 20 ReLU neurons, fixed +-1 output: EWN keeps ~4 neurons, SWN ~16, "
+               "unnormalized 20")
 WIDTH = 20
 THRESHOLD = 0.05
 PAPER = {"ewn": 4, "swn": 16, "standard": 20}
 
 
 def xor_model(key, activation: str = "relu", width: int = WIDTH) -> MLP:
-    """``x -> sum_u c_u sigma(w_u . x)`` with ``c_u = +1`` for the first half, ``-1`` for the rest."""
+    """``x -> sum_u c_u sigma(w_u . x)`` with ``c_u = +1`` for the first half, ``-1`` for the
+    rest."""
     model = MLP(2, width, 2, activation=activation, key=key)
     c = jnp.concatenate([jnp.ones(width // 2), -jnp.ones(width - width // 2)])[None, :]
     return eqx.tree_at(lambda m: m.layers[1].weight, model, c.astype(model.layers[1].weight.dtype))
@@ -48,14 +60,25 @@ def relative_norms(p) -> jnp.ndarray:
     return n / jnp.sqrt(jnp.sum(n**2))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dynamics", choices=("gd", "flow"), default="gd",
-                        help="GD with step eta0/L on ReLU (default, as the paper), or exact "
-                        "loss-normalized gradient flow on the smooth ReLU^2 variant")
-    parser.add_argument("--target", type=float, default=-50.0, help="final log L (paper: -50)")
-    parser.add_argument("--lr", type=float, default=0.005,
-                        help="eta0 of the GD step eta0/L (0.05 makes EWN diverge)")
-    parser.add_argument("--max-steps", type=int, default=100_000)
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """XOR's options, besides ``seeds``, ``out`` and ``full`` (``Common``; ``full`` triples
+    ``max_steps``).
+
+    - dynamics: ``"gd"``, GD with step ``lr/L`` on plain ReLU (as the paper), or ``"flow"``,
+      exact loss-normalized gradient flow on the smooth ReLU^2 variant;
+    - target: the final ``log L`` (paper: -50);
+    - lr: ``eta0`` of GD's step ``eta0/L`` (0.05 makes EWN diverge);
+    - max_steps: GD's step budget per seed.
+    """
+
+    dynamics: str = option("gd", "GD with step eta0/L on ReLU (default, as the paper), or exact "
+                           "loss-normalized gradient flow on the smooth ReLU^2 variant",
+                           choices=("gd", "flow"))
+    target: float = option(-50.0, "final log L (paper: -50)")
+    lr: float = option(0.005, "eta0 of the GD step eta0/L (0.05 makes EWN diverge)",
+                       positive=True)
+    max_steps: int = option(100_000, "GD step budget per seed", positive=True)
 
 
 def simulate(seeds: int, *, dynamics="gd", target=-50.0, lr=0.005, max_steps=100_000, key=None):
@@ -97,14 +120,16 @@ def _ll(m, X, y):
     return log_loss(m, X, y)
 
 
-def run(args: argparse.Namespace) -> dict:
-    max_steps = getattr(args, "max_steps", 100_000)
-    sim = simulate(args.seeds, dynamics=args.dynamics, target=args.target, lr=args.lr,
-                   max_steps=max_steps * (3 if args.full else 1))
+def run(options: Options) -> dict:
+    """Run XOR with ``options``; write ``xor.png``, ``metrics.json`` and ``report.md`` under
+    ``options.out``. **Returns:** the metrics, with ``verdicts``."""
+    max_steps = options.max_steps
+    sim = simulate(options.seeds, dynamics=options.dynamics, target=options.target, lr=options.lr,
+                   max_steps=max_steps * (3 if options.full else 1))
     kept = {k: (r["rel"] > THRESHOLD).sum(axis=1) for k, r in sim.items()}
     top4 = {k: np.sort(r["rel"], axis=1)[:, ::-1][:, :4] for k, r in sim.items()}
     metrics = {
-        "dynamics": args.dynamics, "activation": "relu" if args.dynamics == "gd" else "relu2",
+        "dynamics": options.dynamics, "activation": "relu" if options.dynamics == "gd" else "relu2",
         "threshold": THRESHOLD,
         **{f"{k}_relative_norms": r["rel"] for k, r in sim.items()},
         **{f"{k}_kept": kept[k] for k in sim},
@@ -118,7 +143,8 @@ def run(args: argparse.Namespace) -> dict:
     for ax, name in zip(axes[:3], ("ewn", "swn", "standard")):
         rel = np.sort(sim[name]["rel"], axis=1)[:, ::-1]
         for s in range(rel.shape[0]):
-            ax.plot(np.arange(WIDTH), rel[s], "o", ms=3, alpha=0.5, color=PARAM_STYLE[name]["color"])
+            ax.plot(np.arange(WIDTH), rel[s], "o", ms=3, alpha=0.5,
+                    color=PARAM_STYLE[name]["color"])
         ax.bar(np.arange(WIDTH), rel.mean(0), alpha=0.4, color=PARAM_STYLE[name]["color"])
         ax.axhline(THRESHOLD, ls="--", c="k", lw=0.8)
         ax.set(title=f"{PARAM_STYLE[name]['label']}: kept {mean_std(kept[name])}",
@@ -129,35 +155,44 @@ def run(args: argparse.Namespace) -> dict:
             ok = np.isfinite(ll[s]) & np.isfinite(xs[s])
             axes[3].plot(xs[s][ok], ll[s][ok], color=PARAM_STYLE[name]["color"], alpha=0.6,
                          label=PARAM_STYLE[name]["label"] if s == 0 else None)
-    axes[3].set(xscale="symlog", xlabel="GD steps" if args.dynamics == "gd" else "s (normalized time)",
+    axes[3].set(xscale="symlog",
+                xlabel="GD steps" if options.dynamics == "gd" else "s (normalized time)",
                 ylabel="log L", title="training loss")
     axes[3].legend()
-    figs = [save_figure(fig, args.out, "xor.png")]
+    figs = [save_figure(fig, options.out, "xor.png")]
     rows = [[PARAM_STYLE[k]["label"], f"{PAPER[k]}", mean_std(kept[k]),
              mean_std(top4[k].ravel()), mean_std(sim[k]["accuracy"]),
-             f"{int(np.sum(sim[k]['ok']))}/{args.seeds}", mean_std(sim[k]["steps"])]
+             f"{int(np.sum(sim[k]['ok']))}/{options.seeds}", mean_std(sim[k]["steps"])]
             for k in ("ewn", "swn", "standard")]
-    dyn = (f"GD with step {args.lr}/L on plain ReLU (as the paper)" if args.dynamics == "gd" else
-           "exact loss-normalized gradient flow on the smooth ReLU^2 variant (not the paper's ReLU)")
+    dyn = (f"GD with step {options.lr}/L on plain ReLU (as the paper)"
+           if options.dynamics == "gd" else
+           "exact loss-normalized gradient flow on the smooth ReLU^2 variant (not the paper's "
+           "ReLU)")
     e, s_, u = kept["ewn"], kept["swn"], kept["standard"]
+    verdicts = [
+        judge(bool(np.all(e <= 6)), "EWN keeps about 4 dominant neurons",
+              f"kept {mean_std(e)}, range {e.min()}-{e.max()} (paper ~4-5)"),
+        judge(bool(abs(np.mean(s_) - 16) <= 3), "SWN keeps about 16",
+              f"kept {mean_std(s_)} (paper ~16)"),
+        judge(bool(np.all(u == WIDTH)), "unnormalized keeps all 20",
+              f"kept {mean_std(u)}"),
+        judge(bool(all(np.all(sim[k]["accuracy"] == 1.0) for k in sim)), "accuracy 1.0",
+              ", ".join(f"{PARAM_STYLE[k]['label']} {mean_std(sim[k]['accuracy'])}" for k in sim)),
+    ]
+    metrics["verdicts"] = verdicts
     lines = [
         "# XOR", "",
-        f"4 XOR points, 20 hidden neurons, output weights fixed to +1 (0-9) / -1 (10-19), WN on the "
-        f"first layer, exponential loss to log L = {args.target}. Dynamics: {dyn}. {args.seeds} seeds "
-        f"(vmapped). 'Kept' counts neurons with relative norm ||w_u||/||W_1|| > {THRESHOLD}.", "",
+        "4 XOR points, 20 hidden neurons, output weights fixed to +1 (0-9) / -1 (10-19), WN on "
+        f"the first layer, exponential loss to log L = {options.target}. Dynamics: {dyn}. "
+        f"{options.seeds} seeds (vmapped). 'Kept' counts neurons with relative norm "
+        f"||w_u||/||W_1|| > {THRESHOLD}.", "",
         table(["", "kept (paper)", "kept (ours)", "top-4 relative norms", "accuracy",
                "reached target", "steps"], rows), "",
-        "Paper: EWN's ~4 dominant neurons have relative norm 0.43-0.55; 15 of 20 fall under 0.05.", "",
+        "Paper: EWN's ~4 dominant neurons have relative norm 0.43-0.55; 15 of 20 fall under "
+        "0.05.", "",
         "## Verdicts", "",
-        verdict(bool(np.all(e <= 6)), "EWN keeps about 4 dominant neurons",
-                f"kept {mean_std(e)}, range {e.min()}-{e.max()} (paper ~4-5)"),
-        verdict(bool(abs(np.mean(s_) - 16) <= 3), "SWN keeps about 16",
-                f"kept {mean_std(s_)} (paper ~16)"),
-        verdict(bool(np.all(u == WIDTH)), "unnormalized keeps all 20",
-                f"kept {mean_std(u)}"),
-        verdict(bool(all(np.all(sim[k]["accuracy"] == 1.0) for k in sim)), "accuracy 1.0",
-                ", ".join(f"{PARAM_STYLE[k]['label']} {mean_std(sim[k]['accuracy'])}" for k in sim)),
+        *render_verdicts(verdicts),
         "", "Figures: " + ", ".join(figs),
     ]
-    write_outputs(args.out, metrics, "\n".join(lines))
+    write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

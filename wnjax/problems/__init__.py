@@ -21,3 +21,7 @@ from wnjax.problems import _linear as _linear  # noqa: E402,F401
 from wnjax.problems import _diagonal as _diagonal  # noqa: E402,F401
 from wnjax.problems import _conv as _conv  # noqa: E402,F401
 from wnjax.problems import _factorization as _factorization  # noqa: E402,F401
+
+__all__ = [
+    "REGISTRY", "SIZES", "Problem", "ProblemResult", "make", "names", "register", "run", "run_all",
+]
