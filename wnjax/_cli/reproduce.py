@@ -11,6 +11,7 @@ from the field's metadata, ``positive`` -> a positive number. The common flags `
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import time
 
@@ -71,7 +72,16 @@ def add_option_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="experiment name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument(
+        "--all", action="store_true",
+        help="run every experiment at its default size and write the scorecard "
+             "(OUT/index.md, OUT/metrics.json; OUT defaults to runs/scorecard)")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="with --all: read the finished runs under OUT instead of running them again")
     add_option_arguments(parser, Common)
+    # None: not given (an experiment then takes Common's default; --all each experiment's own).
+    parser.set_defaults(seeds=None)
     # Experiment-specific flags are parsed from the remaining arguments.
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -117,7 +127,24 @@ def argparse_namespace(name: str, **options) -> argparse.Namespace:
     return args
 
 
+def run_all(args: argparse.Namespace) -> int:
+    """``wnjax reproduce --all``: every experiment, then the scorecard."""
+    from wnjax.experiments._scorecard import scorecard
+
+    seeds = args.seeds  # None: each experiment's default
+    out = args.out or os.path.join("runs", "scorecard")
+    card = scorecard(out=out, seeds=seeds, rerun=not args.reuse)
+    counts = ", ".join(f"{n} {k}" for k, n in card["counts"].items())
+    print(f"wrote {out}/index.md and metrics.json: {counts}")
+    if card["partial"]:
+        print("PARTIAL: interrupted; the scorecard covers the experiments that had finished.")
+        return _interrupt.exit_code()
+    return 1 if card["errors"] else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.all:
+        return run_all(args)
     if args.list or not args.name:
         for name in _reproduce.EXPERIMENTS:
             print(f"{name:24s} {_reproduce.load(name).DESCRIPTION}")
@@ -126,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     rest = [a for a in args.rest if a != "--debug"]  # wnjax's own flag, also after NAME
     args.debug = getattr(args, "debug", False) or len(rest) < len(args.rest)
     # The common flags may also come after NAME; they keep the values parsed before it.
-    options = parse_options(args.name, rest, **{k: getattr(args, k) for k in COMMON})
+    given = {k: getattr(args, k) for k in COMMON if k != "seeds" or args.seeds is not None}
+    options = parse_options(args.name, rest, **given)
     if isinstance(options, argparse.Namespace):  # add_arguments: it reads the whole namespace
         options = argparse.Namespace(**{**vars(args), **vars(options)})
     options = _reproduce.prepare(args.name, options)

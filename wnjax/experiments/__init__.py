@@ -13,5 +13,6 @@ from wnjax.experiments._reproduce import experiment_options as options
 from wnjax.experiments._reproduce import names as names
 from wnjax.experiments._reproduce import reproduce as reproduce
 from wnjax.experiments._reproduce import show_run as show_run
+from wnjax.experiments._scorecard import scorecard as scorecard
 
-__all__ = ["EXPERIMENTS", "names", "options", "reproduce", "show_run"]
+__all__ = ["EXPERIMENTS", "names", "options", "reproduce", "scorecard", "show_run"]
