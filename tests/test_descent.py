@@ -1,5 +1,6 @@
 """Gradient descent: steps against hand-written updates, growth of ||v_u|| (SPEC section 1),
-O(eta) drift between EWN-GD and adaptive-rate GD, GD -> flow as eta -> 0, and compile-once.
+O(eta) drift between EWN-GD and adaptive-rate GD, GD -> flow as eta -> 0, compile-once, and the
+engine's checkpoints, summaries hook, stall stop and backtracking against plain loops.
 
 All runs share ``n_save``, ``save_states`` and ``chunk_size`` (``core_problems.gd``), so each
 (parameterization, optimizer) pair compiles once.
@@ -13,6 +14,7 @@ import pytest
 from core_problems import CHUNK, compiles, flow, gd, mlp_problem
 
 import wnjax
+from wnjax._dynamics.descent import FAST_BLOCK
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +255,160 @@ def test_auto_chunks_grow_without_recompiling_or_changing_steps(problem, monkeyp
     for bad in (0, -3, 2.5, "big"):
         with pytest.raises(ValueError, match="chunk_size"):
             D.gradient_descent(model, X, y, chunk_size=bad, **run)
+
+
+# --- The engine's checkpoints, summaries hook, stall stop and backtracking, against plain loops.
+
+
+def _linear_problem(n=8, d=2, shift=0.5, seed=5):
+    """Separable points in R^d (each pushed ``shift`` away from the separator along ``w*``) and
+    a bias-free linear model ``f(x) = <w, x>``."""
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    w_star = jax.random.normal(k1, (d,))
+    w_star = w_star / jnp.linalg.norm(w_star)
+    X = jax.random.normal(k2, (n, d))
+    y = jnp.sign(X @ w_star)
+    X = X + shift * y[:, None] * w_star[None]
+    model = eqx.nn.Linear(d, "scalar", use_bias=False, key=k3)
+    return model, X, y
+
+
+def _numpy_gd(w0, X, y, eta, num_steps):
+    """Plain GD ``w <- w - eta grad L``, ``L = sum_i exp(-y_i <w, x_i>)``, in numpy: the iterates
+    ``w_0..w_K`` and ``log L`` at each."""
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    ws, logs = [np.asarray(w0, float).ravel()], []
+    for _ in range(num_steps + 1):
+        e = np.exp(-y * (X @ ws[-1]))
+        logs.append(np.log(e.sum()))
+        if len(ws) <= num_steps:
+            ws.append(ws[-1] + eta * (y * e) @ X)
+    return np.stack(ws), np.asarray(logs)
+
+
+def _first_at_or_below(logs, level):
+    hit = np.flatnonzero(logs <= level)
+    return int(hit[0]) if hit.size else -1
+
+
+def test_checkpoints_and_summaries_match_a_numpy_loop():
+    """``checkpoints``: the state, step and ``log L`` of the first iterate at or below each level
+    equal those of a numpy GD loop (levels crossed at step 0, inside the second fast block, at
+    the last state, and never), in any order; the ``summarize`` hook's outputs at the save points
+    are the loop's iterates there. Both drivers, and the traced one under ``vmap`` over rates."""
+    model, X, y = _linear_problem()
+    K, eta = 300, 0.1
+    ws, logs = _numpy_gd(model.weight, X, y, eta, K)
+    assert np.all(np.diff(logs) < 0)
+    inside = FAST_BLOCK + 22
+    levels = [0.5 * (logs[inside - 1] + logs[inside]), logs[0] + 0.1, 0.5 * (logs[K - 1] + logs[K]),
+              logs[K] - 1.0, 0.5 * (logs[36] + logs[37])]
+    expect = [_first_at_or_below(logs, v) for v in levels]
+    assert expect == [inside, 0, K, -1, 37]
+
+    def check(r, ws, logs, expect):
+        steps = np.asarray(r.checkpoint_steps)
+        np.testing.assert_array_equal(steps, expect)
+        got = np.asarray(r.checkpoints.weight).reshape(len(levels), -1)
+        for j, s in enumerate(expect):
+            ref = ws[s] if s >= 0 else ws[0]  # never reached: the initial model
+            np.testing.assert_allclose(got[j], ref, rtol=1e-12, atol=1e-15)
+            if s >= 0:
+                np.testing.assert_allclose(float(r.checkpoint_log_loss[j]), logs[s], rtol=1e-12)
+            else:
+                assert np.isnan(float(r.checkpoint_log_loss[j]))
+
+    run = dict(num_steps=K, n_save=5, diagnostics=False, checkpoints=levels,
+               summarize=lambda m, X, y: {"w": m.weight.ravel()})
+    for chunk in (K, 64):
+        r = wnjax.gradient_descent(model, X, y, learning_rate=eta, chunk_size=chunk, **run)
+        assert int(r.stop_code) == 2 and int(r.num_steps) == K
+        check(r, ws, logs, expect)
+        saved = np.asarray(r.steps)
+        np.testing.assert_allclose(np.asarray(r.summaries["w"]), ws[saved], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(r.log_loss), logs[saved], rtol=1e-12)
+
+    etas = jnp.asarray([eta, 0.5 * eta])
+    rs = jax.vmap(lambda lr: wnjax.traced_gradient_descent(
+        model, X, y, learning_rate=lr, chunk_size=64, **run))(etas)
+    for i, e in enumerate(np.asarray(etas)):
+        ws_i, logs_i = _numpy_gd(model.weight, X, y, e, K)
+        r = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, rs)
+        check(r, ws_i, logs_i, [_first_at_or_below(logs_i, v) for v in levels])
+
+
+@pytest.mark.filterwarnings("ignore:row.*all zero:UserWarning")
+def test_stall_stop_on_a_provable_plateau():
+    """A point at ``x = 0`` has margin 0 whatever ``w``, so ``L >= exp(0) = 1``: ``log L >= 0``
+    for good, above the target. With ``stop_stalled`` the run stops (code 4) at the first save
+    point where the other points add less than ``STALL_SHARE`` of that floor, with the numpy
+    loop's iterate there; without it, it spends its budget and warns that the loss stalled."""
+    from wnjax._dynamics.descent import save_steps
+    from wnjax._dynamics.stall import STALL_SHARE
+
+    model, X, y = _linear_problem(shift=1.0)
+    X, y = jnp.concatenate([X, jnp.zeros((1, 2))]), jnp.concatenate([y, jnp.ones(1)])
+    K, eta, n_save = 3000, 0.5, 24
+    ws, logs = _numpy_gd(model.weight, X, y, eta, K)
+    assert np.all(logs > 0.0)
+    saves = save_steps(K, n_save)
+    stop = int(saves[np.flatnonzero(logs[saves] <= STALL_SHARE)[0]])
+    assert 0 < stop < K
+    run = dict(learning_rate=eta, num_steps=K, n_save=n_save, chunk_size=K, diagnostics=False,
+               target_log_loss=-5.0, degree=1.0)
+    r = wnjax.gradient_descent(model, X, y, stop_stalled=True, **run)
+    assert int(r.stop_code) == 4 and bool(r.ok) and not bool(r.reached_target)
+    assert int(r.num_steps) == stop and "stalled" in r.message
+    np.testing.assert_allclose(np.asarray(r.final.weight).ravel(), ws[stop], rtol=1e-12)
+    assert 0.0 <= float(r.final_log_loss) <= STALL_SHARE
+    with pytest.warns(RuntimeWarning, match="stopped decreasing"):
+        full = wnjax.gradient_descent(model, X, y, **run)
+    assert int(full.stop_code) == 2 and int(full.num_steps) == K
+
+
+def _backtracking_reference(w0, X, y, eta, grow, shrink, target):
+    """The backtracking schedule, transcribed: from the last kept point ``w`` try
+    ``w' = w - eta grad L(w) / L(w)``; keep it if ``L(w') <= L(w)`` (then ``eta <- grow eta``),
+    else throw it away (``eta <- eta / shrink``); stop once ``log L(w) <= target``."""
+    X, y = np.asarray(X, float), np.asarray(y, float)
+
+    def log_l(w):
+        return np.log(np.sum(np.exp(-y * (X @ w))))
+
+    w, kept, undone = np.asarray(w0, float).ravel(), 0, 0
+    while log_l(w) > target:
+        e = np.exp(-y * (X @ w))
+        trial = w + eta * ((y * e) @ X) / e.sum()
+        if log_l(trial) <= log_l(w):
+            w, kept, eta = trial, kept + 1, grow * eta
+        else:
+            undone, eta = undone + 1, eta / shrink
+    return w, kept, undone
+
+
+def test_step_and_epoch_backtracking_match_one_transcription():
+    """The two backtracking granularities are one schedule: the step-level
+    ``loss_normalized_sgd(power=1, backtracking=True)`` in ``wnjax.gradient_descent`` (first
+    trial at ``grow eta0``), and the epoch-level ``run_sgd_backtracking`` with one full batch per
+    epoch (first trial at its ``eta0``), take the transcription's kept and undone trials and end
+    at its point."""
+    from wnjax.experiments._runner import run_sgd_backtracking
+
+    model, X, y = _linear_problem(n=10, shift=0.05, seed=3)
+    lr, grow, shrink, target = 5.0, 1.1, 1.1, -30.0
+    w, kept, undone = _backtracking_reference(model.weight, X, y, grow * lr, grow, shrink, target)
+    assert undone > 3 and kept > undone  # both kinds of trials happen
+    r = wnjax.gradient_descent(
+        model, X, y, num_steps=10_000, learning_rate=lr, optimizer=wnjax.loss_normalized_sgd,
+        hyperparams=dict(power=1.0, backtracking=True, grow=grow, shrink=shrink),
+        target_log_loss=target, n_save=4, diagnostics=False)
+    assert bool(r.reached_target)
+    assert int(r.num_steps) == kept and int(r.num_undone) == undone
+    np.testing.assert_allclose(np.asarray(r.final.weight).ravel(), w, rtol=1e-10)
+    models = jax.tree_util.tree_map(lambda a: a[None], model)
+    e = run_sgd_backtracking(models, X, y, learning_rate=grow * lr, batch_size=X.shape[0],
+                             key=jax.random.key(0), max_epochs=10_000, loss="exponential",
+                             target_log_loss=target, grow=grow, shrink=shrink)
+    assert bool(e.reached[0])
+    assert int(e.history["epochs"][0]) == kept and int(e.undone[0]) == undone
+    np.testing.assert_allclose(np.asarray(e.final.weight[0]).ravel(), w, rtol=1e-10)

@@ -101,3 +101,40 @@ def test_reached_target_agrees_with_the_final_log_loss():
     assert bool(r.reached_target)
     r = wnjax.gradient_flow(model, X, y, t1=50.0, target_log_loss=cases["just short"][0], **kw)
     assert not bool(r.reached_target)
+
+
+def test_flow_and_gd_results_share_one_failure_protocol():
+    """``FlowResult`` and ``GDResult`` carry ``stop_code`` and ``reached_target`` as fields and
+    ``ok``/``interrupted``/``message`` as properties; ``result_code`` is a read-only alias of the
+    flow's ``stop_code``; ``check()`` raises ``FlowFailed``/``GDFailed``, both ``RunFailed``,
+    with the partial result."""
+    import dataclasses
+
+    from wnjax._dynamics.outcome import RunFailed
+
+    for cls in (wnjax.FlowResult, wnjax.GDResult):
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert {"stop_code", "reached_target", "final", "final_log_loss"} <= names, cls
+        assert all(isinstance(getattr(cls, p), property) for p in ("ok", "interrupted", "message"))
+    assert issubclass(wnjax.FlowFailed, RunFailed) and issubclass(wnjax.GDFailed, RunFailed)
+    k1, k2 = jax.random.split(jax.random.key(4))
+    X = jax.random.normal(k1, (6, 2))
+    y = jnp.sign(X[:, 0])
+    model = eqx.nn.Linear(2, "scalar", use_bias=False, key=k2)
+    kw = dict(n_save=2, diagnostics=False, throw=False)
+    with pytest.warns(RuntimeWarning, match="max_steps"):
+        short = wnjax.gradient_flow(model, X, y, t1=1e3, max_steps=2, **kw)
+    assert int(short.result_code) == int(short.stop_code) == 1 and not bool(short.ok)
+    with pytest.raises(AttributeError):
+        short.result_code = 0
+    with pytest.raises(wnjax.FlowFailed) as info:
+        short.check()
+    assert info.value.result is short
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        bad = wnjax.gradient_descent(model, 1e3 * X, y, num_steps=50, learning_rate=10.0, **kw)
+    assert int(bad.stop_code) == 3 and not bool(bad.ok) and not bool(bad.reached_target)
+    with pytest.raises(RunFailed) as info:
+        bad.check()
+    assert isinstance(info.value, wnjax.GDFailed) and info.value.result is bad
+    good = wnjax.gradient_descent(model, X, y, num_steps=5, learning_rate=0.1, **kw)
+    assert good.check() is good and int(good.stop_code) == 2 and not bool(good.interrupted)

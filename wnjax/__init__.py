@@ -6,7 +6,8 @@ Data flow: model (``MLP``, ``CNN``, any bias-free equinox net) -> parameterizati
 
 The core, by topic:
 
-- **errors**: ``WnjaxError``, ``InvalidInput``;
+- **errors**: ``WnjaxError``, ``InvalidInput``, ``RunFailed`` (base of ``FlowFailed`` and
+  ``GDFailed``);
 - **models**: ``MLP``, ``CNN``, ``CoordinateLinear``, ``ReLUPower``, ``Identity``,
   ``relu_power``, ``homogeneity_degree``, ``weight_layers``, ``neuron_norms``;
 - **parameterizations**: ``ewn``, ``swn``, ``standard``, ``parameterization``, ``parameterize``,
@@ -68,6 +69,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "wnjax._dynamics.flow": (
         "FlowFailed", "FlowResult", "default_solver", "gradient_flow", "loss_levels", "summaries",
     ),
+    "wnjax._dynamics.outcome": ("RunFailed",),
     "wnjax._dynamics.save": ("AtLossLevels", "AtTimes", "LogSpaced"),
     "wnjax._solver.auto": ("AutoSwitch",),
     "wnjax._solver.stiff": ("stiff_solver",),

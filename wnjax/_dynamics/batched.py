@@ -2,18 +2,18 @@
 
 ``gradient_descent`` drives its compiled chunks from Python (to stop early, call back and catch
 interrupts), which cannot run under ``jax.vmap``. ``traced_gradient_descent`` runs the same
-chunk (``_descent._run_chunk``) inside a ``lax.while_loop`` until every run has stopped: under
-``vmap`` a finished run is frozen by the chunk's own ``running`` mask while the others go on.
+chunk (``descent._run_chunk``) inside a ``lax.while_loop`` until every run has stopped: under
+``vmap`` a stopped run is frozen by the loops' own predicates while the others go on.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from typing import Callable, Sequence
+
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from wnjax._dynamics.descent import STOP_RUNNING, GDResult, _run_chunk, _to_result, prepare_run
+from wnjax._dynamics.descent import GDResult, _to_result, prepare_run, traced_run
 from wnjax._losses import Loss
 
 
@@ -37,6 +37,9 @@ def traced_gradient_descent(
     degree: float | Array | None = None,
     diverge_above: float = 200.0,
     diagnostics: bool = True,
+    checkpoints: Sequence[float] | Array = (),
+    stop_stalled: bool = False,
+    summarize: Callable | None = None,
 ) -> GDResult:
     """GD/SGD ``theta <- theta + optimizer.update(g, ...)`` as one traceable, vmappable program.
 
@@ -46,25 +49,21 @@ def traced_gradient_descent(
     no interrupt handling and no ``throw``: read ``result.stop_code`` / ``result.ok``.
 
     **Arguments:** as ``wnjax.gradient_descent``; ``num_steps``, ``n_save``, ``chunk_size`` and
-    ``batch_size`` must be Python ints (they fix array shapes).
+    ``batch_size`` must be Python ints (they fix array shapes), and so must the number of
+    ``checkpoints`` levels (their values may be traced).
 
     **Returns:** a ``GDResult``.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive Python int (it fixes shapes), got {num_steps!r}.")
+        raise ValueError(
+            f"num_steps must be a positive Python int (it fixes shapes), got {num_steps!r}.")
     carry, static, X, y, numbers, key, statics = prepare_run(
         model, X, y, num_steps=num_steps, learning_rate=learning_rate, optimizer=optimizer,
         hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
         batch_size=batch_size, key=key, objective=objective, n_save=n_save,
         save_states=save_states, chunk_size=chunk_size, degree=degree,
-        diverge_above=diverge_above, diagnostics=diagnostics,
+        diverge_above=diverge_above, diagnostics=diagnostics, checkpoints=checkpoints,
+        stop_stalled=stop_stalled, summarize=summarize,
     )
-    # A carry of fixed types: the chunk must map it to exactly the same avals.
-    carry = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.result_type(x)), carry)
-
-    def body(c):
-        out = _run_chunk(c, static, X, y, numbers, key, **statics)
-        return jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), out, c)
-
-    carry = jax.lax.while_loop(lambda c: c["stop"] == STOP_RUNNING, body, carry)
+    carry = traced_run(carry, static, X, y, numbers, key, statics)
     return _to_result(carry, static, model, save_states)

@@ -1,18 +1,29 @@
-"""Gradient descent and SGD with any optax optimizer, run in compiled ``lax.scan`` chunks.
+"""The GD engine: gradient descent and SGD in compiled chunks, for one run or vmapped seeds.
 
-Each step computes ``log L`` and ``grad log L`` on the (mini)batch, forms the gradient that the
-optimizer sees (``grad L = L grad log L`` for ``objective='loss'``, ``grad log L`` for
-``objective='log_loss'``), and calls ``optimizer.update(g, state, params, value=L,
-log_value=log L)``, so that loss-reading transforms can use either. A Python loop drives the
-chunks: it stops at the target log loss, at divergence or at ``num_steps``, and an interrupt
-keeps everything computed so far.
+One *update* is a rule's (``wnjax._dynamics.rules``): by default ``DescentRule``, which computes
+``log L`` and ``grad log L`` on the (mini)batch, forms the gradient that the optimizer sees
+(``grad L = L grad log L`` for ``objective='loss'``, ``grad log L`` for ``'log_loss'``) and
+calls ``optimizer.update(g, state, params, value=L, log_value=log L)``. ``_run_chunk`` advances
+a run by a chunk of attempts in one compiled call. It
+
+- stops at the target log loss, at divergence, at the step budget, or (``stop_stalled``) when
+  the loss is carried by dead points (``wnjax._dynamics.stall``);
+- saves ``log L`` and summaries at save points (log-spaced, or given), with a hook
+  ``summarize(model, X, y) -> dict`` whose outputs are saved alongside;
+- keeps the state the first time ``log L`` (or a monitored quantity) is at or below each of a
+  list of checkpoint levels;
+- runs under ``jax.vmap``, one lane per seed, each lane stopping on its own.
+
+Three drivers share it: ``gradient_descent`` (a Python loop over chunks: callback, Ctrl-C),
+``traced_gradient_descent`` (a ``lax.while_loop``: jit/vmap) and ``run_seeds`` (vmapped seeds
+with per-seed data and hyperparameters, a Python loop over chunks).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable, ClassVar, Sequence
 
 import equinox as eqx
 import jax
@@ -22,40 +33,67 @@ import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax._nets.dense import apply_batch
-from wnjax._runtime.errors import InvalidInput, WnjaxError
 from wnjax._dynamics.flow import summaries
+from wnjax._dynamics.outcome import RunFailed, RunResult
+from wnjax._dynamics.rules import (  # noqa: F401  (re-exported)
+    DescentRule,
+    batch_indices,
+    build_optimizer,
+    descent_update,
+    may_undo,
+    undone,
+)
+from wnjax._dynamics.stall import stalled
 from wnjax._losses import Loss, get_loss
+from wnjax._nets.dense import apply_batch
 from wnjax._nets.parameterize import Parameterized, as_parameterized, restore_type
-from wnjax._runtime.validate import cast_floats, check_data, check_options, check_outputs, common_dtype
+from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.tree import all_finite, as_number, tree_where
+from wnjax._runtime.validate import (
+    cast_floats,
+    check_data,
+    check_options,
+    check_outputs,
+    common_dtype,
+)
 
-STOP_RUNNING, STOP_TARGET, STOP_MAX_STEPS, STOP_DIVERGED = 0, 1, 2, 3
+STOP_RUNNING, STOP_TARGET, STOP_MAX_STEPS, STOP_DIVERGED, STOP_STALLED = 0, 1, 2, 3, 4
 
 
-class GDFailed(WnjaxError, RuntimeError):
+class GDFailed(RunFailed):
     """A GD run diverged; ``.result`` holds everything computed before it did."""
 
-    def __init__(self, message: str, result: "GDResult"):
-        super().__init__(message)
-        self.result = result
 
+class GDResult(RunResult):
+    """The outcome of a GD run; all fields are arrays (or pytrees of arrays).
 
-class GDResult(eqx.Module):
-    """The outcome of ``gradient_descent``; all fields are arrays.
-
-    - `steps`: the step index of each save point;
+    - `steps`: the accepted steps at each save point;
     - `log_loss`: full-data ``log L`` at the save points;
-    - `summaries`: diagnostics at the save points (see ``wnjax.summaries``);
+    - `summaries`: diagnostics at the save points (see ``wnjax.summaries``), with ``log_loss``
+      and the outputs of ``summarize``;
     - `states`: the model at each save point, or ``None``;
     - `final`, `final_log_loss`: the last model (same type as the input) and its ``log L``; a
       diverged run keeps its last state whose loss is finite and below the divergence level;
-    - `num_steps`: steps taken; `stop_code`: 1 target reached, 2 ``num_steps`` done,
-      3 diverged, 0 interrupted.
+    - `num_steps`: accepted steps (steps taken, less those that backtracking undid);
+    - `num_undone`: steps undone by a backtracking optimizer (``0`` without one);
+    - `stop_code`: ``1`` target reached, ``2`` step budget spent, ``3`` diverged, ``4`` stalled
+      (``stop_stalled``), ``0`` interrupted;
+    - `reached_target`: ``stop_code == 1``;
+    - `opt_state`: the optimizer state at the end;
+    - `checkpoints`: per checkpoint level (stacked), the model the first time ``log L`` was at or
+      below it (the initial model where never), or ``None`` without levels;
+    - `checkpoint_steps`, `checkpoint_log_loss`: per level, the accepted steps and ``log L`` there
+      (``-1`` and NaN where never reached).
+
+    Properties: `ok` (target reached, budget spent or stalled), `interrupted`
+    (``stop_code == 0``), `message`, `stall`; ``check()`` raises ``GDFailed`` unless ``ok``.
 
     ``gradient_descent`` trims the save arrays to the points saved, so every entry is a value.
     ``traced_gradient_descent`` (fixed shapes, under ``vmap``) pads them: ``steps == -1`` marks
     padding, whose values are NaN; select ``steps >= 0`` before reading them.
     """
+
+    failure: ClassVar[type] = GDFailed
 
     steps: Array
     log_loss: Array
@@ -64,16 +102,18 @@ class GDResult(eqx.Module):
     final: Any
     final_log_loss: Array
     num_steps: Array
+    num_undone: Array
     stop_code: Array
+    reached_target: Array
     opt_state: Any
+    checkpoints: Any
+    checkpoint_steps: Array
+    checkpoint_log_loss: Array
 
     @property
     def ok(self) -> Array:
-        return (self.stop_code == STOP_TARGET) | (self.stop_code == STOP_MAX_STEPS)
-
-    @property
-    def reached_target(self) -> Array:
-        return self.stop_code == STOP_TARGET
+        code = self.stop_code
+        return (code == STOP_TARGET) | (code == STOP_MAX_STEPS) | (code == STOP_STALLED)
 
     @property
     def interrupted(self) -> Array:
@@ -94,6 +134,8 @@ class GDResult(eqx.Module):
             STOP_DIVERGED: f"GD diverged after {k} steps: the loss became non-finite or rose far "
             f"above its start (log L = {v:.6g} at the kept state). Lower the learning rate; the "
             "result keeps the last finite state.",
+            STOP_STALLED: f"GD stalled after {k} steps (log L = {v:.6g}): the loss is carried by "
+            "dead points (zero margin and zero margin gradient), which no step moves.",
         }[int(code)]
 
     @property
@@ -125,72 +167,31 @@ def save_steps(num_steps: int, n_save: int) -> np.ndarray:
     return np.concatenate([steps, -np.ones(n_save - steps.size, int)])
 
 
-def _batch_indices(key, k, n, batch_size):
-    per_epoch = n // batch_size
-    perm = jax.random.permutation(jax.random.fold_in(key, k // per_epoch), n)
-    return jax.lax.dynamic_slice(perm, ((k % per_epoch) * batch_size,), (batch_size,))
+def _model(params, static, plain_out: bool):
+    """The model of ``params``, plain when the caller's model was plain."""
+    p = eqx.combine(params, static)
+    return p.standard() if plain_out else p
 
 
-def _tree_where(c, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
-
-
-def _undone(opt_state) -> Array:
-    """Whether a backtracking ``loss_normalized_sgd`` in ``opt_state`` just undid its step."""
-    from wnjax._dynamics.schedules import LossNormalizedState
-
-    states = jax.tree_util.tree_leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState))
-    flags = [s.just_undone for s in states if isinstance(s, LossNormalizedState)]
-    return jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
-
-
-def _may_undo(opt_state) -> bool:
-    """Whether the optimizer state holds a ``loss_normalized_sgd`` state, whose backtracking
-    undoes a step into a non-finite loss by itself."""
-    from wnjax._dynamics.schedules import LossNormalizedState
-
-    return any(isinstance(s, LossNormalizedState) for s in jax.tree_util.tree_leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState)))
-
-
-def _all_finite(tree) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: Loss,
-                   batch_size: int | None, objective: str):
-    """One GD/SGD step ``theta <- theta + optimizer.update(g, ...)`` on the batch of step ``k``.
-
-    ``g = L grad log L = grad L`` (``objective='loss'``) or ``grad log L`` (``'log_loss'``), both
-    on the batch; ``optimizer.update`` also receives ``value=L`` and ``log_value=log L``.
-
-    **Returns:** ``(log L on the batch, new params, new optimizer state, finite)``: ``finite``
-    says the new params are finite, and so is ``log L`` unless the optimizer undid the step
-    (``log L`` is NaN where an overflowed step is being undone by backtracking).
-    """
-    if batch_size is None:
-        Xb, yb = X, y
+def _record_values(params, opt_state, static, X, y, degree, *, rule, loss, save_states,
+                   diagnostics, standard, summarize, plain_out) -> dict:
+    """What a save point holds: ``wnjax.summaries`` (``standard``) or just ``log_loss``, the
+    ``summarize`` hook's outputs, the rule's record of its state, and the state
+    (``save_states``)."""
+    if standard:
+        out = summaries(eqx.combine(params, static), X, y, loss, degree, diagnostics)
     else:
-        idx = _batch_indices(key, k, X.shape[0], batch_size)
-        Xb, yb = X[idx], y[idx]
-
-    def log_loss(q):
-        return loss.log_loss(apply_batch(eqx.combine(q, static), Xb), yb)
-
-    value, g = jax.value_and_grad(log_loss)(params)
-    if objective == "loss":
-        g = jax.tree_util.tree_map(lambda x: jnp.exp(value) * x, g)
-    updates, opt_state = optimizer.update(
-        g, opt_state, params, value=jnp.exp(value), log_value=value
-    )
-    new_params = eqx.apply_updates(params, updates)
-    finite = _all_finite(new_params) & (jnp.isfinite(value) | _undone(opt_state))
-    return value, new_params, opt_state, finite
+        out = {"log_loss": loss.log_loss(apply_batch(eqx.combine(params, static), X), y)}
+    if summarize is not None:
+        out.update(summarize(_model(params, static, plain_out), X, y))
+    out.update(rule.record(opt_state))
+    if save_states:
+        out["state"] = params
+    return out
 
 
 # Steps per block of the fast path (see ``_run_chunk``): a block that has to be redone with the
-# per-step stopping rules costs at most this many extra steps, once per run.
+# per-step stopping rules costs at most this many extra steps.
 FAST_BLOCK = 128
 
 
@@ -203,62 +204,109 @@ def _run_chunk(
     numbers: dict,
     key: PRNGKeyArray,
     *,
+    rule,
     loss: Loss,
-    optimizer,
-    batch_size: int | None,
-    objective: str,
     save_states: bool,
     diagnostics: bool = True,
+    standard: bool = True,
+    summarize: Callable | None = None,
+    monitor: Callable | None = None,
+    stop_stalled: bool = False,
+    plain_out: bool = False,
 ) -> dict:
-    """Advance by up to ``chunk_size`` steps, recording the summaries at every save step on the way.
+    """Advance by up to ``chunk_size`` attempts, recording at every save point on the way.
 
-    The steps between two save steps (a *segment*) run in blocks of ``FAST_BLOCK`` plain steps:
-    no stop logic per step, only a running flag of whether some step would have stopped the run
-    (target reached, loss non-finite or above ``diverge_above``) and, at the end of the block,
-    whether the parameters are still finite (a non-finite parameter stays non-finite under an
-    additive update) and their loss is still good. A clean block is kept; a flagged block is
-    discarded and rerun step by step with the stopping rules, so the run stops at exactly the
-    step a step-by-step loop stops at, with the state before that step. The last step of the
-    run also goes step by step.
+    *Attempts* are accepted steps plus undone trials (``rules``); save points and the budget
+    ``num_steps`` count them. The attempts between two save points (a *segment*) run in blocks
+    of ``FAST_BLOCK`` plain updates when the rule is ``guarded``: no stop logic per update,
+    only a running flag of whether some update would have stopped the run (target reached,
+    loss non-finite or above ``diverge_above``) or crossed a checkpoint level and, at the end
+    of the block, whether the parameters are still finite and their loss still good. A clean
+    block is kept; a flagged block is discarded and its updates rerun one by one with the
+    stopping rules (the *exact path*), so the run stops, and checkpoints are taken, at exactly
+    the update a step-by-step loop would; then the fast path resumes. The last update of the
+    run goes the exact path, as does every update of an unguarded rule.
 
-    The (costly) summaries are evaluated once per save point, never per step, also under
-    ``vmap``; with a minibatch the full-data target is checked at the end of each segment. A
-    stopped run records its final state once.
+    At each segment's end, on the full data: the target (when updates see minibatches), the
+    checkpoint levels, and the stall rule (``stop_stalled``). The summaries are evaluated once
+    per save point, never per update, also under ``vmap``. A stopped run records its final
+    state once.
+
+    **Arguments:**
+    - `carry`: the loop state (``_init_carry``): ``params``, ``opt_state``, ``k`` (updates
+      taken), ``accepted``, ``undone``, ``stop``, the save buffers (``saved``,
+      ``saved_steps``, ``save_idx``, ``last_saved``), ``last_log_loss``, ``final_log_loss``
+      and the checkpoint buffers (``ck_params``, ``ck_steps``, ``ck_value``).
+    - `static`, `X`, `y`, `key`: the model's non-array part, the data, the minibatch key.
+    - `numbers`: traced numbers: ``target``, ``num_steps``, ``diverge_above`` (the absolute
+      level), ``degree``, ``save_at``, ``chunk_size``, ``levels``, ``hyperparams``.
+    - `rule`, `loss`: the update rule and the loss.
+    - `save_states`, `diagnostics`, `standard`, `summarize`: what a save point holds
+      (``_record_values``).
+    - `monitor`: ``f(model, X, y) -> scalar``, the checkpoint quantity (``None``: ``log L``,
+      read from each update where it sees the full data).
+    - `stop_stalled`: apply the stall rule at segment ends.
+    - `plain_out`: hand ``summarize`` and ``monitor`` the plain model.
+
+    **Returns:** the carry after the chunk.
     """
-    optimizer = build_optimizer(optimizer, numbers["hyperparams"])
+    hp = numbers["hyperparams"]
     save_at = numbers["save_at"]
     n_save = save_at.shape[0]
-    full_batch = batch_size is None
+    levels = numbers["levels"]
+    has_levels = levels.shape[0] > 0
+    full_value = rule.value_is_full
+    guarded = rule.guarded(carry["opt_state"])
+    retract = -1 if rule.retracts else 0
 
     def log_loss_on(params, Xb, yb):
         return loss.log_loss(apply_batch(eqx.combine(params, static), Xb), yb)
 
     def update(params, opt_state, k):
-        return descent_update(
-            params, opt_state, k, static, X, y, key, optimizer,
-            loss=loss, batch_size=batch_size, objective=objective,
-        )
+        return rule.update(params, opt_state, k, static, X, y, key, hp)
 
     def stops(value, finite):
-        """``(at_target, blew_up)`` for a step from a state whose (batch) log loss is ``value``."""
-        at_target = full_batch & (value <= numbers["target"])
+        """``(at_target, blew_up)`` for an update from a state whose log loss is ``value``."""
+        at_target = full_value & (value <= numbers["target"])
         blew_up = ~finite | (value > numbers["diverge_above"])
         return at_target, blew_up
 
-    may_undo = _may_undo(carry["opt_state"])
-
     def bad(params, k):
-        """Whether the state's log loss on step ``k``'s batch is non-finite or above the
-        divergence level (never, for an optimizer that undoes such steps itself)."""
-        if may_undo:
-            return jnp.asarray(False)
-        if full_batch:
-            Xb, yb = X, y
-        else:
-            idx = _batch_indices(key, k, X.shape[0], batch_size)
-            Xb, yb = X[idx], y[idx]
-        value = log_loss_on(params, Xb, yb)
+        """Whether the state's log loss on update ``k``'s batch is non-finite or above the
+        divergence level."""
+        value = log_loss_on(params, *rule.batch(X, y, key, k))
         return ~(jnp.isfinite(value) & (value <= numbers["diverge_above"]))
+
+    def watched(params, value):
+        """The checkpoint quantity at ``params`` (``value``: its log loss on the update's
+        batch), or ``None`` where updates cannot see it."""
+        if not has_levels:
+            return None
+        if monitor is not None:
+            return monitor(_model(params, static, plain_out), X, y)
+        return value if full_value else None
+
+    def checkpoint(c, q):
+        """Keep ``c``'s state for every level not yet reached that ``q`` is at or below."""
+        if q is None:
+            return c
+        new = (c["ck_steps"] < 0) & (q <= levels)
+        c = dict(c)
+        c["ck_steps"] = jnp.where(new, c["accepted"], c["ck_steps"])
+        c["ck_value"] = jnp.where(new, q, c["ck_value"])
+        c["ck_params"] = jax.tree_util.tree_map(
+            lambda b, p: jnp.where(new.reshape((-1,) + (1,) * p.ndim), p[None], b),
+            c["ck_params"], c["params"])
+        return c
+
+    def open_level(c):
+        """The highest level not yet reached (``-inf`` if none)."""
+        if not has_levels:
+            return jnp.asarray(-jnp.inf, X.dtype)
+        return jnp.max(jnp.where(c["ck_steps"] < 0, levels, -jnp.inf))
+
+    def attempts(c):
+        return c["accepted"] + c["undone"]
 
     def next_save(c):
         target = save_at[jnp.minimum(c["save_idx"], n_save - 1)]
@@ -266,103 +314,153 @@ def _run_chunk(
         return jnp.where(ok, target, jnp.iinfo(c["k"].dtype).max)
 
     def record(c):
-        out = summaries(eqx.combine(c["params"], static), X, y, loss, numbers["degree"], diagnostics)
-        if save_states:
-            out["state"] = c["params"]
+        out = _record_values(
+            c["params"], c["opt_state"], static, X, y, numbers["degree"], rule=rule, loss=loss,
+            save_states=save_states, diagnostics=diagnostics, standard=standard,
+            summarize=summarize, plain_out=plain_out,
+        )
         i = jnp.minimum(c["save_idx"], n_save - 1)
         c = dict(c)
         c["saved"] = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), c["saved"], out)
-        c["saved_steps"] = c["saved_steps"].at[i].set(c["k"])
+        c["saved_steps"] = c["saved_steps"].at[i].set(c["accepted"])
         c["save_idx"] = c["save_idx"] + 1
+        c["last_saved"] = attempts(c)
         return c
 
     def maybe_record(c):
-        last = c["saved_steps"][jnp.maximum(c["save_idx"] - 1, 0)]
-        fresh = (c["save_idx"] == 0) | (last != c["k"])
+        fresh = c["last_saved"] != attempts(c)
         stopped = c["stop"] != STOP_RUNNING
-        due = fresh & (c["save_idx"] < n_save) & ((c["k"] == next_save(c)) | stopped)
+        due = fresh & (c["save_idx"] < n_save) & ((attempts(c) >= next_save(c)) | stopped)
         return jax.lax.cond(due, record, lambda c: c, c)
 
     def step(c):
-        """One step with the stopping rules (the exact path). A step into a state whose loss
-        is non-finite or above the divergence level is not taken: the run stops as diverged
-        with its last good state."""
-        value, new_params, opt_state, finite = update(c["params"], c["opt_state"], c["k"])
+        """One update with the stopping rules (the exact path). A guarded update into a state
+        whose loss is non-finite or above the divergence level is not taken: the run stops as
+        diverged with its last good state."""
+        value, new_params, opt_state, finite, undo = update(c["params"], c["opt_state"], c["k"])
         at_target, blew_up = stops(value, finite)
-        blew_up = blew_up | (~at_target & bad(new_params, c["k"] + 1))
-        new_stop = jnp.where(
+        if guarded:
+            blew_up = blew_up | (~at_target & bad(new_params, c["k"] + 1))
+        c = checkpoint(c, watched(c["params"], value))
+        take = ~at_target & ~blew_up
+        c = dict(c)
+        c["accepted"] = c["accepted"] + jnp.where(take, jnp.where(undo, retract, 1), 0)
+        c["undone"] = c["undone"] + (take & undo).astype(c["undone"].dtype)
+        c["stop"] = jnp.where(
             at_target,
             STOP_TARGET,
             jnp.where(
                 blew_up,
                 STOP_DIVERGED,
-                jnp.where(c["k"] + 1 >= numbers["num_steps"], STOP_MAX_STEPS, STOP_RUNNING),
+                jnp.where(attempts(c) >= numbers["num_steps"], STOP_MAX_STEPS, STOP_RUNNING),
             ),
         )
-        take = ~at_target & ~blew_up
-        c = dict(c)
-        c["params"] = _tree_where(take, new_params, c["params"])
-        c["opt_state"] = _tree_where(take, opt_state, c["opt_state"])
+        c["params"] = tree_where(take, new_params, c["params"])
+        c["opt_state"] = tree_where(take, opt_state, c["opt_state"])
         c["k"] = c["k"] + take.astype(c["k"].dtype)
         c["last_log_loss"] = jnp.where(jnp.isfinite(value), value, c["last_log_loss"])
-        c["stop"] = new_stop
         return c
 
-    def fast_block(f, lim):
-        """Up to ``FAST_BLOCK`` plain steps (while ``k < lim``); whether none would have stopped."""
+    def exact(c, until):
+        """Exact updates until ``until`` attempts or a stop."""
+        return jax.lax.while_loop(
+            lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < until), step, c)
+
+    def fast_block(f, lim, level):
+        """Up to ``FAST_BLOCK`` plain updates (while ``k < lim``); whether none would have
+        stopped the run or reached ``level``."""
         params, opt_state, k, last, _ = f
         m = jnp.minimum(lim - k, FAST_BLOCK)
 
         def body(i, b):
             params, opt_state, halt, last = b
-            value, params, opt_state, _ = update(params, opt_state, k + i)
+            value, new, opt_state, _, _ = update(params, opt_state, k + i)
             at_target, blew_up = stops(value, jnp.isfinite(value))
-            return params, opt_state, halt | at_target | blew_up, value
+            q = watched(params, value)
+            crossed = False if q is None else q <= level
+            return new, opt_state, halt | at_target | blew_up | crossed, value
 
         params, opt_state, halt, last = jax.lax.fori_loop(
             0, m, body, (params, opt_state, jnp.asarray(False), last)
         )
-        clean = ~halt & _all_finite(params) & ~bad(params, k + m.astype(k.dtype))
+        clean = ~halt & all_finite(params) & ~bad(params, k + m.astype(k.dtype))
         return (params, opt_state, k + m.astype(k.dtype), last, clean)
 
-    def advance(c, until):
-        """Steps until ``k == until`` or a stop: fast blocks, then the exact path."""
-        lim = jnp.minimum(until, numbers["num_steps"] - 1)  # the run's last step: exact path
+    def fast(c, lim):
+        """Clean fast blocks up to ``lim``; a flagged block's updates go the exact path."""
+        level = open_level(c)
         f = (c["params"], c["opt_state"], c["k"], c["last_log_loss"], jnp.asarray(True))
         f = jax.lax.while_loop(
             lambda f: f[4] & (f[2] < lim),
-            lambda f: _keep_if_clean(fast_block(f, lim), f),
+            lambda f: _keep_if_clean(fast_block(f, lim, level), f),
             f,
         )
         c = dict(c)
         c["params"], c["opt_state"], c["k"], c["last_log_loss"], _ = f
-        return jax.lax.while_loop(
-            lambda c: (c["stop"] == STOP_RUNNING) & (c["k"] < until), step, c
-        )
+        c["accepted"] = c["k"]  # guarded: no undos, every update is an accepted step
+        return exact(c, jnp.minimum(c["k"] + FAST_BLOCK, lim))
+
+    def advance(c, until):
+        """Updates until ``until`` attempts or a stop: fast blocks, then the exact path. The
+        loops carry the stepping state only, not the save buffers."""
+        s = {name: c[name] for name in _STEPPING}
+        if guarded:
+            lim = jnp.minimum(until, numbers["num_steps"] - 1)  # the run's last step: exact
+            s = jax.lax.while_loop(
+                lambda s: (s["stop"] == STOP_RUNNING) & (s["k"] < lim), lambda s: fast(s, lim), s)
+        return {**c, **exact(s, until)}
+
+    def full_checks(c):
+        """At a segment's end, on the full data: the target (updates on minibatches), the
+        checkpoint levels, the stall rule."""
+        need_full = (not full_value) or stop_stalled or (has_levels and monitor is None)
+        if not need_full:
+            return checkpoint(c, watched(c["params"], None))
+        c = dict(c)
+        running = c["stop"] == STOP_RUNNING
+        if stop_stalled:
+            full, stuck = stalled(c["params"], static, X, y, loss, numbers["target"])
+        else:
+            full, stuck = log_loss_on(c["params"], X, y), jnp.asarray(False)
+        if not full_value:
+            hit = running & (full <= numbers["target"])
+            c["stop"] = jnp.where(hit, STOP_TARGET, c["stop"])
+        c = checkpoint(c, full if monitor is None else watched(c["params"], None))
+        stuck = stuck & (c["stop"] == STOP_RUNNING) & (full > numbers["target"])
+        c["stop"] = jnp.where(stuck, STOP_STALLED, c["stop"])
+        return c
 
     def segment(c, end):
-        c = advance(c, jnp.minimum(next_save(c), end))
-        if not full_batch:  # minibatch: the full-data target, checked at each segment's end
-            full = log_loss_on(c["params"], X, y)
-            hit = (c["stop"] == STOP_RUNNING) & (full <= numbers["target"])
-            c["stop"] = jnp.where(hit, STOP_TARGET, c["stop"])
-        return maybe_record(c)
+        c = advance(c, jnp.minimum(jnp.maximum(next_save(c), attempts(c) + 1), end))
+        return maybe_record(full_checks(c))
 
     carry = maybe_record(carry)
-    end = carry["k"] + numbers["chunk_size"].astype(carry["k"].dtype)
+    end = attempts(carry) + numbers["chunk_size"].astype(carry["k"].dtype)
     carry = jax.lax.while_loop(
-        lambda c: (c["stop"] == STOP_RUNNING) & (c["k"] < end), lambda c: segment(c, end), carry
+        lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < end),
+        lambda c: segment(c, end), carry,
     )
     carry = dict(carry)
     carry["final_log_loss"] = log_loss_on(carry["params"], X, y)
-    return maybe_record(carry)
+    return _strong(maybe_record(carry))
+
+
+# The carry entries that updates change (the rest are save buffers and their counters).
+_STEPPING = ("params", "opt_state", "k", "accepted", "undone", "stop", "last_log_loss",
+             "ck_params", "ck_steps", "ck_value")
+
+
+def _strong(tree):
+    """``tree`` with every array strongly typed, so that a carry keeps its avals from call to
+    call (a weak type retraces the chunk)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.result_type(x)), tree)
 
 
 def _keep_if_clean(new, old):
     """The fast path's state after a block if the block was clean, else the state before it (and
-    the flag that sends the rest of the segment to the exact path)."""
+    the flag that sends the block's updates to the exact path)."""
     clean = new[4]
-    kept = _tree_where(clean, new[:4], old[:4])
+    kept = tree_where(clean, new[:4], old[:4])
     return (*kept, clean)
 
 
@@ -384,56 +482,54 @@ def _cutter(n: int | None):
     return cut
 
 
-def build_optimizer(optimizer, hyperparams: dict) -> optax.GradientTransformationExtraArgs:
-    """An optax transformation from a ready one, or from a factory called with ``hyperparams``."""
-    if isinstance(optimizer, optax.GradientTransformation):
-        return optax.with_extra_args_support(optimizer)
-    return optax.with_extra_args_support(optimizer(**hyperparams))
-
-
 @eqx.filter_jit
-def _init_carry(
-    params, static, X, y, loss, optimizer, hyperparams, n_save, save_states, degree, diagnostics,
-    diverge_above,
-):
-    """The loop state at step 0 (parameters, optimizer state, empty save buffers), the initial
-    full-data ``log L`` and the divergence level ``log L(0) + diverge_above``, in one compiled
-    call."""
-    optimizer = build_optimizer(optimizer, hyperparams)
+def _init_carry(params, static, X, y, hyperparams, numbers, n_save, *, rule, loss, save_states,
+                diagnostics, standard, summarize, plain_out):
+    """The loop state at step 0 (parameters, rule state, empty save and checkpoint buffers), the
+    initial full-data ``log L`` and the divergence level ``log L(0) + diverge_above``, in one
+    compiled call.
+
+    **Arguments:** `params`, `static`, `X`, `y`; `hyperparams` (the rule's numbers); `numbers`
+    (as for ``_run_chunk``, ``diverge_above`` relative to ``log L(0)``); `n_save` (save
+    buffer length); `rule`, `loss`, `save_states`, `diagnostics`, `standard`, `summarize`,
+    `plain_out` (as for ``_run_chunk``).
+    """
+    opt_state = rule.init(params, hyperparams, static, X, y)
     log_l0 = loss.log_loss(apply_batch(eqx.combine(params, static), X), y)
-    # Only the shapes of the summaries are needed to allocate the save buffers.
+    # Only the shapes of a record are needed to allocate the save buffers.
     example = eqx.filter_eval_shape(
-        lambda q: summaries(eqx.combine(q, static), X, y, loss, degree, diagnostics), params
+        lambda q, s: _record_values(
+            q, s, static, X, y, numbers["degree"], rule=rule, loss=loss,
+            save_states=save_states, diagnostics=diagnostics, standard=standard,
+            summarize=summarize, plain_out=plain_out),
+        params, opt_state,
     )
-    if save_states:
-        example["state"] = params
-    saved = jax.tree_util.tree_map(
-        lambda v: jnp.full((n_save,) + jnp.shape(v), jnp.nan, v.dtype), example
-    )
+
+    def empty(v, n):
+        fill = jnp.nan if jnp.issubdtype(v.dtype, jnp.inexact) else -1
+        return jnp.full((n,) + jnp.shape(v), fill, v.dtype)
+
+    n_levels = numbers["levels"].shape[0]
+    zero = jnp.asarray(0)
     carry = {
         "params": params,
-        "opt_state": optimizer.init(params),
-        "k": jnp.asarray(0),
+        "opt_state": opt_state,
+        "k": zero,  # updates taken (drives the minibatch schedule)
+        "accepted": zero,
+        "undone": zero,
         "stop": jnp.asarray(STOP_RUNNING),
-        "save_idx": jnp.asarray(0),
-        "saved": saved,
-        "saved_steps": -jnp.ones(n_save, int),
+        "save_idx": zero,
+        "last_saved": -jnp.ones((), zero.dtype),
+        "saved": jax.tree_util.tree_map(lambda v: empty(v, n_save), example),
+        "saved_steps": -jnp.ones(n_save, zero.dtype),
         "last_log_loss": jnp.asarray(jnp.nan, X.dtype),
         "final_log_loss": jnp.asarray(jnp.nan, X.dtype),
+        "ck_params": jax.tree_util.tree_map(
+            lambda p: jnp.broadcast_to(p[None], (n_levels,) + p.shape), params),
+        "ck_steps": -jnp.ones(n_levels, zero.dtype),
+        "ck_value": jnp.full(n_levels, jnp.nan, X.dtype),
     }
-    return carry, log_l0, log_l0 + diverge_above
-
-
-def _as_number(v, dtype):
-    """Numbers become traced arrays of ``dtype`` (host NumPy arrays for Python numbers: no eager
-    dispatch); bools, strings and other objects stay static."""
-    if isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, jax.Array):
-        return jnp.asarray(v, dtype)
-    if isinstance(v, (int, float)):
-        return np.asarray(v, dtype)
-    return v
+    return _strong(carry), log_l0, log_l0 + numbers["diverge_above"]
 
 
 def _host_int(v):
@@ -443,10 +539,18 @@ def _host_int(v):
     return np.asarray(v, jax.dtypes.canonicalize_dtype(np.int64))
 
 
+def _levels(checkpoints, dtype):
+    """The checkpoint levels as a 1-D array (host NumPy unless traced)."""
+    if isinstance(checkpoints, jax.Array):
+        return jnp.asarray(checkpoints, dtype).reshape(-1)
+    return np.asarray(list(checkpoints), dtype).reshape(-1)
+
+
 def prepare_run(
     model, X, y, *, num_steps, learning_rate, optimizer, hyperparams, loss, target_log_loss,
     batch_size, key, objective, n_save, save_states, chunk_size, degree, diverge_above,
-    diagnostics=True, check_initial_loss=True,
+    diagnostics=True, check_initial_loss=True, checkpoints=(), stop_stalled=False,
+    summarize=None, rule=None, save_at=None, standard=True, monitor=None,
 ):
     """Validate a GD run's inputs; return ``(carry, static, X, y, numbers, key, statics)``.
 
@@ -454,18 +558,32 @@ def prepare_run(
     (one traced loop). Works on traced models and numbers (checks needing values are skipped).
     ``numbers['initial_log_loss']`` is ``log L(0)``; with ``check_initial_loss=False`` the caller
     checks it (``_check_initial_loss``) at its next host read instead of a read here.
+
+    **Arguments:** those of ``gradient_descent`` (``chunk_size`` an int here), and
+    `check_initial_loss`. Internal options:
+    - `rule`: an update rule other than ``DescentRule`` (``rules``);
+    - `save_at`: the save points, in attempts, instead of ``save_steps(num_steps, n_save)``
+      (one more slot holds the record of a run that stops between them);
+    - `standard`: ``False`` saves ``log_loss`` and the hook's outputs only, no
+      ``wnjax.summaries``;
+    - `monitor`: ``f(model, X, y) -> scalar``, the checkpoint quantity instead of ``log L``.
     """
     from wnjax._dynamics.flow import _auto_degree
 
     if objective not in ("loss", "log_loss"):
         raise InvalidInput(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+            or chunk_size < 1):
         raise InvalidInput(f"chunk_size must be a positive int, got {chunk_size!r}.")
     hp = dict(hyperparams or {})
     if learning_rate is not None:
         hp["learning_rate"] = learning_rate
     check_options(num_steps=num_steps, n_save=n_save, learning_rate=hp.get("learning_rate"),
                   target_log_loss=target_log_loss, degree=degree, diverge_above=diverge_above)
+    if save_at is not None:
+        save_at = np.unique(np.asarray(save_at, int).reshape(-1))
+        n_save = save_at.size + 1  # room for the record of a run that stops between them
+        save_at = np.concatenate([save_at, [-1]])
     n_save = int(n_save)
     loss_obj = get_loss(loss)
     X, y = check_data(X, y, loss_obj)
@@ -482,43 +600,53 @@ def prepare_run(
         if key is None:
             raise InvalidInput("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
     key = _default_key() if key is None else key
-    if isinstance(optimizer, optax.GradientTransformation) and hp:
-        raise InvalidInput(
-            "learning_rate/hyperparams go with an optimizer factory (optimizer=optax.sgd); "
-            "this optimizer is already built, so its numbers are fixed."
-        )
-    if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
-        raise InvalidInput("pass learning_rate=... (or hyperparams) for the optimizer factory.")
-    hp = {k: _as_number(v, dtype) for k, v in hp.items()}
+    if rule is None:
+        if isinstance(optimizer, optax.GradientTransformation) and hp:
+            raise InvalidInput(
+                "learning_rate/hyperparams go with an optimizer factory (optimizer=optax.sgd); "
+                "this optimizer is already built, so its numbers are fixed."
+            )
+        if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
+            raise InvalidInput("pass learning_rate=... (or hyperparams) for the optimizer factory.")
+        rule = DescentRule(loss_obj, optimizer, batch_size, objective)
+    hp = {k: as_number(v, dtype) for k, v in hp.items()}
     if degree is None:
-        degree = _auto_degree(p, X, loss_obj)
+        degree = _auto_degree(p, X, loss_obj) if standard else 1.0
     params, static = eqx.partition(p, eqx.is_inexact_array)
-    degree = jnp.asarray(degree, dtype) if isinstance(degree, jax.Array) else np.asarray(degree, dtype)
+    statics = dict(
+        rule=rule,
+        loss=loss_obj,
+        save_states=save_states,
+        diagnostics=diagnostics,
+        standard=standard,
+        summarize=summarize,
+        monitor=monitor,
+        stop_stalled=bool(stop_stalled and loss_obj.margin_based),
+        plain_out=not isinstance(model, Parameterized),
+    )
+    numbers = {
+        "target": as_number(-np.inf if target_log_loss is None else target_log_loss, dtype),
+        "num_steps": _host_int(num_steps),
+        "diverge_above": as_number(diverge_above, dtype),
+        "degree": as_number(degree, dtype),
+        "save_at": _host_int(save_steps(num_steps, n_save) if save_at is None else save_at),
+        "chunk_size": _host_int(chunk_size),
+        "levels": _levels(checkpoints, dtype),
+        "hyperparams": hp,
+    }
     carry, log_l0, diverge_level = _init_carry(
-        params, static, X, y, loss_obj, optimizer, hp, n_save, save_states, degree, diagnostics,
-        _as_number(diverge_above, dtype),
+        params, static, X, y, hp, numbers, n_save, **_init_statics(statics)
     )
     if check_initial_loss:
         _check_initial_loss(log_l0)
-    numbers = {
-        "target": _as_number(-np.inf if target_log_loss is None else target_log_loss, dtype),
-        "num_steps": _host_int(num_steps),
-        "diverge_above": diverge_level,
-        "initial_log_loss": log_l0,
-        "degree": degree,
-        "save_at": _host_int(save_steps(num_steps, n_save)),
-        "chunk_size": _host_int(chunk_size),
-        "hyperparams": hp,
-    }
-    statics = dict(
-        loss=loss_obj,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        objective=objective,
-        save_states=save_states,
-        diagnostics=diagnostics,
-    )
+    numbers["diverge_above"] = diverge_level
+    numbers["initial_log_loss"] = log_l0
     return carry, static, X, y, numbers, key, statics
+
+
+def _init_statics(statics: dict) -> dict:
+    return {k: statics[k] for k in ("rule", "loss", "save_states", "diagnostics", "standard",
+                                    "summarize", "plain_out")}
 
 
 def _check_initial_loss(log_l0) -> None:
@@ -548,6 +676,33 @@ AUTO_CHUNK_SECONDS = 0.25
 AUTO_CHUNK_MAX = 2**20
 
 
+def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None):
+    """Call ``chunk(carry, numbers)`` until every run has stopped or SIGINT/SIGTERM arrives
+    (the chunk in progress finishes; a second signal keeps the last finished chunk).
+    ``auto``: double ``numbers['chunk_size']`` after every chunk faster than
+    ``AUTO_CHUNK_SECONDS``, up to ``AUTO_CHUNK_MAX``. ``after_first()`` runs once after the
+    first chunk, ``callback(carry)`` after every chunk. Returns the last carry."""
+    with _interrupt.handling():
+        try:
+            while True:
+                t0 = time.perf_counter()
+                carry = chunk(carry, numbers)
+                stop = np.asarray(carry["stop"])  # waits for the chunk (and the initial loss)
+                if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
+                    size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
+                    numbers = {**numbers, "chunk_size": _host_int(size)}
+                if after_first is not None:
+                    after_first()
+                    after_first = None
+                if callback is not None:
+                    callback(carry)
+                if np.all(stop != STOP_RUNNING) or _interrupt.requested():
+                    break
+        except KeyboardInterrupt:  # a second signal: the last finished chunk is kept
+            pass
+    return carry
+
+
 def gradient_descent(
     model: PyTree,
     X: Array,
@@ -570,8 +725,11 @@ def gradient_descent(
     callback=None,
     throw: bool = True,
     diagnostics: bool = True,
+    checkpoints: Sequence[float] = (),
+    stop_stalled: bool = False,
+    summarize: Callable | None = None,
 ) -> GDResult:
-    """Run GD (or minibatch SGD) with an optax optimizer until a target, divergence or ``num_steps``.
+    """Run GD (or minibatch SGD) with an optax optimizer until a target, divergence or the budget.
 
     The step is ``theta <- theta + optimizer.update(g, ...)`` with ``g = grad L`` (or
     ``grad log L`` for ``objective='log_loss'``). ``L`` sums over points.
@@ -579,7 +737,7 @@ def gradient_descent(
     **Arguments:**
     - `model`: an equinox model or a ``Parameterized`` one.
     - `X`, `y`: the data.
-    - `num_steps`: the step budget.
+    - `num_steps`: the step budget (attempted steps: accepted and undone).
     - `learning_rate`: passed to the optimizer factory as ``learning_rate``.
     - `optimizer`: an optax factory such as ``optax.sgd`` (default) or
       ``wnjax.neuron_rate_sgd`` (rate ``eta ||w_u||^2``), called inside the compiled program
@@ -589,8 +747,8 @@ def gradient_descent(
     - `hyperparams`: further keyword arguments of the factory (``momentum=0.9``, ...).
     - `loss`: a loss name or ``Loss``.
     - `target_log_loss`: stop once full-data ``log L`` reaches it (full batch: checked every step;
-      minibatch: at the end of each chunk). A run that ends short of it with a stalled loss
-      warns (``GDResult.stall``: is the data separable?).
+      minibatch: at every save point and chunk end). A run that ends short of it with a stalled
+      loss warns (``GDResult.stall``: is the data separable?).
     - `batch_size`, `key`: minibatch SGD with a reshuffle every epoch, drawn from ``key``.
     - `objective`: ``'loss'`` or ``'log_loss'`` (the gradient that the optimizer sees).
     - `n_save`: log-spaced save points (``log L`` and summaries at each).
@@ -606,6 +764,11 @@ def gradient_descent(
     - `throw`: raise ``GDFailed`` on divergence instead of returning the partial result.
     - `diagnostics`: also save the asymptotic diagnostics at the save points (see
       ``wnjax.gradient_flow``).
+    - `checkpoints`: ``log L`` levels; the model is kept the first time ``log L`` is at or below
+      each (full batch: at the step; minibatch: at save points and chunk ends).
+    - `stop_stalled`: stop (code 4) once the loss is carried by dead points, which no step
+      moves (``wnjax._dynamics.stall``; margin losses only), checked at save points.
+    - `summarize`: ``f(model, X, y) -> dict`` of arrays, saved at every save point.
 
     **Returns:** a ``GDResult`` whose save arrays hold the saved points only. Numbers
     (learning rates inside ``optimizer``, targets) are traced where optax keeps them as arrays,
@@ -620,28 +783,16 @@ def gradient_descent(
         batch_size=batch_size, key=key, objective=objective, n_save=n_save,
         save_states=save_states, chunk_size=AUTO_CHUNK_START if auto else chunk_size,
         degree=degree, diverge_above=diverge_above, diagnostics=diagnostics,
-        check_initial_loss=False,
+        check_initial_loss=False, checkpoints=checkpoints, stop_stalled=stop_stalled,
+        summarize=summarize,
     )
-    first = True
-    # SIGINT/SIGTERM are recorded and end the run after the chunk in progress.
-    with _interrupt.handling():
-        try:
-            while True:
-                t0 = time.perf_counter()
-                carry = _run_chunk(carry, static, X, y, numbers, key, **statics)
-                stop = int(carry["stop"])  # waits for the chunk (and the initial loss) anyway
-                if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
-                    size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
-                    numbers = {**numbers, "chunk_size": _host_int(size)}
-                if first:  # a non-finite initial loss stops the run at step 0: bad input
-                    _check_initial_loss(numbers["initial_log_loss"])
-                    first = False
-                if callback is not None:
-                    callback(carry)
-                if stop != STOP_RUNNING or _interrupt.requested():
-                    break
-        except KeyboardInterrupt:  # a second signal: the last finished chunk is kept
-            pass
+    log_l0 = numbers["initial_log_loss"]
+    carry = _drive(
+        lambda c, n: _run_chunk(c, static, X, y, n, key, **statics), carry, numbers,
+        auto=auto, callback=callback,
+        # a non-finite initial loss stops the run at step 0: bad input
+        after_first=lambda: _check_initial_loss(log_l0),
+    )
     if int(carry["stop"]) == STOP_RUNNING:
         warnings.warn("gradient_descent interrupted; returning the partial result.",
                       RuntimeWarning, stacklevel=2)
@@ -666,20 +817,43 @@ def _to_result(carry: dict, static, like, save_states: bool, trim: bool = False)
     cut = _cutter(int(carry["save_idx"]) if trim else None)
     saved, steps = cut(saved), cut(steps)
     final = eqx.combine(carry["params"], static)
+    plain = not isinstance(like, Parameterized)
     if states is not None:
-        if isinstance(like, Parameterized):
+        if not plain:
             states = eqx.combine(cut(states), static)
         else:  # standard() on the full buffers: one program whatever the number saved
             states = cut(jax.vmap(lambda s: s.standard())(eqx.combine(states, static)))
-    final_log_loss = carry["final_log_loss"]
+    checkpoints = None
+    if carry["ck_steps"].shape[-1]:
+        checkpoints = eqx.combine(carry["ck_params"], static)
+        if plain:
+            checkpoints = jax.vmap(lambda s: s.standard())(checkpoints)
     return GDResult(
         steps=steps,
         log_loss=saved["log_loss"],
         summaries=saved,
         states=states,
         final=restore_type(final, like),
-        final_log_loss=final_log_loss,
-        num_steps=carry["k"],
+        final_log_loss=carry["final_log_loss"],
+        num_steps=carry["accepted"],
+        num_undone=carry["undone"],
         stop_code=carry["stop"],
+        reached_target=carry["stop"] == STOP_TARGET,
         opt_state=carry["opt_state"],
+        checkpoints=checkpoints,
+        checkpoint_steps=carry["ck_steps"],
+        checkpoint_log_loss=carry["ck_value"],
     )
+
+
+def traced_run(carry, static, X, y, numbers, key, statics) -> dict:
+    """Chunks of ``_run_chunk`` in a ``lax.while_loop`` until the run has stopped (traceable:
+    under ``vmap`` a stopped run is frozen while the others go on); the final carry."""
+    # A carry of fixed types: the chunk must map it to exactly the same avals.
+    carry = _strong(carry)
+
+    def body(c):
+        out = _run_chunk(c, static, X, y, numbers, key, **statics)
+        return jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), out, c)
+
+    return jax.lax.while_loop(lambda c: c["stop"] == STOP_RUNNING, body, carry)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import diffrax
 import equinox as eqx
@@ -29,7 +29,9 @@ import wnjax._runtime.interrupt as _interrupt
 from wnjax._nets.dense import apply_batch
 from wnjax._analysis.diagnostics import asymptotic_summaries
 from wnjax._losses import Loss, get_loss
-from wnjax._runtime.errors import InvalidInput, WnjaxError
+from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.tree import as_number, tree_norm
+from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._nets.models import CNN, MLP, Identity, ReLUPower, homogeneity_degree
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
 from wnjax._solver.auto import AutoSwitch
@@ -291,15 +293,11 @@ def _stopped(sol) -> Array:
     return sol.controller_state[1]["stop"]
 
 
-class FlowFailed(WnjaxError, RuntimeError):
+class FlowFailed(RunFailed):
     """A gradient-flow solve stopped before ``t1`` or its target; ``.result`` has the partial run."""
 
-    def __init__(self, message: str, result: "FlowResult"):
-        super().__init__(message)
-        self.result = result
 
-
-class FlowResult(eqx.Module):
+class FlowResult(RunResult):
     """The outcome of ``gradient_flow``. All fields are arrays, so results vmap and stack.
 
     - `ts`: plain time ``t`` at the save points (``inf`` past the end of the run);
@@ -310,10 +308,22 @@ class FlowResult(eqx.Module):
     - `states`: the model at each save point (stacked), or ``None``;
     - `final`: the model at the end of the run, of the same type as the input;
     - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
-    - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ...);
-    - `result_code`: diffrax's result code, or ``INTERRUPTED`` for a run stopped by SIGINT or
-      SIGTERM; `ok` says whether the run succeeded, `interrupted` whether a signal stopped it.
+    - `final_time`: the solver's clock at the end (``t``, or ``s`` for ``time='normalized'``);
+    - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
+      ``max_steps``; with the default solver also ``explicit_steps``, ``stiff_steps``,
+      ``switches``);
+    - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
+      ``max_steps`` exhausted, other positive values diffrax's failure codes, ``INTERRUPTED``
+      (``-1``) stopped by SIGINT or SIGTERM;
+    - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
+      (or the root-found crossing of the target).
+
+    Properties: `ok` (``stop_code == 0``), `interrupted` (``stop_code == INTERRUPTED``),
+    `message`, and `result_code`, a read-only alias of `stop_code`; ``check()`` raises
+    ``FlowFailed`` unless ``ok``.
     """
+
+    failure: ClassVar[type] = FlowFailed
 
     ts: Array
     s: Array
@@ -326,33 +336,32 @@ class FlowResult(eqx.Module):
     final_log_t: Array
     final_time: Array
     stats: dict
-    result_code: Array
+    stop_code: Array
     reached_target: Array
+
+    @property
+    def result_code(self) -> Array:
+        """``stop_code`` under its other name (read-only)."""
+        return self.stop_code
 
     @property
     def ok(self) -> Array:
         """True when the solve reached ``t1`` or its target log loss."""
-        return self.result_code == 0
+        return self.stop_code == 0
 
     @property
     def interrupted(self) -> Array:
         """True when SIGINT or SIGTERM stopped the run; the result holds the state reached."""
-        return self.result_code == INTERRUPTED
+        return self.stop_code == INTERRUPTED
 
     @property
     def message(self) -> str:
         """A human-readable account of how the run ended."""
         return _describe(self)
 
-    def check(self) -> "FlowResult":
-        """Raise ``FlowFailed`` (carrying this partial result) unless the run succeeded."""
-        if not bool(np.all(np.asarray(self.ok))):
-            raise FlowFailed(self.message, self)
-        return self
-
 
 def _describe(r: FlowResult) -> str:
-    code = np.asarray(r.result_code)
+    code = np.asarray(r.stop_code)
     if code.ndim:
         return f"{int((code == 0).sum())}/{code.size} runs succeeded"
     steps = int(np.asarray(r.stats["num_steps"]))
@@ -601,7 +610,7 @@ def _solve(
         final_log_t=final_log_t,
         final_time=sol.ts[1][-1],
         stats=stats,
-        result_code=code,
+        stop_code=code,
         reached_target=reached,
     )
 
@@ -665,10 +674,6 @@ def loss_levels(log_l0: Array, target: Array, n: int) -> Array:
     return jnp.concatenate([log_l0[None], log_l0 - drops])
 
 
-def _tree_norm(tree) -> Array:
-    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X, y, loss,
                   numbers, *, n_save: int, max_steps: int, standard_out: bool = False
                   ) -> FlowResult:
@@ -683,7 +688,7 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         dt0 = numbers["dt0"]
     else:  # diffrax's automatic first step can stall on a restart, so carry our own
         f0 = term.vf(0.0, y0, None)
-        dt0 = 1e-3 * (1.0 + _tree_norm(y0[0])) / jnp.maximum(_tree_norm(f0), 1e-300)
+        dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.maximum(tree_norm(f0), 1e-300)
     s0 = jnp.zeros_like(numbers["t1"])
     # a run that starts at or below its target is done before its first level
     start = {"s": s0, "y": y0, "code": zero,
@@ -762,7 +767,7 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         stats={"num_steps": end["steps"], "num_accepted_steps": end["accepted"],
                "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps),
                **_switch_stats(end["solver_state"])},
-        result_code=end["code"],
+        stop_code=end["code"],
         # the last solve crossed its level (the target), or the run ended within rounding of it
         reached_target=(end["code"] == 0) & (end["hit"] | _reached(
             final_log_loss, numbers["target"], X.dtype,
@@ -951,19 +956,19 @@ def gradient_flow(
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
     numbers = {
-        "t0": _number(t0, dtype),
-        "t1": _number(t1, dtype),
-        "rtol": _number(rtol, dtype),
-        "atol": _number(atol, dtype),
-        "degree": _number(degree, dtype),
-        "target": _number(-np.inf if target_log_loss is None else target_log_loss, dtype),
+        "t0": as_number(t0, dtype),
+        "t1": as_number(t1, dtype),
+        "rtol": as_number(rtol, dtype),
+        "atol": as_number(atol, dtype),
+        "degree": as_number(degree, dtype),
+        "target": as_number(-np.inf if target_log_loss is None else target_log_loss, dtype),
     }
     if log_t0 is not None:
         if not normalized:
             raise ValueError("log_t0 is for time='normalized'; with time='plain' pass t0.")
-        numbers["log_t0"] = _number(log_t0, dtype)
+        numbers["log_t0"] = as_number(log_t0, dtype)
     if dt0 is not None:
-        numbers["dt0"] = _number(dt0, dtype)
+        numbers["dt0"] = as_number(dt0, dtype)
     save_levels = isinstance(save, AtLossLevels)
     if isinstance(save, AtTimes):
         save_s = save.ts
@@ -975,7 +980,7 @@ def gradient_flow(
             )
         else:
             save_s = default_save_times(start, float(t1), save.n)
-    save_s = _number(save_s, dtype)
+    save_s = as_number(save_s, dtype)
     with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
         result = _solve(
             p,
@@ -1004,8 +1009,8 @@ def gradient_flow(
 def _finish(result: FlowResult, throw: bool) -> FlowResult:
     """``result``, once its run has finished; a failure raises ``FlowFailed`` (``throw``) or
     warns, an interrupted run warns and is returned."""
-    if not isinstance(result.result_code, jax.core.Tracer):
-        code = np.asarray(result.result_code)  # one host read, no dispatch: waits for the run
+    if not isinstance(result.stop_code, jax.core.Tracer):
+        code = np.asarray(result.stop_code)  # one host read, no dispatch: waits for the run
         if not bool(np.all(code == 0)):
             if throw and not bool(np.any(code == INTERRUPTED)):
                 raise FlowFailed(result.message, result)
@@ -1042,12 +1047,3 @@ def _tolerances(rtol, atol, dtype) -> tuple:
             )
             rtol = floor
     return rtol, atol
-
-
-def _number(v, dtype):
-    """A number (or array of them) for the compiled program: a host NumPy array (``filter_jit``
-    traces it like a JAX array, without an eager dispatch per number), or a JAX array as it is
-    when it already is one (traced under ``vmap``/``jit``)."""
-    if isinstance(v, jax.Array):
-        return jnp.asarray(v, dtype)
-    return np.asarray(v, dtype)

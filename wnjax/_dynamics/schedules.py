@@ -23,6 +23,13 @@ from jaxtyping import Array
 GRADIENTS = ("loss", "log_loss")
 
 
+def backtrack_rate(eta0, kept, grow, shrink, cap):
+    """The backtracking rule for ``eta0`` after a trial is judged: ``min(grow eta0, cap)`` if it
+    was kept, ``eta0 / shrink`` if it was undone. Shared by ``loss_normalized_sgd`` (a trial is
+    one step) and ``EpochBacktracking`` (a trial is one epoch of minibatch steps)."""
+    return jnp.where(kept, jnp.minimum(eta0 * grow, cap), eta0 / shrink)
+
+
 class LossNormalizedState(NamedTuple):
     """``eta0`` now, ``log L`` at the last accepted point, the last update, whether the last
     update was an undo, the number of undone steps, and the ``log L`` that normalized the last
@@ -99,8 +106,8 @@ def loss_normalized_sgd(
             # (a non-finite loss, e.g. overflowed margins, counts as a rise and is undone)
             rose = ~(log_value <= state.prev_log_value) & ~state.just_undone
             # right after an undo, retry from the restored point with the shrunk eta0
-            grown = jnp.where(state.just_undone, state.eta0, jnp.minimum(state.eta0 * grow, cap))
-            eta0 = jnp.where(rose, state.eta0 / shrink, grown)
+            eta0 = jnp.where(state.just_undone & ~rose, state.eta0,
+                             backtrack_rate(state.eta0, ~rose, grow, shrink, cap))
         else:
             rose = jnp.asarray(False)
             eta0 = state.eta0

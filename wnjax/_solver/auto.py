@@ -27,6 +27,8 @@ import numpy as np
 from diffrax import AbstractLocalInterpolation
 from diffrax._root_finder import use_stepsize_tol
 
+from wnjax._runtime.tree import all_finite, tree_norm
+
 
 def _stage_matrix(tableau) -> np.ndarray:
     """The full Butcher matrix ``A`` (lower triangle plus diagonal) of a diffrax tableau."""
@@ -59,10 +61,6 @@ def _stage_difference(solver) -> np.ndarray:
     return a[-1] - a[-2]
 
 
-def _tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def stiffness_estimate(solver, k) -> jax.Array:
     """``h rho`` of one step of a diffrax Runge-Kutta ``solver`` from its stage increments ``k``
     (the ``k`` of its dense output: a pytree of ``(stages, ...)`` arrays, ``k_i = h f(Y_i)``)."""
@@ -74,7 +72,7 @@ def _stage_estimate(solver, k):
     d = _stage_difference(solver)
     dk = jax.tree_util.tree_map(lambda x: x[-1] - x[-2], k)
     dy = jax.tree_util.tree_map(lambda x: jnp.tensordot(jnp.asarray(d, x.dtype), x, 1), k)
-    num, den = _tree_norm(dk), _tree_norm(dy)
+    num, den = tree_norm(dk), tree_norm(dy)
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0), dy
 
 
@@ -90,25 +88,20 @@ def _power_estimate(method, terms, t0, t1, y1, args, k, direction):
     else:
         f1 = terms.vf(t1, y1, args)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(y1))
-    delta = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + _tree_norm(y1))
+    delta = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + tree_norm(y1))
     shifted = jax.tree_util.tree_map(lambda a, b: a + delta * b, y1, v)
     jv = jax.tree_util.tree_map(lambda a, b: (a - b) / delta, terms.vf(t1, shifted, args), f1)
-    rho = _tree_norm(jv)
+    rho = tree_norm(jv)
     return jnp.abs(h) * rho, _unit(jv, v)
 
 
 def _unit(tree, fallback):
     """``tree / ||tree||``, or ``fallback / ||fallback||`` where ``tree`` is zero."""
-    n = _tree_norm(tree)
-    m = _tree_norm(fallback)
+    n = tree_norm(tree)
+    m = tree_norm(fallback)
     return jax.tree_util.tree_map(
         lambda a, b: jnp.where(n > 0, a / jnp.where(n > 0, n, 1.0), b / jnp.where(m > 0, m, 1.0)),
         tree, fallback)
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 # The local error reported for a step whose result overflowed, relative to ``1 + |y0|``.
@@ -120,7 +113,7 @@ def _guard(y0, y1, err):
     the switch back from the implicit method) returns ``y0`` and a large finite error, so the
     step-size controller rejects it and shrinks ``h`` by its ``factormin``; a non-finite error
     would make the next ``h`` NaN and stall the solve."""
-    finite = _all_finite((y1, err))
+    finite = all_finite((y1, err))
     y1 = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, b, a), y0, y1)
     err = jax.tree_util.tree_map(
         lambda e, y: jnp.where(finite, e, _OVERFLOW_ERROR * (1 + jnp.abs(y))), err, y0)

@@ -9,12 +9,10 @@ solve stops at a target log loss) and reuse one compiled program.
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import os
 import warnings
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,24 +27,52 @@ from wnjax.diagonal._nets import (
     sparse_problem,
     uv_ratio,
 )
+from wnjax._dynamics.descent import prepare_run, traced_run
 from wnjax._dynamics.flow import gradient_flow
 from wnjax.diagonal._polar import polar_rates, polar_sgd
 from wnjax.diagonal._sparse import l1_interpolator, min_l2_interpolator, q_alpha_interpolator
+from wnjax._runtime.errors import InvalidInput
+from wnjax.experiments._options import Common, option
+from wnjax.experiments._report import write_outputs
 
 DESCRIPTION = "diagonal linear nets: polar WN vs plain GD/GF for sparse recovery across init scales"
 
 METHODS = ("plain GD", "plain GF", "WN-GD", "WN-GF")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dim", type=int, default=100, help="signal dimension d")
-    parser.add_argument("--measurements", type=int, default=40, help="number of measurements N")
-    parser.add_argument("--sparsity", type=int, default=5, help="sparsity k of x*")
-    parser.add_argument("--alphas", default="0.01,0.03,0.1,0.3,1,3,10", help="init scales")
-    parser.add_argument("--steps", type=int, default=20_000, help="GD steps (--full: 100,000)")
-    parser.add_argument("--radial-rate", type=float, default=1e-2, help="eta_r of WN-GD/GF")
-    parser.add_argument("--angular-rate", type=float, default=1e-2, help="eta_theta of WN-GD/GF")
-    parser.add_argument("--target-log-loss", type=float, default=-30.0, help="where flows stop")
+@dataclasses.dataclass(frozen=True)
+class Options(Common):
+    """diagonal-wn's options, besides ``seeds``, ``out`` and ``full`` (``Common``; ``full`` runs
+    at least 100,000 GD steps).
+
+    - dim: the signal dimension ``d``;
+    - measurements: the number of measurements ``N``;
+    - sparsity: the sparsity ``k`` of ``x*``;
+    - alphas: the init scales, comma-separated;
+    - steps: the number of GD steps;
+    - radial_rate: ``eta_r`` of WN-GD and the WN flow;
+    - angular_rate: ``eta_theta`` of WN-GD and the WN flow;
+    - target_log_loss: the ``log L`` at which the flows stop.
+    """
+
+    dim: int = option(100, "signal dimension d", positive=True)
+    measurements: int = option(40, "number of measurements N", positive=True)
+    sparsity: int = option(5, "sparsity k of x*", positive=True)
+    alphas: str = option("0.01,0.03,0.1,0.3,1,3,10", "init scales")
+    steps: int = option(20_000, "GD steps (--full: 100,000)", positive=True)
+    radial_rate: float = option(1e-2, "eta_r of WN-GD/GF", positive=True)
+    angular_rate: float = option(1e-2, "eta_theta of WN-GD/GF", positive=True)
+    target_log_loss: float = option(-30.0, "where flows stop")
+
+    def __post_init__(self):
+        super().__post_init__()
+        try:
+            ok = all(float(a) > 0 for a in self.alphas.split(","))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise InvalidInput(f"alphas must be comma-separated positive numbers such as "
+                               f"'0.1,1,10', got {self.alphas!r}.")
 
 
 def plain_rate(A: np.ndarray, y: np.ndarray, alpha: float, depth: int) -> float:
@@ -59,37 +85,33 @@ def plain_rate(A: np.ndarray, y: np.ndarray, alpha: float, depth: int) -> float:
     return 0.5 / (lam * depth**2 * s ** (2 * depth - 2))
 
 
-def _square_loss(params, static, A, y):
-    r = jax.vmap(eqx.combine(params, static))(A) - y
-    return 0.5 * jnp.sum(r * r)
-
-
 def gd_trace(p0, optimizer, A, y, x_star, num_steps: int, n_record: int = 200):
-    """Run GD; return the relative error every ``num_steps // n_record`` steps and first-hit steps.
+    """GD on ``L = 1/2 ||A x - y||^2`` (``theta <- theta + optimizer.update(grad L, ...)``, the
+    GD engine with a relative-error monitor), traceable under ``jit``/``vmap``.
 
-    ``first[j]`` is the first step with ``||x - x*||/||x*|| <= (1e-3, 1e-6)[j]`` (``-1``: never).
+    **Arguments:** `p0` (a diagonal net, plain or parameterized), `optimizer` (a ready optax
+    transformation), `A`, `y`, `x_star`, `num_steps`, `n_record`.
+
+    **Returns:** ``(steps, errs, first)``: ``errs[j] = ||x - x*||/||x*||`` after
+    ``steps[j] = (j + 1) stride`` steps, ``stride = max(num_steps // n_record, 1)``; ``first[j]``
+    the first step with the error at or below ``(1e-3, 1e-6)[j]`` (``-1``: never).
     """
     stride = max(num_steps // n_record, 1)
-    params, static = eqx.partition(p0, eqx.is_inexact_array)
-    tols = jnp.asarray([1e-3, 1e-6])
+    n = num_steps // stride
 
-    def step(c, _):
-        params, state, k, first = c
-        g = jax.grad(_square_loss)(params, static, A, y)
-        updates, state = optimizer.update(g, state, params)
-        params = eqx.apply_updates(params, updates)
-        err = relative_error(diagonal_signal(eqx.combine(params, static)), x_star)
-        first = jnp.where((first < 0) & (err <= tols), k + 1, first)
-        return (params, state, k + 1, first), None
+    def error(model, X, Y):
+        return relative_error(diagonal_signal(model), x_star)
 
-    def chunk(c, _):
-        c, _ = jax.lax.scan(step, c, None, length=stride)
-        return c, relative_error(diagonal_signal(eqx.combine(c[0], static)), x_star)
-
-    init = (params, optimizer.init(params), jnp.asarray(0), -jnp.ones(2, int))
-    (params, _, _, first), errs = jax.lax.scan(chunk, init, None, length=num_steps // stride)
-    steps = stride * jnp.arange(1, num_steps // stride + 1)
-    return steps, errs, first
+    carry, static, X, Y, numbers, key, statics = prepare_run(
+        p0, A, y, num_steps=n * stride, learning_rate=None, optimizer=optimizer,
+        hyperparams=None, loss="square", target_log_loss=None, batch_size=None, key=None,
+        objective="loss", n_save=1, save_states=False, chunk_size=n * stride, degree=1.0,
+        diverge_above=np.inf, diagnostics=False, check_initial_loss=False,
+        checkpoints=(1e-3, 1e-6), summarize=lambda m, X, Y: {"error": error(m, X, Y)},
+        save_at=stride * np.arange(1, n + 1), standard=False, monitor=error,
+    )
+    carry = traced_run(carry, static, X, Y, numbers, key, statics)
+    return stride * jnp.arange(1, n + 1), carry["saved"]["error"][:n], carry["ck_steps"]
 
 
 def _gd_batch(A, y, xs, alpha, depth, method, lr, er, et, num_steps):
@@ -139,15 +161,17 @@ def _first_hit_stats(first) -> dict:
     }
 
 
-def sweep_point(problem, alpha, depth, args, methods=METHODS) -> dict:
-    """All methods at one ``(alpha, L)``, over the seeds of ``problem = (A, y, x*)``."""
+def sweep_point(problem, alpha, depth, options, methods=METHODS) -> dict:
+    """All methods at one ``(alpha, L = depth)``, over the seeds of ``problem = (A, y, x*)``, with
+    the rates, GD steps and flow target of ``options`` (``Options``)."""
     A, y, xs = problem
     out = {}
     lr = [plain_rate(np.asarray(a), np.asarray(b), alpha, depth) for a, b in zip(A, y)]
     for method in methods:
         if method.endswith("GD"):
             steps, errs, first = _gd_batch(
-                A, y, xs, alpha, depth, method, lr, args.radial_rate, args.angular_rate, args.steps
+                A, y, xs, alpha, depth, method, lr, options.radial_rate, options.angular_rate,
+                options.steps,
             )
             out[method] = {
                 "error": _stats(np.asarray(errs)[:, -1]),
@@ -162,8 +186,8 @@ def sweep_point(problem, alpha, depth, args, methods=METHODS) -> dict:
                 out[method]["learning_rate"] = _stats(lr)
         else:
             errs, spreads, ok = _gf_runs(
-                A, y, xs, alpha, depth, method, args.radial_rate, args.angular_rate,
-                args.target_log_loss,
+                A, y, xs, alpha, depth, method, options.radial_rate, options.angular_rate,
+                options.target_log_loss,
             )
             out[method] = {"error": _stats(errs), "reached_target": int(ok.sum())}
             if method == "WN-GF" and depth == 2:
@@ -239,15 +263,15 @@ def _fmt(r) -> str:
     return f"{r['mean']:.3g} ± {r['std']:.2g}"
 
 
-def _report(metrics, alphas, args) -> str:
+def _report(metrics, alphas, options) -> str:
     sweep = metrics["alpha_sweep"]
     ref = metrics["references"]
     lines = [
         "# Diagonal linear nets with weight normalization (Chou, Rauhut, Ward 2023)",
         "",
-        f"d = {args.dim}, N = {args.measurements}, k = {args.sparsity}, {args.seeds} seeds "
-        f"(mean ± std), {args.steps} GD steps, WN rates eta_r = {args.radial_rate}, "
-        f"eta_theta = {args.angular_rate}; flows stop at log L = {args.target_log_loss}.",
+        f"d = {options.dim}, N = {options.measurements}, k = {options.sparsity}, {options.seeds} "
+        f"seeds (mean ± std), {options.steps} GD steps, WN rates eta_r = {options.radial_rate}, "
+        f"eta_theta = {options.angular_rate}; flows stop at log L = {options.target_log_loss}.",
         "",
         "Conventions (ours, SPEC section 5; the paper's body was not available): "
         "A_ij ~ N(0, 1/N); x* has a uniform random support and N(0,1) nonzeros; loss "
@@ -336,15 +360,18 @@ def _findings(metrics, alphas) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.full:
-        args.steps = max(args.steps, 100_000)
-    alphas = [float(a) for a in args.alphas.split(",")]
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    problem = _problems(keys, args.dim, args.measurements, args.sparsity)
-    metrics = {"steps": args.steps, "args": {k: v for k, v in vars(args).items() if k != "_module"}}
+def run(options: Options) -> dict:
+    """Run diagonal-wn with ``options``; write its figures, ``metrics.json`` and ``report.md``
+    under ``options.out``. **Returns:** the metrics (its findings in ``findings``; no claim is
+    judged, so ``verdicts`` is empty)."""
+    if options.full:
+        options = dataclasses.replace(options, steps=max(options.steps, 100_000))
+    alphas = [float(a) for a in options.alphas.split(",")]
+    keys = jax.random.split(jax.random.key(0), options.seeds)
+    problem = _problems(keys, options.dim, options.measurements, options.sparsity)
+    metrics = {"steps": options.steps, "options": dataclasses.asdict(options)}
     metrics["references"] = _references(problem, alphas)
-    metrics["alpha_sweep"] = {str(a): sweep_point(problem, a, 2, args) for a in alphas}
+    metrics["alpha_sweep"] = {str(a): sweep_point(problem, a, 2, options) for a in alphas}
 
     sweep_alphas = [0.1, 1.0]
     depth = {"values": [2, 3], "alphas": sweep_alphas, "results": {}}
@@ -353,23 +380,24 @@ def run(args: argparse.Namespace) -> dict:
             depth["results"][f"{L}|{a}"] = (
                 metrics["alpha_sweep"][str(a)]
                 if L == 2 and str(a) in metrics["alpha_sweep"]
-                else sweep_point(problem, a, L, args)
+                else sweep_point(problem, a, L, options)
             )
     metrics["depth_sweep"] = depth
-    sparsity = {"values": sorted({2, args.sparsity, 10, 15}), "alphas": sweep_alphas, "results": {}}
+    sparsity = {"values": sorted({2, options.sparsity, 10, 15}), "alphas": sweep_alphas,
+                "results": {}}
     for k in sparsity["values"]:
-        prob_k = problem if k == args.sparsity else _problems(keys, args.dim, args.measurements, k)
+        prob_k = (problem if k == options.sparsity
+                  else _problems(keys, options.dim, options.measurements, k))
         for a in sweep_alphas:
             sparsity["results"][f"{k}|{a}"] = (
                 metrics["alpha_sweep"][str(a)]
-                if k == args.sparsity and str(a) in metrics["alpha_sweep"]
-                else sweep_point(prob_k, a, 2, args)
+                if k == options.sparsity and str(a) in metrics["alpha_sweep"]
+                else sweep_point(prob_k, a, 2, options)
             )
     metrics["sparsity_sweep"] = sparsity
     metrics["findings"] = _findings(metrics, alphas)
-    _plot(metrics, alphas, args.out)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1, default=str)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(_report(metrics, alphas, args))
+    metrics["verdicts"] = []
+    os.makedirs(options.out, exist_ok=True)
+    _plot(metrics, alphas, options.out)
+    write_outputs(options.out, metrics, _report(metrics, alphas, options))
     return metrics

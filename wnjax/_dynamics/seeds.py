@@ -1,0 +1,153 @@
+"""The GD engine over seeds: one vmapped program, per-seed data and hyperparameters.
+
+``run_seeds`` runs ``descent._run_chunk`` under ``jax.vmap`` (one lane per seed, each stopping
+on its own) in chunks driven from Python (SIGINT/SIGTERM end the run at a chunk end), and
+returns the final carry with helpers to read it: ``padded`` (the save records of every seed on
+a common axis) and ``checkpoint_models``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from wnjax._dynamics.descent import _drive, _host_int, _init_carry, _levels, _run_chunk
+from wnjax._losses import Loss, get_loss
+from wnjax._nets.parameterize import Parameterized, as_parameterized
+from wnjax._runtime.validate import cast_floats, common_dtype
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """The final state of ``run_seeds``: `carry` (every array with a leading seed axis),
+    `static` (the models' non-array part) and `plain` (the input models were plain)."""
+
+    carry: dict
+    static: PyTree
+    plain: bool
+
+    def models(self, params) -> PyTree:
+        """Stacked models of the input type from stacked parameters."""
+        p = eqx.combine(params, self.static)
+        return eqx.filter_vmap(lambda m: m.standard())(p) if self.plain else p
+
+    def padded(self) -> tuple[dict, np.ndarray, np.ndarray]:
+        """``(records, steps, counts)``: the save records as host arrays ``(n, seeds, ...)`` with
+        ``n`` the most records of any seed; a seed with fewer repeats its last record. ``steps``
+        are the accepted steps at each record, ``counts`` the records per seed."""
+        counts = np.asarray(self.carry["save_idx"])
+        n = int(counts.max()) if counts.size else 0
+        rows = np.minimum(np.arange(n)[:, None], np.maximum(counts[None, :] - 1, 0))
+        cols = np.arange(counts.size)[None, :]
+
+        def pad(a):
+            return np.asarray(a)[cols, rows]
+
+        records = jax.tree_util.tree_map(pad, dict(self.carry["saved"]))
+        return records, pad(self.carry["saved_steps"]), counts
+
+    def checkpoint_models(self) -> tuple:
+        """Per checkpoint level, the stacked models kept there (``None`` where no seed got
+        there; a seed that did not keeps its initial model)."""
+        steps = np.asarray(self.carry["ck_steps"])
+        out = []
+        for j in range(steps.shape[1]):
+            if np.any(steps[:, j] >= 0):
+                params = jax.tree_util.tree_map(lambda b: b[:, j], self.carry["ck_params"])
+                out.append(self.models(params))
+            else:
+                out.append(None)
+        return tuple(out)
+
+
+@eqx.filter_jit
+def _init_seeds(params, static, X, y, hyperparams, numbers, n_save, statics):
+    return jax.vmap(lambda q, X, y, hp: _init_carry(q, static, X, y, hp, numbers, n_save,
+                                                    **statics))(params, X, y, hyperparams)
+
+
+@eqx.filter_jit
+def _seeds_chunk(carry, static, X, y, numbers, per_seed, keys, statics):
+    def one(c, X, y, ps, key):
+        return _run_chunk(c, static, X, y, {**numbers, **ps}, key, **statics)
+
+    return jax.vmap(one)(carry, X, y, per_seed, keys)
+
+
+def run_seeds(
+    models: PyTree,
+    X: Array,
+    y: Array,
+    *,
+    rule,
+    hyperparams: dict,
+    keys: PRNGKeyArray,
+    num_steps: int,
+    loss: str | Loss,
+    target_log_loss: float | None = None,
+    diverge_above: float = np.inf,
+    checkpoints: Sequence[float] = (),
+    save_at: Sequence[int] = (),
+    chunk_size: int = 1000,
+    auto_chunks: bool = True,
+    summarize: Callable | None = None,
+    stop_stalled: bool = False,
+) -> tuple[SeedRun, bool]:
+    """Run the GD engine on stacked models, one vmapped lane per seed.
+
+    **Arguments:**
+    - `models`: stacked models (leading seed axis), plain or ``Parameterized``.
+    - `X`, `y`: per-seed data ``(seeds, n, ...)``.
+    - `rule`: the update rule (``rules.DescentRule``, ``rules.EpochBacktracking``).
+    - `hyperparams`: the rule's traced numbers, each with a leading seed axis.
+    - `keys`: one PRNG key per seed (minibatches).
+    - `num_steps`: the budget of attempts per seed.
+    - `loss`: a loss name or ``Loss``.
+    - `target_log_loss`: stop a seed at this full-data ``log L``.
+    - `diverge_above`: a seed whose ``log L`` exceeds its start by this much has diverged.
+    - `checkpoints`: ``log L`` levels at which to keep each seed's model.
+    - `save_at`: the attempts at which to record ``log_loss`` and the ``summarize`` outputs
+      (a stopped seed records its final state once more).
+    - `chunk_size`, `auto_chunks`: attempts per compiled call (doubling after fast calls).
+    - `summarize`: ``f(model, X, y) -> dict`` recorded at the save points.
+    - `stop_stalled`: stop a seed whose loss is carried by dead points.
+
+    **Returns:** ``(SeedRun, interrupted)``.
+    """
+    loss_obj = get_loss(loss)
+    plain = not isinstance(models, Parameterized)
+    p = eqx.filter_vmap(as_parameterized)(models)
+    X = jnp.asarray(X)
+    dtype = common_dtype(p, X)
+    X, p = cast_floats(X, dtype), cast_floats(p, dtype)
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        y = cast_floats(y, dtype)
+    params, static = eqx.partition(p, eqx.is_inexact_array)
+    save_at = np.unique(np.asarray(list(save_at), int))
+    n_save = save_at.size + 1  # room for the record of a seed that stops between save points
+    numbers = {
+        "target": np.asarray(-np.inf if target_log_loss is None else target_log_loss, dtype),
+        "num_steps": _host_int(num_steps),
+        "degree": np.asarray(1.0, dtype),
+        "save_at": _host_int(np.concatenate([save_at, [-1]])),
+        "chunk_size": _host_int(chunk_size),
+        "levels": _levels(checkpoints, dtype),
+    }
+    hp = {k: jnp.asarray(v, dtype) for k, v in hyperparams.items()}
+    statics = dict(rule=rule, loss=loss_obj, save_states=False, diagnostics=False,
+                   standard=False, summarize=summarize, plain_out=plain)
+    start = {**numbers, "diverge_above": np.asarray(diverge_above, dtype)}
+    carry, log_l0, level = _init_seeds(params, static, X, y, hp, start, n_save, statics)
+    per_seed = {"hyperparams": hp, "diverge_above": level, "initial_log_loss": log_l0}
+    statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
+    carry = _drive(lambda c, n: _seeds_chunk(c, static, X, y, n, per_seed, keys, statics),
+                   carry, numbers, auto=auto_chunks)
+    interrupted = bool(np.any(np.asarray(carry["stop"]) == 0))
+    return SeedRun(carry=carry, static=static, plain=plain), interrupted
