@@ -1,6 +1,6 @@
 """lin-sep with the paper's schedule: wnjax against a PyTorch re-implementation of its loop.
 
-The problem of SPEC section 4: 4 points in R^2, a bias-free 2-layer ReLU^2 net with 8 hidden
+The problem of docs/theory.md §4: 4 points in R^2, a bias-free 2-layer ReLU^2 net with 8 hidden
 neurons, EWN on every neuron (8 hidden + 1 output), exponential loss summed over points, GD with
 step ``eta0 / L^(1 - 1/30)`` and backtracking (a rise in the loss undoes the step and divides
 ``eta0`` by 1.1; a fall multiplies it by 1.1), run to log L = -300, float64.

@@ -14,10 +14,10 @@
 # %% [markdown]
 # # conv-rate: EWN's loss curve hardly depends on depth
 #
-# SPEC section 4: 20 points in R^2 (support points (1, 1) with y = -1 and (-1, 1) with y = +1),
+# docs/theory.md §4: 20 points in R^2 (support points (1, 1) with y = -1 and (-1, 1) with y = +1),
 # deep linear nets of depth 1-4, width 100, no bias, every depth started at the **same
 # end-to-end predictor**; GD with constant lr 0.001 for 5000 steps, logistic loss. Theory
-# (SPEC section 3): EWN's loss rate `Theta(1/(t (log t)^2))` does not depend on the depth,
+# (docs/theory.md §3): EWN's loss rate `Theta(1/(t (log t)^2))` does not depend on the depth,
 # the unnormalized rate `Theta(1/(t (log t)^(2 - 2/L)))` does. The paper's final-loss ratios,
 # depth 1 to depth 4: **EWN about 2x, SWN about 28x, unnormalized about 70x**.
 #

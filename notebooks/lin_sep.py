@@ -16,7 +16,7 @@
 # %% [markdown]
 # # lin-sep: EWN reaches the asymptotic regime sooner and keeps few neurons
 #
-# SPEC section 4: 4 points in R^2 ((1, 1) with y = -1, (-1, 1) with y = +1, one more per class
+# docs/theory.md §4: 4 points in R^2 ((1, 1) with y = -1, (-1, 1) with y = +1, one more per class
 # drawn per seed), a 2-layer ReLU^2 net with 8 hidden neurons and no bias, GD with step
 # `eta = eta0/L^(1-1/30)` and backtracking, to `log L = -300`, counting epochs (accepted steps)
 # as the paper does. The default `schedule="paper-code"` is the authors' code: the previous

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # pruning: EWN's relative sparsity pays off late in training
 #
-# SPEC section 4: an MLP with one hidden ReLU layer (with bias) and WN on the hidden layer,
+# docs/theory.md §4: an MLP with one hidden ReLU layer (with bias) and WN on the hidden layer,
 # trained by SGD (batch 128, step `eta0/L`) with checkpoints at `log L = -10, -100, -300`. At
 # each checkpoint the k% of hidden neurons with the smallest norm (`exp(a_u)`, `|g_u|` or the
 # row norm) are removed, with no fine-tuning. The paper (MNIST, width 1024):

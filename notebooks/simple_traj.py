@@ -14,7 +14,7 @@
 # %% [markdown]
 # # simple-traj: EWN picks a coordinate axis, unnormalized GD drifts to x/||x||
 #
-# The smallest example of the first paper (Morwani & Ramaswamy, ALT 2022; SPEC section 4): a
+# The smallest example of the first paper (Morwani & Ramaswamy, ALT 2022; docs/theory.md §4): a
 # linear model `w . x` in R^2 on one point `x = (2, 1)`, exponential loss `exp(-w . x)`, run to
 # `log L = -50`. Each coordinate is its own 1-D neuron, so under exponential weight
 # normalization `w_i = exp(a_i)` and the EWN flow is `dw_i/dt = w_i^2 x_i L`. Solving it,

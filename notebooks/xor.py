@@ -14,7 +14,7 @@
 # %% [markdown]
 # # XOR: EWN concentrates the first layer on about 4 neurons
 #
-# SPEC section 4: the 4 XOR points, one hidden layer of 20 ReLU neurons without bias, the
+# docs/theory.md §4: the 4 XOR points, one hidden layer of 20 ReLU neurons without bias, the
 # output layer **fixed** (+1 for neurons 0-9, -1 for 10-19), weight normalization on the first
 # layer only, exponential loss to `log L = -50`. The paper's claims:
 #

@@ -1,4 +1,4 @@
-"""Gradient descent: steps against hand-written updates, growth of ||v_u|| (SPEC section 1),
+"""Gradient descent: steps against hand-written updates, growth of ||v_u|| (docs/theory.md §1),
 O(eta) drift between EWN-GD and adaptive-rate GD, GD -> flow as eta -> 0, compile-once, and the
 engine's checkpoints, summaries hook, stall stop and backtracking against plain loops.
 

@@ -1,4 +1,4 @@
-"""Diagnostics of the asymptotic regime (SPEC section 3), all computed in log space.
+"""Diagnostics of the asymptotic regime (docs/theory.md §3), all computed in log space.
 
 Per-neuron quantities are over the neurons of the trainable (non-frozen) layers, in the order of
 ``wnjax.weight_layers``. ``nabla_u = dL/dw_u`` is the gradient with respect to the plain weights
@@ -126,7 +126,7 @@ def relation_residuals(
     loss: str | Loss = "exponential",
     threshold: float = 0.05,
 ) -> dict:
-    """The weight-gradient relations of SPEC section 3, per neuron and as spreads.
+    """The weight-gradient relations of docs/theory.md §3, per neuron and as spreads.
 
     - ``log_ratio = log(||w_u|| / ||nabla_u L||)``: constant over neurons for SWN/unnormalized;
     - ``log_product = log(||w_u|| ||nabla_u L||)``: constant over surviving neurons for EWN.
@@ -241,7 +241,7 @@ def loss_rate_exponents(
     """Fit ``log L = c - alpha log t - beta log log t`` by least squares over a window of ``log t``.
 
     ``L = Theta(1 / (t (log t)^beta))``: ``beta = 2`` for EWN, ``2 - 2/L`` for unnormalized
-    L-homogeneous nets (SPEC section 3). ``log t`` and ``log log t`` are nearly collinear over
+    L-homogeneous nets (docs/theory.md §3). ``log t`` and ``log log t`` are nearly collinear over
     short windows, so by default ``alpha`` is held at 1 and only ``beta`` is fitted; pass
     ``t_exponent=None`` to fit both.
 

@@ -1,4 +1,4 @@
-"""Loss-normalized GD schedules as optax transforms that read the loss (SPEC section 3).
+"""Loss-normalized GD schedules as optax transforms that read the loss (docs/theory.md §3).
 
 - ``eta = eta0 / L`` (Lyu & Li; Exp-WN's MNIST runs): ``power = 1``;
 - ``eta = eta0 / L^(1 - 1/frac)`` (Exp-WN's synthetic runs): ``power = 1 - 1/frac``;

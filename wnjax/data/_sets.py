@@ -9,7 +9,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 
 def lin_sep(key: PRNGKeyArray) -> tuple[Array, Array]:
-    """The lin-sep problem of Exp-WN (SPEC section 4): 4 points in R^2.
+    """The lin-sep problem of Exp-WN (docs/theory.md §4): 4 points in R^2.
 
     Support points ``(1, 1)`` with ``y = -1`` and ``(-1, 1)`` with ``y = +1``, plus one point per
     class, uniform in ``[a, b]^2`` (``y = -1``) and ``[-b, -a]^2`` (``y = +1``), where
@@ -29,7 +29,7 @@ def lin_sep(key: PRNGKeyArray) -> tuple[Array, Array]:
 
 
 def xor() -> tuple[Array, Array]:
-    """The 4 XOR points ``(+-1, +-1)`` with ``y = -x_1 x_2`` (SPEC section 4, XOR).
+    """The 4 XOR points ``(+-1, +-1)`` with ``y = -x_1 x_2`` (docs/theory.md §4, XOR).
 
     **Returns:** ``X`` of shape ``(4, 2)`` and ``y`` of shape ``(4,)`` in ``{-1, +1}``.
     """
@@ -39,7 +39,7 @@ def xor() -> tuple[Array, Array]:
 
 
 def conv_rate_data(key: PRNGKeyArray, n: int = 20) -> tuple[Array, Array]:
-    """The conv-rate problem of Exp-WN (SPEC section 4): ``n`` separable points in R^2.
+    """The conv-rate problem of Exp-WN (docs/theory.md §4): ``n`` separable points in R^2.
 
     Support points ``(1, 1)`` with ``y = -1`` and ``(-1, 1)`` with ``y = +1``; the other
     ``n - 2`` points split evenly, uniform in ``[1.5, 2]^2`` (``y = -1``) and ``[-2, -1.5]^2``

@@ -1,7 +1,7 @@
 """Separate radial and angular rates for weight-normalized neurons ``w_u = r_u theta_u``.
 
 For an SWN neuron (``r = g``, ``theta = v/||v||``, ``||v|| = 1``) the rates ``eta_r`` on ``g`` and
-``eta_theta`` on ``v`` give the flow (derived, SPEC section 5)
+``eta_theta`` on ``v`` give the flow (derived, docs/theory.md §5)
 
     dw/dt = -[eta_r theta theta^T + eta_theta r^2 (I - theta theta^T)] grad L.
 

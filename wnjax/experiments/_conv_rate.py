@@ -1,7 +1,7 @@
 """conv-rate: deep linear nets of depth 1-4 from one end-to-end predictor; loss vs depth.
 
 EWN's loss rate ``Theta(1/(t (log t)^2))`` does not depend on depth, while the unnormalized
-rate ``Theta(1/(t (log t)^(2 - 2/L)))`` does (SPEC section 3). Every depth starts from the same
+rate ``Theta(1/(t (log t)^(2 - 2/L)))`` does (docs/theory.md §3). Every depth starts from the same
 end-to-end predictor ``w* = W_D ... W_1``: the first layer of a random deep net is corrected by
 ``W_1 <- W_1 + r^T (w* - r W_1)/||r||^2`` with ``r = W_D ... W_2``.
 """

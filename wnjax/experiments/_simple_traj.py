@@ -1,7 +1,7 @@
 """simple-traj: a linear model ``w . x`` in R^2 on one point, each coordinate its own neuron.
 
 With exponential loss ``L = exp(-w . x)`` and per-coordinate EWN (``w_i = exp(a_i) sign(v_i)``)
-the flow is ``dw_i/dt = w_i^2 x_i L``, so (derived, SPEC section 4)
+the flow is ``dw_i/dt = w_i^2 x_i L``, so (derived, docs/theory.md §4)
 
     1/w_i(t) = 1/w_i(0) - x_i S(t),   S(t) = int_0^t L,
 

@@ -1,6 +1,6 @@
 """XOR: 20 hidden ReLU neurons, output weights fixed to +1 (0-9) / -1 (10-19), WN on layer 1.
 
-EWN concentrates the first layer's norm on a few neurons (relative sparsity, SPEC section 3);
+EWN concentrates the first layer's norm on a few neurons (relative sparsity, docs/theory.md §3);
 SWN and unnormalized GD keep most neurons. The relative norm of neuron u is
 ``||w_u|| / ||W_1||`` (Frobenius norm of the first layer).
 """

@@ -33,7 +33,7 @@ def relu2_teacher_data(
 ) -> tuple[Array, Array]:
     """Points uniform on the unit sphere of ``R^d`` and ``y = sum_k c_k relu(x_{j_k})^2``.
 
-    The default teacher is SPEC section 7's ``y = relu(x_1)^2 - 0.5 relu(x_2)^2``.
+    The default teacher is docs/theory.md §7's ``y = relu(x_1)^2 - 0.5 relu(x_2)^2``.
 
     **Arguments:**
     - `key`: a PRNG key.

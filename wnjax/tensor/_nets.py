@@ -1,4 +1,4 @@
-"""Linear tensor networks ``f(x) = M(x)(v_1, ..., v_L)`` (Yun, Krishnan, Mobahi 2021; SPEC section 6).
+"""Linear tensor networks ``f(x) = M(x)(v_1, ..., v_L)`` (Yun, Krishnan, Mobahi 2021; docs/theory.md §6).
 
 The data tensor ``M(x)`` is linear in ``x``; the parameters ``v_l`` are the weights of bias-free
 ``eqx.nn.Linear`` layers, so ``wnjax.ewn``/``swn``, the flow and the GD runners apply unchanged.
@@ -409,7 +409,7 @@ def fourier_regression_init(
 
 
 def diagonal_regression_init(size: int, depth: int, alpha: float, nu=None) -> TensorNetwork:
-    """Diagonal net with ``w_l(0) = alpha nu`` (``l < L``) and ``w_L(0) = 0`` (SPEC section 6)."""
+    """Diagonal net with ``w_l(0) = alpha nu`` (``l < L``) and ``w_L(0) = 0`` (docs/theory.md §6)."""
     nu = np.ones(size) if nu is None else np.asarray(nu, dtype=np.float64)
     return tensor_network(
         DiagonalTensor(size, depth), [alpha * nu] * (depth - 1) + [np.zeros(size)]

@@ -1,4 +1,4 @@
-"""Predicted limits of gradient flow on linear tensor networks (SPEC section 6), in numpy/scipy.
+"""Predicted limits of gradient flow on linear tensor networks (docs/theory.md §6), in numpy/scipy.
 
 Everything lives in the transformed space: features ``Z`` (``n x m``, row ``i`` is ``S x_i``)
 and ``rho`` with ``f(x_i) = Z_i . rho``. Coordinates may be grouped (a complex Fourier
@@ -116,7 +116,7 @@ class Link:
         return 0.5 * w * w, F, dF
 
     def F(self, s):
-        """``F(s) = w P(w)``; SPEC's closed forms for ``L = 2, 3``."""
+        """``F(s) = w P(w)``; the closed forms of docs/theory.md §6 for ``L = 2, 3``."""
         s = np.asarray(s, dtype=np.float64)
         if self.kind == "L2":
             return 0.5 * self.c[0] ** 2 * np.sinh(2 * s)
