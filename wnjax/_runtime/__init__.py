@@ -1,1 +1,1 @@
-"""."""
+"""Runtime support: errors, input validation, interruption, the compilation cache, tree helpers."""

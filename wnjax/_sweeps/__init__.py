@@ -1,1 +1,1 @@
-"""."""
+"""Seed sweeps and their resumable results store."""
