@@ -68,8 +68,12 @@ def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 5) -> dic
 
 def summary(times: list[float], scale: float = 1.0) -> dict:
     """Median, min and max of ``times`` multiplied by ``scale``."""
-    return {"median": statistics.median(times) * scale, "min": min(times) * scale,
-            "max": max(times) * scale, "repeats": len(times)}
+    return {
+        "median": statistics.median(times) * scale,
+        "min": min(times) * scale,
+        "max": max(times) * scale,
+        "repeats": len(times),
+    }
 
 
 def gpu_status() -> str | dict:
@@ -82,8 +86,12 @@ def gpu_status() -> str | dict:
     if jax.default_backend() == "cpu":
         return GPU_NOT_MEASURED
     devices = jax.devices()
-    return {"measured": True, "backend": jax.default_backend(), "device": devices[0].device_kind,
-            "count": len(devices)}
+    return {
+        "measured": True,
+        "backend": jax.default_backend(),
+        "device": devices[0].device_kind,
+        "count": len(devices),
+    }
 
 
 def result_name(name: str, float32: bool) -> str:
@@ -138,8 +146,17 @@ def machine() -> dict:
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "versions": {
             k: _version(k)
-            for k in ("wnjax", "jax", "jaxlib", "equinox", "diffrax", "optax", "numpy", "torch",
-                      "torchdiffeq")
+            for k in (
+                "wnjax",
+                "jax",
+                "jaxlib",
+                "equinox",
+                "diffrax",
+                "optax",
+                "numpy",
+                "torch",
+                "torchdiffeq",
+            )
         },
         "gpu": gpu_status(),
     }
@@ -164,8 +181,12 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) 
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times),
-            "repeats": repeats}
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "repeats": repeats,
+    }
 
 
 def first_call_time(fn: Callable[[], object]) -> float:

@@ -14,7 +14,6 @@ gradient written once, and each layer's activations written by the forward pass 
 
 from __future__ import annotations
 
-
 import numpy as np
 from _common import median_time
 
@@ -54,13 +53,26 @@ def peak_matmul_flops(size: int = 2048, dtype=None, repeats: int = 5) -> dict:
     b = jax.random.normal(k2, (size, size), dtype)
     dot = jax.jit(jnp.dot)
     t = _median_call(lambda: dot(a, b).block_until_ready(), repeats)
-    return {"flops_per_s": 2.0 * size**3 / t, "size": size, "dtype": str(jnp.dtype(dtype)),
-            "seconds": t}
+    return {
+        "flops_per_s": 2.0 * size**3 / t,
+        "size": size,
+        "dtype": str(jnp.dtype(dtype)),
+        "seconds": t,
+    }
 
 
-def gd_loop_vs_peak(width: int, n: int, *, d: int = 10, depth: int = 3, rounds: int = 5,
-                    peak_size: int = 2048, target_s: float = 0.3, max_steps: int = 2000,
-                    lr: float = 1e-4) -> dict:
+def gd_loop_vs_peak(
+    width: int,
+    n: int,
+    *,
+    d: int = 10,
+    depth: int = 3,
+    rounds: int = 5,
+    peak_size: int = 2048,
+    target_s: float = 0.3,
+    max_steps: int = 2000,
+    lr: float = 1e-4,
+) -> dict:
     """Seconds per step of wnjax's compiled GD loop, and its fraction of the matmul peak.
 
     The loop is ``traced_gradient_descent`` (the program ``gradient_descent`` runs chunk by chunk)
@@ -80,13 +92,32 @@ def gd_loop_vs_peak(width: int, n: int, *, d: int = 10, depth: int = 3, rounds: 
 
     X = jax.random.normal(jax.random.key(n), (n, d))
     y = jnp.where(X[:, 0] >= 0, 1.0, -1.0)
-    m = wnjax.MLP(d, width, depth, activation="relu2", init_scale=min(1.0, (16 / width) ** 0.25),
-                  key=jax.random.key(1))
+    m = wnjax.MLP(
+        d,
+        width,
+        depth,
+        activation="relu2",
+        init_scale=min(1.0, (16 / width) ** 0.25),
+        key=jax.random.key(1),
+    )
     flops = gd_step_flops(n, d, width, depth)
     S = int(min(max_steps, max(4, target_s * 1e11 / flops)))
-    loop = jax.jit(lambda m: traced_gradient_descent(
-        m, X, y, num_steps=S, learning_rate=lr, degree=3.0, n_save=2, chunk_size=S,
-        diagnostics=False, diverge_above=1e9).final_log_loss)
+    loop = jax.jit(
+        lambda m: (
+            traced_gradient_descent(
+                m,
+                X,
+                y,
+                num_steps=S,
+                learning_rate=lr,
+                degree=3.0,
+                n_save=2,
+                chunk_size=S,
+                diagnostics=False,
+                diverge_above=1e9,
+            ).final_log_loss
+        )
+    )
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.normal(k1, (peak_size, peak_size), jnp.result_type(float))
     b = jax.random.normal(k2, (peak_size, peak_size), jnp.result_type(float))
@@ -103,11 +134,19 @@ def gd_loop_vs_peak(width: int, n: int, *, d: int = 10, depth: int = 3, rounds: 
         peaks.append(2.0 * peak_size**3 / (t1 - t0))
         steps.append((t2 - t1) / S)
         fractions.append(flops / steps[-1] / peaks[-1])
-    return {"width": width, "n": n, "depth": depth, "steps": S, "rounds": rounds,
-            "step_s": statistics.median(steps), "peak_flops_per_s_here": statistics.median(peaks),
-            "fraction_of_peak": statistics.median(fractions),
-            "fraction_range": [min(fractions), max(fractions)], "flops": flops,
-            "bytes": gd_step_bytes(n, d, width, depth)}
+    return {
+        "width": width,
+        "n": n,
+        "depth": depth,
+        "steps": S,
+        "rounds": rounds,
+        "step_s": statistics.median(steps),
+        "peak_flops_per_s_here": statistics.median(peaks),
+        "fraction_of_peak": statistics.median(fractions),
+        "fraction_range": [min(fractions), max(fractions)],
+        "flops": flops,
+        "bytes": gd_step_bytes(n, d, width, depth),
+    }
 
 
 GEMM_KINDS = {
@@ -156,12 +195,14 @@ def gemm_kinds(n: int, width: int, repeats: int = 7) -> dict:
     return {k: flops / statistics.median(v) for k, v in times.items()}
 
 
-def gemm_model_seconds(n: int, d: int, width: int, depth: int, rates: dict,
-                       weight_grad: str = "TN via copy") -> float:
+def gemm_model_seconds(
+    n: int, d: int, width: int, depth: int, rates: dict, weight_grad: str = "TN via copy"
+) -> float:
     """Seconds of one GD step's matmuls if each ran at its kind's measured rate ``rates``.
 
     ``weight_grad`` names the kind used for ``dW``: ``"TN via copy"`` is what ``wnjax.MLP``
-    runs on CPU (``wnjax._nets.dense.dense``), ``"TN"`` what a plain ``jax.vmap`` of the model gives.
+    runs on CPU (``wnjax._nets.dense.dense``), ``"TN"`` what a plain ``jax.vmap`` of the model
+    gives.
     """
     shapes = layer_shapes(d, width, depth)
     t = 0.0
@@ -182,15 +223,22 @@ def memory_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> dict:
     b = jnp.ones(m, dtype)
     add = jax.jit(jnp.add)
     t = _median_call(lambda: add(a, b).block_until_ready(), repeats)
-    return {"bytes_per_s": 3.0 * m * jnp.dtype(dtype).itemsize / t, "array_bytes": int(n_bytes),
-            "seconds": t}
+    return {
+        "bytes_per_s": 3.0 * m * jnp.dtype(dtype).itemsize / t,
+        "array_bytes": int(n_bytes),
+        "seconds": t,
+    }
 
 
-def attribute(step_s: float, flops: float, n_bytes: float, floor_s: float, peak: float,
-              bandwidth: float) -> str:
+def attribute(
+    step_s: float, flops: float, n_bytes: float, floor_s: float, peak: float, bandwidth: float
+) -> str:
     """Where a step's time goes: the largest of overhead floor, compute and memory times."""
-    parts = {"dispatch/loop overhead": floor_s, "compute": flops / peak,
-             "memory": n_bytes / bandwidth}
+    parts = {
+        "dispatch/loop overhead": floor_s,
+        "compute": flops / peak,
+        "memory": n_bytes / bandwidth,
+    }
     return max(parts, key=parts.get)
 
 
@@ -202,8 +250,14 @@ def fit_exponent(x, t) -> float:
 CACHE_BYTES = 4 * 2**20  # working sets below this stay in cache: no DRAM traffic counted
 
 
-def attribute_share(step_s: float, flops: float, n_bytes: float, peak: float,
-                    bandwidth: float, floor_s: float | None = None) -> dict:
+def attribute_share(
+    step_s: float,
+    flops: float,
+    n_bytes: float,
+    peak: float,
+    bandwidth: float,
+    floor_s: float | None = None,
+) -> dict:
     """Shares of a step's time: compute ``flops/peak``, memory ``bytes/bandwidth`` (only for
     working sets beyond the cache), dispatch/loop overhead, and the rest; plus the largest.
 
@@ -217,15 +271,30 @@ def attribute_share(step_s: float, flops: float, n_bytes: float, peak: float,
     memory = min(1.0, (n_bytes / bandwidth if n_bytes > CACHE_BYTES else 0.0) / step_s)
     rest = max(0.0, 1.0 - compute - memory)
     overhead = rest if floor_s is None else min(rest, floor_s / step_s)
-    other = ("compute below peak (small kernels)" if n_bytes <= CACHE_BYTES
-             else "memory beyond the counted passes")
-    shares = {"dispatch/loop overhead": overhead, "compute": compute, "memory": memory,
-              other: rest - overhead}
+    other = (
+        "compute below peak (small kernels)"
+        if n_bytes <= CACHE_BYTES
+        else "memory beyond the counted passes"
+    )
+    shares = {
+        "dispatch/loop overhead": overhead,
+        "compute": compute,
+        "memory": memory,
+        other: rest - overhead,
+    }
     return {"shares": shares, "cost": max(shares, key=shares.get)}
 
 
-def gd_step_time(width: int, n: int, *, d: int = 10, depth: int = 3, repeats: int = 5,
-                 max_steps: int = 2000, lr: float = 1e-4) -> dict:
+def gd_step_time(
+    width: int,
+    n: int,
+    *,
+    d: int = 10,
+    depth: int = 3,
+    repeats: int = 5,
+    max_steps: int = 2000,
+    lr: float = 1e-4,
+) -> dict:
     """Seconds per ``wnjax.gradient_descent`` step, by difference: ``(T(2S) - T(S)) / S``.
 
     Both calls reuse one compiled chunk of ``S`` steps, so the fixed cost of a call cancels; it
@@ -238,16 +307,24 @@ def gd_step_time(width: int, n: int, *, d: int = 10, depth: int = 3, repeats: in
 
     X = jax.random.normal(jax.random.key(n), (n, d))
     y = jnp.where(X[:, 0] >= 0, 1.0, -1.0)
-    m = wnjax.MLP(d, width, depth, activation="relu2", init_scale=min(1.0, (16 / width) ** 0.25),
-                  key=jax.random.key(1))
+    m = wnjax.MLP(
+        d,
+        width,
+        depth,
+        activation="relu2",
+        init_scale=min(1.0, (16 / width) ** 0.25),
+        key=jax.random.key(1),
+    )
     flops = gd_step_flops(n, d, width, depth)
     S = int(min(max_steps, max(4, 2e9 / flops)))
-    kw = dict(learning_rate=lr, degree=3.0, n_save=4, chunk_size=S, diverge_above=1e9,
-              diagnostics=False)
+    kw = dict(
+        learning_rate=lr, degree=3.0, n_save=4, chunk_size=S, diverge_above=1e9, diagnostics=False
+    )
 
     def call(k):
         return lambda: jax.block_until_ready(
-            wnjax.gradient_descent(m, X, y, num_steps=k, **kw).final_log_loss)
+            wnjax.gradient_descent(m, X, y, num_steps=k, **kw).final_log_loss
+        )
 
     if flops > 1e9:  # a call takes seconds: fewer repeats
         repeats = min(repeats, 2)
@@ -256,7 +333,14 @@ def gd_step_time(width: int, n: int, *, d: int = 10, depth: int = 3, repeats: in
     by_difference = t2S > 1.05 * tS
     # Timing noise can swamp the difference; then report the (upper-bound) mean over 2S steps.
     step = (t2S - tS) / S if by_difference else t2S / (2 * S)
-    return {"width": width, "n": n, "depth": depth, "steps": S, "step_s": step,
-            "by_difference": bool(by_difference),
-            "call_overhead_s": tS - S * step, "flops": flops,
-            "bytes": gd_step_bytes(n, d, width, depth)}
+    return {
+        "width": width,
+        "n": n,
+        "depth": depth,
+        "steps": S,
+        "step_s": step,
+        "by_difference": bool(by_difference),
+        "call_overhead_s": tS - S * step,
+        "flops": flops,
+        "bytes": gd_step_bytes(n, d, width, depth),
+    }

@@ -75,8 +75,11 @@ def torch_solver(model, X, y, *, t1: float, rtol: float, atol: float):
         field = Field()
         with torch.no_grad():
             path = odeint(field, theta0, ts, rtol=rtol, atol=atol, method="dopri5")
-        return path[-1].numpy(), {"nfe": field.nfe, "accepted": field.accepted,
-                                  "rejected": field.rejected}
+        return path[-1].numpy(), {
+            "nfe": field.nfe,
+            "accepted": field.accepted,
+            "rejected": field.rejected,
+        }
 
     return solve
 
@@ -164,25 +167,37 @@ def ewn_field_floor(model, X, y, evals: int, rounds: int) -> dict:
     th = (layers[0].a, layers[0].v, layers[1].a, layers[1].v)
     g = field(params)
     mine = (g.layers[0].a, g.layers[0].v, g.layers[1].a, g.layers[1].v)
-    agree = max(float(jnp.max(jnp.abs(p - q)) / jnp.max(jnp.abs(q))) for p, q in
-                zip(mine, closed_form(th)))
+    agree = max(
+        float(jnp.max(jnp.abs(p - q)) / jnp.max(jnp.abs(q))) for p, q in zip(mine, closed_form(th))
+    )
 
     def looped(f):
         def run(x0):
             def body(i, x):
                 return jax.tree_util.tree_map(lambda a, b: a + 1e-12 * b, x, f(x))
+
             return jax.lax.fori_loop(0, evals, body, x0)
+
         return jax.jit(run)
 
     run_mine, run_floor = looped(field), looped(closed_form)
     jax.block_until_ready(run_mine(params))
     jax.block_until_ready(run_floor(th))
-    times = C.interleaved({"wnjax": lambda: jax.block_until_ready(run_mine(params)),
-                           "floor": lambda: jax.block_until_ready(run_floor(th))}, rounds=rounds)
+    times = C.interleaved(
+        {
+            "wnjax": lambda: jax.block_until_ready(run_mine(params)),
+            "floor": lambda: jax.block_until_ready(run_floor(th)),
+        },
+        rounds=rounds,
+    )
     ratios = [a / b for a, b in zip(times["wnjax"], times["floor"])]
-    return {"evals_per_round": evals, "wnjax_us": C.summary(times["wnjax"], 1e6 / evals),
-            "floor_us": C.summary(times["floor"], 1e6 / evals),
-            "ratio": C.summary(ratios), "max_relative_difference": agree}
+    return {
+        "evals_per_round": evals,
+        "wnjax_us": C.summary(times["wnjax"], 1e6 / evals),
+        "floor_us": C.summary(times["floor"], 1e6 / evals),
+        "ratio": C.summary(ratios),
+        "max_relative_difference": agree,
+    }
 
 
 def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: int) -> dict:
@@ -201,8 +216,14 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
 
     first = C.first_call_time(run_jax)
     r = run_jax()
-    out = {"t1": t1, "rtol": rtol, "atol": atol, "compile_s": None,
-           "steps": int(r.stats["num_steps"]), "final_log_loss": float(r.final_log_loss)}
+    out = {
+        "t1": t1,
+        "rtol": rtol,
+        "atol": atol,
+        "compile_s": None,
+        "steps": int(r.stats["num_steps"]),
+        "final_log_loss": float(r.final_log_loss),
+    }
     fns = {"wnjax": run_jax}
     if C.has_torch():
         solve = torch_ewn_solver(model, X, y, t1=t1, rtol=rtol, atol=atol)
@@ -211,10 +232,11 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
         w = flat(wnjax.to_standard(r.final))
         th = solve()
         n1 = model.layers[0].weight.shape
-        a1, v1 = th[: n1[0]], th[n1[0]: n1[0] + n1[0] * n1[1]].reshape(n1)
+        a1, v1 = th[: n1[0]], th[n1[0] : n1[0] + n1[0] * n1[1]].reshape(n1)
         W1 = np.exp(a1)[:, None] * v1 / np.linalg.norm(v1, axis=1, keepdims=True)
         out["first_layer_relative_difference"] = float(
-            np.linalg.norm(W1.ravel() - w[: W1.size]) / np.linalg.norm(W1))
+            np.linalg.norm(W1.ravel() - w[: W1.size]) / np.linalg.norm(W1)
+        )
     times = C.interleaved(fns, rounds=rounds)
     out["wnjax_s"] = C.summary(times["wnjax"])
     out["compile_s"] = first - out["wnjax_s"]["median"]
@@ -254,9 +276,17 @@ def main() -> None:
     t1 = args.t1 or (2.0 if args.quick else 50.0)
     repeats = 1 if args.quick else 7
     model, X, y = problem(jax.random.key(0), n, d, width)
-    kw = dict(t1=t1, rtol=args.rtol, atol=args.atol, solver=diffrax.Dopri5(), n_save=2,
-              save_states=False, degree=3.0, max_steps=1_000_000,
-              diagnostics=False)
+    kw = dict(
+        t1=t1,
+        rtol=args.rtol,
+        atol=args.atol,
+        solver=diffrax.Dopri5(),
+        n_save=2,
+        save_states=False,
+        degree=3.0,
+        max_steps=1_000_000,
+        diagnostics=False,
+    )
 
     def run_jax(**over):
         r = wnjax.gradient_flow(model, X, y, **{**kw, **over})
@@ -270,53 +300,95 @@ def main() -> None:
     ref = flat(run_jax(**ref_tol).final)
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
     figures = {
-        "problem": {"n": n, "d": d, "width": width, "depth": 2, "activation": "relu2",
-                    "loss": "exponential", "t1": t1, "rtol": args.rtol, "atol": args.atol,
-                    "reference_tolerances": ref_tol,
-                    "final_log_loss": float(r.final_log_loss)},
-        "wnjax": {"solve_s": jt["median"], "timing": jt, "compile_s": first - jt["median"],
-                  "first_call_s": first, "steps": int(r.stats["num_steps"]),
-                  "accepted": int(r.stats["num_accepted_steps"]),
-                  "rejected": int(r.stats["num_rejected_steps"]),
-                  "rel_err_vs_tight_reference": rel(w_jax, ref)},
+        "problem": {
+            "n": n,
+            "d": d,
+            "width": width,
+            "depth": 2,
+            "activation": "relu2",
+            "loss": "exponential",
+            "t1": t1,
+            "rtol": args.rtol,
+            "atol": args.atol,
+            "reference_tolerances": ref_tol,
+            "final_log_loss": float(r.final_log_loss),
+        },
+        "wnjax": {
+            "solve_s": jt["median"],
+            "timing": jt,
+            "compile_s": first - jt["median"],
+            "first_call_s": first,
+            "steps": int(r.stats["num_steps"]),
+            "accepted": int(r.stats["num_accepted_steps"]),
+            "rejected": int(r.stats["num_rejected_steps"]),
+            "rel_err_vs_tight_reference": rel(w_jax, ref),
+        },
         "gpu": C.gpu_status(),
     }
-    rows = [{"impl": "wnjax (diffrax Dopri5)", "solve_s": jt["median"],
-             "compile_s": first - jt["median"], "steps": figures["wnjax"]["steps"],
-             "rel_err_vs_ref": figures["wnjax"]["rel_err_vs_tight_reference"]}]
+    rows = [
+        {
+            "impl": "wnjax (diffrax Dopri5)",
+            "solve_s": jt["median"],
+            "compile_s": first - jt["median"],
+            "steps": figures["wnjax"]["steps"],
+            "rel_err_vs_ref": figures["wnjax"]["rel_err_vs_tight_reference"],
+        }
+    ]
     if C.has_torch():
         import torch
 
         solve = torch_solver(model, X, y, t1=t1, rtol=args.rtol, atol=args.atol)
         tt = C.median_time(solve, repeats=max(1, repeats // 2), warmup=0 if args.quick else 1)
         w_torch, stats = solve()
-        figures["torchdiffeq"] = {"solve_s": tt["median"], "timing": tt,
-                                  "steps": stats["accepted"] + stats["rejected"], **stats,
-                                  "rel_err_vs_tight_reference": rel(w_torch, ref),
-                                  "torch_threads": torch.get_num_threads()}
+        figures["torchdiffeq"] = {
+            "solve_s": tt["median"],
+            "timing": tt,
+            "steps": stats["accepted"] + stats["rejected"],
+            **stats,
+            "rel_err_vs_tight_reference": rel(w_torch, ref),
+            "torch_threads": torch.get_num_threads(),
+        }
         figures["final_relative_difference"] = rel(w_jax, w_torch)
         figures["speedup"] = tt["median"] / jt["median"]
-        rows.append({"impl": "torchdiffeq dopri5", "solve_s": tt["median"], "compile_s": 0.0,
-                     "steps": figures["torchdiffeq"]["steps"],
-                     "rel_err_vs_ref": figures["torchdiffeq"]["rel_err_vs_tight_reference"]})
+        rows.append(
+            {
+                "impl": "torchdiffeq dopri5",
+                "solve_s": tt["median"],
+                "compile_s": 0.0,
+                "steps": figures["torchdiffeq"]["steps"],
+                "rel_err_vs_ref": figures["torchdiffeq"]["rel_err_vs_tight_reference"],
+            }
+        )
     else:
         figures["torchdiffeq"] = "not measured: torch/torchdiffeq not installed"
     print(C.table(rows, ["impl", "solve_s", "compile_s", "steps", "rel_err_vs_ref"]))
     tight = dict(rtol=1e-6, atol=1e-8) if args.float32 else dict(rtol=1e-10, atol=1e-12)
-    figures["default_path"] = default_path(model, X, y, t1=t1, rounds=1 if args.quick else 5,
-                                           **tight)
-    figures["field_floor"] = ewn_field_floor(model, X, y, evals=200 if args.quick else 20_000,
-                                             rounds=1 if args.quick else 7)
+    figures["default_path"] = default_path(
+        model, X, y, t1=t1, rounds=1 if args.quick else 5, **tight
+    )
+    figures["field_floor"] = ewn_field_floor(
+        model, X, y, evals=200 if args.quick else 20_000, rounds=1 if args.quick else 7
+    )
     dp, ff = figures["default_path"], figures["field_floor"]
-    print(f"default path (EWN, rtol {tight['rtol']:g}): {dp['wnjax_s']['median'] * 1e3:.1f} ms, "
-          f"{dp['steps']} steps, {dp['us_per_step']:.0f} us/step"
-          + (f"; torchdiffeq {dp['torchdiffeq_s']['median']:.2f} s, speedup "
-             f"{dp['speedup']['median']:.1f}x (goal >= 50x)" if "speedup" in dp else ""))
-    print(f"one field evaluation: wnjax {ff['wnjax_us']['median']:.2f} us, closed-form floor "
-          f"{ff['floor_us']['median']:.2f} us, ratio {ff['ratio']['median']:.2f} (goal <= 3)")
+    print(
+        f"default path (EWN, rtol {tight['rtol']:g}): {dp['wnjax_s']['median'] * 1e3:.1f} ms, "
+        f"{dp['steps']} steps, {dp['us_per_step']:.0f} us/step"
+        + (
+            f"; torchdiffeq {dp['torchdiffeq_s']['median']:.2f} s, speedup "
+            f"{dp['speedup']['median']:.1f}x (goal >= 50x)"
+            if "speedup" in dp
+            else ""
+        )
+    )
+    print(
+        f"one field evaluation: wnjax {ff['wnjax_us']['median']:.2f} us, closed-form floor "
+        f"{ff['floor_us']['median']:.2f} us, ratio {ff['ratio']['median']:.2f} (goal <= 3)"
+    )
     if "speedup" in figures:
-        print(f"speedup {figures['speedup']:.1f}x (goal >= 30x); final relative difference "
-              f"{figures['final_relative_difference']:.2e}")
+        print(
+            f"speedup {figures['speedup']:.1f}x (goal >= 30x); final relative difference "
+            f"{figures['final_relative_difference']:.2e}"
+        )
     C.write_result("gf_vs_torchdiffeq", args, figures)
 
 

@@ -34,8 +34,7 @@ import _common as C
 POWER = 1.0 - 1.0 / 30.0
 
 
-def torch_linsep(X, y, W1, W2, *, lr: float, target: float, max_epochs: int, shrink=1.1,
-                 grow=1.1):
+def torch_linsep(X, y, W1, W2, *, lr: float, target: float, max_epochs: int, shrink=1.1, grow=1.1):
     """EWN GD with eta = lr / L^(1-1/30) and backtracking, in eager PyTorch.
 
     **Returns:** (epochs run, final log L).
@@ -92,10 +91,14 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seeds", type=int, default=None, help="seeds of the vmapped wnjax run")
-    p.add_argument("--paper-lr", type=float, default=0.01,
-                   help="eta0 of the paper-length schedule (no growth)")
-    p.add_argument("--skip-reproduce", action="store_true",
-                   help="do not time `wnjax reproduce lin-sep --seeds 100`")
+    p.add_argument(
+        "--paper-lr", type=float, default=0.01, help="eta0 of the paper-length schedule (no growth)"
+    )
+    p.add_argument(
+        "--skip-reproduce",
+        action="store_true",
+        help="do not time `wnjax reproduce lin-sep --seeds 100`",
+    )
     args = p.parse_args()
     C.setup(args)
     import equinox as eqx
@@ -112,21 +115,34 @@ def main() -> None:
     X, y = wnjax.data.lin_sep(jax.random.key(0))
     mk = lambda k: wnjax.MLP(2, 8, 2, activation="relu2", key=k)  # noqa: E731
     model = mk(jax.random.key(1))
-    fig = {"problem": {"target_log_loss": target, "lr": args.lr, "power": POWER,
-                       "backtracking": True, "max_epochs": max_epochs},
-           "gpu": C.gpu_status()}
+    fig = {
+        "problem": {
+            "target_log_loss": target,
+            "lr": args.lr,
+            "power": POWER,
+            "backtracking": True,
+            "max_epochs": max_epochs,
+        },
+        "gpu": C.gpu_status(),
+    }
     rows = []
     schedule = getattr(wnjax, "loss_normalized_sgd", None)
     if schedule is None:
         fig["wnjax"] = "not measured: wnjax.loss_normalized_sgd does not exist yet"
     else:
-        kw = dict(num_steps=max_epochs, learning_rate=args.lr, optimizer=schedule,
-                  hyperparams=dict(power=POWER, backtracking=True), target_log_loss=target,
-                  degree=3.0)
+        kw = dict(
+            num_steps=max_epochs,
+            learning_rate=args.lr,
+            optimizer=schedule,
+            hyperparams=dict(power=POWER, backtracking=True),
+            target_log_loss=target,
+            degree=3.0,
+        )
         p0 = wnjax.ewn(model)
 
         def one_seed(**over) -> dict:
             """One EWN seed through ``wnjax.gradient_descent``: epochs, time, compile time."""
+
             def call():
                 r = wnjax.gradient_descent(p0, X, y, **{**kw, **over})
                 jax.block_until_ready(r.final)
@@ -135,33 +151,57 @@ def main() -> None:
             first = C.first_call_time(call)
             t = C.median_time(call, repeats=repeats)
             r = call()
-            return {"epochs": int(r.num_steps), "final_log_loss": float(r.final_log_loss),
-                    "run_s": t["median"], "per_epoch_us": 1e6 * t["median"] / int(r.num_steps),
-                    "compile_s": first - t["median"], "timing": t}
+            return {
+                "epochs": int(r.num_steps),
+                "final_log_loss": float(r.final_log_loss),
+                "run_s": t["median"],
+                "per_epoch_us": 1e6 * t["median"] / int(r.num_steps),
+                "compile_s": first - t["median"],
+                "timing": t,
+            }
 
         one = one_seed()
-        models = eqx.filter_vmap(lambda k: wnjax.ewn(mk(k)))(jax.random.split(jax.random.key(2), seeds))
+        models = eqx.filter_vmap(lambda k: wnjax.ewn(mk(k)))(
+            jax.random.split(jax.random.key(2), seeds)
+        )
         Xs, ys = jax.vmap(wnjax.data.lin_sep)(jax.random.split(jax.random.key(3), seeds))
-        many_fn = jax.jit(jax.vmap(lambda m, a, b: traced_gradient_descent(m, a, b, **kw).num_steps))
+        many_fn = jax.jit(
+            jax.vmap(lambda m, a, b: traced_gradient_descent(m, a, b, **kw).num_steps)
+        )
         many = lambda: jax.block_until_ready(many_fn(models, Xs, ys))  # noqa: E731
         firstS = C.first_call_time(many)
         tS = C.median_time(many, repeats=repeats)
         stepsS = np.asarray(many())
-        paper = {"learning_rate": args.paper_lr, "grow": 1.0, **one_seed(
-            learning_rate=args.paper_lr, hyperparams=dict(power=POWER, backtracking=True, grow=1.0))}
+        paper = {
+            "learning_rate": args.paper_lr,
+            "grow": 1.0,
+            **one_seed(
+                learning_rate=args.paper_lr,
+                hyperparams=dict(power=POWER, backtracking=True, grow=1.0),
+            ),
+        }
         fig["wnjax"] = {
             "1": one,
-            str(seeds): {"epochs_median": float(np.median(stepsS)),
-                         "epochs_max": int(stepsS.max()), "run_s": tS["median"],
-                         "per_seed_epoch_us": 1e6 * tS["median"] / seeds / int(stepsS.max()),
-                         "compile_s": firstS - tS["median"], "timing": tS},
+            str(seeds): {
+                "epochs_median": float(np.median(stepsS)),
+                "epochs_max": int(stepsS.max()),
+                "run_s": tS["median"],
+                "per_seed_epoch_us": 1e6 * tS["median"] / seeds / int(stepsS.max()),
+                "compile_s": firstS - tS["median"],
+                "timing": tS,
+            },
             "1_paper_length": paper,
         }
-        rows += [{"impl": "wnjax, 1 seed", **one},
-                 {"impl": f"wnjax, {seeds} seeds vmapped", "epochs": int(stepsS.max()),
-                  "run_s": tS["median"],
-                  "per_epoch_us": fig["wnjax"][str(seeds)]["per_seed_epoch_us"]},
-                 {"impl": f"wnjax, 1 seed, eta0={args.paper_lr} no growth", **paper}]
+        rows += [
+            {"impl": "wnjax, 1 seed", **one},
+            {
+                "impl": f"wnjax, {seeds} seeds vmapped",
+                "epochs": int(stepsS.max()),
+                "run_s": tS["median"],
+                "per_epoch_us": fig["wnjax"][str(seeds)]["per_seed_epoch_us"],
+            },
+            {"impl": f"wnjax, 1 seed, eta0={args.paper_lr} no growth", **paper},
+        ]
     if C.has_torch():
         import torch
 
@@ -171,26 +211,49 @@ def main() -> None:
 
         def torch_seed(lr: float, grow: float) -> dict:
             """One EWN seed of the eager PyTorch loop: epochs and time."""
-            run = lambda: torch_linsep(Xt, yt, W1, W2, lr=lr, target=target,  # noqa: E731
-                                       max_epochs=max_epochs, grow=grow)
+            run = lambda: torch_linsep(
+                Xt,
+                yt,
+                W1,
+                W2,
+                lr=lr,
+                target=target,  # noqa: E731
+                max_epochs=max_epochs,
+                grow=grow,
+            )
             t = C.median_time(run, repeats=max(1, repeats // 2 + 1), warmup=0 if args.quick else 1)
             epochs, final = run()
-            return {"learning_rate": lr, "grow": grow, "epochs": epochs, "final_log_loss": final,
-                    "run_s": t["median"], "per_epoch_us": 1e6 * t["median"] / epochs,
-                    "timing": t, "threads": torch.get_num_threads()}
+            return {
+                "learning_rate": lr,
+                "grow": grow,
+                "epochs": epochs,
+                "final_log_loss": final,
+                "run_s": t["median"],
+                "per_epoch_us": 1e6 * t["median"] / epochs,
+                "timing": t,
+                "threads": torch.get_num_threads(),
+            }
 
         fig["torch"] = torch_seed(args.lr, 1.1)
         fig["torch_paper_length"] = torch_seed(args.paper_lr, 1.0)
-        rows += [{"impl": "torch eager, 1 seed", **fig["torch"]},
-                 {"impl": f"torch eager, 1 seed, eta0={args.paper_lr} no growth",
-                  **fig["torch_paper_length"]}]
+        rows += [
+            {"impl": "torch eager, 1 seed", **fig["torch"]},
+            {
+                "impl": f"torch eager, 1 seed, eta0={args.paper_lr} no growth",
+                **fig["torch_paper_length"],
+            },
+        ]
         if isinstance(fig["wnjax"], dict):
             fig["speedup_per_epoch_paper_length"] = (
                 fig["torch_paper_length"]["per_epoch_us"]
-                / fig["wnjax"]["1_paper_length"]["per_epoch_us"])
-            fig["speedup_per_epoch"] = fig["torch"]["per_epoch_us"] / fig["wnjax"]["1"]["per_epoch_us"]
+                / fig["wnjax"]["1_paper_length"]["per_epoch_us"]
+            )
+            fig["speedup_per_epoch"] = (
+                fig["torch"]["per_epoch_us"] / fig["wnjax"]["1"]["per_epoch_us"]
+            )
             fig["speedup_per_seed_epoch_vmapped"] = (
-                fig["torch"]["per_epoch_us"] / fig["wnjax"][str(seeds)]["per_seed_epoch_us"])
+                fig["torch"]["per_epoch_us"] / fig["wnjax"][str(seeds)]["per_seed_epoch_us"]
+            )
     else:
         fig["torch"] = "not measured: torch not installed"
     # The default is the paper-length schedule (eta0 = 0.01 never grown); the other one grows
@@ -214,13 +277,27 @@ def reproduce_time(args, extra: tuple[str, ...] = ()) -> dict | str:
     if "lin-sep" not in EXPERIMENTS:
         return "not measured: `wnjax reproduce lin-sep` is not registered yet"
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "wnjax", "reproduce", "--seeds", "100", "--out", out,
-               "lin-sep", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "wnjax",
+            "reproduce",
+            "--seeds",
+            "100",
+            "--out",
+            out,
+            "lin-sep",
+            *extra,
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         wall = time.perf_counter() - t0
-    return {"command": " ".join(["wnjax reproduce lin-sep --seeds 100", *extra]), "wall_s": wall,
-            "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
+    return {
+        "command": " ".join(["wnjax reproduce lin-sep --seeds 100", *extra]),
+        "wall_s": wall,
+        "returncode": proc.returncode,
+        "stderr_tail": proc.stderr[-2000:],
+    }
 
 
 if __name__ == "__main__":

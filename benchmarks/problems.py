@@ -62,14 +62,26 @@ def main() -> int:
             row[f"{label}_ok"] = bool(r.passed)
             row[f"{label}_first_s"] = runs[label][1]
         best = min(row["explicit_s"], row["implicit_s"])
-        row["default_over_best"] = row["default_s"] / best if math.isfinite(best) else (
-            0.0 if math.isfinite(row["default_s"]) else math.nan)
+        row["default_over_best"] = (
+            row["default_s"] / best
+            if math.isfinite(best)
+            else (0.0 if math.isfinite(row["default_s"]) else math.nan)
+        )
         row["default_stiff_steps"] = int(runs["default"][0].stats.get("stiff_steps", 0))
         row["default_switches"] = int(runs["default"][0].stats.get("switches", 0))
         rows.append(row)
         print(_common.table([row], list(row)), flush=True)
-    columns = ["problem", "explicit_steps", "explicit_s", "implicit_steps", "implicit_s",
-               "default_steps", "default_s", "default_over_best", "default_ok"]
+    columns = [
+        "problem",
+        "explicit_steps",
+        "explicit_s",
+        "implicit_steps",
+        "implicit_s",
+        "default_steps",
+        "default_s",
+        "default_over_best",
+        "default_ok",
+    ]
     print()
     print(_common.table(rows, columns))
     ratios = [r["default_over_best"] for r in rows if math.isfinite(r["default_over_best"])]
@@ -80,8 +92,10 @@ def main() -> int:
         "median_default_over_best": statistics.median(ratios) if ratios else None,
         "max_default_over_best": max(ratios) if ratios else None,
         "default_never_fails_where_one_succeeds": all(
-            math.isfinite(r["default_s"]) or not (
-                math.isfinite(r["explicit_s"]) or math.isfinite(r["implicit_s"])) for r in rows),
+            math.isfinite(r["default_s"])
+            or not (math.isfinite(r["explicit_s"]) or math.isfinite(r["implicit_s"]))
+            for r in rows
+        ),
         "jax": jax.__version__,
         "wnjax": wnjax.__name__,
         "numpy": np.__version__,

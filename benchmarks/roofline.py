@@ -12,7 +12,8 @@ activation gradient ``NN``, weight gradient ``TN``) are timed on their own, and 
 matmuls are re-costed at those speeds (``gemm_model_fraction_of_peak``). On XLA's CPU backend
 the ``TN`` product (contracting the points axis, the major axis of both operands) runs at
 about 40% of the speed of the others, and the same product on an explicitly transposed copy
-runs at full speed: ``wnjax.MLP`` computes its weight gradients that way (``wnjax._nets.dense``), and
+runs at full speed: ``wnjax.MLP`` computes its weight gradients that way (``wnjax._nets.dense``),
+and
 ``gemm_model_fraction_of_peak_plain_tn`` shows what the plain product would allow.
 
     python benchmarks/roofline.py [--quick]
@@ -36,8 +37,9 @@ def xla_flops(n: int, d: int, width: int, depth: int) -> float | None:
     y = jnp.ones(n)
     m = wnjax.MLP(d, width, depth, activation="relu2", key=jax.random.key(0))
     params, static = eqx.partition(m, eqx.is_inexact_array)
-    f = jax.jit(jax.value_and_grad(
-        lambda p: wnjax.log_loss(eqx.combine(p, static), X, y, "exponential")))
+    f = jax.jit(
+        jax.value_and_grad(lambda p: wnjax.log_loss(eqx.combine(p, static), X, y, "exponential"))
+    )
     try:
         cost = f.lower(params).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -60,9 +62,15 @@ def main() -> None:
     bw = P.memory_bandwidth(16 * 2**20 if args.quick else 256 * 2**20, repeats=repeats + 2)
     rows = []
     for w in widths:
-        r = P.gd_loop_vs_peak(w, n, d=d, depth=depth, rounds=rounds,
-                              peak_size=512 if args.quick else 2048,
-                              max_steps=20 if args.quick else 2000)
+        r = P.gd_loop_vs_peak(
+            w,
+            n,
+            d=d,
+            depth=depth,
+            rounds=rounds,
+            peak_size=512 if args.quick else 2048,
+            max_steps=20 if args.quick else 2000,
+        )
         local = {"flops_per_s": r["peak_flops_per_s_here"]}
         r["xla_flops"] = xla_flops(n, d, w, depth)
         r["achieved_gflops"] = r["flops"] / r["step_s"] / 1e9
@@ -77,28 +85,67 @@ def main() -> None:
             r["gemm_model_step_s"] = model_s
             r["gemm_model_fraction_of_peak"] = r["flops"] / model_s / local["flops_per_s"]
             # ... and with the weight gradient as the plain TN product (a bare jax.vmap model).
-            r["gemm_model_fraction_of_peak_plain_tn"] = r["flops"] / P.gemm_model_seconds(
-                n, d, w, depth, rates, weight_grad="TN") / local["flops_per_s"]
-        r.update(P.attribute_share(r["step_s"], r["flops"], r["bytes"], local["flops_per_s"],
-                                   bw["bytes_per_s"]))
+            r["gemm_model_fraction_of_peak_plain_tn"] = (
+                r["flops"]
+                / P.gemm_model_seconds(n, d, w, depth, rates, weight_grad="TN")
+                / local["flops_per_s"]
+            )
+        r.update(
+            P.attribute_share(
+                r["step_s"], r["flops"], r["bytes"], local["flops_per_s"], bw["bytes_per_s"]
+            )
+        )
         rows.append(r)
         g = r["gemm_fraction_of_peak"]
-        print(f"width {w}: {r['fraction_of_peak']:.0%} of peak" + (
-            "; matmul kinds NT/NN/TN " + "/".join(f"{g[k]:.0%}" for k in ("NT", "NN", "TN"))
-            + f" (TN via a transposed copy {g['TN via copy']:.0%}); the step's matmuls at "
-            f"those speeds: {r['gemm_model_fraction_of_peak']:.0%} (with the plain TN: "
-            f"{r['gemm_model_fraction_of_peak_plain_tn']:.0%})" if g else ""), flush=True)
-    print(f"peak matmul ({peak['dtype']}, {peak['size']}^2): {peak['flops_per_s'] / 1e9:.1f} "
-          f"GFLOP/s; bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s")
-    print(C.table(rows, ["width", "n", "flops", "xla_flops", "step_s", "achieved_gflops",
-                         "fraction_of_peak", "gemm_model_fraction_of_peak", "cost"]))
+        print(
+            f"width {w}: {r['fraction_of_peak']:.0%} of peak"
+            + (
+                "; matmul kinds NT/NN/TN "
+                + "/".join(f"{g[k]:.0%}" for k in ("NT", "NN", "TN"))
+                + f" (TN via a transposed copy {g['TN via copy']:.0%}); the step's matmuls at "
+                f"those speeds: {r['gemm_model_fraction_of_peak']:.0%} (with the plain TN: "
+                f"{r['gemm_model_fraction_of_peak_plain_tn']:.0%})"
+                if g
+                else ""
+            ),
+            flush=True,
+        )
+    print(
+        f"peak matmul ({peak['dtype']}, {peak['size']}^2): {peak['flops_per_s'] / 1e9:.1f} "
+        f"GFLOP/s; bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s"
+    )
+    print(
+        C.table(
+            rows,
+            [
+                "width",
+                "n",
+                "flops",
+                "xla_flops",
+                "step_s",
+                "achieved_gflops",
+                "fraction_of_peak",
+                "gemm_model_fraction_of_peak",
+                "cost",
+            ],
+        )
+    )
     compute_rows = [r for r in rows if r["cost"] == "compute"]
-    C.write_result("roofline", args, {
-        "problem": {"n": n, "d": d, "depth": depth, "activation": "relu2"},
-        "peak_matmul": peak, "bandwidth": bw, "widths": rows, "gemm_kinds": P.GEMM_KINDS,
-        "min_fraction_where_compute_dominates": (
-            min(r["fraction_of_peak"] for r in compute_rows) if compute_rows else None),
-        "gpu": C.gpu_status()})
+    C.write_result(
+        "roofline",
+        args,
+        {
+            "problem": {"n": n, "d": d, "depth": depth, "activation": "relu2"},
+            "peak_matmul": peak,
+            "bandwidth": bw,
+            "widths": rows,
+            "gemm_kinds": P.GEMM_KINDS,
+            "min_fraction_where_compute_dominates": (
+                min(r["fraction_of_peak"] for r in compute_rows) if compute_rows else None
+            ),
+            "gpu": C.gpu_status(),
+        },
+    )
 
 
 if __name__ == "__main__":

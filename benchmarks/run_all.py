@@ -17,7 +17,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "linsep_pipeline", "scaling", "roofline"]
-GPU_SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "scaling", "roofline"]  # benchmarks 1, 2, 4 and 5
+GPU_SCRIPTS = [
+    "gf_vs_torchdiffeq",
+    "gd_vs_torch",
+    "scaling",
+    "roofline",
+]  # benchmarks 1, 2, 4 and 5
 
 
 def main() -> int:
@@ -25,8 +30,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", nargs="*", default=None, choices=SCRIPTS)
     p.add_argument("--float32", action="store_true")
-    p.add_argument("--gpu", action="store_true",
-                   help="the GPU set: benchmarks 1, 2, 4, 5, each in float64 and float32")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU set: benchmarks 1, 2, 4, 5, each in float64 and float32",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     failed = []

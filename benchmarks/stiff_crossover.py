@@ -68,8 +68,17 @@ def main() -> None:
     X = X.at[:, 0].set(jnp.where(X[:, 0] >= 0, X[:, 0] + 0.5, X[:, 0] - 0.5))
     y = jnp.sign(X[:, 0])
     loss = wnjax.get_loss("exponential")
-    common = dict(time="normalized", t1=1e12, n_save=2, diagnostics=False, save_states=False,
-                  degree=3.0, throw=False, rtol=RTOL, atol=ATOL)
+    common = dict(
+        time="normalized",
+        t1=1e12,
+        n_save=2,
+        diagnostics=False,
+        save_states=False,
+        degree=3.0,
+        throw=False,
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
     def flow(model, **kw):
         with warnings.catch_warnings():  # a spent max_steps is the point here, not a failure
@@ -100,6 +109,7 @@ def main() -> None:
             def body(_, v):
                 hv = jax.jvp(jax.grad(log_l), (flat,), (v,))[1]
                 return hv / jnp.linalg.norm(hv)
+
             v = jax.lax.fori_loop(0, iters, body, v / jnp.linalg.norm(v))
             return jnp.vdot(v, jax.jvp(jax.grad(log_l), (flat,), (v,))[1])
 
@@ -115,17 +125,26 @@ def main() -> None:
         first, r = _first_call(lambda: flow(model, **kw))
         t = C.summary(C.interleaved({"krylov": lambda: flow(model, **kw)}, rounds=1)["krylov"])
         big = {
-            "width": big_width, "n_params": n, "start_log_loss": log_l, "lambda_max": lam,
+            "width": big_width,
+            "n_params": n,
+            "start_log_loss": log_l,
+            "lambda_max": lam,
             "linear_solver": type(solver.root_finder.linear_solver).__name__,
-            "steps": int(r.stats["num_steps"]), "accepted": int(r.stats["num_accepted_steps"]),
-            "step_s": t["median"] / int(r.stats["num_steps"]), "first_call_s": first,
-            "final_log_loss": float(r.final_log_loss), "ok_code": int(r.result_code),
+            "steps": int(r.stats["num_steps"]),
+            "accepted": int(r.stats["num_accepted_steps"]),
+            "step_s": t["median"] / int(r.stats["num_steps"]),
+            "first_call_s": first,
+            "final_log_loss": float(r.final_log_loss),
+            "ok_code": int(r.result_code),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "dense_jacobian_gb": 8 * (n + 1) ** 2 / 1e9,
         }
-        print(f"n = {n}: Krylov Kvaerno5 {big['step_s']:.3g} s/step ({big['steps']} steps, "
-              f"{big['accepted']} accepted), peak RSS {big['peak_rss_gb']:.2f} GB; a dense "
-              f"Jacobian alone: {big['dense_jacobian_gb']:.0f} GB", flush=True)
+        print(
+            f"n = {n}: Krylov Kvaerno5 {big['step_s']:.3g} s/step ({big['steps']} steps, "
+            f"{big['accepted']} accepted), peak RSS {big['peak_rss_gb']:.2f} GB; a dense "
+            f"Jacobian alone: {big['dense_jacobian_gb']:.0f} GB",
+            flush=True,
+        )
 
     def measure(width, target):
         """Both solvers' per-step time from the state where Tsit5 reaches ``target``."""
@@ -143,14 +162,19 @@ def main() -> None:
         row = {"width": width, "n_params": n, "start_log_loss": log_l, "lambda_max": lam}
         for k, (first_s, r) in first.items():
             taken, accepted = int(r.stats["num_steps"]), int(r.stats["num_accepted_steps"])
-            row[k] = {"step_s": statistics.median(times[k]) / taken, "steps": taken,
-                      "accepted": accepted, "first_call_s": first_s,
-                      "h_lambda_max": float(r.final_time) / max(accepted, 1) * lam,
-                      "final_log_loss": float(r.final_log_loss)}
+            row[k] = {
+                "step_s": statistics.median(times[k]) / taken,
+                "steps": taken,
+                "accepted": accepted,
+                "first_call_s": first_s,
+                "h_lambda_max": float(r.final_time) / max(accepted, 1) * lam,
+                "final_log_loss": float(r.final_log_loss),
+            }
         if "dense" in row:
             row["dense_over_krylov"] = row["dense"]["step_s"] / row["krylov"]["step_s"]
-            row["final_log_loss_gap"] = abs(row["dense"]["final_log_loss"]
-                                            - row["krylov"]["final_log_loss"])
+            row["final_log_loss_gap"] = abs(
+                row["dense"]["final_log_loss"] - row["krylov"]["final_log_loss"]
+            )
         print(C.table([_flat(row)], list(_flat(row))), flush=True)
         return row
 
@@ -163,30 +187,47 @@ def main() -> None:
     if depth:
         print(f"width {depth_width}, deeper states:")
         print(C.table([_flat(r) for r in depth], list(_flat(depth[0]))))
-    print(f"crossover: {crossover} (module constant "
-          f"DENSE_JACOBIAN_MAX_PARAMS = {_stiff.DENSE_JACOBIAN_MAX_PARAMS})")
-    C.write_result("stiff_crossover", args, {
-        "settings": {
-            "model": f"swn(MLP({D_IN}, w, 2, relu2))", "points": N_POINTS,
-            "loss": "exponential", "time": "normalized", "rtol": RTOL, "atol": ATOL,
-            "start": (f"Tsit5 run to log L = {warm}" if warm is not None else "initial model"),
-            "steps_per_call": steps, "rounds": rounds,
-            "krylov": {"solver": "GMRES", "restart": _stiff.KRYLOV_RESTART,
-                       "forcing": _stiff.KRYLOV_FORCING,
-                       "max_restarts": _stiff.KRYLOV_MAX_RESTARTS},
-            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+    print(
+        f"crossover: {crossover} (module constant "
+        f"DENSE_JACOBIAN_MAX_PARAMS = {_stiff.DENSE_JACOBIAN_MAX_PARAMS})"
+    )
+    C.write_result(
+        "stiff_crossover",
+        args,
+        {
+            "settings": {
+                "model": f"swn(MLP({D_IN}, w, 2, relu2))",
+                "points": N_POINTS,
+                "loss": "exponential",
+                "time": "normalized",
+                "rtol": RTOL,
+                "atol": ATOL,
+                "start": (f"Tsit5 run to log L = {warm}" if warm is not None else "initial model"),
+                "steps_per_call": steps,
+                "rounds": rounds,
+                "krylov": {
+                    "solver": "GMRES",
+                    "restart": _stiff.KRYLOV_RESTART,
+                    "forcing": _stiff.KRYLOV_FORCING,
+                    "max_restarts": _stiff.KRYLOV_MAX_RESTARTS,
+                },
+                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+            },
+            "rows": rows,
+            "deeper_states": depth,
+            "crossover": crossover,
+            "dense_jacobian_max_params": _stiff.DENSE_JACOBIAN_MAX_PARAMS,
+            "large_model": big,
         },
-        "rows": rows,
-        "deeper_states": depth,
-        "crossover": crossover,
-        "dense_jacobian_max_params": _stiff.DENSE_JACOBIAN_MAX_PARAMS,
-        "large_model": big,
-    })
+    )
 
 
 def _flat(row: dict) -> dict:
-    out = {"n_params": row["n_params"], "log_L": row["start_log_loss"],
-           "lambda_max": row["lambda_max"]}
+    out = {
+        "n_params": row["n_params"],
+        "log_L": row["start_log_loss"],
+        "lambda_max": row["lambda_max"],
+    }
     for k in ("dense", "krylov"):
         if k in row:
             out[f"{k}_ms/step"] = 1e3 * row[k]["step_s"]
@@ -211,8 +252,7 @@ def _crossover(rows: list[dict]) -> dict:
     for (n0, q0), (n1, q1) in zip(pts, pts[1:]):
         if q0 < 1 <= q1:
             f = math.log(q0) / (math.log(q0) - math.log(q1))
-            return {"params": math.exp(math.log(n0) + f * math.log(n1 / n0)),
-                    "between": [n0, n1]}
+            return {"params": math.exp(math.log(n0) + f * math.log(n1 / n0)), "between": [n0, n1]}
     if pts and all(q >= 1 for _, q in pts):
         return {"params": None, "note": f"Krylov faster at every size from {pts[0][0]}"}
     return {"params": None, "note": "dense faster at every size measured"}

@@ -36,15 +36,29 @@ def measure(devices: int, seeds: list[int], batch_size: int, repeats: int) -> di
 
     def flow(key, cfg):
         model = wnjax.MLP(2, 8, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)
-        r = wnjax.gradient_flow(wnjax.ewn(model), X, y, t1=50.0, rtol=1e-8, atol=1e-10,
-                                n_save=16, save_states=False, max_steps=20000, throw=False)
-        return {"final_log_loss": r.final_log_loss, "num_steps": r.stats["num_steps"],
-                "log_loss": r.log_loss}
+        r = wnjax.gradient_flow(
+            wnjax.ewn(model),
+            X,
+            y,
+            t1=50.0,
+            rtol=1e-8,
+            atol=1e-10,
+            n_save=16,
+            save_states=False,
+            max_steps=20000,
+            throw=False,
+        )
+        return {
+            "final_log_loss": r.final_log_loss,
+            "num_steps": r.stats["num_steps"],
+            "log_loss": r.log_loss,
+        }
 
     def descent(key, cfg):
         model = wnjax.MLP(2, 8, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)
-        r = wnjax.traced_gradient_descent(wnjax.ewn(model), X, y, num_steps=2000,
-                                          learning_rate=0.05, n_save=16, chunk_size=500)
+        r = wnjax.traced_gradient_descent(
+            wnjax.ewn(model), X, y, num_steps=2000, learning_rate=0.05, n_save=16, chunk_size=500
+        )
         return {"final_log_loss": r.final_log_loss, "log_loss": r.log_loss}
 
     grid = {"init_scale": [1.0]}
@@ -54,23 +68,44 @@ def measure(devices: int, seeds: list[int], batch_size: int, repeats: int) -> di
         for S in seeds:
             chunk = max(batch_size * devices, min(S, 256))
             t0 = time.perf_counter()
-            first = wnjax.sweep(fn, S, grid, batch_size=min(batch_size, S), chunk_size=chunk,
-                                devices=devices, progress=False)
+            first = wnjax.sweep(
+                fn,
+                S,
+                grid,
+                batch_size=min(batch_size, S),
+                chunk_size=chunk,
+                devices=devices,
+                progress=False,
+            )
             compile_and_run = time.perf_counter() - t0
             times = [first.elapsed]
             for _ in range(repeats):
                 times.append(
-                    wnjax.sweep(fn, S, grid, batch_size=min(batch_size, S), chunk_size=chunk,
-                                devices=devices, progress=False).elapsed
+                    wnjax.sweep(
+                        fn,
+                        S,
+                        grid,
+                        batch_size=min(batch_size, S),
+                        chunk_size=chunk,
+                        devices=devices,
+                        progress=False,
+                    ).elapsed
                 )
             best = min(times[1:]) if repeats else times[0]
-            row = {"seeds": S, "seconds": best, "per_seed_ms": 1e3 * best / S,
-                   "first_call_seconds": compile_and_run}
+            row = {
+                "seeds": S,
+                "seconds": best,
+                "per_seed_ms": 1e3 * best / S,
+                "first_call_seconds": compile_and_run,
+            }
             if name == "gf":
                 row["mean_num_steps"] = float(first.table["num_steps"].mean())
             rows.append(row)
-            print(f"[{devices} dev] {name} S={S:5d}: {best:8.3f} s, {row['per_seed_ms']:8.3f} ms/seed",
-                  flush=True)
+            print(
+                f"[{devices} dev] {name} S={S:5d}: {best:8.3f} s, "
+                f"{row['per_seed_ms']:8.3f} ms/seed",
+                flush=True,
+            )
         out["runs"][name] = rows
     return out
 
@@ -88,18 +123,30 @@ def main() -> None:
         return
     results = []
     for devices in (1, 8):
-        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-                   + f" --xla_force_host_platform_device_count={devices}")
-        cmd = [sys.executable, __file__, "--child", str(devices), "--max-seeds",
-               str(args.max_seeds), "--batch-size", str(args.batch_size), "--repeats",
-               str(args.repeats)]
+        env = dict(
+            os.environ,
+            XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={devices}",
+        )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(devices),
+            "--max-seeds",
+            str(args.max_seeds),
+            "--batch-size",
+            str(args.batch_size),
+            "--repeats",
+            str(args.repeats),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         sys.stdout.write(proc.stdout)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             raise SystemExit(proc.returncode)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(json.loads(line[len("RESULT ") :]))
     one, eight = results
     ratio = {
         name: [
@@ -112,8 +159,11 @@ def main() -> None:
 
     record = {
         "what": "wall time of wnjax.sweep of S seeds (best of repeats, compiled), lin-sep EWN MLP",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "jax": jax.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+        },
         "one_device": one,
         "eight_forced_cpu_devices": eight,
         "eight_over_one": ratio,

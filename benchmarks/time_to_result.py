@@ -29,8 +29,20 @@ import time
 
 import _common as C
 
-HEAVY = ("equinox", "diffrax", "optax", "optimistix", "lineax", "scipy", "sklearn",
-         "matplotlib", "tqdm", "wnjax._dynamics.flow", "wnjax._dynamics.descent", "wnjax.experiments")
+HEAVY = (
+    "equinox",
+    "diffrax",
+    "optax",
+    "optimistix",
+    "lineax",
+    "scipy",
+    "sklearn",
+    "matplotlib",
+    "tqdm",
+    "wnjax._dynamics.flow",
+    "wnjax._dynamics.descent",
+    "wnjax.experiments",
+)
 MODES = ("off", "cold", "warm")
 
 
@@ -38,8 +50,11 @@ def _env(cache: str) -> dict:
     """The environment of a timed run: wnjax's cache at ``cache`` ('0': off), JAX's own cache
     settings removed (wnjax leaves a cache that JAX already has alone)."""
     env = dict(os.environ, MPLBACKEND="Agg", WNJAX_COMPILATION_CACHE=cache)
-    for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-              "JAX_ENABLE_COMPILATION_CACHE"):
+    for k in (
+        "JAX_COMPILATION_CACHE_DIR",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+        "JAX_ENABLE_COMPILATION_CACHE",
+    ):
         env.pop(k, None)
     return env
 
@@ -73,29 +88,39 @@ def cli_times(name: str, args_: list[str], rounds: int) -> dict:
             cache_size.append(_entries(cache))
         print(f"{name}: " + ", ".join(f"{m} {times[m][-1]:.1f} s" for m in MODES), flush=True)
     ratios = [w / c for w, c in zip(times["warm"], times["cold"])]
-    return {"command": "wnjax " + " ".join(args_), **{m: C.summary(times[m]) for m in MODES},
-            "warm_over_cold": statistics.median(ratios), "warm_over_cold_rounds": ratios,
-            "cold_over_off": statistics.median(c / o for c, o in zip(times["cold"], times["off"])),
-            "cache": cache_size[-1]}
+    return {
+        "command": "wnjax " + " ".join(args_),
+        **{m: C.summary(times[m]) for m in MODES},
+        "warm_over_cold": statistics.median(ratios),
+        "warm_over_cold_rounds": ratios,
+        "cold_over_off": statistics.median(c / o for c, o in zip(times["cold"], times["off"])),
+        "cache": cache_size[-1],
+    }
 
 
 def import_times(rounds: int) -> dict:
     """``import jax`` against ``import wnjax`` in fresh processes, interleaved."""
-    probe = ("import sys, wnjax; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,))
-    fns = {"jax": [sys.executable, "-c", "import jax"],
-           "wnjax": [sys.executable, "-c", "import wnjax"]}
+    probe = f"import sys, wnjax; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    fns = {
+        "jax": [sys.executable, "-c", "import jax"],
+        "wnjax": [sys.executable, "-c", "import wnjax"],
+    }
     env = _env(tempfile.mkdtemp())
     for cmd in fns.values():  # warm the file system cache
         _wall(cmd, env)
-    times = C.interleaved({k: (lambda c=c: _wall(c, env)) for k, c in fns.items()},
-                          rounds=rounds)
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            env=env, check=True).stdout.strip()
+    times = C.interleaved({k: (lambda c=c: _wall(c, env)) for k, c in fns.items()}, rounds=rounds)
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
     shutil.rmtree(env["WNJAX_COMPILATION_CACHE"], ignore_errors=True)
     extra = [w - j for w, j in zip(times["wnjax"], times["jax"])]
-    return {"jax": C.summary(times["jax"]), "wnjax": C.summary(times["wnjax"]),
-            "wnjax_minus_jax_s": statistics.median(extra), "wnjax_minus_jax_rounds": extra,
-            "heavy_modules_loaded": [m for m in loaded.split(",") if m]}
+    return {
+        "jax": C.summary(times["jax"]),
+        "wnjax": C.summary(times["wnjax"]),
+        "wnjax_minus_jax_s": statistics.median(extra),
+        "wnjax_minus_jax_rounds": extra,
+        "heavy_modules_loaded": [m for m in loaded.split(",") if m],
+    }
 
 
 def main() -> None:
@@ -110,8 +135,9 @@ def main() -> None:
     dtype = ["--float32"] if args.float32 else []
     fig = {"python_dont_write_bytecode": os.environ.get("PYTHONDONTWRITEBYTECODE")}
     fig["import"] = import_times(args.import_rounds or (2 if args.quick else 7))
-    fig["lin_sep"] = cli_times("lin-sep", ["reproduce", "lin-sep", "--seeds", str(seeds), *dtype],
-                               rounds)
+    fig["lin_sep"] = cli_times(
+        "lin-sep", ["reproduce", "lin-sep", "--seeds", str(seeds), *dtype], rounds
+    )
     demo = ["demo", *dtype] + (["--seeds", "1", "--max-steps", "200"] if args.quick else [])
     fig["demo"] = cli_times("demo", demo, rounds)
     fig["goals"] = {
@@ -119,15 +145,31 @@ def main() -> None:
         "demo_warm_under_15_s": fig["demo"]["warm"]["median"] < 15.0,
         "import_wnjax_at_most_0.3_s_beyond_jax": fig["import"]["wnjax_minus_jax_s"] <= 0.3,
     }
-    rows = [{"what": f"{k} {m}", "median_s": fig[k][m]["median"], "min_s": fig[k][m]["min"],
-             "max_s": fig[k][m]["max"]} for k in ("lin_sep", "demo") for m in MODES]
-    rows += [{"what": f"import {k}", "median_s": fig["import"][k]["median"],
-              "min_s": fig["import"][k]["min"], "max_s": fig["import"][k]["max"]}
-             for k in ("jax", "wnjax")]
+    rows = [
+        {
+            "what": f"{k} {m}",
+            "median_s": fig[k][m]["median"],
+            "min_s": fig[k][m]["min"],
+            "max_s": fig[k][m]["max"],
+        }
+        for k in ("lin_sep", "demo")
+        for m in MODES
+    ]
+    rows += [
+        {
+            "what": f"import {k}",
+            "median_s": fig["import"][k]["median"],
+            "min_s": fig["import"][k]["min"],
+            "max_s": fig["import"][k]["max"],
+        }
+        for k in ("jax", "wnjax")
+    ]
     print(C.table(rows, ["what", "median_s", "min_s", "max_s"]))
-    print(f"warm/cold: lin-sep {fig['lin_sep']['warm_over_cold']:.2f}, "
-          f"demo {fig['demo']['warm_over_cold']:.2f}; import wnjax - import jax: "
-          f"{fig['import']['wnjax_minus_jax_s']:.3f} s; goals {fig['goals']}")
+    print(
+        f"warm/cold: lin-sep {fig['lin_sep']['warm_over_cold']:.2f}, "
+        f"demo {fig['demo']['warm_over_cold']:.2f}; import wnjax - import jax: "
+        f"{fig['import']['wnjax_minus_jax_s']:.3f} s; goals {fig['goals']}"
+    )
     C.write_result("time_to_result", args, fig)
 
 

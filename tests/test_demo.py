@@ -10,11 +10,33 @@ import wnjax._cli as _cli
 
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
-    code = _cli.main(["demo", "--out", str(out), "--seeds", "2", "--target", "-100",
-                      "--xor-target", "-20", "--max-steps", "3000", "--jobs", "2"])
+    code = _cli.main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--seeds",
+            "2",
+            "--target",
+            "-100",
+            "--xor-target",
+            "-20",
+            "--max-steps",
+            "3000",
+            "--jobs",
+            "2",
+        ]
+    )
     assert code == 0  # the equivalence holds
-    for name in ("demo.png", "report.md", "metrics.json", "lin-sep/lin_sep.png",
-                 "lin-sep/report.md", "xor/xor.png", "xor/report.md"):
+    for name in (
+        "demo.png",
+        "report.md",
+        "metrics.json",
+        "lin-sep/lin_sep.png",
+        "lin-sep/report.md",
+        "xor/xor.png",
+        "xor/report.md",
+    ):
         assert (out / name).stat().st_size > 0, name
     m = json.loads((out / "metrics.json").read_text())
     assert set(m) >= {"equivalence", "lin_sep", "xor", "verdicts", "settings", "seconds"}
@@ -37,8 +59,14 @@ def test_demo_small(tmp_path):
         for v in m["verdicts"][part]:
             assert v["verdict"] in ("reproduced", "not reproduced", "not answered")
             assert f"- **{v['verdict']}**: {v['claim']} ({v['detail']})" in lines
-    assert m["settings"] == {"seed": 0, "seeds": 2, "lin_sep_target": -100.0,
-                             "xor_target": -20.0, "max_steps": 3000, "jobs": 2}
+    assert m["settings"] == {
+        "seed": 0,
+        "seeds": 2,
+        "lin_sep_target": -100.0,
+        "xor_target": -20.0,
+        "max_steps": 3000,
+        "jobs": 2,
+    }
     report = (out / "report.md").read_text()
     assert "![demo](demo.png)" in report and "(lin-sep/lin_sep.png)" in report
     assert report.count("reproduced") >= 10

@@ -60,9 +60,18 @@ def test_dense_value_and_vjp_match_the_plain_product():
     np.testing.assert_allclose(dW, np.asarray(G).T @ np.asarray(X), rtol=1e-13)
 
 
-@pytest.mark.parametrize("activation, wrap", [
-    ("linear", "plain"), ("relu", "plain"), ("relu2", "plain"), ("relu^3", "plain"),
-    ("relu2", "swn"), ("relu", "ewn"), ("relu2", "ewn")])
+@pytest.mark.parametrize(
+    "activation, wrap",
+    [
+        ("linear", "plain"),
+        ("relu", "plain"),
+        ("relu2", "plain"),
+        ("relu^3", "plain"),
+        ("relu2", "swn"),
+        ("relu", "ewn"),
+        ("relu2", "ewn"),
+    ],
+)
 def test_batched_outputs_and_gradients_match_vmap(activation, wrap):
     X, y = _data()
     m = wnjax.MLP(4, 6, 3, activation=activation, key=jax.random.key(4))
@@ -105,8 +114,10 @@ def test_hessian_vector_products_and_seed_vmap_match():
         g = lambda q: jax.grad(lambda r: loss_fn(eqx.combine(r, s), X, y))(q)  # noqa: E731
         return jax.vmap(lambda q: jax.jvp(g, (q,), (q,))[1])(p)
 
-    for new, ref in [(grads(_batched_log_loss), grads(_vmap_log_loss)),
-                     (hvp(_batched_log_loss), hvp(_vmap_log_loss))]:
+    for new, ref in [
+        (grads(_batched_log_loss), grads(_vmap_log_loss)),
+        (hvp(_batched_log_loss), hvp(_vmap_log_loss)),
+    ]:
         _assert_trees_close(new, ref, rtol=1e-11, atol=1e-13)
 
 
@@ -123,10 +134,17 @@ def test_small_nets_take_the_vmap_path(monkeypatch):
     monkeypatch.setattr(wnjax._nets.models, "DENSE_MIN_MACS", 2**18)
     small = wnjax.MLP(4, 6, 2, activation="relu2", key=jax.random.key(9))
     big = wnjax.MLP(10, 64, 3, activation="relu2", key=jax.random.key(9))
-    for m, X, dense_path in [(small, _data()[0], False),
-                             (big, jax.random.normal(jax.random.key(0), (256, 10)), True)]:
-        jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(
-            eqx.tree_at(lambda t: t.layers[0].weight, m, w).batched(X))))(m.layers[0].weight))
+    for m, X, dense_path in [
+        (small, _data()[0], False),
+        (big, jax.random.normal(jax.random.key(0), (256, 10)), True),
+    ]:
+        jaxpr = str(
+            jax.make_jaxpr(
+                jax.grad(
+                    lambda w: jnp.sum(eqx.tree_at(lambda t: t.layers[0].weight, m, w).batched(X))
+                )
+            )(m.layers[0].weight)
+        )
         assert ("platform_index" in jaxpr) == dense_path  # dense's CPU-only weight gradient
         np.testing.assert_allclose(m.batched(X), jax.vmap(m)(X), rtol=1e-12, atol=1e-14)
 
@@ -137,7 +155,9 @@ def test_hidden_bias_and_foreign_activation():
     m = eqx.tree_at(lambda t: t.layers[0].bias, m, jnp.linspace(-1, 1, 6))
     np.testing.assert_allclose(m.batched(X), jax.vmap(m)(X), rtol=1e-13, atol=1e-15)
     # An activation that is not wnjax's own goes through jax.vmap unchanged.
-    soft = wnjax.MLP(4, 6, 2, activation=lambda z: jnp.where(z > 0, z * z, 0.0), key=jax.random.key(8))
+    soft = wnjax.MLP(
+        4, 6, 2, activation=lambda z: jnp.where(z > 0, z * z, 0.0), key=jax.random.key(8)
+    )
     np.testing.assert_allclose(soft.batched(X), jax.vmap(soft)(X), rtol=1e-15)
 
 
@@ -150,15 +170,30 @@ def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
     keys = jax.random.split(jax.random.key(12), 2)
 
     def runs():
-        gd = wnjax.gradient_descent(m, X, y, num_steps=40, learning_rate=0.05, n_save=2,
-                                    diagnostics=False)
-        gf = wnjax.gradient_flow(m, X, y, t1=2.0, rtol=1e-10, atol=1e-12, n_save=2,
-                                 solver="tsit5", diagnostics=False)
-        seeds = jax.vmap(lambda k: wnjax.traced_gradient_descent(
-            wnjax.ewn(wnjax.MLP(4, 6, 2, activation="relu2", key=k)), X, y, num_steps=20,
-            learning_rate=0.05, n_save=2, diagnostics=False).final_log_loss)(keys)
-        return flat_weights(wnjax.to_standard(gd.final)), \
-            flat_weights(wnjax.to_standard(gf.final)), seeds
+        gd = wnjax.gradient_descent(
+            m, X, y, num_steps=40, learning_rate=0.05, n_save=2, diagnostics=False
+        )
+        gf = wnjax.gradient_flow(
+            m, X, y, t1=2.0, rtol=1e-10, atol=1e-12, n_save=2, solver="tsit5", diagnostics=False
+        )
+        seeds = jax.vmap(
+            lambda k: (
+                wnjax.traced_gradient_descent(
+                    wnjax.ewn(wnjax.MLP(4, 6, 2, activation="relu2", key=k)),
+                    X,
+                    y,
+                    num_steps=20,
+                    learning_rate=0.05,
+                    n_save=2,
+                    diagnostics=False,
+                ).final_log_loss
+            )
+        )(keys)
+        return (
+            flat_weights(wnjax.to_standard(gd.final)),
+            flat_weights(wnjax.to_standard(gf.final)),
+            seeds,
+        )
 
     dense_runs = runs()  # DENSE_MIN_MACS = 0 (the fixture)
     monkeypatch.setattr(wnjax._nets.models, "DENSE_MIN_MACS", 2**62)

@@ -301,8 +301,13 @@ def test_checkpoints_and_summaries_match_a_numpy_loop():
     ws, logs = _numpy_gd(model.weight, X, y, eta, K)
     assert np.all(np.diff(logs) < 0)
     inside = FAST_BLOCK + 22
-    levels = [0.5 * (logs[inside - 1] + logs[inside]), logs[0] + 0.1, 0.5 * (logs[K - 1] + logs[K]),
-              logs[K] - 1.0, 0.5 * (logs[36] + logs[37])]
+    levels = [
+        0.5 * (logs[inside - 1] + logs[inside]),
+        logs[0] + 0.1,
+        0.5 * (logs[K - 1] + logs[K]),
+        logs[K] - 1.0,
+        0.5 * (logs[36] + logs[37]),
+    ]
     expect = [_first_at_or_below(logs, v) for v in levels]
     assert expect == [inside, 0, K, -1, 37]
 
@@ -318,8 +323,13 @@ def test_checkpoints_and_summaries_match_a_numpy_loop():
             else:
                 assert np.isnan(float(r.checkpoint_log_loss[j]))
 
-    run = dict(num_steps=K, n_save=5, diagnostics=False, checkpoints=levels,
-               summarize=lambda m, X, y: {"w": m.weight.ravel()})
+    run = dict(
+        num_steps=K,
+        n_save=5,
+        diagnostics=False,
+        checkpoints=levels,
+        summarize=lambda m, X, y: {"w": m.weight.ravel()},
+    )
     for chunk in (K, 64):
         r = wnjax.gradient_descent(model, X, y, learning_rate=eta, chunk_size=chunk, **run)
         assert int(r.stop_code) == 2 and int(r.num_steps) == K
@@ -329,8 +339,11 @@ def test_checkpoints_and_summaries_match_a_numpy_loop():
         np.testing.assert_allclose(np.asarray(r.log_loss), logs[saved], rtol=1e-12)
 
     etas = jnp.asarray([eta, 0.5 * eta])
-    rs = jax.vmap(lambda lr: wnjax.traced_gradient_descent(
-        model, X, y, learning_rate=lr, chunk_size=64, **run))(etas)
+    rs = jax.vmap(
+        lambda lr: wnjax.traced_gradient_descent(
+            model, X, y, learning_rate=lr, chunk_size=64, **run
+        )
+    )(etas)
     for i, e in enumerate(np.asarray(etas)):
         ws_i, logs_i = _numpy_gd(model.weight, X, y, e, K)
         r = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, rs)
@@ -354,8 +367,15 @@ def test_stall_stop_on_a_provable_plateau():
     saves = save_steps(K, n_save)
     stop = int(saves[np.flatnonzero(logs[saves] <= STALL_SHARE)[0]])
     assert 0 < stop < K
-    run = dict(learning_rate=eta, num_steps=K, n_save=n_save, chunk_size=K, diagnostics=False,
-               target_log_loss=-5.0, degree=1.0)
+    run = dict(
+        learning_rate=eta,
+        num_steps=K,
+        n_save=n_save,
+        chunk_size=K,
+        diagnostics=False,
+        target_log_loss=-5.0,
+        degree=1.0,
+    )
     r = wnjax.gradient_descent(model, X, y, stop_stalled=True, **run)
     assert int(r.stop_code) == 4 and bool(r.ok) and not bool(r.reached_target)
     assert int(r.num_steps) == stop and "stalled" in r.message
@@ -399,16 +419,34 @@ def test_step_and_epoch_backtracking_match_one_transcription():
     w, kept, undone = _backtracking_reference(model.weight, X, y, grow * lr, grow, shrink, target)
     assert undone > 3 and kept > undone  # both kinds of trials happen
     r = wnjax.gradient_descent(
-        model, X, y, num_steps=10_000, learning_rate=lr, optimizer=wnjax.loss_normalized_sgd,
+        model,
+        X,
+        y,
+        num_steps=10_000,
+        learning_rate=lr,
+        optimizer=wnjax.loss_normalized_sgd,
         hyperparams=dict(power=1.0, backtracking=True, grow=grow, shrink=shrink),
-        target_log_loss=target, n_save=4, diagnostics=False)
+        target_log_loss=target,
+        n_save=4,
+        diagnostics=False,
+    )
     assert bool(r.reached_target)
     assert int(r.num_steps) == kept and int(r.num_undone) == undone
     np.testing.assert_allclose(np.asarray(r.final.weight).ravel(), w, rtol=1e-10)
     models = jax.tree_util.tree_map(lambda a: a[None], model)
-    e = run_sgd_backtracking(models, X, y, learning_rate=grow * lr, batch_size=X.shape[0],
-                             key=jax.random.key(0), max_epochs=10_000, loss="exponential",
-                             target_log_loss=target, grow=grow, shrink=shrink)
+    e = run_sgd_backtracking(
+        models,
+        X,
+        y,
+        learning_rate=grow * lr,
+        batch_size=X.shape[0],
+        key=jax.random.key(0),
+        max_epochs=10_000,
+        loss="exponential",
+        target_log_loss=target,
+        grow=grow,
+        shrink=shrink,
+    )
     assert bool(e.reached[0])
     assert int(e.history["epochs"][0]) == kept and int(e.undone[0]) == undone
     np.testing.assert_allclose(np.asarray(e.final.weight[0]).ravel(), w, rtol=1e-10)

@@ -139,8 +139,9 @@ def test_diverging_gd(problem):
     # The kept state is the last good one: its loss is below the divergence level (200 above
     # the start), and it is the loss of the kept weights.
     assert float(r.final_log_loss) <= float(wnjax.log_loss(model, X, y)) + 200.0
-    np.testing.assert_allclose(float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        float(wnjax.log_loss(r.final, X, y)), float(r.final_log_loss), rtol=1e-12
+    )
     with pytest.warns(RuntimeWarning, match="diverged"):
         r2 = gd(model, X, y, num_steps=200, learning_rate=1e4, throw=False)
     assert not bool(r2.ok)
@@ -160,10 +161,11 @@ def test_bad_gd_options(problem):
 
 NOT_HOMOGENEOUS = {
     "hidden_bias": (lambda: wnjax.MLP(3, 6, 2, hidden_bias=True, key=jax.random.key(1)), "bias"),
-    "linear_bias": (lambda: eqx.nn.Linear(3, "scalar", use_bias=True, key=jax.random.key(1)),
-                    "bias"),
-    "tanh": (lambda: wnjax.MLP(3, 6, 2, activation=jnp.tanh, key=jax.random.key(1)),
-             "homogeneous"),
+    "linear_bias": (
+        lambda: eqx.nn.Linear(3, "scalar", use_bias=True, key=jax.random.key(1)),
+        "bias",
+    ),
+    "tanh": (lambda: wnjax.MLP(3, 6, 2, activation=jnp.tanh, key=jax.random.key(1)), "homogeneous"),
 }
 
 
@@ -190,13 +192,30 @@ def test_explicit_degree_gives_finite_margins(run, problem):
 
 # --- numeric options ---
 
-BAD_GD = [("num_steps", 0), ("num_steps", -3), ("learning_rate", 0.0),
-          ("learning_rate", -0.1), ("learning_rate", np.nan), ("learning_rate", np.inf),
-          ("target_log_loss", np.nan), ("target_log_loss", np.inf), ("n_save", 0),
-          ("n_save", -1)]
-BAD_FLOW = [("rtol", 0.0), ("rtol", -1e-8), ("rtol", np.nan), ("atol", 0.0), ("atol", np.nan),
-            ("target_log_loss", np.nan), ("target_log_loss", -np.inf), ("n_save", 0),
-            ("max_steps", 0), ("max_steps", -5)]
+BAD_GD = [
+    ("num_steps", 0),
+    ("num_steps", -3),
+    ("learning_rate", 0.0),
+    ("learning_rate", -0.1),
+    ("learning_rate", np.nan),
+    ("learning_rate", np.inf),
+    ("target_log_loss", np.nan),
+    ("target_log_loss", np.inf),
+    ("n_save", 0),
+    ("n_save", -1),
+]
+BAD_FLOW = [
+    ("rtol", 0.0),
+    ("rtol", -1e-8),
+    ("rtol", np.nan),
+    ("atol", 0.0),
+    ("atol", np.nan),
+    ("target_log_loss", np.nan),
+    ("target_log_loss", -np.inf),
+    ("n_save", 0),
+    ("max_steps", 0),
+    ("max_steps", -5),
+]
 
 
 @pytest.mark.parametrize("name,value", BAD_GD)
@@ -216,6 +235,7 @@ def test_bad_flow_numbers(name, value, problem):
 
 
 # --- data ---
+
 
 @RUNNERS
 def test_empty_data(run, problem):
@@ -255,6 +275,7 @@ def test_all_zero_row_warns(run, problem):
 
 # --- GD results ---
 
+
 def test_gd_save_arrays_hold_saved_points_only(problem):
     model, X, y = problem
     r = _gd(model, X, y)
@@ -273,8 +294,9 @@ def test_stalled_gd_says_so(problem):
     model, X, y = problem
     X2, y2 = jnp.concatenate([X[:6], X[:6]]), jnp.concatenate([y[:6], -y[:6]])
     with pytest.warns(RuntimeWarning, match=r"(?s)target_log_loss.*stopped decreasing.*separable"):
-        r = wnjax.gradient_descent(model, X2, y2, num_steps=2000, learning_rate=0.1,
-                                   target_log_loss=-10.0)
+        r = wnjax.gradient_descent(
+            model, X2, y2, num_steps=2000, learning_rate=0.1, target_log_loss=-10.0
+        )
     assert bool(r.ok) and not bool(r.reached_target)
     assert "is the data separable" in r.message.lower()
     # A run whose loss keeps falling says nothing of the kind.
@@ -283,15 +305,25 @@ def test_stalled_gd_says_so(problem):
 
 # --- errors and the command line ---
 
+
 def test_error_classes_share_a_base():
-    for cls, base in [(wnjax.InvalidInput, ValueError), (wnjax.FlowFailed, RuntimeError),
-                      (wnjax.GDFailed, RuntimeError), (wnjax.StoreMismatch, ValueError)]:
+    for cls, base in [
+        (wnjax.InvalidInput, ValueError),
+        (wnjax.FlowFailed, RuntimeError),
+        (wnjax.GDFailed, RuntimeError),
+        (wnjax.StoreMismatch, ValueError),
+    ]:
         assert issubclass(cls, wnjax.WnjaxError) and issubclass(cls, base), cls
 
 
-@pytest.mark.parametrize("argv", [["reproduce", "lin-sep", "--seeds", "0"],
-                                  ["reproduce", "--seeds", "-1", "lin-sep"],
-                                  ["sweep", "x.toml", "--seeds", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reproduce", "lin-sep", "--seeds", "0"],
+        ["reproduce", "--seeds", "-1", "lin-sep"],
+        ["sweep", "x.toml", "--seeds", "0"],
+    ],
+)
 def test_cli_rejects_non_positive_counts(argv, capsys):
     import wnjax._cli as _cli
 
@@ -303,15 +335,20 @@ def test_cli_rejects_non_positive_counts(argv, capsys):
 
 def test_reproduce_rejects_bad_options(tmp_path, capsys):
     out = str(tmp_path / "never")
-    with pytest.raises(TypeError, match=r"no option\(s\) \['max_step'\]; its options are "
-                       r"\[.*'max_steps'.*\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"no option\(s\) \['max_step'\]; its options are "
+        r"\[.*'max_steps'.*\]",
+    ):
         wnjax.reproduce("lin-sep", max_step=10, out=out)
-    for bad, match in ((dict(seeds=0), "seeds must be a positive integer, got 0"),
-                       (dict(max_steps=-5), "max_steps must be a positive integer, got -5"),
-                       (dict(max_steps=2.5), "max_steps must be a positive integer"),
-                       (dict(schedule="paper"), "schedule must be one of paper-code, paper-text"),
-                       (dict(lr=float("nan")), "lr must be a positive number"),
-                       (dict(dynamics=None), "dynamics must be given")):
+    for bad, match in (
+        (dict(seeds=0), "seeds must be a positive integer, got 0"),
+        (dict(max_steps=-5), "max_steps must be a positive integer, got -5"),
+        (dict(max_steps=2.5), "max_steps must be a positive integer"),
+        (dict(schedule="paper"), "schedule must be one of paper-code, paper-text"),
+        (dict(lr=float("nan")), "lr must be a positive number"),
+        (dict(dynamics=None), "dynamics must be given"),
+    ):
         with pytest.raises(wnjax.InvalidInput, match=match):
             wnjax.reproduce("lin-sep", out=out, **bad)
     with pytest.raises(wnjax.InvalidInput, match="unknown experiment 'lin_sep'; known: .*lin-sep"):
@@ -322,16 +359,23 @@ def test_reproduce_rejects_bad_options(tmp_path, capsys):
 
     assert _cli.main(["reproduce", "small-init", "--deltas", "1e-2,x", "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["wnjax: error: deltas must be comma-separated positive numbers such as "
-                   "'1e-2,1e-3', got '1e-2,x'."]
+    assert err == [
+        "wnjax: error: deltas must be comma-separated positive numbers such as "
+        "'1e-2,1e-3', got '1e-2,x'."
+    ]
 
 
-TYPOS = [("[grdi]\nwidth = [8]\n", "table 'grdi'", "'grid'"),
-         ("[model]\nwidht = 8\n", "key 'widht' in [model]", "'width'"),
-         ("[sweep]\nseedz = 4\n", "key 'seedz' in [sweep]", "'seeds'"),
-         ("[dynamics]\nrtoll = 1e-8\n", "key 'rtoll' in [dynamics]", "'rtol'"),
-         ("[grid]\nlearning_rat = [0.1]\n[sweep]\ndynamics = 'descent'\n",
-          "key 'learning_rat' in [grid]", "'learning_rate'")]
+TYPOS = [
+    ("[grdi]\nwidth = [8]\n", "table 'grdi'", "'grid'"),
+    ("[model]\nwidht = 8\n", "key 'widht' in [model]", "'width'"),
+    ("[sweep]\nseedz = 4\n", "key 'seedz' in [sweep]", "'seeds'"),
+    ("[dynamics]\nrtoll = 1e-8\n", "key 'rtoll' in [dynamics]", "'rtol'"),
+    (
+        "[grid]\nlearning_rat = [0.1]\n[sweep]\ndynamics = 'descent'\n",
+        "key 'learning_rat' in [grid]",
+        "'learning_rate'",
+    ),
+]
 
 
 @pytest.mark.parametrize("text,where,suggestion", TYPOS)
@@ -340,8 +384,11 @@ def test_sweep_config_typos(text, where, suggestion, tmp_path):
 
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(text)
-    with pytest.raises(wnjax.InvalidInput, match=rf"unknown {re.escape(where)}.*did you mean "
-                       rf"{suggestion}"):
+    with pytest.raises(
+        wnjax.InvalidInput,
+        match=rf"unknown {re.escape(where)}.*did you mean "
+        rf"{suggestion}",
+    ):
         _sweep_cli.load_config(str(cfg), [])
 
 
@@ -352,8 +399,9 @@ def test_example_sweep_config_is_valid():
     settings = _sweep_cli.load_config(os.path.join(root, "examples", "sweep.toml"), [])
     assert "grid" in settings
     with pytest.raises(wnjax.InvalidInput, match="did you mean 'max_steps'"):
-        _sweep_cli.load_config(os.path.join(root, "examples", "sweep.toml"),
-                               ["dynamics.max_step=10"])
+        _sweep_cli.load_config(
+            os.path.join(root, "examples", "sweep.toml"), ["dynamics.max_step=10"]
+        )
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys, monkeypatch):
@@ -381,13 +429,15 @@ def test_cli_exits_non_zero_when_runs_failed(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices writes it
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(f"[sweep]\nrun = '{__name__}:failing_run'\nseeds = 2\nbatch_size = 1\n")
-    code = _cli.main(["sweep", str(cfg), "--out", str(tmp_path / "out"), "--devices", "1",
-                      "--no-progress"])
+    code = _cli.main(
+        ["sweep", str(cfg), "--out", str(tmp_path / "out"), "--devices", "1", "--no-progress"]
+    )
     assert code == 1
     assert "2 of 2 runs failed" in capsys.readouterr().out
 
 
 # --- files ---
+
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_store_files_follow_the_umask(umask, mode, tmp_path):

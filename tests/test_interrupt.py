@@ -54,10 +54,14 @@ class _SignalAtPoll:
         return self.original(steps)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(time="normalized", t1=1e8, target_log_loss=-300.0),  # one solve per save level
-    dict(t1=1e6, rtol=1e-12, atol=1e-14),  # one solve, save times
-], ids=["levels", "times"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(time="normalized", t1=1e8, target_log_loss=-300.0),  # one solve per save level
+        dict(t1=1e6, rtol=1e-12, atol=1e-14),  # one solve, save times
+    ],
+    ids=["levels", "times"],
+)
 def test_flow_signal_returns_the_partial_run(kw, monkeypatch):
     """SIGTERM while a solve runs: it stops at its next check, here the second (which comes
     ``POLL_FIRST_STEPS`` steps after the first, on step 1), and returns what it reached."""
@@ -87,8 +91,7 @@ def test_flow_poll_leaves_the_numbers_unchanged():
     import wnjax._dynamics.flow as _flow
 
     model = wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(2)))
-    kw = dict(time="normalized", t1=1e8, target_log_loss=-50.0, solver="tsit5",
-              diagnostics=False)
+    kw = dict(time="normalized", t1=1e8, target_log_loss=-50.0, solver="tsit5", diagnostics=False)
     polled = wnjax.gradient_flow(model, X, Y, **kw)
     solve = _flow._solve
     try:
@@ -104,8 +107,16 @@ def test_gradient_descent_signal_keeps_the_finished_chunks():
     model = wnjax.ewn(wnjax.MLP(2, 4, 2, key=jax.random.key(3)))
     thread = _signal_when_handled()
     with pytest.warns(RuntimeWarning, match="interrupted"):
-        r = wnjax.gradient_descent(model, X, Y, num_steps=10**7, learning_rate=0.05,
-                                   chunk_size=500, n_save=8, diagnostics=False)
+        r = wnjax.gradient_descent(
+            model,
+            X,
+            Y,
+            num_steps=10**7,
+            learning_rate=0.05,
+            chunk_size=500,
+            n_save=8,
+            diagnostics=False,
+        )
     thread.join()
     assert bool(r.interrupted) and not bool(r.ok)
     assert int(r.num_steps) == 500  # the chunk in progress at the signal, and no more
@@ -118,7 +129,10 @@ def test_reproduce_sigint_writes_a_partial_report(tmp_path):
     out = tmp_path / "lin-sep"
     proc = subprocess.Popen(
         [sys.executable, "-m", "wnjax", "reproduce", "lin-sep", "--seeds", "2", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
         if (out / "metrics.json").exists():

@@ -32,8 +32,16 @@ def test_simple_traj_flow_matches_closed_form():
         (wnjax.ewn, 1.0 / (1.0 / w0[None] - x * s[:, None])),
         (wnjax.standard, w0[None] + x * s[:, None]),
     ]:
-        r = wnjax.gradient_flow(param(wnjax.CoordinateLinear(w0)), x, jnp.ones(1), t1=0.3,
-                                time="normalized", save_ts=s, rtol=1e-11, atol=1e-13)
+        r = wnjax.gradient_flow(
+            param(wnjax.CoordinateLinear(w0)),
+            x,
+            jnp.ones(1),
+            t1=0.3,
+            time="normalized",
+            save_ts=s,
+            rtol=1e-11,
+            atol=1e-13,
+        )
         w = np.asarray(eqx.filter_vmap(simple_traj.coordinate_weights)(r.states))
         np.testing.assert_allclose(w, exact, rtol=1e-7)
     # d log t / ds for the unnormalized flow (the last run): t(s) = int_0^s exp(w(s').x) ds' in
@@ -44,7 +52,7 @@ def test_simple_traj_flow_matches_closed_form():
 
 
 def test_simple_traj_outcome_across_inits():
-    W0 = simple_traj.inits(jax.random.key(3), 3)[len(simple_traj.PAPER_INITS):]
+    W0 = simple_traj.inits(jax.random.key(3), 3)[len(simple_traj.PAPER_INITS) :]
     sim = simple_traj.simulate(W0, dynamics="gd", target=-30.0, lr=5e-3)
     x = np.asarray(simple_traj.POINT)
     for name in sim:
@@ -69,8 +77,9 @@ def test_runner_matches_single_gradient_descent(getkey):
     # The vmapped runner must take exactly the steps of wnjax.gradient_descent, seed by seed.
     X, y = wnjax.data.lin_sep(getkey())
     keys = jax.random.split(getkey(), 3)
-    models = eqx.filter_vmap(
-        lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(keys)
+    models = eqx.filter_vmap(lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(
+        keys
+    )
     r = run_gd(models, X, y, num_steps=40, learning_rate=0.05, chunk_size=15)
     for i in range(3):
         one = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, models)
@@ -78,7 +87,9 @@ def test_runner_matches_single_gradient_descent(getkey):
         got = jax.tree_util.tree_map(lambda a: a[i] if eqx.is_array(a) else a, r.final)
         np.testing.assert_allclose(
             np.asarray(got.standard().layers[0].weight),
-            np.asarray(ref.final.standard().layers[0].weight), rtol=1e-10)
+            np.asarray(ref.final.standard().layers[0].weight),
+            rtol=1e-10,
+        )
     assert np.all(r.num_steps == 40)
 
 
@@ -86,8 +97,9 @@ def test_conv_rate_same_end_to_end_predictor(getkey):
     w_star = jax.random.normal(getkey(), (1, 2))
     for depth in (1, 2, 4):
         m = conv_rate.deep_linear(getkey(), depth, 7, w_star)
-        np.testing.assert_allclose(np.asarray(conv_rate.end_to_end(m)), np.asarray(w_star),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            np.asarray(conv_rate.end_to_end(m)), np.asarray(w_star), rtol=1e-10
+        )
         x = jax.random.normal(getkey(), (2,))
         np.testing.assert_allclose(float(m(x)[0]), float(w_star[0] @ x), rtol=1e-10)
 
@@ -114,7 +126,7 @@ def test_mnist_idx_on_bytes():
     raw_lab = gzip.open(lab_path).read()
     # Independent read of the header bytes: magic 2051/2049, sizes big-endian.
     assert int.from_bytes(raw_img[:4], "big") == 2051 and int.from_bytes(raw_lab[:4], "big") == 2049
-    n, rows, cols = (int.from_bytes(raw_img[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
+    n, rows, cols = (int.from_bytes(raw_img[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
     images, labels = wnjax.data.load_mnist(MNIST_DIR, "t10k")
     assert images.shape == (n, rows, cols) == (10000, 28, 28)
     assert labels.shape == (10000,)
@@ -147,8 +159,9 @@ def test_idx_errors(tmp_path):
 
 
 def test_conv_rate_smoke(tmp_path):
-    options = conv_rate.Options(seeds=2, out=str(tmp_path), dynamics="gd", lr=1e-3, steps=20,
-                                width=4, depths=[1, 2])
+    options = conv_rate.Options(
+        seeds=2, out=str(tmp_path), dynamics="gd", lr=1e-3, steps=20, width=4, depths=[1, 2]
+    )
     metrics = conv_rate.run(options)
     assert np.shape(metrics["ratio_first_to_last_depth"]["ewn"]) == (2,)
     saved = json.load(open(tmp_path / "metrics.json"))
@@ -166,12 +179,18 @@ def test_conv_rate_smoke(tmp_path):
 def test_verdict_rendering():
     from wnjax.experiments._report import judge, not_answered, render_verdicts
 
-    verdicts = [judge(np.bool_(True), "EWN keeps ~4", "kept 4 (paper 4)"),
-                judge(False, "x + y = const (EWN)", "spread (a) 0.1"),
-                not_answered("at log L = -300", ""),
-                not_answered("late pruning", "no seed got there")]
-    assert [v["verdict"] for v in verdicts] == ["reproduced", "not reproduced", "not answered",
-                                                 "not answered"]
+    verdicts = [
+        judge(np.bool_(True), "EWN keeps ~4", "kept 4 (paper 4)"),
+        judge(False, "x + y = const (EWN)", "spread (a) 0.1"),
+        not_answered("at log L = -300", ""),
+        not_answered("late pruning", "no seed got there"),
+    ]
+    assert [v["verdict"] for v in verdicts] == [
+        "reproduced",
+        "not reproduced",
+        "not answered",
+        "not answered",
+    ]
     assert json.loads(json.dumps(verdicts)) == verdicts  # plain data
     assert render_verdicts(verdicts) == [
         "- **reproduced**: EWN keeps ~4 (kept 4 (paper 4))",
@@ -183,24 +202,66 @@ def test_verdict_rendering():
 
 # --- options: typed dataclasses, flags built from their fields ---
 
+
 def test_experiment_options_and_flags():
     """Every flag users call keeps its name and default, and parses to the same ``Options`` as
     the keywords of ``wnjax.reproduce``."""
-    from wnjax._cli.reproduce import parse_options
     import wnjax.experiments._lin_sep as lin_sep
+    from wnjax._cli.reproduce import parse_options
 
     assert wnjax.experiments.options("lin-sep") == {
-        "seeds", "out", "full", "dynamics", "target", "lr", "frac", "max_steps", "schedule", "cap"}
+        "seeds",
+        "out",
+        "full",
+        "dynamics",
+        "target",
+        "lr",
+        "frac",
+        "max_steps",
+        "schedule",
+        "cap",
+    }
     assert wnjax.experiments.options("xor") == {
-        "seeds", "out", "full", "dynamics", "target", "lr", "max_steps"}
+        "seeds",
+        "out",
+        "full",
+        "dynamics",
+        "target",
+        "lr",
+        "max_steps",
+    }
     defaults = lin_sep.Options()
-    assert (defaults.seeds, defaults.out, defaults.full, defaults.dynamics, defaults.target,
-            defaults.lr, defaults.frac, defaults.max_steps, defaults.schedule, defaults.cap) == (
-        5, None, False, "gd", -300.0, 0.01, 30.0, 30_000, "paper-code", 0.01)
-    got = parse_options("lin-sep", ["--seeds", "3", "--dynamics", "flow", "--max-steps", "2000",
-                                    "--schedule", "paper-text", "--full", "--out", "/tmp/x"])
-    assert got == lin_sep.Options(seeds=3, dynamics="flow", max_steps=2000,
-                                  schedule="paper-text", full=True, out="/tmp/x")
+    assert (
+        defaults.seeds,
+        defaults.out,
+        defaults.full,
+        defaults.dynamics,
+        defaults.target,
+        defaults.lr,
+        defaults.frac,
+        defaults.max_steps,
+        defaults.schedule,
+        defaults.cap,
+    ) == (5, None, False, "gd", -300.0, 0.01, 30.0, 30_000, "paper-code", 0.01)
+    got = parse_options(
+        "lin-sep",
+        [
+            "--seeds",
+            "3",
+            "--dynamics",
+            "flow",
+            "--max-steps",
+            "2000",
+            "--schedule",
+            "paper-text",
+            "--full",
+            "--out",
+            "/tmp/x",
+        ],
+    )
+    assert got == lin_sep.Options(
+        seeds=3, dynamics="flow", max_steps=2000, schedule="paper-text", full=True, out="/tmp/x"
+    )
     # the common flags given before NAME are the defaults of those after it
     got = parse_options("conv-rate", ["--depths", "1", "3"], seeds=2, full=True, out=None)
     assert (got.seeds, got.full, got.depths) == (2, True, (1, 3))
@@ -230,23 +291,42 @@ def test_options_dataclass_to_flags():
     parser = argparse.ArgumentParser()
     add_option_arguments(parser, Toy)
     assert Toy(**vars(parser.parse_args([]))) == Toy()
-    args = parser.parse_args(["--max-steps", "7", "--rate", "0.5", "--mode", "b", "--no-plot",
-                              "--sizes", "3", "4", "5", "--full", "--seeds", "2"])
-    assert Toy(**vars(args)) == Toy(seeds=2, full=True, max_steps=7, rate=0.5, mode="b",
-                                    plot=False, sizes=(3, 4, 5))
+    args = parser.parse_args(
+        [
+            "--max-steps",
+            "7",
+            "--rate",
+            "0.5",
+            "--mode",
+            "b",
+            "--no-plot",
+            "--sizes",
+            "3",
+            "4",
+            "5",
+            "--full",
+            "--seeds",
+            "2",
+        ]
+    )
+    assert Toy(**vars(args)) == Toy(
+        seeds=2, full=True, max_steps=7, rate=0.5, mode="b", plot=False, sizes=(3, 4, 5)
+    )
     for argv in (["--max-steps", "0"], ["--rate", "-1"], ["--mode", "c"], ["--sizes"]):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
     # values from Python are checked and converted alike
     assert Toy(max_steps=1e3, sizes=[7]).max_steps == 1000
     assert Toy(max_steps=1e3, sizes=[7]).sizes == (7,)
-    for bad, match in ((dict(max_steps=0), "max_steps must be a positive integer, got 0"),
-                       (dict(max_steps=2.5), "max_steps must be a positive integer"),
-                       (dict(rate=0.0), "rate must be a positive number"),
-                       (dict(mode="c"), "mode must be one of a, b"),
-                       (dict(plot="yes"), "plot must be True or False"),
-                       (dict(sizes=()), "sizes must be a non-empty list"),
-                       (dict(seeds=True), "seeds must be a positive integer")):
+    for bad, match in (
+        (dict(max_steps=0), "max_steps must be a positive integer, got 0"),
+        (dict(max_steps=2.5), "max_steps must be a positive integer"),
+        (dict(rate=0.0), "rate must be a positive number"),
+        (dict(mode="c"), "mode must be one of a, b"),
+        (dict(plot="yes"), "plot must be True or False"),
+        (dict(sizes=()), "sizes must be a non-empty list"),
+        (dict(seeds=True), "seeds must be a positive integer"),
+    ):
         with pytest.raises(wnjax.InvalidInput, match=match):
             Toy(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -276,7 +356,10 @@ def test_no_argparse_outside_the_cli():
             for f in dataclasses.fields(module.Options):  # a default, a help and a doc line each
                 assert f.default is not dataclasses.MISSING and f.metadata.get("help"), (name, f)
                 assert f.name in (module.Options.__doc__ or "") or f.name in (
-                    "seeds", "out", "full"), (name, f.name)
+                    "seeds",
+                    "out",
+                    "full",
+                ), (name, f.name)
 
 
 def _toy_experiment(tmp_path):
@@ -291,7 +374,8 @@ def _toy_experiment(tmp_path):
         "    m = {'value': args.scale * args.seeds, 'full': args.full}\n"
         "    open(os.path.join(args.out, 'report.md'), 'w').write('# toy\\n')\n"
         "    json.dump(m, open(os.path.join(args.out, 'metrics.json'), 'w'))\n"
-        "    return m\n")
+        "    return m\n"
+    )
     return "toy_argparse_experiment"
 
 
@@ -311,8 +395,10 @@ def test_argparse_experiment_still_runs(tmp_path, monkeypatch, capsys):
     with pytest.raises(wnjax.InvalidInput, match="seeds must be a positive integer"):
         wnjax.reproduce("toy", seeds=0, out=str(tmp_path / "a"))
     out = tmp_path / "b"
-    assert _cli.main(["reproduce", "--seeds", "2", "toy", "--scale", "4", "--full",
-                      "--out", str(out)]) == 0
+    assert (
+        _cli.main(["reproduce", "--seeds", "2", "toy", "--scale", "4", "--full", "--out", str(out)])
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text()) == {"value": 8.0, "full": True}
     sys.modules.pop("toy_argparse_experiment", None)
 
@@ -428,8 +514,14 @@ def _authors_loop(theta, X, y, *, lr, cap, power, lag, switch, target=-np.inf, m
         epochs += 1
         logs.append(np.log(L))
         qmin.append(q.min())
-    return dict(theta=theta, epochs=epochs, undone=undone, log_loss=np.array(logs),
-                min_margin=np.array(qmin), tries=tries)
+    return dict(
+        theta=theta,
+        epochs=epochs,
+        undone=undone,
+        log_loss=np.array(logs),
+        min_margin=np.array(qmin),
+        tries=tries,
+    )
 
 
 def _distance(a, b) -> float:
@@ -445,14 +537,21 @@ def _schedule_case(schedule, parameterization, seed):
     X, y = wnjax.data.lin_sep(jax.random.key(seed))
     model = parameterization(wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(100 + seed)))
     if parameterization is wnjax.standard:
+
         def leaves(m):
             return m.layers[0].w, m.layers[1].w
     else:
+
         def leaves(m):
             return m.layers[0].g, m.layers[0].v, m.layers[1].g, m.layers[1].v
+
     code = schedule == "paper-code"
-    kw = dict(lr=lin_sep.LR, cap=lin_sep.CAP, power=1.0 - 1.0 / 30.0,
-              switch=lin_sep.SWITCH_MARGIN if code else None)
+    kw = dict(
+        lr=lin_sep.LR,
+        cap=lin_sep.CAP,
+        power=1.0 - 1.0 / 30.0,
+        switch=lin_sep.SWITCH_MARGIN if code else None,
+    )
     return X, y, model, leaves, code, kw
 
 
@@ -473,10 +572,18 @@ def test_lin_sep_run_matches_numpy_transcription(schedule):
     assert ref["epochs"] + ref["undone"] == 300
     if lag:  # steps were taken under both losses
         assert ref["min_margin"][0] < kw["switch"] < np.max(ref["min_margin"][:-1])
-    r = run_gd(jax.tree_util.tree_map(lambda a: a[None], model), X[None], y[None],
-               per_seed_data=True, num_steps=1000, learning_rate=lin_sep.LR,
-               **lin_sep.gd_options(schedule), target_log_loss=target, chunk_size=100,
-               diverge_above=jnp.inf)
+    r = run_gd(
+        jax.tree_util.tree_map(lambda a: a[None], model),
+        X[None],
+        y[None],
+        per_seed_data=True,
+        num_steps=1000,
+        learning_rate=lin_sep.LR,
+        **lin_sep.gd_options(schedule),
+        target_log_loss=target,
+        chunk_size=100,
+        diverge_above=jnp.inf,
+    )
     assert bool(r.reached[0])
     assert int(r.num_steps[0]) == ref["epochs"] and int(r.undone[0]) == ref["undone"]
     got = tuple(a[0] for a in leaves(r.final))
@@ -492,8 +599,8 @@ def test_lin_sep_steps_match_numpy_transcription(schedule):
     transcription's point, it returns the transcription's next try, or the undo of a thrown-away
     try, to 1e-12, and undoes exactly the tries the transcription throws away. (Fed points, not
     a free run: past log L ~ -30 the loop amplifies rounding ~2x per epoch.)"""
-    from wnjax._dynamics.descent import descent_update
     import wnjax.experiments._lin_sep as lin_sep
+    from wnjax._dynamics.descent import descent_update
     from wnjax._losses import get_loss
 
     X, y, model, leaves, lag, kw = _schedule_case(schedule, wnjax.swn, 3)
@@ -505,9 +612,21 @@ def test_lin_sep_steps_match_numpy_transcription(schedule):
     options = lin_sep.gd_options(schedule)
     opt = options["optimizer"](learning_rate=lin_sep.LR, **options["hyperparams"])
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    step = eqx.filter_jit(lambda p, s: descent_update(
-        p, s, 0, static, X, y, None, opt, loss=get_loss(options["loss"]),
-        batch_size=None, objective="loss")[1:3])
+    step = eqx.filter_jit(
+        lambda p, s: descent_update(
+            p,
+            s,
+            0,
+            static,
+            X,
+            y,
+            None,
+            opt,
+            loss=get_loss(options["loss"]),
+            batch_size=None,
+            objective="loss",
+        )[1:3]
+    )
 
     def at(theta):
         return eqx.tree_at(leaves, params, tuple(jnp.asarray(a) for a in theta))

@@ -30,10 +30,18 @@ def test_dead_point_seed_stalls_and_live_seed_reaches():
     assert float(out[1]) == 0.0  # the point (-1, 1) really is dead at the start
     models = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), live, dead)
     budget = 5000
-    r = run_gd(models, X, y, num_steps=budget, learning_rate=0.1,
-               optimizer=wnjax.loss_normalized_sgd,
-               hyperparams=dict(power=1.0 - 1.0 / 30, backtracking=True, max_learning_rate=1.0),
-               target_log_loss=-50.0, chunk_size=25, diverge_above=jnp.inf)
+    r = run_gd(
+        models,
+        X,
+        y,
+        num_steps=budget,
+        learning_rate=0.1,
+        optimizer=wnjax.loss_normalized_sgd,
+        hyperparams=dict(power=1.0 - 1.0 / 30, backtracking=True, max_learning_rate=1.0),
+        target_log_loss=-50.0,
+        chunk_size=25,
+        diverge_above=jnp.inf,
+    )
     assert bool(r.reached[0]) and not bool(r.stalled[0])
     assert bool(r.stalled[1]) and not bool(r.reached[1])
     assert int(r.num_steps[1]) < budget // 10
@@ -86,10 +94,18 @@ def test_epochs_and_undone_counts_match_a_plain_backtracking_loop():
     model = wnjax.MLP(1, 1, 1, activation="linear", key=jax.random.key(0))
     model = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.ones((1, 1)))
     models = jax.tree_util.tree_map(lambda a: a[None], model)
-    r = run_gd(models, jnp.ones((1, 1)), jnp.zeros((1, 1)), num_steps=1000, learning_rate=lr,
-               optimizer=wnjax.loss_normalized_sgd, loss="square", chunk_size=7,
-               hyperparams=dict(power=0.0, backtracking=True, max_learning_rate=lr),
-               target_log_loss=target)
+    r = run_gd(
+        models,
+        jnp.ones((1, 1)),
+        jnp.zeros((1, 1)),
+        num_steps=1000,
+        learning_rate=lr,
+        optimizer=wnjax.loss_normalized_sgd,
+        loss="square",
+        chunk_size=7,
+        hyperparams=dict(power=0.0, backtracking=True, max_learning_rate=lr),
+        target_log_loss=target,
+    )
     assert bool(r.reached[0])
     assert int(r.num_steps[0]) == epochs and int(r.undone[0]) == undone
     assert r.steps[-1, 0] == epochs

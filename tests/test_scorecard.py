@@ -40,8 +40,13 @@ def fake_experiments(monkeypatch):
         return f"fake_{name}"
 
     registry = {
-        "a": module("a", [judge(True, "claim one", "ours 1 vs paper 1"),
-                          judge(False, "claim | two", "ours 2 vs paper 3")]),
+        "a": module(
+            "a",
+            [
+                judge(True, "claim one", "ours 1 vs paper 1"),
+                judge(False, "claim | two", "ours 2 vs paper 3"),
+            ],
+        ),
         "b": module("b", [not_answered("claim three", "too slow")]),
         "c": module("c", error="boom"),
     }

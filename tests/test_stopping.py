@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import wnjax
-from wnjax.diagonal._nets import diagonal_net, sparse_problem
 from wnjax._dynamics.flow import target_tolerance
+from wnjax.diagonal._nets import diagonal_net, sparse_problem
 
 
 def _reached(r, target, dtype):
@@ -27,8 +27,9 @@ def test_square_loss_to_minus_40_succeeds_and_matches_radau():
 
     A, y, _ = sparse_problem(jax.random.key(0), dim=12, n_measurements=6, sparsity=2)
     net = diagonal_net(12, depth=2, alpha=0.1)
-    r = wnjax.gradient_flow(net, A, y, loss="square", target_log_loss=-40.0, t1=1e9,
-                            n_save=8, diagnostics=False)
+    r = wnjax.gradient_flow(
+        net, A, y, loss="square", target_log_loss=-40.0, t1=1e9, n_save=8, diagnostics=False
+    )
     assert bool(r.ok) and bool(r.reached_target)
     assert _reached(r, -40.0, jnp.float64) and float(r.final_log_loss) > -40.001
     An, yn = np.asarray(A), np.asarray(y)
@@ -58,8 +59,16 @@ def test_float32_flow_with_a_target_succeeds(target):
     model = eqx.nn.Linear(3, "scalar", use_bias=False, dtype=jnp.float32, key=k2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the defaults fit float32: no warning
-        r = wnjax.gradient_flow(model, X, y, time="normalized", t1=1e6, target_log_loss=target,
-                                n_save=8, diagnostics=False)
+        r = wnjax.gradient_flow(
+            model,
+            X,
+            y,
+            time="normalized",
+            t1=1e6,
+            target_log_loss=target,
+            n_save=8,
+            diagnostics=False,
+        )
     assert r.final_log_loss.dtype == jnp.float32
     assert bool(r.ok) and bool(r.reached_target) and _reached(r, target, jnp.float32)
 

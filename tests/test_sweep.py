@@ -50,10 +50,24 @@ N_ROWS, CHUNK = 24, 4
 
 
 def _launch(cfg, out, cache, *extra):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    cmd = [sys.executable, "-m", "wnjax", "sweep", str(cfg), "--out", str(out), "--devices", "8",
-           "--no-progress", *extra]
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "wnjax",
+        "sweep",
+        str(cfg),
+        "--out",
+        str(out),
+        "--devices",
+        "8",
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -81,11 +95,24 @@ def killed_and_resumed(tmp_path_factory):
 
     settings = _sweep_cli.load_config(str(cfg), [])
     reference = wnjax.sweep(
-        _sweep_cli.make_run(settings, X, Y), 12, settings["grid"], out=str(tmp / "reference"),
-        batch_size=2, chunk_size=CHUNK, devices=8, progress=False,
+        _sweep_cli.make_run(settings, X, Y),
+        12,
+        settings["grid"],
+        out=str(tmp / "reference"),
+        batch_size=2,
+        chunk_size=CHUNK,
+        devices=8,
+        progress=False,
     )
-    return dict(out=out, cfg=cfg, n_at_kill=n_at_kill, table_at_kill=table_at_kill, log=log,
-                reference=reference, ref_dir=tmp / "reference")
+    return dict(
+        out=out,
+        cfg=cfg,
+        n_at_kill=n_at_kill,
+        table_at_kill=table_at_kill,
+        log=log,
+        reference=reference,
+        ref_dir=tmp / "reference",
+    )
 
 
 def test_kill_and_resume_gives_identical_table(killed_and_resumed):
@@ -95,9 +122,10 @@ def test_kill_and_resume_gives_identical_table(killed_and_resumed):
     assert "24 runs" in r["log"]
     # Killed + resumed (two processes) against an uninterrupted in-process run: same bytes.
     assert (r["out"] / "table.csv").read_bytes() == (r["ref_dir"] / "table.csv").read_bytes()
-    with np.load(r["out"] / "trajectories" / "c000.npz") as a, np.load(
-        r["ref_dir"] / "trajectories" / "c000.npz"
-    ) as b:
+    with (
+        np.load(r["out"] / "trajectories" / "c000.npz") as a,
+        np.load(r["ref_dir"] / "trajectories" / "c000.npz") as b,
+    ):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
@@ -108,10 +136,12 @@ def test_rows_equal_single_runs(killed_and_resumed):
     ref = killed_and_resumed["reference"]
     t = ref.table
     for i in (0, 7):
-        model = wnjax.MLP(2, 4, 2, init_scale=float(t["init_scale"][i]),
-                          key=jax.random.key(int(t["seed"][i])))
-        r = wnjax.gradient_descent(wnjax.ewn(model), X, Y, num_steps=8000, learning_rate=0.05,
-                                   n_save=8, chunk_size=2000)
+        model = wnjax.MLP(
+            2, 4, 2, init_scale=float(t["init_scale"][i]), key=jax.random.key(int(t["seed"][i]))
+        )
+        r = wnjax.gradient_descent(
+            wnjax.ewn(model), X, Y, num_steps=8000, learning_rate=0.05, n_save=8, chunk_size=2000
+        )
         np.testing.assert_allclose(t["final_log_loss"][i], r.final_log_loss, rtol=1e-12, atol=0)
         np.testing.assert_allclose(ref.trajectories[0]["log_loss"][i], r.log_loss, rtol=1e-12)
         assert t["num_steps"][i] == 8000 and t["ok"][i]
@@ -120,11 +150,31 @@ def test_rows_equal_single_runs(killed_and_resumed):
 def test_config_mismatch_is_an_error(killed_and_resumed, tmp_path):
     r = killed_and_resumed
     with pytest.raises(wnjax.StoreMismatch, match="grid.init_scale"):
-        _cli.main(["sweep", str(r["cfg"]), "--out", str(r["out"]), "--no-progress", "--debug",
-                         "--set", "grid.init_scale=[0.25, 1.0]"])
+        _cli.main(
+            [
+                "sweep",
+                str(r["cfg"]),
+                "--out",
+                str(r["out"]),
+                "--no-progress",
+                "--debug",
+                "--set",
+                "grid.init_scale=[0.25, 1.0]",
+            ]
+        )
     with pytest.raises(wnjax.StoreMismatch, match="dynamics"):
-        _cli.main(["sweep", str(r["cfg"]), "--out", str(r["out"]), "--no-progress", "--debug",
-                         "--set", "dynamics.learning_rate=0.1"])
+        _cli.main(
+            [
+                "sweep",
+                str(r["cfg"]),
+                "--out",
+                str(r["out"]),
+                "--no-progress",
+                "--debug",
+                "--set",
+                "dynamics.learning_rate=0.1",
+            ]
+        )
     wnjax.Store(str(tmp_path), {"a": 1})
     wnjax.Store(str(tmp_path), {"a": 1})  # the same config resumes
     with pytest.raises(wnjax.StoreMismatch):
@@ -137,12 +187,20 @@ def test_same_seed_same_bits(killed_and_resumed):
     ref = killed_and_resumed["reference"]
     settings = _sweep_cli.load_config(str(killed_and_resumed["cfg"]), [])
     fn = _sweep_cli.make_run(settings, X, Y)
-    again = wnjax.sweep(fn, 12, settings["grid"], out=str(killed_and_resumed["ref_dir"]),
-                        batch_size=2, devices=8, progress=False)
+    again = wnjax.sweep(
+        fn,
+        12,
+        settings["grid"],
+        out=str(killed_and_resumed["ref_dir"]),
+        batch_size=2,
+        devices=8,
+        progress=False,
+    )
     for k in ref.table:
         np.testing.assert_array_equal(again.table[k], ref.table[k])
-    subset = wnjax.sweep(fn, [5, 9], settings["grid"], batch_size=2, chunk_size=CHUNK,
-                         devices=8, progress=False)
+    subset = wnjax.sweep(
+        fn, [5, 9], settings["grid"], batch_size=2, chunk_size=CHUNK, devices=8, progress=False
+    )
     rows = np.flatnonzero(np.isin(ref.table["seed"], [5, 9]))
     for k in ("final_log_loss", "final_normalized_margin", "num_steps"):
         np.testing.assert_array_equal(subset.table[k], ref.table[k][rows])
@@ -155,11 +213,25 @@ def test_flow_rows_do_not_depend_on_the_device_count():
     def run(key, cfg):
         # ReLU^2: smooth, as the theory assumes (ReLU kinks make the adaptive solver chatter).
         model = wnjax.MLP(2, 4, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)
-        r = wnjax.gradient_flow(wnjax.ewn(model), X, Y, t1=50.0, rtol=1e-9, atol=1e-12,
-                                n_save=6, save_states=False, max_steps=4000, throw=False,
-                                diagnostics=False)
-        return {"final_log_loss": r.final_log_loss, "steps": r.stats["num_steps"],
-                "ok": r.ok, "log_loss": r.log_loss}
+        r = wnjax.gradient_flow(
+            wnjax.ewn(model),
+            X,
+            Y,
+            t1=50.0,
+            rtol=1e-9,
+            atol=1e-12,
+            n_save=6,
+            save_states=False,
+            max_steps=4000,
+            throw=False,
+            diagnostics=False,
+        )
+        return {
+            "final_log_loss": r.final_log_loss,
+            "steps": r.stats["num_steps"],
+            "ok": r.ok,
+            "log_loss": r.log_loss,
+        }
 
     grid = {"init_scale": [0.5, 1.0], "width": [4]}
     one = wnjax.sweep(run, 6, grid, batch_size=2, devices=1, progress=False)
@@ -176,7 +248,10 @@ def test_grid_split_and_bad_input():
     cells, configs = wnjax.split_grid(
         {"width": [4, 8], "parameterization": ["ewn"], "init_scale": [0.5, 1.0, 2.0]}
     )
-    assert cells == [{"width": 4, "parameterization": "ewn"}, {"width": 8, "parameterization": "ewn"}]
+    assert cells == [
+        {"width": 4, "parameterization": "ewn"},
+        {"width": 8, "parameterization": "ewn"},
+    ]
     assert [c["init_scale"] for c in configs] == [0.5, 1.0, 2.0]
     cells, configs = wnjax.split_grid({"lr": [0.1, 0.2]}, static=["lr"])
     assert len(cells) == 2 and configs == [{}]
@@ -222,8 +297,12 @@ def test_two_processes_on_loopback(tmp_path):
     script.write_text(MULTIHOST)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(i), str(tmp_path / "out"), port],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), str(tmp_path / "out"), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for i in range(2)
     ]
     logs = [p.communicate(timeout=240)[0].decode() for p in procs]
@@ -231,12 +310,14 @@ def test_two_processes_on_loopback(tmp_path):
 
     def run(key, cfg):
         m = wnjax.MLP(2, 4, 2, init_scale=cfg["init_scale"], key=key)
-        r = wnjax.traced_gradient_descent(wnjax.ewn(m), X, Y, num_steps=200, learning_rate=0.05,
-                                          n_save=4, chunk_size=100)
+        r = wnjax.traced_gradient_descent(
+            wnjax.ewn(m), X, Y, num_steps=200, learning_rate=0.05, n_save=4, chunk_size=100
+        )
         return {"final_log_loss": r.final_log_loss}
 
-    ref = wnjax.sweep(run, 6, {"init_scale": [0.5, 1.0]}, batch_size=2, chunk_size=4,
-                      devices=4, progress=False)
+    ref = wnjax.sweep(
+        run, 6, {"init_scale": [0.5, 1.0]}, batch_size=2, chunk_size=4, devices=4, progress=False
+    )
     got = np.genfromtxt(tmp_path / "out" / "table.csv", delimiter=",", names=True)
     np.testing.assert_array_equal(got["seed"], ref.table["seed"])
     np.testing.assert_allclose(got["final_log_loss"], ref.table["final_log_loss"], rtol=1e-12)
@@ -250,21 +331,38 @@ def test_sweep_cli_defaults_to_one_device_per_core():
     import wnjax._cli as _cli
 
     def ns(**kw):
-        return argparse.Namespace(**({"command": "sweep", "devices": None, "coordinator": None}
-                                     | kw))
+        return argparse.Namespace(
+            **({"command": "sweep", "devices": None, "coordinator": None} | kw)
+        )
 
     assert _cli.host_devices(ns(), {}) == os.cpu_count()
     assert _cli.host_devices(ns(devices=3), {}) == 3
-    assert _cli.host_devices(ns(), {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}) is None
+    assert (
+        _cli.host_devices(ns(), {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}) is None
+    )
     assert _cli.host_devices(ns(coordinator="host:1234"), {}) is None
     assert _cli.host_devices(argparse.Namespace(command="demo"), {}) is None
 
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "sweep.toml")
 # The example sweep, shrunk: one compiled cell, 4 rows in 2 blocks, a near target.
-SMALL = ["--seeds", "2", "--batch-size", "2", "--chunk-size", "4", "--no-progress",
-         "--set", 'grid.parameterization=["swn"]', "--set", "dynamics.target_log_loss=-30.0",
-         "--set", "dynamics.n_save=4", "--set", "dynamics.diagnostics=false"]
+SMALL = [
+    "--seeds",
+    "2",
+    "--batch-size",
+    "2",
+    "--chunk-size",
+    "4",
+    "--no-progress",
+    "--set",
+    'grid.parameterization=["swn"]',
+    "--set",
+    "dynamics.target_log_loss=-30.0",
+    "--set",
+    "dynamics.n_save=4",
+    "--set",
+    "dynamics.diagnostics=false",
+]
 
 
 def test_example_table_bytes_do_not_depend_on_the_device_count(tmp_path):
@@ -274,9 +372,24 @@ def test_example_table_bytes_do_not_depend_on_the_device_count(tmp_path):
     for n in (1, 2):
         out = tmp_path / f"devices{n}"
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        proc = subprocess.run([sys.executable, "-m", "wnjax", "sweep", EXAMPLE, "--devices", str(n),
-                               "--out", str(out), *SMALL], env=env, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wnjax",
+                "sweep",
+                EXAMPLE,
+                "--devices",
+                str(n),
+                "--out",
+                str(out),
+                *SMALL,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"on {n} device(s)" in proc.stdout
         tables.append((out / "table.csv").read_bytes())
@@ -286,8 +399,16 @@ def test_example_table_bytes_do_not_depend_on_the_device_count(tmp_path):
 
 def _descent_run(key, cfg):
     m = wnjax.MLP(2, 4, 2, init_scale=cfg["init_scale"], key=key)
-    r = wnjax.traced_gradient_descent(wnjax.ewn(m), X, Y, num_steps=200, learning_rate=0.05,
-                                      n_save=4, chunk_size=100, diagnostics=False)
+    r = wnjax.traced_gradient_descent(
+        wnjax.ewn(m),
+        X,
+        Y,
+        num_steps=200,
+        learning_rate=0.05,
+        n_save=4,
+        chunk_size=100,
+        diagnostics=False,
+    )
     return {"final_log_loss": r.final_log_loss, "log_loss": r.log_loss}
 
 
@@ -298,8 +419,9 @@ def test_truncated_chunk_is_named_and_recomputed(tmp_path):
     table = (tmp_path / "table.csv").read_bytes()
     bad = tmp_path / "chunks" / "c000_k00001.npz"
     bad.write_bytes(bad.read_bytes()[:40])  # a file cut short, as by a full disk
-    store = wnjax.Store(str(tmp_path), json.loads((tmp_path / "manifest.json").read_text())[
-        "identity"])
+    store = wnjax.Store(
+        str(tmp_path), json.loads((tmp_path / "manifest.json").read_text())["identity"]
+    )
     with pytest.raises(CorruptChunk, match="c000_k00001.npz"):
         store.read_chunk(0, 1)
     with pytest.warns(RuntimeWarning, match="c000_k00001.npz"):
@@ -316,8 +438,22 @@ def test_sigint_stops_a_sweep_keeping_finished_chunks(tmp_path):
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(CONFIG.replace("num_steps = 8000", "num_steps = 200000"))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "wnjax", "sweep", str(cfg), "--out", str(out), "--devices", "1",
-           "--no-progress", "--seeds", "4", "--chunk-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wnjax",
+        "sweep",
+        str(cfg),
+        "--out",
+        str(out),
+        "--devices",
+        "1",
+        "--no-progress",
+        "--seeds",
+        "4",
+        "--chunk-size",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     chunks = out / "chunks"
     deadline = time.time() + 120
@@ -340,8 +476,7 @@ def test_reached_target_within_rounding_is_the_same_decision_in_a_sweep():
     says so); one that ends further above has not. A sweep row decides the same."""
     from wnjax._dynamics.flow import target_tolerance
 
-    kw = dict(t1=20.0, n_save=4, solver="tsit5", diagnostics=False, save_states=False,
-              throw=False)
+    kw = dict(t1=20.0, n_save=4, solver="tsit5", diagnostics=False, save_states=False, throw=False)
 
     def model():
         return wnjax.swn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(0)))

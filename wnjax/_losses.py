@@ -29,7 +29,9 @@ def log_softplus(z: Array) -> Array:
     """
     small = z < -20.0
     z_safe = jnp.where(small, 0.0, z)
-    return jnp.where(small, z - 0.5 * jnp.exp(jnp.minimum(z, -20.0)), jnp.log(jax.nn.softplus(z_safe)))
+    return jnp.where(
+        small, z - 0.5 * jnp.exp(jnp.minimum(z, -20.0)), jnp.log(jax.nn.softplus(z_safe))
+    )
 
 
 def _binary_outputs(outputs: Array) -> Array:

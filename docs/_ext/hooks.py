@@ -99,7 +99,8 @@ def _scorecard_assets() -> list[Path]:
     if not (SCORECARD_DIR / "index.md").is_file():
         return []
     return sorted(
-        p for p in SCORECARD_DIR.rglob("*")
+        p
+        for p in SCORECARD_DIR.rglob("*")
         if p.is_file() and p.suffix.lower() not in {".md", ".html", ".json"}
     )
 

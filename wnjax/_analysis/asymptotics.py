@@ -88,13 +88,18 @@ def figures(runs: dict, X, y, out: str) -> list[str]:
         top = np.argmax(lw)
         ax.plot(xs, lg[top] + lw[top] - xs, "b--", label="x + y = const (EWN)")
         ax.plot(xs, lg[top] - lw[top] + xs, "r:", label="y - x = const (SWN, std)")
-        ax.set(title=f"{name}, log L = {float(r.final_log_loss):.0f}", xlabel="log10 ||w_u||",
-               ylabel="log10 ||grad_u L||")
+        ax.set(
+            title=f"{name}, log L = {float(r.final_log_loss):.0f}",
+            xlabel="log10 ||w_u||",
+            ylabel="log10 ||grad_u L||",
+        )
         ax.legend(fontsize=7)
     save(fig, "relations.png")
 
-    for key, ylabel, fname in (("normalized_margin", "min q / ||w||^L", "normalized_margin.png"),
-                               ("alignment", "cos(w_u, -grad_u L)", "alignment.png")):
+    for key, ylabel, fname in (
+        ("normalized_margin", "min q / ||w||^L", "normalized_margin.png"),
+        ("alignment", "cos(w_u, -grad_u L)", "alignment.png"),
+    ):
         fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), sharey=True)
         for ax, name in zip(np.atleast_1d(axes), names):
             r = runs[name]
@@ -104,10 +109,17 @@ def figures(runs: dict, X, y, out: str) -> list[str]:
     return paths
 
 
-def lin_sep_asymptotics(*, target: float = -300.0, seed: int = 0, width: int = 8,
-                        n_save: int = 64, max_steps: int = 1_000_000, solver: str = "auto",
-                        threshold: float = 0.1,
-                        on_run: Callable[[str, object, float], None] | None = None):
+def lin_sep_asymptotics(
+    *,
+    target: float = -300.0,
+    seed: int = 0,
+    width: int = 8,
+    n_save: int = 64,
+    max_steps: int = 1_000_000,
+    solver: str = "auto",
+    threshold: float = 0.1,
+    on_run: Callable[[str, object, float], None] | None = None,
+):
     """Loss-normalized gradient flow on lin-sep for EWN, SWN and standard from one init.
 
     - target: the ``log L`` to reach;
@@ -135,14 +147,27 @@ def lin_sep_asymptotics(*, target: float = -300.0, seed: int = 0, width: int = 8
     runs, report = {}, {"target_log_loss": target, "seed": seed, "runs": {}}
     for name in PARAMETERIZATIONS:
         start = time.perf_counter()
-        r = wnjax.gradient_flow(makers[name](model), X, y, time="normalized", t1=1e6,
-                                target_log_loss=target, n_save=n_save, max_steps=max_steps,
-                                degree=degree, throw=False, solver=solver)
+        r = wnjax.gradient_flow(
+            makers[name](model),
+            X,
+            y,
+            time="normalized",
+            t1=1e6,
+            target_log_loss=target,
+            n_save=n_save,
+            max_steps=max_steps,
+            degree=degree,
+            throw=False,
+            solver=solver,
+        )
         jax.block_until_ready(r.final_log_loss)
         seconds = time.perf_counter() - start
         runs[name] = r
-        entry = {"seconds_with_compile": seconds,
-                 **final_diagnostics(r, X, y, threshold, degree), "solver": solver}
+        entry = {
+            "seconds_with_compile": seconds,
+            **final_diagnostics(r, X, y, threshold, degree),
+            "solver": solver,
+        }
         for k in ("explicit_steps", "stiff_steps", "switches"):  # the default solver's counts
             if k in r.stats:
                 entry[k] = int(r.stats[k])

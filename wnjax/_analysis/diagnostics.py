@@ -184,7 +184,8 @@ def approximate_kkt_residual(
     loss = get_loss(loss)
     if not (loss.binary and loss.margin_based):
         raise ValueError(
-            "approximate_kkt_residual needs a binary margin loss ('exponential' or 'logistic'), got "
+            "approximate_kkt_residual needs a binary margin loss ('exponential' or "
+            "'logistic'), got "
             f"{type(loss).__name__}."
         )
     p = _plain(as_parameterized(model))

@@ -21,6 +21,7 @@ from wnjax._nets.models import CNN, MLP
 from wnjax._nets.neurons import flat_weights
 from wnjax._nets.parameterize import ewn, swn, to_standard
 
+
 def default_problem(
     key: PRNGKeyArray,
     model: str = "mlp",
@@ -102,11 +103,19 @@ def flow_equivalence(
 def _gd_weights(model, X, y, *, loss, eta, steps, adaptive: bool) -> Array:
     if adaptive:
         run = gradient_descent(
-            model, X, y, loss=loss, learning_rate=eta, num_steps=steps,
-            optimizer=_neuron_rate_sgd(), n_save=2,
+            model,
+            X,
+            y,
+            loss=loss,
+            learning_rate=eta,
+            num_steps=steps,
+            optimizer=_neuron_rate_sgd(),
+            n_save=2,
         )
     else:
-        run = gradient_descent(ewn(model), X, y, loss=loss, learning_rate=eta, num_steps=steps, n_save=2)
+        run = gradient_descent(
+            ewn(model), X, y, loss=loss, learning_rate=eta, num_steps=steps, n_save=2
+        )
     return flat_weights(to_standard(run.final))
 
 
@@ -135,11 +144,12 @@ def gd_equivalence(
       adaptive-rate GD against adaptive-rate GF).
     Both should shrink in proportion to ``eta``.
     """
-    flow_kw = dict(loss=loss, t1=horizon, rtol=rtol, atol=atol, n_save=2, save_states=False,
-                   diagnostics=False)
-    w_flow_rate = flat_weights(to_standard(
-        gradient_flow(model, X, y, rate="neuron_norm_sq", **flow_kw).final
-    ))
+    flow_kw = dict(
+        loss=loss, t1=horizon, rtol=rtol, atol=atol, n_save=2, save_states=False, diagnostics=False
+    )
+    w_flow_rate = flat_weights(
+        to_standard(gradient_flow(model, X, y, rate="neuron_norm_sq", **flow_kw).final)
+    )
     w_flow_ewn = flat_weights(to_standard(gradient_flow(ewn(model), X, y, **flow_kw).final))
     drift, vs_flow, vs_flow_ewn, vs_flow_rate = [], [], [], []
     for eta in etas:
@@ -192,10 +202,19 @@ def equivalence_check(
     """
     key = jax.random.key(0) if key is None else key
     net, X, y = default_problem(key, model, n, d, width, depth, activation)
-    out = {"model": model, "n": n, "d": d, "width": width, "depth": depth, "activation": activation,
-           "loss": loss}
+    out = {
+        "model": model,
+        "n": n,
+        "d": d,
+        "width": width,
+        "depth": depth,
+        "activation": activation,
+        "loss": loss,
+    }
     out.update(flow_equivalence(net, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol))
-    out.update(gd_equivalence(net, X, y, loss=loss, etas=etas, horizon=horizon, rtol=rtol, atol=atol))
+    out.update(
+        gd_equivalence(net, X, y, loss=loss, etas=etas, horizon=horizon, rtol=rtol, atol=atol)
+    )
     out["gd_drift_exponent"] = _slopes(out["gd_drift"])
     out["gd_vs_flow_exponent"] = _slopes(out["gd_vs_flow"])
     out["equivalent"] = bool(out["ewn_max_rel_err"] < 1e3 * rtol + 1e-6)

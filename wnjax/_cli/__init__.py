@@ -55,8 +55,11 @@ def host_devices(args: argparse.Namespace, environ=os.environ) -> int | None:
     devices = getattr(args, "devices", None)
     if devices:
         return devices
-    if (getattr(args, "command", None) == "sweep" and not getattr(args, "coordinator", None)
-            and "xla_force_host_platform_device_count" not in environ.get("XLA_FLAGS", "")):
+    if (
+        getattr(args, "command", None) == "sweep"
+        and not getattr(args, "coordinator", None)
+        and "xla_force_host_platform_device_count" not in environ.get("XLA_FLAGS", "")
+    ):
         return os.cpu_count() or 1
     return None
 
@@ -87,12 +90,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        p.add_argument(
-            "--float32", action="store_true", help="run in float32 (default: float64)"
-        )
-        p.add_argument(
-            "--debug", action="store_true", help="show the traceback of an error"
-        )
+        p.add_argument("--float32", action="store_true", help="run in float32 (default: float64)")
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

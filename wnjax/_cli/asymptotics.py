@@ -23,11 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data and init seed")
     parser.add_argument("--width", type=positive_int, default=8, help="hidden neurons (default 8)")
     parser.add_argument("--n-save", type=positive_int, default=64, help="save levels of log L")
-    parser.add_argument("--max-steps", type=positive_int, default=1_000_000,
-                        help="solver step budget (SWN to -10,000 takes about 540,000)")
-    parser.add_argument("--solver", default="auto",
-                        help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
-                        "not stiff, Kvaerno5 while it is), tsit5, or stiff (Kvaerno5)")
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=1_000_000,
+        help="solver step budget (SWN to -10,000 takes about 540,000)",
+    )
+    parser.add_argument(
+        "--solver",
+        default="auto",
+        help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
+        "not stiff, Kvaerno5 while it is), tsit5, or stiff (Kvaerno5)",
+    )
     parser.add_argument("--threshold", type=float, default=0.1, help="survivor relative norm")
     parser.add_argument("--out", default=os.path.join("runs", "asymptotics"), help="output folder")
 
@@ -43,8 +50,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:9s} {args.solver}: {r.message} ({seconds:.1f} s with compilation)")
 
     runs, report, X, y = lin_sep_asymptotics(
-        target=args.target, seed=args.seed, width=args.width, n_save=args.n_save,
-        max_steps=args.max_steps, solver=args.solver, threshold=args.threshold, on_run=on_run)
+        target=args.target,
+        seed=args.seed,
+        width=args.width,
+        n_save=args.n_save,
+        max_steps=args.max_steps,
+        solver=args.solver,
+        threshold=args.threshold,
+        on_run=on_run,
+    )
     report["figures"] = figures(runs, X, y, args.out)
     path = os.path.join(args.out, "diagnostics.json")
     with open(path, "w") as f:

@@ -25,10 +25,10 @@ from concurrent.futures import ProcessPoolExecutor
 import jax
 import numpy as np
 
-from wnjax._cli import positive_int
-from wnjax._analysis.equivalence import equivalence_check, format_report
 import wnjax.experiments._lin_sep as lin_sep_experiment
 import wnjax.experiments._xor as xor_experiment
+from wnjax._analysis.equivalence import equivalence_check, format_report
+from wnjax._cli import positive_int
 from wnjax.experiments._report import (
     PARAM_STYLE,
     REPRODUCED,
@@ -43,6 +43,8 @@ from wnjax.experiments._reproduce import reproduce
 HELP = "run the main job: the equivalence check, then lin-sep and XOR at small size"
 
 NAMES = ("ewn", "swn", "standard")
+
+
 def embed_report(report: str, folder: str) -> str:
     """An experiment's ``report.md`` as a section of the demo report: its title dropped, its
     headings one level deeper, and its figure names prefixed by ``folder/`` (relative links)."""
@@ -54,7 +56,7 @@ def embed_report(report: str, folder: str) -> str:
         if line.startswith("#"):
             line = "##" + line
         elif line.startswith("Figures: "):
-            names = [n.strip() for n in line[len("Figures: "):].split(",") if n.strip()]
+            names = [n.strip() for n in line[len("Figures: ") :].split(",") if n.strip()]
             line = "Figures: " + ", ".join(f"[{n}]({folder}/{n})" for n in names)
         out.append(line)
     return "\n".join(out).strip()
@@ -77,22 +79,33 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
     # (a) flow paths: EWN-GF and SWN-GF against the rate-||w_u||^2 flow.
     ax = axes[0, 0]
     errs = {"EWN": eq["ewn_max_rel_err"], "SWN": eq["swn_max_rel_err"]}
-    ax.bar(list(errs), list(errs.values()),
-           color=[PARAM_STYLE["ewn"]["color"], PARAM_STYLE["swn"]["color"]])
+    ax.bar(
+        list(errs),
+        list(errs.values()),
+        color=[PARAM_STYLE["ewn"]["color"], PARAM_STYLE["swn"]["color"]],
+    )
     for i, v in enumerate(errs.values()):
         ax.text(i, v, f"{v:.1e}", ha="center", va="bottom", fontsize=9)
     ax.axhline(eq["rtol"], ls=":", c="k", lw=0.8, label=f"solver rtol {eq['rtol']:g}")
-    ax.set(yscale="log", ylabel="max_t ||w - w_rate|| / ||w_rate||",
-           title="equivalence: flow vs rate-||w_u||^2 flow")
+    ax.set(
+        yscale="log",
+        ylabel="max_t ||w - w_rate|| / ||w_rate||",
+        title="equivalence: flow vs rate-||w_u||^2 flow",
+    )
     ax.legend(fontsize=8)
     # (b) GD: both errors shrink like eta.
     ax = axes[0, 1]
-    for key, label, exponent in (("gd_drift", "EWN-GD vs rate-GD", eq["gd_drift_exponent"]),
-                                 ("gd_vs_flow", "GD vs flow", eq["gd_vs_flow_exponent"])):
+    for key, label, exponent in (
+        ("gd_drift", "EWN-GD vs rate-GD", eq["gd_drift_exponent"]),
+        ("gd_vs_flow", "GD vs flow", eq["gd_vs_flow_exponent"]),
+    ):
         eta, err = np.asarray(eq[key], float).T
         ax.loglog(eta, err, "o-", label=f"{label} (slope {exponent:.2f})")
-    ax.set(xlabel="eta", ylabel="relative error at T = k eta",
-           title=f"equivalence: GD over T = {eq['gd_horizon']:g}")
+    ax.set(
+        xlabel="eta",
+        ylabel="relative error at T = k eta",
+        title=f"equivalence: GD over T = {eq['gd_horizon']:g}",
+    )
     ax.legend(fontsize=8)
     # (c) lin-sep: cost to the target, per seed, beside the paper's epochs.
     ax = axes[0, 2]
@@ -105,21 +118,34 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
         if paper is not None and lin["dynamics"] == "gd":
             ax.plot(i, paper, "k*", ms=10, label="paper (epochs)" if k == "ewn" else None)
     ax.set_xticks(range(len(NAMES)), [PARAM_STYLE[k]["label"] for k in NAMES])
-    ax.set(yscale="log" if lin["dynamics"] == "gd" else "linear", ylabel=unit,
-           title=f"lin-sep: to log L = {lin['target_log_loss']:g}")
+    ax.set(
+        yscale="log" if lin["dynamics"] == "gd" else "linear",
+        ylabel=unit,
+        title=f"lin-sep: to log L = {lin['target_log_loss']:g}",
+    )
     if lin["dynamics"] == "gd":
         ax.legend(fontsize=8)
     # (d), (e) final relative norms, sorted, mean over seeds; (f) XOR kept neurons vs paper.
     for ax, metrics, title, threshold in (
-        (axes[1, 0], lin, "lin-sep: final relative norms (8 neurons)",
-         lin_sep_experiment.THRESHOLD),
+        (
+            axes[1, 0],
+            lin,
+            "lin-sep: final relative norms (8 neurons)",
+            lin_sep_experiment.THRESHOLD,
+        ),
         (axes[1, 1], xor, "XOR: final relative norms (20 neurons)", xor_experiment.THRESHOLD),
     ):
         for k in NAMES:
             rel = -np.sort(-np.asarray(metrics[f"{k}_relative_norms"], float), axis=1)
             kept = np.asarray(metrics[f"{k}_kept"], float)
-            ax.plot(np.arange(rel.shape[1]), rel.mean(0), "o-", ms=3, color=PARAM_STYLE[k]["color"],
-                    label=f"{PARAM_STYLE[k]['label']}: {kept.mean():.3g} above {threshold}")
+            ax.plot(
+                np.arange(rel.shape[1]),
+                rel.mean(0),
+                "o-",
+                ms=3,
+                color=PARAM_STYLE[k]["color"],
+                label=f"{PARAM_STYLE[k]['label']}: {kept.mean():.3g} above {threshold}",
+            )
         ax.axhline(threshold, ls="--", c="k", lw=0.8)
         ax.set(xlabel="neuron (sorted)", ylabel="||w_u|| / ||W_1||", title=title, ylim=(0, 1))
         ax.legend(fontsize=8)
@@ -130,8 +156,11 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
         ax.plot(np.full(kept.size, i), kept, "o", color=PARAM_STYLE[k]["color"], ms=4)
         ax.plot(i, xor_experiment.PAPER[k], "k*", ms=10, label="paper" if k == "ewn" else None)
     ax.set_xticks(range(len(NAMES)), [PARAM_STYLE[k]["label"] for k in NAMES])
-    ax.set(ylabel=f"neurons with relative norm > {xor_experiment.THRESHOLD}",
-           title="XOR: kept neurons (of 20)", ylim=(0, xor_experiment.WIDTH + 1))
+    ax.set(
+        ylabel=f"neurons with relative norm > {xor_experiment.THRESHOLD}",
+        title="XOR: kept neurons (of 20)",
+        ylim=(0, xor_experiment.WIDTH + 1),
+    )
     ax.legend(fontsize=8)
     return save_figure(fig, out, name)
 
@@ -149,13 +178,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the equivalence problem")
     parser.add_argument("--target", type=float, default=-300.0, help="lin-sep's target log L")
     parser.add_argument("--xor-target", type=float, default=-50.0, help="XOR's target log L")
-    parser.add_argument("--seeds", type=positive_int, default=3,
-                        help="seeds of lin-sep and XOR (vmapped)")
-    parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help="GD step budget of lin-sep and XOR (default: each experiment's own)")
-    parser.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
-                        help="2: run the equivalence check in a second process beside the "
-                        "experiments; 1: everything in this process, one after the other")
+    parser.add_argument(
+        "--seeds", type=positive_int, default=3, help="seeds of lin-sep and XOR (vmapped)"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="GD step budget of lin-sep and XOR (default: each experiment's own)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=min(2, os.cpu_count() or 1),
+        help="2: run the equivalence check in a second process beside the "
+        "experiments; 1: everything in this process, one after the other",
+    )
 
 
 def run_parts(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
@@ -180,13 +218,19 @@ def run_parts(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
     try:
         print(f"lin-sep, {seeds} seeds, to log L = {args.target:g} ...", flush=True)
         t = time.perf_counter()
-        lin = reproduce("lin-sep", seeds=seeds, out=os.path.join(args.out, "lin-sep"),
-                        target=args.target, **size)
+        lin = reproduce(
+            "lin-sep",
+            seeds=seeds,
+            out=os.path.join(args.out, "lin-sep"),
+            target=args.target,
+            **size,
+        )
         seconds["lin_sep"] = time.perf_counter() - t
         print(f"XOR, {seeds} seeds, to log L = {xor_target:g} ...", flush=True)
         t = time.perf_counter()
-        xor = reproduce("xor", seeds=seeds, out=os.path.join(args.out, "xor"), target=xor_target,
-                        **size)
+        xor = reproduce(
+            "xor", seeds=seeds, out=os.path.join(args.out, "xor"), target=xor_target, **size
+        )
         seconds["xor"] = time.perf_counter() - t
         if pool is not None:
             eq, seconds["equivalence"] = future.result()
@@ -218,50 +262,82 @@ def run(args: argparse.Namespace) -> int:
         f"EWN max path error {eq['ewn_max_rel_err']:.1e}, SWN {eq['swn_max_rel_err']:.2f}; "
         f"GD error ~ eta^{eq['gd_vs_flow_exponent']:.2f}",
     )
-    verdicts = {"equivalence": [eq_verdict], "lin_sep": list(lin.get("verdicts", [])),
-                "xor": list(xor.get("verdicts", []))}
+    verdicts = {
+        "equivalence": [eq_verdict],
+        "lin_sep": list(lin.get("verdicts", [])),
+        "xor": list(xor.get("verdicts", [])),
+    }
     seconds["total"] = time.perf_counter() - start
     metrics = {
-        "equivalence": eq, "lin_sep": lin, "xor": xor, "verdicts": verdicts,
-        "settings": {"seed": args.seed, "seeds": getattr(args, "seeds", 3),
-                     "lin_sep_target": args.target,
-                     "xor_target": getattr(args, "xor_target", -50.0),
-                     **({} if getattr(args, "max_steps", None) is None else
-                        {"max_steps": args.max_steps}), "jobs": getattr(args, "jobs", 1)},
+        "equivalence": eq,
+        "lin_sep": lin,
+        "xor": xor,
+        "verdicts": verdicts,
+        "settings": {
+            "seed": args.seed,
+            "seeds": getattr(args, "seeds", 3),
+            "lin_sep_target": args.target,
+            "xor_target": getattr(args, "xor_target", -50.0),
+            **({} if getattr(args, "max_steps", None) is None else {"max_steps": args.max_steps}),
+            "jobs": getattr(args, "jobs", 1),
+        },
         "seconds": seconds,
     }
     write_outputs(args.out, metrics, _report(eq, eq_verdict, reports, verdicts, figure, seconds))
     n_ok = sum(v["verdict"] == REPRODUCED for vs in verdicts.values() for v in vs)
     n_all = sum(len(vs) for vs in verdicts.values())
-    print(f"\n{n_ok}/{n_all} claims reproduced; wrote {os.path.join(args.out, figure)}, "
-          f"{args.out}/report.md and {args.out}/metrics.json ({seconds['total']:.0f} s)")
+    print(
+        f"\n{n_ok}/{n_all} claims reproduced; wrote {os.path.join(args.out, figure)}, "
+        f"{args.out}/report.md and {args.out}/metrics.json ({seconds['total']:.0f} s)"
+    )
     return 0 if (eq["equivalent"] and eq["swn_differs"]) else 1
 
 
-def _report(eq: dict, eq_verdict: dict, reports: dict, verdicts: dict, figure: str,
-            seconds: dict) -> str:
+def _report(
+    eq: dict, eq_verdict: dict, reports: dict, verdicts: dict, figure: str, seconds: dict
+) -> str:
     """The demo's ``report.md``: a verdict summary table from ``verdicts`` (part -> list of
     ``{"claim", "verdict", "detail"}``), then one section per part."""
     titles = {"equivalence": "equivalence", "lin_sep": "lin-sep", "xor": "XOR"}
     lines = [
-        "# wnjax demo", "",
+        "# wnjax demo",
+        "",
         "A short tour of the first paper's claims: the equivalence check, then the lin-sep and XOR "
         "experiments at small size, run exactly as `wnjax reproduce lin-sep` / `wnjax reproduce "
-        "xor` (their full figures and reports are in `lin-sep/` and `xor/`).", "",
-        f"![demo]({figure})", "",
-        "## Verdicts", "",
-        "| part | claim | verdict |", "|---|---|---|",
+        "xor` (their full figures and reports are in `lin-sep/` and `xor/`).",
+        "",
+        f"![demo]({figure})",
+        "",
+        "## Verdicts",
+        "",
+        "| part | claim | verdict |",
+        "|---|---|---|",
     ]
     for part, vs in verdicts.items():
         for v in vs:
             tag = v["verdict"] if v["verdict"] == REPRODUCED else f"**{v['verdict']}**"
             lines.append(f"| {titles[part]} | {v['claim']} | {tag} |")
     lines += [
-        "", "## 1. EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2", "",
-        "```", format_report(eq), "```", "", render_verdict(eq_verdict), "",
-        "## 2. lin-sep", "", embed_report(reports["lin_sep"], "lin-sep"), "",
-        "## 3. XOR", "", embed_report(reports["xor"], "xor"), "",
-        "Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
-        + " (with --jobs 2 the equivalence check runs beside the experiments).", "",
+        "",
+        "## 1. EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2",
+        "",
+        "```",
+        format_report(eq),
+        "```",
+        "",
+        render_verdict(eq_verdict),
+        "",
+        "## 2. lin-sep",
+        "",
+        embed_report(reports["lin_sep"], "lin-sep"),
+        "",
+        "## 3. XOR",
+        "",
+        embed_report(reports["xor"], "xor"),
+        "",
+        "Time (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+        + " (with --jobs 2 the equivalence check runs beside the experiments).",
+        "",
     ]
     return "\n".join(lines)

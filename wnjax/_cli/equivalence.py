@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--n", type=positive_int, default=16, help="number of points")
-    parser.add_argument("--d", type=positive_int, default=4,
-                        help="input dimension (CNN: image side)")
+    parser.add_argument(
+        "--d", type=positive_int, default=4, help="input dimension (CNN: image side)"
+    )
     parser.add_argument("--width", type=positive_int, default=8)
     parser.add_argument("--depth", type=positive_int, default=2, help="number of weight layers")
     parser.add_argument("--activation", default="relu2")
@@ -26,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=positive_float, default=1e-10)
     parser.add_argument("--atol", type=positive_float, default=1e-12)
     parser.add_argument("--etas", type=positive_float, nargs="+", default=[0.01, 0.005, 0.0025])
-    parser.add_argument("--gd-horizon", type=positive_float, default=1.0,
-                        help="T = k eta for the GD checks")
+    parser.add_argument(
+        "--gd-horizon", type=positive_float, default=1.0, help="T = k eta for the GD checks"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -38,9 +40,18 @@ def run(args: argparse.Namespace) -> int:
 
     r = equivalence_check(
         jax.random.key(args.seed),
-        model=args.model, n=args.n, d=args.d, width=args.width, depth=args.depth,
-        activation=args.activation, loss=args.loss, t1=args.t1, rtol=args.rtol, atol=args.atol,
-        etas=tuple(args.etas), horizon=args.gd_horizon,
+        model=args.model,
+        n=args.n,
+        d=args.d,
+        width=args.width,
+        depth=args.depth,
+        activation=args.activation,
+        loss=args.loss,
+        t1=args.t1,
+        rtol=args.rtol,
+        atol=args.atol,
+        etas=tuple(args.etas),
+        horizon=args.gd_horizon,
     )
     print(json.dumps(r) if args.json else format_report(r))
     return 0 if (r["equivalent"] and r["swn_differs"]) else 1

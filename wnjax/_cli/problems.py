@@ -23,15 +23,26 @@ HELP = "run the problem zoo: implicit-bias theorems checked against independent 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", choices=("test", "full"), default="full",
-                        help="problem size: 'test' (small, quick) or 'full' (default)")
-    parser.add_argument("--only", nargs="+", metavar="NAME",
-                        help="run only these problems (default: all of them)")
+    parser.add_argument(
+        "--size",
+        choices=("test", "full"),
+        default="full",
+        help="problem size: 'test' (small, quick) or 'full' (default)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only these problems (default: all of them)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and initial weights")
-    parser.add_argument("--out", default=os.path.join("runs", "problems"),
-                        help="results directory (default: runs/problems)")
-    parser.add_argument("--solver", default=None,
-                        help="override the default solver (a wnjax.gradient_flow solver name)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "problems"),
+        help="results directory (default: runs/problems)",
+    )
+    parser.add_argument(
+        "--solver",
+        default=None,
+        help="override the default solver (a wnjax.gradient_flow solver name)",
+    )
 
 
 def _failed(name: str, error: BaseException, wall: float, problem=None):
@@ -79,8 +90,10 @@ def _finite_or_none(value):
 
 
 def _row(cells, widths) -> str:
-    return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                     for i, (c, w) in enumerate(zip(cells, widths)))
+    return "  ".join(
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths))
+    )
 
 
 def metadata(args: argparse.Namespace) -> dict:
@@ -105,16 +118,24 @@ def run(args: argparse.Namespace) -> int:
     overrides = {} if args.solver is None else {"solver": args.solver}
     header = ("problem", "steps", "wall [s]", "error", "tolerance", "pass")
     widths = (max(len(header[0]), *(len(n) for n in names)), 9, 9, 10, 10, 5)
-    print(f"wnjax problems: size={args.size}, seed={args.seed}, "
-          f"solver={args.solver or 'default'}")
+    print(f"wnjax problems: size={args.size}, seed={args.seed}, solver={args.solver or 'default'}")
     print(_row(header, widths))
     sys.stdout.flush()
     results = []
     for name in names:
         r = run_one(name, args.size, args.seed, overrides)
         results.append(r)
-        line = _row((r.name, r.steps, f"{r.wall_s:.2f}", f"{r.error:.3e}", f"{r.tolerance:.1e}",
-                     "yes" if r.passed else "NO"), widths)
+        line = _row(
+            (
+                r.name,
+                r.steps,
+                f"{r.wall_s:.2f}",
+                f"{r.error:.3e}",
+                f"{r.tolerance:.1e}",
+                "yes" if r.passed else "NO",
+            ),
+            widths,
+        )
         if not r.passed:
             line += f"  {r.message}"
         print(line)

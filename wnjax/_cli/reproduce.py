@@ -11,8 +11,8 @@ from the field's metadata, ``positive`` -> a positive number. The common flags `
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
+import os
 import time
 
 import wnjax._runtime.interrupt as _interrupt
@@ -29,16 +29,25 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text, default = action.help or "", action.default
-        if (not action.option_strings or default is None or default is argparse.SUPPRESS
-                or isinstance(default, bool) or "default" in text):
+        if (
+            not action.option_strings
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or "default" in text
+        ):
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(map(str, default))
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
-def add_option_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = None,
-                         only: tuple[str, ...] | None = None) -> None:
+def add_option_arguments(
+    parser: argparse.ArgumentParser,
+    cls,
+    defaults: dict | None = None,
+    only: tuple[str, ...] | None = None,
+) -> None:
     """Add one flag per field of the options dataclass ``cls`` (or per field named in ``only``)
     to ``parser``, with the field's default unless ``defaults`` gives another."""
     defaults = defaults or {}
@@ -51,11 +60,15 @@ def add_option_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | 
         help_ = meta.get("help", "").replace("%", "%%") or None
         if kind.base is bool and not kind.many:
             if f.default is True:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,
-                                    action="store_false", default=default, help=help_)
+                parser.add_argument(
+                    "--no-" + f.name.replace("_", "-"),
+                    dest=f.name,
+                    action="store_false",
+                    default=default,
+                    help=help_,
+                )
             else:
-                parser.add_argument(flag(f.name), action="store_true", default=default,
-                                    help=help_)
+                parser.add_argument(flag(f.name), action="store_true", default=default, help=help_)
             continue
         kw = {"default": default, "help": help_}
         if kind.base is int:
@@ -73,12 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="experiment name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument(
-        "--all", action="store_true",
+        "--all",
+        action="store_true",
         help="run every experiment at its default size and write the scorecard "
-             "(OUT/index.md, OUT/metrics.json; OUT defaults to runs/scorecard)")
+        "(OUT/index.md, OUT/metrics.json; OUT defaults to runs/scorecard)",
+    )
     parser.add_argument(
-        "--reuse", action="store_true",
-        help="with --all: read the finished runs under OUT instead of running them again")
+        "--reuse",
+        action="store_true",
+        help="with --all: read the finished runs under OUT instead of running them again",
+    )
     add_option_arguments(parser, Common)
     # None: not given (an experiment then takes Common's default; --all each experiment's own).
     parser.set_defaults(seeds=None)
@@ -90,9 +107,11 @@ def experiment_parser(name: str, **defaults) -> argparse.ArgumentParser:
     """The argument parser of experiment ``name``: the common flags and its own, with the
     common flags' defaults taken from ``defaults``."""
     module = _reproduce.load(name)
-    sub = argparse.ArgumentParser(prog=f"wnjax reproduce {name}",
-                                  description=getattr(module, "DESCRIPTION", None),
-                                  formatter_class=_Formatter)
+    sub = argparse.ArgumentParser(
+        prog=f"wnjax reproduce {name}",
+        description=getattr(module, "DESCRIPTION", None),
+        formatter_class=_Formatter,
+    )
     cls = getattr(module, "Options", None)
     if cls is not None:
         add_option_arguments(sub, cls, defaults)
@@ -163,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
 
     def partial():
         if _reproduce.mark_partial(out, started):
-            print(f"PARTIAL: interrupted; {out} holds what had finished (report.md names "
-                  "what is missing).")
+            print(
+                f"PARTIAL: interrupted; {out} holds what had finished (report.md names "
+                "what is missing)."
+            )
         else:
             print("interrupted before any result had finished; nothing was written.")
 

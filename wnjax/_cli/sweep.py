@@ -37,34 +37,51 @@ MODEL_KEYS = ("width", "depth", "activation", "init_scale", "out_size")
 PARAMETERIZATIONS = ("ewn", "swn", "standard")
 DYNAMICS = ("flow", "descent")
 TABLES = ("sweep", "data", "model", "dynamics", "grid")
-SWEEP_KEYS = ("out", "seeds", "batch_size", "chunk_size", "dynamics", "run", "plot", "plot_x",
-              "static")
+SWEEP_KEYS = (
+    "out",
+    "seeds",
+    "batch_size",
+    "chunk_size",
+    "dynamics",
+    "run",
+    "plot",
+    "plot_x",
+    "static",
+)
 DATA_KEYS = ("name", "seed", "path")
 # Arguments the built-in run sets itself, so [dynamics] may not.
-_FIXED = {"flow": ("model", "X", "y", "degree", "throw", "save_states"),
-          "descent": ("model", "X", "y", "degree")}
+_FIXED = {
+    "flow": ("model", "X", "y", "degree", "throw", "save_states"),
+    "descent": ("model", "X", "y", "degree"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config (see examples/sweep.toml)")
     parser.add_argument("--out", help="results directory (overrides [sweep] out)")
-    parser.add_argument("--seeds", type=positive_int,
-                        help="number of seeds (overrides [sweep] seeds)")
+    parser.add_argument(
+        "--seeds", type=positive_int, help="number of seeds (overrides [sweep] seeds)"
+    )
     parser.add_argument("--batch-size", type=positive_int, help="rows per vmapped block")
     parser.add_argument("--chunk-size", type=positive_int, help="rows per stored chunk")
     parser.add_argument(
-        "--devices", type=positive_int,
-        help="use N devices (on CPU: force N host devices; default: all GPUs, or one per core)"
+        "--devices",
+        type=positive_int,
+        help="use N devices (on CPU: force N host devices; default: all GPUs, or one per core)",
     )
     parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override a config value, as TOML: --set grid.width=[8,16] --set dynamics.t1=1e4",
     )
     parser.add_argument("--overwrite", action="store_true", help="discard stored results")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
-    parser.add_argument("--num-processes", type=positive_int,
-                        help="multi-host: number of processes")
+    parser.add_argument(
+        "--num-processes", type=positive_int, help="multi-host: number of processes"
+    )
     parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
 
 
@@ -123,8 +140,9 @@ def check_config(settings: dict) -> None:
     dynamics = dynamics_keys(kind)
     model = (*MODEL_KEYS, "parameterization")
     _check_names("key", list(settings.get("model", {})), model, "[model]")
-    _check_names("key", list(settings.get("dynamics", {})), dynamics,
-                 f"[dynamics] (dynamics = {kind!r})")
+    _check_names(
+        "key", list(settings.get("dynamics", {})), dynamics, f"[dynamics] (dynamics = {kind!r})"
+    )
     _check_names("key", list(settings.get("grid", {})), (*model, *dynamics), "[grid]")
 
 
@@ -134,9 +152,7 @@ def _check_names(what: str, names: list, valid, where: str) -> None:
             continue
         close = difflib.get_close_matches(str(name), list(valid), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise InvalidInput(
-            f"unknown {what} {name!r} in {where}{hint} Valid: {', '.join(valid)}."
-        )
+        raise InvalidInput(f"unknown {what} {name!r} in {where}{hint} Valid: {', '.join(valid)}.")
 
 
 def load_data(data: dict):
@@ -180,8 +196,9 @@ def make_run(settings: dict, X, y):
         model_cfg = {**model_fixed, **{k: v for k, v in cfg.items() if k in MODEL_KEYS}}
         name = cfg.get("parameterization", model_cfg.pop("parameterization", "ewn"))
         dyn = {**dyn_fixed}
-        dyn.update({k: v for k, v in cfg.items()
-                    if k not in MODEL_KEYS and k != "parameterization"})
+        dyn.update(
+            {k: v for k, v in cfg.items() if k not in MODEL_KEYS and k != "parameterization"}
+        )
         if name not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {name!r}.")
         build = dict(
@@ -257,8 +274,10 @@ def run(args: argparse.Namespace) -> int:
     import wnjax._runtime.interrupt as _interrupt
 
     def partial():
-        print(f"PARTIAL: interrupted; the finished chunks are stored in {out}/chunks (no "
-              "table.csv yet). Rerun the same command to resume.")
+        print(
+            f"PARTIAL: interrupted; the finished chunks are stored in {out}/chunks (no "
+            "table.csv yet). Rerun the same command to resume."
+        )
 
     with _interrupt.handling(on_timeout=partial if jax.process_index() == 0 else None):
         result = sweep(
@@ -279,8 +298,12 @@ def run(args: argparse.Namespace) -> int:
         if jax.process_index() == 0:
             partial()
             if len(result):
-                print(result.summary([k for k in ("final_log_loss", "num_steps", "ok")
-                                      if k in result.table] or None))
+                print(
+                    result.summary(
+                        [k for k in ("final_log_loss", "num_steps", "ok") if k in result.table]
+                        or None
+                    )
+                )
             sys.stdout.flush()
         return _interrupt.exit_code()
     if jax.process_index() != 0:
@@ -288,10 +311,15 @@ def run(args: argparse.Namespace) -> int:
     for name in sw.get("plot", []):
         x = sw.get("plot_x")
         plot_bands(result, name, x=x, out=os.path.join(out, f"band_{name.replace('/', '_')}.png"))
-    scalars = [k for k in ("final_log_loss", "final_normalized_margin", "num_steps", "ok")
-               if k in result.table]
-    print(f"{len(result)} runs ({len(result.cells)} compiled cells) in {result.elapsed:.1f} s "
-          f"on {args.devices or len(jax.devices())} device(s); table: {out}/table.csv")
+    scalars = [
+        k
+        for k in ("final_log_loss", "final_normalized_margin", "num_steps", "ok")
+        if k in result.table
+    ]
+    print(
+        f"{len(result)} runs ({len(result.cells)} compiled cells) in {result.elapsed:.1f} s "
+        f"on {args.devices or len(jax.devices())} device(s); table: {out}/table.csv"
+    )
     print(result.summary(scalars or None))
     failed = 0
     if "ok" in result.table:

@@ -8,7 +8,7 @@ chunk (``descent._run_chunk``) inside a ``lax.while_loop`` until every run has s
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
@@ -56,14 +56,30 @@ def traced_gradient_descent(
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(
-            f"num_steps must be a positive Python int (it fixes shapes), got {num_steps!r}.")
+            f"num_steps must be a positive Python int (it fixes shapes), got {num_steps!r}."
+        )
     carry, static, X, y, numbers, key, statics = prepare_run(
-        model, X, y, num_steps=num_steps, learning_rate=learning_rate, optimizer=optimizer,
-        hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
-        batch_size=batch_size, key=key, objective=objective, n_save=n_save,
-        save_states=save_states, chunk_size=chunk_size, degree=degree,
-        diverge_above=diverge_above, diagnostics=diagnostics, checkpoints=checkpoints,
-        stop_stalled=stop_stalled, summarize=summarize,
+        model,
+        X,
+        y,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        hyperparams=hyperparams,
+        loss=loss,
+        target_log_loss=target_log_loss,
+        batch_size=batch_size,
+        key=key,
+        objective=objective,
+        n_save=n_save,
+        save_states=save_states,
+        chunk_size=chunk_size,
+        degree=degree,
+        diverge_above=diverge_above,
+        diagnostics=diagnostics,
+        checkpoints=checkpoints,
+        stop_stalled=stop_stalled,
+        summarize=summarize,
     )
     carry = traced_run(carry, static, X, y, numbers, key, statics)
     return _to_result(carry, static, model, save_states)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -173,8 +174,22 @@ def _model(params, static, plain_out: bool):
     return p.standard() if plain_out else p
 
 
-def _record_values(params, opt_state, static, X, y, degree, *, rule, loss, save_states,
-                   diagnostics, standard, summarize, plain_out) -> dict:
+def _record_values(
+    params,
+    opt_state,
+    static,
+    X,
+    y,
+    degree,
+    *,
+    rule,
+    loss,
+    save_states,
+    diagnostics,
+    standard,
+    summarize,
+    plain_out,
+) -> dict:
     """What a save point holds: ``wnjax.summaries`` (``standard``) or just ``log_loss``, the
     ``summarize`` hook's outputs, the rule's record of its state, and the state
     (``save_states``)."""
@@ -296,7 +311,9 @@ def _run_chunk(
         c["ck_value"] = jnp.where(new, q, c["ck_value"])
         c["ck_params"] = jax.tree_util.tree_map(
             lambda b, p: jnp.where(new.reshape((-1,) + (1,) * p.ndim), p[None], b),
-            c["ck_params"], c["params"])
+            c["ck_params"],
+            c["params"],
+        )
         return c
 
     def open_level(c):
@@ -315,9 +332,19 @@ def _run_chunk(
 
     def record(c):
         out = _record_values(
-            c["params"], c["opt_state"], static, X, y, numbers["degree"], rule=rule, loss=loss,
-            save_states=save_states, diagnostics=diagnostics, standard=standard,
-            summarize=summarize, plain_out=plain_out,
+            c["params"],
+            c["opt_state"],
+            static,
+            X,
+            y,
+            numbers["degree"],
+            rule=rule,
+            loss=loss,
+            save_states=save_states,
+            diagnostics=diagnostics,
+            standard=standard,
+            summarize=summarize,
+            plain_out=plain_out,
         )
         i = jnp.minimum(c["save_idx"], n_save - 1)
         c = dict(c)
@@ -364,7 +391,8 @@ def _run_chunk(
     def exact(c, until):
         """Exact updates until ``until`` attempts or a stop."""
         return jax.lax.while_loop(
-            lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < until), step, c)
+            lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < until), step, c
+        )
 
     def fast_block(f, lim, level):
         """Up to ``FAST_BLOCK`` plain updates (while ``k < lim``); whether none would have
@@ -407,7 +435,8 @@ def _run_chunk(
         if guarded:
             lim = jnp.minimum(until, numbers["num_steps"] - 1)  # the run's last step: exact
             s = jax.lax.while_loop(
-                lambda s: (s["stop"] == STOP_RUNNING) & (s["k"] < lim), lambda s: fast(s, lim), s)
+                lambda s: (s["stop"] == STOP_RUNNING) & (s["k"] < lim), lambda s: fast(s, lim), s
+            )
         return {**c, **exact(s, until)}
 
     def full_checks(c):
@@ -438,7 +467,8 @@ def _run_chunk(
     end = attempts(carry) + numbers["chunk_size"].astype(carry["k"].dtype)
     carry = jax.lax.while_loop(
         lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < end),
-        lambda c: segment(c, end), carry,
+        lambda c: segment(c, end),
+        carry,
     )
     carry = dict(carry)
     carry["final_log_loss"] = log_loss_on(carry["params"], X, y)
@@ -446,8 +476,18 @@ def _run_chunk(
 
 
 # The carry entries that updates change (the rest are save buffers and their counters).
-_STEPPING = ("params", "opt_state", "k", "accepted", "undone", "stop", "last_log_loss",
-             "ck_params", "ck_steps", "ck_value")
+_STEPPING = (
+    "params",
+    "opt_state",
+    "k",
+    "accepted",
+    "undone",
+    "stop",
+    "last_log_loss",
+    "ck_params",
+    "ck_steps",
+    "ck_value",
+)
 
 
 def _strong(tree):
@@ -483,8 +523,23 @@ def _cutter(n: int | None):
 
 
 @eqx.filter_jit
-def _init_carry(params, static, X, y, hyperparams, numbers, n_save, *, rule, loss, save_states,
-                diagnostics, standard, summarize, plain_out):
+def _init_carry(
+    params,
+    static,
+    X,
+    y,
+    hyperparams,
+    numbers,
+    n_save,
+    *,
+    rule,
+    loss,
+    save_states,
+    diagnostics,
+    standard,
+    summarize,
+    plain_out,
+):
     """The loop state at step 0 (parameters, rule state, empty save and checkpoint buffers), the
     initial full-data ``log L`` and the divergence level ``log L(0) + diverge_above``, in one
     compiled call.
@@ -499,10 +554,22 @@ def _init_carry(params, static, X, y, hyperparams, numbers, n_save, *, rule, los
     # Only the shapes of a record are needed to allocate the save buffers.
     example = eqx.filter_eval_shape(
         lambda q, s: _record_values(
-            q, s, static, X, y, numbers["degree"], rule=rule, loss=loss,
-            save_states=save_states, diagnostics=diagnostics, standard=standard,
-            summarize=summarize, plain_out=plain_out),
-        params, opt_state,
+            q,
+            s,
+            static,
+            X,
+            y,
+            numbers["degree"],
+            rule=rule,
+            loss=loss,
+            save_states=save_states,
+            diagnostics=diagnostics,
+            standard=standard,
+            summarize=summarize,
+            plain_out=plain_out,
+        ),
+        params,
+        opt_state,
     )
 
     def empty(v, n):
@@ -525,7 +592,8 @@ def _init_carry(params, static, X, y, hyperparams, numbers, n_save, *, rule, los
         "last_log_loss": jnp.asarray(jnp.nan, X.dtype),
         "final_log_loss": jnp.asarray(jnp.nan, X.dtype),
         "ck_params": jax.tree_util.tree_map(
-            lambda p: jnp.broadcast_to(p[None], (n_levels,) + p.shape), params),
+            lambda p: jnp.broadcast_to(p[None], (n_levels,) + p.shape), params
+        ),
         "ck_steps": -jnp.ones(n_levels, zero.dtype),
         "ck_value": jnp.full(n_levels, jnp.nan, X.dtype),
     }
@@ -547,10 +615,33 @@ def _levels(checkpoints, dtype):
 
 
 def prepare_run(
-    model, X, y, *, num_steps, learning_rate, optimizer, hyperparams, loss, target_log_loss,
-    batch_size, key, objective, n_save, save_states, chunk_size, degree, diverge_above,
-    diagnostics=True, check_initial_loss=True, checkpoints=(), stop_stalled=False,
-    summarize=None, rule=None, save_at=None, standard=True, monitor=None,
+    model,
+    X,
+    y,
+    *,
+    num_steps,
+    learning_rate,
+    optimizer,
+    hyperparams,
+    loss,
+    target_log_loss,
+    batch_size,
+    key,
+    objective,
+    n_save,
+    save_states,
+    chunk_size,
+    degree,
+    diverge_above,
+    diagnostics=True,
+    check_initial_loss=True,
+    checkpoints=(),
+    stop_stalled=False,
+    summarize=None,
+    rule=None,
+    save_at=None,
+    standard=True,
+    monitor=None,
 ):
     """Validate a GD run's inputs; return ``(carry, static, X, y, numbers, key, statics)``.
 
@@ -572,14 +663,23 @@ def prepare_run(
 
     if objective not in ("loss", "log_loss"):
         raise InvalidInput(f"objective must be 'loss' or 'log_loss', got {objective!r}.")
-    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-            or chunk_size < 1):
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
         raise InvalidInput(f"chunk_size must be a positive int, got {chunk_size!r}.")
     hp = dict(hyperparams or {})
     if learning_rate is not None:
         hp["learning_rate"] = learning_rate
-    check_options(num_steps=num_steps, n_save=n_save, learning_rate=hp.get("learning_rate"),
-                  target_log_loss=target_log_loss, degree=degree, diverge_above=diverge_above)
+    check_options(
+        num_steps=num_steps,
+        n_save=n_save,
+        learning_rate=hp.get("learning_rate"),
+        target_log_loss=target_log_loss,
+        degree=degree,
+        diverge_above=diverge_above,
+    )
     if save_at is not None:
         save_at = np.unique(np.asarray(save_at, int).reshape(-1))
         n_save = save_at.size + 1  # room for the record of a run that stops between them
@@ -645,8 +745,18 @@ def prepare_run(
 
 
 def _init_statics(statics: dict) -> dict:
-    return {k: statics[k] for k in ("rule", "loss", "save_states", "diagnostics", "standard",
-                                    "summarize", "plain_out")}
+    return {
+        k: statics[k]
+        for k in (
+            "rule",
+            "loss",
+            "save_states",
+            "diagnostics",
+            "standard",
+            "summarize",
+            "plain_out",
+        )
+    }
 
 
 def _check_initial_loss(log_l0) -> None:
@@ -778,24 +888,45 @@ def gradient_descent(
     if auto and chunk_size != "auto":
         raise InvalidInput(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}.")
     carry, static, X, y, numbers, key, statics = prepare_run(
-        model, X, y, num_steps=num_steps, learning_rate=learning_rate, optimizer=optimizer,
-        hyperparams=hyperparams, loss=loss, target_log_loss=target_log_loss,
-        batch_size=batch_size, key=key, objective=objective, n_save=n_save,
-        save_states=save_states, chunk_size=AUTO_CHUNK_START if auto else chunk_size,
-        degree=degree, diverge_above=diverge_above, diagnostics=diagnostics,
-        check_initial_loss=False, checkpoints=checkpoints, stop_stalled=stop_stalled,
+        model,
+        X,
+        y,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        hyperparams=hyperparams,
+        loss=loss,
+        target_log_loss=target_log_loss,
+        batch_size=batch_size,
+        key=key,
+        objective=objective,
+        n_save=n_save,
+        save_states=save_states,
+        chunk_size=AUTO_CHUNK_START if auto else chunk_size,
+        degree=degree,
+        diverge_above=diverge_above,
+        diagnostics=diagnostics,
+        check_initial_loss=False,
+        checkpoints=checkpoints,
+        stop_stalled=stop_stalled,
         summarize=summarize,
     )
     log_l0 = numbers["initial_log_loss"]
     carry = _drive(
-        lambda c, n: _run_chunk(c, static, X, y, n, key, **statics), carry, numbers,
-        auto=auto, callback=callback,
+        lambda c, n: _run_chunk(c, static, X, y, n, key, **statics),
+        carry,
+        numbers,
+        auto=auto,
+        callback=callback,
         # a non-finite initial loss stops the run at step 0: bad input
         after_first=lambda: _check_initial_loss(log_l0),
     )
     if int(carry["stop"]) == STOP_RUNNING:
-        warnings.warn("gradient_descent interrupted; returning the partial result.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "gradient_descent interrupted; returning the partial result.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     result = _to_result(carry, static, model, save_states, trim=True)
     if int(result.stop_code) == STOP_DIVERGED:
         if throw:
@@ -804,8 +935,11 @@ def gradient_descent(
     elif target_log_loss is not None and int(result.stop_code) == STOP_MAX_STEPS:
         stall = result.stall
         if stall:
-            warnings.warn(f"GD did not reach target_log_loss = {target_log_loss}.{stall}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"GD did not reach target_log_loss = {target_log_loss}.{stall}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return result
 
 

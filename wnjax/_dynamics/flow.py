@@ -26,16 +26,12 @@ from diffrax._term import WrapTerm
 from jaxtyping import Array, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax._nets.dense import apply_batch
 from wnjax._analysis.diagnostics import asymptotic_summaries
-from wnjax._losses import Loss, get_loss
-from wnjax._runtime.errors import InvalidInput
-from wnjax._runtime.tree import as_number, tree_norm
 from wnjax._dynamics.outcome import RunFailed, RunResult
-from wnjax._nets.models import CNN, MLP, Identity, ReLUPower, homogeneity_degree
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
-from wnjax._solver.auto import AutoSwitch
-from wnjax._solver.stiff import implicit_step_cost, stiff_solver
+from wnjax._losses import Loss, get_loss
+from wnjax._nets.dense import apply_batch
+from wnjax._nets.models import CNN, MLP, Identity, ReLUPower, homogeneity_degree
 from wnjax._nets.parameterize import (
     Parameterized,
     as_parameterized,
@@ -43,7 +39,11 @@ from wnjax._nets.parameterize import (
     scale_trainable,
     trainable_weight_norm,
 )
+from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.tree import as_number, tree_norm
 from wnjax._runtime.validate import check_data, check_options, check_outputs
+from wnjax._solver.auto import AutoSwitch
+from wnjax._solver.stiff import implicit_step_cost, stiff_solver
 
 RATES = (None, "neuron_norm_sq")
 TIMES = ("plain", "normalized")
@@ -63,8 +63,7 @@ SOLVERS = {
 HIGH_ORDER_RTOL = 1e-9
 
 
-def default_solver(rtol=None, n_params: int | None = None, *,
-                   smooth: bool = False) -> AutoSwitch:
+def default_solver(rtol=None, n_params: int | None = None, *, smooth: bool = False) -> AutoSwitch:
     """The default solver: ``AutoSwitch``, explicit while the flow is not stiff and L-stable
     ``Kvaerno5`` while it is, its implicit linear solves chosen for the model's size
     (``wnjax.stiff_solver``: dense LU, or Krylov on Jacobian-vector products for large models)
@@ -81,13 +80,20 @@ def default_solver(rtol=None, n_params: int | None = None, *,
     - `n_params`: the number of trainable parameters (``None``: dense LU).
     - `smooth`: whether the field is known to be smooth (``smooth_field``).
     """
-    high = (smooth and rtol is not None and not isinstance(rtol, jax.core.Tracer)
-            and rtol < HIGH_ORDER_RTOL)
+    high = (
+        smooth
+        and rtol is not None
+        and not isinstance(rtol, jax.core.Tracer)
+        and rtol < HIGH_ORDER_RTOL
+    )
     explicit = diffrax.Dopri8() if high else diffrax.Tsit5()
     if n_params is None:
         return AutoSwitch(explicit=explicit, implicit=diffrax.Kvaerno5())
-    return AutoSwitch(explicit=explicit, implicit=stiff_solver(n_params),
-                      implicit_cost=implicit_step_cost(n_params))
+    return AutoSwitch(
+        explicit=explicit,
+        implicit=stiff_solver(n_params),
+        implicit_cost=implicit_step_cost(n_params),
+    )
 
 
 def smooth_field(model) -> bool:
@@ -109,8 +115,11 @@ def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
 
 
 def resolve_solver(
-    solver: "str | diffrax.AbstractSolver | None", rtol=None, n_params: int | None = None,
-    traced: bool = False, smooth: bool = False,
+    solver: str | diffrax.AbstractSolver | None,
+    rtol=None,
+    n_params: int | None = None,
+    traced: bool = False,
+    smooth: bool = False,
 ) -> diffrax.AbstractSolver:
     """A diffrax solver from ``None`` (``default_solver(rtol, n_params, smooth=smooth)``;
     ``Tsit5`` when
@@ -223,11 +232,13 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
         return tnext, (state, self.start)
 
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order,
-                        controller_state):
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
         state, poll = controller_state
         keep, next_t0, next_t1, jump, state, result = self.inner.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, state)
+            t0, t1, y0, y1_candidate, args, y_error, error_order, state
+        )
         poll = _ask({**poll, "count": poll["count"] + 1})
         result = diffrax.RESULTS.where(poll["stop"], diffrax.RESULTS.internal_error, result)
         return keep, next_t0, next_t1, jump, (state, poll), result
@@ -240,8 +251,12 @@ def _ask(poll: dict) -> dict:
 
     def answer(poll):
         stop, steps = _question(jnp.asarray(True), poll["interval"])
-        return {"count": poll["count"], "next": poll["count"] + steps, "interval": steps,
-                "stop": poll["stop"] | stop}
+        return {
+            "count": poll["count"],
+            "next": poll["count"] + steps,
+            "interval": steps,
+            "stop": poll["stop"] | stop,
+        }
 
     return jax.lax.cond(poll["count"] >= poll["next"], answer, lambda p: p, poll)
 
@@ -257,9 +272,12 @@ def _ask_vmap(axis_size, in_batched, poll):
     poll = jax.tree_util.tree_map(lanes, poll, in_batched[0])
     due = jnp.any(poll["count"] >= poll["next"])
     stop, steps = _question(due, jnp.max(poll["interval"]))
-    out = {"count": poll["count"], "stop": poll["stop"] | stop,
-           "next": jnp.where(due, poll["count"] + steps, poll["next"]),
-           "interval": jnp.where(due, steps, poll["interval"])}
+    out = {
+        "count": poll["count"],
+        "stop": poll["stop"] | stop,
+        "next": jnp.where(due, poll["count"] + steps, poll["next"]),
+        "interval": jnp.where(due, steps, poll["interval"]),
+    }
     return out, {k: True for k in out}
 
 
@@ -275,8 +293,11 @@ def _question(due: Array, steps: Array) -> tuple[Array, Array]:
     200-parameter flow)."""
     shapes = (jax.ShapeDtypeStruct((), jnp.bool_), jax.ShapeDtypeStruct((), jnp.int32))
     return jax.lax.cond(
-        due, lambda n: jax.pure_callback(_interrupt.poll_interval, shapes, n),
-        lambda n: (jnp.asarray(False), n), steps)
+        due,
+        lambda n: jax.pure_callback(_interrupt.poll_interval, shapes, n),
+        lambda n: (jnp.asarray(False), n),
+        steps,
+    )
 
 
 @_question.def_vmap
@@ -294,7 +315,8 @@ def _stopped(sol) -> Array:
 
 
 class FlowFailed(RunFailed):
-    """A gradient-flow solve stopped before ``t1`` or its target; ``.result`` has the partial run."""
+    """A gradient-flow solve stopped before ``t1`` or its target; ``.result`` has the partial
+    run."""
 
 
 class FlowResult(RunResult):
@@ -379,8 +401,7 @@ def _describe(r: FlowResult) -> str:
             f"gradient flow stopped after max_steps = {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
             "result is kept (result.final, result.summaries). Raise max_steps, loosen rtol/atol, "
-            "or use time='normalized' to reach small losses."
-            + _solver_hint(r)
+            "or use time='normalized' to reach small losses." + _solver_hint(r)
         )
     return (
         f"gradient flow failed (diffrax result code {int(code)}) after {steps} steps at time "
@@ -394,15 +415,19 @@ def _solver_hint(r: FlowResult) -> str:
     stats = r.stats
     if "switches" in stats:
         if int(np.asarray(stats["switches"])) > 20:
-            return (" The default solver switched methods "
-                    f"{int(np.asarray(stats['switches']))} times: pass solver='stiff' "
-                    "(Kvaerno5 throughout) or solver='tsit5' to hold one method.")
+            return (
+                " The default solver switched methods "
+                f"{int(np.asarray(stats['switches']))} times: pass solver='stiff' "
+                "(Kvaerno5 throughout) or solver='tsit5' to hold one method."
+            )
         return ""
     rejected = int(np.asarray(stats["num_rejected_steps"]))
     if rejected > 0.2 * int(np.asarray(stats["num_steps"])):
-        return (" Many steps were rejected, as when a flow is stiff: leave solver unset (the "
-                "default switches to the L-stable Kvaerno5 when it detects stiffness) or pass "
-                "solver='stiff'.")
+        return (
+            " Many steps were rejected, as when a flow is stiff: leave solver unset (the "
+            "default switches to the L-stable Kvaerno5 when it detects stiffness) or pass "
+            "solver='stiff'."
+        )
     return ""
 
 
@@ -413,7 +438,9 @@ def _log_loss_fn(params, static, X, y, loss: Loss):
 
 def _grad_log_loss(params, static, X, y, loss, rate):
     value, grads = jax.value_and_grad(_log_loss_fn)(params, static, X, y, loss)
-    if callable(rate):  # a preconditioner rate(grads, params) -> grads, e.g. wnjax.diagonal.polar_rates
+    if callable(
+        rate
+    ):  # a preconditioner rate(grads, params) -> grads, e.g. wnjax.diagonal.polar_rates
         full = rate(eqx.combine(grads, static), eqx.combine(params, static))
         grads = eqx.filter(full, eqx.is_inexact_array)
     elif rate == "neuron_norm_sq":
@@ -425,7 +452,8 @@ def _grad_log_loss(params, static, X, y, loss, rate):
 def summaries(
     p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
 ) -> dict:
-    """Diagnostics of one state: loss and log loss, margins, normalized margin, per-neuron norms, and
+    """Diagnostics of one state: loss and log loss, margins, normalized margin, per-neuron norms,
+    and
     the asymptotic diagnostics of ``wnjax.asymptotic_summaries`` (relative norms, alignment,
     relation spreads, loss direction, KKT residuals).
 
@@ -524,8 +552,9 @@ def _solve(
 
         already = gap((params, None)) <= 0
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
-        return diffrax.Event(cond, root_finder=_Crossing(
-            rtol=0.0, atol=0.0, expand_if_necessary=True, tol_t=4 * eps))
+        return diffrax.Event(
+            cond, root_finder=_Crossing(rtol=0.0, atol=0.0, expand_if_necessary=True, tol_t=4 * eps)
+        )
 
     eps = float(jnp.finfo(X.dtype).eps)
     ftol = level_tolerance(X.dtype)
@@ -548,13 +577,25 @@ def _solve(
     solver = _root_tolerances(solver, controller, X.dtype)
     if save_levels:
         return _solve_levels(
-            diffrax.ODETerm(field), solver, controller, level_event, save_fn, (params, tau0),
-            static, X, y, loss, numbers, n_save=save_s.shape[0], max_steps=max_steps,
+            diffrax.ODETerm(field),
+            solver,
+            controller,
+            level_event,
+            save_fn,
+            (params, tau0),
+            static,
+            X,
+            y,
+            loss,
+            numbers,
+            n_save=save_s.shape[0],
+            max_steps=max_steps,
             standard_out=standard_out,
         )
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)],
-        solver_state=True, controller_state=poll,
+        solver_state=True,
+        controller_state=poll,
     )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
@@ -588,10 +629,19 @@ def _solve(
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
     # A root-found crossing of the target, or an end within rounding of it, reaches it: a
     # successful ending.
-    reached = (_reached(final_log_loss, numbers["target"], X.dtype,
-                        _rounding(final_params, static, X, y, loss))
-               | (sol.result == diffrax.RESULTS.event_occurred)) if has_target else (
-        jnp.asarray(False))
+    reached = (
+        (
+            _reached(
+                final_log_loss,
+                numbers["target"],
+                X.dtype,
+                _rounding(final_params, static, X, y, loss),
+            )
+            | (sol.result == diffrax.RESULTS.event_occurred)
+        )
+        if has_target
+        else (jnp.asarray(False))
+    )
     code = jnp.where(reached, 0, sol.result._value)
     if poll:
         code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
@@ -628,10 +678,16 @@ def _root_tolerances(solver, controller, dtype):
     if not fields:
         return solver
     floor = 30000 * float(jnp.finfo(dtype).eps)
-    values = {"rtol": jnp.maximum(controller.rtol, floor), "atol": controller.atol,
-              "norm": controller.norm}
-    return eqx.tree_at(lambda s: tuple(getattr(s.root_finder, f) for f in fields), solver,
-                       tuple(values[f] for f in fields))
+    values = {
+        "rtol": jnp.maximum(controller.rtol, floor),
+        "atol": controller.atol,
+        "norm": controller.norm,
+    }
+    return eqx.tree_at(
+        lambda s: tuple(getattr(s.root_finder, f) for f in fields),
+        solver,
+        tuple(values[f] for f in fields),
+    )
 
 
 def _reached(log_l: Array, target: Array, dtype, rounding) -> Array:
@@ -674,9 +730,23 @@ def loss_levels(log_l0: Array, target: Array, n: int) -> Array:
     return jnp.concatenate([log_l0[None], log_l0 - drops])
 
 
-def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X, y, loss,
-                  numbers, *, n_save: int, max_steps: int, standard_out: bool = False
-                  ) -> FlowResult:
+def _solve_levels(
+    term,
+    solver,
+    controller,
+    level_event,
+    save_fn,
+    y0,
+    static,
+    X,
+    y,
+    loss,
+    numbers,
+    *,
+    n_save: int,
+    max_steps: int,
+    standard_out: bool = False,
+) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
     The solver's state (for ``AutoSwitch``: which method runs) carries from level to level, and
@@ -691,11 +761,18 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.maximum(tree_norm(f0), 1e-300)
     s0 = jnp.zeros_like(numbers["t1"])
     # a run that starts at or below its target is done before its first level
-    start = {"s": s0, "y": y0, "code": zero,
-             "done": log_l0 <= numbers["target"], "hit": log_l0 <= numbers["target"],
-             "steps": zero, "accepted": zero, "rejected": zero,
-             "dt": jnp.minimum(dt0, numbers["t1"]),
-             "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, None)}
+    start = {
+        "s": s0,
+        "y": y0,
+        "code": zero,
+        "done": log_l0 <= numbers["target"],
+        "hit": log_l0 <= numbers["target"],
+        "steps": zero,
+        "accepted": zero,
+        "rejected": zero,
+        "dt": jnp.minimum(dt0, numbers["t1"]),
+        "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, None),
+    }
     polled = isinstance(controller, _Polled)
     if polled:
         start["poll"] = controller.start
@@ -704,17 +781,25 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         # a finished run's solve ends where it starts, in no steps (its result is dropped)
         t1 = jnp.where(c["done"], c["s"], numbers["t1"])
         sol = diffrax.diffeqsolve(
-            term, solver, t0=c["s"], t1=t1, dt0=c["dt"], y0=c["y"],
+            term,
+            solver,
+            t0=c["s"],
+            t1=t1,
+            dt0=c["dt"],
+            y0=c["y"],
             saveat=diffrax.SaveAt(t1=True, solver_state=True, controller_state=polled),
             stepsize_controller=_Polled(controller.inner, c["poll"]) if polled else controller,
-            event=level_event(level), max_steps=max_steps, throw=False,
+            event=level_event(level),
+            max_steps=max_steps,
+            throw=False,
             solver_state=c["solver_state"],
         )
         new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         log_l = _log_loss_fn(new_y[0], static, X, y, loss)
         # An event, or a crossing whose root-find ran out of digits, reaches the level.
         hit = (sol.result == diffrax.RESULTS.event_occurred) | _reached(
-            log_l, level, X.dtype, _rounding(new_y[0], static, X, y, loss))
+            log_l, level, X.dtype, _rounding(new_y[0], static, X, y, loss)
+        )
         accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
         code = jnp.where(hit, 0, sol.result._value)
@@ -722,12 +807,18 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         if polled:
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
         new = {
-            "s": sol.ts[-1], "y": new_y, "code": code, "done": ~hit | (code != 0), "hit": hit,
-            "steps": steps, "accepted": c["accepted"] + accepted,
+            "s": sol.ts[-1],
+            "y": new_y,
+            "code": code,
+            "done": ~hit | (code != 0),
+            "hit": hit,
+            "steps": steps,
+            "accepted": c["accepted"] + accepted,
             "rejected": c["rejected"] + sol.stats["num_rejected_steps"],
             # the next solve starts with this one's mean accepted step
-            "dt": jnp.where(accepted > 0, (sol.ts[-1] - c["s"]) / jnp.maximum(accepted, 1),
-                            c["dt"]),
+            "dt": jnp.where(
+                accepted > 0, (sol.ts[-1] - c["s"]) / jnp.maximum(accepted, 1), c["dt"]
+            ),
             "solver_state": sol.solver_state,
         }
         if polled:
@@ -758,20 +849,32 @@ def _solve_levels(term, solver, controller, level_event, save_fn, y0, static, X,
         log_t=_tau_to_log_t(tau),
         log_loss=saved["log_loss"],
         summaries=saved,
-        states=_as_output(None if states is None else eqx.combine(states, static), standard_out,
-                          stacked=True),
+        states=_as_output(
+            None if states is None else eqx.combine(states, static), standard_out, stacked=True
+        ),
         final=_as_output(eqx.combine(final_params, static), standard_out),
         final_log_loss=final_log_loss,
         final_log_t=_tau_to_log_t(final_tau),
         final_time=end["s"],
-        stats={"num_steps": end["steps"], "num_accepted_steps": end["accepted"],
-               "num_rejected_steps": end["rejected"], "max_steps": jnp.asarray(max_steps),
-               **_switch_stats(end["solver_state"])},
+        stats={
+            "num_steps": end["steps"],
+            "num_accepted_steps": end["accepted"],
+            "num_rejected_steps": end["rejected"],
+            "max_steps": jnp.asarray(max_steps),
+            **_switch_stats(end["solver_state"]),
+        },
         stop_code=end["code"],
         # the last solve crossed its level (the target), or the run ended within rounding of it
-        reached_target=(end["code"] == 0) & (end["hit"] | _reached(
-            final_log_loss, numbers["target"], X.dtype,
-            _rounding(final_params, static, X, y, loss))),
+        reached_target=(end["code"] == 0)
+        & (
+            end["hit"]
+            | _reached(
+                final_log_loss,
+                numbers["target"],
+                X.dtype,
+                _rounding(final_params, static, X, y, loss),
+            )
+        ),
     )
 
 
@@ -798,7 +901,8 @@ def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
 
 
 def _traced_degree(p: Parameterized, X: Array) -> Array:
-    """Under a transform (vmap over seeds): ``L = median_i log(|Phi(2w; x_i)|/|Phi(w; x_i)|)/log 2``."""
+    """Under a transform (vmap over seeds): ``L = median_i log(|Phi(2w; x_i)|/|Phi(w; x_i)|)/log
+    2``."""
     plain = p.standard()
     scaled = scale_trainable(p, 2.0).standard()
     phi = jnp.abs(jax.vmap(plain)(X)).ravel()
@@ -891,8 +995,10 @@ def gradient_flow(
       data's dtype, ``(1e-8, 1e-10)`` in float64 and ``(1e-5, 1e-7)`` in float32). An rtol
       below ``10 eps`` of the dtype is raised to it, with a warning.
     - `solver`: a diffrax solver, or a name in ``SOLVERS``. The default (``None`` or
-      ``'auto'``) is ``default_solver``: ``wnjax.AutoSwitch``, explicit (``Tsit5``; ``Dopri8`` for ``rtol < 1e-9``
-      on a smooth field, see ``default_solver``) while the flow is not stiff and L-stable ``Kvaerno5``
+      ``'auto'``) is ``default_solver``: ``wnjax.AutoSwitch``, explicit (``Tsit5``; ``Dopri8`` for
+      ``rtol < 1e-9``
+      on a smooth field, see ``default_solver``) while the flow is not stiff and L-stable
+      ``Kvaerno5``
       while it is; ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and
       ``switches``. ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
       ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
@@ -939,8 +1045,18 @@ def gradient_flow(
         raise InvalidInput(f"time must be one of {TIMES}, got {time!r}.")
     if not callable(rate) and rate not in RATES:
         raise InvalidInput(f"rate must be one of {RATES} or a callable, got {rate!r}.")
-    check_options(t0=t0, t1=t1, log_t0=log_t0, rtol=rtol, atol=atol, dt0=dt0, degree=degree,
-                  target_log_loss=target_log_loss, n_save=n_save, max_steps=max_steps)
+    check_options(
+        t0=t0,
+        t1=t1,
+        log_t0=log_t0,
+        rtol=rtol,
+        atol=atol,
+        dt0=dt0,
+        degree=degree,
+        target_log_loss=target_log_loss,
+        n_save=n_save,
+        max_steps=max_steps,
+    )
     loss_obj = get_loss(loss)
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
@@ -951,8 +1067,9 @@ def gradient_flow(
     rtol, atol = _tolerances(rtol, atol, dtype)
     normalized = time == "normalized"
     has_target = target_log_loss is not None
-    save = resolve_save(save, n_save=int(n_save), save_ts=save_ts, normalized=normalized,
-                        has_target=has_target)
+    save = resolve_save(
+        save, n_save=int(n_save), save_ts=save_ts, normalized=normalized, has_target=has_target
+    )
     if degree is None:
         degree = _auto_degree(p, X, loss_obj)
     numbers = {
@@ -989,8 +1106,9 @@ def gradient_flow(
             numbers,
             save_s,
             loss=loss_obj,
-            solver=resolve_solver(solver, rtol, _count_params(p), traced=_is_traced(p, X),
-                              smooth=smooth_field(p)),
+            solver=resolve_solver(
+                solver, rtol, _count_params(p), traced=_is_traced(p, X), smooth=smooth_field(p)
+            ),
             time=time,
             rate=rate,
             has_target=has_target,
@@ -1021,13 +1139,16 @@ def _finish(result: FlowResult, throw: bool) -> FlowResult:
 def _is_traced(p, X) -> bool:
     """Whether the call is under a transform (``jit``, ``vmap``, a seed sweep)."""
     return isinstance(X, jax.core.Tracer) or any(
-        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p))
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)
+    )
 
 
 def _count_params(p) -> int:
     """The number of trainable scalars of a parameterized model."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
-        eqx.filter(p, eqx.is_inexact_array)))
+    return sum(
+        int(np.prod(x.shape))
+        for x in jax.tree_util.tree_leaves(eqx.filter(p, eqx.is_inexact_array))
+    )
 
 
 def _tolerances(rtol, atol, dtype) -> tuple:
@@ -1043,7 +1164,8 @@ def _tolerances(rtol, atol, dtype) -> tuple:
                 f"rtol={float(np.asarray(rtol)):.3g} is below what {jnp.dtype(dtype).name} can "
                 f"give (eps = {float(jnp.finfo(dtype).eps):.3g}); using rtol={floor:.3g}. Use "
                 "float64 data (with jax_enable_x64) for tighter tolerances.",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning,
+                stacklevel=3,
             )
             rtol = floor
     return rtol, atol

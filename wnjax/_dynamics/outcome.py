@@ -19,7 +19,7 @@ from wnjax._runtime.errors import WnjaxError
 class RunFailed(WnjaxError, RuntimeError):
     """A flow or GD run failed; ``.result`` holds everything computed before it did."""
 
-    def __init__(self, message: str, result: "RunResult"):
+    def __init__(self, message: str, result: RunResult):
         super().__init__(message)
         self.result = result
 

@@ -48,9 +48,13 @@ def batch_indices(key, k, n, batch_size):
 
 
 def _loss_normalized_states(opt_state) -> list:
-    return [s for s in jax.tree_util.tree_leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState))
-        if isinstance(s, LossNormalizedState)]
+    return [
+        s
+        for s in jax.tree_util.tree_leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, LossNormalizedState)
+        )
+        if isinstance(s, LossNormalizedState)
+    ]
 
 
 def undone(opt_state) -> Array:
@@ -65,8 +69,20 @@ def may_undo(opt_state) -> bool:
     return bool(_loss_normalized_states(opt_state))
 
 
-def descent_update(params, opt_state, k, static, X, y, key, optimizer, *, loss: Loss,
-                   batch_size: int | None, objective: str):
+def descent_update(
+    params,
+    opt_state,
+    k,
+    static,
+    X,
+    y,
+    key,
+    optimizer,
+    *,
+    loss: Loss,
+    batch_size: int | None,
+    objective: str,
+):
     """One GD/SGD step ``theta <- theta + optimizer.update(g, ...)`` on the batch of step ``k``.
 
     ``g = L grad log L = grad L`` (``objective='loss'``) or ``grad log L`` (``'log_loss'``), both
@@ -120,8 +136,17 @@ class DescentRule(eqx.Module):
 
     def update(self, params, state, k, static, X, y, key, hyperparams):
         value, new, state, finite = descent_update(
-            params, state, k, static, X, y, key, build_optimizer(self.optimizer, hyperparams),
-            loss=self.loss, batch_size=self.batch_size, objective=self.objective,
+            params,
+            state,
+            k,
+            static,
+            X,
+            y,
+            key,
+            build_optimizer(self.optimizer, hyperparams),
+            loss=self.loss,
+            batch_size=self.batch_size,
+            objective=self.objective,
         )
         return value, new, state, finite, undone(state)
 
@@ -172,8 +197,7 @@ class EpochBacktracking(eqx.Module):
 
     def init(self, params, hyperparams, static, X, y):
         log_l = self._log_loss(params, static, X, y)
-        return {"eta0": jnp.asarray(hyperparams["learning_rate"], log_l.dtype),
-                "log_ref": log_l}
+        return {"eta0": jnp.asarray(hyperparams["learning_rate"], log_l.dtype), "log_ref": log_l}
 
     def update(self, params, state, k, static, X, y, key, hyperparams):
         n = X.shape[0]
@@ -190,7 +214,7 @@ class EpochBacktracking(eqx.Module):
 
         q, _ = jax.lax.scan(sgd_step, params, batches)
         if rest:  # the last, smaller batch: every point is visited once per epoch
-            q, _ = sgd_step(q, perm[per_epoch * self.batch_size:])
+            q, _ = sgd_step(q, perm[per_epoch * self.batch_size :])
         full = self._log_loss(q, static, X, y)
         kept = jnp.isfinite(full) & all_finite(q) & (full <= log_ref)
         eta0 = backtrack_rate(eta0, kept, self.grow, self.shrink, self.cap)

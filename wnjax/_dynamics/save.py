@@ -33,9 +33,7 @@ class AtTimes(eqx.Module):
     def __check_init__(self):
         ts = np.asarray(self.ts)
         if ts.ndim != 1 or ts.size == 0:
-            raise ValueError(
-                f"AtTimes needs a non-empty 1-D array of times, got shape {ts.shape}."
-            )
+            raise ValueError(f"AtTimes needs a non-empty 1-D array of times, got shape {ts.shape}.")
 
 
 class AtLossLevels(eqx.Module):

@@ -106,8 +106,11 @@ def loss_normalized_sgd(
             # (a non-finite loss, e.g. overflowed margins, counts as a rise and is undone)
             rose = ~(log_value <= state.prev_log_value) & ~state.just_undone
             # right after an undo, retry from the restored point with the shrunk eta0
-            eta0 = jnp.where(state.just_undone & ~rose, state.eta0,
-                             backtrack_rate(state.eta0, ~rose, grow, shrink, cap))
+            eta0 = jnp.where(
+                state.just_undone & ~rose,
+                state.eta0,
+                backtrack_rate(state.eta0, ~rose, grow, shrink, cap),
+            )
         else:
             rose = jnp.asarray(False)
             eta0 = state.eta0
@@ -115,8 +118,11 @@ def loss_normalized_sgd(
             # L(theta_{k-1}): the last accepted point's loss (theta_0's own at the first step);
             # a retry from the restored point keeps the normalization of the step it retries
             first = state.prev_log_value == jnp.inf
-            norm = jnp.where(state.just_undone, state.lag_log_value,
-                             jnp.where(first, log_value, state.prev_log_value))
+            norm = jnp.where(
+                state.just_undone,
+                state.lag_log_value,
+                jnp.where(first, log_value, state.prev_log_value),
+            )
             log_scale = -power * norm + (log_value if gradient == "log_loss" else 0.0)
         else:
             norm = log_value

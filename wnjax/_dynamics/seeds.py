@@ -8,8 +8,8 @@ a common axis) and ``checkpoint_models``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -68,8 +68,9 @@ class SeedRun:
 
 @eqx.filter_jit
 def _init_seeds(params, static, X, y, hyperparams, numbers, n_save, statics):
-    return jax.vmap(lambda q, X, y, hp: _init_carry(q, static, X, y, hp, numbers, n_save,
-                                                    **statics))(params, X, y, hyperparams)
+    return jax.vmap(
+        lambda q, X, y, hp: _init_carry(q, static, X, y, hp, numbers, n_save, **statics)
+    )(params, X, y, hyperparams)
 
 
 @eqx.filter_jit
@@ -141,13 +142,24 @@ def run_seeds(
         "levels": _levels(checkpoints, dtype),
     }
     hp = {k: jnp.asarray(v, dtype) for k, v in hyperparams.items()}
-    statics = dict(rule=rule, loss=loss_obj, save_states=False, diagnostics=False,
-                   standard=False, summarize=summarize, plain_out=plain)
+    statics = dict(
+        rule=rule,
+        loss=loss_obj,
+        save_states=False,
+        diagnostics=False,
+        standard=False,
+        summarize=summarize,
+        plain_out=plain,
+    )
     start = {**numbers, "diverge_above": np.asarray(diverge_above, dtype)}
     carry, log_l0, level = _init_seeds(params, static, X, y, hp, start, n_save, statics)
     per_seed = {"hyperparams": hp, "diverge_above": level, "initial_log_loss": log_l0}
     statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
-    carry = _drive(lambda c, n: _seeds_chunk(c, static, X, y, n, per_seed, keys, statics),
-                   carry, numbers, auto=auto_chunks)
+    carry = _drive(
+        lambda c, n: _seeds_chunk(c, static, X, y, n, per_seed, keys, statics),
+        carry,
+        numbers,
+        auto=auto_chunks,
+    )
     interrupted = bool(np.any(np.asarray(carry["stop"]) == 0))
     return SeedRun(carry=carry, static=static, plain=plain), interrupted

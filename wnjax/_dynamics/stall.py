@@ -35,8 +35,9 @@ def stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Arr
         return loss.margins(eqx.combine(p, static)(x)[None], yi[None])[0]
 
     g = jax.vmap(jax.grad(margin), in_axes=(None, 0, 0))(params, X, y)
-    gnorm = jnp.sqrt(sum(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
-                         for x in jax.tree_util.tree_leaves(g)))
+    gnorm = jnp.sqrt(
+        sum(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1) for x in jax.tree_util.tree_leaves(g))
+    )
     wnorm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(params)))
     scale = DEAD * jnp.max(jnp.abs(q))
     dead = (jnp.abs(q) <= scale) & (wnorm * gnorm <= scale)

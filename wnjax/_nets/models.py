@@ -70,7 +70,11 @@ def get_activation(activation: str | Callable) -> Callable:
 
 def _scaled_linear(n_in, n_out, use_bias, scale, key):
     layer = eqx.nn.Linear(n_in, n_out, use_bias=use_bias, dtype=jnp.result_type(float), key=key)
-    return eqx.tree_at(lambda lin: lin.weight, layer, layer.weight * scale) if isinstance(scale, jax.Array) or scale != 1 else layer
+    return (
+        eqx.tree_at(lambda lin: lin.weight, layer, layer.weight * scale)
+        if isinstance(scale, jax.Array) or scale != 1
+        else layer
+    )
 
 
 # Below this many multiply-adds per forward pass (points x weights), ``jax.vmap`` of the
@@ -234,7 +238,8 @@ def homogeneity_degree(
     """Measure ``L`` with ``Phi(c w; x) = c^L Phi(w; x)``: ``L = log(|Phi(c w)|/|Phi(w)|) / log c``.
 
     Every inexact array of a plain ``model`` is scaled by ``c``; for a ``Parameterized`` model,
-    the weights of its non-frozen layers (a frozen layer is a constant of the function). ``x`` is a batch of examples (leading
+    the weights of its non-frozen layers (a frozen layer is a constant of the function). ``x`` is a
+    batch of examples (leading
     axis). ``L`` is estimated at each ``c`` in ``scales``; the estimates must agree with each
     other and across examples to ``rtol``, or the model is not homogeneous.
 

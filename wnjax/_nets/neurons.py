@@ -19,7 +19,8 @@ WEIGHT_LAYERS = (eqx.nn.Linear, eqx.nn.Conv)
 
 
 def is_weight_layer(x) -> bool:
-    """True for the layers whose weights are made of neurons: ``eqx.nn.Linear`` and ``eqx.nn.Conv``."""
+    """True for the layers whose weights are made of neurons: ``eqx.nn.Linear`` and
+    ``eqx.nn.Conv``."""
     return isinstance(x, WEIGHT_LAYERS)
 
 
@@ -81,7 +82,8 @@ def has_bias(model: PyTree) -> bool:
 
 
 def scale_neuron_rows(grads: PyTree, model: PyTree, power: float = 2.0) -> PyTree:
-    """Multiply each neuron's gradient block by ``||w_u||^power`` (``power=2``: ``eta_u = ||w_u||^2``).
+    """Multiply each neuron's gradient block by ``||w_u||^power`` (``power=2``: ``eta_u =
+    ||w_u||^2``).
 
     ``grads`` has the structure of ``model`` (a plain model). Leaves that are not layer weights
     (biases) are left unchanged.
@@ -104,4 +106,3 @@ def tree_norm(tree: PyTree) -> Array:
     """Euclidean norm of all inexact array leaves of ``tree``."""
     leaves = jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
     return jnp.sqrt(sum(jnp.sum(x * x) for x in leaves))
-

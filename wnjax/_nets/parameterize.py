@@ -328,7 +328,9 @@ def restore_type(p: Parameterized, like: PyTree) -> PyTree:
     return p if isinstance(like, Parameterized) else p.standard()
 
 
-def neuron_norm_sq_rate(grads: Parameterized, p: Parameterized, power: float = 2.0) -> Parameterized:
+def neuron_norm_sq_rate(
+    grads: Parameterized, p: Parameterized, power: float = 2.0
+) -> Parameterized:
     """Per-neuron rate ``eta_u = ||w_u||^power`` on unnormalized layers: ``g_u -> ||w_u||^2 g_u``.
 
     Only meaningful for unnormalized weights: normalized layers raise, frozen layers are left

@@ -39,9 +39,11 @@ MIN_COMPILE_TIME_SECS = 0.0
 
 def default_dir(environ=os.environ) -> str:
     """``$XDG_CACHE_HOME/wnjax/jax``, or ``~/.cache/wnjax/jax`` (``%LOCALAPPDATA%`` on Windows)."""
-    base = environ.get("XDG_CACHE_HOME") or (
-        environ.get("LOCALAPPDATA") if os.name == "nt" else None
-    ) or os.path.join(os.path.expanduser("~"), ".cache")
+    base = (
+        environ.get("XDG_CACHE_HOME")
+        or (environ.get("LOCALAPPDATA") if os.name == "nt" else None)
+        or os.path.join(os.path.expanduser("~"), ".cache")
+    )
     return os.path.join(base, "wnjax", "jax")
 
 

@@ -30,8 +30,17 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_SECONDS = 0.2
 POLL_FIRST_STEPS = 256
 
-_state: dict = {"signal": None, "count": 0, "handled": 0, "depth": 0, "answered": False,
-                "timer": None, "grace": None, "on_timeout": None, "polled": 0.0}
+_state: dict = {
+    "signal": None,
+    "count": 0,
+    "handled": 0,
+    "depth": 0,
+    "answered": False,
+    "timer": None,
+    "grace": None,
+    "on_timeout": None,
+    "polled": 0.0,
+}
 _lock = threading.Lock()
 
 
@@ -185,8 +194,9 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
         wake, read = socket.socketpair()
         wake.setblocking(False)
         old_fd = signal.set_wakeup_fd(wake.fileno(), warn_on_full_buffer=False)
-        watcher = threading.Thread(target=_watch, args=(read,), daemon=True,
-                                   name="wnjax-signal-watcher")
+        watcher = threading.Thread(
+            target=_watch, args=(read,), daemon=True, name="wnjax-signal-watcher"
+        )
         watcher.start()
     _state["depth"] += 1
     try:

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from wnjax._runtime.errors import InvalidInput
 from wnjax._losses import Loss
+from wnjax._runtime.errors import InvalidInput
 
 # How each numeric option is checked, and what to pass instead of a bad value.
 _POSITIVE_INT = {
@@ -66,22 +66,30 @@ def check_options(**options) -> None:
             continue
         arr = _concrete(value)
         if name in _POSITIVE_INT:
-            ok = (not isinstance(value, bool) and arr is not None and arr.ndim == 0
-                  and arr.dtype.kind in "iuf" and math.isfinite(float(arr))
-                  and float(arr) == int(arr) and int(arr) >= 1)
+            ok = (
+                not isinstance(value, bool)
+                and arr is not None
+                and arr.ndim == 0
+                and arr.dtype.kind in "iuf"
+                and math.isfinite(float(arr))
+                and float(arr) == int(arr)
+                and int(arr) >= 1
+            )
             if not ok:
                 raise InvalidInput(
                     f"{name} must be a positive integer, got {value!r}; pass {_POSITIVE_INT[name]}."
                 )
         elif name in _POSITIVE or name in _FINITE:
-            if isinstance(value, bool) or (arr is None and not isinstance(
-                    value, jax.core.Tracer) and not callable(value)):
+            if isinstance(value, bool) or (
+                arr is None and not isinstance(value, jax.core.Tracer) and not callable(value)
+            ):
                 raise InvalidInput(f"{name} must be a number, got {value!r}.")
             if arr is None:  # traced, or a schedule (callable)
                 continue
             positive = name in _POSITIVE
             bad = (np.isnan(arr) if name in _INF_OK else ~np.isfinite(arr)) | (
-                (arr <= 0) if positive else False)
+                (arr <= 0) if positive else False
+            )
             if np.any(bad):
                 what = "positive and finite" if positive else "finite"
                 fix = _POSITIVE.get(name) or _FINITE[name]
@@ -110,9 +118,7 @@ def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
             f"X must have a leading axis of examples, shape (n, ...); got shape {Xn.shape}."
         )
     if Xn.shape[0] == 0:
-        raise InvalidInput(
-            f"X has no rows (shape {Xn.shape}); pass at least one example."
-        )
+        raise InvalidInput(f"X has no rows (shape {Xn.shape}); pass at least one example.")
     if yn.ndim < 1 or yn.shape[0] != Xn.shape[0]:
         raise InvalidInput(
             f"X has {Xn.shape[0]} examples but y has shape {yn.shape}; they must match along "
@@ -155,7 +161,8 @@ def _warn_zero_rows(Xn: np.ndarray) -> None:
             f"row(s) {zero[:6].tolist()}{' ...' if zero.size > 6 else ''} of X are all zero: a "
             "bias-free homogeneous model outputs 0 there, so their margin stays 0 and their loss "
             "stays at loss(0) for ever; log L cannot go below it. Drop those rows.",
-            UserWarning, stacklevel=4,
+            UserWarning,
+            stacklevel=4,
         )
 
 

@@ -8,7 +8,8 @@ the vector field; ``f(y)`` is the last stage of an FSAL method). It starts from 
 direction (Hairer & Wanner, *Solving ODEs II*, IV.2): the last two stages ``Y_{s-1}``, ``Y_s``
 of a step sit at the same time, and ``||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`` (``k_i = h f(Y_i)``)
 is the free estimate along ``Y_s - Y_{s-1}``. That free estimate alone is too noisy to act on
-where the stiff modes are already damped (it sees mostly the slow ones), so it only seeds ``v``. An explicit step is
+where the stiff modes are already damped (it sees mostly the slow ones), so it only seeds ``v``. An
+explicit step is
 stability-limited when ``h rho`` sits at the method's stability boundary ``B`` on the negative real
 axis (3.51 for Tsit5, 5.17 for Dopri8). As OrdinaryDiffEq.jl's ``AutoSwitch`` does, the switch
 waits for the test to persist over several accepted steps (hysteresis), so one odd step does
@@ -101,7 +102,9 @@ def _unit(tree, fallback):
     m = tree_norm(fallback)
     return jax.tree_util.tree_map(
         lambda a, b: jnp.where(n > 0, a / jnp.where(n > 0, n, 1.0), b / jnp.where(m > 0, m, 1.0)),
-        tree, fallback)
+        tree,
+        fallback,
+    )
 
 
 # The local error reported for a step whose result overflowed, relative to ``1 + |y0|``.
@@ -116,7 +119,8 @@ def _guard(y0, y1, err):
     finite = all_finite((y1, err))
     y1 = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, b, a), y0, y1)
     err = jax.tree_util.tree_map(
-        lambda e, y: jnp.where(finite, e, _OVERFLOW_ERROR * (1 + jnp.abs(y))), err, y0)
+        lambda e, y: jnp.where(finite, e, _OVERFLOW_ERROR * (1 + jnp.abs(y))), err, y0
+    )
     return y1, err
 
 
@@ -287,8 +291,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         stiff = st["stiff"]
         # In explicit mode count steps at the stability boundary; in implicit mode, steps the
         # explicit method could cover for less work.
-        vote = jnp.where(stiff, h_rho < self.nonstiff_tol * self.implicit_cost * bound,
-                         h_rho > self.stiff_tol * bound)
+        vote = jnp.where(
+            stiff,
+            h_rho < self.nonstiff_tol * self.implicit_cost * bound,
+            h_rho > self.stiff_tol * bound,
+        )
         # A leaky count: a vote adds one, a dissent takes one away, so a noisy estimate (low
         # precision, a kink in the activation) still switches when most steps agree.
         count = jnp.where(vote, st["count"] + 1, jnp.maximum(st["count"] - 1, 0))
@@ -296,9 +303,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         needed = jnp.where(stiff, self.nonstiff_after, to_implicit)
         switch = count >= needed
         streak = jnp.where(switch, 0, st["run"] + 1)  # steps since the last switch
-        backoff = jnp.where(stiff & switch, jnp.minimum(st["backoff"] + 1, self.max_backoff),
-                            jnp.where(stiff & (streak >= self.profitable_steps), 0,
-                                      st["backoff"]))
+        backoff = jnp.where(
+            stiff & switch,
+            jnp.minimum(st["backoff"] + 1, self.max_backoff),
+            jnp.where(stiff & (streak >= self.profitable_steps), 0, st["backoff"]),
+        )
         one = st["switches"].dtype
         new_state = {
             **states,

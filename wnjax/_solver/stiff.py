@@ -118,9 +118,13 @@ def implicit_step_cost(n_params: int, threshold: int | None = None) -> float:
     return 2.0 + min(n_params, limit) / 8.0
 
 
-def krylov_linear_solver(atol: float, *, forcing: float = KRYLOV_FORCING,
-                         restart: int = KRYLOV_RESTART,
-                         max_restarts: int = KRYLOV_MAX_RESTARTS) -> lx.GMRES:
+def krylov_linear_solver(
+    atol: float,
+    *,
+    forcing: float = KRYLOV_FORCING,
+    restart: int = KRYLOV_RESTART,
+    max_restarts: int = KRYLOV_MAX_RESTARTS,
+) -> lx.GMRES:
     """Restarted GMRES on Jacobian-vector products, as the inexact-Newton linear solver.
 
     Stops when ``|r_k| <= forcing * (atol + |b|)`` and the last cycle's update
@@ -139,8 +143,13 @@ def krylov_linear_solver(atol: float, *, forcing: float = KRYLOV_FORCING,
     return lx.GMRES(rtol=forcing, atol=forcing * atol, restart=restart, max_steps=max_restarts)
 
 
-def stiff_solver(n_params: int, *, rtol: float | None = None, atol: float | None = None,
-                 threshold: int | None = None) -> diffrax.AbstractSolver:
+def stiff_solver(
+    n_params: int,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    threshold: int | None = None,
+) -> diffrax.AbstractSolver:
     """``diffrax.Kvaerno5`` whose stage equations ``(I - a_ii h J) delta = F`` are solved with
     a dense Jacobian and LU for ``n_params <= threshold``, and with GMRES on Jacobian-vector
     products (``krylov_linear_solver``, never forming ``J``) above it.
@@ -159,8 +168,11 @@ def stiff_solver(n_params: int, *, rtol: float | None = None, atol: float | None
     limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
     dense = n_params <= limit
     cls = diffrax.VeryChord if dense else MatrixFreeVeryChord
-    linear_solver = (lx.AutoLinearSolver(well_posed=None) if dense  # diffrax's own choice: LU
-                     else krylov_linear_solver(1e-10 if atol is None else atol))
+    linear_solver = (
+        lx.AutoLinearSolver(well_posed=None)
+        if dense  # diffrax's own choice: LU
+        else krylov_linear_solver(1e-10 if atol is None else atol)
+    )
     if rtol is None and atol is None:
         root_finder = diffrax.with_stepsize_controller_tols(cls)(linear_solver=linear_solver)
     else:

@@ -74,7 +74,10 @@ def git_revision() -> dict:
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=10,
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return {"revision": None, "dirty": None}
@@ -108,17 +111,19 @@ def writable_dir(path: str) -> str:
     from wnjax._runtime.errors import InvalidInput
 
     if os.path.exists(path) and not os.path.isdir(path):
-        raise InvalidInput(f"output directory {path!r} is an existing file; give a directory "
-                           "(--out DIR).")
+        raise InvalidInput(
+            f"output directory {path!r} is an existing file; give a directory (--out DIR)."
+        )
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-write-check-")
         os.close(fd)
         os.remove(probe)
     except OSError as err:
-        raise InvalidInput(f"cannot write in output directory {path!r}: "
-                           f"{err.strerror or err}; give a writable directory (--out DIR)."
-                           ) from None
+        raise InvalidInput(
+            f"cannot write in output directory {path!r}: "
+            f"{err.strerror or err}; give a writable directory (--out DIR)."
+        ) from None
     return path
 
 
@@ -144,7 +149,9 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             lines += _diff(a, b, f"{prefix}{key}.")
         elif canonical_json(a) != canonical_json(b):
-            lines.append(f"  {prefix}{key}: stored {canonical_json(a)[:80]} != new {canonical_json(b)[:80]}")
+            lines.append(
+                f"  {prefix}{key}: stored {canonical_json(a)[:80]} != new {canonical_json(b)[:80]}"
+            )
     return lines
 
 
@@ -172,7 +179,8 @@ class Store:
             if stored.get("identity_hash") != self.hash:
                 diff = "\n".join(_diff(stored.get("identity", {}), self.identity))
                 raise StoreMismatch(
-                    f"{path} holds a different sweep (config hash {stored.get('identity_hash', '?')[:12]}"
+                    f"{path} holds a different sweep (config hash "
+                    f"{stored.get('identity_hash', '?')[:12]}"
                     f" != {self.hash[:12]}); mixing their results would be wrong. Differences:\n"
                     f"{diff}\nUse another output directory, or pass overwrite=True "
                     "(--overwrite) to discard the stored results."
@@ -207,8 +215,9 @@ class Store:
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(self.chunk_path(cell, chunk), buf.getvalue())
 
-    def read_chunk(self, cell: int, chunk: int, *, recover: bool = False
-                   ) -> dict[str, np.ndarray] | None:
+    def read_chunk(
+        self, cell: int, chunk: int, *, recover: bool = False
+    ) -> dict[str, np.ndarray] | None:
         """One stored chunk's arrays. A file that cannot be read raises ``CorruptChunk``, which
         names it; with ``recover`` the file is renamed ``*.corrupt`` instead, a warning names
         it, and the result is ``None`` (the chunk is then computed again)."""
@@ -222,12 +231,17 @@ class Store:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             why = f"{type(err).__name__}: {err}"
             if not recover:
-                raise CorruptChunk(f"stored chunk {path} cannot be read ({why}); delete it and "
-                                   "rerun the sweep to compute it again.") from err
+                raise CorruptChunk(
+                    f"stored chunk {path} cannot be read ({why}); delete it and "
+                    "rerun the sweep to compute it again."
+                ) from err
         os.replace(path, path + ".corrupt")
-        warnings.warn(f"stored chunk {path} cannot be read ({why}); it is renamed "
-                      f"{os.path.basename(path)}.corrupt and computed again.", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"stored chunk {path} cannot be read ({why}); it is renamed "
+            f"{os.path.basename(path)}.corrupt and computed again.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
     def write_table(self, columns: dict[str, np.ndarray]) -> list[str]:

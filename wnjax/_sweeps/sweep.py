@@ -47,8 +47,9 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,14 +104,20 @@ class SweepResult:
     def mean_std(self, name: str) -> dict[tuple, tuple[float, float]]:
         """Mean and standard deviation over seeds of a scalar column, per ``(cell, config)``."""
         col = np.asarray(self.table[name], dtype=float)
-        return {k: (float(np.mean(col[r])), float(np.std(col[r]))) for k, r in self.groups().items()}
+        return {
+            k: (float(np.mean(col[r])), float(np.std(col[r]))) for k, r in self.groups().items()
+        }
 
     def summary(self, names: Sequence[str] | None = None) -> str:
         """A text table: per config, the number of seeds and mean ± std of scalar outputs."""
         fixed = {"cell", "config", "seed", *self.grid}
         names = list(names) if names is not None else [k for k in self.table if k not in fixed]
-        names = [n for n in names if np.issubdtype(np.asarray(self.table[n]).dtype, np.number)
-                 or np.asarray(self.table[n]).dtype == bool]
+        names = [
+            n
+            for n in names
+            if np.issubdtype(np.asarray(self.table[n]).dtype, np.number)
+            or np.asarray(self.table[n]).dtype == bool
+        ]
         lines = []
         for (c, j), rows in self.groups().items():
             stats = []
@@ -202,7 +209,9 @@ def _flatten(out, prefix="") -> dict:
 
 
 def _run_identity(run: Callable, run_name: str | None) -> dict:
-    name = run_name or f"{getattr(run, '__module__', '?')}.{getattr(run, '__qualname__', repr(run))}"
+    name = (
+        run_name or f"{getattr(run, '__module__', '?')}.{getattr(run, '__qualname__', repr(run))}"
+    )
     try:
         source = hashlib.sha256(inspect.getsource(run).encode()).hexdigest()[:16]
     except (OSError, TypeError):
@@ -365,7 +374,9 @@ def sweep(
     # already covers every config.
     row_seed = np.repeat(seeds_arr, n_cfg)
     row_cfg = np.tile(np.arange(n_cfg), seeds_arr.size)
-    cfg_values = {k: np.asarray([c[k] for c in configs], float) for k in (configs[0] if configs else {})}
+    cfg_values = {
+        k: np.asarray([c[k] for c in configs], float) for k in (configs[0] if configs else {})
+    }
 
     bar = None
     if progress and writer:
@@ -374,11 +385,18 @@ def sweep(
 
             finished_rows = sum(
                 min(chunk_size, n_rows - k * chunk_size)
-                for c in range(len(cells)) for k in range(n_chunks) if not pending[c, k]
+                for c in range(len(cells))
+                for k in range(n_chunks)
+                if not pending[c, k]
             )
             bar = tqdm(
-                total=n_rows * len(cells), initial=finished_rows, unit="run", unit_scale=True,
-                desc="sweep", smoothing=0.1, dynamic_ncols=True,
+                total=n_rows * len(cells),
+                initial=finished_rows,
+                unit="run",
+                unit_scale=True,
+                desc="sweep",
+                smoothing=0.1,
+                dynamic_ncols=True,
             )
         except ImportError:
             bar = None
@@ -401,8 +419,10 @@ def sweep(
         for b, dev in enumerate(block_device):
             if dev.process_index != jax.process_index():
                 continue
-            args = (jax.device_put(s_in[b], dev), {n: jax.device_put(v[b], dev)
-                                                    for n, v in c_in.items()})
+            args = (
+                jax.device_put(s_in[b], dev),
+                {n: jax.device_put(v[b], dev) for n, v in c_in.items()},
+            )
             if dev not in compiled:  # timed apart from the runs
                 t0 = time.perf_counter()
                 compiled[dev] = program.lower(*args).compile()
@@ -412,8 +432,7 @@ def sweep(
 
     def collect(launched, shapes):
         c, k, rows, outs = launched
-        blocks = _gather([{n: np.asarray(v) for n, v in o.items()} for o in outs], owners,
-                         shapes)
+        blocks = _gather([{n: np.asarray(v) for n, v in o.items()} for o in outs], owners, shapes)
         merged = {n: np.concatenate([blk[n] for blk in blocks])[: rows.size] for n in blocks[0]}
         return {"row": rows, "seed": row_seed[rows], "config": row_cfg[rows], **merged}
 
@@ -437,16 +456,19 @@ def sweep(
             program, compiled = _block_program(run, cell), {}
             shapes = None
             if jax.process_count() > 1:
-                example = (jax.ShapeDtypeStruct((batch_size,), row_seed.dtype),
-                           {n: jax.ShapeDtypeStruct((batch_size,), v.dtype)
-                            for n, v in cfg_values.items()})
+                example = (
+                    jax.ShapeDtypeStruct((batch_size,), row_seed.dtype),
+                    {
+                        n: jax.ShapeDtypeStruct((batch_size,), v.dtype)
+                        for n, v in cfg_values.items()
+                    },
+                )
                 shapes = jax.eval_shape(program, *example)
             # the next chunk is dispatched before this one is read, so the devices stay busy
             inflight = launch(c, todo[0], program, compiled)
             for i in range(len(todo)):
                 # (with several processes only the broadcast decision below counts)
-                more = i + 1 < len(todo) and (jax.process_count() > 1
-                                              or not _interrupt.requested())
+                more = i + 1 < len(todo) and (jax.process_count() > 1 or not _interrupt.requested())
                 nxt = launch(c, todo[i + 1], program, compiled) if more else None
                 arrays = collect(inflight, shapes)
                 if stop_requested():  # its flows may have stopped early: recomputed on resume
@@ -505,13 +527,16 @@ def _assemble(chunks, cells, configs, grid, out, elapsed) -> SweepResult:
         trajectories.append(traj)
         offset += n
     names = list(dict.fromkeys(k for cols in per_cell for k in cols))
-    table = {
-        k: np.concatenate(
-            [cols.get(k, np.full(cols["seed"].size, np.nan)) for cols in per_cell]
-        )
-        for k in names
-    } if per_cell else {"cell": np.zeros(0, int), "config": np.zeros(0, int),
-                        "seed": np.zeros(0, int)}
+    table = (
+        {
+            k: np.concatenate(
+                [cols.get(k, np.full(cols["seed"].size, np.nan)) for cols in per_cell]
+            )
+            for k in names
+        }
+        if per_cell
+        else {"cell": np.zeros(0, int), "config": np.zeros(0, int), "seed": np.zeros(0, int)}
+    )
     return SweepResult(
         table=table, trajectories=trajectories, cells=cells, grid=grid, path=out, elapsed=elapsed
     )
@@ -561,8 +586,12 @@ def plot_bands(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
-                xs = np.arange(mean.shape[0]) if x is None else np.nanmean(
-                    np.where(np.isfinite(traj[x][sel]), traj[x][sel], np.nan), axis=0
+                xs = (
+                    np.arange(mean.shape[0])
+                    if x is None
+                    else np.nanmean(
+                        np.where(np.isfinite(traj[x][sel]), traj[x][sel], np.nan), axis=0
+                    )
                 )
             label = result.config_label(c, int(j)) or name
             (line,) = ax.plot(xs, mean, label=f"{label} (n={int(sel.sum())})")

@@ -14,6 +14,12 @@ from wnjax.data._sets import train_test_split as train_test_split
 from wnjax.data._sets import xor as xor
 
 __all__ = [
-    "conv_rate", "digits", "lin_sep", "load_mnist", "mnist", "read_idx", "train_test_split",
+    "conv_rate",
+    "digits",
+    "lin_sep",
+    "load_mnist",
+    "mnist",
+    "read_idx",
+    "train_test_split",
     "xor",
 ]

@@ -138,7 +138,12 @@ def read_idx(path: str) -> np.ndarray:
 def _find_idx(data_dir: str, stem: str) -> str:
     import os
 
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         path = os.path.join(data_dir, name)
         if os.path.isfile(path):
             return path
@@ -149,7 +154,8 @@ def _find_idx(data_dir: str, stem: str) -> str:
 
 
 def load_mnist(data_dir: str, split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
-    """MNIST images and labels of one split (``'train'`` or ``'t10k'``) from IDX files in ``data_dir``.
+    """MNIST images and labels of one split (``'train'`` or ``'t10k'``) from IDX files in
+    ``data_dir``.
 
     Reads ``{split}-images-idx3-ubyte[.gz]`` (magic 2051) and ``{split}-labels-idx1-ubyte[.gz]``
     (magic 2049) and checks that they agree.
@@ -163,7 +169,9 @@ def load_mnist(data_dir: str, split: str = "t10k") -> tuple[np.ndarray, np.ndarr
     labels_path = _find_idx(data_dir, f"{split}-labels-idx1-ubyte")
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{images_path!r} should hold uint8 images (n, rows, cols), got {images.shape}.")
+        raise ValueError(
+            f"{images_path!r} should hold uint8 images (n, rows, cols), got {images.shape}."
+        )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(
             f"{labels_path!r} holds {labels.shape} labels for {images.shape[0]} images."
@@ -197,7 +205,9 @@ def mnist(key: PRNGKeyArray, data_dir: str, test_fraction: float = 1 / 6):
         )
         return (*out, note)
     return (
-        jnp.asarray(flat(train_images)), jnp.asarray(train_labels.astype(np.int32)),
-        jnp.asarray(flat(test_images)), jnp.asarray(test_labels.astype(np.int32)),
+        jnp.asarray(flat(train_images)),
+        jnp.asarray(train_labels.astype(np.int32)),
+        jnp.asarray(flat(test_images)),
+        jnp.asarray(test_labels.astype(np.int32)),
         "MNIST train (60,000) / t10k (10,000)",
     )

@@ -30,8 +30,23 @@ from wnjax.diagonal._sparse import q_alpha as q_alpha
 from wnjax.diagonal._sparse import q_alpha_interpolator as q_alpha_interpolator
 
 __all__ = [
-    "DiagonalNet", "PolarRates", "coordinate_wn", "effective_alpha", "invariant_spread",
-    "l1_interpolator", "min_l2_interpolator", "net", "polar_rates", "polar_sgd", "polar_wn",
-    "q_alpha", "q_alpha_interpolator", "regroup", "relative_error", "signal", "sparse_problem",
-    "uv_products", "uv_ratio",
+    "DiagonalNet",
+    "PolarRates",
+    "coordinate_wn",
+    "effective_alpha",
+    "invariant_spread",
+    "l1_interpolator",
+    "min_l2_interpolator",
+    "net",
+    "polar_rates",
+    "polar_sgd",
+    "polar_wn",
+    "q_alpha",
+    "q_alpha_interpolator",
+    "regroup",
+    "relative_error",
+    "signal",
+    "sparse_problem",
+    "uv_products",
+    "uv_ratio",
 ]

@@ -86,7 +86,8 @@ def diagonal_net(
     v0: Array | None = None,
     dtype=None,
 ) -> DiagonalNet:
-    """A diagonal linear net ``x = u^L - v^L`` started at ``u(0) = v(0) = alpha 1`` (so ``x(0) = 0``).
+    """A diagonal linear net ``x = u^L - v^L`` started at ``u(0) = v(0) = alpha 1`` (so ``x(0) =
+    0``).
 
     **Arguments:**
     - `dim`: the signal dimension ``d``.
@@ -166,7 +167,8 @@ def uv_ratio(model: PyTree, initial: PyTree) -> Array:
     """``u_i v_i(t) / u_i v_i(0)`` per coordinate.
 
     For ``L = 2`` it equals ``exp(-2 int_0^t c)`` for every ``i`` along the polar WN flow, with
-    ``c = (eta_r/r^2 - eta_theta) L <A x - y, A x>`` (differentiate ``log(u_i v_i)``); plain gradient
+    ``c = (eta_r/r^2 - eta_theta) L <A x - y, A x>`` (differentiate ``log(u_i v_i)``); plain
+    gradient
     flow keeps it at 1.
     """
     return uv_products(model) / uv_products(initial)
@@ -178,7 +180,8 @@ def invariant_spread(ratios: Array) -> Array:
 
 
 def effective_alpha(model: PyTree, initial: PyTree) -> Array:
-    """``beta = alpha sqrt(mean_i uv_ratio_i)``: the init scale of the plain flow that WN mimics (L = 2)."""
+    """``beta = alpha sqrt(mean_i uv_ratio_i)``: the init scale of the plain flow that WN mimics (L
+    = 2)."""
     net0 = _as_net(initial)
     alpha = jnp.sqrt(jnp.mean(uv_products(net0)))
     return alpha * jnp.sqrt(jnp.mean(uv_ratio(model, initial)))

@@ -31,7 +31,8 @@ def _scale_param_name(layer) -> str:
 def _check_layers(params: Parameterized, who: str) -> None:
     if not isinstance(params, Parameterized):
         raise ValueError(
-            f"{who} needs a weight-normalized model (wnjax.diagonal.polar_wn, wnjax.swn or wnjax.ewn), "
+            f"{who} needs a weight-normalized model (wnjax.diagonal.polar_wn, wnjax.swn or "
+            "wnjax.ewn), "
             f"got {type(params).__name__}."
         )
     if not any(isinstance(layer, (SWN, EWN)) for layer in params.layers):
@@ -42,7 +43,8 @@ def _check_layers(params: Parameterized, who: str) -> None:
 
 
 class PolarRates(eqx.Module):
-    """Rate ``radial`` on each neuron's scale parameter (``g``, or ``a`` for EWN), ``angular`` on ``v``.
+    """Rate ``radial`` on each neuron's scale parameter (``g``, or ``a`` for EWN), ``angular`` on
+    ``v``.
 
     A callable ``rate(grads, params) -> grads`` for ``wnjax.gradient_flow(..., rate=...)``.
     Unnormalized layers and other leaves (biases) keep rate ``radial``.
@@ -70,7 +72,8 @@ class PolarRates(eqx.Module):
 
 
 def polar_rates(radial: float | Array, angular: float | Array) -> PolarRates:
-    """Separate rates ``eta_r`` (radius) and ``eta_theta`` (direction) for ``gradient_flow``'s ``rate=``.
+    """Separate rates ``eta_r`` (radius) and ``eta_theta`` (direction) for ``gradient_flow``'s
+    ``rate=``.
 
     **Arguments:**
     - `radial`: ``eta_r``, the rate of each neuron's scale parameter.

@@ -20,7 +20,9 @@ def _check(A, y) -> tuple[np.ndarray, np.ndarray]:
     A = np.asarray(A, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if A.ndim != 2 or y.shape != (A.shape[0],):
-        raise ValueError(f"need A of shape (N, d) and y of shape (N,), got {A.shape} and {y.shape}.")
+        raise ValueError(
+            f"need A of shape (N, d) and y of shape (N,), got {A.shape} and {y.shape}."
+        )
     return A, y
 
 
@@ -29,6 +31,7 @@ def l1_interpolator(A, y) -> np.ndarray:
     A, y = _check(A, y)
     d = A.shape[1]
     import scipy.optimize
+
     res = scipy.optimize.linprog(
         np.ones(2 * d),
         A_eq=np.hstack([A, -A]),
@@ -73,6 +76,7 @@ def _dual_newton(A: np.ndarray, y: np.ndarray, a2: float, mu0: np.ndarray) -> np
         return (A * (2 * a2 * np.cosh(A.T @ mu))) @ A.T
 
     import scipy.optimize
+
     res = scipy.optimize.minimize(
         fun, mu0, jac=jac, hess=hess, method="trust-exact", options={"gtol": 1e-12, "maxiter": 1000}
     )
@@ -118,6 +122,7 @@ def q_alpha_interpolator(A, y, alpha: float, method: str = "dual") -> np.ndarray
             return np.arcsinh(x / (2 * a2))
 
         import scipy.optimize
+
         res = scipy.optimize.minimize(
             fun,
             x0,

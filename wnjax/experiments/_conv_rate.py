@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wnjax.data._sets import conv_rate_data
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn
+from wnjax.data._sets import conv_rate_data
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     PARAM_STYLE,
@@ -70,16 +70,21 @@ class Options(Common):
     - depths: the depths compared (the ratio is first over last).
     """
 
-    dynamics: str = option("gd", "GD with constant lr (default, as the paper) or exact gradient "
-                           "flow over the same time span lr * steps", choices=("gd", "flow"))
+    dynamics: str = option(
+        "gd",
+        "GD with constant lr (default, as the paper) or exact gradient "
+        "flow over the same time span lr * steps",
+        choices=("gd", "flow"),
+    )
     lr: float = option(1e-3, "GD step", positive=True)
     steps: int = option(5000, "number of GD steps", positive=True)
     width: int = option(100, "hidden width", positive=True)
     depths: tuple[int, ...] = option((1, 2, 3, 4), "depths compared", positive=True)
 
 
-def simulate(seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000, dynamics="gd",
-             key=None):
+def simulate(
+    seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000, dynamics="gd", key=None
+):
     """Every (parameterization, depth) on ``seeds`` data sets and inits (vmapped over seeds).
 
     **Returns:** dict ``(name, depth) -> dict(final_log_loss (seeds,), curve_x, curve_log_loss)``.
@@ -88,27 +93,51 @@ def simulate(seeds: int, *, depths=(1, 2, 3, 4), width=100, lr=1e-3, steps=5000,
     k_data, k_star, k_net = jax.random.split(key, 3)
     data = jax.vmap(conv_rate_data)(jax.random.split(k_data, seeds))
     w_star = jax.vmap(lambda k: MLP(2, 1, 1, activation="linear", key=k).layers[0].weight)(
-        jax.random.split(k_star, seeds))
+        jax.random.split(k_star, seeds)
+    )
     net_keys = jax.random.split(k_net, seeds)
     out = {}
     for name, param in PARAMETERIZATIONS.items():
         for depth in depths:
-            models = eqx.filter_vmap(
-                lambda k, w: param(deep_linear(k, depth, width, w)))(net_keys, w_star)
+            models = eqx.filter_vmap(lambda k, w: param(deep_linear(k, depth, width, w)))(
+                net_keys, w_star
+            )
             if dynamics == "gd":
-                r = run_gd(models, *data, per_seed_data=True, num_steps=steps, learning_rate=lr,
-                           loss="logistic", chunk_size=max(steps // 100, 1))
-                out[name, depth] = dict(final_log_loss=r.history["log_loss"][-1],
-                                        x=r.steps[:, 0], log_loss=r.history["log_loss"].T,
-                                        ok=~r.diverged)
+                r = run_gd(
+                    models,
+                    *data,
+                    per_seed_data=True,
+                    num_steps=steps,
+                    learning_rate=lr,
+                    loss="logistic",
+                    chunk_size=max(steps // 100, 1),
+                )
+                out[name, depth] = dict(
+                    final_log_loss=r.history["log_loss"][-1],
+                    x=r.steps[:, 0],
+                    log_loss=r.history["log_loss"].T,
+                    ok=~r.diverged,
+                )
             else:
                 t1 = lr * steps
-                r = run_flow(models, *data, per_seed_data=True, t1=t1, loss="logistic",
-                             degree=float(depth), save_ts=np.linspace(0, t1, 101),
-                             save_states=False, rtol=1e-8, atol=1e-10)
-                out[name, depth] = dict(final_log_loss=np.asarray(r.final_log_loss),
-                                        x=np.linspace(0, t1, 101) / lr,
-                                        log_loss=np.asarray(r.log_loss), ok=np.asarray(r.ok))
+                r = run_flow(
+                    models,
+                    *data,
+                    per_seed_data=True,
+                    t1=t1,
+                    loss="logistic",
+                    degree=float(depth),
+                    save_ts=np.linspace(0, t1, 101),
+                    save_states=False,
+                    rtol=1e-8,
+                    atol=1e-10,
+                )
+                out[name, depth] = dict(
+                    final_log_loss=np.asarray(r.final_log_loss),
+                    x=np.linspace(0, t1, 101) / lr,
+                    log_loss=np.asarray(r.log_loss),
+                    ok=np.asarray(r.ok),
+                )
     return out
 
 
@@ -117,19 +146,37 @@ def run(options: Options) -> dict:
     ``report.md`` under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
     depths = list(options.depths)
     steps = options.steps * (4 if options.full else 1)
-    sim = simulate(options.seeds, depths=depths, width=options.width, lr=options.lr, steps=steps,
-                   dynamics=options.dynamics)
+    sim = simulate(
+        options.seeds,
+        depths=depths,
+        width=options.width,
+        lr=options.lr,
+        steps=steps,
+        dynamics=options.dynamics,
+    )
     d0, d1 = depths[0], depths[-1]
-    ratio = {k: np.exp(sim[k, d0]["final_log_loss"] - sim[k, d1]["final_log_loss"])
-             for k in PARAMETERIZATIONS}
-    spread = {k: np.exp(np.max([sim[k, d]["final_log_loss"] for d in depths], 0)
-                        - np.min([sim[k, d]["final_log_loss"] for d in depths], 0))
-              for k in PARAMETERIZATIONS}
+    ratio = {
+        k: np.exp(sim[k, d0]["final_log_loss"] - sim[k, d1]["final_log_loss"])
+        for k in PARAMETERIZATIONS
+    }
+    spread = {
+        k: np.exp(
+            np.max([sim[k, d]["final_log_loss"] for d in depths], 0)
+            - np.min([sim[k, d]["final_log_loss"] for d in depths], 0)
+        )
+        for k in PARAMETERIZATIONS
+    }
     metrics = {
-        "dynamics": options.dynamics, "depths": depths, "steps": steps, "lr": options.lr,
-        "final_loss": {k: {str(d): np.exp(sim[k, d]["final_log_loss"]) for d in depths}
-                       for k in PARAMETERIZATIONS},
-        "ratio_first_to_last_depth": ratio, "max_over_min_depth_ratio": spread,
+        "dynamics": options.dynamics,
+        "depths": depths,
+        "steps": steps,
+        "lr": options.lr,
+        "final_loss": {
+            k: {str(d): np.exp(sim[k, d]["final_log_loss"]) for d in depths}
+            for k in PARAMETERIZATIONS
+        },
+        "ratio_first_to_last_depth": ratio,
+        "max_over_min_depth_ratio": spread,
         "ok": {k: {str(d): sim[k, d]["ok"] for d in depths} for k in PARAMETERIZATIONS},
     }
     plt = pyplot()
@@ -138,39 +185,67 @@ def run(options: Options) -> dict:
     for ax, name in zip(axes, PARAMETERIZATIONS):
         for i, d in enumerate(depths):
             ll = sim[name, d]["log_loss"]
-            ax.plot(sim[name, d]["x"], np.exp(np.nanmean(ll, 0)),
-                    color=cmap(i / max(len(depths) - 1, 1)), label=f"depth {d}")
-        ax.set(yscale="log", xlabel="step" if options.dynamics == "gd" else "t / lr",
-               title=PARAM_STYLE[name]["label"])
+            ax.plot(
+                sim[name, d]["x"],
+                np.exp(np.nanmean(ll, 0)),
+                color=cmap(i / max(len(depths) - 1, 1)),
+                label=f"depth {d}",
+            )
+        ax.set(
+            yscale="log",
+            xlabel="step" if options.dynamics == "gd" else "t / lr",
+            title=PARAM_STYLE[name]["label"],
+        )
         ax.legend()
     axes[0].set_ylabel("training loss (mean over seeds)")
     figs = [save_figure(fig, options.out, "conv_rate.png")]
-    rows = [[PARAM_STYLE[k]["label"]]
-            + [mean_std(np.exp(sim[k, d]["final_log_loss"])) for d in depths]
-            + [mean_std(ratio[k]), f"{PAPER_RATIO[k]:g}x"] for k in PARAMETERIZATIONS]
+    rows = [
+        [PARAM_STYLE[k]["label"]]
+        + [mean_std(np.exp(sim[k, d]["final_log_loss"])) for d in depths]
+        + [mean_std(ratio[k]), f"{PAPER_RATIO[k]:g}x"]
+        for k in PARAMETERIZATIONS
+    ]
     e, s_, u = (np.median(ratio[k]) for k in ("ewn", "swn", "standard"))
-    dyn = (f"GD, constant lr {options.lr}, {steps} steps" if options.dynamics == "gd"
-           else f"exact gradient flow to t = {options.lr * steps:g} (= lr x steps)")
+    dyn = (
+        f"GD, constant lr {options.lr}, {steps} steps"
+        if options.dynamics == "gd"
+        else f"exact gradient flow to t = {options.lr * steps:g} (= lr x steps)"
+    )
     verdicts = [
-        judge(bool(e < min(s_, u) and e < 2 * PAPER_RATIO["ewn"] + 1),
-              "EWN's final loss barely depends on depth (paper ~2x)",
-              f"median ratio {e:.3g}x, against SWN {s_:.3g}x and unnormalized {u:.3g}x"),
-        judge(bool(s_ > 3 * e and PAPER_RATIO["swn"] / 3 < s_ < PAPER_RATIO["swn"] * 3),
-              "SWN's depends on depth (paper ~28x)", f"median ratio {s_:.3g}x"),
-        judge(bool(u > 3 * e and PAPER_RATIO["standard"] / 3 < u < PAPER_RATIO["standard"] * 3),
-              "unnormalized depends on depth (paper ~70x)", f"median ratio {u:.3g}x"),
+        judge(
+            bool(e < min(s_, u) and e < 2 * PAPER_RATIO["ewn"] + 1),
+            "EWN's final loss barely depends on depth (paper ~2x)",
+            f"median ratio {e:.3g}x, against SWN {s_:.3g}x and unnormalized {u:.3g}x",
+        ),
+        judge(
+            bool(s_ > 3 * e and PAPER_RATIO["swn"] / 3 < s_ < PAPER_RATIO["swn"] * 3),
+            "SWN's depends on depth (paper ~28x)",
+            f"median ratio {s_:.3g}x",
+        ),
+        judge(
+            bool(u > 3 * e and PAPER_RATIO["standard"] / 3 < u < PAPER_RATIO["standard"] * 3),
+            "unnormalized depends on depth (paper ~70x)",
+            f"median ratio {u:.3g}x",
+        ),
     ]
     metrics["verdicts"] = verdicts
     lines = [
-        "# conv-rate", "",
+        "# conv-rate",
+        "",
         f"20 points in R^2, deep linear nets of depth {depths}, width {options.width}, no bias, "
         f"all depths started at the same end-to-end predictor; logistic loss (sum over points); "
-        f"{dyn}; WN on every layer; {options.seeds} seeds (data, predictor and init), vmapped.", "",
-        table(["", *[f"final L, depth {d}" for d in depths], f"ratio L(d={d0})/L(d={d1})", "paper"],
-              rows), "",
-        "## Verdicts", "",
+        f"{dyn}; WN on every layer; {options.seeds} seeds (data, predictor and init), vmapped.",
+        "",
+        table(
+            ["", *[f"final L, depth {d}" for d in depths], f"ratio L(d={d0})/L(d={d1})", "paper"],
+            rows,
+        ),
+        "",
+        "## Verdicts",
+        "",
         *render_verdicts(verdicts),
-        "", "Figures: " + ", ".join(figs),
+        "",
+        "Figures: " + ", ".join(figs),
     ]
     write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

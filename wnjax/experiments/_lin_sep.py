@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax.data._sets import lin_sep
 from wnjax._losses import LogisticThenExponential, get_loss
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn, to_standard, trainable_weight_norm
+from wnjax.data._sets import lin_sep
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     PARAM_STYLE,
@@ -53,7 +53,8 @@ SWITCH_MARGIN = 30.0
 SCHEDULE_WHY = (
     "the default is paper-code because the paper's epoch counts (653 EWN vs 12,284 SWN) and "
     "figures come from runs of the authors' code; paper-text is the schedule as the paper's "
-    "text writes it")
+    "text writes it"
+)
 
 
 def loss_normalized_schedule():
@@ -78,10 +79,13 @@ def gd_options(schedule: str = SCHEDULE, *, frac: float = 30.0, cap: float = CAP
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
     code = schedule == "paper-code"
-    return dict(optimizer=loss_normalized_schedule(),
-                hyperparams=dict(power=1.0 - 1.0 / frac, backtracking=True,
-                                 max_learning_rate=cap, lag=code),
-                loss=LogisticThenExponential(switch=SWITCH_MARGIN) if code else "exponential")
+    return dict(
+        optimizer=loss_normalized_schedule(),
+        hyperparams=dict(
+            power=1.0 - 1.0 / frac, backtracking=True, max_learning_rate=cap, lag=code
+        ),
+        loss=LogisticThenExponential(switch=SWITCH_MARGIN) if code else "exponential",
+    )
 
 
 def neuron_diagnostics(model, X, y) -> dict:
@@ -96,8 +100,11 @@ def neuron_diagnostics(model, X, y) -> dict:
     gn = jnp.linalg.norm(gw, axis=1)
     q = loss.margins(jax.vmap(plain)(X), y)
     p = model if hasattr(model, "layers") and not hasattr(model, "activation") else None
-    norm = trainable_weight_norm(p) if p is not None else jnp.sqrt(
-        sum(jnp.sum(layer.weight**2) for layer in plain.layers))
+    norm = (
+        trainable_weight_norm(p)
+        if p is not None
+        else jnp.sqrt(sum(jnp.sum(layer.weight**2) for layer in plain.layers))
+    )
     return {
         "rel": wn / jnp.sqrt(jnp.sum(wn**2)),
         "w_norm": wn,
@@ -129,28 +136,48 @@ class Options(Common):
     """
 
     dynamics: str = option(
-        "gd", "GD with eta0/L^(1-1/30) and backtracking (default, as the paper), or exact "
+        "gd",
+        "GD with eta0/L^(1-1/30) and backtracking (default, as the paper), or exact "
         "loss-normalized gradient flow (ReLU^2 is smooth, so the same net)",
-        choices=("gd", "flow"))
+        choices=("gd", "flow"),
+    )
     target: float = option(-300.0, "final log L")
-    lr: float = option(LR, "eta0 of the GD schedule (default 0.01 with --cap 0.01: never grown, "
-                       "hundreds of epochs as the paper's; --lr 0.1 --cap 1: tens)",
-                       positive=True)
+    lr: float = option(
+        LR,
+        "eta0 of the GD schedule (default 0.01 with --cap 0.01: never grown, "
+        "hundreds of epochs as the paper's; --lr 0.1 --cap 1: tens)",
+        positive=True,
+    )
     frac: float = option(30.0, "power 1 - 1/frac of the schedule", positive=True)
-    max_steps: int = option(30_000, "budget of attempted GD steps per seed (epochs and undone "
-                            "steps)", positive=True)
+    max_steps: int = option(
+        30_000, "budget of attempted GD steps per seed (epochs and undone steps)", positive=True
+    )
     schedule: str = option(
-        SCHEDULE, "paper-code (default): the authors' lin-sep code, step "
+        SCHEDULE,
+        "paper-code (default): the authors' lin-sep code, step "
         "eta0/L(theta_{k-1})^(1-1/frac) (the previous iterate's loss) and the logistic loss "
         "until every margin exceeds 30, then the exponential; paper-text: step "
         f"eta0/L(theta_k)^(1-1/frac), exponential loss throughout. Why: {SCHEDULE_WHY}",
-        choices=SCHEDULES)
-    cap: float = option(CAP, "cap on eta0 as backtracking grows it (1.1x after each kept step)",
-                        positive=True)
+        choices=SCHEDULES,
+    )
+    cap: float = option(
+        CAP, "cap on eta0 as backtracking grows it (1.1x after each kept step)", positive=True
+    )
 
 
-def simulate(seeds, *, dynamics="gd", target=-300.0, lr=LR, frac=30.0, max_steps=30_000, key=None,
-             cap=CAP, on_done=None, schedule=SCHEDULE):
+def simulate(
+    seeds,
+    *,
+    dynamics="gd",
+    target=-300.0,
+    lr=LR,
+    frac=30.0,
+    max_steps=30_000,
+    key=None,
+    cap=CAP,
+    on_done=None,
+    schedule=SCHEDULE,
+):
     """All three parameterizations on ``seeds`` data sets and inits (vmapped), one after the
     other. ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the
     parameterization in progress, which is left out.
@@ -167,34 +194,68 @@ def simulate(seeds, *, dynamics="gd", target=-300.0, lr=LR, frac=30.0, max_steps
     for name, param in PARAMETERIZATIONS.items():
         models = eqx.filter_vmap(lambda k: param(MLP(2, 8, 2, activation="relu2", key=k)))(keys)
         if dynamics == "gd":
-            r = run_gd(models, X, y, per_seed_data=True, num_steps=max_steps, learning_rate=lr,
-                       **gd_options(schedule, frac=frac, cap=cap),
-                       target_log_loss=target, chunk_size=25, summarize=neuron_diagnostics,
-                       # backtracking undoes a rising step itself; only non-finite values stop
-                       diverge_above=jnp.inf)
+            r = run_gd(
+                models,
+                X,
+                y,
+                per_seed_data=True,
+                num_steps=max_steps,
+                learning_rate=lr,
+                **gd_options(schedule, frac=frac, cap=cap),
+                target_log_loss=target,
+                chunk_size=25,
+                summarize=neuron_diagnostics,
+                # backtracking undoes a rising step itself; only non-finite values stop
+                diverge_above=jnp.inf,
+            )
             if r.interrupted:
                 break
             hist = {k: np.swapaxes(v, 0, 1) for k, v in r.history.items()}
-            out[name] = dict(epochs=r.num_steps, undone=r.undone,
-                             reached=r.reached & ~r.diverged, final=r.final,
-                             x=r.steps.T, hist=hist, stalled=r.stalled)
+            out[name] = dict(
+                epochs=r.num_steps,
+                undone=r.undone,
+                reached=r.reached & ~r.diverged,
+                final=r.final,
+                x=r.steps.T,
+                hist=hist,
+                stalled=r.stalled,
+            )
         else:
-            r = run_flow(models, X, y, per_seed_data=True, t1=1e5, time="normalized",
-                         target_log_loss=target, degree=DEGREE, rtol=1e-8, atol=1e-10,
-                         max_steps=100_000, save_states=True, n_save=80)
+            r = run_flow(
+                models,
+                X,
+                y,
+                per_seed_data=True,
+                t1=1e5,
+                time="normalized",
+                target_log_loss=target,
+                degree=DEGREE,
+                rtol=1e-8,
+                atol=1e-10,
+                max_steps=100_000,
+                save_states=True,
+                n_save=80,
+            )
             if np.any(np.asarray(r.interrupted)):
                 break
-            hist = eqx.filter_jit(eqx.filter_vmap(
-                eqx.filter_vmap(neuron_diagnostics, in_axes=(0, None, None))))(r.states, X, y)
+            hist = eqx.filter_jit(
+                eqx.filter_vmap(eqx.filter_vmap(neuron_diagnostics, in_axes=(0, None, None)))
+            )(r.states, X, y)
             hist = {k: np.asarray(v) for k, v in hist.items()}
             hist["log_loss"] = np.asarray(r.log_loss)
-            out[name] = dict(steps=np.asarray(r.stats["num_steps"]),
-                             reached=np.asarray(r.ok) & np.asarray(r.reached_target),
-                             final=r.final, x=np.asarray(r.log_t), hist=hist,
-                             s=np.asarray(r.final_time), log_t=np.asarray(r.final_log_t),
-                             stalled=np.zeros(seeds, bool))
-        out[name]["diag"] = {k: np.asarray(v) for k, v in
-                             batched_diagnostics(out[name]["final"], X, y).items()}
+            out[name] = dict(
+                steps=np.asarray(r.stats["num_steps"]),
+                reached=np.asarray(r.ok) & np.asarray(r.reached_target),
+                final=r.final,
+                x=np.asarray(r.log_t),
+                hist=hist,
+                s=np.asarray(r.final_time),
+                log_t=np.asarray(r.final_log_t),
+                stalled=np.zeros(seeds, bool),
+            )
+        out[name]["diag"] = {
+            k: np.asarray(v) for k, v in batched_diagnostics(out[name]["final"], X, y).items()
+        }
         out[name]["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
         if on_done is not None:
             on_done(out)
@@ -244,12 +305,14 @@ def relation_spread(diag: dict, sign: float) -> np.ndarray:
 
 def _select(entry: dict, mask: np.ndarray, seeds: int) -> dict:
     """The seeds in ``mask`` of every per-seed array (leading axis ``seeds``) in ``entry``."""
+
     def pick(v):
         if isinstance(v, dict):
             return {k: pick(x) for k, x in v.items()}
         if isinstance(v, np.ndarray) and v.shape[:1] == (seeds,):
             return v[mask]
         return v
+
     return {k: (v if k == "final" else pick(v)) for k, v in entry.items()}
 
 
@@ -262,8 +325,13 @@ def write_partial(options: Options, sim: dict) -> dict:
     missing = [k for k in PARAMETERIZATIONS if k not in sim]
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     metrics = {
-        "partial": True, "finished": done, "not_finished": missing, "verdicts": [],
-        "dynamics": options.dynamics, "target_log_loss": options.target, "seeds": options.seeds,
+        "partial": True,
+        "finished": done,
+        "not_finished": missing,
+        "verdicts": [],
+        "dynamics": options.dynamics,
+        "target_log_loss": options.target,
+        "seeds": options.seeds,
         **({"schedule": options.schedule} if gd else {}),
         **{f"{k}_{cost}_to_target": r[cost] for k, r in sim.items()},
         **{f"{k}_undone": r["undone"] for k, r in sim.items() if gd},
@@ -274,18 +342,28 @@ def write_partial(options: Options, sim: dict) -> dict:
         **{f"{k}_normalized_margin_end": r["diag"]["normalized_margin"] for k, r in sim.items()},
     }
     unit = "epochs (accepted GD steps)" if gd else "log t at the target"
-    rows = [[PARAM_STYLE[k]["label"], mean_std(r[cost]),
-             f"{int(r['reached'].sum())}/{options.seeds}", f"{int(r['stalled'].sum())}",
-             mean_std(kept[k])] for k, r in sim.items()]
+    rows = [
+        [
+            PARAM_STYLE[k]["label"],
+            mean_std(r[cost]),
+            f"{int(r['reached'].sum())}/{options.seeds}",
+            f"{int(r['stalled'].sum())}",
+            mean_std(kept[k]),
+        ]
+        for k, r in sim.items()
+    ]
     lines = [
-        "# lin-sep: PARTIAL results", "",
+        "# lin-sep: PARTIAL results",
+        "",
         "**PARTIAL**: the run was stopped before every parameterization finished. Finished: "
         f"{', '.join(PARAM_STYLE[k]['label'] for k in done) or 'none'}; not finished: "
         f"{', '.join(PARAM_STYLE[k]['label'] for k in missing)}. Statistics are over all "
         f"{options.seeds} seeds of each finished parameterization (no seed is set aside), and no "
-        "verdict is drawn. Rerun the command for the full report.", "",
-        table(["", unit, "reached", "stalled", f"surviving (of 8, rel. norm > {THRESHOLD})"],
-              rows) if rows else "",
+        "verdict is drawn. Rerun the command for the full report.",
+        "",
+        table(["", unit, "reached", "stalled", f"surviving (of 8, rel. norm > {THRESHOLD})"], rows)
+        if rows
+        else "",
     ]
     write_outputs(options.out, metrics, "\n".join(lines))
     return metrics
@@ -301,9 +379,17 @@ def run(options: Options) -> dict:
         if len(sim) < len(PARAMETERIZATIONS):
             write_partial(options, sim)
 
-    sim = simulate(options.seeds, dynamics=options.dynamics, target=options.target, lr=options.lr,
-                   frac=options.frac, max_steps=max_steps, cap=options.cap, on_done=on_done,
-                   schedule=options.schedule)
+    sim = simulate(
+        options.seeds,
+        dynamics=options.dynamics,
+        target=options.target,
+        lr=options.lr,
+        frac=options.frac,
+        max_steps=max_steps,
+        cap=options.cap,
+        on_done=on_done,
+        schedule=options.schedule,
+    )
     if len(sim) < len(PARAMETERIZATIONS):
         _interrupt.stopping()
         if not sim:
@@ -317,21 +403,27 @@ def run(options: Options) -> dict:
     n = int(live.sum())
     kept = {k: (r["diag"]["rel"] > THRESHOLD).sum(1) for k, r in sim.items()}
     limit = {k: limit_neurons(r["diag"]).sum(1) for k, r in sim.items()}
+
     def _min_cos(d):  # per seed, the lowest cos over its limit neurons (NaN if none)
         return np.array([_min(row) for row in np.where(limit_neurons(d), d["cos"], np.nan)])
 
     cos_min = {k: _min_cos(r["diag"]) for k, r in sim.items()}
-    spread = {k: {"x+y": relation_spread(r["diag"], +1), "y-x": relation_spread(r["diag"], -1)}
-              for k, r in sim.items()}
+    spread = {
+        k: {"x+y": relation_spread(r["diag"], +1), "y-x": relation_spread(r["diag"], -1)}
+        for k, r in sim.items()
+    }
     gd = options.dynamics == "gd"
     cost = {k: (r["epochs"] if gd else r["log_t"]) for k, r in sim.items()}
     metrics = {
-        "dynamics": options.dynamics, "target_log_loss": options.target,
+        "dynamics": options.dynamics,
+        "target_log_loss": options.target,
         **({"schedule": options.schedule} if gd else {}),
         **{f"{k}_{'epochs' if gd else 'log_t'}_to_target": cost[k] for k in sim},
         **{f"{k}_undone": r["undone"] for k, r in sim.items() if gd},
         **{f"{k}_solver_steps": r["steps"] for k, r in sim.items() if not gd},
-        "seeds": options.seeds, "seeds_kept": n, "kept_seeds_mask": live,
+        "seeds": options.seeds,
+        "seeds_kept": n,
+        "kept_seeds_mask": live,
         **{f"{k}_stalled": stalled[k] for k in sim},
         **{f"{k}_reached_target": r["reached"] for k, r in sim.items()},
         **{f"{k}_relative_norms": r["diag"]["rel"] for k, r in sim.items()},
@@ -349,87 +441,149 @@ def run(options: Options) -> dict:
         for s in range(n):
             ok = np.isfinite(r["hist"]["log_loss"][s]) & np.isfinite(r["x"][s])
             lab = st["label"] if s == 0 else None
-            axes[0].plot(r["x"][s][ok], r["hist"]["log_loss"][s][ok], color=st["color"],
-                         alpha=0.6, label=lab)
-            axes[2].plot(r["x"][s][ok], r["hist"]["cos"][s][ok].min(-1), color=st["color"],
-                         alpha=0.6, label=lab)
+            axes[0].plot(
+                r["x"][s][ok], r["hist"]["log_loss"][s][ok], color=st["color"], alpha=0.6, label=lab
+            )
+            axes[2].plot(
+                r["x"][s][ok],
+                r["hist"]["cos"][s][ok].min(-1),
+                color=st["color"],
+                alpha=0.6,
+                label=lab,
+            )
         d = r["diag"]
         live = d["grad_norm"] > 0
         axes[1].scatter(np.log(d["w_norm"][live]), np.log(d["grad_norm"][live]), s=10, **st)
         for s in range(n):
-            axes[3].plot(np.sort(d["rel"][s])[::-1], "o-", ms=3, color=st["color"], alpha=0.5,
-                         label=st["label"] if s == 0 else None)
+            axes[3].plot(
+                np.sort(d["rel"][s])[::-1],
+                "o-",
+                ms=3,
+                color=st["color"],
+                alpha=0.5,
+                label=st["label"] if s == 0 else None,
+            )
     xl = "epoch (accepted GD step)" if gd else "log t"
     axes[0].set(xscale="log" if gd else "linear", xlabel=xl, ylabel="log L", title="loss")
-    axes[1].set(xlabel="log ||w_u||", ylabel="log ||grad_u log L||",
-                title="final: EWN x+y=c, SWN/unnorm. y-x=c")
-    axes[2].set(xscale="log" if gd else "linear", xlabel=xl, ylabel="min_u cos(w_u, -grad_u L)",
-                title="alignment (all neurons)")
+    axes[1].set(
+        xlabel="log ||w_u||",
+        ylabel="log ||grad_u log L||",
+        title="final: EWN x+y=c, SWN/unnorm. y-x=c",
+    )
+    axes[2].set(
+        xscale="log" if gd else "linear",
+        xlabel=xl,
+        ylabel="min_u cos(w_u, -grad_u L)",
+        title="alignment (all neurons)",
+    )
     axes[3].set(xlabel="neuron (sorted)", ylabel="||w_u|| / ||W_1||", title="final relative norms")
     # fixed corners: loc="best" searches every seed's line and point (seconds at 100 seeds)
     for ax, loc in zip(axes, ("lower left", "upper right", "lower right", "upper right")):
         ax.legend(fontsize=8, loc=loc)
     figs = [save_figure(fig, options.out, "lin_sep.png")]
     unit = "epochs (accepted GD steps)" if gd else "log t at the target"
-    rows = [[PARAM_STYLE[k]["label"], mean_std(cost[k]),
-             str(PAPER_EPOCHS.get(k, "-")) if gd else "-",
-             mean_std(sim[k]["undone"]) if gd else "-", f"{int(sim[k]['reached'].sum())}/{n}",
-             f"{int(stalled[k].sum())}", mean_std(kept[k]), mean_std(limit[k]),
-             mean_std(cos_min[k], ".4f"), mean_std(spread[k]["x+y"]), mean_std(spread[k]["y-x"]),
-             f"{mean_std(sim[k]['margin0'])} -> {mean_std(sim[k]['diag']['normalized_margin'])}"]
-            for k in sim]
+    rows = [
+        [
+            PARAM_STYLE[k]["label"],
+            mean_std(cost[k]),
+            str(PAPER_EPOCHS.get(k, "-")) if gd else "-",
+            mean_std(sim[k]["undone"]) if gd else "-",
+            f"{int(sim[k]['reached'].sum())}/{n}",
+            f"{int(stalled[k].sum())}",
+            mean_std(kept[k]),
+            mean_std(limit[k]),
+            mean_std(cos_min[k], ".4f"),
+            mean_std(spread[k]["x+y"]),
+            mean_std(spread[k]["y-x"]),
+            f"{mean_std(sim[k]['margin0'])} -> {mean_std(sim[k]['diag']['normalized_margin'])}",
+        ]
+        for k in sim
+    ]
     e, s_ = np.median(cost["ewn"]), np.median(cost["swn"])
     faster = (e < s_ / 3) if gd else (e < s_ - np.log(3))
-    grown = ("never grown (the cap is eta0)" if options.cap <= options.lr else
-             f"grown 1.1x after each good step up to {options.cap:g} (the default `--lr {LR:g} "
-             f"--cap {CAP:g}` never grows it)")
+    grown = (
+        "never grown (the cap is eta0)"
+        if options.cap <= options.lr
+        else f"grown 1.1x after each good step up to {options.cap:g} (the default `--lr {LR:g} "
+        f"--cap {CAP:g}` never grows it)"
+    )
     if options.schedule == "paper-code":
-        sched = ("`--schedule paper-code` (the authors' lin-sep code): theta_{k+1} = theta_k - "
-                 "eta0 L(theta_{k-1})^-(1-1/%g) grad L(theta_k), the previous iterate's loss "
-                 "normalizing the step, with L logistic until every margin exceeds %g, "
-                 "exponential after" % (options.frac, SWITCH_MARGIN))
+        sched = (
+            "`--schedule paper-code` (the authors' lin-sep code): theta_{k+1} = theta_k - "
+            f"eta0 L(theta_{{k-1}})^-(1-1/{options.frac:g}) grad L(theta_k), the previous "
+            "iterate's loss "
+            f"normalizing the step, with L logistic until every margin exceeds {SWITCH_MARGIN:g}, "
+            "exponential after"
+        )
     else:
-        sched = ("`--schedule paper-text` (the paper's text): theta_{k+1} = theta_k - "
-                 "eta0 L(theta_k)^-(1-1/%g) grad L(theta_k), exponential loss" % options.frac)
-    dyn = ("GD with backtracking (wnjax.loss_normalized_sgd; a rise undoes the step and divides "
-           "eta0 by 1.1), %s; eta0 = %g, %s; %s. Epochs count accepted steps, as the paper's "
-           "epochs do; 'undone' counts the steps that backtracking undid. Past log L ~ -30 the "
-           "loop amplifies rounding about 2x per epoch, so a single run's epoch count (the "
-           "paper's included) is comparable in distribution only"
-           % (sched, options.lr, grown, SCHEDULE_WHY) if gd else
-           "exact loss-normalized gradient flow on the exponential loss (diffrax Tsit5, rtol "
-           "1e-8); the cost is log t")
-    margin_rises = all(bool(np.all(r["diag"]["normalized_margin"] > r["margin0"]))
-                       for r in sim.values())
+        sched = (
+            "`--schedule paper-text` (the paper's text): theta_{k+1} = theta_k - "
+            f"eta0 L(theta_k)^-(1-1/{options.frac:g}) grad L(theta_k), exponential loss"
+        )
+    dyn = (
+        "GD with backtracking (wnjax.loss_normalized_sgd; a rise undoes the step and divides "
+        f"eta0 by 1.1), {sched}; eta0 = {options.lr:g}, {grown}; {SCHEDULE_WHY}. Epochs "
+        "count accepted steps, as the paper's "
+        "epochs do; 'undone' counts the steps that backtracking undid. Past log L ~ -30 the "
+        "loop amplifies rounding about 2x per epoch, so a single run's epoch count (the "
+        "paper's included) is comparable in distribution only"
+        if gd
+        else "exact loss-normalized gradient flow on the exponential loss (diffrax Tsit5, rtol "
+        "1e-8); the cost is log t"
+    )
+    margin_rises = all(
+        bool(np.all(r["diag"]["normalized_margin"] > r["margin0"])) for r in sim.values()
+    )
     verdicts = [
-        judge(bool(faster and sim["ewn"]["reached"].all()),
-              "EWN reaches log L = -300 much sooner than SWN (paper 653 vs 12,284 epochs)",
-              f"median {e:.4g} vs {s_:.4g} {unit}; reached EWN {int(sim['ewn']['reached'].sum())}, "
-              f"SWN {int(sim['swn']['reached'].sum())} of {n}"),
-        judge(bool(np.median(kept["ewn"]) < np.median(kept["swn"]) and np.median(kept["ewn"]) <= 4),
-              "EWN leaves only a few neurons with non-negligible relative norm",
-              f"EWN {mean_std(kept['ewn'])}, SWN {mean_std(kept['swn'])}, unnormalized "
-              f"{mean_std(kept['standard'])} of 8"),
-        judge(bool(_median(spread["ewn"]["x+y"]) < _median(spread["ewn"]["y-x"])
-                   and _median(spread["swn"]["y-x"]) < _median(spread["swn"]["x+y"])),
-              "x + y = const (EWN) and y - x = const (SWN)",
-              "median spread over seeds: EWN x+y %.3g vs y-x %.3g; SWN y-x %.3g vs x+y %.3g "
-              "(means: EWN %s vs %s; SWN %s vs %s)" % (
-                  _median(spread["ewn"]["x+y"]), _median(spread["ewn"]["y-x"]),
-                  _median(spread["swn"]["y-x"]), _median(spread["swn"]["x+y"]),
-                  mean_std(spread["ewn"]["x+y"]), mean_std(spread["ewn"]["y-x"]),
-                  mean_std(spread["swn"]["y-x"]), mean_std(spread["swn"]["x+y"]))),
-        judge(bool(all(_median(c) > 0.9 for c in cos_min.values())),
-              "surviving neurons align with their negative gradients (cos -> 1)",
-              "median over seeds of the lowest cos: " + ", ".join(
-                  f"{PARAM_STYLE[k]['label']} {_median(c):.4f} (worst seed {_min(c):.4f})"
-                  for k, c in cos_min.items())),
-        judge(margin_rises, "the normalized margin rises",
-              "all seeds and parameterizations" if margin_rises else "not on every seed"),
+        judge(
+            bool(faster and sim["ewn"]["reached"].all()),
+            "EWN reaches log L = -300 much sooner than SWN (paper 653 vs 12,284 epochs)",
+            f"median {e:.4g} vs {s_:.4g} {unit}; reached EWN {int(sim['ewn']['reached'].sum())}, "
+            f"SWN {int(sim['swn']['reached'].sum())} of {n}",
+        ),
+        judge(
+            bool(np.median(kept["ewn"]) < np.median(kept["swn"]) and np.median(kept["ewn"]) <= 4),
+            "EWN leaves only a few neurons with non-negligible relative norm",
+            f"EWN {mean_std(kept['ewn'])}, SWN {mean_std(kept['swn'])}, unnormalized "
+            f"{mean_std(kept['standard'])} of 8",
+        ),
+        judge(
+            bool(
+                _median(spread["ewn"]["x+y"]) < _median(spread["ewn"]["y-x"])
+                and _median(spread["swn"]["y-x"]) < _median(spread["swn"]["x+y"])
+            ),
+            "x + y = const (EWN) and y - x = const (SWN)",
+            "median spread over seeds: EWN x+y {:.3g} vs y-x {:.3g}; SWN y-x {:.3g} vs x+y {:.3g} "
+            "(means: EWN {} vs {}; SWN {} vs {})".format(
+                _median(spread["ewn"]["x+y"]),
+                _median(spread["ewn"]["y-x"]),
+                _median(spread["swn"]["y-x"]),
+                _median(spread["swn"]["x+y"]),
+                mean_std(spread["ewn"]["x+y"]),
+                mean_std(spread["ewn"]["y-x"]),
+                mean_std(spread["swn"]["y-x"]),
+                mean_std(spread["swn"]["x+y"]),
+            ),
+        ),
+        judge(
+            bool(all(_median(c) > 0.9 for c in cos_min.values())),
+            "surviving neurons align with their negative gradients (cos -> 1)",
+            "median over seeds of the lowest cos: "
+            + ", ".join(
+                f"{PARAM_STYLE[k]['label']} {_median(c):.4f} (worst seed {_min(c):.4f})"
+                for k, c in cos_min.items()
+            ),
+        ),
+        judge(
+            margin_rises,
+            "the normalized margin rises",
+            "all seeds and parameterizations" if margin_rises else "not on every seed",
+        ),
     ]
     metrics["verdicts"] = verdicts
     lines = [
-        "# lin-sep", "",
+        "# lin-sep",
+        "",
         "Exp-WN lin-sep data (4 points, drawn per seed), 2-layer ReLU^2 net, 8 hidden neurons, "
         "no bias, "
         f"WN on both layers, to log L = {options.target}. Dynamics: {dyn}. "
@@ -443,14 +597,31 @@ def run(options: Options) -> dict:
         "weight share but has lost its gradient share no longer grows, so its share is on its way "
         "to 0; dead ReLU^2 units have no gradient). Spreads are std over limit neurons of "
         "log||grad_u|| +- log||w_u|| (0 = exact relation), per seed; min cos is the lowest over "
-        "limit neurons, per seed.", "",
-        table(["", unit, "paper (epochs)", "undone", "reached", "stalled", "surviving (of 8)",
-               "limit neurons",
-               "min cos(w_u, -grad_u)", "spread x+y", "spread y-x",
-               "normalized margin start -> end"], rows), "",
-        "## Verdicts", "",
+        "limit neurons, per seed.",
+        "",
+        table(
+            [
+                "",
+                unit,
+                "paper (epochs)",
+                "undone",
+                "reached",
+                "stalled",
+                "surviving (of 8)",
+                "limit neurons",
+                "min cos(w_u, -grad_u)",
+                "spread x+y",
+                "spread y-x",
+                "normalized margin start -> end",
+            ],
+            rows,
+        ),
+        "",
+        "## Verdicts",
+        "",
         *render_verdicts(verdicts),
-        "", "Figures: " + ", ".join(figs),
+        "",
+        "Figures: " + ", ".join(figs),
     ]
     write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

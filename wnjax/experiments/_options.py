@@ -92,15 +92,22 @@ def _scalar(name: str, value, base: type, meta) -> object:
             raise InvalidInput(f"{name} must be True or False, got {value!r}.")
         value = bool(value)
     elif base is int:
-        ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
-              and math.isfinite(value) and float(value) == int(value))
+        ok = (
+            not isinstance(value, (bool, np.bool_))
+            and isinstance(value, numbers.Real)
+            and math.isfinite(value)
+            and float(value) == int(value)
+        )
         if not ok or (positive and int(value) < 1):
             kind = "a positive integer" if positive else "an integer"
             raise InvalidInput(f"{name} must be {kind}, got {value!r}.")
         value = int(value)
     elif base is float:
-        ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
-              and not math.isnan(value))
+        ok = (
+            not isinstance(value, (bool, np.bool_))
+            and isinstance(value, numbers.Real)
+            and not math.isnan(value)
+        )
         if not ok or (positive and not value > 0):
             kind = "a positive number" if positive else "a number"
             raise InvalidInput(f"{name} must be {kind}, got {value!r}.")
@@ -124,8 +131,9 @@ def convert(name: str, value, kind: FieldType, meta=None) -> object:
     if not kind.many:
         return _scalar(name, value, kind.base, meta)
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
-        raise InvalidInput(f"{name} must be a non-empty list of {kind.base.__name__}, "
-                           f"got {value!r}.")
+        raise InvalidInput(
+            f"{name} must be a non-empty list of {kind.base.__name__}, got {value!r}."
+        )
     return tuple(_scalar(name, v, kind.base, meta) for v in value)
 
 

@@ -39,8 +39,7 @@ REPRODUCED, NOT_REPRODUCED, NOT_ANSWERED = "reproduced", "not reproduced", "not 
 def judge(ok: bool, claim: str, detail: str) -> dict:
     """One verdict as data: ``{"claim": claim, "verdict": "reproduced" | "not reproduced",
     "detail": detail}`` (``ok`` true: reproduced)."""
-    return {"claim": claim, "verdict": REPRODUCED if bool(ok) else NOT_REPRODUCED,
-            "detail": detail}
+    return {"claim": claim, "verdict": REPRODUCED if bool(ok) else NOT_REPRODUCED, "detail": detail}
 
 
 def not_answered(claim: str, detail: str) -> dict:
@@ -87,8 +86,10 @@ def jsonable(obj):
         if a.dtype.kind in "iu":
             return a.tolist()
         a = a.astype(float)
-        return np.where(np.isfinite(a), a, np.nan).tolist() if a.ndim else (
-            float(a) if np.isfinite(a) else None
+        return (
+            np.where(np.isfinite(a), a, np.nan).tolist()
+            if a.ndim
+            else (float(a) if np.isfinite(a) else None)
         )
     return obj
 

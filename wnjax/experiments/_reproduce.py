@@ -120,8 +120,9 @@ def show_run(out: str) -> None:
         print("figures:", ", ".join(os.path.join(out, n) for n in figures))
 
 
-def reproduce(name: str, *, seeds: int = 5, out: str | None = None, full: bool = False,
-              **options) -> dict:
+def reproduce(
+    name: str, *, seeds: int = 5, out: str | None = None, full: bool = False, **options
+) -> dict:
     """Run experiment ``name`` as ``wnjax reproduce NAME`` does and return its metrics.
 
     ``options`` are the fields of the experiment's ``Options`` (its flags with ``-`` written as
@@ -158,8 +159,10 @@ def mark_partial(out: str, started: float) -> bool:
     with open(path) as f:
         text = f.read()
     if "PARTIAL" not in text:
-        note = ("**PARTIAL**: interrupted (SIGINT/SIGTERM); runs in progress at the signal "
-                "stopped early, so the numbers below may be incomplete.\n\n")
+        note = (
+            "**PARTIAL**: interrupted (SIGINT/SIGTERM); runs in progress at the signal "
+            "stopped early, so the numbers below may be incomplete.\n\n"
+        )
         atomic_write_bytes(path, (note + text).encode())
     return True
 

@@ -137,7 +137,8 @@ def run_gd(
     hp["learning_rate"] = learning_rate
     hp = {
         k: _per_seed(jnp.asarray(v, dtype), seeds)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        else v
         for k, v in hp.items()
     }
     statics = {k: v for k, v in hp.items() if not isinstance(v, jax.Array)}
@@ -148,11 +149,21 @@ def run_gd(
     loss_obj = get_loss(loss)
     every = int(min(chunk_size, num_steps))
     run, interrupted = run_seeds(
-        models, X, y, rule=DescentRule(loss_obj, opt_factory, batch_size, objective),
-        hyperparams=traced, keys=keys, num_steps=num_steps, loss=loss_obj,
-        target_log_loss=target_log_loss, diverge_above=diverge_above, checkpoints=checkpoints,
-        save_at=every * np.arange(1, -(-num_steps // every) + 1), chunk_size=every,
-        summarize=summarize, stop_stalled=stop_stalled,
+        models,
+        X,
+        y,
+        rule=DescentRule(loss_obj, opt_factory, batch_size, objective),
+        hyperparams=traced,
+        keys=keys,
+        num_steps=num_steps,
+        loss=loss_obj,
+        target_log_loss=target_log_loss,
+        diverge_above=diverge_above,
+        checkpoints=checkpoints,
+        save_at=every * np.arange(1, -(-num_steps // every) + 1),
+        chunk_size=every,
+        summarize=summarize,
+        stop_stalled=stop_stalled,
     )
     c = run.carry
     history, steps, _ = run.padded()
@@ -263,26 +274,43 @@ def run_sgd_backtracking(
     n = int(X.shape[1])
     if not 0 < batch_size <= n:
         raise ValueError(
-            f"batch_size must lie in 1..{n} (the training set size), got {batch_size}.")
+            f"batch_size must lie in 1..{n} (the training set size), got {batch_size}."
+        )
     loss_obj = get_loss(loss)
     rule = EpochBacktracking(
-        loss_obj, int(batch_size), float(grow), float(shrink),
-        float(np.inf if max_learning_rate is None else max_learning_rate), float(min_learning_rate))
+        loss_obj,
+        int(batch_size),
+        float(grow),
+        float(shrink),
+        float(np.inf if max_learning_rate is None else max_learning_rate),
+        float(min_learning_rate),
+    )
     dtype = jnp.asarray(X).dtype
     run, interrupted = run_seeds(
-        models, X, y, rule=rule, hyperparams={"learning_rate": _per_seed(
-            jnp.asarray(learning_rate, dtype), seeds)},
-        keys=jax.random.split(key, seeds), num_steps=max_epochs, loss=loss_obj,
-        target_log_loss=target_log_loss, checkpoints=checkpoints,
-        save_at=np.arange(1, max_epochs + 1), chunk_size=int(min(epochs_per_chunk, max_epochs)),
+        models,
+        X,
+        y,
+        rule=rule,
+        hyperparams={"learning_rate": _per_seed(jnp.asarray(learning_rate, dtype), seeds)},
+        keys=jax.random.split(key, seeds),
+        num_steps=max_epochs,
+        loss=loss_obj,
+        target_log_loss=target_log_loss,
+        checkpoints=checkpoints,
+        save_at=np.arange(1, max_epochs + 1),
+        chunk_size=int(min(epochs_per_chunk, max_epochs)),
         auto_chunks=False,
     )
     c = run.carry
     records, accepted, counts = run.padded()  # one record per attempt
     running = np.arange(accepted.shape[0])[:, None] < counts[None, :]
     kept = np.diff(accepted, axis=0, prepend=0) > 0
-    history = {"log_loss": records["log_ref"], "eta0": records["eta0"], "accepted": kept,
-               "running": running}
+    history = {
+        "log_loss": records["log_ref"],
+        "eta0": records["eta0"],
+        "accepted": kept,
+        "running": running,
+    }
     per_epoch = -(-n // batch_size)
     epochs = np.asarray(c["accepted"])
     history["epochs"], history["undone"] = epochs, np.asarray(c["undone"])
@@ -358,8 +386,15 @@ def run_flow_checkpoints(
     levels = [float(v) for v in levels]
     if any(b >= a for a, b in zip(levels, levels[1:])):
         raise ValueError(f"levels must decrease, got {levels}.")
-    options = dict(kwargs, time="normalized", n_save=2, save_states=False, diagnostics=False,
-                   throw=False, t1=t1)
+    options = dict(
+        kwargs,
+        time="normalized",
+        n_save=2,
+        save_states=False,
+        diagnostics=False,
+        throw=False,
+        t1=t1,
+    )
     # Only the end of each segment is read, never the margins of its summaries, so the degree
     # (which a model with a hidden bias does not have) needs no measuring.
     options.setdefault("degree", 1.0)
@@ -367,11 +402,18 @@ def run_flow_checkpoints(
     @eqx.filter_jit
     def segment(params, X, y, target, t0):
         def one(q, X, y, t0):
-            r = gradient_flow(eqx.combine(q, static), X, y, target_log_loss=target, t0=t0,
-                              **options)
+            r = gradient_flow(
+                eqx.combine(q, static), X, y, target_log_loss=target, t0=t0, **options
+            )
             final = eqx.filter(r.final, eqx.is_inexact_array)
-            return (final, r.final_log_loss, r.final_time, r.final_log_t, r.stats["num_steps"],
-                    r.ok & r.reached_target)
+            return (
+                final,
+                r.final_log_loss,
+                r.final_time,
+                r.final_log_t,
+                r.stats["num_steps"],
+                r.ok & r.reached_target,
+            )
 
         return jax.vmap(one)(params, X, y, t0)
 
@@ -394,5 +436,11 @@ def run_flow_checkpoints(
         log_t.append(np.where(ok, np.asarray(lt), np.nan))
         n_steps.append(np.where(ok, steps, -1))
         oks.append(ok.copy())
-    return FlowCheckpoints(checkpoints=tuple(ck), log_loss=np.stack(log_loss), s=np.stack(s_at),
-                           log_t=np.stack(log_t), num_steps=np.stack(n_steps), ok=np.stack(oks))
+    return FlowCheckpoints(
+        checkpoints=tuple(ck),
+        log_loss=np.stack(log_loss),
+        s=np.stack(s_at),
+        log_t=np.stack(log_t),
+        num_steps=np.stack(n_steps),
+        ok=np.stack(oks),
+    )

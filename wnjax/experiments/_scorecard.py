@@ -81,13 +81,21 @@ def render(rows: list[dict], counts: dict, seconds: dict) -> str:
             f"| {_cell(r['paper'])} | {r['experiment']} | {_cell(r['claim'])} | "
             f"{_cell(r['detail'])} | **{r['verdict']}** | {links} |"
         )
-    lines += ["", "Wall time per experiment (s): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), ""]
+    lines += [
+        "",
+        "Wall time per experiment (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
-def scorecard(*, out: str = os.path.join("runs", "scorecard"), names=None, seeds: int | None = None,
-              rerun: bool = True) -> dict:
+def scorecard(
+    *,
+    out: str = os.path.join("runs", "scorecard"),
+    names=None,
+    seeds: int | None = None,
+    rerun: bool = True,
+) -> dict:
     """Run every experiment (or ``names``) at its default size and write the scorecard.
 
     **Arguments:**
@@ -131,13 +139,27 @@ def scorecard(*, out: str = os.path.join("runs", "scorecard"), names=None, seeds
                 found = [not_answered("every claim of the experiment", why)]
             figures = _figures(folder)
             for v in found:
-                rows.append({"paper": PAPERS.get(name, ""), "experiment": name,
-                             "claim": v["claim"], "detail": v.get("detail", ""),
-                             "verdict": v["verdict"], "figure": figures[0] if figures else None})
+                rows.append(
+                    {
+                        "paper": PAPERS.get(name, ""),
+                        "experiment": name,
+                        "claim": v["claim"],
+                        "detail": v.get("detail", ""),
+                        "verdict": v["verdict"],
+                        "figure": figures[0] if figures else None,
+                    }
+                )
     counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
-    result = {"counts": counts, "claims": rows, "seconds": seconds, "errors": errors,
-              "experiments": names, "partial": _interrupt.requested()}
+    result = {
+        "counts": counts,
+        "claims": rows,
+        "seconds": seconds,
+        "errors": errors,
+        "experiments": names,
+        "partial": _interrupt.requested(),
+    }
     atomic_write_bytes(os.path.join(out, "index.md"), render(rows, counts, seconds).encode())
-    atomic_write_bytes(os.path.join(out, "metrics.json"),
-                       json.dumps(result, indent=2, default=str).encode())
+    atomic_write_bytes(
+        os.path.join(out, "metrics.json"), json.dumps(result, indent=2, default=str).encode()
+    )
     return result

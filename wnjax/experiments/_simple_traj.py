@@ -75,8 +75,11 @@ class Options(Common):
     - lr: ``eta0`` of GD's step ``eta0/L``.
     """
 
-    dynamics: str = option("flow", "loss-normalized gradient flow (exact, default) or GD with "
-                           "eta0/L", choices=("flow", "gd"))
+    dynamics: str = option(
+        "flow",
+        "loss-normalized gradient flow (exact, default) or GD with eta0/L",
+        choices=("flow", "gd"),
+    )
     target: float = option(-50.0, "final log L (paper: -50)")
     lr: float = option(1e-3, "eta0 of GD's step eta0/L", positive=True)
 
@@ -95,19 +98,47 @@ def simulate(W0: np.ndarray, *, dynamics: str = "flow", target: float = -50.0, l
         if dynamics == "flow":
             s_max = 2.0 * (-target) / min(POINT) + 10.0
             save = np.unique(np.concatenate([np.linspace(0, 1, 201), np.linspace(1, s_max, 200)]))
-            r = run_flow(models, X, y, t1=s_max, time="normalized", target_log_loss=target,
-                         save_ts=save, rtol=1e-10, atol=1e-12, degree=1.0, max_steps=20_000)
+            r = run_flow(
+                models,
+                X,
+                y,
+                t1=s_max,
+                time="normalized",
+                target_log_loss=target,
+                save_ts=save,
+                rtol=1e-10,
+                atol=1e-12,
+                degree=1.0,
+                max_steps=20_000,
+            )
             ws = np.asarray(eqx.filter_vmap(eqx.filter_vmap(coordinate_weights))(r.states))
-            out[name] = dict(final=np.asarray(jax.vmap(coordinate_weights)(r.final)),
-                             s=np.asarray(r.s), w=ws, log_loss=np.asarray(r.log_loss),
-                             ok=np.asarray(r.ok) & np.asarray(r.reached_target))
+            out[name] = dict(
+                final=np.asarray(jax.vmap(coordinate_weights)(r.final)),
+                s=np.asarray(r.s),
+                w=ws,
+                log_loss=np.asarray(r.log_loss),
+                ok=np.asarray(r.ok) & np.asarray(r.reached_target),
+            )
         else:
             rec = lambda m, X, y: {"w": coordinate_weights(m)}  # noqa: E731
-            r = run_gd(models, X, y, num_steps=200_000, learning_rate=lr, objective="log_loss",
-                       target_log_loss=target, chunk_size=50, summarize=rec)
-            out[name] = dict(final=np.asarray(jax.vmap(coordinate_weights)(r.final)),
-                             s=lr * r.steps.T, w=np.swapaxes(r.history["w"], 0, 1),
-                             log_loss=r.history["log_loss"].T, ok=r.reached & ~r.diverged)
+            r = run_gd(
+                models,
+                X,
+                y,
+                num_steps=200_000,
+                learning_rate=lr,
+                objective="log_loss",
+                target_log_loss=target,
+                chunk_size=50,
+                summarize=rec,
+            )
+            out[name] = dict(
+                final=np.asarray(jax.vmap(coordinate_weights)(r.final)),
+                s=lr * r.steps.T,
+                w=np.swapaxes(r.history["w"], 0, 1),
+                log_loss=r.history["log_loss"].T,
+                ok=r.reached & ~r.diverged,
+            )
     return out
 
 
@@ -135,8 +166,9 @@ def run(options: Options) -> dict:
     sim = simulate(W0, dynamics=options.dynamics, target=options.target, lr=options.lr)
     x = np.asarray(POINT)
     xhat = x / np.linalg.norm(x)
-    dirs = {k: r["final"] / np.linalg.norm(r["final"], axis=1, keepdims=True)
-            for k, r in sim.items()}
+    dirs = {
+        k: r["final"] / np.linalg.norm(r["final"], axis=1, keepdims=True) for k, r in sim.items()
+    }
     # EWN: the predicted axis is argmax_i w_i(0) x_i; distance to an axis is min_i |dir_i|.
     predicted_axis = np.argmax(W0 * x, axis=1)
     ewn_axis = np.argmax(np.abs(dirs["ewn"]), axis=1)
@@ -146,10 +178,16 @@ def run(options: Options) -> dict:
     errs = closed_form_error(W0, sim)
     n_p = len(PAPER_INITS)
     metrics = {
-        "dynamics": options.dynamics, "target_log_loss": options.target, "inits": W0,
-        "final_direction": dirs, "ok": {k: r["ok"] for k, r in sim.items()},
-        "ewn_axis": ewn_axis, "predicted_axis": predicted_axis, "ewn_off_axis": ewn_off_axis,
-        "standard_cos_to_xhat": std_cos, "init_cos_to_xhat": start_cos,
+        "dynamics": options.dynamics,
+        "target_log_loss": options.target,
+        "inits": W0,
+        "final_direction": dirs,
+        "ok": {k: r["ok"] for k, r in sim.items()},
+        "ewn_axis": ewn_axis,
+        "predicted_axis": predicted_axis,
+        "ewn_off_axis": ewn_off_axis,
+        "standard_cos_to_xhat": std_cos,
+        "init_cos_to_xhat": start_cos,
         "closed_form_max_rel_error": errs,
     }
     # Figures: trajectories in the w-plane, and the direction angle against -log L.
@@ -162,8 +200,13 @@ def run(options: Options) -> dict:
             label = PARAM_STYLE[name]["label"] if j == 0 else None
             axes[0].plot(w[:, 0], w[:, 1], **{**PARAM_STYLE[name], "label": label})
             axes[0].plot(*W0[j], "ko", ms=3)
-    axes[0].set(xscale="log", yscale="log", xlabel="$w_1$", ylabel="$w_2$",
-                title="trajectories (paper's inits)")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="$w_1$",
+        ylabel="$w_2$",
+        title="trajectories (paper's inits)",
+    )
     axes[0].legend()
     for j in range(n_p):
         for name in ("ewn", "standard"):
@@ -179,18 +222,27 @@ def run(options: Options) -> dict:
     t = np.linspace(0, np.pi / 2, 100)
     axes[2].plot(np.cos(t), np.sin(t), "k:", lw=0.7)
     axes[2].plot(*xhat, "k*", ms=10, label="x/||x||")
-    axes[2].set(aspect="equal", xlabel="$w_1/||w||$", ylabel="$w_2/||w||$",
-                title=f"final directions, all {len(W0)} inits")
+    axes[2].set(
+        aspect="equal",
+        xlabel="$w_1/||w||$",
+        ylabel="$w_2/||w||$",
+        title=f"final directions, all {len(W0)} inits",
+    )
     axes[2].legend(fontsize=8)
     figs = [save_figure(fig, options.out, "simple_traj.png")]
     # Report.
     rows = []
     for j, w0 in enumerate(PAPER_INITS):
         paper = PAPER_EWN.get(w0)
-        rows.append([str(w0), "(%.3f, %.3f)" % tuple(dirs["ewn"][j]),
-                     "(%.3f, %.3f)" % paper if paper else "-",
-                     "(%.3f, %.3f)" % tuple(dirs["standard"][j]),
-                     "(%.3f, %.3f)" % tuple(dirs["swn"][j])])
+        rows.append(
+            [
+                str(w0),
+                "({:.3f}, {:.3f})".format(*tuple(dirs["ewn"][j])),
+                "({:.3f}, {:.3f})".format(*paper) if paper else "-",
+                "({:.3f}, {:.3f})".format(*tuple(dirs["standard"][j])),
+                "({:.3f}, {:.3f})".format(*tuple(dirs["swn"][j])),
+            ]
+        )
     # The other coordinate j stays bounded: w_j -> 1/(1/w_j(0) - x_j/(w_i(0) x_i)) as the axis
     # coordinate i blows up, so the off-axis share min_i |w_i|/||w|| -> 0 as log L -> -inf.
     i_ax = predicted_axis
@@ -203,52 +255,85 @@ def run(options: Options) -> dict:
     on_axis = (ewn_axis == predicted_axis) & below_bound & (ewn_off_axis < start_off)
     metrics["ewn_other_coordinate_bound"] = bound
     drift = std_cos > start_cos
-    dev = max(float(np.max(np.abs(dirs["ewn"][j] - np.asarray(PAPER_EWN[w0]))))
-              for j, w0 in enumerate(PAPER_INITS) if w0 in PAPER_EWN)
+    dev = max(
+        float(np.max(np.abs(dirs["ewn"][j] - np.asarray(PAPER_EWN[w0]))))
+        for j, w0 in enumerate(PAPER_INITS)
+        if w0 in PAPER_EWN
+    )
     all_ok = all(bool(np.all(r["ok"])) for r in sim.values())
-    dyn = ("exact loss-normalized gradient flow (diffrax Tsit5, rtol 1e-10), S(t) = s"
-           if options.dynamics == "flow" else f"GD with step {options.lr}/L (objective log L)")
+    dyn = (
+        "exact loss-normalized gradient flow (diffrax Tsit5, rtol 1e-10), S(t) = s"
+        if options.dynamics == "flow"
+        else f"GD with step {options.lr}/L (objective log L)"
+    )
     verdicts = [
-        judge(bool(on_axis.all()), "EWN ends on a coordinate axis chosen by the init",
-              f"{int(on_axis.sum())}/{len(W0)} inits head to the predicted axis, off-axis share "
-              f"{mean_std(ewn_off_axis)} at log L = {options.target} (-> 0 as log L -> -inf); "
-              f"max deviation from the paper's two quoted directions {dev:.3f}"),
-        judge(bool(drift.all()), "unnormalized drifts towards x/||x||",
-              f"cos(w, x) rose on {int(drift.sum())}/{len(W0)} inits, to "
-              f"{mean_std(std_cos, '.4f')}"),
-        judge(options.dynamics != "flow" or max(errs.values()) < 1e-6,
-              "closed form 1/w_i(t) = 1/w_i(0) - x_i S(t) (EWN), w = w(0) + x S(t) (unnormalized)",
-              f"max relative error {max(errs.values()):.1e}"
-              + ("" if options.dynamics == "flow" else "; GD follows it only up to O(eta)")),
+        judge(
+            bool(on_axis.all()),
+            "EWN ends on a coordinate axis chosen by the init",
+            f"{int(on_axis.sum())}/{len(W0)} inits head to the predicted axis, off-axis share "
+            f"{mean_std(ewn_off_axis)} at log L = {options.target} (-> 0 as log L -> -inf); "
+            f"max deviation from the paper's two quoted directions {dev:.3f}",
+        ),
+        judge(
+            bool(drift.all()),
+            "unnormalized drifts towards x/||x||",
+            f"cos(w, x) rose on {int(drift.sum())}/{len(W0)} inits, to {mean_std(std_cos, '.4f')}",
+        ),
+        judge(
+            options.dynamics != "flow" or max(errs.values()) < 1e-6,
+            "closed form 1/w_i(t) = 1/w_i(0) - x_i S(t) (EWN), w = w(0) + x S(t) (unnormalized)",
+            f"max relative error {max(errs.values()):.1e}"
+            + ("" if options.dynamics == "flow" else "; GD follows it only up to O(eta)"),
+        ),
     ]
     metrics["verdicts"] = verdicts
     lines = [
-        "# simple-traj", "",
+        "# simple-traj",
+        "",
         f"Linear model w . x, one point x = {POINT}, exponential loss, run to log L = "
         f"{options.target}. Each coordinate is a 1-D neuron (EWN: w_i = exp(a_i) sign(v_i)). "
         f"Dynamics: {dyn}. Inits: the paper's 5 plus {options.seeds} random ones uniform in "
         "[0.5, 5]^2, all vmapped. "
-        "SWN on 1-D neurons moves g_i exactly like an unnormalized w_i.", "",
-        f"All runs reached the target: {all_ok}.", "",
-        "## Final directions w/||w|| (paper's inits)", "",
-        table(["init", "EWN (ours)", "EWN (paper)", "unnormalized (ours)", "SWN (ours)"], rows), "",
-        "Unnormalized limit direction x/||x|| = (%.3f, %.3f)." % tuple(xhat), "",
-        "## Over all inits (mean ± std)", "",
-        table(["quantity", "measured"], [
-            ["EWN min_i |w_i|/||w|| (0 = on an axis)", mean_std(ewn_off_axis)],
-            ["EWN off-axis share at the start", mean_std(start_off)],
-            ["EWN on the predicted axis argmax_i w_i(0) x_i, other coordinate below its bound "
-             "1/(1/w_j(0) - x_j/(w_i(0) x_i)), off-axis share shrunk",
-             f"{int(on_axis.sum())}/{len(W0)}"],
-            ["unnormalized cos(w, x) at start", mean_std(start_cos, ".4f")],
-            ["unnormalized cos(w, x) at the end", mean_std(std_cos, ".4f")],
-        ]), "",
-        "## Closed form", "",
-        table(["parameterization", "max relative error vs closed form"],
-              [[k, f"{v:.2e}"] for k, v in errs.items()]), "",
-        "## Verdicts", "",
+        "SWN on 1-D neurons moves g_i exactly like an unnormalized w_i.",
+        "",
+        f"All runs reached the target: {all_ok}.",
+        "",
+        "## Final directions w/||w|| (paper's inits)",
+        "",
+        table(["init", "EWN (ours)", "EWN (paper)", "unnormalized (ours)", "SWN (ours)"], rows),
+        "",
+        "Unnormalized limit direction x/||x|| = ({:.3f}, {:.3f}).".format(*tuple(xhat)),
+        "",
+        "## Over all inits (mean ± std)",
+        "",
+        table(
+            ["quantity", "measured"],
+            [
+                ["EWN min_i |w_i|/||w|| (0 = on an axis)", mean_std(ewn_off_axis)],
+                ["EWN off-axis share at the start", mean_std(start_off)],
+                [
+                    "EWN on the predicted axis argmax_i w_i(0) x_i, other coordinate below its "
+                    "bound "
+                    "1/(1/w_j(0) - x_j/(w_i(0) x_i)), off-axis share shrunk",
+                    f"{int(on_axis.sum())}/{len(W0)}",
+                ],
+                ["unnormalized cos(w, x) at start", mean_std(start_cos, ".4f")],
+                ["unnormalized cos(w, x) at the end", mean_std(std_cos, ".4f")],
+            ],
+        ),
+        "",
+        "## Closed form",
+        "",
+        table(
+            ["parameterization", "max relative error vs closed form"],
+            [[k, f"{v:.2e}"] for k, v in errs.items()],
+        ),
+        "",
+        "## Verdicts",
+        "",
         *render_verdicts(verdicts),
-        "", "Figures: " + ", ".join(figs),
+        "",
+        "Figures: " + ", ".join(figs),
     ]
     write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wnjax.data._sets import xor
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn
+from wnjax.data._sets import xor
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     PARAM_STYLE,
@@ -30,8 +30,9 @@ from wnjax.experiments._report import (
 )
 from wnjax.experiments._runner import run_flow, run_gd
 
-DESCRIPTION = ("XOR, 20 ReLU neurons, fixed +-1 output: EWN keeps ~4 neurons, SWN ~16, "
-               "unnormalized 20")
+DESCRIPTION = (
+    "XOR, 20 ReLU neurons, fixed +-1 output: EWN keeps ~4 neurons, SWN ~16, unnormalized 20"
+)
 WIDTH = 20
 THRESHOLD = 0.05
 PAPER = {"ewn": 4, "swn": 16, "standard": 20}
@@ -72,12 +73,14 @@ class Options(Common):
     - max_steps: GD's step budget per seed.
     """
 
-    dynamics: str = option("gd", "GD with step eta0/L on ReLU (default, as the paper), or exact "
-                           "loss-normalized gradient flow on the smooth ReLU^2 variant",
-                           choices=("gd", "flow"))
+    dynamics: str = option(
+        "gd",
+        "GD with step eta0/L on ReLU (default, as the paper), or exact "
+        "loss-normalized gradient flow on the smooth ReLU^2 variant",
+        choices=("gd", "flow"),
+    )
     target: float = option(-50.0, "final log L (paper: -50)")
-    lr: float = option(0.005, "eta0 of the GD step eta0/L (0.05 makes EWN diverge)",
-                       positive=True)
+    lr: float = option(0.005, "eta0 of the GD step eta0/L (0.05 makes EWN diverge)", positive=True)
     max_steps: int = option(100_000, "GD step budget per seed", positive=True)
 
 
@@ -94,23 +97,49 @@ def simulate(seeds: int, *, dynamics="gd", target=-50.0, lr=0.005, max_steps=100
     for name in ("ewn", "swn", "standard"):
         models = eqx.filter_vmap(lambda k: parameterized(name, xor_model(k, activation)))(keys)
         if dynamics == "gd":
-            r = run_gd(models, X, y, num_steps=max_steps, learning_rate=lr, objective="log_loss",
-                       target_log_loss=target, chunk_size=100,
-                       summarize=lambda m, X, y: {"rel": relative_norms(m)})
+            r = run_gd(
+                models,
+                X,
+                y,
+                num_steps=max_steps,
+                learning_rate=lr,
+                objective="log_loss",
+                target_log_loss=target,
+                chunk_size=100,
+                summarize=lambda m, X, y: {"rel": relative_norms(m)},
+            )
             final, ok = r.final, r.reached & ~r.diverged
             hist_ll, hist_x = r.history["log_loss"].T, r.steps.T
             steps = r.num_steps
         else:
-            r = run_flow(models, X, y, t1=1e4, time="normalized", target_log_loss=target,
-                         degree=2.0, rtol=1e-8, atol=1e-10, max_steps=50_000, save_states=False)
+            r = run_flow(
+                models,
+                X,
+                y,
+                t1=1e4,
+                time="normalized",
+                target_log_loss=target,
+                degree=2.0,
+                rtol=1e-8,
+                atol=1e-10,
+                max_steps=50_000,
+                save_states=False,
+            )
             final, ok = r.final, np.asarray(r.ok) & np.asarray(r.reached_target)
             hist_ll, hist_x = np.asarray(r.log_loss), np.asarray(r.s)
             steps = np.asarray(r.stats["num_steps"])
         rel = np.asarray(jax.vmap(relative_norms)(final))
         outputs = np.asarray(jax.vmap(lambda m: jax.vmap(m)(X)[:, 0])(final))
         acc = np.mean(np.sign(outputs) == np.asarray(y), axis=1)
-        out[name] = dict(rel=rel, log_loss=hist_ll, x=hist_x, accuracy=acc, ok=ok, steps=steps,
-                         final_log_loss=np.asarray(jax.vmap(lambda m: _ll(m, X, y))(final)))
+        out[name] = dict(
+            rel=rel,
+            log_loss=hist_ll,
+            x=hist_x,
+            accuracy=acc,
+            ok=ok,
+            steps=steps,
+            final_log_loss=np.asarray(jax.vmap(lambda m: _ll(m, X, y))(final)),
+        )
     return out
 
 
@@ -124,12 +153,18 @@ def run(options: Options) -> dict:
     """Run XOR with ``options``; write ``xor.png``, ``metrics.json`` and ``report.md`` under
     ``options.out``. **Returns:** the metrics, with ``verdicts``."""
     max_steps = options.max_steps
-    sim = simulate(options.seeds, dynamics=options.dynamics, target=options.target, lr=options.lr,
-                   max_steps=max_steps * (3 if options.full else 1))
+    sim = simulate(
+        options.seeds,
+        dynamics=options.dynamics,
+        target=options.target,
+        lr=options.lr,
+        max_steps=max_steps * (3 if options.full else 1),
+    )
     kept = {k: (r["rel"] > THRESHOLD).sum(axis=1) for k, r in sim.items()}
     top4 = {k: np.sort(r["rel"], axis=1)[:, ::-1][:, :4] for k, r in sim.items()}
     metrics = {
-        "dynamics": options.dynamics, "activation": "relu" if options.dynamics == "gd" else "relu2",
+        "dynamics": options.dynamics,
+        "activation": "relu" if options.dynamics == "gd" else "relu2",
         "threshold": THRESHOLD,
         **{f"{k}_relative_norms": r["rel"] for k, r in sim.items()},
         **{f"{k}_kept": kept[k] for k in sim},
@@ -143,56 +178,102 @@ def run(options: Options) -> dict:
     for ax, name in zip(axes[:3], ("ewn", "swn", "standard")):
         rel = np.sort(sim[name]["rel"], axis=1)[:, ::-1]
         for s in range(rel.shape[0]):
-            ax.plot(np.arange(WIDTH), rel[s], "o", ms=3, alpha=0.5,
-                    color=PARAM_STYLE[name]["color"])
+            ax.plot(
+                np.arange(WIDTH), rel[s], "o", ms=3, alpha=0.5, color=PARAM_STYLE[name]["color"]
+            )
         ax.bar(np.arange(WIDTH), rel.mean(0), alpha=0.4, color=PARAM_STYLE[name]["color"])
         ax.axhline(THRESHOLD, ls="--", c="k", lw=0.8)
-        ax.set(title=f"{PARAM_STYLE[name]['label']}: kept {mean_std(kept[name])}",
-               xlabel="neuron (sorted)", ylabel="||w_u|| / ||W||", ylim=(0, 1))
+        ax.set(
+            title=f"{PARAM_STYLE[name]['label']}: kept {mean_std(kept[name])}",
+            xlabel="neuron (sorted)",
+            ylabel="||w_u|| / ||W||",
+            ylim=(0, 1),
+        )
     for name in ("ewn", "swn", "standard"):
         ll, xs = sim[name]["log_loss"], sim[name]["x"]
         for s in range(ll.shape[0]):
             ok = np.isfinite(ll[s]) & np.isfinite(xs[s])
-            axes[3].plot(xs[s][ok], ll[s][ok], color=PARAM_STYLE[name]["color"], alpha=0.6,
-                         label=PARAM_STYLE[name]["label"] if s == 0 else None)
-    axes[3].set(xscale="symlog",
-                xlabel="GD steps" if options.dynamics == "gd" else "s (normalized time)",
-                ylabel="log L", title="training loss")
+            axes[3].plot(
+                xs[s][ok],
+                ll[s][ok],
+                color=PARAM_STYLE[name]["color"],
+                alpha=0.6,
+                label=PARAM_STYLE[name]["label"] if s == 0 else None,
+            )
+    axes[3].set(
+        xscale="symlog",
+        xlabel="GD steps" if options.dynamics == "gd" else "s (normalized time)",
+        ylabel="log L",
+        title="training loss",
+    )
     axes[3].legend()
     figs = [save_figure(fig, options.out, "xor.png")]
-    rows = [[PARAM_STYLE[k]["label"], f"{PAPER[k]}", mean_std(kept[k]),
-             mean_std(top4[k].ravel()), mean_std(sim[k]["accuracy"]),
-             f"{int(np.sum(sim[k]['ok']))}/{options.seeds}", mean_std(sim[k]["steps"])]
-            for k in ("ewn", "swn", "standard")]
-    dyn = (f"GD with step {options.lr}/L on plain ReLU (as the paper)"
-           if options.dynamics == "gd" else
-           "exact loss-normalized gradient flow on the smooth ReLU^2 variant (not the paper's "
-           "ReLU)")
+    rows = [
+        [
+            PARAM_STYLE[k]["label"],
+            f"{PAPER[k]}",
+            mean_std(kept[k]),
+            mean_std(top4[k].ravel()),
+            mean_std(sim[k]["accuracy"]),
+            f"{int(np.sum(sim[k]['ok']))}/{options.seeds}",
+            mean_std(sim[k]["steps"]),
+        ]
+        for k in ("ewn", "swn", "standard")
+    ]
+    dyn = (
+        f"GD with step {options.lr}/L on plain ReLU (as the paper)"
+        if options.dynamics == "gd"
+        else "exact loss-normalized gradient flow on the smooth ReLU^2 variant (not the paper's "
+        "ReLU)"
+    )
     e, s_, u = kept["ewn"], kept["swn"], kept["standard"]
     verdicts = [
-        judge(bool(np.all(e <= 6)), "EWN keeps about 4 dominant neurons",
-              f"kept {mean_std(e)}, range {e.min()}-{e.max()} (paper ~4-5)"),
-        judge(bool(abs(np.mean(s_) - 16) <= 3), "SWN keeps about 16",
-              f"kept {mean_std(s_)} (paper ~16)"),
-        judge(bool(np.all(u == WIDTH)), "unnormalized keeps all 20",
-              f"kept {mean_std(u)}"),
-        judge(bool(all(np.all(sim[k]["accuracy"] == 1.0) for k in sim)), "accuracy 1.0",
-              ", ".join(f"{PARAM_STYLE[k]['label']} {mean_std(sim[k]['accuracy'])}" for k in sim)),
+        judge(
+            bool(np.all(e <= 6)),
+            "EWN keeps about 4 dominant neurons",
+            f"kept {mean_std(e)}, range {e.min()}-{e.max()} (paper ~4-5)",
+        ),
+        judge(
+            bool(abs(np.mean(s_) - 16) <= 3),
+            "SWN keeps about 16",
+            f"kept {mean_std(s_)} (paper ~16)",
+        ),
+        judge(bool(np.all(u == WIDTH)), "unnormalized keeps all 20", f"kept {mean_std(u)}"),
+        judge(
+            bool(all(np.all(sim[k]["accuracy"] == 1.0) for k in sim)),
+            "accuracy 1.0",
+            ", ".join(f"{PARAM_STYLE[k]['label']} {mean_std(sim[k]['accuracy'])}" for k in sim),
+        ),
     ]
     metrics["verdicts"] = verdicts
     lines = [
-        "# XOR", "",
+        "# XOR",
+        "",
         "4 XOR points, 20 hidden neurons, output weights fixed to +1 (0-9) / -1 (10-19), WN on "
         f"the first layer, exponential loss to log L = {options.target}. Dynamics: {dyn}. "
         f"{options.seeds} seeds (vmapped). 'Kept' counts neurons with relative norm "
-        f"||w_u||/||W_1|| > {THRESHOLD}.", "",
-        table(["", "kept (paper)", "kept (ours)", "top-4 relative norms", "accuracy",
-               "reached target", "steps"], rows), "",
-        "Paper: EWN's ~4 dominant neurons have relative norm 0.43-0.55; 15 of 20 fall under "
-        "0.05.", "",
-        "## Verdicts", "",
+        f"||w_u||/||W_1|| > {THRESHOLD}.",
+        "",
+        table(
+            [
+                "",
+                "kept (paper)",
+                "kept (ours)",
+                "top-4 relative norms",
+                "accuracy",
+                "reached target",
+                "steps",
+            ],
+            rows,
+        ),
+        "",
+        "Paper: EWN's ~4 dominant neurons have relative norm 0.43-0.55; 15 of 20 fall under 0.05.",
+        "",
+        "## Verdicts",
+        "",
         *render_verdicts(verdicts),
-        "", "Figures: " + ", ".join(figs),
+        "",
+        "Figures: " + ", ".join(figs),
     ]
     write_outputs(options.out, metrics, "\n".join(lines))
     return metrics

@@ -2,7 +2,8 @@
 
 Gradient flow on the square loss from ``w(0) = delta w_0`` (Kumar & Haupt 2024, 2025):
 
-- near the origin ``w/||w||`` aligns with the KKT point ``u*`` of the NCF (``wnjax.small_init.ncf_kkt_point``)
+- near the origin ``w/||w||`` aligns with the KKT point ``u*`` of the NCF
+  (``wnjax.small_init.ncf_kkt_point``)
   while the loss has not moved;
 - it escapes at ``T ~ delta^-(L-2)`` (``L > 2``) or ``T ~ log(1/delta)`` (``L = 2``);
 - it then stops near the first saddle: a stationary point of the net restricted to the support
@@ -24,8 +25,8 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._dynamics.flow import FlowResult, gradient_flow
 from wnjax._losses import Loss, Square, get_loss
-from wnjax.small_init._ncf import KKTPoint, trainable_vector
 from wnjax._nets.parameterize import Parameterized, Standard, restore_type, to_standard
+from wnjax.small_init._ncf import KKTPoint, trainable_vector
 
 
 def relu2_teacher_data(
@@ -83,7 +84,8 @@ def weight_norms(states: PyTree) -> Array:
 
 
 def unit_norms(model: PyTree) -> Array:
-    """Norms of the hidden units of a chain of ``Linear`` layers: ``sqrt(||W_k[j]||^2 + ||W_{k+1}[:, j]||^2)``.
+    """Norms of the hidden units of a chain of ``Linear`` layers:
+    ``sqrt(||W_k[j]||^2 + ||W_{k+1}[:, j]||^2)``.
 
     Unit ``j`` of hidden layer ``k`` owns its incoming row and its outgoing column; only
     trainable layers count (a frozen output layer adds nothing). Works on one model; vmap it
@@ -146,7 +148,8 @@ def crossing_time(ts: Array, values: Array, level: float, *, rising: bool = True
 
 
 def interpolate_at(ts: Array, values: Array, t: float) -> float:
-    """``values`` at time ``t``, interpolated linearly in ``log t`` (``nan`` outside the samples)."""
+    """``values`` at time ``t``, interpolated linearly in ``log t`` (``nan`` outside the
+    samples)."""
     ts, values = np.asarray(ts, float), np.asarray(values, float)
     keep = np.isfinite(ts) & np.isfinite(values) & (ts > 0)
     if not np.isfinite(t) or t <= 0 or not keep.any():
@@ -194,8 +197,16 @@ def flow_escape_time(
     X, y = jnp.asarray(X), jnp.asarray(y)
     log_l0 = float(loss_obj.log_loss(jax.vmap(to_standard(model))(X), y))
     target = log_l0 + float(np.log1p(-min(3 * drop, 0.5)))
-    kw = dict(loss=loss_obj, t1=t1, rtol=rtol, atol=atol, max_steps=max_steps,
-              target_log_loss=target, save_states=False, throw=False)
+    kw = dict(
+        loss=loss_obj,
+        t1=t1,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        target_log_loss=target,
+        save_states=False,
+        throw=False,
+    )
     first = gradient_flow(model, X, y, save_ts=np.linspace(0.0, t1, n_save), **kw)
     if not bool(first.reached_target):
         return float("inf"), int(first.stats["num_steps"])
@@ -227,7 +238,8 @@ class Plateau(NamedTuple):
 def find_plateaus(
     ts: Array, log_loss: Array, *, tol: float = 1e-3, min_ratio: float = 1.2
 ) -> list[Plateau]:
-    """Plateaus of a loss curve: maximal runs with ``|d log L / d log t| < tol`` over ``t_end/t_start >= min_ratio``.
+    """Plateaus of a loss curve: maximal runs with ``|d log L / d log t| < tol`` over
+    ``t_end/t_start >= min_ratio``.
 
     Slopes are finite differences between consecutive samples (use a log-spaced, dense grid).
     The first plateau is usually the one at the origin, at the initial loss.
@@ -260,8 +272,11 @@ def find_plateaus(
         a, b = k, j + 1  # sample indices spanning intervals k..j
         if ts[b] / ts[a] >= min_ratio:
             best = k + int(np.argmin(np.abs(slope[k : j + 1])))
-            out.append(Plateau(float(ts[a]), float(ts[b]), float(ll[best]), float(ts[best]),
-                               float(slope[best])))
+            out.append(
+                Plateau(
+                    float(ts[a]), float(ts[b]), float(ll[best]), float(ts[best]), float(slope[best])
+                )
+            )
         k = j + 1
     return out
 
@@ -366,8 +381,17 @@ def reduced_network(
         T = np.log(1.0 / scale) / growth if L <= 2 else 1.0 / ((L - 2) * growth * scale ** (L - 2))
         t1 = 4.0 * T + 1e4
     flow = gradient_flow(
-        start, X, y, loss=loss_obj, t1=t1, rate=rate, rtol=rtol, atol=atol,
-        max_steps=max_steps, n_save=n_save, save_states=False,
+        start,
+        X,
+        y,
+        loss=loss_obj,
+        t1=t1,
+        rate=rate,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        n_save=n_save,
+        save_states=False,
     )
     final = flow.final
 
@@ -376,12 +400,14 @@ def reduced_network(
 
     w_final = trainable_vector(final)[0]
     g = jnp.where(mask, masked_grad(w_final), 0.0)
-    return ReducedNetwork(flow=flow, mask=mask, log_loss=flow.final_log_loss,
-                          grad_norm=jnp.linalg.norm(g))
+    return ReducedNetwork(
+        flow=flow, mask=mask, log_loss=flow.final_log_loss, grad_norm=jnp.linalg.norm(g)
+    )
 
 
 def log_save_times(t1: float, n: int = 2000, decades: float = 8.0) -> np.ndarray:
-    """``0`` and ``n - 1`` log-spaced times from ``t1 10^-decades`` to ``t1``: a dense grid for plateaus."""
+    """``0`` and ``n - 1`` log-spaced times from ``t1 10^-decades`` to ``t1``: a dense grid for
+    plateaus."""
     return np.concatenate([[0.0], t1 * np.logspace(-decades, 0, n - 1)])
 
 
@@ -464,9 +490,19 @@ def small_init_diagnostics(
         k = int(np.flatnonzero(ts >= saddles[0].start)[0])
         inactive = units[k, ~active]
     return SmallInitDiagnostics(
-        ts=ts, log_loss=log_loss, cosines=cos, norms=norms, unit_norms=units,
-        escape_time=t_esc, cos_at_escape=cos_esc, k_levels=k_levels, k_times=k_times,
-        k_cosines=k_cos, plateaus=plateaus, saddles=saddles, inactive_norms=inactive,
+        ts=ts,
+        log_loss=log_loss,
+        cosines=cos,
+        norms=norms,
+        unit_norms=units,
+        escape_time=t_esc,
+        cos_at_escape=cos_esc,
+        k_levels=k_levels,
+        k_times=k_times,
+        k_cosines=k_cos,
+        plateaus=plateaus,
+        saddles=saddles,
+        inactive_norms=inactive,
     )
 
 

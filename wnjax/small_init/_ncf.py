@@ -16,7 +16,6 @@ Meanwhile ``d log ||w|| / ds = L N(u)``, which fixes the escape time (``KKTPoint
 
 from __future__ import annotations
 
-
 import diffrax
 import equinox as eqx
 import jax
@@ -24,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from wnjax._nets.neurons import has_bias
 from wnjax._nets.models import homogeneity_degree
+from wnjax._nets.neurons import has_bias
 from wnjax._nets.parameterize import (
     Parameterized,
     Standard,
@@ -92,7 +91,8 @@ def neural_correlation(model: PyTree, X: Array, y: Array) -> Array:
 
 
 def trainable_degree(model: PyTree, X: Array, *, rtol: float = 1e-6) -> float:
-    """Homogeneity degree in the trainable weights: ``H(2w) = 2^L H(w)``, so ``L = log2 |H(2w)/H(w)|``.
+    """Homogeneity degree in the trainable weights: ``H(2w) = 2^L H(w)``, so ``L = log2
+    |H(2w)/H(w)|``.
 
     Frozen layers are not scaled (a net with a frozen output layer is 2-homogeneous in its
     first layer, say); this is ``wnjax.homogeneity_degree`` at ``c = 2``. Raises
@@ -167,7 +167,8 @@ def ncf_kkt_point(
     atol: float = 1e-12,
     max_steps: int = 100_000,
 ) -> KKTPoint:
-    """Follow the spherical NCF flow ``du/ds = grad N(u) - (u . grad N(u)) u`` from ``u(0) = w/||w||``.
+    """Follow the spherical NCF flow ``du/ds = grad N(u) - (u . grad N(u)) u`` from ``u(0) =
+    w/||w||``.
 
     This is the direction that gradient flow from ``delta w`` follows near the origin, so the
     KKT point it reaches is the one gradient flow converges to as ``delta -> 0``. The flow stops
@@ -196,8 +197,16 @@ def ncf_kkt_point(
     if not float(jnp.linalg.norm(w0)) > 0:
         raise ValueError("the initial weights are zero, so they have no direction.")
     vec, value, res, s, integral, growth, steps = _kkt_solve(
-        build, w0 / jnp.linalg.norm(w0), X, y, jnp.asarray(max(flow_tol, tol)), jnp.asarray(s1),
-        jnp.asarray(rtol), jnp.asarray(atol), L=L, max_steps=int(max_steps),
+        build,
+        w0 / jnp.linalg.norm(w0),
+        X,
+        y,
+        jnp.asarray(max(flow_tol, tol)),
+        jnp.asarray(s1),
+        jnp.asarray(rtol),
+        jnp.asarray(atol),
+        L=L,
+        max_steps=int(max_steps),
         newton_steps=int(newton_steps),
     )
     if L > 2:
@@ -261,7 +270,8 @@ def _kkt_solve(build, u0, X, y, tol, s1, rtol, atol, *, L, max_steps, newton_ste
 
 
 def _newton_polish(ncf, u: Array, steps: int) -> Array:
-    """Riemannian Newton steps on the sphere: solve ``(P (grad^2 N - lam I) P + u u^T) d = -(g - lam u)``.
+    """Riemannian Newton steps on the sphere: solve ``(P (grad^2 N - lam I) P + u u^T) d = -(g - lam
+    u)``.
 
     ``lam = u . grad N``; the ``u u^T`` term makes the system regular in the normal direction,
     so ``d`` lies in ``u^perp``. A step is kept only if it lowers the KKT residual.
@@ -293,9 +303,7 @@ class SecondOrder(eqx.Module):
     kind: str = eqx.field(static=True)
 
 
-def ncf_second_order(
-    model: PyTree, X: Array, y: Array, *, tol: float = 1e-8
-) -> SecondOrder:
+def ncf_second_order(model: PyTree, X: Array, y: Array, *, tol: float = 1e-8) -> SecondOrder:
     """Eigenvalues of the Riemannian Hessian of ``N`` on the unit sphere at ``u = w/||w||``.
 
     ``Hess N(u) = P (grad^2 N(u) - (u . grad N(u)) I) P`` with ``P = I - u u^T``; a KKT point is a

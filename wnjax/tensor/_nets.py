@@ -1,4 +1,5 @@
-"""Linear tensor networks ``f(x) = M(x)(v_1, ..., v_L)`` (Yun, Krishnan, Mobahi 2021; docs/theory.md §6).
+"""Linear tensor networks ``f(x) = M(x)(v_1, ..., v_L)`` (Yun, Krishnan, Mobahi 2021; docs/theory.md
+§6).
 
 The data tensor ``M(x)`` is linear in ``x``; the parameters ``v_l`` are the weights of bias-free
 ``eqx.nn.Linear`` layers, so ``wnjax.ewn``/``swn``, the flow and the GD runners apply unchanged.
@@ -259,13 +260,18 @@ def diagonal_tensor_net(size: int, depth: int, *, key, init_scale: float = 1.0) 
     return random_tensor_network(DiagonalTensor(size, depth), key=key, init_scale=init_scale)
 
 
-def convolutional_tensor_net(size: int, depth: int, *, key, init_scale: float = 1.0) -> TensorNetwork:
-    """A random linear circular-convolution net with full-length filters (see ``ConvolutionTensor``)."""
+def convolutional_tensor_net(
+    size: int, depth: int, *, key, init_scale: float = 1.0
+) -> TensorNetwork:
+    """A random linear circular-convolution net with full-length filters (see
+    ``ConvolutionTensor``)."""
     _check_depth(depth)
     return random_tensor_network(ConvolutionTensor(size, depth), key=key, init_scale=init_scale)
 
 
-def odeco_tensor_net(S, Us: Sequence, weights: Sequence[Array] | None = None, *, key=None) -> TensorNetwork:
+def odeco_tensor_net(
+    S, Us: Sequence, weights: Sequence[Array] | None = None, *, key=None
+) -> TensorNetwork:
     """An orthogonally decomposable network with transform ``S`` and factors ``U_l``.
 
     **Arguments:**
@@ -295,7 +301,9 @@ def odeco_tensor_net(S, Us: Sequence, weights: Sequence[Array] | None = None, *,
 def _net(model: PyTree) -> TensorNetwork:
     net = to_standard(model)
     if not isinstance(net, TensorNetwork):
-        raise ValueError(f"expected a TensorNetwork (or its ewn/swn form), got {type(net).__name__}.")
+        raise ValueError(
+            f"expected a TensorNetwork (or its ewn/swn form), got {type(net).__name__}."
+        )
     return net
 
 
@@ -335,7 +343,8 @@ def odeco_to_diagonal(model: PyTree) -> tuple[TensorNetwork, Array]:
     net = _net(model)
     if not isinstance(net.tensor, OdecoTensor):
         raise ValueError(
-            "odeco_to_diagonal needs a network on an OdecoTensor (build it with wnjax.tensor.odeco_net); "
+            "odeco_to_diagonal needs a network on an OdecoTensor (build it with "
+            "wnjax.tensor.odeco_net); "
             f"got {type(net.tensor).__name__}. A diagonal net is already its own transform; a "
             "convolutional net is odeco over C: use fourier_features/fourier_rho."
         )
@@ -346,7 +355,8 @@ def odeco_to_diagonal(model: PyTree) -> tuple[TensorNetwork, Array]:
 
 
 def transformed_rho(model: PyTree) -> Array:
-    """``rho`` of an odeco or diagonal net: ``rho_j = prod_l [U_l^T v_l]_j`` (``U_l = I`` if diagonal)."""
+    """``rho`` of an odeco or diagonal net: ``rho_j = prod_l [U_l^T v_l]_j`` (``U_l = I`` if
+    diagonal)."""
     net = _net(model)
     if isinstance(net.tensor, OdecoTensor):
         net, _ = odeco_to_diagonal(net)
@@ -409,7 +419,8 @@ def fourier_regression_init(
 
 
 def diagonal_regression_init(size: int, depth: int, alpha: float, nu=None) -> TensorNetwork:
-    """Diagonal net with ``w_l(0) = alpha nu`` (``l < L``) and ``w_L(0) = 0`` (docs/theory.md §6)."""
+    """Diagonal net with ``w_l(0) = alpha nu`` (``l < L``) and ``w_L(0) = 0`` (docs/theory.md
+    §6)."""
     nu = np.ones(size) if nu is None else np.asarray(nu, dtype=np.float64)
     return tensor_network(
         DiagonalTensor(size, depth), [alpha * nu] * (depth - 1) + [np.zeros(size)]

@@ -33,7 +33,9 @@ def _groups(groups, m: int) -> np.ndarray:
         return np.arange(m)
     g = np.asarray(groups)
     if g.shape != (m,):
-        raise ValueError(f"groups must give one group index per coordinate, shape ({m},), got {g.shape}.")
+        raise ValueError(
+            f"groups must give one group index per coordinate, shape ({m},), got {g.shape}."
+        )
     _, g = np.unique(g, return_inverse=True)
     return g
 
@@ -72,7 +74,8 @@ class Link:
         self.s_max = np.full(c.shape[1], np.inf) if self.depth == 2 else self.phi(np.inf)
 
     def _c(self, w) -> np.ndarray:
-        """The scales shaped ``(L-1, 1, ..., G)`` to broadcast against ``w`` of shape ``(..., G)``."""
+        """The scales shaped ``(L-1, 1, ..., G)`` to broadcast against ``w`` of shape
+        ``(..., G)``."""
         return self.c.reshape((self.c.shape[0],) + (1,) * (np.ndim(w) - 1) + (self.c.shape[1],))
 
     def P(self, w):
@@ -214,7 +217,8 @@ def regression_limit(Z, y, scales, groups=None, *, numeric: bool = False, tol: f
 
 
 def min_norm_interpolant(Z, y, p: int = 2, weights=None):
-    """``argmin sum_j w_j |rho_j|^p`` s.t. ``Z rho = y``, for ``p = 2`` (weighted lstsq) or ``p = 1`` (LP)."""
+    """``argmin sum_j w_j |rho_j|^p`` s.t. ``Z rho = y``, for ``p = 2`` (weighted lstsq) or ``p =
+    1`` (LP)."""
     Z = np.asarray(Z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     m = Z.shape[1]
@@ -224,8 +228,12 @@ def min_norm_interpolant(Z, y, p: int = 2, weights=None):
         return d * (np.linalg.pinv(Z * d) @ y)
     if p == 1:
         import scipy.optimize
+
         res = scipy.optimize.linprog(
-            np.concatenate([w, w]), A_eq=np.hstack([Z, -Z]), b_eq=y, bounds=(0, None),
+            np.concatenate([w, w]),
+            A_eq=np.hstack([Z, -Z]),
+            b_eq=y,
+            bounds=(0, None),
             method="highs",
         )
         if res.status != 0:
@@ -254,6 +262,7 @@ def l1_max_margin(Z, y):
     m = Z.shape[1]
     A = -(y[:, None] * np.hstack([Z, -Z]))
     import scipy.optimize
+
     res = scipy.optimize.linprog(
         np.ones(2 * m), A_ub=A, b_ub=-np.ones(Z.shape[0]), bounds=(0, None), method="highs"
     )
@@ -291,6 +300,7 @@ def group_max_margin(Z, y, groups=None):
         return -J
 
     import scipy.optimize
+
     res = scipy.optimize.minimize(
         lambda lam: -np.sum(lam),
         np.full(n, 1e-3),
@@ -318,7 +328,8 @@ def tensor_margin(rho, Z, y, depth: int, groups=None) -> float:
 def tensor_kkt_residual(
     rho, Z, y, depth: int, groups=None, *, support_tol: float = 1e-2, active_tol: float = 1e-2
 ) -> dict:
-    """How far ``rho``'s direction is from a KKT point of ``min sum_G |rho_G|^{2/L}`` s.t. margins ``>= 1``.
+    """How far ``rho``'s direction is from a KKT point of ``min sum_G |rho_G|^{2/L}`` s.t. margins
+    ``>= 1``.
 
     ``rho`` is scaled to minimum margin 1. Multipliers ``lam >= 0`` live on the active points
     (``q_i <= 1 + active_tol``), so complementary slackness holds by construction. On the support
@@ -346,6 +357,7 @@ def tensor_kkt_residual(
     grad = p * norms[g] ** (p - 2) * rho
     A = (Z.T * y)[:, active]
     import scipy.optimize
+
     lam_a, _ = scipy.optimize.nnls(A[coords], grad[coords], maxiter=50 * Z.shape[0])
     resid = np.linalg.norm(A[coords] @ lam_a - grad[coords]) / np.linalg.norm(grad[coords])
     lam = np.zeros(Z.shape[0])
