@@ -1,4 +1,5 @@
-"""Diagonal linear nets and polar weight normalization (SPEC section 5) against independent references."""
+"""Diagonal linear nets and polar weight normalization (docs/theory.md §5) against independent
+references."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 import scipy.integrate
 
 import wnjax
-from wnjax.experiments._diagonal_wn import gd_trace, plain_rate
+from wnjax.experiments._diagonal_wn import gd_run, gd_trace, plain_rate
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_references(problem):
     An = np.asarray(A)
     # min-l2: feasible and orthogonal to the null space of A.
     assert np.allclose(An @ x2, y, atol=1e-12)
-    null = np.linalg.svd(An)[2][An.shape[0]:]
+    null = np.linalg.svd(An)[2][An.shape[0] :]
     assert np.max(np.abs(null @ x2)) < 1e-12
     # Q_alpha: the dual Newton solve and the primal SLSQP solve agree; KKT: grad Q in range(A^T).
     for alpha in (0.1, 0.5):
@@ -41,8 +42,16 @@ def test_plain_gf_limit_is_q_alpha_minimizer(problem):
     A, y, xs = problem
     alpha = 0.3
     r = wnjax.gradient_flow(
-        wnjax.diagonal.net(20, alpha=alpha), A, y, loss="square", t1=1e6, target_log_loss=-32.0,
-        max_steps=50_000, n_save=4, save_states=False, throw=False,
+        wnjax.diagonal.net(20, alpha=alpha),
+        A,
+        y,
+        loss="square",
+        t1=1e6,
+        target_log_loss=-32.0,
+        max_steps=50_000,
+        n_save=4,
+        save_states=False,
+        throw=False,
     )
     assert float(r.final_log_loss) <= -32.0 + 1e-6
     x = np.asarray(wnjax.diagonal.signal(r.final))
@@ -55,7 +64,7 @@ def test_plain_gf_limit_is_q_alpha_minimizer(problem):
 
 
 def _polar_w_ode(A, y, eta_r, eta_theta):
-    """``dw/dt = -[eta_r theta theta^T + eta_theta r^2 (I - theta theta^T)] grad L`` for ``L = 2``."""
+    """``dw/dt = -[eta_r theta theta^T + eta_theta r^2 (I - theta theta^T)] grad L``, ``L = 2``."""
     A, y = np.asarray(A), np.asarray(y)
     d = A.shape[1]
 
@@ -77,18 +86,35 @@ def test_polar_flow_and_invariant_match_w_space_ode(problem):
     p = wnjax.diagonal.polar_wn(net)
     ts = np.array([0.0, 0.02, 0.05, 0.1, 0.2])
     r = wnjax.gradient_flow(
-        p, A, y, loss="square", t1=float(ts[-1]), save_ts=ts, rate=wnjax.diagonal.polar_rates(eta_r, eta_theta),
-        rtol=1e-11, atol=1e-13, max_steps=20_000,
+        p,
+        A,
+        y,
+        loss="square",
+        t1=float(ts[-1]),
+        save_ts=ts,
+        rate=wnjax.diagonal.polar_rates(eta_r, eta_theta),
+        rtol=1e-11,
+        atol=1e-13,
+        max_steps=20_000,
     )
     w0 = np.asarray(net.flat())
     ref = scipy.integrate.solve_ivp(
-        _polar_w_ode(A, y, eta_r, eta_theta), (0, ts[-1]), w0, method="DOP853", t_eval=ts,
-        rtol=1e-12, atol=1e-14,
+        _polar_w_ode(A, y, eta_r, eta_theta),
+        (0, ts[-1]),
+        w0,
+        method="DOP853",
+        t_eval=ts,
+        rtol=1e-12,
+        atol=1e-14,
     )
-    w_lib = np.stack([np.asarray(wnjax.to_standard(jax.tree_util.tree_map(lambda s: s[i], r.states)).flat()) for i in range(len(ts))])
+
+    def state(i):
+        return jax.tree_util.tree_map(lambda s: s[i], r.states)
+
+    w_lib = np.stack([np.asarray(wnjax.to_standard(state(i)).flat()) for i in range(len(ts))])
     assert np.max(np.abs(w_lib - ref.y.T)) < 1e-8
     # u_i v_i(t)/u_i v_i(0): one common factor for all i (library), equal to the ODE's, and moving.
-    ratios = np.stack([np.asarray(wnjax.diagonal.uv_ratio(jax.tree_util.tree_map(lambda s: s[i], r.states), p)) for i in range(len(ts))])
+    ratios = np.stack([np.asarray(wnjax.diagonal.uv_ratio(state(i), p)) for i in range(len(ts))])
     d = 20
     ode_ratios = (ref.y[:d] * ref.y[d:]).T / (w0[:d] * w0[d:])
     assert np.max(np.asarray(wnjax.diagonal.invariant_spread(jnp.asarray(ratios)))) < 1e-8
@@ -104,10 +130,16 @@ def test_polar_sgd_is_the_retracted_polar_step(problem):
     net = wnjax.diagonal.net(20, alpha=0.7)
     er, et = 0.03, 0.002
     res = wnjax.gradient_descent(
-        wnjax.diagonal.polar_wn(net), A, y, loss="square", num_steps=1, optimizer=wnjax.diagonal.polar_sgd,
-        learning_rate=er, hyperparams={"angular_rate": et},
+        wnjax.diagonal.polar_wn(net),
+        A,
+        y,
+        loss="square",
+        num_steps=1,
+        optimizer=wnjax.diagonal.polar_sgd,
+        learning_rate=er,
+        hyperparams={"angular_rate": et},
     )
-    # SPEC: r <- r - eta_r <g, theta>; theta <- normalize(theta - eta_theta r (g - theta <g, theta>)).
+    # r <- r - eta_r <g, theta>; theta <- normalize(theta - eta_theta r (g - theta <g, theta>)).
     w = np.asarray(net.flat())
     An, yn = np.asarray(A), np.asarray(y)
     u, v = w[:20], w[20:]
@@ -127,8 +159,15 @@ def test_wn_gd_reaches_l1_much_faster_at_small_alpha(problem):
     net = wnjax.diagonal.net(20, alpha=0.01)
     budget = 2000
     res = wnjax.gradient_descent(
-        wnjax.diagonal.polar_wn(net), A, y, loss="square", num_steps=budget, optimizer=wnjax.diagonal.polar_sgd,
-        learning_rate=1e-2, hyperparams={"angular_rate": 0.1}, n_save=8,
+        wnjax.diagonal.polar_wn(net),
+        A,
+        y,
+        loss="square",
+        num_steps=budget,
+        optimizer=wnjax.diagonal.polar_sgd,
+        learning_rate=1e-2,
+        hyperparams={"angular_rate": 0.1},
+        n_save=8,
     )
     x1 = wnjax.diagonal.l1_interpolator(A, y)
     assert float(wnjax.diagonal.relative_error(wnjax.diagonal.signal(res.final), x1)) <= 1e-3
@@ -162,7 +201,9 @@ def test_models_and_bad_input():
     # groupings: same function, different neurons.
     assert wnjax.diagonal.polar_wn(net).neuron_norms().shape == (1,)
     assert wnjax.diagonal.coordinate_wn(net, "ewn").neuron_norms().shape == (10,)
-    assert np.allclose(wnjax.diagonal.signal(wnjax.diagonal.coordinate_wn(net, "ewn")), wnjax.diagonal.signal(net))
+    assert np.allclose(
+        wnjax.diagonal.signal(wnjax.diagonal.coordinate_wn(net, "ewn")), wnjax.diagonal.signal(net)
+    )
     with pytest.raises(ValueError, match="depth"):
         wnjax.diagonal.net(5, depth=1)
     with pytest.raises(ValueError, match="alpha"):
@@ -171,3 +212,69 @@ def test_models_and_bad_input():
         wnjax.diagonal.net(5, grouping="rows")
     with pytest.raises(ValueError, match="weight-normalized"):
         wnjax.diagonal.polar_rates(1.0, 1.0)(wnjax.standard(net), wnjax.standard(net))
+
+
+def _numpy_gd(A, y, alpha, steps, *, lr=None, rates=None):
+    """Plain GD on ``(u, v)`` (``lr``) or polar WN-GD on ``w = r theta`` (``rates``), in numpy;
+    the signal ``x = u^2 - v^2`` and ``log L`` after each step."""
+    A, y = np.asarray(A), np.asarray(y)
+    d = A.shape[1]
+    w = np.full(2 * d, alpha)
+    xs, logs = [], []
+    for _ in range(steps):
+        u, v = w[:d], w[d:]
+        gx = A.T @ (A @ (u * u - v * v) - y)
+        g = np.concatenate([2 * u * gx, -2 * v * gx])
+        if rates is None:
+            w = w - lr * g
+        else:
+            r = np.linalg.norm(w)
+            theta = w / r
+            gr = g @ theta
+            t = theta - rates[1] * r * (g - theta * gr)
+            w = (r - rates[0] * gr) * t / np.linalg.norm(t)
+        x = w[:d] ** 2 - w[d:] ** 2
+        xs.append(x)
+        logs.append(np.log(0.5 * np.sum((A @ x - y) ** 2)))
+    return np.array(xs), np.array(logs)
+
+
+@pytest.mark.parametrize("method", ["plain GD", "WN-GD"])
+def test_gd_run_counts_iterations_like_a_numpy_loop(problem, method):
+    A, y, _ = problem
+    alpha, target, steps = 0.1, -12.0, 3000
+    if method == "WN-GD":
+        kw, opt = dict(rates=(0.05, 0.05)), wnjax.diagonal.polar_sgd(0.05, 0.05)
+        p0 = wnjax.diagonal.polar_wn(wnjax.diagonal.net(20, alpha=alpha))
+    else:
+        lr = 4 * plain_rate(np.asarray(A), np.asarray(y), alpha, 2)
+        kw, opt, p0 = dict(lr=lr), optax.sgd(lr), wnjax.diagonal.net(20, alpha=alpha)
+    xs, logs = _numpy_gd(A, y, alpha, steps, **kw)
+    k_stop = int(np.argmax(logs <= target))  # the state after k_stop + 1 steps is at the target
+    assert logs[k_stop] <= target < logs[k_stop - 1]
+    x_ref = xs[k_stop]
+    dist = np.linalg.norm(xs - x_ref, axis=1) / np.linalg.norm(x_ref)
+    r = jax.jit(lambda: gd_run(p0, opt, A, y, jnp.asarray(x_ref), steps, 10, target))()
+    assert int(r["stop"]) == 1 and int(r["iterations"]) == k_stop + 1
+    assert np.allclose(np.asarray(r["x"]), x_ref, rtol=1e-9, atol=1e-12)
+    for j, level in enumerate((1e-3, 1e-6)):
+        # GD's checkpoint step counts the steps taken; the numpy state after k + 1 steps is xs[k]
+        assert int(r["first"][j]) == int(np.argmax(dist <= level)) + 1
+
+
+def test_speed_ladder_iterations_scale_like_flow_time(problem):
+    """Small steps follow the flow: iterations to a fixed distance from the limit times the step
+    are nearly constant, so doubling the step halves the count."""
+    from wnjax.experiments._diagonal_wn import Options, speed_ladder
+
+    A, y, xs = problem
+    prob = (A[None], y[None], xs[None])
+    out = speed_ladder(prob, 0.1, Options(out="unused", speed_steps=100_000, seeds=1))
+    for method in ("plain GD", "WN-GD"):
+        done = [r for r in out[method]["rungs"] if "to_1e-6" in r]
+        assert len(done) >= 2
+        first, second = done[0], done[1]
+        assert second["multiplier"] == 2 * first["multiplier"]
+        assert abs(first["to_1e-6"][0] / second["to_1e-6"][0] - 2) < 0.2
+        # rerun (pass 2) takes the same iterates as pass 1: the 1e-6 hit is before the stop
+        assert 0 < first["to_1e-6"][0] <= first["iterations_to_target"][0]

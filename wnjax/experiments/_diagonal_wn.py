@@ -1,23 +1,29 @@
 """``wnjax reproduce diagonal-wn``: sparse recovery with diagonal linear nets, plain vs polar WN.
 
-Chou, Rauhut, Ward (2023), SPEC section 5. Compressed sensing ``y = A x*`` (``A_ij ~ N(0, 1/N)``,
-``x*`` ``k``-sparse), loss ``1/2 ||A x - y||^2``, net ``x = u^L - v^L`` from ``u = v = alpha``.
-Four methods: plain GD, plain GF, polar WN-GD (``polar_sgd``, retraction onto the sphere) and the
-polar WN flow (``polar_rates``). GD runs are vmapped over seeds; flows run seed by seed (each
-solve stops at a target log loss) and reuse one compiled program.
+Chou, Rauhut, Ward (2023), docs/theory.md §5. Compressed sensing ``y = A x*``
+(``A_ij ~ N(0, 1/N)``, ``x*`` ``k``-sparse), loss ``1/2 ||A x - y||^2``, net ``x = u^L - v^L``
+from ``u = v = alpha``. Four methods: plain GD, plain GF, polar WN-GD (``polar_sgd``, retraction
+onto the sphere) and the polar WN flow (``polar_rates``). GD runs are vmapped over seeds, one
+compiled program per method, depth and budget; flows run seed by seed (each solve stops at a
+target log loss). ``speed_ladder`` times GD to its own limit at the smallest alpha.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wnjax._dynamics.descent import STOP_DIVERGED, STOP_TARGET, prepare_run, traced_run
+from wnjax._dynamics.flow import gradient_flow
+from wnjax._runtime.errors import InvalidInput
 from wnjax.diagonal._nets import (
     diagonal_net,
     diagonal_signal,
@@ -27,13 +33,10 @@ from wnjax.diagonal._nets import (
     sparse_problem,
     uv_ratio,
 )
-from wnjax._dynamics.descent import prepare_run, traced_run
-from wnjax._dynamics.flow import gradient_flow
 from wnjax.diagonal._polar import polar_rates, polar_sgd
 from wnjax.diagonal._sparse import l1_interpolator, min_l2_interpolator, q_alpha_interpolator
-from wnjax._runtime.errors import InvalidInput
 from wnjax.experiments._options import Common, option
-from wnjax.experiments._report import write_outputs
+from wnjax.experiments._report import judge, not_answered, render_verdicts, table, write_outputs
 
 DESCRIPTION = "diagonal linear nets: polar WN vs plain GD/GF for sparse recovery across init scales"
 
@@ -52,7 +55,8 @@ class Options(Common):
     - steps: the number of GD steps;
     - radial_rate: ``eta_r`` of WN-GD and the WN flow;
     - angular_rate: ``eta_theta`` of WN-GD and the WN flow;
-    - target_log_loss: the ``log L`` at which the flows stop.
+    - target_log_loss: the ``log L`` at which the flows stop;
+    - speed_steps: the iteration budget of each run of the speed comparison (``speed_ladder``).
     """
 
     dim: int = option(100, "signal dimension d", positive=True)
@@ -63,6 +67,7 @@ class Options(Common):
     radial_rate: float = option(1e-2, "eta_r of WN-GD/GF", positive=True)
     angular_rate: float = option(1e-2, "eta_theta of WN-GD/GF", positive=True)
     target_log_loss: float = option(-30.0, "where flows stop")
+    speed_steps: int = option(1_500_000, "iteration budget of each speed run", positive=True)
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,12 +76,15 @@ class Options(Common):
         except ValueError:
             ok = False
         if not ok:
-            raise InvalidInput(f"alphas must be comma-separated positive numbers such as "
-                               f"'0.1,1,10', got {self.alphas!r}.")
+            raise InvalidInput(
+                f"alphas must be comma-separated positive numbers such as "
+                f"'0.1,1,10', got {self.alphas!r}."
+            )
 
 
 def plain_rate(A: np.ndarray, y: np.ndarray, alpha: float, depth: int) -> float:
-    """Plain-GD step ``0.5 / (lambda_max(A^T A) L^2 s^(2L-2))``, ``s = max(alpha, ||A^T y||_inf^(1/L))``.
+    """Plain-GD step ``0.5 / (lambda_max(A^T A) L^2 s^(2L-2))``,
+    ``s = max(alpha, ||A^T y||_inf^(1/L))``.
 
     ``L^2 s^(2L-2) lambda_max`` bounds the loss curvature in ``w`` near init and near ``x*``.
     """
@@ -85,47 +93,118 @@ def plain_rate(A: np.ndarray, y: np.ndarray, alpha: float, depth: int) -> float:
     return 0.5 / (lam * depth**2 * s ** (2 * depth - 2))
 
 
-def gd_trace(p0, optimizer, A, y, x_star, num_steps: int, n_record: int = 200):
-    """GD on ``L = 1/2 ||A x - y||^2`` (``theta <- theta + optimizer.update(grad L, ...)``, the
-    GD engine with a relative-error monitor), traceable under ``jit``/``vmap``.
+def gd_run(
+    p0,
+    optimizer,
+    A,
+    y,
+    x_ref,
+    num_steps: int,
+    n_record: int = 200,
+    target_log_loss=None,
+    levels=(1e-3, 1e-6),
+    budget=None,
+) -> dict:
+    """GD on ``L = 1/2 ||A x - y||^2`` (``theta <- theta + optimizer.update(grad L, ...)``, the GD
+    engine with the monitor ``e = ||x - x_ref|| / ||x_ref||``), traceable under ``jit``/``vmap``.
 
     **Arguments:** `p0` (a diagonal net, plain or parameterized), `optimizer` (a ready optax
-    transformation), `A`, `y`, `x_star`, `num_steps`, `n_record`.
+    transformation), `A`, `y`, `x_ref`, `num_steps` (the budget), `n_record`,
+    `target_log_loss` (stop at this ``log L``; ``None``: run the budget), `levels` (of ``e``),
+    `budget` (a traced step budget at most ``num_steps``; ``None``: ``num_steps``).
 
-    **Returns:** ``(steps, errs, first)``: ``errs[j] = ||x - x*||/||x*||`` after
-    ``steps[j] = (j + 1) stride`` steps, ``stride = max(num_steps // n_record, 1)``; ``first[j]``
-    the first step with the error at or below ``(1e-3, 1e-6)[j]`` (``-1``: never).
+    **Returns:** a dict: `steps` and `errs` (``e`` after ``steps[j] = (j + 1) stride`` steps,
+    ``stride = max(num_steps // n_record, 1)``; a stopped run repeats its last value), `first`
+    (per level, the first step with ``e`` at or below it; ``-1``: never), `x` (the final
+    signal), `iterations` (steps taken), `stop` (the engine's stop code: 1 target, 2 budget,
+    3 diverged).
     """
     stride = max(num_steps // n_record, 1)
     n = num_steps // stride
 
     def error(model, X, Y):
-        return relative_error(diagonal_signal(model), x_star)
+        return relative_error(diagonal_signal(model), x_ref)
 
     carry, static, X, Y, numbers, key, statics = prepare_run(
-        p0, A, y, num_steps=n * stride, learning_rate=None, optimizer=optimizer,
-        hyperparams=None, loss="square", target_log_loss=None, batch_size=None, key=None,
-        objective="loss", n_save=1, save_states=False, chunk_size=n * stride, degree=1.0,
-        diverge_above=np.inf, diagnostics=False, check_initial_loss=False,
-        checkpoints=(1e-3, 1e-6), summarize=lambda m, X, Y: {"error": error(m, X, Y)},
-        save_at=stride * np.arange(1, n + 1), standard=False, monitor=error,
+        p0,
+        A,
+        y,
+        num_steps=n * stride,
+        learning_rate=None,
+        optimizer=optimizer,
+        hyperparams=None,
+        loss="square",
+        target_log_loss=target_log_loss,
+        batch_size=None,
+        key=None,
+        objective="loss",
+        n_save=1,
+        save_states=False,
+        chunk_size=n * stride,
+        degree=1.0,
+        diverge_above=np.inf,
+        diagnostics=False,
+        check_initial_loss=False,
+        checkpoints=levels,
+        summarize=lambda m, X, Y: {"error": error(m, X, Y)},
+        save_at=stride * np.arange(1, n + 1),
+        standard=False,
+        monitor=error,
     )
+    if budget is not None:
+        numbers["num_steps"] = jnp.minimum(jnp.asarray(budget, jnp.result_type(int)), n * stride)
     carry = traced_run(carry, static, X, Y, numbers, key, statics)
-    return stride * jnp.arange(1, n + 1), carry["saved"]["error"][:n], carry["ck_steps"]
+    saved = jnp.arange(n) < carry["save_idx"]
+    errs = carry["saved"]["error"][:n]
+    last = errs[jnp.maximum(carry["save_idx"] - 1, 0)]
+    return {
+        "steps": stride * jnp.arange(1, n + 1),
+        "errs": jnp.where(saved, errs, last),
+        "first": carry["ck_steps"],
+        "x": diagonal_signal(eqx.combine(carry["params"], static)),
+        "iterations": carry["accepted"],
+        "stop": carry["stop"],
+    }
 
 
-def _gd_batch(A, y, xs, alpha, depth, method, lr, er, et, num_steps):
-    def one(A, y, xs, lr):
+def gd_trace(p0, optimizer, A, y, x_star, num_steps: int, n_record: int = 200):
+    """``gd_run`` for the full budget: ``(steps, errs, first)``, ``errs[j] = ||x - x*||/||x*||``
+    after ``steps[j]`` steps, ``first[j]`` the first step with the error at or below
+    ``(1e-3, 1e-6)[j]`` (``-1``: never)."""
+    r = gd_run(p0, optimizer, A, y, x_star, num_steps, n_record)
+    return r["steps"], r["errs"], r["first"]
+
+
+@functools.partial(jax.jit, static_argnames=("method", "depth", "num_steps", "n_record"))
+def _gd_batch(
+    A, y, x_ref, alpha, rates, target=None, budget=None, *, method, depth, num_steps, n_record=200
+):
+    """``gd_run`` vmapped over seeds: per seed ``A``, ``y``, ``x_ref`` and ``rates = (eta,
+    eta)`` (plain GD, step ``eta``) or ``(eta_r, eta_theta)`` (WN-GD), from
+    ``u = v = alpha``. ``alpha``, the rates, the target and the budget (at most ``num_steps``)
+    are traced: one program per ``(method, depth, num_steps)``."""
+
+    def one(A, y, x_ref, rate):
         net = diagonal_net(A.shape[1], depth=depth, alpha=alpha)
         if method == "WN-GD":
-            return gd_trace(polar_wn(net), polar_sgd(er, et), A, y, xs, num_steps)
-        return gd_trace(net, optax.sgd(lr), A, y, xs, num_steps)
+            p0, opt = polar_wn(net), polar_sgd(rate[0], rate[1])
+        else:
+            p0, opt = net, optax.sgd(rate[0])
+        return gd_run(p0, opt, A, y, x_ref, num_steps, n_record, target, budget=budget)
 
-    return jax.jit(jax.vmap(one))(A, y, xs, jnp.asarray(lr))
+    return jax.vmap(one)(A, y, x_ref, rates)
 
 
-def _gf_runs(A, y, xs, alpha, depth, method, er, et, target):
-    errs, spreads, ok = [], [], []
+def _rates(method, lr, options) -> np.ndarray:
+    """Per-seed ``(eta, eta)`` of plain GD or ``(eta_r, eta_theta)`` of WN-GD, shape
+    ``(seeds, 2)``."""
+    if method == "WN-GD":
+        return np.tile([options.radial_rate, options.angular_rate], (len(lr), 1))
+    return np.stack([lr, lr], axis=1)
+
+
+def _gf_runs(A, y, xs, alpha, depth, method, er, et, target, x_q=None):
+    errs, spreads, ok, to_q = [], [], [], []
     for i in range(A.shape[0]):
         net = diagonal_net(A.shape[-1], depth=depth, alpha=alpha)
         kw = dict(loss="square", t1=1e12, target_log_loss=target, max_steps=200_000)
@@ -142,7 +221,9 @@ def _gf_runs(A, y, xs, alpha, depth, method, er, et, target):
                 r = gradient_flow(net, A[i], y[i], **kw)
         errs.append(float(relative_error(diagonal_signal(r.final), xs[i])))
         ok.append(bool(float(r.final_log_loss) <= target + 1e-6))
-    return np.asarray(errs), np.asarray(spreads), np.asarray(ok)
+        if x_q is not None:
+            to_q.append(float(relative_error(diagonal_signal(r.final), x_q[i])))
+    return np.asarray(errs), np.asarray(spreads), np.asarray(ok), np.asarray(to_q)
 
 
 def _stats(v) -> dict:
@@ -169,29 +250,121 @@ def sweep_point(problem, alpha, depth, options, methods=METHODS) -> dict:
     lr = [plain_rate(np.asarray(a), np.asarray(b), alpha, depth) for a, b in zip(A, y)]
     for method in methods:
         if method.endswith("GD"):
-            steps, errs, first = _gd_batch(
-                A, y, xs, alpha, depth, method, lr, options.radial_rate, options.angular_rate,
-                options.steps,
+            r = _gd_batch(
+                A,
+                y,
+                xs,
+                alpha,
+                _rates(method, lr, options),
+                method=method,
+                depth=depth,
+                num_steps=options.steps,
             )
+            steps, errs, first = r["steps"], np.asarray(r["errs"]), r["first"]
+            diverged = np.asarray(r["stop"]) == STOP_DIVERGED
             out[method] = {
-                "error": _stats(np.asarray(errs)[:, -1]),
+                "error": _stats(np.where(diverged, np.nan, errs[:, -1])),
                 "to_1e-3": _first_hit_stats(first[:, 0]),
                 "to_1e-6": _first_hit_stats(first[:, 1]),
                 "trace_steps": np.asarray(steps[0]).tolist(),
-                "trace_mean": np.nanmean(np.asarray(errs), 0).tolist(),
-                "trace_std": np.nanstd(np.asarray(errs), 0).tolist(),
-                "diverged": int(np.sum(~np.isfinite(np.asarray(errs)[:, -1]))),
+                "trace_mean": np.nanmean(errs, 0).tolist(),
+                "trace_std": np.nanstd(errs, 0).tolist(),
+                "diverged": int(diverged.sum()),
             }
             if method == "plain GD":
                 out[method]["learning_rate"] = _stats(lr)
         else:
-            errs, spreads, ok = _gf_runs(
-                A, y, xs, alpha, depth, method, options.radial_rate, options.angular_rate,
+            x_q = None
+            if method == "plain GF" and depth == 2:
+                x_q = [
+                    q_alpha_interpolator(np.asarray(a), np.asarray(b), alpha) for a, b in zip(A, y)
+                ]
+            errs, spreads, ok, to_q = _gf_runs(
+                A,
+                y,
+                xs,
+                alpha,
+                depth,
+                method,
+                options.radial_rate,
+                options.angular_rate,
                 options.target_log_loss,
+                x_q,
             )
             out[method] = {"error": _stats(errs), "reached_target": int(ok.sum())}
+            if x_q is not None:
+                out[method]["to_q_alpha"] = _stats(to_q)
             if method == "WN-GF" and depth == 2:
                 out[method]["invariant_spread_max"] = float(np.nanmax(spreads))
+    return out
+
+
+SPEED_LOG_LOSS = -40.0
+"""A speed run has converged once ``log L <= SPEED_LOG_LOSS``: its iterate is then within ~4e-9
+(relative) of its limit (measured at d = 100, N = 40, alpha = 0.01 against runs to
+``log L = -66``), far below the 1e-6 it is timed to."""
+SPEED_RUNGS = {"plain GD": 6, "WN-GD": 5}
+
+
+def speed_ladder(problem, alpha, options) -> dict:
+    """Iterations of plain GD and WN-GD to a relative distance ``1e-3`` / ``1e-6`` from the
+    point each converges to, at ``u = v = alpha`` (``L = 2``), on a ladder of step sizes.
+
+    Rung ``k`` multiplies the base steps by ``2^k`` (plain GD: ``plain_rate``; WN-GD:
+    ``(eta_r, eta_theta)`` of ``options``). Per rung, vmapped over the seeds:
+
+    1. run to ``log L <= SPEED_LOG_LOSS`` (converged); the final signal ``x_inf`` is the limit;
+    2. run again (the same iterates) with the monitor ``||x - x_inf|| / ||x_inf||``: the first
+       iterations at or below ``1e-3`` and ``1e-6``.
+
+    Budgets: ``options.speed_steps`` for the first rung, then twice the previous converged
+    rung's most iterations (halving the iterations is what doubling the step gives). The ladder
+    stops at the first rung, after a converged one, where a seed does not converge.
+
+    **Returns:** per method, ``rungs`` (multiplier, steps, converged/diverged counts, iterations,
+    the limit's error to ``x*`` and, plain GD, its distance to the ``Q_alpha`` minimizer).
+    """
+    A, y, xs = problem
+    lr = np.array([plain_rate(np.asarray(a), np.asarray(b), alpha, 2) for a, b in zip(A, y)])
+    x_q = np.stack(
+        [q_alpha_interpolator(np.asarray(a), np.asarray(b), alpha) for a, b in zip(A, y)]
+    )
+    out = {
+        "alpha": alpha,
+        "budget": options.speed_steps,
+        "target_log_loss": SPEED_LOG_LOSS,
+        "q_alpha_error": np.asarray(relative_error(x_q, xs)).tolist(),
+    }
+    kw = dict(depth=2, num_steps=options.speed_steps, n_record=20)
+    for method in ("plain GD", "WN-GD"):
+        base = _rates(method, lr, options)
+        rungs, budget = [], options.speed_steps
+        for k in range(SPEED_RUNGS[method]):
+            rates = base * 2.0**k
+            r1 = _gd_batch(A, y, xs, alpha, rates, SPEED_LOG_LOSS, budget, method=method, **kw)
+            stop = np.asarray(r1["stop"])
+            rung = {
+                "multiplier": 2.0**k,
+                "rate": rates[:, 0].tolist(),
+                "budget": budget,
+                "converged": int(np.sum(stop == STOP_TARGET)),
+                "diverged": int(np.sum(stop == STOP_DIVERGED)),
+                "of": int(stop.size),
+                "iterations_to_target": np.asarray(r1["iterations"]).tolist(),
+            }
+            rungs.append(rung)
+            if rung["converged"] < stop.size:
+                if any("to_1e-6" in r for r in rungs):
+                    break
+                continue
+            x_inf = np.asarray(r1["x"])
+            r2 = _gd_batch(A, y, x_inf, alpha, rates, SPEED_LOG_LOSS, budget, method=method, **kw)
+            first = np.asarray(r2["first"])
+            rung["to_1e-3"], rung["to_1e-6"] = first[:, 0].tolist(), first[:, 1].tolist()
+            rung["limit_error"] = np.asarray(relative_error(x_inf, xs)).tolist()
+            rung["limit_to_q_alpha"] = np.asarray(relative_error(x_inf, x_q)).tolist()
+            budget = min(options.speed_steps, 2 * int(np.max(r1["iterations"])) + 1000)
+        out[method] = {"rungs": rungs}
     return out
 
 
@@ -204,7 +377,9 @@ def _references(problem, alphas) -> dict:
     l1 = [float(relative_error(l1_interpolator(a, b), x)) for a, b, x in zip(A, y, xs)]
     l2 = [float(relative_error(min_l2_interpolator(a, b), x)) for a, b, x in zip(A, y, xs)]
     q = {
-        str(al): _stats([relative_error(q_alpha_interpolator(a, b, al), x) for a, b, x in zip(A, y, xs)])
+        str(al): _stats(
+            [relative_error(q_alpha_interpolator(a, b, al), x) for a, b, x in zip(A, y, xs)]
+        )
         for al in alphas
     }
     return {"l1": _stats(l1), "min_l2": _stats(l2), "q_alpha": q}
@@ -244,7 +419,10 @@ def _plot(metrics, alphas, out):
     fig.savefig(os.path.join(out, "error_vs_steps.png"), dpi=120)
     plt.close(fig)
 
-    for name, key, xlabel in (("depth", "depth_sweep", "depth L"), ("sparsity", "sparsity_sweep", "sparsity k")):
+    for name, key, xlabel in (
+        ("depth", "depth_sweep", "depth L"),
+        ("sparsity", "sparsity_sweep", "sparsity k"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         table = metrics[key]
         for method in METHODS:
@@ -273,7 +451,7 @@ def _report(metrics, alphas, options) -> str:
         f"seeds (mean ± std), {options.steps} GD steps, WN rates eta_r = {options.radial_rate}, "
         f"eta_theta = {options.angular_rate}; flows stop at log L = {options.target_log_loss}.",
         "",
-        "Conventions (ours, SPEC section 5; the paper's body was not available): "
+        "Conventions (ours, docs/theory.md §5; the paper's body was not available): "
         "A_ij ~ N(0, 1/N); x* has a uniform random support and N(0,1) nonzeros; loss "
         "1/2||Ax - y||^2 (a sum); x = u^L - v^L, u(0) = v(0) = alpha; polar WN is SWN of the "
         "single neuron w = (u, v) = r theta with ||theta|| = 1; WN-GD retracts theta onto the "
@@ -292,11 +470,20 @@ def _report(metrics, alphas, options) -> str:
             + " | ".join(_fmt(row[m]["error"]) for m in METHODS)
             + " |"
         )
-    lines += ["", "Steps of GD to reach a relative error of 1e-3 / 1e-6 (runs that reached it):", ""]
-    lines += ["| alpha | plain GD 1e-3 | WN-GD 1e-3 | plain GD 1e-6 | WN-GD 1e-6 |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Steps of GD to reach a relative error (to x*) of 1e-3 / 1e-6 (runs that reached it):",
+        "",
+    ]
+    lines += [
+        "| alpha | plain GD 1e-3 | WN-GD 1e-3 | plain GD 1e-6 | WN-GD 1e-6 |",
+        "|---|---|---|---|---|",
+    ]
 
     def hit(r):
-        return f"{r['mean_steps']:.0f} ({r['reached']}/{r['of']})" if r["reached"] else f"never (0/{r['of']})"
+        if r["reached"]:
+            return f"{r['mean_steps']:.0f} ({r['reached']}/{r['of']})"
+        return f"never (0/{r['of']})"
 
     for a in alphas:
         row = sweep[str(a)]
@@ -310,60 +497,223 @@ def _report(metrics, alphas, options) -> str:
         f"Invariant (L = 2): max over alpha and seeds of max_i/min_i (u_i v_i(t)/u_i v_i(0)) - 1 "
         f"along the WN flow at its end: {np.nanmax(spread):.2e}.",
         "",
-        "## Findings",
+        "## Verdicts",
         "",
+        *render_verdicts(metrics["verdicts"]),
+        "",
+        *_speed_lines(metrics),
     ]
-    lines += metrics["findings"]
     for key, title in (("depth_sweep", "Depth sweep"), ("sparsity_sweep", "Sparsity sweep")):
         t = metrics[key]
-        lines += ["", f"## {title}", "", "| value | alpha | " + " | ".join(METHODS) + " |", "|---" * 6 + "|"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| value | alpha | " + " | ".join(METHODS) + " |",
+            "|---" * 6 + "|",
+        ]
         for v in t["values"]:
             for a in t["alphas"]:
                 r = t["results"][f"{v}|{a}"]
-                lines.append(f"| {v} | {a} | " + " | ".join(_fmt(r[m]["error"]) for m in METHODS) + " |")
-    lines += ["", "Figures: error_vs_alpha.png, error_vs_steps.png, error_vs_depth.png, error_vs_sparsity.png."]
+                lines.append(
+                    f"| {v} | {a} | " + " | ".join(_fmt(r[m]["error"]) for m in METHODS) + " |"
+                )
+    lines += [
+        "",
+        "Figures: error_vs_alpha.png, error_vs_steps.png, error_vs_depth.png, "
+        "error_vs_sparsity.png.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _findings(metrics, alphas) -> list[str]:
+def _mean(v) -> float:
+    v = np.asarray(v, float)
+    return float(np.nanmean(v)) if np.any(np.isfinite(v)) else np.nan
+
+
+def _speed_summary(metrics) -> dict:
+    """Per method: the rung at the base steps, and the fastest converged rung that keeps the
+    bias of the method's flow (every seed's limit error at most ``2x`` that of plain GF resp.
+    the WN flow at the same alpha)."""
+    sp = metrics["speed"]
+    row = metrics["alpha_sweep"][str(sp["alpha"])]
+    flow = {
+        "plain GD": row["plain GF"]["error"]["values"],
+        "WN-GD": row["WN-GF"]["error"]["values"],
+    }
+    out = {}
+    for method in ("plain GD", "WN-GD"):
+        rungs = sp[method]["rungs"]
+        done = [r for r in rungs if "to_1e-6" in r]
+        kept = [r for r in done if all(e <= 2 * f for e, f in zip(r["limit_error"], flow[method]))]
+        fastest = min(done, key=lambda r: _mean(r["to_1e-6"])) if done else None
+        out[method] = {
+            "base": rungs[0] if "to_1e-6" in rungs[0] else None,
+            "best_kept": min(kept, key=lambda r: _mean(r["to_1e-6"])) if kept else None,
+            "fastest": fastest,
+            "flow_error": _mean(flow[method]),
+        }
+    return out
+
+
+def _verdicts(metrics, alphas) -> list[dict]:
     sweep = metrics["alpha_sweep"]
     l2 = metrics["references"]["min_l2"]["mean"]
     big = [a for a in alphas if a >= 1]
+
+    def errs(method, among):
+        return {a: sweep[str(a)][method]["error"]["mean"] for a in among}
+
+    def listing(d):
+        return ", ".join(f"alpha={a:g}: {e:.3g}" for a, e in d.items())
+
     out = []
-    for method in ("WN-GD", "WN-GF", "plain GD", "plain GF"):
-        errs = {a: sweep[str(a)][method]["error"]["mean"] for a in big}
-        robust = all(e <= 1e-2 for e in errs.values())
-        near_l2 = all(e >= 0.5 * l2 for e in errs.values())
-        verdict = "robust sparse bias (error <= 1e-2)" if robust else (
-            "no robust bias: error near the min-l2 level" if near_l2 else "partial: error between"
+    to_q = [v for a in alphas for v in sweep[str(a)]["plain GF"]["to_q_alpha"]["values"]]
+    out.append(
+        judge(
+            max(to_q) <= 1e-3,
+            "plain GF (L = 2) converges to the Q_alpha minimizer",
+            f"max over alphas and seeds of ||x - x_Q|| / ||x_Q|| = {max(to_q):.1e} (criterion "
+            "<= 1e-3; x_Q by Newton on the dual)",
+        )
+    )
+    if big:
+        plain = {m: errs(m, big) for m in ("plain GD", "plain GF")}
+        lost = all(e >= 0.5 * l2 for d in plain.values() for e in d.values())
+        out.append(
+            judge(
+                lost,
+                "plain GD/GF lose the sparse bias at large scale (alpha >= 1)",
+                f"errors near the min-l2 error {l2:.3g} (criterion >= {0.5 * l2:.3g}): plain GD "
+                f"{listing(plain['plain GD'])}; plain GF {listing(plain['plain GF'])}",
+            )
+        )
+        wn_gd, wn_gf = errs("WN-GD", big), errs("WN-GF", big)
+        good = ", ".join(
+            f"alpha={a:g}: {np.sum(np.asarray(sweep[str(a)]['WN-GD']['error']['values']) <= 1e-2)}"
+            f"/{len(sweep[str(a)]['WN-GD']['error']['values'])}"
+            for a in big
         )
         out.append(
-            f"- {method} at alpha >= 1: {verdict}; errors "
-            + ", ".join(f"alpha={a}: {e:.3g}" for a, e in errs.items())
-            + "."
+            judge(
+                all(e <= 1e-2 for e in wn_gd.values()),
+                "WN-GD keeps a sparse bias at large scale (alpha >= 1)",
+                f"mean error <= 1e-2 at every alpha >= 1: {listing(wn_gd)}; seeds at or below "
+                "1e-2: "
+                f"{good}",
+            )
         )
-    a0 = alphas[0]
-    p, w = sweep[str(a0)]["plain GD"], sweep[str(a0)]["WN-GD"]
-    for tol in ("1e-3", "1e-6"):
-        ps, ws = p[f"to_{tol}"], w[f"to_{tol}"]
-        if ws["reached"] and ps["reached"]:
-            out.append(
-                f"- Speed at alpha = {a0}, error {tol}: WN-GD {ws['mean_steps']:.0f} steps, plain GD "
-                f"{ps['mean_steps']:.0f} steps (x{ps['mean_steps'] / ws['mean_steps']:.1f})."
+        out.append(
+            judge(
+                all(e <= 1e-2 for e in wn_gf.values()),
+                "the WN gradient flow keeps a sparse bias at large scale (alpha >= 1)",
+                f"mean error <= 1e-2 at every alpha >= 1: {listing(wn_gf)}; from u(0) = v(0) and "
+                "eta_r = eta_theta the flow ends near min-l2, so the robustness of WN-GD comes "
+                "from "
+                "its discrete steps",
             )
-        else:
-            out.append(
-                f"- Speed at alpha = {a0}, error {tol}: WN-GD reached it in {ws['reached']}/{ws['of']} "
-                f"runs ({ws['mean_steps'] if ws['mean_steps'] is not None else '-'} steps), plain GD in "
-                f"{ps['reached']}/{ps['of']} runs within {metrics['steps']} steps."
-            )
+        )
+    spread = [sweep[str(a)]["WN-GF"].get("invariant_spread_max", np.nan) for a in alphas]
+    out.append(
+        judge(
+            np.nanmax(spread) <= 1e-5,
+            "L = 2, WN flow: all u_i v_i shrink by one common factor (derived invariant)",
+            f"max_i/min_i of u_i v_i(t)/u_i v_i(0) - 1 at the end, max over alphas and seeds: "
+            f"{np.nanmax(spread):.1e} (criterion <= 1e-5)",
+        )
+    )
+    out.append(_speed_verdict(metrics))
     return out
+
+
+def _speed_verdict(metrics) -> dict:
+    sp = metrics["speed"]
+    a0, summary = sp["alpha"], _speed_summary(metrics)
+    claim = (
+        f"WN-GD converges in fewer iterations than plain GD at small scale "
+        f"(alpha = {a0:g}; iterations to relative error 1e-6)"
+    )
+    p, w = summary["plain GD"], summary["WN-GD"]
+    floor = (
+        f"1e-6 of x* is out of reach at any budget and step: the limits' errors are "
+        f"{_mean(sp['q_alpha_error']):.3g} (Q_alpha minimizer, plain GF's limit) and "
+        f"{w['flow_error']:.3g} (WN flow), so iterations are counted to 1e-6 of each "
+        "run's own limit"
+    )
+
+    def it(r):
+        return f"{_mean(r['to_1e-6']):.0f} (x{r['multiplier']:g})"
+
+    parts = [floor]
+    if p["base"] and w["base"]:
+        parts.append(f"at the base steps: plain GD {it(p['base'])}, WN-GD {it(w['base'])}")
+    if p["fastest"] is not None and p["fastest"] is not p["best_kept"]:
+        parts.append(
+            f"plain GD's fastest rung {it(p['fastest'])} ends at error "
+            f"{_mean(p['fastest']['limit_error']):.3g}, not its flow's bias"
+        )
+    if p["best_kept"] is None or w["best_kept"] is None:
+        return not_answered(
+            claim,
+            "; ".join(parts + ["no converged rung keeps the flow's bias for one of the methods"]),
+        )
+    pb, wb = p["best_kept"], w["best_kept"]
+    ratio = _mean(pb["to_1e-6"]) / _mean(wb["to_1e-6"])
+    parts.append(
+        f"fastest rungs that keep the flow's bias: plain GD {it(pb)}, WN-GD {it(wb)} "
+        f"(ratio {ratio:.2f}; criterion: WN-GD fewer); limit errors "
+        f"{_mean(pb['limit_error']):.3g} vs {_mean(wb['limit_error']):.3g}"
+    )
+    return judge(ratio > 1, claim, "; ".join(parts))
+
+
+def _speed_lines(metrics) -> list[str]:
+    sp = metrics["speed"]
+    rows = []
+    for method in ("plain GD", "WN-GD"):
+        for r in sp[method]["rungs"]:
+            done = "to_1e-6" in r
+            rows.append(
+                [
+                    method,
+                    f"x{r['multiplier']:g}",
+                    f"{_mean(r['rate']):.3g}",
+                    f"{r['converged']}/{r['of']}"
+                    + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
+                    f"{_mean(r['to_1e-3']):.0f}" if done else "-",
+                    f"{_mean(r['to_1e-6']):.0f} ± {np.std(r['to_1e-6']):.0f}" if done else "-",
+                    f"{_mean(r['limit_error']):.3g}" if done else "-",
+                    f"{_mean(r['limit_to_q_alpha']):.2g}" if done else "-",
+                ]
+            )
+    return [
+        f"## Speed at small scale (alpha = {sp['alpha']:g}, L = 2)",
+        "",
+        f"Each run goes to log L <= {sp['target_log_loss']:g} (its iterate is then its limit "
+        f"to ~4e-9) within the budget (first rung {sp['budget']} iterations, then twice the "
+        "previous rung's), and is rerun to count the iterations to a relative distance of "
+        "1e-3 / 1e-6 from that limit. Rung xm multiplies the base steps by m (plain GD: the "
+        "step rule above; WN-GD: eta_r = eta_theta as above).",
+        "",
+        table(
+            [
+                "method",
+                "rung",
+                "mean step",
+                "converged",
+                "iterations to 1e-3",
+                "iterations to 1e-6",
+                "limit's error to x*",
+                "limit to Q_alpha min.",
+            ],
+            rows,
+        ),
+    ]
 
 
 def run(options: Options) -> dict:
     """Run diagonal-wn with ``options``; write its figures, ``metrics.json`` and ``report.md``
-    under ``options.out``. **Returns:** the metrics (its findings in ``findings``; no claim is
-    judged, so ``verdicts`` is empty)."""
+    under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
     if options.full:
         options = dataclasses.replace(options, steps=max(options.steps, 100_000))
     alphas = [float(a) for a in options.alphas.split(",")]
@@ -383,11 +733,17 @@ def run(options: Options) -> dict:
                 else sweep_point(problem, a, L, options)
             )
     metrics["depth_sweep"] = depth
-    sparsity = {"values": sorted({2, options.sparsity, 10, 15}), "alphas": sweep_alphas,
-                "results": {}}
+    sparsity = {
+        "values": sorted({2, options.sparsity, 10, 15}),
+        "alphas": sweep_alphas,
+        "results": {},
+    }
     for k in sparsity["values"]:
-        prob_k = (problem if k == options.sparsity
-                  else _problems(keys, options.dim, options.measurements, k))
+        prob_k = (
+            problem
+            if k == options.sparsity
+            else _problems(keys, options.dim, options.measurements, k)
+        )
         for a in sweep_alphas:
             sparsity["results"][f"{k}|{a}"] = (
                 metrics["alpha_sweep"][str(a)]
@@ -395,8 +751,8 @@ def run(options: Options) -> dict:
                 else sweep_point(prob_k, a, 2, options)
             )
     metrics["sparsity_sweep"] = sparsity
-    metrics["findings"] = _findings(metrics, alphas)
-    metrics["verdicts"] = []
+    metrics["speed"] = speed_ladder(problem, alphas[0], options)
+    metrics["verdicts"] = _verdicts(metrics, alphas)
     os.makedirs(options.out, exist_ok=True)
     _plot(metrics, alphas, options.out)
     write_outputs(options.out, metrics, _report(metrics, alphas, options))
