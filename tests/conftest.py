@@ -6,7 +6,8 @@ The compilation cache is ``.pytest_cache/jax-cache`` under the repository (or wh
 variable, so the xdist workers and every ``wnjax`` subprocess a test starts (the CLI, the
 notebooks) read and write the same entries: a program compiled once in a run, in any process,
 is loaded by the others, and a later run starts warm. Every program is cached, however fast it
-compiles (``wnjax._runtime.cache``); an entry's key covers the program, the JAX version and the flags.
+compiles (``wnjax._runtime.cache``); an entry's key covers the program, the JAX version and the
+flags.
 """
 
 import os
@@ -14,8 +15,9 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault(
     "WNJAX_COMPILATION_CACHE",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
-                 "jax-cache"),
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax-cache"
+    ),
 )
 
 # Implicit rank promotion (adding a (n,) to a (n, 1)) is an error, as in equinox's own tests; in

@@ -21,4 +21,6 @@ def separable_data(key, n=16, d=4, margin=0.3):
 
 def flat_weights(model):
     """All layer weights of a (possibly parameterized) model as one vector."""
-    return jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(wnjax.to_standard(model))])
+    return jnp.concatenate(
+        [w.ravel() for w in wnjax._nets.neurons.layer_weights(wnjax.to_standard(model))]
+    )

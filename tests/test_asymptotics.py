@@ -13,15 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import separable_data
 from scipy.optimize import minimize
 
 import wnjax
-from helpers import separable_data
 
 
 def _weights(states):
     """Flat plain weights of stacked states, shape ``(n_save, n_weights)``."""
-    return jax.vmap(lambda s: jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(s.standard())]))(states)
+    return jax.vmap(
+        lambda s: jnp.concatenate(
+            [w.ravel() for w in wnjax._nets.neurons.layer_weights(s.standard())]
+        )
+    )(states)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,16 @@ def lin_sep_flows():
     X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(1))
     runs = {
-        name: wnjax.gradient_flow(f(model), X, y, time="normalized", t1=1e3, target_log_loss=-300.0, n_save=16,
-                                     solver="tsit5")
+        name: wnjax.gradient_flow(
+            f(model),
+            X,
+            y,
+            time="normalized",
+            t1=1e3,
+            target_log_loss=-300.0,
+            n_save=16,
+            solver="tsit5",
+        )
         for name, f in (("ewn", wnjax.ewn), ("swn", wnjax.swn))
     }
     return X, y, model, runs
@@ -52,11 +64,21 @@ def test_swn_stiff_solver_agrees_and_reaches_minus_10000(lin_sep_flows):
     that works; Tsit5 at rtol 1e-8 is the reference, and the agreement allowed is 1e-4."""
     X, y, model, runs = lin_sep_flows
     # One program for both runs: the target is traced, max_steps is not.
-    kw = dict(time="normalized", t1=1e6, n_save=16, solver="stiff", diagnostics=False,
-              rtol=1e-6, atol=1e-8, max_steps=50_000)
+    kw = dict(
+        time="normalized",
+        t1=1e6,
+        n_save=16,
+        solver="stiff",
+        diagnostics=False,
+        rtol=1e-6,
+        atol=1e-8,
+        max_steps=50_000,
+    )
     shallow = wnjax.gradient_flow(wnjax.swn(model), X, y, target_log_loss=-300.0, **kw)
     ref = runs["swn"]  # Tsit5, rtol 1e-8
-    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(p.standard())])
+    flat = lambda p: jnp.concatenate(
+        [w.ravel() for w in wnjax._nets.neurons.layer_weights(p.standard())]
+    )
     a, b = flat(shallow.final), flat(ref.final)
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-4
     assert abs(float(shallow.final_log_t - ref.final_log_t)) < 1e-4 * float(ref.final_log_t)
@@ -73,13 +95,24 @@ def test_default_solver_keeps_the_path(lin_sep_flows):
     """The default solver (AutoSwitch) on the loss-normalized SWN flow to log L = -300 ends where
     the plain Tsit5 run (the reference integrator, rtol 1e-8) ends, and its step counts add up."""
     X, y, model, runs = lin_sep_flows
-    r = wnjax.gradient_flow(wnjax.swn(model), X, y, time="normalized", t1=1e3,
-                            target_log_loss=-300.0, n_save=16, diagnostics=False)
+    r = wnjax.gradient_flow(
+        wnjax.swn(model),
+        X,
+        y,
+        time="normalized",
+        t1=1e3,
+        target_log_loss=-300.0,
+        n_save=16,
+        diagnostics=False,
+    )
     assert bool(r.reached_target)
     assert int(r.stats["explicit_steps"]) + int(r.stats["stiff_steps"]) == int(
-        r.stats["num_accepted_steps"])
+        r.stats["num_accepted_steps"]
+    )
     ref = runs["swn"]
-    flat = lambda p: jnp.concatenate([w.ravel() for w in wnjax._nets.neurons.layer_weights(p.standard())])
+    flat = lambda p: jnp.concatenate(
+        [w.ravel() for w in wnjax._nets.neurons.layer_weights(p.standard())]
+    )
     a, b = flat(r.final), flat(ref.final)
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
     np.testing.assert_allclose(np.asarray(r.log_t), np.asarray(ref.log_t), rtol=1e-5)
@@ -89,13 +122,26 @@ def test_linear_flow_converges_to_svm_direction(linear_problem):
     """Exponential loss, linear model: w/||w|| -> hard-margin SVM direction (SLSQP reference)."""
     X, y = linear_problem
     Xn, yn = np.asarray(X), np.asarray(y)
-    svm = minimize(lambda w: w @ w, np.ones(2), jac=lambda w: 2 * w, method="SLSQP",
-                   constraints=[{"type": "ineq", "fun": lambda w: yn * (Xn @ w) - 1.0,
-                                 "jac": lambda w: yn[:, None] * Xn}], options={"ftol": 1e-14})
+    svm = minimize(
+        lambda w: w @ w,
+        np.ones(2),
+        jac=lambda w: 2 * w,
+        method="SLSQP",
+        constraints=[
+            {
+                "type": "ineq",
+                "fun": lambda w: yn * (Xn @ w) - 1.0,
+                "jac": lambda w: yn[:, None] * Xn,
+            }
+        ],
+        options={"ftol": 1e-14},
+    )
     assert svm.success
     u = svm.x / np.linalg.norm(svm.x)
     model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(3))
-    r = wnjax.gradient_flow(wnjax.standard(model), X, y, time="normalized", t1=1e6, target_log_loss=-1e4, n_save=24)
+    r = wnjax.gradient_flow(
+        wnjax.standard(model), X, y, time="normalized", t1=1e6, target_log_loss=-1e4, n_save=24
+    )
     assert bool(r.reached_target) and np.isfinite(float(r.final_log_t))
     assert abs(float(r.final_log_loss) + 1e4) < 1e-3
     w = np.asarray(_weights(r.states))
@@ -125,17 +171,29 @@ def test_ewn_sparsity_identity(linear_problem):
     def field(t, state, args):
         theta, _ = state
         q = eqx.combine(theta, static)
-        g = eqx.filter_grad(lambda th: loss_of_plain([l.weight() for l in eqx.combine(th, static).layers]))(theta)
+        g = eqx.filter_grad(
+            lambda th: loss_of_plain([l.weight() for l in eqx.combine(th, static).layers])
+        )(theta)
         ws = [l.weight() for l in q.layers]
         gw = jax.grad(loss_of_plain)(ws)
-        rate = jnp.concatenate([-jnp.sum(w * gu, axis=1) / jnp.linalg.norm(w, axis=1) for w, gu in zip(ws, gw)])
+        rate = jnp.concatenate(
+            [-jnp.sum(w * gu, axis=1) / jnp.linalg.norm(w, axis=1) for w, gu in zip(ws, gw)]
+        )
         return jax.tree_util.tree_map(jnp.negative, g), rate
 
     n = sum(l.weight().shape[0] for l in p.layers)
     ts = jnp.linspace(0.0, 30.0, 7)
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 30.0, None, (params, jnp.zeros(n)),
-                              saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-13),
-                              max_steps=100_000)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        0.0,
+        30.0,
+        None,
+        (params, jnp.zeros(n)),
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-13),
+        max_steps=100_000,
+    )
     norms = jax.vmap(lambda th: eqx.combine(th, static).neuron_norms())(sol.ys[0])
     lhs = 1.0 / norms
     rhs = 1.0 / norms[:1] - sol.ys[1]
@@ -151,8 +209,9 @@ def test_normalized_clock_traces_plain_flow():
     model = wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(1))
     p = wnjax.ewn(model)
     kw = dict(rtol=1e-11, atol=1e-13, solver="tsit5")
-    rn = wnjax.gradient_flow(p, X, y, time="normalized", t1=1.99,
-                             save_ts=jnp.linspace(0.5, 1.99, 5), **kw)
+    rn = wnjax.gradient_flow(
+        p, X, y, time="normalized", t1=1.99, save_ts=jnp.linspace(0.5, 1.99, 5), **kw
+    )
     ts = np.exp(np.asarray(rn.log_t))
     assert ts[-1] > 10.0 and float(rn.log_loss[-1]) < -3.0
     rp = wnjax.gradient_flow(p, X, y, t1=float(ts[-1]) * 1.001, save_ts=jnp.asarray(ts), **kw)
@@ -170,15 +229,21 @@ def test_relation_residuals_on_lin_sep(lin_sep_flows):
         res = wnjax.relation_residuals(r.final, X, y)
         assert int(jnp.sum(res["surviving"])) >= 2
         # the saved summary is the same quantity at the last level
-        np.testing.assert_allclose(r.summaries["product_spread"][-1], res["product_spread"], rtol=1e-10)
+        np.testing.assert_allclose(
+            r.summaries["product_spread"][-1], res["product_spread"], rtol=1e-10
+        )
     # Survivors: relative norm > 0.1. At log L = -300 EWN's decaying neurons still hold 0.06-0.1
     # (their share falls only like 1/log t), and the limit relation is about the survivors.
-    ewn, swn = (wnjax.relation_residuals(runs[k].final, X, y, threshold=0.1) for k in ("ewn", "swn"))
+    ewn, swn = (
+        wnjax.relation_residuals(runs[k].final, X, y, threshold=0.1) for k in ("ewn", "swn")
+    )
     assert float(ewn["product_spread"]) < float(ewn["ratio_spread"])
     assert float(swn["ratio_spread"]) < float(swn["product_spread"])
     # Surviving neurons align with their negative gradients.
     cos = wnjax.alignment(runs["ewn"].final, X, y)
-    assert float(jnp.min(jnp.where(ewn["surviving"], cos, 1.0))) > 0.95  # 0.98 at -300, 0.99 at -3000
+    assert (
+        float(jnp.min(jnp.where(ewn["surviving"], cos, 1.0))) > 0.95
+    )  # 0.98 at -300, 0.99 at -3000
     # Save levels: log L falls through them monotonically, ending on the target.
     ll = np.asarray(runs["ewn"].log_loss)
     assert np.all(np.diff(ll) < 0) and abs(ll[-1] + 300.0) < 1e-3
@@ -196,8 +261,19 @@ def test_loss_rate_exponents(linear_problem, depth):
     model = wnjax.MLP(2, 3, depth, activation="linear", key=jax.random.key(2))
     betas = {}
     for name, f in (("ewn", wnjax.ewn), ("standard", wnjax.standard)):
-        r = wnjax.gradient_flow(f(model), X, y, time="normalized", t1=1e6, target_log_loss=-3000.0, n_save=48, save_states=False)
-        betas[name] = wnjax.loss_rate_exponents(r.log_t, r.log_loss, window=(100.0, np.inf))["log_t_exponent"]
+        r = wnjax.gradient_flow(
+            f(model),
+            X,
+            y,
+            time="normalized",
+            t1=1e6,
+            target_log_loss=-3000.0,
+            n_save=48,
+            save_states=False,
+        )
+        betas[name] = wnjax.loss_rate_exponents(r.log_t, r.log_loss, window=(100.0, np.inf))[
+            "log_t_exponent"
+        ]
     assert abs(betas["ewn"] - 2.0) < 0.1
     assert abs(betas["standard"] - (2.0 - 2.0 / depth)) < 0.1
     assert betas["ewn"] - betas["standard"] > 0.5
@@ -207,8 +283,25 @@ def test_loss_normalized_sgd_is_gd_on_log_loss(linear_problem):
     """eta0/L times grad L is eta0 grad log L: the schedule equals plain SGD on log L."""
     X, y = linear_problem
     p = wnjax.standard(wnjax.MLP(2, 3, 2, activation="relu2", key=jax.random.key(5)))
-    r1 = wnjax.gradient_descent(p, X, y, num_steps=50, optimizer=wnjax.loss_normalized_sgd, learning_rate=0.05, save_states=True)
-    r2 = wnjax.gradient_descent(p, X, y, num_steps=50, optimizer=optax.sgd, learning_rate=0.05, objective="log_loss", save_states=True)
+    r1 = wnjax.gradient_descent(
+        p,
+        X,
+        y,
+        num_steps=50,
+        optimizer=wnjax.loss_normalized_sgd,
+        learning_rate=0.05,
+        save_states=True,
+    )
+    r2 = wnjax.gradient_descent(
+        p,
+        X,
+        y,
+        num_steps=50,
+        optimizer=optax.sgd,
+        learning_rate=0.05,
+        objective="log_loss",
+        save_states=True,
+    )
     np.testing.assert_allclose(_weights(r1.states), _weights(r2.states), rtol=1e-10, atol=1e-12)
 
 

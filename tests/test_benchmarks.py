@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 
@@ -33,7 +32,11 @@ def _run(name: str, out) -> dict:
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = out / f"{name}.json"
@@ -134,9 +137,14 @@ def test_scaling(tmp_path):
     assert (tmp_path / doc["plot"]).exists()
     # --plot-only redraws the figure from the results file alone
     (tmp_path / doc["plot"]).unlink()
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "scaling.py"), "--plot-only",
-                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu"), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "scaling.py"), "--plot-only", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu"),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / doc["plot"]).exists()
 

@@ -71,7 +71,9 @@ def test_log_softplus():
         wnjax._losses.log_softplus(jnp.asarray(z)), np.log(np.log1p(np.exp(z))), rtol=1e-13
     )
     # Far below: log(log(1 + e^z)) = z - e^z/2 + ... = z to double precision.
-    np.testing.assert_array_equal(wnjax._losses.log_softplus(jnp.asarray([-1e4, -800.0])), [-1e4, -800.0])
+    np.testing.assert_array_equal(
+        wnjax._losses.log_softplus(jnp.asarray([-1e4, -800.0])), [-1e4, -800.0]
+    )
 
 
 OFFSETS = np.array([0.0, 0.0, 0.5, 3.0, 10.0, 40.0, 1000.0])

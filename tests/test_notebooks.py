@@ -14,7 +14,11 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 def test_notebook_runs(script, tmp_path):
     env = dict(os.environ, WNJAX_SMOKE="1", MPLBACKEND="Agg")
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,10 +38,12 @@ def test_notebook_in_sync(script):
     jupytext = pytest.importorskip("jupytext")
 
     def cells(path):
-        return [(c.cell_type, c.source.strip()) for c in jupytext.read(path).cells
-                if c.source.strip()]
+        return [
+            (c.cell_type, c.source.strip()) for c in jupytext.read(path).cells if c.source.strip()
+        ]
 
     script_cells, notebook_cells = cells(script), cells(script.with_suffix(".ipynb"))
     assert [c for c in script_cells if c[0] == "code"], f"{script.name} has no code cell"
     assert script_cells == notebook_cells, (
-        f"{script.name} and its .ipynb differ; run `jupytext --sync {script}`")
+        f"{script.name} and its .ipynb differ; run `jupytext --sync {script}`"
+    )

@@ -14,9 +14,8 @@ import pytest
 import scipy.optimize
 from zoo_runs import make, solve
 
-from wnjax import problems
-
 import wnjax._cli as _cli
+from wnjax import problems
 from wnjax.problems import _linear as zoo
 
 NAMES = ["linear-exp", "linear-logistic", "multiclass-linear", "deep-linear-2", "deep-linear-3"]
@@ -65,9 +64,11 @@ def _check_kkt(Z, w, tol=1e-9):
 
 def _slsqp(Z):
     res = scipy.optimize.minimize(
-        lambda w: w @ w, np.linalg.lstsq(Z, np.ones(len(Z)), rcond=None)[0], jac=lambda w: 2 * w,
-        method="SLSQP", constraints=[{"type": "ineq", "fun": lambda w: Z @ w - 1,
-                                      "jac": lambda w: Z}],
+        lambda w: w @ w,
+        np.linalg.lstsq(Z, np.ones(len(Z)), rcond=None)[0],
+        jac=lambda w: 2 * w,
+        method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda w: Z @ w - 1, "jac": lambda w: Z}],
         options={"ftol": 1e-12, "maxiter": 1000},
     )
     assert res.success, res.message
@@ -127,8 +128,18 @@ def test_angle_closes_at_soudrys_rate(name):
 
 
 def test_cli_writes_results(tmp_path, capsys):
-    code = _cli.main(["problems", "--size", "test", "--only", "linear-exp", "no-such-problem",
-                      "--out", str(tmp_path)])
+    code = _cli.main(
+        [
+            "problems",
+            "--size",
+            "test",
+            "--only",
+            "linear-exp",
+            "no-such-problem",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 1  # the unknown problem fails; it does not raise
     out = capsys.readouterr().out
     assert "linear-exp" in out and "unknown problem" in out
@@ -144,6 +155,8 @@ def test_cli_writes_results(tmp_path, capsys):
 
 
 def test_cli_returns_zero_when_all_pass(tmp_path):
-    assert _cli.main(["problems", "--size", "test", "--only", "linear-exp",
-                      "--out", str(tmp_path)]) == 0
+    assert (
+        _cli.main(["problems", "--size", "test", "--only", "linear-exp", "--out", str(tmp_path)])
+        == 0
+    )
     assert (tmp_path / "results.json").exists()

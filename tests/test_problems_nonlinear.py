@@ -61,8 +61,9 @@ def test_relu2_margins_match_jax():
     q, G = zoo.relu2_margins(W1, a[0], p.X, p.y)
     gW, ga = jax.jacrev(margins, argnums=(0, 1))(W1, a)
     np.testing.assert_allclose(q, margins(W1, a), rtol=1e-12)
-    np.testing.assert_allclose(G, np.concatenate([gW.reshape(len(q), -1), ga[:, 0]], axis=1),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        G, np.concatenate([gW.reshape(len(q), -1), ga[:, 0]], axis=1), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_relu2_kkt_residual_at_a_known_kkt_point():
@@ -115,8 +116,9 @@ def test_conv_patches_and_gradient_match_jax():
     K = np.asarray(net.conv.weight)
     P = zoo.conv_patches(p.X)
     conv = jax.vmap(net.conv)(jnp.asarray(p.X))  # (n, filters, length)
-    np.testing.assert_allclose(P @ K.reshape(K.shape[0], -1).T, np.transpose(conv, (0, 2, 1)),
-                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        P @ K.reshape(K.shape[0], -1).T, np.transpose(conv, (0, 2, 1)), rtol=1e-12, atol=1e-13
+    )
     g = _jax_grad(net, p.X, p.y)
     gK, gh = zoo.conv_gradient(K.reshape(K.shape[0], -1), np.asarray(net.head.weight)[0], P, p.y)
     np.testing.assert_allclose(gK.reshape(K.shape), g.conv.weight, rtol=1e-10, atol=1e-13)
@@ -130,11 +132,19 @@ def test_induced_flow_reference_agrees_with_lsoda(name):
     net = p.model.standard()
     lsoda = {"method": "LSODA", "rtol": 1e-12, "atol": 1e-14}
     if name == "ewn-custom":
-        other = zoo.two_layer_induced(p.X, p.y, net.hidden.weight, net.readout.weight,
-                                      p.flow_options["t1"], zoo.ewn_rate, **lsoda)
+        other = zoo.two_layer_induced(
+            p.X,
+            p.y,
+            net.hidden.weight,
+            net.readout.weight,
+            p.flow_options["t1"],
+            zoo.ewn_rate,
+            **lsoda,
+        )
     else:
-        other = zoo.conv_induced(p.X, p.y, net.conv.weight, net.head.weight,
-                                 p.flow_options["t1"], zoo.swn_rate, **lsoda)
+        other = zoo.conv_induced(
+            p.X, p.y, net.conv.weight, net.head.weight, p.flow_options["t1"], zoo.swn_rate, **lsoda
+        )
     assert zoo.relative_difference(other, p.reference) < 1e-8
 
 
@@ -143,11 +153,13 @@ def test_equivalence_references_tell_the_flows_apart():
     is not a per-neuron rescaling of the gradient)."""
     e = make("ewn-custom")
     net = e.model.standard()
-    plain = zoo.two_layer_induced(e.X, e.y, net.hidden.weight, net.readout.weight,
-                                  e.flow_options["t1"], lambda w, g: -g)
+    plain = zoo.two_layer_induced(
+        e.X, e.y, net.hidden.weight, net.readout.weight, e.flow_options["t1"], lambda w, g: -g
+    )
     assert zoo.relative_difference(plain, e.reference) > 1e3 * e.tolerance
     s = make("swn-custom")
     net = s.model.standard()
-    other = zoo.conv_induced(s.X, s.y, net.conv.weight, net.head.weight, s.flow_options["t1"],
-                             zoo.ewn_rate)
+    other = zoo.conv_induced(
+        s.X, s.y, net.conv.weight, net.head.weight, s.flow_options["t1"], zoo.ewn_rate
+    )
     assert zoo.relative_difference(other, s.reference) > 1e3 * s.tolerance

@@ -37,7 +37,10 @@ def _svm(Z):
     """The hard-margin SVM ``argmin ||w||^2 s.t. Z w >= 1`` (SLSQP)."""
     w0 = np.linalg.lstsq(Z, np.ones(len(Z)), rcond=None)[0]
     res = scipy.optimize.minimize(
-        lambda w: w @ w, w0, jac=lambda w: 2 * w, method="SLSQP",
+        lambda w: w @ w,
+        w0,
+        jac=lambda w: 2 * w,
+        method="SLSQP",
         constraints=[{"type": "ineq", "fun": lambda w: Z @ w - 1, "jac": lambda w: Z}],
         options={"ftol": 1e-12},
     )
@@ -106,7 +109,7 @@ def test_q_alpha_root_sinh_form_and_limits():
         other = wnjax.diagonal.q_alpha_interpolator(A, y, alpha)
         assert np.linalg.norm(sol.x - other) <= 1e-7 * np.linalg.norm(other)
         # optimality over the feasible set: moving in the null space of A raises Q_alpha
-        null = np.linalg.svd(A)[2][A.shape[0]:]
+        null = np.linalg.svd(A)[2][A.shape[0] :]
         rng = np.random.default_rng(2)
         value = _diagonal.q_alpha(sol.x, alpha)
         for _ in range(20):
@@ -182,10 +185,14 @@ def test_fourier_l1_max_margin_matches_its_dual():
     assert np.isclose(sol.value, np.abs(np.fft.fft(sol.beta)).sum())
     # The dual, solved on its own: max sum(lambda) s.t. lambda >= 0, |F Z^T lambda|_k <= d.
     res = scipy.optimize.minimize(
-        lambda lam: -lam.sum(), np.full(n, 1e-3), jac=lambda lam: -np.ones(n), method="SLSQP",
+        lambda lam: -lam.sum(),
+        np.full(n, 1e-3),
+        jac=lambda lam: -np.ones(n),
+        method="SLSQP",
         bounds=[(0, None)] * n,
-        constraints=[{"type": "ineq",
-                      "fun": lambda lam: d**2 - np.abs(np.fft.fft(Z.T @ lam)) ** 2}],
+        constraints=[
+            {"type": "ineq", "fun": lambda lam: d**2 - np.abs(np.fft.fft(Z.T @ lam)) ** 2}
+        ],
         options={"ftol": 1e-12, "maxiter": 2000},
     )
     # weak duality: a feasible lambda bounds the primal value from below; equality proves both

@@ -18,7 +18,7 @@ N_POINTS, DIM, WIDTH = 100, 6, 10
 SQUARE = wnjax.Square(mean=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem():
     """SPEC section 7: ReLU^2 student of width 10, teacher relu(x1)^2 - 0.5 relu(x2)^2."""
     X, y = wnjax.small_init.relu2_teacher_data(jax.random.key(0), n=N_POINTS, d=DIM)
@@ -36,14 +36,21 @@ def _np_ncf(W1, a, X, y):
     return float(y @ (np.maximum(X @ W1.T, 0.0) ** 2 @ a))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flow_run(delta):
     """Gradient flow from ||w(0)|| = delta, into the first saddle plateau."""
     X, y, model, kkt = problem()
     t1 = 1.3 * N_POINTS * float(kkt.escape_integral) / delta
     r = wnjax.gradient_flow(
-        wnjax.small_init.scale_to_norm(model, delta), X, y, loss=SQUARE, t1=t1,
-        save_ts=wnjax.small_init.log_save_times(t1, 1500, 7), rtol=1e-10, atol=1e-14, max_steps=200_000,
+        wnjax.small_init.scale_to_norm(model, delta),
+        X,
+        y,
+        loss=SQUARE,
+        t1=t1,
+        save_ts=wnjax.small_init.log_save_times(t1, 1500, 7),
+        rtol=1e-10,
+        atol=1e-14,
+        max_steps=200_000,
     )
     return r, wnjax.small_init.diagnostics(r.ts, r.log_loss, r.states, kkt, delta)
 
@@ -61,8 +68,10 @@ def test_kkt_point_residual_sparsity_closed_form():
         e = np.zeros_like(u)
         e[k] = h
         up, um = u + e, u - e
-        grad[k] = (_np_ncf(up[:-WIDTH].reshape(WIDTH, DIM), up[-WIDTH:], Xn, yn)
-                   - _np_ncf(um[:-WIDTH].reshape(WIDTH, DIM), um[-WIDTH:], Xn, yn)) / (2 * h)
+        grad[k] = (
+            _np_ncf(up[:-WIDTH].reshape(WIDTH, DIM), up[-WIDTH:], Xn, yn)
+            - _np_ncf(um[:-WIDTH].reshape(WIDTH, DIM), um[-WIDTH:], Xn, yn)
+        ) / (2 * h)
     value = _np_ncf(W1, a, Xn, yn)
     assert abs(value - float(kkt.value)) < 1e-12
     assert np.linalg.norm(grad - 3 * value * u) / np.linalg.norm(grad) < 1e-7
@@ -77,8 +86,11 @@ def test_kkt_point_residual_sparsity_closed_form():
     f = lambda b: float(yn @ np.maximum(Xn @ b, 0.0) ** 2)  # noqa: E731
     b0 = W1[j] / np.linalg.norm(W1[j])
     sol = scipy.optimize.minimize(
-        lambda b: -f(b), b0 + 0.02 * np.random.default_rng(0).normal(size=DIM), method="SLSQP",
-        constraints=[{"type": "eq", "fun": lambda b: b @ b - 1}], options={"ftol": 1e-14},
+        lambda b: -f(b),
+        b0 + 0.02 * np.random.default_rng(0).normal(size=DIM),
+        method="SLSQP",
+        constraints=[{"type": "eq", "fun": lambda b: b @ b - 1}],
+        options={"ftol": 1e-14},
     )
     assert sol.success
     assert abs(2 / (3 * np.sqrt(3)) * np.sign(a[j]) * -sol.fun - value) < 1e-6 * abs(value)
@@ -93,7 +105,9 @@ def test_second_order_matches_finite_differences():
     assert eig.size == kkt.vector.size - 1 and eig.max() < 0
     w, build = trainable_vector(kkt.u)
     u = np.asarray(w)
-    N = lambda v: float(wnjax.small_init.neural_correlation(build(jnp.asarray(v / np.linalg.norm(v))), X, y))  # noqa: E731
+    N = lambda v: float(
+        wnjax.small_init.neural_correlation(build(jnp.asarray(v / np.linalg.norm(v))), X, y)
+    )  # noqa: E731
     rng = np.random.default_rng(1)
     eps = 1e-4
     for _ in range(4):
@@ -104,7 +118,12 @@ def test_second_order_matches_finite_differences():
         second = (N(u + eps * v) + N(u - eps * v) - 2 * N(u)) / eps**2
         assert eig.min() - 1e-5 <= second <= eig.max() + 1e-5
     # A non-KKT direction has a large residual and is flagged.
-    assert float(wnjax.small_init.kkt_residual(wnjax.small_init.scale_to_norm(problem()[2], 1.0), X, y)) > 1e-2
+    assert (
+        float(
+            wnjax.small_init.kkt_residual(wnjax.small_init.scale_to_norm(problem()[2], 1.0), X, y)
+        )
+        > 1e-2
+    )
 
 
 def test_early_alignment_and_escape_time():
@@ -118,8 +137,9 @@ def test_early_alignment_and_escape_time():
     # Leading order: T = n I / delta (dw/dt = grad N / n near the origin), error O(delta).
     pred = N_POINTS * float(kkt.escape_integral) / 1e-3
     assert abs(d.escape_time / pred - 1) < 0.02  # from the log-spaced save grid
-    T, _ = wnjax.small_init.flow_escape_time(wnjax.small_init.scale_to_norm(problem()[2], 1e-3), X, y, t1=1.5 * pred,
-                                  loss=SQUARE)
+    T, _ = wnjax.small_init.flow_escape_time(
+        wnjax.small_init.scale_to_norm(problem()[2], 1e-3), X, y, t1=1.5 * pred, loss=SQUARE
+    )
     assert abs(T / pred - 1) < 5e-3
 
 
@@ -140,8 +160,9 @@ def test_first_plateau_matches_reduced_network():
         r = p[0] * np.maximum(Xn @ p[1:], 0.0) ** 2 - yn
         return 0.5 * np.mean(r * r)
 
-    sol = scipy.optimize.minimize(loss, np.concatenate([[a[j]], W1[j]]), method="BFGS",
-                                  options={"gtol": 1e-12})
+    sol = scipy.optimize.minimize(
+        loss, np.concatenate([[a[j]], W1[j]]), method="BFGS", options={"gtol": 1e-12}
+    )
     assert abs(sol.fun / plateau - 1) < 1e-4
 
 

@@ -14,9 +14,9 @@ from wnjax._solver.auto import stability_boundary, stiffness_estimate
 
 def robertson(t, y, args):
     y1, y2, y3 = y
-    return jnp.stack([-0.04 * y1 + 1e4 * y2 * y3,
-                      0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2,
-                      3e7 * y2 ** 2])
+    return jnp.stack(
+        [-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2]
+    )
 
 
 def van_der_pol(t, y, args, mu=1000.0):
@@ -24,20 +24,32 @@ def van_der_pol(t, y, args, mu=1000.0):
 
 
 def _scipy(f, y0, ts, rtol=1e-10, atol=1e-14):
-    sol = solve_ivp(lambda t, y: np.asarray(f(t, jnp.asarray(y), None)), (0.0, ts[-1]),
-                    np.asarray(y0), method="Radau", rtol=rtol, atol=atol, t_eval=ts,
-                    jac=lambda t, y: np.asarray(jax.jacfwd(lambda z: f(t, z, None))(
-                        jnp.asarray(y))))
+    sol = solve_ivp(
+        lambda t, y: np.asarray(f(t, jnp.asarray(y), None)),
+        (0.0, ts[-1]),
+        np.asarray(y0),
+        method="Radau",
+        rtol=rtol,
+        atol=atol,
+        t_eval=ts,
+        jac=lambda t, y: np.asarray(jax.jacfwd(lambda z: f(t, z, None))(jnp.asarray(y))),
+    )
     assert sol.success
     return sol.y.T
 
 
 def _solve(f, y0, ts, solver, rtol, atol, max_steps=200_000):
     return diffrax.diffeqsolve(
-        diffrax.ODETerm(f), solver, t0=0.0, t1=float(ts[-1]), dt0=None, y0=jnp.asarray(y0),
+        diffrax.ODETerm(f),
+        solver,
+        t0=0.0,
+        t1=float(ts[-1]),
+        dt0=None,
+        y0=jnp.asarray(y0),
         saveat=diffrax.SaveAt(ts=jnp.asarray(ts), solver_state=True),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, throw=False,
+        max_steps=max_steps,
+        throw=False,
     )
 
 
@@ -115,12 +127,14 @@ def test_gradient_flow_reports_the_switch():
     y = jnp.sign(X @ jnp.array([1.0, -2.0, 0.5]))
     X = X + 0.3 * y[:, None] * jnp.array([[1.0, -2.0, 0.5]]) / jnp.sqrt(5.25)
     model = wnjax.MLP(3, 1, 1, activation="linear", key=key2)
-    r = wnjax.gradient_flow(model, X, y, time="normalized", t1=1e6, target_log_loss=-1000.0,
-                            n_save=8, diagnostics=False)
+    r = wnjax.gradient_flow(
+        model, X, y, time="normalized", t1=1e6, target_log_loss=-1000.0, n_save=8, diagnostics=False
+    )
     assert bool(r.reached_target) and bool(r.ok)
     assert int(r.stats["stiff_steps"]) > 0 and int(r.stats["explicit_steps"]) > 0
     assert int(r.stats["explicit_steps"]) + int(r.stats["stiff_steps"]) == int(
-        r.stats["num_accepted_steps"])
+        r.stats["num_accepted_steps"]
+    )
 
 
 def test_an_overflowing_step_is_rejected_not_fatal():
@@ -128,8 +142,15 @@ def test_an_overflowing_step_is_rejected_not_fatal():
     Tsit5 then gets a NaN step size and stalls; AutoSwitch rejects the step, shrinks h and
     matches the closed form y(t) = (2t + y0^-2)^(-1/2)."""
     term = diffrax.ODETerm(lambda t, y, args: -(y**3))
-    kw = dict(t0=0.0, t1=5.0, dt0=10.0, y0=jnp.array(10.0), throw=False, max_steps=2000,
-              stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
+    kw = dict(
+        t0=0.0,
+        t1=5.0,
+        dt0=10.0,
+        y0=jnp.array(10.0),
+        throw=False,
+        max_steps=2000,
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
+    )
     plain = diffrax.diffeqsolve(term, diffrax.Tsit5(), **kw)
     assert plain.result != diffrax.RESULTS.successful
     auto = diffrax.diffeqsolve(term, wnjax.AutoSwitch(), **kw)

@@ -30,8 +30,14 @@ def _solvers(n, atol=ATOL):
 
 def _solve(solver, field, y0, t1, ts, rtol=RTOL, atol=ATOL):
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver, 0.0, t1, None, y0,
-        saveat=diffrax.SaveAt(ts=ts), max_steps=4096,
+        diffrax.ODETerm(field),
+        solver,
+        0.0,
+        t1,
+        None,
+        y0,
+        saveat=diffrax.SaveAt(ts=ts),
+        max_steps=4096,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
     )
     return sol.ys, sol.stats
@@ -62,8 +68,15 @@ def test_stiff_systems_agree_with_dense_radau_and_closed_form():
     y0 = np.linspace(1.0, 2.0, n)
     ts = np.array([0.4, 4.0, 40.0])
     exact = np.stack([(q * np.exp(lam * t)) @ (q.T @ y0) for t in ts])
-    rob = solve_ivp(lambda t, y: np.array(_robertson(*y)), (0, 40), [1.0, 0.0, 0.0],
-                    method="Radau", rtol=1e-10, atol=1e-14, t_eval=ts).y.T
+    rob = solve_ivp(
+        lambda t, y: np.array(_robertson(*y)),
+        (0, 40),
+        [1.0, 0.0, 0.0],
+        method="Radau",
+        rtol=1e-10,
+        atol=1e-14,
+        t_eval=ts,
+    ).y.T
     Aj = jnp.asarray(A)
 
     def field(t, y, args):
@@ -98,17 +111,24 @@ def test_dense_below_krylov_above_the_threshold():
     assert gmres.restart == _stiff.KRYLOV_RESTART
     assert gmres.rtol == _stiff.KRYLOV_FORCING and gmres.atol == _stiff.KRYLOV_FORCING * ATOL
     # an explicit threshold overrides the constant
-    assert isinstance(_stiff.stiff_solver(50, rtol=RTOL, atol=ATOL, threshold=10)
-                      .root_finder.linear_solver, lx.GMRES)
-    assert isinstance(_stiff.stiff_solver(50, rtol=RTOL, atol=ATOL, threshold=50)
-                      .root_finder.linear_solver, lx.AutoLinearSolver)
+    assert isinstance(
+        _stiff.stiff_solver(50, rtol=RTOL, atol=ATOL, threshold=10).root_finder.linear_solver,
+        lx.GMRES,
+    )
+    assert isinstance(
+        _stiff.stiff_solver(50, rtol=RTOL, atol=ATOL, threshold=50).root_finder.linear_solver,
+        lx.AutoLinearSolver,
+    )
 
 
 def test_plain_verychord_cannot_carry_a_krylov_state():
     """diffrax.VeryChord stops gradients on the whole linear-solver state; GMRES's state holds
     a jaxpr leaf, so MatrixFreeVeryChord is what makes the matrix-free path run at all."""
-    solver = diffrax.Kvaerno5(root_finder=diffrax.VeryChord(
-        rtol=RTOL, atol=ATOL, linear_solver=_stiff.krylov_linear_solver(ATOL)))
+    solver = diffrax.Kvaerno5(
+        root_finder=diffrax.VeryChord(
+            rtol=RTOL, atol=ATOL, linear_solver=_stiff.krylov_linear_solver(ATOL)
+        )
+    )
     with pytest.raises(TypeError, match="not a valid JAX type"):
         _solve(solver, lambda t, y, args: -y, jnp.ones(3), 1.0, jnp.array([1.0]))
 
@@ -126,8 +146,16 @@ def big_flow():
     return model, X, y, n
 
 
-_FLOW = dict(time="normalized", t1=1e12, n_save=2, diagnostics=False, save_states=False,
-             degree=3.0, rtol=RTOL, atol=ATOL)
+_FLOW = dict(
+    time="normalized",
+    t1=1e12,
+    n_save=2,
+    diagnostics=False,
+    save_states=False,
+    degree=3.0,
+    rtol=RTOL,
+    atol=ATOL,
+)
 
 
 def _flow_program(model, X, y, n, threshold=None):
@@ -145,8 +173,9 @@ def _flow_program(model, X, y, n, threshold=None):
 @pytest.fixture(scope="module")
 def krylov_program(big_flow):
     model, X, y, n = big_flow
-    assert isinstance(_stiff.stiff_solver(n, rtol=RTOL, atol=ATOL).root_finder.linear_solver,
-                      lx.GMRES)
+    assert isinstance(
+        _stiff.stiff_solver(n, rtol=RTOL, atol=ATOL).root_finder.linear_solver, lx.GMRES
+    )
     return _flow_program(model, X, y, n)
 
 
@@ -172,6 +201,12 @@ def test_matrix_free_steps_on_a_model_too_large_for_dense(big_flow, krylov_progr
     log_l, s1, accepted, log_l0 = compiled()
     assert int(accepted) >= 1 and float(s1) > 0
     assert float(log_l) < float(log_l0)
-    ref = wnjax.gradient_flow(model, X, y, solver="tsit5", max_steps=10_000,
-                              **dict(_FLOW, t1=float(s1), rtol=1e-10, atol=1e-12))
+    ref = wnjax.gradient_flow(
+        model,
+        X,
+        y,
+        solver="tsit5",
+        max_steps=10_000,
+        **dict(_FLOW, t1=float(s1), rtol=1e-10, atol=1e-12),
+    )
     np.testing.assert_allclose(float(log_l), float(ref.final_log_loss), rtol=1e-6)

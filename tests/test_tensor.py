@@ -166,7 +166,8 @@ def test_deep_fully_connected_regression_approaches_min_l2(getkey):
         )
         beta = np.asarray(wnjax.tensor.linear_predictor(r.final))
         errors.append(np.linalg.norm(beta - beta_l2) / np.linalg.norm(beta_l2))
-    # the error shrinks roughly linearly in alpha (SPEC section 6): 8x smaller alpha, < 1/4 the error
+    # the error shrinks roughly linearly in alpha (SPEC section 6): 8x smaller alpha, < 1/4 the
+    # error
     assert errors[1] < 0.25 * errors[0]
     assert errors[1] < 0.1
 
@@ -182,8 +183,13 @@ def test_l1_svm_lp_agrees_with_dual():
     # one group over all coordinates is the l2-SVM: compare with SLSQP on the primal
     margin_l2, lam = wnjax.tensor.group_max_margin(X, y, groups=np.zeros(5, int))
     primal = scipy.optimize.minimize(
-        lambda b: b @ b, np.ones(5), jac=lambda b: 2 * b, method="SLSQP",
-        constraints=[{"type": "ineq", "fun": lambda b: y * (X @ b) - 1, "jac": lambda b: y[:, None] * X}],
+        lambda b: b @ b,
+        np.ones(5),
+        jac=lambda b: 2 * b,
+        method="SLSQP",
+        constraints=[
+            {"type": "ineq", "fun": lambda b: y * (X @ b) - 1, "jac": lambda b: y[:, None] * X}
+        ],
     )
     assert margin_l2 == pytest.approx(1 / np.linalg.norm(primal.x), rel=1e-5)
 
@@ -217,8 +223,15 @@ def test_odeco_classification_reaches_l1_svm_margin_and_kkt():
     residuals = []
     for target in (-100.0, -1e4):
         r = wnjax.gradient_flow(
-            net, X, y, t1=1e3, time="normalized", target_log_loss=target, save_states=False,
-            n_save=2, max_steps=100_000,
+            net,
+            X,
+            y,
+            t1=1e3,
+            time="normalized",
+            target_log_loss=target,
+            save_states=False,
+            n_save=2,
+            max_steps=100_000,
         )
         rho = np.asarray(wnjax.tensor.transformed_rho(r.final))
         residuals.append(wnjax.tensor.kkt_residual(rho, X, y, 3)["stationarity"])

@@ -6,6 +6,12 @@ a target, the theorem's prediction computed without the flow, and an error metri
 ``ProblemResult``; ``run_all`` does every problem. ``wnjax problems`` prints the table.
 """
 
+from wnjax.problems import _conv as _conv  # noqa: E402,F401
+from wnjax.problems import _diagonal as _diagonal  # noqa: E402,F401
+from wnjax.problems import _factorization as _factorization  # noqa: E402,F401
+
+# The problems register themselves on import.
+from wnjax.problems import _linear as _linear  # noqa: E402,F401
 from wnjax.problems._base import REGISTRY as REGISTRY
 from wnjax.problems._base import SIZES as SIZES
 from wnjax.problems._base import Problem as Problem
@@ -16,12 +22,14 @@ from wnjax.problems._base import register as register
 from wnjax.problems._base import run as run
 from wnjax.problems._base import run_all as run_all
 
-# The problems register themselves on import.
-from wnjax.problems import _linear as _linear  # noqa: E402,F401
-from wnjax.problems import _diagonal as _diagonal  # noqa: E402,F401
-from wnjax.problems import _conv as _conv  # noqa: E402,F401
-from wnjax.problems import _factorization as _factorization  # noqa: E402,F401
-
 __all__ = [
-    "REGISTRY", "SIZES", "Problem", "ProblemResult", "make", "names", "register", "run", "run_all",
+    "REGISTRY",
+    "SIZES",
+    "Problem",
+    "ProblemResult",
+    "make",
+    "names",
+    "register",
+    "run",
+    "run_all",
 ]

@@ -6,7 +6,8 @@ import dataclasses
 import math
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,8 @@ def names() -> list[str]:
 
 
 def make(name: str, size: str = "full", seed: int = 0) -> Problem:
-    """Build problem ``name`` at ``size`` (``'test'``: small and quick; ``'full'``) from ``seed``."""
+    """Build problem ``name`` at ``size`` (``'test'``: small and quick; ``'full'``) from
+    ``seed``."""
     if name not in REGISTRY:
         raise ValueError(f"unknown problem {name!r}; choose from {names()}.")
     if size not in SIZES:

@@ -62,8 +62,9 @@ class CircularConvNet(eqx.Module):
         filters = jnp.asarray(filters)
         layers = []
         for w in filters:
-            layer = eqx.nn.Linear(w.shape[0], 1, use_bias=False, dtype=w.dtype,
-                                  key=jax.random.key(0))
+            layer = eqx.nn.Linear(
+                w.shape[0], 1, use_bias=False, dtype=w.dtype, key=jax.random.key(0)
+            )
             layers.append(eqx.tree_at(lambda l: l.weight, layer, w[None, :]))
         self.filters = tuple(layers)
 
@@ -140,8 +141,11 @@ def fourier_l1_max_margin(X, y) -> FourierMaxMargin:
         method="SLSQP",
         bounds=[(None, None)] * d + [(0, None)] * K,
         constraints=[
-            {"type": "ineq", "fun": lambda v: Z @ v[:d] - 1, "jac": lambda v: np.hstack(
-                [Z, np.zeros((n, K))])},
+            {
+                "type": "ineq",
+                "fun": lambda v: Z @ v[:d] - 1,
+                "jac": lambda v: np.hstack([Z, np.zeros((n, K))]),
+            },
             {"type": "ineq", "fun": cone, "jac": cone_jac},
         ],
         options={"ftol": 1e-12, "maxiter": 5000},
@@ -155,8 +159,12 @@ def fourier_l1_max_margin(X, y) -> FourierMaxMargin:
     dual_norm = np.max(np.hypot(C @ g, S @ g)) / d
     gap = (value - np.sum(lam)) / value
     feasible = np.min(Z @ beta) >= 1 - 1e-9
-    if not (feasible and np.min(lam) >= -1e-9 * np.max(lam) and dual_norm <= 1 + 1e-7
-            and abs(gap) <= 1e-7):
+    if not (
+        feasible
+        and np.min(lam) >= -1e-9 * np.max(lam)
+        and dual_norm <= 1 + 1e-7
+        and abs(gap) <= 1e-7
+    ):
         raise ValueError(
             f"SLSQP stopped off the optimum ({res.message}): min margin {np.min(Z @ beta):.10f}, "
             f"duality gap {gap:.2e}, dual norm {dual_norm:.8f}, min lambda {np.min(lam):.2e}."
@@ -211,7 +219,10 @@ def fourier_lq_kkt_point(X, y, beta0, depth: int) -> np.ndarray:
         return Z @ (depth * self_convolution(w, depth - 1)[index])
 
     res = scipy.optimize.minimize(
-        lambda w: w @ w, w0, jac=lambda w: 2 * w, method="SLSQP",
+        lambda w: w @ w,
+        w0,
+        jac=lambda w: 2 * w,
+        method="SLSQP",
         constraints=[{"type": "ineq", "fun": margins, "jac": margins_jac}],
         options={"ftol": 1e-13, "maxiter": 2000},
     )
@@ -220,8 +231,9 @@ def fourier_lq_kkt_point(X, y, beta0, depth: int) -> np.ndarray:
     lam = res.multipliers
     w = res.x
     stationarity = np.linalg.norm(2 * w - margins_jac(w).T @ lam) / np.linalg.norm(2 * w)
-    if not (stationarity <= 1e-6 and np.min(lam) >= -1e-8 * np.max(lam)
-            and np.min(margins(w)) >= -1e-8):
+    if not (
+        stationarity <= 1e-6 and np.min(lam) >= -1e-8 * np.max(lam) and np.min(margins(w)) >= -1e-8
+    ):
         raise ValueError(
             f"SLSQP stopped off a KKT point ({res.message}): stationarity {stationarity:.2e}, "
             f"min lambda {np.min(lam):.2e}, min margin - 1 {np.min(margins(w)):.2e}."
@@ -257,8 +269,10 @@ def _distinct(beta: np.ndarray, X, y) -> bool:
     """``beta``'s direction is ``>= 0.1`` from the ``l2`` (``hard_margin_svm``) and the
     coordinate-``l1`` (``l1_max_margin``) max-margin directions: the instance tells the
     frequency-domain prediction apart from its rivals."""
-    return (direction_distance(beta, hard_margin_svm(X, y)) >= 0.1
-            and direction_distance(beta, l1_max_margin(X, y).x) >= 0.1)
+    return (
+        direction_distance(beta, hard_margin_svm(X, y)) >= 0.1
+        and direction_distance(beta, l1_max_margin(X, y).x) >= 0.1
+    )
 
 
 def conv_classification_data(seed: int, n: int, d: int, tag: int):
@@ -296,6 +310,7 @@ def _conv_problem(size: str, seed: int, depth: int) -> Problem:
         prediction = "beta/||beta|| -> argmin ||F beta||_1 s.t. margins >= 1 (convex)"
         metric = "||beta/||beta|| - beta*/||beta*||||, beta* by scipy SLSQP (epigraph form)"
     else:
+
         def reference(beta0):
             return fourier_lq_kkt_point(X, y, beta0, depth)
 
@@ -318,8 +333,13 @@ def _conv_problem(size: str, seed: int, depth: int) -> Problem:
         y=y,
         loss="exponential",
         target_log_loss=target,
-        flow_options={"time": "normalized", "t1": 1e9, "n_save": 8, "diagnostics": False,
-                      "save_states": False},
+        flow_options={
+            "time": "normalized",
+            "t1": 1e9,
+            "n_save": 8,
+            "diagnostics": False,
+            "save_states": False,
+        },
         reference=reference,
         error=error,
         metric=metric,

@@ -62,16 +62,21 @@ def hard_margin_svm(X, y) -> np.ndarray:
     Z = np.asarray(y, float)[:, None] * np.asarray(X, float)
     w0 = np.linalg.lstsq(Z, np.ones(len(Z)), rcond=None)[0]
     res = scipy.optimize.minimize(
-        lambda w: w @ w, w0, jac=lambda w: 2 * w, method="SLSQP",
+        lambda w: w @ w,
+        w0,
+        jac=lambda w: 2 * w,
+        method="SLSQP",
         constraints=[{"type": "ineq", "fun": lambda w: Z @ w - 1, "jac": lambda w: Z}],
         options={"ftol": 1e-13, "maxiter": 2000},
     )
     w, lam = res.x, res.multipliers
     stationarity = np.linalg.norm(2 * w - Z.T @ lam) / np.linalg.norm(2 * w)
-    if not (stationarity <= 1e-6 and np.min(lam) >= -1e-9 * np.max(lam)
-            and np.min(Z @ w) >= 1 - 1e-9):
-        raise ValueError(f"SLSQP stopped off the SVM ({res.message}): stationarity "
-                         f"{stationarity:.2e}.")
+    if not (
+        stationarity <= 1e-6 and np.min(lam) >= -1e-9 * np.max(lam) and np.min(Z @ w) >= 1 - 1e-9
+    ):
+        raise ValueError(
+            f"SLSQP stopped off the SVM ({res.message}): stationarity {stationarity:.2e}."
+        )
     return w
 
 
@@ -167,8 +172,9 @@ def lq_kkt_point(X, y, beta0, depth: int) -> np.ndarray:
     return beta
 
 
-def lq_kkt_residual(X, y, beta, depth: int, *, active_tol: float = 1e-6,
-                    support_tol: float = 1e-6) -> dict:
+def lq_kkt_residual(
+    X, y, beta, depth: int, *, active_tol: float = 1e-6, support_tol: float = 1e-6
+) -> dict:
     """KKT residuals of ``min sum_j |beta_j|^{2/L} s.t. y_i <beta, x_i> >= 1`` at ``beta``.
 
     ``beta`` is rescaled to a minimum margin of 1. On the coordinates with
@@ -271,6 +277,7 @@ def _diagonal_classification(size: str, seed: int, depth: int) -> Problem:
         prediction = "beta/||beta|| -> the l1 max-margin direction (an LP)"
         metric = "||beta/||beta|| - beta*/||beta*||||, beta* from scipy linprog"
     else:
+
         def reference(beta0):
             return lq_kkt_point(X, y, beta0, depth)
 
@@ -293,8 +300,13 @@ def _diagonal_classification(size: str, seed: int, depth: int) -> Problem:
         y=y,
         loss="exponential",
         target_log_loss=target,
-        flow_options={"time": "normalized", "t1": 1e9, "n_save": 8, "diagnostics": False,
-                      "save_states": False},
+        flow_options={
+            "time": "normalized",
+            "t1": 1e9,
+            "n_save": 8,
+            "diagnostics": False,
+            "save_states": False,
+        },
         reference=reference,
         error=error,
         metric=metric,
@@ -360,8 +372,9 @@ class QAlphaSolution:
     alpha: float
 
 
-def q_alpha_minimizer(A, y, alpha: float, *, alpha_start: float = 10.0,
-                      steps_per_decade: int = 4) -> QAlphaSolution:
+def q_alpha_minimizer(
+    A, y, alpha: float, *, alpha_start: float = 10.0, steps_per_decade: int = 4
+) -> QAlphaSolution:
     """``argmin Q_alpha(x) s.t. A x = y`` from its optimality conditions.
 
     ``x = 2 alpha^2 sinh(A^T mu)`` (``grad Q_alpha = arcsinh(x/(2 alpha^2)) in range(A^T)``) and
@@ -402,7 +415,10 @@ def l1_interpolator(A, y) -> np.ndarray:
     A, y = np.asarray(A, float), np.asarray(y, float)
     d = A.shape[1]
     res = scipy.optimize.linprog(
-        np.ones(2 * d), A_eq=np.hstack([A, -A]), b_eq=y, bounds=[(0, None)] * (2 * d),
+        np.ones(2 * d),
+        A_eq=np.hstack([A, -A]),
+        b_eq=y,
+        bounds=[(0, None)] * (2 * d),
         method="highs",
         options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
     )
@@ -411,8 +427,9 @@ def l1_interpolator(A, y) -> np.ndarray:
     return res.x[:d] - res.x[d:]
 
 
-def sparse_regression_data(seed: int, n: int, d: int, k: int) -> tuple[np.ndarray, np.ndarray,
-                                                                         np.ndarray]:
+def sparse_regression_data(
+    seed: int, n: int, d: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``A_ij ~ N(0, 1/n)``, a ``k``-sparse ``x*`` with ``N(0, 1)`` entries on a uniform support,
     ``y = A x*``. **Returns:** ``(A, y, x*)``."""
     rng = np.random.default_rng([3000, seed])
@@ -458,8 +475,13 @@ def diagonal_square_l1(size: str = "full", seed: int = 0) -> Problem:
         y=y,
         loss="square",
         target_log_loss=float(np.log(0.5 * RESIDUAL**2)),
-        flow_options={"time": "plain", "t1": 1e12, "n_save": 8, "diagnostics": False,
-                      "save_states": False},
+        flow_options={
+            "time": "plain",
+            "t1": 1e12,
+            "n_save": 8,
+            "diagnostics": False,
+            "save_states": False,
+        },
         reference=solution,
         error=error,
         metric="||x - x_alpha|| / ||x_alpha||, x_alpha = 2 alpha^2 sinh(A^T mu) by scipy root",

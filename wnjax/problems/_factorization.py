@@ -77,14 +77,20 @@ def nuclear_norm_lp(Q, A, y) -> NuclearNormSolution:
     Q, A, y = (np.asarray(v, float) for v in (Q, A, y))
     d = A.shape[1]
     res = scipy.optimize.linprog(
-        np.ones(d), A_eq=A, b_eq=y, bounds=[(0, None)] * d, method="highs",
+        np.ones(d),
+        A_eq=A,
+        b_eq=y,
+        bounds=[(0, None)] * d,
+        method="highs",
         options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
     )
     if res.status != 0:
         raise ValueError(f"the nuclear-norm LP failed: {res.message}")
     s = res.x
     return NuclearNormSolution(
-        s=s, X=(Q * s) @ Q.T, duals=np.asarray(res.eqlin.marginals),
+        s=s,
+        X=(Q * s) @ Q.T,
+        duals=np.asarray(res.eqlin.marginals),
         reduced_costs=np.asarray(res.lower.marginals),
     )
 
@@ -218,8 +224,13 @@ def matrix_factorization(size: str = "full", seed: int = 0) -> Problem:
         y=data.y,
         loss="square",
         target_log_loss=float(np.log(0.5 * RESIDUAL**2)),
-        flow_options={"time": "plain", "t1": 1e14, "n_save": 8, "diagnostics": False,
-                      "save_states": False},
+        flow_options={
+            "time": "plain",
+            "t1": 1e14,
+            "n_save": 8,
+            "diagnostics": False,
+            "save_states": False,
+        },
         reference=reference,
         error=error,
         metric="||X - X*||_F / ||X*||_F, X* from the eigenvalue LP (scipy linprog)",

@@ -36,8 +36,13 @@ from wnjax.problems._base import Problem, register
 # log L at the end of the classification runs, and their options: loss-normalized time, t1 out
 # of reach (the target ends the run), no states or diagnostics kept (the errors read the end).
 CLASS_TARGETS = {"test": -1e3, "full": -1e4}
-CLASS_FLOW = {"time": "normalized", "t1": 1e12, "n_save": 8, "diagnostics": False,
-              "save_states": False}
+CLASS_FLOW = {
+    "time": "normalized",
+    "t1": 1e12,
+    "n_save": 8,
+    "diagnostics": False,
+    "save_states": False,
+}
 # Soudry et al. 2018, Theorem 3: w(t) = w* log t + w~ + o(1), and log L = -log t + O(1), so the
 # angle to w* closes like C/|log L| with C = ||P w~|| / ||w*|| (P: the projection orthogonal to
 # w*; ``soudry_constant``). Over seeds 0-199 of the linear and deep linear data, C is below 1 for
@@ -91,8 +96,9 @@ def max_margin(Z) -> tuple[np.ndarray, np.ndarray]:
     u, _ = scipy.optimize.nnls(E, f, maxiter=50 * (m + p))
     r = E @ u - f
     if not -r[-1] > 1e-12:
-        raise ValueError("the margin constraints Z w >= 1 have no solution: the data are not "
-                         "separable.")
+        raise ValueError(
+            "the margin constraints Z w >= 1 have no solution: the data are not separable."
+        )
     return -r[:p] / r[-1], u / -r[-1]
 
 
@@ -146,8 +152,9 @@ def soudry_constant(Z) -> float:
     w, lam = max_margin(Z)
     support = lam > 1e-10 * lam.max()
     if support.sum() != Z.shape[1]:
-        raise ValueError(f"{support.sum()} support points in R^{Z.shape[1]}: w~ is not fixed by "
-                         "the data.")
+        raise ValueError(
+            f"{support.sum()} support points in R^{Z.shape[1]}: w~ is not fixed by the data."
+        )
     w_tilde = np.linalg.solve(Z[support], -np.log(lam[support]))
     unit = w / np.linalg.norm(w)
     return float(np.linalg.norm(w_tilde - unit * (unit @ w_tilde)) / np.linalg.norm(w))
@@ -234,7 +241,6 @@ def _linear_problem(size: str, seed: int, loss: str) -> Problem:
         metric="angle(w, w*) in radians, w* by NNLS (max_margin)",
         tolerance=ANGLE_CONSTANT / abs(target),
     )
-
 
 
 @register("linear-exp")
@@ -395,8 +401,12 @@ def relu2_kkt_residual(W1, a, X, y, *, near: float = 0.05) -> dict:
     q_min = q.min()
     margin = q_min / np.linalg.norm(theta) ** 3
     if not q_min > 0:
-        return {"stationarity": np.inf, "lambda": np.zeros(0), "support": np.zeros(0, int),
-                "normalized_margin": margin}
+        return {
+            "stationarity": np.inf,
+            "lambda": np.zeros(0),
+            "support": np.zeros(0, int),
+            "normalized_margin": margin,
+        }
     scale = q_min ** (-1.0 / 3.0)
     support = np.flatnonzero(q <= (1.0 + near) * q_min)
     lam, residual = scipy.optimize.nnls(scale**2 * G[support].T, scale * theta)
@@ -566,8 +576,9 @@ def swn_rate(w, g) -> np.ndarray:
     return -(radial + sq * (g - radial))
 
 
-def integrate_induced(rhs, shapes, w0, t1: float, *, method: str = "DOP853",
-                      rtol: float = 1e-12, atol: float = 1e-14) -> list[np.ndarray]:
+def integrate_induced(
+    rhs, shapes, w0, t1: float, *, method: str = "DOP853", rtol: float = 1e-12, atol: float = 1e-14
+) -> list[np.ndarray]:
     """Integrate ``dw/dt = rhs(*blocks)`` from ``w0`` (a list of arrays of ``shapes``) to ``t1``
     with scipy ``solve_ivp`` (``method``, ``rtol``, ``atol``).
 
@@ -638,8 +649,15 @@ def _induced_flow_problem(name, prediction, model, X, y, t1, reference, weights)
         y=y,
         loss="exponential",
         target_log_loss=None,
-        flow_options={"time": "plain", "t1": t1, "rtol": FLOW_RTOL, "atol": FLOW_ATOL,
-                      "n_save": 4, "diagnostics": False, "save_states": False},
+        flow_options={
+            "time": "plain",
+            "t1": t1,
+            "rtol": FLOW_RTOL,
+            "atol": FLOW_ATOL,
+            "n_save": 4,
+            "diagnostics": False,
+            "save_states": False,
+        },
         reference=reference,
         error=error,
         metric="||w - w_ref|| / ||w_ref|| at t1, w_ref by scipy DOP853 (rtol 1e-12)",
@@ -667,8 +685,15 @@ def ewn_custom(size: str = "full", seed: int = 0) -> Problem:
     reference = two_layer_induced(X, y, net.hidden.weight, net.readout.weight, t1, ewn_rate)
 
     return _induced_flow_problem(
-        "ewn-custom", "EWN with ||v_u(0)|| = 1 follows dw_u/dt = -||w_u||^2 grad_u L", ewn(net),
-        X, y, t1, reference, lambda m: [m.hidden.weight, m.readout.weight])
+        "ewn-custom",
+        "EWN with ||v_u(0)|| = 1 follows dw_u/dt = -||w_u||^2 grad_u L",
+        ewn(net),
+        X,
+        y,
+        t1,
+        reference,
+        lambda m: [m.hidden.weight, m.readout.weight],
+    )
 
 
 _SWN_SIZES = {"test": (8, 5, 3), "full": (16, 8, 4)}  # (n, length, filters)
@@ -700,7 +725,8 @@ def conv_induced(X, y, K, h, t1: float, rate=swn_rate, **solver) -> list[np.ndar
 def swn_custom(size: str = "full", seed: int = 0) -> Problem:
     """SWN of ``ConvReLU2`` (conv filters and a linear head), exponential loss, plain time to
     ``t1 = 5``: the flow induced on ``w`` is
-    ``dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L`` (Morwani & Ramaswamy 2022), radial rate 1 and
+    ``dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L`` (Morwani & Ramaswamy 2022), radial rate 1
+    and
     tangential rate ``||w_u||^2``.
 
     Data: ``(n, length, filters) = (8, 5, 3)`` (test) or ``(16, 8, 4)`` (full) one-channel
@@ -718,5 +744,12 @@ def swn_custom(size: str = "full", seed: int = 0) -> Problem:
     reference = conv_induced(X, y, net.conv.weight, net.head.weight, t1, swn_rate)
 
     return _induced_flow_problem(
-        "swn-custom", "SWN follows dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L", swn(net),
-        X, y, t1, reference, lambda m: [m.conv.weight, m.head.weight])
+        "swn-custom",
+        "SWN follows dw_u/dt = -[P_u + ||w_u||^2 (I - P_u)] grad_u L",
+        swn(net),
+        X,
+        y,
+        t1,
+        reference,
+        lambda m: [m.conv.weight, m.head.weight],
+    )
