@@ -227,8 +227,11 @@ def _gf_runs(A, y, xs, alpha, depth, method, er, et, target, x_q=None):
 
 
 def _stats(v) -> dict:
+    """Mean and standard deviation over the finite values (NaN where there are none)."""
     v = np.asarray(v, float)
-    return {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v)), "values": v.tolist()}
+    finite = v[np.isfinite(v)]
+    mean, std = (float(np.mean(finite)), float(np.std(finite))) if finite.size else (np.nan,) * 2
+    return {"mean": mean, "std": std, "values": v.tolist()}
 
 
 def _first_hit_stats(first) -> dict:

@@ -255,7 +255,12 @@ def run(options: Options) -> dict:
         for depth in options.depths:
             sel = [r for r in rows if r["arch"] == arch and r["depth"] == depth]
             for key, style in (("gf_dist", "-o"), ("l1_dist", ":s"), ("l2_dist", "--^")):
-                vals = [np.nanmean([r[key] for r in sel if r["alpha"] == a]) for a in alphas]
+                vals = [
+                    np.nanmean(v)
+                    if np.any(np.isfinite(v := [r[key] for r in sel if r["alpha"] == a]))
+                    else np.nan
+                    for a in alphas
+                ]
                 if np.all(np.isnan(vals)):
                     continue
                 name = {"gf_dist": "prediction", "l1_dist": "l1 interp.", "l2_dist": "weighted l2"}[
