@@ -6,11 +6,12 @@ The compilation cache is ``.pytest_cache/jax-cache`` under the repository (or wh
 variable, so the xdist workers and every ``wnjax`` subprocess a test starts (the CLI, the
 notebooks) read and write the same entries: a program compiled once in a run, in any process,
 is loaded by the others, and a later run starts warm. Every program is cached, however fast it
-compiles (``wnjax._runtime.cache``); an entry's key covers the program, the JAX version and the
-flags.
+compiles (``wnjax._runtime.cache``); an entry's key covers the program, the JAX version and
+the flags.
 """
 
 import os
+import statistics
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault(
@@ -36,6 +37,67 @@ except Exception:  # backend already initialised
 import pytest  # noqa: E402
 
 import wnjax  # noqa: E402,F401  (turns on the compilation cache before any test compiles)
+
+# --- Slowest files first. With ``--dist loadfile`` a file runs whole on one worker, and xdist
+# hands files out in its queue's order (by default: most tests first), so a slow file with few
+# tests (the demo, the benchmarks) would start last and keep one worker busy after the other
+# has finished. Each run records its tests' seconds (setup + call + teardown) in the pytest
+# cache; the next run orders the files by those, slowest first (a test not yet timed counts as
+# the median), and tells xdist to keep that order. The controller reads the record once and
+# hands it to the workers, so they all collect in the same order.
+
+SECONDS_KEY = "wnjax/test-seconds"
+_RUN_SECONDS: dict = {}
+
+
+def _recorded_seconds(config) -> dict:
+    if hasattr(config, "workerinput"):
+        return config.workerinput.get(SECONDS_KEY, {})
+    cache = getattr(config, "cache", None)
+    return cache.get(SECONDS_KEY, {}) if cache is not None else {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and _recorded_seconds(config):
+        if hasattr(config.option, "loadscopereorder"):
+            config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput[SECONDS_KEY] = _recorded_seconds(node.config)
+
+
+def pytest_collection_modifyitems(config, items):
+    seconds = _recorded_seconds(config)
+    if not seconds:
+        return
+    typical = statistics.median(seconds.values())
+    per_file: dict = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        per_file[path] = per_file.get(path, 0.0) + seconds.get(item.nodeid, typical)
+    items.sort(key=lambda item: -per_file[item.nodeid.split("::")[0]])  # stable within a file
+
+
+def pytest_runtest_logreport(report):
+    _RUN_SECONDS[report.nodeid] = _RUN_SECONDS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    cache = getattr(config, "cache", None)
+    if hasattr(config, "workerinput") or cache is None or not _RUN_SECONDS:
+        return
+    root = str(config.rootpath)
+    seconds = {
+        k: v
+        for k, v in cache.get(SECONDS_KEY, {}).items()
+        if os.path.exists(os.path.join(root, k.split("::")[0]))
+    }
+    seconds.update(_RUN_SECONDS)
+    cache.set(SECONDS_KEY, seconds)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Parameterizations: SPEC section 1 chain-rule gradients, conversion, layer selection.
+"""Parameterizations: docs/theory.md §1 chain-rule gradients, conversion, layer selection.
 
 References: the chain-rule formulas written out here from ``nabla_u = dL/dw_u``, central finite
 differences, and the plain model itself (for conversions).
@@ -77,7 +77,7 @@ def _perturb(p, key):
 
 
 def _chain_rule(layer, nabla):
-    """SPEC section 1: the gradients of one layer's parameters from ``nabla_u = dL/dw_u``."""
+    """docs/theory.md §1: the gradients of one layer's parameters from ``nabla_u = dL/dw_u``."""
     v = np.asarray(layer.v).reshape(layer.v.shape[0], -1)
     nab = np.asarray(nabla).reshape(v.shape)
     vn = np.linalg.norm(v, axis=1)

@@ -20,7 +20,7 @@ SQUARE = wnjax.Square(mean=True)
 
 @functools.cache
 def problem():
-    """SPEC section 7: ReLU^2 student of width 10, teacher relu(x1)^2 - 0.5 relu(x2)^2."""
+    """docs/theory.md §7: ReLU^2 student of width 10, teacher relu(x1)^2 - 0.5 relu(x2)^2."""
     X, y = wnjax.small_init.relu2_teacher_data(jax.random.key(0), n=N_POINTS, d=DIM)
     model = wnjax.MLP(DIM, WIDTH, 2, activation="relu2", key=jax.random.key(1))
     return X, y, model, wnjax.small_init.ncf_kkt_point(model, X, y)
@@ -51,6 +51,7 @@ def flow_run(delta):
         rtol=1e-10,
         atol=1e-14,
         max_steps=200_000,
+        diagnostics=False,
     )
     return r, wnjax.small_init.diagnostics(r.ts, r.log_loss, r.states, kkt, delta)
 
@@ -75,7 +76,7 @@ def test_kkt_point_residual_sparsity_closed_form():
     value = _np_ncf(W1, a, Xn, yn)
     assert abs(value - float(kkt.value)) < 1e-12
     assert np.linalg.norm(grad - 3 * value * u) / np.linalg.norm(grad) < 1e-7
-    # 1-sparse in units (SPEC section 7).
+    # 1-sparse in units (docs/theory.md §7).
     units = np.sqrt(np.sum(W1**2, axis=1) + a**2)
     active = units > 1e-3
     assert active.sum() == 1 and np.all(units[~active] < 1e-8)

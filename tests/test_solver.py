@@ -24,15 +24,18 @@ def van_der_pol(t, y, args, mu=1000.0):
 
 
 def _scipy(f, y0, ts, rtol=1e-10, atol=1e-14):
+    # Radau calls the field and its Jacobian thousands of times: compile each once.
+    field = jax.jit(lambda t, y: f(t, y, None))
+    jac = jax.jit(jax.jacfwd(lambda t, y: f(t, y, None), argnums=1))
     sol = solve_ivp(
-        lambda t, y: np.asarray(f(t, jnp.asarray(y), None)),
+        lambda t, y: np.asarray(field(t, jnp.asarray(y))),
         (0.0, ts[-1]),
         np.asarray(y0),
         method="Radau",
         rtol=rtol,
         atol=atol,
         t_eval=ts,
-        jac=lambda t, y: np.asarray(jax.jacfwd(lambda z: f(t, z, None))(jnp.asarray(y))),
+        jac=lambda t, y: np.asarray(jac(t, jnp.asarray(y))),
     )
     assert sol.success
     return sol.y.T

@@ -16,8 +16,11 @@ the XLA flags (``XLA_FLAGS``, such as the forced host-device count), the compile
 the devices' topology. Upgrading wnjax, JAX or jaxlib therefore misses and recompiles; old
 entries are never read again (delete the directory to reclaim the space). An XLA:CPU entry
 also records the CPU features it was compiled for and is refused, with a warning and a
-recompile, on a CPU without them. Programs that contain a host callback
-(``jax.pure_callback``, ``jax.debug.print``) are never written by JAX.
+recompile, on a CPU without them. JAX itself never writes a program that contains a host
+callback (``jax.pure_callback``, ``jax.debug.print``), and every gradient-flow solve has one (its
+check for SIGINT/SIGTERM): on CPU, ``callback_cache.install`` keeps them, under keys JAX alone
+never reads (a warm ``gradient_flow`` then skips its XLA compilation, about half its first-call
+time; the tracing remains).
 
 The thresholds: JAX writes only programs that took at least
 ``jax_persistent_cache_min_compile_time_secs`` (default 1 s) to compile. wnjax's CLI runs
@@ -83,4 +86,7 @@ def enable(environ=os.environ) -> str | None:
         return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_SECS)
+    from wnjax._runtime import callback_cache
+
+    callback_cache.install()
     return path
