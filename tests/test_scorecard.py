@@ -33,6 +33,8 @@ def fake_experiments(monkeypatch):
                 f.write("report\n")
             with open(os.path.join(options.out, "fig.png"), "wb") as f:
                 f.write(b"png")
+            with open(os.path.join(options.out, "metrics.json"), "w") as f:
+                json.dump({"verdicts": verdicts}, f)
             return {"verdicts": verdicts}
 
         m.run = run
@@ -71,6 +73,9 @@ def test_scorecard_counts_every_verdict(fake_experiments, tmp_path):
     # Reading the finished runs back gives the same claims without running anything again.
     again = _scorecard.scorecard(out=out, rerun=False, names=["a", "b"])
     assert again["counts"] == {"reproduced": 1, "not reproduced": 1, "not answered": 1}
+    # ... and each experiment's wall time as its own run recorded it in its metrics.json.
+    with open(os.path.join(out, "a", "metrics.json")) as f:
+        assert again["seconds"]["a"] == json.load(f)["wall_seconds"] == card["seconds"]["a"]
 
 
 def test_cli_all_writes_the_scorecard(fake_experiments, tmp_path, capsys):

@@ -146,7 +146,24 @@ def reproduce(
         metrics = module.run(opts)
         if _interrupt.requested():
             mark_partial(opts.out, started)
+    if isinstance(metrics, dict):
+        metrics["wall_seconds"] = time.time() - started
+        _record_wall_time(opts.out, metrics["wall_seconds"])
     return metrics
+
+
+def _record_wall_time(out: str, seconds: float) -> None:
+    """Add ``wall_seconds`` to the ``metrics.json`` this run wrote into ``out``."""
+    import json
+
+    path = os.path.join(out, "metrics.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    if isinstance(saved, dict):
+        saved["wall_seconds"] = seconds
+        atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
 
 
 def mark_partial(out: str, started: float) -> bool:

@@ -83,7 +83,10 @@ def render(rows: list[dict], counts: dict, seconds: dict) -> str:
         )
     lines += [
         "",
-        "Wall time per experiment (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
+        "Wall time per experiment (s): "
+        + ", ".join(
+            f"{k} {'not recorded' if v is None else f'{v:.0f}'}" for k, v in seconds.items()
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -132,7 +135,12 @@ def scorecard(
                 except Exception as err:  # one experiment's failure does not stop the others
                     errors[name] = f"{type(err).__name__}: {err}"
                     traceback.print_exc()
-            seconds[name] = time.time() - started
+            # The experiment's own record (a reused run's too), else this loop's clock.
+            reused = not rerun and os.path.exists(path)
+            clock = None if reused else time.time() - started
+            seconds[name] = (metrics if isinstance(metrics, dict) else {}).get(
+                "wall_seconds", clock
+            )
             found = verdicts_of(metrics)
             if not found:
                 why = errors.get(name, "the experiment returned no verdicts")
