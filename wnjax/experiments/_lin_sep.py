@@ -11,6 +11,7 @@ text's (``paper-text``); step counts are epochs (accepted steps), undone steps a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import equinox as eqx
 import jax
@@ -29,7 +30,9 @@ from wnjax.experiments._report import (
     mean_std,
     pyplot,
     render_verdicts,
+    robust_limits,
     save_figure,
+    seed_band,
     table,
     write_outputs,
 )
@@ -264,6 +267,73 @@ def simulate(
     return out
 
 
+def _figure(sim: dict, n: int, gd: bool, options) -> str:
+    """lin-sep's figure, one panel per claim, readable at 1 seed and at 1,000: medians over seeds
+    with 10-90% bands, the neurons with a limit only (the others, dead or fading, are counted and
+    left out), axis limits that outliers do not set, and the paper's values drawn in."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    xl = "epoch (accepted GD step)" if gd else "log t"
+    rel_x, rel_y, aside = [], [], 0
+    for name, r in sim.items():
+        st = PARAM_STYLE[name]
+        d = r["diag"]
+        limit = limit_neurons(d)
+        seed_band(axes[0], r["x"], r["hist"]["log_loss"], log_x=gd, **st)
+        if gd and name in PAPER_EPOCHS:
+            axes[0].axvline(
+                PAPER_EPOCHS[name],
+                color=st["color"],
+                ls="--",
+                lw=1,
+                label=f"paper {st['label']}: {PAPER_EPOCHS[name]:,} epochs",
+            )
+        cos = np.where(limit[:, None, :], np.asarray(r["hist"]["cos"]), np.inf).min(-1)
+        seed_band(axes[2], r["x"], np.where(np.isfinite(cos), cos, np.nan), log_x=gd, **st)
+        # Relations within a seed (each seed has its own constant c): centred per seed.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lw, lg = np.log(d["w_norm"]), np.log(d["grad_norm"])
+        lw, lg = np.where(limit, lw, np.nan), np.where(limit, lg, np.nan)
+        aside += int((~limit).sum())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a seed without limit neurons
+            x = lw - np.nanmean(lw, 1, keepdims=True)
+            y = lg - np.nanmean(lg, 1, keepdims=True)
+        axes[1].scatter(x, y, s=8, alpha=0.5, **st)
+        rel_x.append(x), rel_y.append(y)
+        ranked = -np.sort(-np.asarray(d["rel"], float), axis=1)
+        ranks = np.broadcast_to(np.arange(1, ranked.shape[1] + 1), ranked.shape)
+        seed_band(axes[3], ranks, ranked, **st)
+    axes[0].axhline(options.target, color="k", lw=0.8, ls=":", label=f"target {options.target:g}")
+    axes[0].set(xscale="log" if gd else "linear", xlabel=xl, ylabel="log L", title="loss")
+    lim = robust_limits(np.concatenate([np.ravel(v) for v in rel_x + rel_y]))
+    line = np.array(lim)
+    axes[1].plot(line, -line, "k--", lw=1, label="EWN: x + y = c")
+    axes[1].plot(line, line, "k:", lw=1, label="SWN, unnorm.: y - x = c")
+    axes[1].set(
+        xlim=lim,
+        ylim=lim,
+        xlabel="log ||w_u|| (centred per seed)",
+        ylabel="log ||grad_u log L|| (centred per seed)",
+        title=f"final relations ({aside} neurons without a limit left out)",
+    )
+    axes[2].axhline(1.0, color="k", lw=0.8, ls=":", label="paper: cos -> 1")
+    axes[2].set(
+        xscale="log" if gd else "linear",
+        xlabel=xl,
+        ylabel="min_u cos(w_u, -grad_u L)",
+        title="alignment (neurons with a limit)",
+    )
+    low = min(axes[2].get_ylim()[0], 0.9)
+    axes[2].set_ylim(max(low, -1.02), 1.02)
+    axes[3].axhline(THRESHOLD, color="k", lw=0.8, ls=":", label=f"threshold {THRESHOLD:g}")
+    axes[3].set(xlabel="neuron rank", ylabel="||w_u|| / ||W_1||", title="final relative norms")
+    # fixed corners: loc="best" searches every line and point
+    for ax, loc in zip(axes, ("lower left", "upper left", "lower right", "upper right")):
+        ax.legend(fontsize=7, loc=loc)
+    return save_figure(fig, options.out, "lin_sep.png")
+
+
 def limit_neurons(diag: dict) -> np.ndarray:
     """Neurons with a non-negligible share of both the weights and the gradient,
     ``||w_u||/||W_1|| > THRESHOLD`` and ``||grad_u||/||grad_W_1|| > THRESHOLD``, per seed.
@@ -434,53 +504,7 @@ def run(options: Options) -> dict:
         **{f"{k}_normalized_margin_start": r["margin0"] for k, r in sim.items()},
         **{f"{k}_normalized_margin_end": r["diag"]["normalized_margin"] for k, r in sim.items()},
     }
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for name, r in sim.items():
-        st = PARAM_STYLE[name]
-        for s in range(n):
-            ok = np.isfinite(r["hist"]["log_loss"][s]) & np.isfinite(r["x"][s])
-            lab = st["label"] if s == 0 else None
-            axes[0].plot(
-                r["x"][s][ok], r["hist"]["log_loss"][s][ok], color=st["color"], alpha=0.6, label=lab
-            )
-            axes[2].plot(
-                r["x"][s][ok],
-                r["hist"]["cos"][s][ok].min(-1),
-                color=st["color"],
-                alpha=0.6,
-                label=lab,
-            )
-        d = r["diag"]
-        live = d["grad_norm"] > 0
-        axes[1].scatter(np.log(d["w_norm"][live]), np.log(d["grad_norm"][live]), s=10, **st)
-        for s in range(n):
-            axes[3].plot(
-                np.sort(d["rel"][s])[::-1],
-                "o-",
-                ms=3,
-                color=st["color"],
-                alpha=0.5,
-                label=st["label"] if s == 0 else None,
-            )
-    xl = "epoch (accepted GD step)" if gd else "log t"
-    axes[0].set(xscale="log" if gd else "linear", xlabel=xl, ylabel="log L", title="loss")
-    axes[1].set(
-        xlabel="log ||w_u||",
-        ylabel="log ||grad_u log L||",
-        title="final: EWN x+y=c, SWN/unnorm. y-x=c",
-    )
-    axes[2].set(
-        xscale="log" if gd else "linear",
-        xlabel=xl,
-        ylabel="min_u cos(w_u, -grad_u L)",
-        title="alignment (all neurons)",
-    )
-    axes[3].set(xlabel="neuron (sorted)", ylabel="||w_u|| / ||W_1||", title="final relative norms")
-    # fixed corners: loc="best" searches every seed's line and point (seconds at 100 seeds)
-    for ax, loc in zip(axes, ("lower left", "upper right", "lower right", "upper right")):
-        ax.legend(fontsize=8, loc=loc)
-    figs = [save_figure(fig, options.out, "lin_sep.png")]
+    figs = [_figure(sim, n, gd, options)]
     unit = "epochs (accepted GD steps)" if gd else "log t at the target"
     rows = [
         [

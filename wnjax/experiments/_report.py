@@ -122,6 +122,62 @@ def save_figure(fig, out: str, name: str) -> str:
     return name
 
 
+QUANTILES = (10, 90)
+
+
+def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 200) -> None:
+    """Draw the median over seeds of curves ``ys[s]`` against ``xs[s]`` with the 10-90% band.
+
+    Each seed's curve is interpolated on one grid over the union of the seeds' ranges (log-spaced
+    with ``log_x``). A seed that stopped (at its target, say) keeps its last value past its last
+    finite point, so the median at ``x`` is over every seed started by then, not only over the
+    slow ones still running. One seed: its curve alone.
+
+    **Arguments:** `ax`, the axes; `xs`, `ys`, shape ``(seeds, T)`` (NaN where there is no
+    point); `color`, `label`, the line's; `log_x`, a log-spaced grid; `points`, its size.
+    """
+    import warnings
+
+    xs, ys = np.atleast_2d(np.asarray(xs, float)), np.atleast_2d(np.asarray(ys, float))
+    curves = []
+    for x, y in zip(xs, ys):
+        ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
+        if ok.sum() >= 1:
+            order = np.argsort(x[ok], kind="stable")
+            curves.append((x[ok][order], y[ok][order]))
+    if not curves:
+        return
+    lo_x = min(c[0][0] for c in curves)
+    hi_x = max(c[0][-1] for c in curves)
+    if hi_x <= lo_x:
+        grid = np.array([lo_x])
+    else:
+        grid = np.geomspace(lo_x, hi_x, points) if log_x else np.linspace(lo_x, hi_x, points)
+    table = np.array([np.interp(grid, x, y, left=np.nan, right=y[-1]) for x, y in curves])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points no seed reaches
+        median = np.nanmedian(table, 0)
+        low, high = np.nanpercentile(table, QUANTILES, axis=0)
+    many = len(curves) > 1
+    ax.plot(
+        grid, median, color=color, label=f"{label} (median of {len(curves)})" if many else label
+    )
+    if many:
+        ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
+
+
+def robust_limits(values, margin: float = 0.08, quantiles=(1, 99)) -> tuple[float, float]:
+    """Axis limits spanning the ``quantiles`` of the finite ``values`` plus ``margin`` of that
+    range on each side, so that a few outliers do not set the scale."""
+    v = np.asarray(values, float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (-1.0, 1.0)
+    lo, hi = np.percentile(v, quantiles)
+    pad = margin * (hi - lo) if hi > lo else max(abs(lo), 1.0) * 0.1
+    return float(lo - pad), float(hi + pad)
+
+
 PARAM_STYLE = {
     "ewn": dict(color="tab:red", label="EWN"),
     "swn": dict(color="tab:blue", label="SWN"),

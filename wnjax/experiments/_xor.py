@@ -25,6 +25,7 @@ from wnjax.experiments._report import (
     pyplot,
     render_verdicts,
     save_figure,
+    seed_band,
     table,
     write_outputs,
 )
@@ -177,11 +178,9 @@ def run(options: Options) -> dict:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, name in zip(axes[:3], ("ewn", "swn", "standard")):
         rel = np.sort(sim[name]["rel"], axis=1)[:, ::-1]
-        for s in range(rel.shape[0]):
-            ax.plot(
-                np.arange(WIDTH), rel[s], "o", ms=3, alpha=0.5, color=PARAM_STYLE[name]["color"]
-            )
-        ax.bar(np.arange(WIDTH), rel.mean(0), alpha=0.4, color=PARAM_STYLE[name]["color"])
+        ranks = np.broadcast_to(np.arange(WIDTH), rel.shape)
+        seed_band(ax, ranks, rel, **PARAM_STYLE[name])
+        ax.legend(fontsize=7, loc="upper right")
         ax.axhline(THRESHOLD, ls="--", c="k", lw=0.8)
         ax.set(
             title=f"{PARAM_STYLE[name]['label']}: kept {mean_std(kept[name])}",
@@ -191,22 +190,14 @@ def run(options: Options) -> dict:
         )
     for name in ("ewn", "swn", "standard"):
         ll, xs = sim[name]["log_loss"], sim[name]["x"]
-        for s in range(ll.shape[0]):
-            ok = np.isfinite(ll[s]) & np.isfinite(xs[s])
-            axes[3].plot(
-                xs[s][ok],
-                ll[s][ok],
-                color=PARAM_STYLE[name]["color"],
-                alpha=0.6,
-                label=PARAM_STYLE[name]["label"] if s == 0 else None,
-            )
+        seed_band(axes[3], xs, ll, log_x=options.dynamics == "gd", **PARAM_STYLE[name])
     axes[3].set(
-        xscale="symlog",
+        xscale="log" if options.dynamics == "gd" else "linear",
         xlabel="GD steps" if options.dynamics == "gd" else "s (normalized time)",
         ylabel="log L",
         title="training loss",
     )
-    axes[3].legend()
+    axes[3].legend(fontsize=7, loc="lower left")
     figs = [save_figure(fig, options.out, "xor.png")]
     rows = [
         [

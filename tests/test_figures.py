@@ -1,0 +1,43 @@
+"""The experiments' figure helpers: medians over seeds with quantile bands, and axis limits that
+outliers do not set, against direct NumPy computations."""
+
+import numpy as np
+
+from wnjax.experiments._report import pyplot, robust_limits, seed_band
+
+
+def test_seed_band_is_the_median_with_stopped_seeds_held():
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    # Three seeds, y = k x on x in [0, 1]; the third stops at x = 0.3 (NaN padding after) and
+    # keeps its last value 1.2 from there on.
+    x = np.tile(np.linspace(0.0, 1.0, 11), (3, 1))
+    y = np.array([1.0, 2.0, 4.0])[:, None] * x
+    y[2, 4:] = np.nan
+    seed_band(ax, x, y, color="k", label="s", points=21)
+    (line,) = ax.lines
+    grid, median = line.get_xdata(), line.get_ydata()
+    np.testing.assert_allclose(grid, np.linspace(0.0, 1.0, 21))
+    held = np.where(grid <= 0.3, 4.0 * grid, 1.2)
+    expected = np.median(np.stack([grid, 2.0 * grid, held]), axis=0)
+    np.testing.assert_allclose(median, expected, atol=1e-12)
+    assert np.any(np.abs(expected - 2.0 * grid) > 0.5)  # the held seed matters
+    band = ax.collections[0].get_paths()[0].vertices
+    top = np.percentile(np.stack([grid, 2.0 * grid, held]), 90, axis=0)
+    np.testing.assert_allclose(band[:, 1].max(), top.max(), atol=1e-12)
+    assert "median of 3" in line.get_label()
+    plt.close(fig)
+    # One seed: its own curve, no band.
+    fig, ax = plt.subplots()
+    seed_band(ax, x[:1], y[:1], color="k", label="one")
+    assert not ax.collections and ax.lines[0].get_label() == "one"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), ax.lines[0].get_xdata(), atol=1e-12)
+    plt.close(fig)
+
+
+def test_robust_limits_ignore_a_far_outlier():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-1.0, 1.0, 1000), [-250.0, np.nan, np.inf]])
+    lo, hi = robust_limits(values)
+    assert -1.3 < lo < -0.9 and 0.9 < hi < 1.3
+    assert robust_limits([]) == (-1.0, 1.0)
