@@ -36,7 +36,14 @@ from wnjax.diagonal._nets import (
 from wnjax.diagonal._polar import polar_rates, polar_sgd
 from wnjax.diagonal._sparse import l1_interpolator, min_l2_interpolator, q_alpha_interpolator
 from wnjax.experiments._options import Common, option
-from wnjax.experiments._report import judge, not_answered, render_verdicts, table, write_outputs
+from wnjax.experiments._report import (
+    finite,
+    judge,
+    not_answered,
+    render_verdicts,
+    table,
+    write_outputs,
+)
 
 DESCRIPTION = "diagonal linear nets: polar WN vs plain GD/GF for sparse recovery across init scales"
 
@@ -229,9 +236,7 @@ def _gf_runs(A, y, xs, alpha, depth, method, er, et, target, x_q=None):
 def _stats(v) -> dict:
     """Mean and standard deviation over the finite values (NaN where there are none)."""
     v = np.asarray(v, float)
-    finite = v[np.isfinite(v)]
-    mean, std = (float(np.mean(finite)), float(np.std(finite))) if finite.size else (np.nan,) * 2
-    return {"mean": mean, "std": std, "values": v.tolist()}
+    return {"mean": finite(np.mean, v), "std": finite(np.std, v), "values": v.tolist()}
 
 
 def _first_hit_stats(first) -> dict:

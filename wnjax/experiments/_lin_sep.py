@@ -26,6 +26,7 @@ from wnjax.data._sets import lin_sep
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     PARAM_STYLE,
+    finite,
     judge,
     mean_std,
     pyplot,
@@ -348,20 +349,12 @@ def limit_neurons(diag: dict) -> np.ndarray:
     return (diag["rel"] > THRESHOLD) & (share > THRESHOLD)
 
 
-def _finite(reduce, x) -> float:
-    """``reduce`` over the finite values of ``x``; NaN (without a warning) if there are none, as
-    when no seed has two limit neurons to spread."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return float(reduce(x)) if x.size else float("nan")
-
-
 def _median(x) -> float:
-    return _finite(np.median, x)
+    return finite(np.median, x)
 
 
 def _min(x) -> float:
-    return _finite(np.min, x)
+    return finite(np.min, x)
 
 
 def relation_spread(diag: dict, sign: float) -> np.ndarray:

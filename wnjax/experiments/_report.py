@@ -122,6 +122,14 @@ def save_figure(fig, out: str, name: str) -> str:
     return name
 
 
+def finite(reduce, x) -> float:
+    """``reduce`` over the finite values of ``x``; NaN (without a warning) if there are none, as
+    when no seed has two limit neurons to spread."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(reduce(x)) if x.size else float("nan")
+
+
 QUANTILES = (10, 90)
 
 

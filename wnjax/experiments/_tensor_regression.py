@@ -27,6 +27,7 @@ from wnjax._dynamics.descent import gradient_descent
 from wnjax._dynamics.flow import gradient_flow
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
+    finite,
     judge,
     mean_std,
     pyplot,
@@ -255,12 +256,7 @@ def run(options: Options) -> dict:
         for depth in options.depths:
             sel = [r for r in rows if r["arch"] == arch and r["depth"] == depth]
             for key, style in (("gf_dist", "-o"), ("l1_dist", ":s"), ("l2_dist", "--^")):
-                vals = [
-                    np.nanmean(v)
-                    if np.any(np.isfinite(v := [r[key] for r in sel if r["alpha"] == a]))
-                    else np.nan
-                    for a in alphas
-                ]
+                vals = [finite(np.mean, [r[key] for r in sel if r["alpha"] == a]) for a in alphas]
                 if np.all(np.isnan(vals)):
                     continue
                 name = {"gf_dist": "prediction", "l1_dist": "l1 interp.", "l2_dist": "weighted l2"}[
