@@ -3,7 +3,7 @@ outliers do not set, against direct NumPy computations."""
 
 import numpy as np
 
-from wnjax.experiments._report import pyplot, robust_limits, seed_band
+from wnjax.experiments._report import median_bars, pyplot, robust_limits, seed_band
 
 
 def test_seed_band_is_the_median_with_stopped_seeds_held():
@@ -41,3 +41,27 @@ def test_robust_limits_ignore_a_far_outlier():
     lo, hi = robust_limits(values)
     assert -1.3 < lo < -0.9 and 0.9 < hi < 1.3
     assert robust_limits([]) == (-1.0, 1.0)
+
+
+def test_median_bars_are_the_median_and_the_10_90_quantiles():
+    plt = pyplot()
+    rng = np.random.default_rng(1)
+    values = rng.lognormal(size=(101, 4))
+    values[0, 2] = np.nan  # a seed without this point is left out of its statistics
+    fig, ax = plt.subplots()
+    median_bars(ax, [1.0, 2.0, 3.0, 4.0], values, color="k", label="m")
+    line = ax.lines[0]
+    expected = np.nanmedian(values, 0)
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    low, high = np.nanpercentile(values, (10, 90), axis=0)
+    segments = ax.collections[0].get_segments()  # one vertical bar per point
+    np.testing.assert_allclose([s[:, 1].min() for s in segments], low, rtol=1e-12)
+    np.testing.assert_allclose([s[:, 1].max() for s in segments], high, rtol=1e-12)
+    assert "median of 101" in ax.get_legend_handles_labels()[1][0]
+    plt.close(fig)
+    # One seed: its values, no bars.
+    fig, ax = plt.subplots()
+    median_bars(ax, [1.0, 2.0], [[3.0, 5.0]], color="k", label="one")
+    assert not ax.collections and ax.lines[0].get_label() == "one"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [3.0, 5.0])
+    plt.close(fig)

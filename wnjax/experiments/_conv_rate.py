@@ -23,9 +23,11 @@ from wnjax.experiments._report import (
     PARAM_STYLE,
     judge,
     mean_std,
+    median_bars,
     pyplot,
     render_verdicts,
     save_figure,
+    seed_band,
     table,
     write_outputs,
 )
@@ -180,14 +182,17 @@ def run(options: Options) -> dict:
         "ok": {k: {str(d): sim[k, d]["ok"] for d in depths} for k in PARAMETERIZATIONS},
     }
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax in axes[1:3]:
+        ax.sharey(axes[0])
     cmap = plt.get_cmap("viridis")
     for ax, name in zip(axes, PARAMETERIZATIONS):
         for i, d in enumerate(depths):
-            ll = sim[name, d]["log_loss"]
-            ax.plot(
-                sim[name, d]["x"],
-                np.exp(np.nanmean(ll, 0)),
+            ll = np.atleast_2d(sim[name, d]["log_loss"])
+            seed_band(
+                ax,
+                np.broadcast_to(sim[name, d]["x"], ll.shape),
+                np.exp(ll),
                 color=cmap(i / max(len(depths) - 1, 1)),
                 label=f"depth {d}",
             )
@@ -196,8 +201,23 @@ def run(options: Options) -> dict:
             xlabel="step" if options.dynamics == "gd" else "t / lr",
             title=PARAM_STYLE[name]["label"],
         )
-        ax.legend()
-    axes[0].set_ylabel("training loss (mean over seeds)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("training loss")
+    ax = axes[3]
+    for j, name in enumerate(PARAMETERIZATIONS):
+        style = PARAM_STYLE[name]
+        median_bars(ax, [j], np.asarray(ratio[name])[:, None], ls="none", **style)
+        ax.plot([j], [PAPER_RATIO[name]], "*", ms=12, mfc="none", color=style["color"])
+    ax.plot([], [], "*", ms=10, mfc="none", color="gray", label="paper")
+    ax.set(
+        yscale="log",
+        xticks=range(len(PARAMETERIZATIONS)),
+        xticklabels=[PARAM_STYLE[k]["label"] for k in PARAMETERIZATIONS],
+        xlim=(-0.5, len(PARAMETERIZATIONS) - 0.5),
+        ylabel=f"final L(depth {d0}) / L(depth {d1})",
+        title="loss ratio across depth",
+    )
+    ax.legend(fontsize=7)
     figs = [save_figure(fig, options.out, "conv_rate.png")]
     rows = [
         [PARAM_STYLE[k]["label"]]

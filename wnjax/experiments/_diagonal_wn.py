@@ -39,6 +39,7 @@ from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     finite,
     judge,
+    median_bars,
     not_answered,
     render_verdicts,
     table,
@@ -48,6 +49,13 @@ from wnjax.experiments._report import (
 DESCRIPTION = "diagonal linear nets: polar WN vs plain GD/GF for sparse recovery across init scales"
 
 METHODS = ("plain GD", "plain GF", "WN-GD", "WN-GF")
+# each method's line in the figures: GD solid with circles, GF dashed with squares
+STYLES = {
+    "plain GD": dict(color="tab:blue", marker="o"),
+    "plain GF": dict(color="tab:cyan", marker="s", ls="--"),
+    "WN-GD": dict(color="tab:red", marker="o"),
+    "WN-GF": dict(color="tab:orange", marker="s", ls="--"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +247,15 @@ def _stats(v) -> dict:
     return {"mean": finite(np.mean, v), "std": finite(np.std, v), "values": v.tolist()}
 
 
+def _quantiles(v) -> list:
+    """The 10%, 50% and 90% quantiles over the seeds (axis 0) of ``v``, over the finite values
+    (NaN where there are none)."""
+    v = np.where(np.isfinite(v), np.asarray(v, float), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed has
+        return np.nanpercentile(v, (10, 50, 90), axis=0).tolist()
+
+
 def _first_hit_stats(first) -> dict:
     first = np.asarray(first)
     hit = first[first >= 0]
@@ -275,8 +292,8 @@ def sweep_point(problem, alpha, depth, options, methods=METHODS) -> dict:
                 "to_1e-3": _first_hit_stats(first[:, 0]),
                 "to_1e-6": _first_hit_stats(first[:, 1]),
                 "trace_steps": np.asarray(steps[0]).tolist(),
-                "trace_mean": np.nanmean(errs, 0).tolist(),
-                "trace_std": np.nanstd(errs, 0).tolist(),
+                # the 10%, 50% and 90% quantiles over the seeds at each trace step
+                "trace_quantiles": _quantiles(errs),
                 "diverged": int(diverged.sum()),
             }
             if method == "plain GD":
@@ -399,14 +416,21 @@ def _plot(metrics, alphas, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = len(metrics["alpha_sweep"][str(alphas[0])][METHODS[0]]["error"]["values"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in METHODS:
-        m = np.array([metrics["alpha_sweep"][str(a)][method]["error"]["mean"] for a in alphas])
-        s = np.array([metrics["alpha_sweep"][str(a)][method]["error"]["std"] for a in alphas])
-        ax.errorbar(alphas, np.maximum(m, 1e-17), yerr=s, marker="o", capsize=3, label=method)
-    q = [metrics["references"]["q_alpha"][str(a)]["mean"] for a in alphas]
-    ax.plot(alphas, q, "k:", label="Q_alpha minimizer")
-    ax.axhline(metrics["references"]["min_l2"]["mean"], color="gray", ls="--", label="min-l2")
+        v = [metrics["alpha_sweep"][str(a)][method]["error"]["values"] for a in alphas]
+        median_bars(
+            ax, alphas, np.maximum(np.array(v, float).T, 1e-17), label=method, **STYLES[method]
+        )
+    q = [metrics["references"]["q_alpha"][str(a)]["values"] for a in alphas]
+    ax.plot(alphas, np.nanmedian(q, 1), "k:", lw=2, zorder=5, label="Q_alpha minimizer (median)")
+    ax.axhline(
+        np.nanmedian(metrics["references"]["min_l2"]["values"]),
+        color="gray",
+        ls="--",
+        label="min-l2",
+    )
     ax.set(xscale="log", yscale="log", xlabel="init scale alpha", ylabel="||x - x*|| / ||x*||")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -416,10 +440,13 @@ def _plot(metrics, alphas, out):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, a in zip(axes, (alphas[0], 1.0 if 1.0 in alphas else alphas[-1])):
         for method in ("plain GD", "WN-GD"):
+            color = STYLES[method]["color"]
             r = metrics["alpha_sweep"][str(a)][method]
-            m, s = np.array(r["trace_mean"]), np.array(r["trace_std"])
-            ax.plot(r["trace_steps"], m, label=method)
-            ax.fill_between(r["trace_steps"], np.maximum(m - s, 1e-17), m + s, alpha=0.2)
+            low, median, high = (np.array(q, float) for q in r["trace_quantiles"])
+            many = f" (median of {n})" if n > 1 else ""
+            ax.plot(r["trace_steps"], median, color=color, label=method + many)
+            if n > 1:
+                ax.fill_between(r["trace_steps"], low, high, color=color, alpha=0.2, lw=0)
         ax.set(xscale="log", yscale="log", xlabel="GD step", title=f"alpha = {a}")
         ax.legend()
     axes[0].set_ylabel("||x - x*|| / ||x*||")
@@ -431,15 +458,23 @@ def _plot(metrics, alphas, out):
         ("depth", "depth_sweep", "depth L"),
         ("sparsity", "sparsity_sweep", "sparsity k"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
         table = metrics[key]
-        for method in METHODS:
-            for a in table["alphas"]:
-                xs_ = table["values"]
-                m = [table["results"][f"{v}|{a}"][method]["error"]["mean"] for v in xs_]
-                ax.plot(xs_, np.maximum(m, 1e-17), marker="o", label=f"{method}, alpha={a}")
-        ax.set(yscale="log", xlabel=xlabel, ylabel="||x - x*|| / ||x*||")
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, len(table["alphas"]), figsize=(5 * len(table["alphas"]), 4))
+        for ax, a in zip(np.atleast_1d(axes), table["alphas"]):
+            xs_ = table["values"]
+            for method in METHODS:
+                v = [table["results"][f"{x}|{a}"][method]["error"]["values"] for x in xs_]
+                median_bars(
+                    ax, xs_, np.maximum(np.array(v, float).T, 1e-17), label=method, **STYLES[method]
+                )
+            ax.set(
+                yscale="log",
+                xticks=xs_,
+                xlabel=xlabel,
+                ylabel="||x - x*|| / ||x*||",
+                title=f"alpha = {a}",
+            )
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(out, f"error_vs_{name}.png"), dpi=120)
         plt.close(fig)

@@ -45,10 +45,12 @@ from wnjax.experiments._report import (
     PARAM_STYLE,
     judge,
     mean_std,
+    median_bars,
     not_answered,
     pyplot,
     render_verdicts,
     save_figure,
+    seed_band,
     table,
     write_outputs,
 )
@@ -713,9 +715,10 @@ def _figures(options: Options, acc: dict, res: dict, flow: bool) -> list:
             n_ok = int(res[name]["valid"][j].sum())
             if n_ok == 0:
                 continue
-            m, sd = np.nanmean(acc[name][j], 0), np.nanstd(acc[name][j], 0)
-            style = dict(PARAM_STYLE[name], label=f"{PARAM_STYLE[name]['label']} ({n_ok} seeds)")
-            ax.errorbar(FRACTIONS, 100 * m, yerr=100 * sd, marker="o", ms=3, capsize=2, **style)
+            valid = np.asarray(res[name]["valid"][j], bool)
+            median_bars(
+                ax, FRACTIONS, 100 * np.asarray(acc[name][j])[valid], ms=3, **PARAM_STYLE[name]
+            )
         paper = (
             {k: (PAPER[0.8][k], PAPER[0.9][k]) for k in NAMES}
             if ck == -300
@@ -754,14 +757,15 @@ def _figures(options: Options, acc: dict, res: dict, flow: bool) -> list:
     if not flow:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for name, r in res.items():
-            steps = r["curve"]["epochs"] * r["steps_per_epoch"]
-            ax.plot(
+            # the curve is (records, seeds)
+            steps = np.asarray(r["curve"]["epochs"] * r["steps_per_epoch"]).T
+            seed_band(
+                ax,
                 np.maximum(steps, 1),
-                r["curve"]["log_loss"],
-                color=PARAM_STYLE[name]["color"],
-                lw=0.8,
+                np.asarray(r["curve"]["log_loss"]).T,
+                log_x=True,
+                **PARAM_STYLE[name],
             )
-            ax.plot([], [], **PARAM_STYLE[name])
             paper = PAPER_EPOCHS[name][-1] * PAPER_STEPS_PER_EPOCH
             ax.plot(
                 [paper],

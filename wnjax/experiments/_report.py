@@ -133,7 +133,7 @@ def finite(reduce, x) -> float:
 QUANTILES = (10, 90)
 
 
-def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 200) -> None:
+def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 200, **line) -> None:
     """Draw the median over seeds of curves ``ys[s]`` against ``xs[s]`` with the 10-90% band.
 
     Each seed's curve is interpolated on one grid over the union of the seeds' ranges (log-spaced
@@ -142,7 +142,8 @@ def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 20
     slow ones still running. One seed: its curve alone.
 
     **Arguments:** `ax`, the axes; `xs`, `ys`, shape ``(seeds, T)`` (NaN where there is no
-    point); `color`, `label`, the line's; `log_x`, a log-spaced grid; `points`, its size.
+    point); `color`, `label` and further keyword arguments (``ls``, ``lw``), the line's;
+    `log_x`, a log-spaced grid; `points`, its size.
     """
     import warnings
 
@@ -168,10 +169,46 @@ def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 20
         low, high = np.nanpercentile(table, QUANTILES, axis=0)
     many = len(curves) > 1
     ax.plot(
-        grid, median, color=color, label=f"{label} (median of {len(curves)})" if many else label
+        grid,
+        median,
+        color=color,
+        label=f"{label} (median of {len(curves)})" if many else label,
+        **line,
     )
     if many:
         ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
+
+
+def median_bars(ax, xs, values, *, color, label, marker="o", **kwargs) -> None:
+    """Draw the median over seeds of ``values[s, j]`` at ``xs[j]`` with 10-90% error bars (one
+    seed: its values alone, no bars). NaNs are left out of each point's statistics.
+
+    **Arguments:** `ax`, the axes; `xs`, shape ``(K,)``; `values`, shape ``(seeds, K)``;
+    `color`, `label`, `marker` and further keyword arguments, the line's.
+    """
+    import warnings
+
+    xs = np.asarray(xs, float)
+    v = np.atleast_2d(np.asarray(values, float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a point no seed has
+        median = np.nanmedian(v, 0)
+        low, high = np.nanpercentile(v, QUANTILES, axis=0)
+    many = v.shape[0] > 1
+    label = f"{label} (median of {v.shape[0]})" if many else label
+    if not many:
+        ax.plot(xs, median, color=color, label=label, marker=marker, **kwargs)
+        return
+    ax.errorbar(
+        xs,
+        median,
+        yerr=np.array([median - low, high - median]),
+        color=color,
+        label=label,
+        marker=marker,
+        capsize=2,
+        **kwargs,
+    )
 
 
 def robust_limits(values, margin: float = 0.08, quantiles=(1, 99)) -> tuple[float, float]:

@@ -216,9 +216,10 @@ def run(options: Options) -> dict:
             axes[1].plot(-ll[ok], ang, **{**PARAM_STYLE[name], "label": None}, alpha=0.8)
     axes[1].axhline(np.degrees(np.arctan2(x[1], x[0])), ls="--", c="k", lw=0.8, label="x/||x||")
     axes[1].set(xscale="log", xlabel="-log L", ylabel="angle of w (deg)", title="direction vs loss")
+    axes[1].xaxis.set_minor_formatter(plt.NullFormatter())  # labelled minor ticks collide
     axes[1].legend()
     for name in ("ewn", "standard"):
-        axes[2].scatter(dirs[name][:, 0], dirs[name][:, 1], s=14, **PARAM_STYLE[name])
+        axes[2].scatter(dirs[name][:, 0], dirs[name][:, 1], s=14, alpha=0.6, **PARAM_STYLE[name])
     t = np.linspace(0, np.pi / 2, 100)
     axes[2].plot(np.cos(t), np.sin(t), "k:", lw=0.7)
     axes[2].plot(*xhat, "k*", ms=10, label="x/||x||")

@@ -36,6 +36,7 @@ from wnjax.experiments._report import (
     pyplot,
     render_verdicts,
     save_figure,
+    seed_band,
     table,
     write_outputs,
 )
@@ -424,28 +425,46 @@ def run(options: Options) -> dict:
         options.kkt_target,
     )
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (arch, depth, seed), path in paths.items():
-        if path.size == 0:
-            continue
-        style = dict(
-            color={
-                "diagonal": "tab:red",
-                "convolutional": "tab:blue",
-                "fully_connected": "tab:green",
-            }[arch],
-            ls="-" if depth == 2 else "--",
-            label=f"{arch} L={depth}" if seed == 0 else None,
-        )
-        if np.isfinite(path[:, 1]).any():
-            axes[0].semilogx(-path[:, 0], path[:, 1], **style)
-        axes[1].loglog(-path[:, 0], np.maximum(path[:, 3], 1e-16), **style)
+    # the margin ratio (convex cases), then the KKT residual at each depth
+    depths = list(options.depths)
+    fig, axes = plt.subplots(1, 1 + len(depths), figsize=(5.5 * (1 + len(depths)), 4))
+    colors = {"diagonal": "tab:red", "convolutional": "tab:blue", "fully_connected": "tab:green"}
+    for arch in ARCHS:
+        for depth in depths:
+            runs = [p for (a, L, _), p in paths.items() if (a, L) == (arch, depth) and p.size]
+            if not runs:
+                continue
+            # one row per seed, NaN-padded to the longest path
+            T = max(len(p) for p in runs)
+            x, margin, kkt = (
+                np.array([np.pad(p[:, c], (0, T - len(p)), constant_values=np.nan) for p in runs])
+                for c in (0, 1, 3)
+            )
+            style = dict(  # the deeper nets dashed in the margin panel
+                color=colors[arch], label=f"{arch} L={depth}", ls="-" if depth == 2 else "--"
+            )
+            if np.isfinite(margin).any():
+                seed_band(axes[0], -x, margin, log_x=True, **style)
+            ax = axes[1 + depths.index(depth)]
+            seed_band(ax, -x, np.maximum(kkt, 1e-16), log_x=True, color=colors[arch], label=arch)
     axes[0].set(
-        xlabel="-log L", ylabel="margin / convex optimum", title="margin ratio (convex cases)"
+        xscale="log",
+        xlabel="-log L",
+        ylabel="margin / convex optimum",
+        title="margin ratio (convex cases)",
     )
-    axes[1].set(xlabel="-log L", ylabel="KKT stationarity residual", title="l_{2/L} KKT residual")
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7)
+    axes[0].axhline(1.0, color="gray", lw=0.8, ls=":")
+    for ax, depth in zip(axes[1:], depths):
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="-log L",
+            ylabel="KKT stationarity residual",
+            title=f"l_{{2/L}} KKT residual, L = {depth}",
+        )
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     save_figure(fig, options.out, "margin_ratio_vs_log_loss.png")
 
     headers = [

@@ -27,12 +27,13 @@ from wnjax._dynamics.descent import gradient_descent
 from wnjax._dynamics.flow import gradient_flow
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
-    finite,
     judge,
     mean_std,
+    median_bars,
     pyplot,
     render_verdicts,
     save_figure,
+    seed_band,
     table,
     write_outputs,
 )
@@ -244,9 +245,30 @@ def run(options: Options) -> dict:
     fig, axes = plt.subplots(1, len(ARCHS), figsize=(5 * len(ARCHS), 4), squeeze=False)
     for ax, arch in zip(axes[0], ARCHS):
         for depth in options.depths:
-            for alpha in (alphas[0], alphas[-1]):
-                steps, dist = curves[(arch, depth, alpha, 0)]
-                ax.loglog(np.maximum(steps, 1), dist, label=f"L={depth}, alpha={alpha:g}")
+            for alpha, ls in ((alphas[0], "--"), (alphas[-1], "-")):
+                runs = [curves[(arch, depth, alpha, seed)] for seed in range(seeds)]
+                T = max(len(steps) for steps, _ in runs)  # one row per seed, NaN-padded
+                steps, dist = (
+                    np.array(
+                        [
+                            np.pad(
+                                np.asarray(r[c], float), (0, T - len(r[c])), constant_values=np.nan
+                            )
+                            for r in runs
+                        ]
+                    )
+                    for c in (0, 1)
+                )
+                seed_band(
+                    ax,
+                    np.maximum(steps, 1),
+                    dist,
+                    log_x=True,
+                    color=f"C{list(options.depths).index(depth)}",
+                    ls=ls,
+                    label=f"L={depth}, alpha={alpha:g}",
+                )
+        ax.set(xscale="log", yscale="log")
         ax.set(xlabel="GD iteration", ylabel="relative distance to prediction", title=arch)
         ax.legend(fontsize=7)
     save_figure(fig, options.out, "distance_vs_iteration.png")
@@ -256,13 +278,24 @@ def run(options: Options) -> dict:
         for depth in options.depths:
             sel = [r for r in rows if r["arch"] == arch and r["depth"] == depth]
             for key, style in (("gf_dist", "-o"), ("l1_dist", ":s"), ("l2_dist", "--^")):
-                vals = [finite(np.mean, [r[key] for r in sel if r["alpha"] == a]) for a in alphas]
+                vals = np.array(
+                    [[r[key] for r in sel if r["alpha"] == a] for a in alphas], float
+                ).T  # (seeds, alphas)
                 if np.all(np.isnan(vals)):
                     continue
                 name = {"gf_dist": "prediction", "l1_dist": "l1 interp.", "l2_dist": "weighted l2"}[
                     key
                 ]
-                ax.loglog(alphas, vals, style, label=f"L={depth}: to {name}")
+                median_bars(
+                    ax,
+                    alphas,
+                    vals,
+                    color=f"C{list(options.depths).index(depth)}",
+                    marker=style[-1],
+                    ls=style[:-1],
+                    label=f"L={depth}: to {name}",
+                )
+        ax.set(xscale="log", yscale="log")
         ax.set(xlabel="alpha", ylabel="relative distance of the GF limit", title=arch)
         ax.legend(fontsize=7)
     save_figure(fig, options.out, "distance_vs_alpha.png")
