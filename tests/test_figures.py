@@ -3,7 +3,14 @@ outliers do not set, against direct NumPy computations."""
 
 import numpy as np
 
-from wnjax.experiments._report import median_bars, pyplot, robust_limits, seed_band
+from wnjax.experiments._report import (
+    median_bars,
+    padded,
+    pyplot,
+    robust_limits,
+    seed_band,
+    seed_quantiles,
+)
 
 
 def test_seed_band_is_the_median_with_stopped_seeds_held():
@@ -65,3 +72,14 @@ def test_median_bars_are_the_median_and_the_10_90_quantiles():
     assert not ax.collections and ax.lines[0].get_label() == "one"
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [3.0, 5.0])
     plt.close(fig)
+
+
+def test_padded_rows_and_seed_quantiles_against_numpy():
+    table = padded([[1.0, 2.0, 3.0], [4.0], [5.0, np.inf]])
+    assert table.shape == (3, 3)
+    np.testing.assert_array_equal(np.isnan(table[1]), [False, True, True])
+    low, median, high = seed_quantiles(table)
+    # non-finite values are left out: column 1 holds 2.0 alone, column 2 holds 3.0 alone
+    np.testing.assert_allclose(median, [4.0, 2.0, 3.0])
+    np.testing.assert_allclose(low[0], np.percentile([1.0, 4.0, 5.0], 10))
+    np.testing.assert_allclose(high[0], np.percentile([1.0, 4.0, 5.0], 90))

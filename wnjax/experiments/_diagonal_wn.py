@@ -42,6 +42,7 @@ from wnjax.experiments._report import (
     median_bars,
     not_answered,
     render_verdicts,
+    seed_quantiles,
     table,
     write_outputs,
 )
@@ -247,15 +248,6 @@ def _stats(v) -> dict:
     return {"mean": finite(np.mean, v), "std": finite(np.std, v), "values": v.tolist()}
 
 
-def _quantiles(v) -> list:
-    """The 10%, 50% and 90% quantiles over the seeds (axis 0) of ``v``, over the finite values
-    (NaN where there are none)."""
-    v = np.where(np.isfinite(v), np.asarray(v, float), np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed has
-        return np.nanpercentile(v, (10, 50, 90), axis=0).tolist()
-
-
 def _first_hit_stats(first) -> dict:
     first = np.asarray(first)
     hit = first[first >= 0]
@@ -293,7 +285,7 @@ def sweep_point(problem, alpha, depth, options, methods=METHODS) -> dict:
                 "to_1e-6": _first_hit_stats(first[:, 1]),
                 "trace_steps": np.asarray(steps[0]).tolist(),
                 # the 10%, 50% and 90% quantiles over the seeds at each trace step
-                "trace_quantiles": _quantiles(errs),
+                "trace_quantiles": [q.tolist() for q in seed_quantiles(errs)],
                 "diverged": int(diverged.sum()),
             }
             if method == "plain GD":

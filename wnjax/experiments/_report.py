@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -133,6 +134,24 @@ def finite(reduce, x) -> float:
 QUANTILES = (10, 90)
 
 
+def seed_quantiles(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(10%, median, 90%)`` over the seeds (axis 0) of ``table``, over its finite values (NaN
+    where a column has none, without a warning)."""
+    table = np.asarray(table, float)
+    table = np.where(np.isfinite(table), table, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column no seed has
+        low, median, high = np.nanpercentile(table, (QUANTILES[0], 50, QUANTILES[1]), axis=0)
+    return low, median, high
+
+
+def padded(rows) -> np.ndarray:
+    """Per-seed 1-d arrays of different lengths as one ``(seeds, longest)`` table, NaN-padded."""
+    rows = [np.asarray(r, float) for r in rows]
+    T = max(len(r) for r in rows)
+    return np.array([np.pad(r, (0, T - len(r)), constant_values=np.nan) for r in rows])
+
+
 def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 200, **line) -> None:
     """Draw the median over seeds of curves ``ys[s]`` against ``xs[s]`` with the 10-90% band.
 
@@ -145,8 +164,6 @@ def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 20
     point); `color`, `label` and further keyword arguments (``ls``, ``lw``), the line's;
     `log_x`, a log-spaced grid; `points`, its size.
     """
-    import warnings
-
     xs, ys = np.atleast_2d(np.asarray(xs, float)), np.atleast_2d(np.asarray(ys, float))
     curves = []
     for x, y in zip(xs, ys):
@@ -163,10 +180,7 @@ def seed_band(ax, xs, ys, *, color, label, log_x: bool = False, points: int = 20
     else:
         grid = np.geomspace(lo_x, hi_x, points) if log_x else np.linspace(lo_x, hi_x, points)
     table = np.array([np.interp(grid, x, y, left=np.nan, right=y[-1]) for x, y in curves])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # grid points no seed reaches
-        median = np.nanmedian(table, 0)
-        low, high = np.nanpercentile(table, QUANTILES, axis=0)
+    low, median, high = seed_quantiles(table)
     many = len(curves) > 1
     ax.plot(
         grid,
@@ -186,14 +200,9 @@ def median_bars(ax, xs, values, *, color, label, marker="o", **kwargs) -> None:
     **Arguments:** `ax`, the axes; `xs`, shape ``(K,)``; `values`, shape ``(seeds, K)``;
     `color`, `label`, `marker` and further keyword arguments, the line's.
     """
-    import warnings
-
     xs = np.asarray(xs, float)
     v = np.atleast_2d(np.asarray(values, float))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a point no seed has
-        median = np.nanmedian(v, 0)
-        low, high = np.nanpercentile(v, QUANTILES, axis=0)
+    low, median, high = seed_quantiles(v)
     many = v.shape[0] > 1
     label = f"{label} (median of {v.shape[0]})" if many else label
     if not many:

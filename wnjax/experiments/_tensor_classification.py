@@ -33,6 +33,7 @@ from wnjax.experiments._report import (
     judge,
     mean_std,
     not_answered,
+    padded,
     pyplot,
     render_verdicts,
     save_figure,
@@ -434,12 +435,7 @@ def run(options: Options) -> dict:
             runs = [p for (a, L, _), p in paths.items() if (a, L) == (arch, depth) and p.size]
             if not runs:
                 continue
-            # one row per seed, NaN-padded to the longest path
-            T = max(len(p) for p in runs)
-            x, margin, kkt = (
-                np.array([np.pad(p[:, c], (0, T - len(p)), constant_values=np.nan) for p in runs])
-                for c in (0, 1, 3)
-            )
+            x, margin, kkt = (padded([p[:, c] for p in runs]) for c in (0, 1, 3))
             style = dict(  # the deeper nets dashed in the margin panel
                 color=colors[arch], label=f"{arch} L={depth}", ls="-" if depth == 2 else "--"
             )

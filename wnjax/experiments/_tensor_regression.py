@@ -30,6 +30,7 @@ from wnjax.experiments._report import (
     judge,
     mean_std,
     median_bars,
+    padded,
     pyplot,
     render_verdicts,
     save_figure,
@@ -247,18 +248,7 @@ def run(options: Options) -> dict:
         for depth in options.depths:
             for alpha, ls in ((alphas[0], "--"), (alphas[-1], "-")):
                 runs = [curves[(arch, depth, alpha, seed)] for seed in range(seeds)]
-                T = max(len(steps) for steps, _ in runs)  # one row per seed, NaN-padded
-                steps, dist = (
-                    np.array(
-                        [
-                            np.pad(
-                                np.asarray(r[c], float), (0, T - len(r[c])), constant_values=np.nan
-                            )
-                            for r in runs
-                        ]
-                    )
-                    for c in (0, 1)
-                )
+                steps, dist = (padded([r[c] for r in runs]) for c in (0, 1))
                 seed_band(
                     ax,
                     np.maximum(steps, 1),
