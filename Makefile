@@ -1,10 +1,11 @@
-# `make demo`: create .venv, install wnjax, run the main job. `make test`: same set-up, run the tests.
+# `make demo`: create .venv, install wnjax, run the main job. `make test`: same set-up, run the
+# tests but those marked `slow`. `make test-all`: every test (what CI runs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench docs lint clean
+.PHONY: demo test test-all install bench docs lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ demo: $(STAMP)
 	$(VENV)/bin/wnjax demo
 
 test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)

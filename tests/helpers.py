@@ -1,8 +1,9 @@
-"""Shared test helpers: small separable data sets and flat weight vectors."""
+"""Shared test helpers: small separable data sets, flat weight vectors, slow-marked parameters."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import wnjax
 
@@ -24,3 +25,9 @@ def flat_weights(model):
     return jnp.concatenate(
         [w.ravel() for w in wnjax._nets.neurons.layer_weights(wnjax.to_standard(model))]
     )
+
+
+def slow_params(values, slow):
+    """``values`` for ``pytest.mark.parametrize``, those in ``slow`` marked ``slow`` (run by
+    ``make test-all`` and CI, skipped by ``make test``)."""
+    return [pytest.param(v, marks=pytest.mark.slow) if v in slow else v for v in values]

@@ -34,6 +34,7 @@ def linear_problem():
     return X, y
 
 
+@pytest.mark.slow
 def test_linear_flow_converges_to_svm_direction(linear_problem):
     """Exponential loss, linear model: w/||w|| -> hard-margin SVM direction (SLSQP reference)."""
     X, y = linear_problem
@@ -117,6 +118,7 @@ def test_ewn_sparsity_identity(linear_problem):
     np.testing.assert_allclose(lhs, rhs, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_normalized_clock_traces_plain_flow():
     """Same weights at the same t: normalized run's (log t, w) against a plain-time run. (Both
     with Tsit5, the explicit half of the default solver, which stays explicit on this early,
@@ -136,6 +138,7 @@ def test_normalized_clock_traces_plain_flow():
     np.testing.assert_allclose(rn.log_loss, rp.log_loss, rtol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [3])
 def test_loss_rate_exponents(linear_problem, depth):
     """Deep linear nets: EWN L ~ 1/(t (log t)^2); unnormalized 1/(t (log t)^(2 - 2/L)), L = depth.
@@ -167,6 +170,7 @@ def test_loss_rate_exponents(linear_problem, depth):
     assert betas["ewn"] - betas["standard"] > 0.5
 
 
+@pytest.mark.slow
 def test_loss_normalized_sgd_is_gd_on_log_loss(linear_problem):
     """eta0/L times grad L is eta0 grad log L: the schedule equals plain SGD on log L."""
     X, y = linear_problem

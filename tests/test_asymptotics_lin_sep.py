@@ -13,6 +13,8 @@ import pytest
 
 import wnjax
 
+pytestmark = pytest.mark.slow  # every test here shares one minute-long run
+
 
 def _flat(p):
     """The plain weights of a parameterized model, as one vector."""

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 
@@ -82,6 +84,7 @@ def _baseline(doc: dict, key: str):
     return None
 
 
+@pytest.mark.slow
 def test_gf_vs_torchdiffeq(tmp_path):
     doc = _run("gf_vs_torchdiffeq", tmp_path)
     assert _positive(doc["wnjax"]["solve_s"]) and doc["wnjax"]["steps"] > 0
@@ -93,6 +96,7 @@ def test_gf_vs_torchdiffeq(tmp_path):
         assert doc["final_relative_difference"] < 1e-3
 
 
+@pytest.mark.slow
 def test_gd_vs_torch(tmp_path):
     doc = _run("gd_vs_torch", tmp_path)
     for form in ("wnjax 1", "wnjax vmap", "wnjax sharded", "wnjax jit+sharding"):
@@ -107,6 +111,7 @@ def test_gd_vs_torch(tmp_path):
         assert set(doc["goal_20x_vs_eager_loop"]) == {"1", str(doc["problem"]["seeds"])}
 
 
+@pytest.mark.slow
 def test_linsep_pipeline(tmp_path):
     doc = _run("linsep_pipeline", tmp_path)
     target = doc["problem"]["target_log_loss"]
@@ -125,6 +130,7 @@ def test_linsep_pipeline(tmp_path):
         assert math.isclose(run["final_log_loss"], torch_run["final_log_loss"], rel_tol=1e-9)
 
 
+@pytest.mark.slow
 def test_scaling(tmp_path):
     doc = _run("scaling", tmp_path)
     for sweep in ("width", "points", "seeds", "steps"):
@@ -149,6 +155,7 @@ def test_scaling(tmp_path):
     assert (tmp_path / doc["plot"]).exists()
 
 
+@pytest.mark.slow
 def test_roofline(tmp_path):
     doc = _run("roofline", tmp_path)
     assert _positive(doc["peak_matmul"]["flops_per_s"])

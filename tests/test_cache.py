@@ -47,6 +47,7 @@ def _callback_entries(cache_dir):
     return sorted(f for f in os.listdir(cache_dir) if KEY_SUFFIX in f)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess environment")
 def test_flow_with_callbacks_is_cached_and_loaded(tmp_path):
     """The first process writes the flow's program (it polls for SIGINT through a host

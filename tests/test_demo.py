@@ -4,10 +4,12 @@ the experiments' verdicts it collects."""
 import json
 
 import numpy as np
+import pytest
 
 import wnjax._cli as _cli
 
 
+@pytest.mark.slow
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
     code = _cli.main(

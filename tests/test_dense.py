@@ -99,6 +99,7 @@ def test_batched_gradient_matches_finite_differences():
         np.testing.assert_allclose(g[idx], fd, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_hessian_vector_products_and_seed_vmap_match():
     """Forward-over-reverse (what implicit ODE solvers do) and a vmap over seeds both agree
     with the reference path."""
@@ -161,6 +162,7 @@ def test_hidden_bias_and_foreign_activation():
     np.testing.assert_allclose(soft.batched(X), jax.vmap(soft)(X), rtol=1e-15)
 
 
+@pytest.mark.slow
 def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
     """GD, a flow and a vmap over seeds give the same numbers whether the net goes through
     ``dense`` or through ``jax.vmap`` (forward-over-reverse, what implicit solvers need, is

@@ -51,6 +51,7 @@ def test_q_alpha_dual_solve_is_feasible_at_small_scales(alpha):
         assert wnjax.diagonal.q_alpha(x, alpha) <= wnjax.diagonal.q_alpha(xp, alpha) + 1e-9
 
 
+@pytest.mark.slow
 def test_plain_gf_limit_is_q_alpha_minimizer(problem):
     A, y, xs = problem
     alpha = 0.3
@@ -92,6 +93,7 @@ def _polar_w_ode(A, y, eta_r, eta_theta):
     return f
 
 
+@pytest.mark.slow
 def test_polar_flow_and_invariant_match_w_space_ode(problem):
     A, y, xs = problem
     alpha, eta_r, eta_theta = 0.5, 0.2, 1.0

@@ -95,6 +95,7 @@ def test_zero_weight_row(kind, problem):
     assert isinstance(p.layers[0], wnjax.Standard)
 
 
+@pytest.mark.slow
 def test_max_steps_exhausted_keeps_partial_result(problem):
     model, X, y = problem
     p = wnjax.ewn(model)
@@ -244,6 +245,7 @@ def test_empty_data(run, problem):
         run(model, X[:0], y[:0])
 
 
+@pytest.mark.slow
 def test_integer_and_float32_data_and_two_devices(problem):
     """Integer X becomes the default float, float32 X runs in the model's float64, and y on
     another device than X is moved to X's: each GD runs (the same program as float64 data)."""

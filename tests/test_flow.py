@@ -48,7 +48,7 @@ def _max_rel_err_to_rate_flow(p, model, X, y, rtol):
     return max_rel_err(path_weights(p_flow.states), ref)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_ewn_flow_equals_adaptive_rate_flow(arch, request):
     model, X, y = request.getfixturevalue(f"{arch}_problem")
     err = _max_rel_err_to_rate_flow(wnjax.ewn(model), model, X, y, 1e-10)

@@ -54,6 +54,7 @@ class _SignalAtPoll:
         return self.original(steps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kw",
     [
@@ -86,6 +87,7 @@ def test_flow_signal_returns_the_partial_run(kw, monkeypatch):
     assert again.ok and int(again.stats["num_steps"]) == int(full.stats["num_steps"])
 
 
+@pytest.mark.slow
 def test_flow_poll_leaves_the_numbers_unchanged():
     """The stop-request poll inside the solve changes no bit of an uninterrupted run."""
     import wnjax._dynamics.flow as _flow
@@ -123,6 +125,7 @@ def test_gradient_descent_signal_keeps_the_finished_chunks():
     assert "interrupted" in r.message
 
 
+@pytest.mark.slow
 def test_reproduce_sigint_writes_a_partial_report(tmp_path):
     """``wnjax reproduce lin-sep`` stopped by SIGINT once its first parameterization is written:
     exit 130, no traceback, the finished results on disk in a report marked PARTIAL."""

@@ -10,6 +10,7 @@ import pytest
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(script, tmp_path):
     env = dict(os.environ, WNJAX_SMOKE="1", MPLBACKEND="Agg")

@@ -12,6 +12,7 @@ import types
 import numpy as np
 import pytest
 import scipy.optimize
+from helpers import slow_params
 from zoo_runs import make, solve
 
 import wnjax._cli as _cli
@@ -20,13 +21,15 @@ from wnjax.problems import _linear as zoo
 
 NAMES = ["linear-exp", "linear-logistic", "multiclass-linear", "deep-linear-2", "deep-linear-3"]
 BINARY_SVM = ["linear-exp", "linear-logistic", "deep-linear-2", "deep-linear-3"]
+# The zoo runs that take over 10 s each on a 2-core CPU.
+SLOW = {"linear-logistic", "multiclass-linear", "deep-linear-2", "deep-linear-3"}
 
 
 def test_all_registered():
     assert set(NAMES) <= set(problems.names())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_params(NAMES, SLOW))
 def test_problem_passes_at_test_size(name):
     problem, r, _ = solve(name)
     assert r.passed, (r.message, r.error, r.tolerance)
@@ -116,7 +119,7 @@ def test_max_margin_raises_on_inseparable_data():
         zoo.max_margin(np.array([[1.0, 0.0], [-1.0, 0.0]]))
 
 
-@pytest.mark.parametrize("name", BINARY_SVM)
+@pytest.mark.parametrize("name", slow_params(BINARY_SVM, SLOW))
 def test_angle_closes_at_soudrys_rate(name):
     """Soudry et al. 2018, Theorem 3: angle * |log L| -> ||P w~|| / ||w*||, with w~ fixed by
     exp(-z_s.w~) = lambda_s on the support; the same for a deep linear net's end-to-end

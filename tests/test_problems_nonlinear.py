@@ -26,6 +26,7 @@ def test_all_registered():
     assert set(NAMES) <= set(problems.names())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_problem_passes_at_test_size(name):
     problem, r, _ = solve(name)
@@ -80,6 +81,7 @@ def test_relu2_kkt_residual_at_a_known_kkt_point():
     assert zoo.relu2_kkt_residual(w, [-a], x, [1.0])["stationarity"] == np.inf
 
 
+@pytest.mark.slow
 def test_relu2_residual_falls_and_margin_rises():
     problem, r, flow = solve("relu2-kkt")
     start = problem.reference(problem.model)

@@ -115,6 +115,7 @@ def _reference(model, X, y, key, *, eta0, batch, max_epochs):
     return eta0, undone, kept
 
 
+@pytest.mark.slow
 def test_train_sgd_matches_reference_and_checkpoints(getkey):
     """The compiled while-loop engine against the plain loop: same iterates, eta0, kept/undone
     counts, and each checkpoint at the first kept epoch whose loss is below its level; the
@@ -187,6 +188,7 @@ def test_train_sgd_stops_at_the_last_level(getkey):
     assert np.all(r.ck_log_loss[-1] < -1.0) and np.all(np.diff(r.ck_epochs, axis=0) >= 0)
 
 
+@pytest.mark.slow
 def test_flow_checkpoints_land_on_levels(getkey):
     from wnjax.experiments._runner import run_flow_checkpoints
 
@@ -208,6 +210,7 @@ def test_flow_checkpoints_land_on_levels(getkey):
     assert np.all(np.diff(r.s, axis=0) > 0) and np.all(np.diff(r.log_t, axis=0) > 0)
 
 
+@pytest.mark.slow
 def test_pruning_smoke(tmp_path):
     """A smoke-size run: metrics of the right shapes, a report with its table, verdict lines
     and the reason the seeds missed -300."""

@@ -23,6 +23,7 @@ if not os.path.isdir(MNIST_DIR):
     MNIST_DIR = "/work/shared/data/mnist"
 
 
+@pytest.mark.slow
 def test_simple_traj_flow_matches_closed_form():
     # EWN per coordinate: 1/w_i(s) = 1/w_i(0) - x_i s; unnormalized: w(s) = w(0) + x s (S = s).
     x = jnp.array([[2.0, 1.0]])
@@ -51,6 +52,7 @@ def test_simple_traj_flow_matches_closed_form():
     np.testing.assert_allclose(np.exp(np.asarray(r.log_t[1:])), t_exact, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_simple_traj_outcome_across_inits():
     W0 = simple_traj.inits(jax.random.key(3), 3)[len(simple_traj.PAPER_INITS) :]
     sim = simple_traj.simulate(W0, dynamics="gd", target=-30.0, lr=5e-3)
@@ -73,6 +75,7 @@ def test_simple_traj_outcome_across_inits():
     assert np.all(cos_end > cos_start)
 
 
+@pytest.mark.slow
 def test_runner_matches_single_gradient_descent(getkey):
     # The vmapped runner must take exactly the steps of wnjax.gradient_descent, seed by seed.
     X, y = wnjax.data.lin_sep(getkey())
@@ -158,6 +161,7 @@ def test_idx_errors(tmp_path):
     np.testing.assert_array_equal(wnjax.data.read_idx(str(ok)), [[1, 2], [3, 4]])
 
 
+@pytest.mark.slow
 def test_conv_rate_smoke(tmp_path):
     options = conv_rate.Options(
         seeds=2, out=str(tmp_path), dynamics="gd", lr=1e-3, steps=20, width=4, depths=[1, 2]
@@ -418,6 +422,7 @@ def test_cli_help_of_every_command(capsys):
         assert f"usage: wnjax reproduce {name}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_xor_outcome_across_seeds():
     sim = xor.simulate(3, dynamics="gd", target=-50.0, lr=0.005, key=jax.random.key(1))
     kept = {k: (r["rel"] > xor.THRESHOLD).sum(1) for k, r in sim.items()}
@@ -428,6 +433,7 @@ def test_xor_outcome_across_seeds():
     assert np.all(kept["standard"] == xor.WIDTH)
 
 
+@pytest.mark.slow
 def test_lin_sep_flow_ewn_reaches_target_sooner_than_swn():
     """lin-sep, exact loss-normalized flow, 3 seeds: every run reaches log L = -300, and EWN gets
     there at a plain time t at least e^2 ~ 7x earlier than SWN on every seed (the paper: EWN

@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.optimize
 
 import wnjax
@@ -56,6 +57,7 @@ def flow_run(delta):
     return r, wnjax.small_init.diagnostics(r.ts, r.log_loss, r.states, kkt, delta)
 
 
+@pytest.mark.slow
 def test_kkt_point_residual_sparsity_closed_form():
     X, y, _, kkt = problem()
     Xn, yn = np.asarray(X), np.asarray(y)
@@ -98,6 +100,7 @@ def test_kkt_point_residual_sparsity_closed_form():
     assert float(wnjax.small_init.kkt_residual(kkt.u, X, y)) < 1e-9
 
 
+@pytest.mark.slow
 def test_second_order_matches_finite_differences():
     X, y, _, kkt = problem()
     so = wnjax.small_init.ncf_second_order(kkt.u, X, y)
@@ -127,6 +130,7 @@ def test_second_order_matches_finite_differences():
     )
 
 
+@pytest.mark.slow
 def test_early_alignment_and_escape_time():
     X, y, _, kkt = problem()
     r, d = flow_run(1e-3)
@@ -144,6 +148,7 @@ def test_early_alignment_and_escape_time():
     assert abs(T / pred - 1) < 5e-3
 
 
+@pytest.mark.slow
 def test_first_plateau_matches_reduced_network():
     X, y, _, kkt = problem()
     _, d = flow_run(1e-3)

@@ -5,6 +5,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 import wnjax
 from wnjax.experiments._small_init import LOSS, seed_escapes, seed_flows, student
@@ -18,6 +19,7 @@ def _setup():
     return X, y, [student(jax.random.key(1 + s)) for s in range(2)]
 
 
+@pytest.mark.slow
 def test_vmapped_flows_equal_sequential_runs():
     X, y, models = _setup()
     t1s = [1e5, 0.8e5]
@@ -51,6 +53,7 @@ def test_vmapped_flows_equal_sequential_runs():
     )
 
 
+@pytest.mark.slow
 def test_vmapped_escapes_equal_sequential_and_interpolated_ones():
     X, y, models = _setup()
     t1s = [1e5, 0.9e5]

@@ -121,6 +121,7 @@ def test_van_der_pol_switches_both_ways_and_agrees_with_radau():
     assert int(auto.stats["num_steps"]) < 1.5 * int(stiff.stats["num_steps"])
 
 
+@pytest.mark.slow
 def test_gradient_flow_reports_the_switch():
     """The loss-normalized flow of a linear model on separable data turns stiff as log L falls:
     the default solver counts both kinds of steps and reaches log L = -1000, where Tsit5 alone

@@ -57,6 +57,7 @@ def _robertson(y1, y2, y3):
     return -K1 * y1 + K3 * y2 * y3, K1 * y1 - K3 * y2 * y3 - K2 * y2**2, K2 * y2**2
 
 
+@pytest.mark.slow
 def test_stiff_systems_agree_with_dense_radau_and_closed_form():
     """Two stiff systems in one pytree state (a block-diagonal Jacobian), solved to t = 40 by
     both solvers: y' = A y with A symmetric, eigenvalues -0.01 .. -1e4 (against exp(tA) y0),
@@ -179,6 +180,7 @@ def krylov_program(big_flow):
     return _flow_program(model, X, y, n)
 
 
+@pytest.mark.slow
 def test_matrix_free_path_never_forms_an_n_by_n_array(big_flow, krylov_program):
     """The lowered program of gradient_flow: with GMRES no tensor has more than
     (n + 1) * (restart + 2) elements (the Krylov basis: (restart + 1) columns per leaf); with LU
@@ -189,6 +191,7 @@ def test_matrix_free_path_never_forms_an_n_by_n_array(big_flow, krylov_program):
     assert _largest_tensor(_flow_program(model, X, y, n, threshold=n)) >= n * n
 
 
+@pytest.mark.slow
 def test_matrix_free_steps_on_a_model_too_large_for_dense(big_flow, krylov_program):
     """Three Krylov Kvaerno5 steps of the normalized flow (the program lowered above), in under
     1% of a dense Jacobian's memory, against Tsit5 at rtol 1e-10 over the same normalized

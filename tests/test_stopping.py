@@ -82,6 +82,7 @@ def test_float32_rtol_below_the_dtype_is_raised_with_a_warning():
         wnjax.gradient_flow(model, X, y, rtol=1e-10, t1=1.0, n_save=4, diagnostics=False)
 
 
+@pytest.mark.slow
 def test_reached_target_agrees_with_the_final_log_loss():
     """``reached_target`` is ``final_log_loss <= target + tol (1 + |target|)`` on runs that stop on
     their target, that end at t1 well short of it, and that end at t1 a hair above it."""
@@ -112,6 +113,7 @@ def test_reached_target_agrees_with_the_final_log_loss():
     assert not bool(r.reached_target)
 
 
+@pytest.mark.slow
 def test_flow_and_gd_results_share_one_failure_protocol():
     """``FlowResult`` and ``GDResult`` carry ``stop_code`` and ``reached_target`` as fields and
     ``ok``/``interrupted``/``message`` as properties; ``result_code`` is a read-only alias of the

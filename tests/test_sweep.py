@@ -115,6 +115,7 @@ def killed_and_resumed(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_table(killed_and_resumed):
     r = killed_and_resumed
     assert 0 < r["n_at_kill"] < N_ROWS // CHUNK, "the kill did not land mid-sweep"
@@ -131,6 +132,7 @@ def test_kill_and_resume_gives_identical_table(killed_and_resumed):
             np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow
 def test_rows_equal_single_runs(killed_and_resumed):
     """Each row equals an independent, unvmapped ``wnjax.gradient_descent`` run of its seed."""
     ref = killed_and_resumed["reference"]
@@ -147,6 +149,7 @@ def test_rows_equal_single_runs(killed_and_resumed):
         assert t["num_steps"][i] == 8000 and t["ok"][i]
 
 
+@pytest.mark.slow
 def test_config_mismatch_is_an_error(killed_and_resumed, tmp_path):
     r = killed_and_resumed
     with pytest.raises(wnjax.StoreMismatch, match="grid.init_scale"):
@@ -181,6 +184,7 @@ def test_config_mismatch_is_an_error(killed_and_resumed, tmp_path):
         wnjax.Store(str(tmp_path), {"a": 2})
 
 
+@pytest.mark.slow
 def test_same_seed_same_bits(killed_and_resumed):
     """Rerunning the stored sweep in-process (a resume with every chunk present) and a fresh
     sweep of a subset of the seeds reproduce those rows bit for bit."""
@@ -206,6 +210,7 @@ def test_same_seed_same_bits(killed_and_resumed):
         np.testing.assert_array_equal(subset.table[k], ref.table[k][rows])
 
 
+@pytest.mark.slow
 def test_flow_rows_do_not_depend_on_the_device_count():
     """Adaptive GF runs on 1 and on 2 devices (each block its own while-loops; other chunk
     sizes too, by default ``batch_size * devices``): the same bits."""
@@ -365,6 +370,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow
 def test_example_table_bytes_do_not_depend_on_the_device_count(tmp_path):
     """``wnjax sweep examples/sweep.toml`` with 1 and with 2 forced CPU devices (separate
     processes): byte-identical ``table.csv``."""
@@ -432,6 +438,7 @@ def test_truncated_chunk_is_named_and_recomputed(tmp_path):
     assert (tmp_path / "table.csv").read_bytes() == table
 
 
+@pytest.mark.slow
 def test_sigint_stops_a_sweep_keeping_finished_chunks(tmp_path):
     """SIGINT after the first stored chunk: exit 130, no traceback, a PARTIAL message, the
     finished chunks stored and no table."""
@@ -471,6 +478,7 @@ def test_sigint_stops_a_sweep_keeping_finished_chunks(tmp_path):
     assert 0 < len(stored) < 4 and not (out / "table.csv").exists()
 
 
+@pytest.mark.slow
 def test_reached_target_within_rounding_is_the_same_decision_in_a_sweep():
     """A run that ends at t1 within rounding above its target has reached it (and its message
     says so); one that ends further above has not. A sweep row decides the same."""

@@ -137,7 +137,7 @@ SQUARE_FLOW = dict(
 )
 
 
-@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("depth", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_regression_limit_matches_gradient_flow(depth):
     rng = np.random.default_rng(depth)
     n, d = 4, 8
@@ -214,6 +214,7 @@ def _classification_problem():
     return X, np.sign(X @ w)
 
 
+@pytest.mark.slow
 def test_odeco_classification_reaches_l1_svm_margin_and_kkt():
     X, y = _classification_problem()
     d = X.shape[1]

@@ -46,6 +46,7 @@ def test_symmetric_inputs_have_real_fourier_coefficients():
     assert np.max(np.abs(np.fft.fft(Xs).imag)) < 1e-12  # x_k = x_{-k}: a real DFT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [2, 3])
 def test_conv_limit_matches_predictor_on_real_coefficients_only(depth):
     X, y, nu = _data()
