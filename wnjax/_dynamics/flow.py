@@ -23,6 +23,7 @@ import numpy as np
 import optimistix as optx
 from diffrax._root_finder import use_stepsize_tol
 from diffrax._term import WrapTerm
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
@@ -510,6 +511,9 @@ def _solve(
     poll: bool = True,
 ) -> FlowResult:
     params, static = eqx.partition(p, eqx.is_inexact_array)
+    # theta is integrated as one flat vector: every per-step operation of the solver, the
+    # controller and the stiffness test is then one kernel, not one per array.
+    theta0, unravel = ravel_pytree(params)
     normalized = time == "normalized"
     # The state is (theta, tau). In plain time tau = log(1 + t) is a function of the solver's own
     # clock, so it is not integrated (tau is None): log t is taken from the clock, exactly, and
@@ -517,15 +521,15 @@ def _solve(
 
     def field(s, state, args):
         theta, tau = state
-        value, g = _grad_log_loss(theta, static, X, y, loss, rate)
+        value, g = _grad_log_loss(unravel(theta), static, X, y, loss, rate)
+        g = ravel_pytree(g)[0].astype(theta.dtype)
         if normalized:
-            dtheta = jax.tree_util.tree_map(jnp.negative, g)
-            return dtheta, jnp.exp(-value - tau)
-        scale = -jnp.exp(value)
-        return jax.tree_util.tree_map(lambda x: scale * x, g), None
+            return -g, jnp.exp(-value - tau)
+        return -jnp.exp(value) * g, None
 
     def save_fn(s, state, args):
         theta, tau = state
+        theta = unravel(theta)
         model = eqx.combine(theta, static)
         out = summaries(model, X, y, loss, numbers["degree"], diagnostics)
         if normalized:
@@ -540,7 +544,7 @@ def _solve(
         labels = y
 
         def gap(y):
-            log_l = _log_loss_fn(y[0], static, X, labels, loss)
+            log_l = _log_loss_fn(unravel(y[0]), static, X, labels, loss)
             return (log_l - level) / (1.0 + jnp.abs(level)) + 2 * ftol
 
         def cond(t, y, args, **kwargs):  # diffrax passes these by keyword
@@ -550,7 +554,7 @@ def _solve(
             start = kwargs["t0"]
             return jnp.where(already, start + 1e-30 * (1.0 + jnp.abs(start)) - t, gap(y))
 
-        already = gap((params, None)) <= 0
+        already = gap((theta0, None)) <= 0
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
         return diffrax.Event(
             cond, root_finder=_Crossing(rtol=0.0, atol=0.0, expand_if_necessary=True, tol_t=4 * eps)
@@ -582,7 +586,8 @@ def _solve(
             controller,
             level_event,
             save_fn,
-            (params, tau0),
+            (theta0, tau0),
+            unravel,
             static,
             X,
             y,
@@ -603,7 +608,7 @@ def _solve(
         t0=s0,
         t1=numbers["t1"],
         dt0=numbers.get("dt0"),
-        y0=(params, tau0),
+        y0=(theta0, tau0),
         saveat=saveat,
         stepsize_controller=controller,
         event=event,
@@ -611,8 +616,8 @@ def _solve(
         throw=False,
         progress_meter=progress_meter,
     )
-    saved, (final_params, final_tau) = sol.ys
-    final_params = jax.tree_util.tree_map(lambda x: x[-1], final_params)
+    saved, (final_theta, final_tau) = sol.ys
+    final_params = unravel(final_theta[-1])
     final_model = eqx.combine(final_params, static)
     states = saved.pop("state", None)
     if states is not None:
@@ -737,6 +742,7 @@ def _solve_levels(
     level_event,
     save_fn,
     y0,
+    unravel,
     static,
     X,
     y,
@@ -750,8 +756,9 @@ def _solve_levels(
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
     The solver's state (for ``AutoSwitch``: which method runs) carries from level to level, and
-    so does the poll state of a ``_Polled`` controller."""
-    log_l0 = _log_loss_fn(y0[0], static, X, y, loss)
+    so does the poll state of a ``_Polled`` controller. ``y0 = (theta, tau)`` holds the
+    trainable arrays as one flat vector; ``unravel`` rebuilds them."""
+    log_l0 = _log_loss_fn(unravel(y0[0]), static, X, y, loss)
     levels = loss_levels(log_l0, numbers["target"], n_save)
     zero = jnp.asarray(0)
     if "dt0" in numbers:
@@ -795,10 +802,11 @@ def _solve_levels(
             solver_state=c["solver_state"],
         )
         new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
-        log_l = _log_loss_fn(new_y[0], static, X, y, loss)
+        theta = unravel(new_y[0])
+        log_l = _log_loss_fn(theta, static, X, y, loss)
         # An event, or a crossing whose root-find ran out of digits, reaches the level.
         hit = (sol.result == diffrax.RESULTS.event_occurred) | _reached(
-            log_l, level, X.dtype, _rounding(new_y[0], static, X, y, loss)
+            log_l, level, X.dtype, _rounding(theta, static, X, y, loss)
         )
         accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
@@ -839,7 +847,8 @@ def _solve_levels(
     end, (saved, s_saved) = jax.lax.scan(body, start, levels[1:])
     saved = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
     s_saved = jnp.concatenate([start["s"][None], s_saved])
-    final_params, final_tau = end["y"]
+    final_theta, final_tau = end["y"]
+    final_params = unravel(final_theta)
     tau = saved.pop("tau")
     states = saved.pop("state", None)
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)

@@ -232,6 +232,24 @@ def _scale_weights(model: PyTree, c: float) -> PyTree:
     return eqx.combine(jax.tree_util.tree_map(lambda w: c * w, params), static)
 
 
+@eqx.filter_jit
+def _scaled_outputs(model: PyTree, x: Array, scales: tuple) -> list:
+    """``[Phi(w; x), Phi(c w; x) for c in scales]``, in one compiled program. A ``Parameterized``
+    model scales only its trainable layers (a frozen layer is a constant of the function)."""
+    from wnjax._nets.parameterize import Parameterized, scale_trainable, to_standard
+
+    plain = to_standard(model)
+    outputs = [jax.vmap(plain)(x)]
+    for c in scales:
+        scaled = (
+            scale_trainable(model, c).standard()
+            if isinstance(model, Parameterized)
+            else _scale_weights(plain, c)
+        )
+        outputs.append(jax.vmap(scaled)(x))
+    return outputs
+
+
 def homogeneity_degree(
     model: PyTree, x: Array, *, scales: Sequence[float] = (0.5, 2.0), rtol: float = 1e-6
 ) -> float:
@@ -254,28 +272,23 @@ def homogeneity_degree(
 
     ```
     """
-    from wnjax._nets.parameterize import Parameterized, scale_trainable, to_standard
+    from wnjax._nets.parameterize import Parameterized
 
-    plain = to_standard(model)
-    if has_bias(plain):
+    # A parameterized model keeps its biases in its skeleton.
+    if has_bias(model.skeleton if isinstance(model, Parameterized) else model):
         raise ValueError(
             "the model has biases, so it is not homogeneous in its weights. Build it without "
             "biases (wnjax.MLP(..., hidden_bias=False) or eqx.nn.Linear(..., use_bias=False))."
         )
-    x = jnp.asarray(x)
-    phi = np.asarray(jax.vmap(plain)(x), dtype=np.float64).ravel()
+    scales = tuple(float(c) for c in scales)
+    outputs = _scaled_outputs(model, jnp.asarray(x), scales)
+    phi = np.asarray(outputs[0], dtype=np.float64).ravel()
     keep = np.abs(phi) > 1e-12 * max(np.abs(phi).max(), 1e-300)
     if not keep.any():
         raise ValueError("the model outputs zero on every example of x; pick other inputs.")
     estimates = []
-    for c in scales:
-        # A parameterized model scales only its trainable layers: frozen ones are constants.
-        scaled = (
-            scale_trainable(model, c).standard()
-            if isinstance(model, Parameterized)
-            else _scale_weights(plain, c)
-        )
-        phi_c = np.asarray(jax.vmap(scaled)(x), dtype=np.float64).ravel()
+    for c, out in zip(scales, outputs[1:]):
+        phi_c = np.asarray(out, dtype=np.float64).ravel()
         if np.any(np.sign(phi_c[keep]) != np.sign(phi[keep])):
             raise ValueError(
                 f"Phi(c w) changes sign at c = {c}: the model is not positively homogeneous in "
