@@ -3,7 +3,9 @@
 Part 1, the fixed-method comparison: diffrax Dopri5 against torchdiffeq dopri5.
 Part 2, the default path: ``wnjax.gradient_flow(wnjax.ewn(net), ...)`` with every default
 (solver, diagnostics) at rtol 1e-10, against torchdiffeq dopri5 on the same EWN flow (autograd
-through ``w_u = exp(a_u) v_u/||v_u||``), timed in interleaved rounds; then the cost of one
+through ``w_u = exp(a_u) v_u/||v_u||``), timed in interleaved rounds with two pieces of it:
+``solver='tsit5'`` (no stiffness test) and a bare ``diffrax.diffeqsolve`` of the same field on
+the flat weight vector (``breakdown``, the floor of diffrax's per-step cost); then the cost of one
 vector-field evaluation ``-grad L`` on the EWN net, wnjax's against a hand-written closed-form
 gradient of the same net (the floor), both run 20,000 times inside one compiled loop.
 
@@ -18,6 +20,8 @@ tight-tolerance wnjax solve.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import _common as C
 
@@ -224,7 +228,7 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
         "steps": int(r.stats["num_steps"]),
         "final_log_loss": float(r.final_log_loss),
     }
-    fns = {"wnjax": run_jax}
+    fns = {"wnjax": run_jax, **_breakdown_runs(p, X, y, t1=t1, rtol=rtol, atol=atol)}
     if C.has_torch():
         solve = torch_ewn_solver(model, X, y, t1=t1, rtol=rtol, atol=atol)
         solve()
@@ -241,12 +245,74 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
     out["wnjax_s"] = C.summary(times["wnjax"])
     out["compile_s"] = first - out["wnjax_s"]["median"]
     out["us_per_step"] = out["wnjax_s"]["median"] / out["steps"] * 1e6
+    # The same flow without the pieces of the default path, in the same rounds: explicit Tsit5
+    # only (no stiffness test), and a bare diffeqsolve of the same field on the flat state.
+    out["breakdown"] = {}
+    for name in ("tsit5", "bare_diffrax"):
+        steps = int(fns[name]()[1])
+        out["breakdown"][name] = {
+            "s": C.summary(times[name]),
+            "steps": steps,
+            "us_per_step": statistics.median(times[name]) / steps * 1e6,
+        }
     if "torchdiffeq" in times:
         out["torchdiffeq_s"] = C.summary(times["torchdiffeq"])
         out["speedup"] = C.summary([b / a for a, b in zip(times["wnjax"], times["torchdiffeq"])])
     else:
         out["torchdiffeq_s"] = "not measured: torch/torchdiffeq not installed"
     return out
+
+
+def _breakdown_runs(p, X, y, *, t1: float, rtol: float, atol: float) -> dict:
+    """Timed callables, each returning ``(result, steps)``: ``gradient_flow`` with
+    ``solver='tsit5'`` (the default path's explicit method alone), and a bare
+    ``diffrax.diffeqsolve`` (Tsit5, the same PID controller, ``SaveAt(t1=True)``) of the same
+    field ``-L grad log L`` on the flat weight vector, the floor of what diffrax costs here."""
+    import diffrax
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    import wnjax
+    from wnjax._dynamics.flow import _grad_log_loss
+    from wnjax._losses import get_loss
+
+    loss = get_loss("exponential")
+    params, static = eqx.partition(p, eqx.is_inexact_array)
+    theta0, unravel = ravel_pytree(params)
+
+    def field(t, theta, args):
+        value, g = _grad_log_loss(unravel(theta), static, X, y, loss, None)
+        return -jnp.exp(value) * ravel_pytree(g)[0]
+
+    @jax.jit
+    def bare(theta):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            diffrax.Tsit5(),
+            0.0,
+            t1,
+            None,
+            theta,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            saveat=diffrax.SaveAt(t1=True),
+            max_steps=100_000,
+        )
+        return sol.ys, sol.stats["num_steps"]
+
+    def run_bare():
+        ys, steps = bare(theta0)
+        jax.block_until_ready(ys)
+        return ys, steps
+
+    def run_tsit5():
+        r = wnjax.gradient_flow(p, X, y, t1=t1, rtol=rtol, atol=atol, solver="tsit5")
+        jax.block_until_ready(r.final)
+        return r, r.stats["num_steps"]
+
+    run_bare(), run_tsit5()  # compile
+    return {"tsit5": run_tsit5, "bare_diffrax": run_bare}
 
 
 def flat(model):
@@ -370,6 +436,13 @@ def main() -> None:
         model, X, y, evals=200 if args.quick else 20_000, rounds=1 if args.quick else 7
     )
     dp, ff = figures["default_path"], figures["field_floor"]
+    bd = dp["breakdown"]
+    print(
+        "the same flow, per step: explicit Tsit5 only "
+        f"{bd['tsit5']['us_per_step']:.0f} us ({bd['tsit5']['steps']} steps); a bare diffeqsolve "
+        f"of the field {bd['bare_diffrax']['us_per_step']:.0f} us ({bd['bare_diffrax']['steps']} "
+        "steps)"
+    )
     print(
         f"default path (EWN, rtol {tight['rtol']:g}): {dp['wnjax_s']['median'] * 1e3:.1f} ms, "
         f"{dp['steps']} steps, {dp['us_per_step']:.0f} us/step"
