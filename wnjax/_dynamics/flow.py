@@ -32,12 +32,18 @@ from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch
-from wnjax._nets.models import CNN, MLP, Identity, ReLUPower, homogeneity_degree
+from wnjax._nets.models import (
+    CNN,
+    MLP,
+    Identity,
+    ReLUPower,
+    homogeneity_degree,
+    scaled_outputs,
+)
 from wnjax._nets.parameterize import (
     Parameterized,
     as_parameterized,
     neuron_norm_sq_rate,
-    scale_trainable,
     trainable_weight_norm,
 )
 from wnjax._runtime.errors import InvalidInput
@@ -912,10 +918,7 @@ def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
 def _traced_degree(p: Parameterized, X: Array) -> Array:
     """Under a transform (vmap over seeds): ``L = median_i log(|Phi(2w; x_i)|/|Phi(w; x_i)|)/log
     2``."""
-    plain = p.standard()
-    scaled = scale_trainable(p, 2.0).standard()
-    phi = jnp.abs(jax.vmap(plain)(X)).ravel()
-    phi2 = jnp.abs(jax.vmap(scaled)(X)).ravel()
+    phi, phi2 = (jnp.abs(out).ravel() for out in scaled_outputs(p, X, (2.0,)))
     est = jnp.log(phi2 / jnp.where(phi > 0, phi, 1.0)) / jnp.log(2.0)
     return jnp.nanmedian(jnp.where(phi > 0, est, jnp.nan))
 

@@ -233,7 +233,7 @@ def _scale_weights(model: PyTree, c: float) -> PyTree:
 
 
 @eqx.filter_jit
-def _scaled_outputs(model: PyTree, x: Array, scales: tuple) -> list:
+def scaled_outputs(model: PyTree, x: Array, scales: tuple) -> list:
     """``[Phi(w; x), Phi(c w; x) for c in scales]``, in one compiled program. A ``Parameterized``
     model scales only its trainable layers (a frozen layer is a constant of the function)."""
     from wnjax._nets.parameterize import Parameterized, scale_trainable, to_standard
@@ -281,7 +281,7 @@ def homogeneity_degree(
             "biases (wnjax.MLP(..., hidden_bias=False) or eqx.nn.Linear(..., use_bias=False))."
         )
     scales = tuple(float(c) for c in scales)
-    outputs = _scaled_outputs(model, jnp.asarray(x), scales)
+    outputs = scaled_outputs(model, jnp.asarray(x), scales)
     phi = np.asarray(outputs[0], dtype=np.float64).ravel()
     keep = np.abs(phi) > 1e-12 * max(np.abs(phi).max(), 1e-300)
     if not keep.any():
