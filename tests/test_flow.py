@@ -268,3 +268,23 @@ def test_default_save_points_span_t0_to_t1(mlp_problem, n_save):
     assert ts.shape == (n_save,) and ts[0] == 0.5 and np.isclose(ts[-1], 3.0, rtol=1e-14)
     assert np.all(np.diff(ts) > 0)
     np.testing.assert_allclose(float(r.log_loss[-1]), float(r.final_log_loss), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_equivalence_check_shares_its_flows_with_the_gd_part():
+    """``equivalence_check`` compares GD with the flows it already ran, read at ``t = horizon``
+    from their saved paths; ``gd_equivalence`` alone integrates both flows to ``horizon``
+    afresh. The GD errors of the two agree to the solver's tolerance, and the flow part matches
+    ``flow_equivalence`` (the extra save point changes nothing but the path's sampling)."""
+    kw = dict(n=8, d=3, width=4, etas=(0.02, 0.01), horizon=0.5, t1=2.0, rtol=1e-10)
+    check = wnjax.equivalence_check(jax.random.key(3), **kw)
+    from wnjax._analysis.equivalence import default_problem
+
+    net, X, y = default_problem(jax.random.key(3), n=8, d=3, width=4)
+    alone = wnjax.gd_equivalence(net, X, y, etas=(0.02, 0.01), horizon=0.5, rtol=1e-10)
+    for key in ("gd_vs_flow_ewn", "gd_vs_flow_rate", "gd_drift"):
+        np.testing.assert_allclose(check[key], alone[key], rtol=1e-6)
+    np.testing.assert_allclose(
+        check["flow_gap_ewn_vs_rate"], alone["flow_gap_ewn_vs_rate"], atol=1e-8
+    )
+    assert check["ewn_max_rel_err"] < 1e-6 and check["swn_max_rel_err"] > 1e-3

@@ -65,6 +65,40 @@ def _relative(a: Array, b: Array) -> float:
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
+def _flow_paths(model, X, y, *, loss, t1, rtol, atol, n_save, at=()) -> tuple[dict, dict, Array]:
+    """Adaptive-rate, EWN and SWN gradient flow from the same ``w(0)``, saved at ``n_save``
+    times (the start, then log-spaced from ``1e-6 t1`` to ``t1``, as ``wnjax.LogSpaced``) and at
+    the extra times ``at``.
+
+    **Returns:** ``(paths, steps, ts)``: the flattened standard weights of each flow
+    (``'adaptive_rate'``, ``'ewn'``, ``'swn'``, each ``(len(ts), P)``), their accepted steps,
+    and the save times.
+    """
+    grid = np.geomspace(1e-6 * t1, t1, n_save - 1) if n_save > 1 else np.zeros(0)
+    ts = np.unique(np.concatenate([[0.0], grid, np.asarray(at, float)]))
+    kw = dict(loss=loss, t1=t1, rtol=rtol, atol=atol, save_ts=ts, diagnostics=False)
+    runs = {
+        "adaptive_rate": gradient_flow(model, X, y, rate="neuron_norm_sq", **kw),
+        "ewn": gradient_flow(ewn(model), X, y, **kw),
+        "swn": gradient_flow(swn(model), X, y, **kw),
+    }
+    paths = {name: _path(run.states) for name, run in runs.items()}
+    steps = {name: int(run.stats["num_steps"]) for name, run in runs.items()}
+    return paths, steps, jnp.asarray(ts)
+
+
+def _flow_report(paths: dict, steps: dict, *, rtol: float, atol: float, t1: float) -> dict:
+    ref = paths["adaptive_rate"]
+    return {
+        "ewn_max_rel_err": max_relative_error(paths["ewn"], ref),
+        "swn_max_rel_err": max_relative_error(paths["swn"], ref),
+        "rtol": rtol,
+        "atol": atol,
+        "t1": t1,
+        "num_steps": steps,
+    }
+
+
 def flow_equivalence(
     model: PyTree,
     X: Array,
@@ -76,28 +110,17 @@ def flow_equivalence(
     atol: float = 1e-12,
     n_save: int = 32,
 ) -> dict:
-    """Integrate EWN-GF, SWN-GF and adaptive-rate GF from the same ``w(0)``; compare paths in ``w``.
+    """Integrate EWN-GF, SWN-GF and adaptive-rate GF from the same ``w(0)``; compare paths in ``w``
+    at ``n_save`` times (the start, then log-spaced to ``t1``).
 
     **Returns:** ``ewn_max_rel_err`` and ``swn_max_rel_err`` (max over save points of the relative
-    distance to the adaptive-rate path) and the solvers' step counts.
+    distance to the adaptive-rate path), ``rtol``, ``atol``, ``t1`` and the solvers' step counts
+    (``num_steps``).
     """
-    kw = dict(loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save, diagnostics=False)
-    ref = gradient_flow(model, X, y, rate="neuron_norm_sq", **kw)
-    ewn_run = gradient_flow(ewn(model), X, y, **kw)
-    swn_run = gradient_flow(swn(model), X, y, **kw)
-    ref_path = _path(ref.states)
-    return {
-        "ewn_max_rel_err": max_relative_error(_path(ewn_run.states), ref_path),
-        "swn_max_rel_err": max_relative_error(_path(swn_run.states), ref_path),
-        "rtol": rtol,
-        "atol": atol,
-        "t1": t1,
-        "num_steps": {
-            "adaptive_rate": int(ref.stats["num_steps"]),
-            "ewn": int(ewn_run.stats["num_steps"]),
-            "swn": int(swn_run.stats["num_steps"]),
-        },
-    }
+    paths, steps, _ = _flow_paths(
+        model, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save
+    )
+    return _flow_report(paths, steps, rtol=rtol, atol=atol, t1=t1)
 
 
 def _gd_weights(model, X, y, *, loss, eta, steps, adaptive: bool) -> Array:
@@ -135,8 +158,12 @@ def gd_equivalence(
     horizon: float = 1.0,
     rtol: float = 1e-10,
     atol: float = 1e-12,
+    flows: tuple[Array, Array] | None = None,
 ) -> dict:
     """EWN-GD against adaptive-rate GD, and both against the flow, at the fixed time ``T = k eta``.
+
+    ``flows``: the flattened standard weights of EWN-GF and adaptive-rate GF at ``t = horizon``
+    (from a run that saved there); ``None`` integrates both to ``horizon`` with ``rtol``, ``atol``.
 
     - ``gd_drift``: ``[eta, ||w_EWN-GD - w_rate-GD|| / ||w_rate-GD||]`` after ``k = T/eta`` steps;
     - ``gd_vs_flow``: ``[eta, max(err_EWN, err_rate)]``, where ``err`` is the relative distance
@@ -144,13 +171,22 @@ def gd_equivalence(
       adaptive-rate GD against adaptive-rate GF).
     Both should shrink in proportion to ``eta``.
     """
-    flow_kw = dict(
-        loss=loss, t1=horizon, rtol=rtol, atol=atol, n_save=2, save_states=False, diagnostics=False
-    )
-    w_flow_rate = flat_weights(
-        to_standard(gradient_flow(model, X, y, rate="neuron_norm_sq", **flow_kw).final)
-    )
-    w_flow_ewn = flat_weights(to_standard(gradient_flow(ewn(model), X, y, **flow_kw).final))
+    if flows is None:
+        flow_kw = dict(
+            loss=loss,
+            t1=horizon,
+            rtol=rtol,
+            atol=atol,
+            n_save=2,
+            save_states=False,
+            diagnostics=False,
+        )
+        w_flow_rate = flat_weights(
+            to_standard(gradient_flow(model, X, y, rate="neuron_norm_sq", **flow_kw).final)
+        )
+        w_flow_ewn = flat_weights(to_standard(gradient_flow(ewn(model), X, y, **flow_kw).final))
+    else:
+        w_flow_ewn, w_flow_rate = flows
     drift, vs_flow, vs_flow_ewn, vs_flow_rate = [], [], [], []
     for eta in etas:
         steps = int(round(horizon / eta))
@@ -211,9 +247,21 @@ def equivalence_check(
         "activation": activation,
         "loss": loss,
     }
-    out.update(flow_equivalence(net, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol))
+    # One set of flows serves both parts when they also save at t = horizon, where GD is
+    # compared with them.
+    shared = 0 < horizon <= t1
+    paths, steps, ts = _flow_paths(
+        net, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=32, at=[horizon] if shared else []
+    )
+    out.update(_flow_report(paths, steps, rtol=rtol, atol=atol, t1=t1))
+    flows = None
+    if shared:
+        i = int(jnp.argmin(jnp.abs(ts - horizon)))
+        flows = (paths["ewn"][i], paths["adaptive_rate"][i])
     out.update(
-        gd_equivalence(net, X, y, loss=loss, etas=etas, horizon=horizon, rtol=rtol, atol=atol)
+        gd_equivalence(
+            net, X, y, loss=loss, etas=etas, horizon=horizon, rtol=rtol, atol=atol, flows=flows
+        )
     )
     out["gd_drift_exponent"] = _slopes(out["gd_drift"])
     out["gd_vs_flow_exponent"] = _slopes(out["gd_vs_flow"])

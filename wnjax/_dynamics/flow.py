@@ -456,6 +456,14 @@ def _grad_log_loss(params, static, X, y, loss, rate):
     return value, grads
 
 
+@eqx.filter_jit
+def _flat_grad_log_loss(theta, unravel, static, X, y, loss, rate):
+    """``(log L, grad log L)`` at the flat vector ``theta`` (``unravel`` maps it to the trainable
+    arrays), the gradient flattened the same way."""
+    value, g = _grad_log_loss(unravel(theta), static, X, y, loss, rate)
+    return value, ravel_pytree(g)[0].astype(theta.dtype)
+
+
 def summaries(
     p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
 ) -> dict:
@@ -527,8 +535,7 @@ def _solve(
 
     def field(s, state, args):
         theta, tau = state
-        value, g = _grad_log_loss(unravel(theta), static, X, y, loss, rate)
-        g = ravel_pytree(g)[0].astype(theta.dtype)
+        value, g = _flat_grad_log_loss(theta, unravel, static, X, y, loss, rate)
         if normalized:
             return -g, jnp.exp(-value - tau)
         return -jnp.exp(value) * g, None
