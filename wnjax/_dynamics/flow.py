@@ -533,9 +533,13 @@ def _solve(
     # clock, so it is not integrated (tau is None): log t is taken from the clock, exactly, and
     # the error control sees theta alone. Normalized time integrates tau alongside theta.
 
+    # The data reach the field through diffrax's ``args`` (X, y), not a closure: AutoSwitch's
+    # step is its own jit (traced once for diffrax's three traces of the step), whose inputs
+    # must then all be explicit.
     def field(s, state, args):
         theta, tau = state
-        value, g = _flat_grad_log_loss(theta, unravel, static, X, y, loss, rate)
+        data, labels = args
+        value, g = _flat_grad_log_loss(theta, unravel, static, data, labels, loss, rate)
         if normalized:
             return -g, jnp.exp(-value - tau)
         return -jnp.exp(value) * g, None
@@ -622,6 +626,7 @@ def _solve(
         t1=numbers["t1"],
         dt0=numbers.get("dt0"),
         y0=(theta0, tau0),
+        args=(X, y),
         saveat=saveat,
         stepsize_controller=controller,
         event=event,
@@ -777,7 +782,7 @@ def _solve_levels(
     if "dt0" in numbers:
         dt0 = numbers["dt0"]
     else:  # diffrax's automatic first step can stall on a restart, so carry our own
-        f0 = term.vf(0.0, y0, None)
+        f0 = term.vf(0.0, y0, (X, y))
         dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.maximum(tree_norm(f0), 1e-300)
     s0 = jnp.zeros_like(numbers["t1"])
     # a run that starts at or below its target is done before its first level
@@ -791,7 +796,7 @@ def _solve_levels(
         "accepted": zero,
         "rejected": zero,
         "dt": jnp.minimum(dt0, numbers["t1"]),
-        "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, None),
+        "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, (X, y)),
     }
     polled = isinstance(controller, _Polled)
     if polled:
@@ -807,6 +812,7 @@ def _solve_levels(
             t1=t1,
             dt0=c["dt"],
             y0=c["y"],
+            args=(X, y),
             saveat=diffrax.SaveAt(t1=True, solver_state=True, controller_state=polled),
             stepsize_controller=_Polled(controller.inner, c["poll"]) if polled else controller,
             event=level_event(level),

@@ -22,6 +22,7 @@ import functools
 from typing import Any, ClassVar
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,6 +253,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        return _switch_step(self, terms, t0, t1, y0, args, solver_state, made_jump)
+
+    def _step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         st = solver_state
         methods = {"explicit": self.explicit, "implicit": self.implicit}
 
@@ -324,6 +328,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         }
         dense_info = {**dense, "stiff": stiff}
         return y1, err, dense_info, new_state, result
+
+
+@eqx.filter_jit
+def _switch_step(solver, terms, t0, t1, y0, args, solver_state, made_jump):
+    return solver._step(terms, t0, t1, y0, args, solver_state, made_jump)
 
 
 @functools.cache
