@@ -22,23 +22,10 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-import jax
-import numpy as np
-
-import wnjax.experiments._lin_sep as lin_sep_experiment
-import wnjax.experiments._xor as xor_experiment
-from wnjax._analysis.equivalence import equivalence_check, format_report
 from wnjax._cli import positive_int
-from wnjax.experiments._report import (
-    PARAM_STYLE,
-    REPRODUCED,
-    judge,
-    pyplot,
-    render_verdict,
-    save_figure,
-    write_outputs,
-)
-from wnjax.experiments._reproduce import reproduce
+
+# The experiments, the equivalence check and matplotlib are imported where they are used, after
+# the equivalence worker has been started: its own imports then overlap the parent's.
 
 HELP = "run the main job: the equivalence check, then lin-sep and XOR at small size"
 
@@ -74,6 +61,12 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
     """One figure, six panels: the equivalence's flow-path errors and GD errors against ``eta``;
     lin-sep's cost to the target and final relative neuron norms; XOR's relative neuron norms
     and kept-neuron counts beside the paper's. **Returns:** the file name written in ``out``."""
+    import numpy as np
+
+    import wnjax.experiments._lin_sep as lin_sep_experiment
+    import wnjax.experiments._xor as xor_experiment
+    from wnjax.experiments._report import PARAM_STYLE, pyplot, save_figure
+
     plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     # (a) flow paths: EWN-GF and SWN-GF against the rate-||w_u||^2 flow.
@@ -168,6 +161,10 @@ def plot_summary(eq: dict, lin: dict, xor: dict, out: str, name: str = "demo.png
 def equivalence_job(seed: int, x64: bool) -> tuple[dict, float]:
     """``equivalence_check`` on the default problem of ``seed`` with float64 on or off, as run in
     a worker process. **Returns:** the check's dict and the seconds it took."""
+    import jax
+
+    from wnjax._analysis.equivalence import equivalence_check
+
     jax.config.update("jax_enable_x64", x64)
     start = time.perf_counter()
     return equivalence_check(jax.random.key(seed)), time.perf_counter() - start
@@ -202,6 +199,8 @@ def run_parts(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
 
     **Returns:** ``(equivalence dict, lin-sep metrics, XOR metrics, seconds per part)``.
     """
+    import jax
+
     seconds: dict[str, float] = {}
     size = {} if getattr(args, "max_steps", None) is None else {"max_steps": args.max_steps}
     seeds, xor_target = getattr(args, "seeds", 3), getattr(args, "xor_target", -50.0)
@@ -212,9 +211,14 @@ def run_parts(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
         print("equivalence check (in a second process) ...", flush=True)
         future = pool.submit(equivalence_job, args.seed, x64)
     else:
+        from wnjax._analysis.equivalence import format_report
+
         print("equivalence check ...", flush=True)
         eq, seconds["equivalence"] = equivalence_job(args.seed, x64)
         print(format_report(eq), flush=True)
+    from wnjax._analysis.equivalence import format_report
+    from wnjax.experiments._reproduce import reproduce
+
     try:
         print(f"lin-sep, {seeds} seeds, to log L = {args.target:g} ...", flush=True)
         t = time.perf_counter()
@@ -247,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
     **Returns:** the exit code, 0 if the equivalence holds (EWN matches, SWN differs); the
     experiments' verdicts are reported but do not change it.
     """
+    from wnjax.experiments._report import REPRODUCED, judge, write_outputs
+
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     eq, lin, xor, seconds = run_parts(args)
@@ -298,6 +304,9 @@ def _report(
 ) -> str:
     """The demo's ``report.md``: a verdict summary table from ``verdicts`` (part -> list of
     ``{"claim", "verdict", "detail"}``), then one section per part."""
+    from wnjax._analysis.equivalence import format_report
+    from wnjax.experiments._report import REPRODUCED, render_verdict
+
     titles = {"equivalence": "equivalence", "lin_sep": "lin-sep", "xor": "XOR"}
     lines = [
         "# wnjax demo",

@@ -174,6 +174,7 @@ def _model(params, static, plain_out: bool):
     return p.standard() if plain_out else p
 
 
+@eqx.filter_jit
 def _record_values(
     params,
     opt_state,
@@ -203,6 +204,13 @@ def _record_values(
     if save_states:
         out["state"] = params
     return out
+
+
+@eqx.filter_jit
+def _rule_update(rule, params, opt_state, k, static, X, y, key, hyperparams):
+    """``rule.update`` under its own jit: a chunk calls it from several loops (the fast blocks,
+    the exact path), and each call after the first reuses the first one's trace."""
+    return rule.update(params, opt_state, k, static, X, y, key, hyperparams)
 
 
 # Steps per block of the fast path (see ``_run_chunk``): a block that has to be redone with the
@@ -278,7 +286,7 @@ def _run_chunk(
         return loss.log_loss(apply_batch(eqx.combine(params, static), Xb), yb)
 
     def update(params, opt_state, k):
-        return rule.update(params, opt_state, k, static, X, y, key, hp)
+        return _rule_update(rule, params, opt_state, k, static, X, y, key, hp)
 
     def stops(value, finite):
         """``(at_target, blew_up)`` for an update from a state whose log loss is ``value``."""

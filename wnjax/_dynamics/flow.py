@@ -464,6 +464,13 @@ def _flat_grad_log_loss(theta, unravel, static, X, y, loss, rate):
     return value, ravel_pytree(g)[0].astype(theta.dtype)
 
 
+@eqx.filter_jit
+def _state_summaries(params, static, X, y, loss, degree, diagnostics):
+    """``summaries`` of the model ``(params, static)`` under its own jit: diffrax traces a save
+    several times, and each trace after the first reuses the first one's."""
+    return summaries(eqx.combine(params, static), X, y, loss, degree, diagnostics)
+
+
 def summaries(
     p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
 ) -> dict:
@@ -547,8 +554,7 @@ def _solve(
     def save_fn(s, state, args):
         theta, tau = state
         theta = unravel(theta)
-        model = eqx.combine(theta, static)
-        out = summaries(model, X, y, loss, numbers["degree"], diagnostics)
+        out = _state_summaries(theta, static, X, y, loss, numbers["degree"], diagnostics)
         if normalized:
             out["tau"] = tau
         if save_states:
