@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import wnjax
 from wnjax.experiments._runner import run_gd
@@ -110,3 +111,74 @@ def test_epochs_and_undone_counts_match_a_plain_backtracking_loop():
     assert int(r.num_steps[0]) == epochs and int(r.undone[0]) == undone
     assert r.steps[-1, 0] == epochs
     np.testing.assert_allclose(float(r.final.layers[0].weight[0, 0, 0]), w, rtol=1e-12)
+
+
+def _five_seeds():
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), 5)
+    models = eqx.filter_vmap(lambda k: wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=k)))(
+        keys
+    )
+    return models, X, y
+
+
+def test_seed_blocks_run_each_seed_as_alone(monkeypatch):
+    """Five seeds in blocks of two (three blocks, the last filled up with a copy of the last
+    seed): every seed's accepted steps and final weights are those of ``gradient_descent`` run
+    on that seed alone, whatever block it fell in; the filler is dropped."""
+    import wnjax._dynamics.seeds as seeds_module
+
+    assert seeds_module.seed_blocks(5, 2) == (3, 2)
+    assert seeds_module.seed_blocks(100, 32) == (4, 25)
+    monkeypatch.setattr(seeds_module, "BLOCK_SEEDS", 2)
+    models, X, y = _five_seeds()
+    kw = dict(num_steps=400, learning_rate=0.05, target_log_loss=-3.0)
+    r = run_gd(models, X, y, chunk_size=50, stop_stalled=False, **kw)
+    assert np.asarray(r.num_steps).shape == (5,)
+    arrays, static = eqx.partition(r.final, eqx.is_inexact_array)
+    for i in range(5):
+        alone = wnjax.gradient_descent(
+            jax.tree_util.tree_map(lambda a: a[i], models), X, y, n_save=2, **kw
+        )
+        assert int(r.num_steps[i]) == int(alone.num_steps)
+        mine = eqx.combine(jax.tree_util.tree_map(lambda a: a[i], arrays), static)
+        for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(alone.final)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-13)
+
+
+BLOCKS_ON_DEVICES = """
+import sys, jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, {tests!r})
+import wnjax._dynamics.seeds as seeds_module
+from test_runner import _five_seeds
+from wnjax.experiments._runner import run_gd
+seeds_module.BLOCK_SEEDS = 2
+models, X, y = _five_seeds()
+r = run_gd(models, X, y, chunk_size=50, num_steps=400, learning_rate=0.05, target_log_loss=-3.0)
+print(len(jax.devices()))
+np.save({out!r}, np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(r.final)]))
+"""
+
+
+@pytest.mark.slow
+def test_seed_blocks_give_the_same_numbers_on_two_devices(tmp_path, monkeypatch):
+    """The blocks run one per device in turn; the numbers are those of one device, bit for bit
+    (every block is the same single-device program, whatever the device count)."""
+    import os
+    import subprocess
+    import sys
+
+    import wnjax._dynamics.seeds as seeds_module
+
+    out = tmp_path / "two.npy"
+    script = BLOCKS_ON_DEVICES.format(tests=os.path.dirname(__file__), out=str(out))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "2"
+    monkeypatch.setattr(seeds_module, "BLOCK_SEEDS", 2)
+    models, X, y = _five_seeds()
+    r = run_gd(models, X, y, chunk_size=50, num_steps=400, learning_rate=0.05, target_log_loss=-3.0)
+    one = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(r.final)])
+    np.testing.assert_array_equal(np.load(out), one)

@@ -794,18 +794,23 @@ AUTO_CHUNK_SECONDS = 0.25
 AUTO_CHUNK_MAX = 2**20
 
 
-def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None):
+def _stops(carry) -> np.ndarray:
+    return np.asarray(carry["stop"])
+
+
+def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None, stops=_stops):
     """Call ``chunk(carry, numbers)`` until every run has stopped or SIGINT/SIGTERM arrives
     (the chunk in progress finishes; a second signal keeps the last finished chunk).
     ``auto``: double ``numbers['chunk_size']`` after every chunk faster than
     ``AUTO_CHUNK_SECONDS``, up to ``AUTO_CHUNK_MAX``. ``after_first()`` runs once after the
-    first chunk, ``callback(carry)`` after every chunk. Returns the last carry."""
+    first chunk, ``callback(carry)`` after every chunk. ``stops(carry)``: the stop codes of
+    every run, as a host array (default: ``carry['stop']``). Returns the last carry."""
     with _interrupt.handling():
         try:
             while True:
                 t0 = time.perf_counter()
                 carry = chunk(carry, numbers)
-                stop = np.asarray(carry["stop"])  # waits for the chunk (and the initial loss)
+                stop = stops(carry)  # waits for the chunk (and the initial loss)
                 if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
                     size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
                     numbers = {**numbers, "chunk_size": _host_int(size)}

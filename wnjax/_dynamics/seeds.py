@@ -1,9 +1,11 @@
 """The GD engine over seeds: one vmapped program, per-seed data and hyperparameters.
 
 ``run_seeds`` runs ``descent._run_chunk`` under ``jax.vmap`` (one lane per seed, each stopping
-on its own) in chunks driven from Python (SIGINT/SIGTERM end the run at a chunk end), and
-returns the final carry with helpers to read it: ``padded`` (the save records of every seed on
-a common axis) and ``checkpoint_models``.
+on its own) on blocks of at most ``BLOCK_SEEDS`` seeds (``seed_blocks``; every block is the
+same program, compiled once), in chunks driven from Python (SIGINT/SIGTERM end the run at a
+chunk end). A block that has stopped is not run again; the blocks go to the local devices in
+turn. It returns the final carry with helpers to read it: ``padded`` (the save records of every
+seed on a common axis) and ``checkpoint_models``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ class SeedRun:
         return tuple(out)
 
 
+# The most seeds in one vmapped block. A block's lanes run in lockstep until its slowest seed
+# stops, so smaller blocks waste fewer steps on seeds that have already stopped, while larger
+# ones make each step cheaper per seed; the blocks run one after another on one device, at once
+# on several (one per device in turn). The split depends on the number of seeds alone, never on
+# the devices, so the numbers do not either.
+BLOCK_SEEDS = 32
+
+
 @eqx.filter_jit
 def _init_seeds(params, static, X, y, hyperparams, numbers, n_save, statics):
     return jax.vmap(
@@ -99,6 +109,7 @@ def run_seeds(
     auto_chunks: bool = True,
     summarize: Callable | None = None,
     stop_stalled: bool = False,
+    block_seeds: int | None = None,
 ) -> tuple[SeedRun, bool]:
     """Run the GD engine on stacked models, one vmapped lane per seed.
 
@@ -118,6 +129,8 @@ def run_seeds(
     - `chunk_size`, `auto_chunks`: attempts per compiled call (doubling after fast calls).
     - `summarize`: ``f(model, X, y) -> dict`` recorded at the save points.
     - `stop_stalled`: stop a seed whose loss is carried by dead points.
+    - `block_seeds`: the most seeds per vmapped block (``seed_blocks``; ``None``:
+      ``BLOCK_SEEDS``).
 
     **Returns:** ``(SeedRun, interrupted)``.
     """
@@ -151,15 +164,54 @@ def run_seeds(
         summarize=summarize,
         plain_out=plain,
     )
+    seeds = int(np.shape(jax.tree_util.tree_leaves(params)[0])[0])
+    n_blocks, lanes = seed_blocks(seeds, BLOCK_SEEDS if block_seeds is None else block_seeds)
+    # The last block is filled up with copies of the last seed, dropped at the end.
+    fill = np.minimum(np.arange(n_blocks * lanes), seeds - 1)
+    if fill.size > seeds:
+        params, X, y, hp, keys = jax.tree_util.tree_map(lambda a: a[fill], (params, X, y, hp, keys))
     start = {**numbers, "diverge_above": np.asarray(diverge_above, dtype)}
     carry, log_l0, level = _init_seeds(params, static, X, y, hp, start, n_save, statics)
     per_seed = {"hyperparams": hp, "diverge_above": level, "initial_log_loss": log_l0}
     statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
-    carry = _drive(
-        lambda c, n: _seeds_chunk(c, static, X, y, n, per_seed, keys, statics),
-        carry,
+    devices = jax.local_devices()
+    blocks, inputs = [], []
+    for b in range(n_blocks):
+        cut = slice(b * lanes, (b + 1) * lanes)
+        part = jax.tree_util.tree_map(lambda a: a[cut], (carry, X, y, per_seed, keys))
+        if n_blocks > 1:
+            part = jax.device_put(part, devices[b % len(devices)])
+        blocks.append(part[0])
+        inputs.append(part[1:])
+
+    def chunk(blocks, n):
+        # Every block still running is dispatched before any is waited for, so the blocks on
+        # different devices run at once; a finished block is left as it is.
+        return tuple(
+            c if _finished(c) else _seeds_chunk(c, static, Xb, yb, n, ps, kb, statics)
+            for c, (Xb, yb, ps, kb) in zip(blocks, inputs)
+        )
+
+    blocks = _drive(
+        chunk,
+        tuple(blocks),
         numbers,
         auto=auto_chunks,
+        stops=lambda blocks: np.concatenate([np.asarray(c["stop"]) for c in blocks]),
     )
+    if n_blocks > 1:
+        blocks = jax.device_put(blocks, devices[0])
+    carry = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:seeds], *blocks)
     interrupted = bool(np.any(np.asarray(carry["stop"]) == 0))
     return SeedRun(carry=carry, static=static, plain=plain), interrupted
+
+
+def _finished(carry) -> bool:
+    return bool(np.all(np.asarray(carry["stop"]) != 0))
+
+
+def seed_blocks(seeds: int, block_seeds: int = BLOCK_SEEDS) -> tuple[int, int]:
+    """``(blocks, lanes)``: ``seeds`` split into ``ceil(seeds / block_seeds)`` blocks of equal
+    size ``lanes = ceil(seeds / blocks)`` (the last one filled up)."""
+    n_blocks = max(1, -(-seeds // max(1, block_seeds)))
+    return n_blocks, -(-seeds // n_blocks)

@@ -332,6 +332,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
 @eqx.filter_jit
 def _switch_step(solver, terms, t0, t1, y0, args, solver_state, made_jump):
+    """``AutoSwitch._step`` under its own jit: diffrax traces a solver's step three times in one
+    solve (its shapes, the loop body, the saves), and the later traces reuse the first one's
+    jaxpr (XLA inlines the call, so the compiled step is unchanged)."""
     return solver._step(terms, t0, t1, y0, args, solver_state, made_jump)
 
 

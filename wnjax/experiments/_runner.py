@@ -98,7 +98,8 @@ def run_gd(
     diverge_above: float = 50.0,
     stop_stalled: bool = True,
 ) -> BatchedRun:
-    """GD or minibatch SGD on a batch of models with per-seed data, one vmapped program.
+    """GD or minibatch SGD on a batch of models with per-seed data, one vmapped program (over
+    blocks of seeds: ``run_seeds``).
 
     Each seed follows ``theta <- theta + optimizer.update(g, ...)``, ``g = grad L`` (or
     ``grad log L`` for ``objective='log_loss'``), as in ``wnjax.gradient_descent``; a seed stops
