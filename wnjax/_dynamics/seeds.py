@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from wnjax._dynamics.descent import _drive, _host_int, _init_carry, _levels, _run_chunk
+from wnjax._dynamics.descent import (
+    STOP_RUNNING,
+    _drive,
+    _host_int,
+    _init_carry,
+    _levels,
+    _run_chunk,
+)
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.parameterize import Parameterized, as_parameterized
 from wnjax._runtime.validate import cast_floats, common_dtype
@@ -176,11 +183,14 @@ def run_seeds(
     statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
     devices = jax.local_devices()
     blocks, inputs = [], []
+    whole = (carry, X, y, per_seed, keys)
+    if n_blocks > 1:  # split on the host: no program per slice shape
+        whole = _to_host(whole)
     for b in range(n_blocks):
-        cut = slice(b * lanes, (b + 1) * lanes)
-        part = jax.tree_util.tree_map(lambda a: a[cut], (carry, X, y, per_seed, keys))
+        part = whole
         if n_blocks > 1:
-            part = jax.device_put(part, devices[b % len(devices)])
+            cut = slice(b * lanes, (b + 1) * lanes)
+            part = _to_device(jax.tree_util.tree_map(lambda a: a[cut], whole), devices, b)
         blocks.append(part[0])
         inputs.append(part[1:])
 
@@ -200,14 +210,60 @@ def run_seeds(
         stops=lambda blocks: np.concatenate([np.asarray(c["stop"]) for c in blocks]),
     )
     if n_blocks > 1:
-        blocks = jax.device_put(blocks, devices[0])
-    carry = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:seeds], *blocks)
-    interrupted = bool(np.any(np.asarray(carry["stop"]) == 0))
+        host = _to_host(blocks)
+        carry = _to_device(
+            jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:seeds], *host), devices, 0
+        )
+    else:
+        carry = jax.tree_util.tree_map(lambda a: a[:seeds], blocks[0])
+    interrupted = bool(np.any(np.asarray(carry["stop"]) == STOP_RUNNING))
     return SeedRun(carry=carry, static=static, plain=plain), interrupted
 
 
+def _to_host(tree):
+    """Every array of ``tree`` as a NumPy array; PRNG key arrays as ``_HostKeys``."""
+
+    def one(a):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return _HostKeys(np.asarray(jax.random.key_data(a)), jax.random.key_impl(a))
+        return np.asarray(a)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _to_device(tree, devices, b: int):
+    """``_to_host``'s arrays back on device ``b`` of ``devices`` (in turn)."""
+    device = devices[b % len(devices)]
+
+    def one(a):
+        if isinstance(a, _HostKeys):
+            return jax.device_put(jax.random.wrap_key_data(a.data, impl=a.impl), device)
+        return jax.device_put(a, device)
+
+    return jax.tree_util.tree_map(one, tree, is_leaf=lambda a: isinstance(a, _HostKeys))
+
+
+@jax.tree_util.register_pytree_node_class
+class _HostKeys:
+    """PRNG keys held on the host as their raw data (a pytree node: slicing maps over it)."""
+
+    def __init__(self, data, impl):
+        self.data, self.impl = data, impl
+
+    def __getitem__(self, index):
+        return _HostKeys(self.data[index], self.impl)
+
+    def tree_flatten(self):
+        return (self.data,), self.impl
+
+    @classmethod
+    def tree_unflatten(cls, impl, children):
+        return cls(children[0], impl)
+
+
 def _finished(carry) -> bool:
-    return bool(np.all(np.asarray(carry["stop"]) != 0))
+    """Whether every seed of a block has stopped."""
+    return bool(np.all(np.asarray(carry["stop"]) != STOP_RUNNING))
 
 
 def seed_blocks(seeds: int, block_seeds: int = BLOCK_SEEDS) -> tuple[int, int]:
