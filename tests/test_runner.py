@@ -144,6 +144,23 @@ def test_seed_blocks_run_each_seed_as_alone(monkeypatch):
         mine = eqx.combine(jax.tree_util.tree_map(lambda a: a[i], arrays), static)
         for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(alone.final)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-13)
+        # the records: log L at each saved step is that of a run of exactly that many steps
+        saved = np.asarray(r.steps)[:, i]  # (n_records,): accepted steps at each record
+        assert saved.size > 3
+        for j in range(0, saved.size, 3):
+            steps = int(saved[j])
+            short = wnjax.gradient_descent(
+                jax.tree_util.tree_map(lambda a: a[i], models),
+                X,
+                y,
+                n_save=2,
+                **{**kw, "num_steps": steps},
+            )
+            np.testing.assert_allclose(
+                float(np.asarray(r.history["log_loss"])[j, i]),
+                float(short.final_log_loss),
+                rtol=1e-10,
+            )
 
 
 BLOCKS_ON_DEVICES = """

@@ -236,6 +236,7 @@ def _run_chunk(
     monitor: Callable | None = None,
     stop_stalled: bool = False,
     plain_out: bool = False,
+    seeds_axis: str | None = None,
 ) -> dict:
     """Advance by up to ``chunk_size`` attempts, recording at every save point on the way.
 
@@ -270,6 +271,11 @@ def _run_chunk(
       read from each update where it sees the full data).
     - `stop_stalled`: apply the stall rule at segment ends.
     - `plain_out`: hand ``summarize`` and ``monitor`` the plain model.
+    - `seeds_axis`: the name of the ``vmap`` axis over seeds when the caller vmaps with one
+      (``run_seeds``). The segment loop then runs while any seed runs, each seed's segment
+      masked by its own state, so the save buffers are written in place; a ``while_loop``
+      with a per-seed condition would select every carried array, the buffers included, in
+      every segment.
 
     **Returns:** the carry after the chunk.
     """
@@ -338,8 +344,8 @@ def _run_chunk(
         ok = (c["save_idx"] < n_save) & (target >= 0)
         return jnp.where(ok, target, jnp.iinfo(c["k"].dtype).max)
 
-    def record(c):
-        out = _record_values(
+    def record_values(c):
+        return _record_values(
             c["params"],
             c["opt_state"],
             static,
@@ -354,19 +360,31 @@ def _run_chunk(
             summarize=summarize,
             plain_out=plain_out,
         )
-        i = jnp.minimum(c["save_idx"], n_save - 1)
-        c = dict(c)
-        c["saved"] = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), c["saved"], out)
-        c["saved_steps"] = c["saved_steps"].at[i].set(c["accepted"])
-        c["save_idx"] = c["save_idx"] + 1
-        c["last_saved"] = attempts(c)
-        return c
 
-    def maybe_record(c):
+    shapes = jax.eval_shape(record_values, carry)
+
+    def maybe_record(c, active=True):
+        """Record the state in the next save slot if a save point is due. Only the record's
+        values sit under the ``lax.cond``; the slot is written either way (with its old value
+        when nothing is due), so under ``vmap``, where the ``cond`` becomes a ``select``, the
+        select covers one record, not the whole save buffers."""
         fresh = c["last_saved"] != attempts(c)
         stopped = c["stop"] != STOP_RUNNING
         due = fresh & (c["save_idx"] < n_save) & ((attempts(c) >= next_save(c)) | stopped)
-        return jax.lax.cond(due, record, lambda c: c, c)
+        due = due & active
+        # An index past the end drops the write: the buffers are only written, never read here.
+        i = jnp.where(due, c["save_idx"], n_save)
+        out = jax.lax.cond(
+            due, record_values, lambda c: jax.tree_util.tree_map(jnp.zeros_like, shapes), c
+        )
+        c = dict(c)
+        c["saved"] = jax.tree_util.tree_map(
+            lambda buf, v: buf.at[i].set(v, mode="drop"), c["saved"], out
+        )
+        c["saved_steps"] = c["saved_steps"].at[i].set(c["accepted"], mode="drop")
+        c["save_idx"] = c["save_idx"] + due.astype(c["save_idx"].dtype)
+        c["last_saved"] = jnp.where(due, attempts(c), c["last_saved"])
+        return c
 
     def step(c):
         """One update with the stopping rules (the exact path). A guarded update into a state
@@ -467,21 +485,38 @@ def _run_chunk(
         c["stop"] = jnp.where(stuck, STOP_STALLED, c["stop"])
         return c
 
-    def segment(c, end):
+    def segment(c, end, active=True):
         c = advance(c, jnp.minimum(jnp.maximum(next_save(c), attempts(c) + 1), end))
-        return maybe_record(full_checks(c))
+        return maybe_record(full_checks(c), active)
 
     carry = maybe_record(carry)
     end = attempts(carry) + numbers["chunk_size"].astype(carry["k"].dtype)
-    carry = jax.lax.while_loop(
-        lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < end),
-        lambda c: segment(c, end),
-        carry,
-    )
+
+    def running(c):
+        return (c["stop"] == STOP_RUNNING) & (attempts(c) < end)
+
+    if seeds_axis is None:
+        carry = jax.lax.while_loop(running, lambda c: segment(c, end), carry)
+    else:
+
+        def masked(c):
+            active = running(c)
+            new = segment(c, end, active)
+            return {
+                k: new[k] if k in _SAVE_BUFFERS else tree_where(active, new[k], c[k]) for k in c
+            }
+
+        def any_running(c):
+            return jax.lax.pmax(running(c).astype(jnp.int32), seeds_axis) > 0
+
+        carry = jax.lax.while_loop(any_running, masked, carry)
     carry = dict(carry)
     carry["final_log_loss"] = log_loss_on(carry["params"], X, y)
     return _strong(maybe_record(carry))
 
+
+# The carry entries that only ``maybe_record`` writes, one slot at a time.
+_SAVE_BUFFERS = ("saved", "saved_steps")
 
 # The carry entries that updates change (the rest are save buffers and their counters).
 _STEPPING = (

@@ -93,9 +93,12 @@ def _init_seeds(params, static, X, y, hyperparams, numbers, n_save, statics):
 @eqx.filter_jit
 def _seeds_chunk(carry, static, X, y, numbers, per_seed, keys, statics):
     def one(c, X, y, ps, key):
-        return _run_chunk(c, static, X, y, {**numbers, **ps}, key, **statics)
+        return _run_chunk(c, static, X, y, {**numbers, **ps}, key, seeds_axis=_AXIS, **statics)
 
-    return jax.vmap(one)(carry, X, y, per_seed, keys)
+    return jax.vmap(one, axis_name=_AXIS)(carry, X, y, per_seed, keys)
+
+
+_AXIS = "wnjax_seeds"
 
 
 def run_seeds(
