@@ -364,10 +364,11 @@ def _run_chunk(
     shapes = jax.eval_shape(record_values, carry)
 
     def maybe_record(c, active=True):
-        """Record the state in the next save slot if a save point is due. Only the record's
-        values sit under the ``lax.cond``; the slot is written either way (with its old value
-        when nothing is due), so under ``vmap``, where the ``cond`` becomes a ``select``, the
-        select covers one record, not the whole save buffers."""
+        """Record the state in the next save slot if a save point is due (and the seed is
+        ``active``). Only the record's values sit under the ``lax.cond``, and the write goes to a
+        past-the-end slot, which drops it, when nothing is due: under ``vmap``, where the
+        ``cond`` becomes a ``select``, the select covers one record, and the save buffers are
+        never read here, so XLA updates them in place."""
         fresh = c["last_saved"] != attempts(c)
         stopped = c["stop"] != STOP_RUNNING
         due = fresh & (c["save_idx"] < n_save) & ((attempts(c) >= next_save(c)) | stopped)
