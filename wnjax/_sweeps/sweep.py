@@ -11,10 +11,11 @@ of arrays) for every seed and every config of a grid. The grid splits in two:
 The rows of a cell, ``(seed, config)`` pairs, go in *blocks* of ``batch_size`` rows, each block
 one ``jax.vmap`` of ``run`` compiled as a single-device program (``jax.jit``, compiled once per
 device that runs it). A *chunk* (``chunk_size`` rows, the unit of storage and resumption) is a
-list of blocks, dealt out to the devices in turn (by default one block per device). Dispatch is
-asynchronous, so the devices run their blocks at the same time, each block with its own
-adaptive while-loops (it waits only for its own slowest seed), and the next chunk is dispatched
-before the current one is read.
+list of blocks, dealt out to the devices in turn (by default one block per device). Each device
+runs its blocks from a thread of its own (XLA runs a program in the thread that calls it), so
+the devices run their blocks at the same time, each block with its own adaptive while-loops (it
+waits only for its own slowest seed), and the next chunk is dispatched before the current one is
+read.
 
 Every row is computed by the same program, a ``vmap`` of ``batch_size`` lanes, whatever the
 number of devices or the chunk size, so the table does not depend on them, bit for bit. (One
@@ -40,6 +41,7 @@ filesystem is assumed).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import itertools
@@ -48,6 +50,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -404,6 +407,14 @@ def sweep(
     start, compile_seconds = time.perf_counter(), 0.0
     results: dict = {}
     interrupted = False
+    # XLA runs a program in the thread that calls it (on a CPU, for any number of devices), so
+    # each device runs its blocks from a thread of its own, in the order they were dispatched:
+    # the devices work at once, and this thread stores one chunk while the next one runs.
+    runners = {
+        dev: ThreadPoolExecutor(1, thread_name_prefix=f"wnjax-sweep-{dev.id}")
+        for dev in dict.fromkeys(block_device)
+        if dev.process_index == jax.process_index()
+    }
 
     def launch(c, k, program, compiled):
         """Dispatch this process's blocks of chunk ``k`` (asynchronously); compile the block
@@ -427,12 +438,14 @@ def sweep(
                 t0 = time.perf_counter()
                 compiled[dev] = program.lower(*args).compile()
                 compile_seconds += time.perf_counter() - t0
-            outs.append(compiled[dev](*args))
+            outs.append(runners[dev].submit(compiled[dev], *args))
         return c, k, rows, outs
 
     def collect(launched, shapes):
         c, k, rows, outs = launched
-        blocks = _gather([{n: np.asarray(v) for n, v in o.items()} for o in outs], owners, shapes)
+        blocks = _gather(
+            [{n: np.asarray(v) for n, v in o.result().items()} for o in outs], owners, shapes
+        )
         merged = {n: np.concatenate([blk[n] for blk in blocks])[: rows.size] for n in blocks[0]}
         return {"row": rows, "seed": row_seed[rows], "config": row_cfg[rows], **merged}
 
@@ -444,7 +457,9 @@ def sweep(
             stop = bool(multihost_utils.broadcast_one_to_all(np.asarray(stop)))
         return stop
 
-    with _interrupt.handling():
+    with _interrupt.handling(), contextlib.ExitStack() as stack:
+        for runner in runners.values():  # waits for blocks still running on the way out
+            stack.enter_context(runner)
         for c, cell in enumerate(cells):
             todo = [k for k in range(n_chunks) if pending[c, k]]
             if not todo or interrupted:
