@@ -180,8 +180,8 @@ np.save({out!r}, np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(
 
 @pytest.mark.slow
 def test_seed_blocks_give_the_same_numbers_on_two_devices(tmp_path, monkeypatch):
-    """The blocks run one per device in turn; the numbers are those of one device, bit for bit
-    (every block is the same single-device program, whatever the device count)."""
+    """With two devices visible the numbers are those of one device, bit for bit (every block
+    is the same single-device program, whatever the device count)."""
     import os
     import subprocess
     import sys

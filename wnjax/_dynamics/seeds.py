@@ -3,9 +3,9 @@
 ``run_seeds`` runs ``descent._run_chunk`` under ``jax.vmap`` (one lane per seed, each stopping
 on its own) on blocks of at most ``BLOCK_SEEDS`` seeds (``seed_blocks``; every block is the
 same program, compiled once), in chunks driven from Python (SIGINT/SIGTERM end the run at a
-chunk end). A block that has stopped is not run again; the blocks go to the local devices in
-turn. It returns the final carry with helpers to read it: ``padded`` (the save records of every
-seed on a common axis) and ``checkpoint_models``.
+chunk end). A block that has stopped is not run again. It returns the final carry with helpers
+to read it: ``padded`` (the save records of every seed on a common axis) and
+``checkpoint_models``.
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ class SeedRun:
 
 # The most seeds in one vmapped block. A block's lanes run in lockstep until its slowest seed
 # stops, so smaller blocks waste fewer steps on seeds that have already stopped, while larger
-# ones make each step cheaper per seed; the blocks run one after another on one device, at once
-# on several (one per device in turn). The split depends on the number of seeds alone, never on
-# the devices, so the numbers do not either.
+# ones make each step cheaper per seed. The blocks run one after another (a CPU program runs in
+# the thread that calls it; see benchmarks/README.md for why they do not get threads here). The
+# split depends on the number of seeds alone, never on the devices, so the numbers do not either.
 BLOCK_SEEDS = 32
 
 
@@ -184,22 +184,19 @@ def run_seeds(
     carry, log_l0, level = _init_seeds(params, static, X, y, hp, start, n_save, statics)
     per_seed = {"hyperparams": hp, "diverge_above": level, "initial_log_loss": log_l0}
     statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
-    devices = jax.local_devices()
+    # Split on the host (no compiled program per slice shape); the keys as their raw data.
+    impl = jax.random.key_impl(keys)
+    host = jax.tree_util.tree_map(np.asarray, (carry, X, y, per_seed, jax.random.key_data(keys)))
     blocks, inputs = [], []
-    whole = (carry, X, y, per_seed, keys)
-    if n_blocks > 1:  # split on the host: no program per slice shape
-        whole = _to_host(whole)
     for b in range(n_blocks):
-        part = whole
-        if n_blocks > 1:
-            cut = slice(b * lanes, (b + 1) * lanes)
-            part = _to_device(jax.tree_util.tree_map(lambda a: a[cut], whole), devices, b)
-        blocks.append(part[0])
-        inputs.append(part[1:])
+        c, Xb, yb, ps, kb = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a[b * lanes : (b + 1) * lanes]), host
+        )
+        blocks.append(c)
+        inputs.append((Xb, yb, ps, jax.random.wrap_key_data(kb, impl=impl)))
 
     def chunk(blocks, n):
-        # Every block still running is dispatched before any is waited for, so the blocks on
-        # different devices run at once; a finished block is left as it is.
+        # A finished block is left as it is.
         return tuple(
             c if _finished(c) else _seeds_chunk(c, static, Xb, yb, n, ps, kb, statics)
             for c, (Xb, yb, ps, kb) in zip(blocks, inputs)
@@ -212,56 +209,11 @@ def run_seeds(
         auto=auto_chunks,
         stops=lambda blocks: np.concatenate([np.asarray(c["stop"]) for c in blocks]),
     )
-    if n_blocks > 1:
-        host = _to_host(blocks)
-        carry = _to_device(
-            jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:seeds], *host), devices, 0
-        )
-    else:
-        carry = jax.tree_util.tree_map(lambda a: a[:seeds], blocks[0])
+    carry = jax.tree_util.tree_map(
+        lambda *a: jnp.asarray(np.concatenate([np.asarray(x) for x in a])[:seeds]), *blocks
+    )
     interrupted = bool(np.any(np.asarray(carry["stop"]) == STOP_RUNNING))
     return SeedRun(carry=carry, static=static, plain=plain), interrupted
-
-
-def _to_host(tree):
-    """Every array of ``tree`` as a NumPy array; PRNG key arrays as ``_HostKeys``."""
-
-    def one(a):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            return _HostKeys(np.asarray(jax.random.key_data(a)), jax.random.key_impl(a))
-        return np.asarray(a)
-
-    return jax.tree_util.tree_map(one, tree)
-
-
-def _to_device(tree, devices, b: int):
-    """``_to_host``'s arrays back on device ``b`` of ``devices`` (in turn)."""
-    device = devices[b % len(devices)]
-
-    def one(a):
-        if isinstance(a, _HostKeys):
-            return jax.device_put(jax.random.wrap_key_data(a.data, impl=a.impl), device)
-        return jax.device_put(a, device)
-
-    return jax.tree_util.tree_map(one, tree, is_leaf=lambda a: isinstance(a, _HostKeys))
-
-
-@jax.tree_util.register_pytree_node_class
-class _HostKeys:
-    """PRNG keys held on the host as their raw data (a pytree node: slicing maps over it)."""
-
-    def __init__(self, data, impl):
-        self.data, self.impl = data, impl
-
-    def __getitem__(self, index):
-        return _HostKeys(self.data[index], self.impl)
-
-    def tree_flatten(self):
-        return (self.data,), self.impl
-
-    @classmethod
-    def tree_unflatten(cls, impl, children):
-        return cls(children[0], impl)
 
 
 def _finished(carry) -> bool:
