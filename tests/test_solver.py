@@ -180,3 +180,35 @@ def eqx_linear(key):
     import equinox as eqx
 
     return eqx.nn.Linear(3, "scalar", use_bias=False, key=key)
+
+
+def test_far_from_the_boundary_rho_is_measured_every_few_steps():
+    """y' = A y, eigenvalues -2 and -0.5, to t = 20 at rtol 1e-10: accuracy, not stability,
+    holds h, so ``h rho`` stays far below Tsit5's boundary. The default check then measures on
+    one step in ``check_every`` (counted as field evaluations against ``check_every=1``), the
+    solution is the same, the power iteration's ``rho`` is |lambda_max| = 2, and the solution
+    matches exp(tA) y0."""
+    A = jnp.array([[-1.25, 0.75], [0.75, -1.25]])  # eigenvalues -2, -0.5
+    y0 = np.array([1.0, 0.3])
+    ts = np.array([5.0, 20.0])
+    calls = []
+
+    def f(t, y, args):
+        jax.debug.callback(lambda: calls.append(1))
+        return A @ y
+
+    runs = {}
+    for every in (1, 8):
+        calls.clear()
+        sol = _solve(f, y0, ts, wnjax.AutoSwitch(check_every=every), rtol=1e-10, atol=1e-12)
+        jax.block_until_ready(sol.ys)
+        runs[every] = sol, len(calls)
+    (dense, n_dense), (lazy, n_lazy) = runs[1], runs[8]
+    steps = int(lazy.stats["num_steps"])
+    assert int(lazy.solver_state["switches"]) == 0 and steps > 100
+    np.testing.assert_array_equal(np.asarray(lazy.ys), np.asarray(dense.ys))
+    assert n_dense - n_lazy >= 0.8 * (1 - 1 / 8) * steps
+    assert float(lazy.solver_state["rho"]) == pytest.approx(2.0, rel=1e-6)
+    w, V = np.linalg.eigh(np.asarray(A))
+    exact = [V @ (np.exp(w * t) * (V.T @ y0)) for t in ts]
+    np.testing.assert_allclose(np.asarray(lazy.ys), exact, rtol=1e-8)
