@@ -199,3 +199,90 @@ def test_seed_blocks_give_the_same_numbers_on_two_devices(tmp_path, monkeypatch)
     r = run_gd(models, X, y, chunk_size=50, num_steps=400, learning_rate=0.05, target_log_loss=-3.0)
     one = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(r.final)])
     np.testing.assert_array_equal(np.load(out), one)
+
+
+def test_concurrently_runs_in_order_and_compiles_the_next_during_a_run():
+    """Each call's run (after ``turn()``) starts once the one before it has returned, the next
+    call's compile phase (before its ``turn()``) takes place while a run is in progress, the
+    results keep the items' order, and ``on_done`` sees them grow one at a time."""
+    import threading
+    import time
+
+    from wnjax.experiments._runner import concurrently
+
+    log, reached = [], {k: threading.Event() for k in range(3)}
+
+    def fn(k, turn):
+        log.append(("compile", k))
+        reached[k].set()  # this call is at its turn: its compile phase is over
+        assert turn()
+        log.append(("run", k))
+        if k < 2:  # the next call compiles while this one runs
+            assert reached[k + 1].wait(10)
+        time.sleep(0.01)
+        log.append(("end", k))
+        return 10 * k
+
+    seen = []
+    out = concurrently(fn, {"a": 0, "b": 1, "c": 2}, on_done=lambda o: seen.append(dict(o)))
+    assert out == {"a": 0, "b": 10, "c": 20} and list(out) == ["a", "b", "c"]
+    assert seen == [{"a": 0}, {"a": 0, "b": 10}, {"a": 0, "b": 10, "c": 20}]
+    runs = [e for e in log if e[0] != "compile"]
+    assert runs == [("run", 0), ("end", 0), ("run", 1), ("end", 1), ("run", 2), ("end", 2)]
+    assert log.index(("compile", 1)) < log.index(("end", 0))
+
+
+def test_concurrently_stops_the_waiting_calls_on_a_stop_request():
+    """A stop requested during the first run: the calls still waiting for their turn get
+    ``False`` and are left out, and nothing after them runs; an exception in a call is raised."""
+    import wnjax._runtime.interrupt as interrupt
+    from wnjax.experiments._runner import concurrently
+
+    ran = []
+
+    def fn(k, turn):
+        if not turn():
+            return None
+        ran.append(k)
+        if k == 0:
+            interrupt.request()
+        return k
+
+    try:
+        out = concurrently(fn, {"a": 0, "b": 1, "c": 2})
+    finally:
+        interrupt.clear()
+    assert out == {"a": 0} and ran == [0]
+
+    def bad(k, turn):
+        turn()
+        if k == 1:
+            raise RuntimeError("boom")
+        return k
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            concurrently(bad, {"a": 0, "b": 1, "c": 2})
+    finally:
+        interrupt.clear()
+
+
+def test_run_gd_compiles_before_its_turn_and_skips_the_run_when_refused():
+    """``run_gd(..., turn=...)``: a refused turn reports the run interrupted, every seed as it
+    started; a granted one gives the numbers of a run without a turn."""
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    models = eqx.filter_vmap(lambda k: wnjax.MLP(2, 4, 2, activation="relu2", key=k))(
+        jax.random.split(jax.random.key(1), 3)
+    )
+    kw = dict(num_steps=200, learning_rate=0.1, chunk_size=50)
+    refused = run_gd(models, X, y, turn=lambda: False, **kw)
+    assert refused.interrupted and np.all(refused.num_steps == 0)
+    w0 = jax.tree_util.tree_leaves(eqx.filter(models, eqx.is_inexact_array))
+    w1 = jax.tree_util.tree_leaves(eqx.filter(refused.final, eqx.is_inexact_array))
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    plain = run_gd(models, X, y, **kw)
+    granted = run_gd(models, X, y, turn=lambda: True, **kw)
+    assert not granted.interrupted
+    np.testing.assert_array_equal(granted.num_steps, plain.num_steps)
+    np.testing.assert_array_equal(granted.history["log_loss"], plain.history["log_loss"])

@@ -120,6 +120,7 @@ def run_seeds(
     summarize: Callable | None = None,
     stop_stalled: bool = False,
     block_seeds: int | None = None,
+    turn: Callable[[], bool] | None = None,
 ) -> tuple[SeedRun, bool]:
     """Run the GD engine on stacked models, one vmapped lane per seed.
 
@@ -141,6 +142,8 @@ def run_seeds(
     - `stop_stalled`: stop a seed whose loss is carried by dead points.
     - `block_seeds`: the most seeds per vmapped block (``seed_blocks``; ``None``:
       ``BLOCK_SEEDS``).
+    - `turn`: called once the program is compiled, before it runs; ``False`` skips the run
+      (reported interrupted, every seed as it started).
 
     **Returns:** ``(SeedRun, interrupted)``.
     """
@@ -201,6 +204,13 @@ def run_seeds(
             c if _finished(c) else _seeds_chunk(c, static, Xb, yb, n, ps, kb, statics)
             for c, (Xb, yb, ps, kb) in zip(blocks, inputs)
         )
+
+    if turn is not None:
+        Xb, yb, ps, kb = inputs[0]
+        _seeds_chunk.lower(blocks[0], static, Xb, yb, numbers, ps, kb, statics).compile()
+        if not turn():
+            carry = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:seeds], *blocks)
+            return SeedRun(carry=carry, static=static, plain=plain), True
 
     blocks = _drive(
         chunk,

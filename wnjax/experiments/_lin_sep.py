@@ -37,7 +37,7 @@ from wnjax.experiments._report import (
     table,
     write_outputs,
 )
-from wnjax.experiments._runner import run_flow, run_gd
+from wnjax.experiments._runner import concurrently, run_flow, run_gd
 
 DESCRIPTION = "4 points, 2-layer ReLU^2 net, 8 neurons, to log L = -300: EWN fast and sparse"
 PAPER_EPOCHS = {"ewn": 653, "swn": 12284}  # epochs: accepted GD steps
@@ -182,9 +182,10 @@ def simulate(
     on_done=None,
     schedule=SCHEDULE,
 ):
-    """All three parameterizations on ``seeds`` data sets and inits (vmapped), one after the
-    other. ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the
-    parameterization in progress, which is left out.
+    """All three parameterizations on ``seeds`` data sets and inits (vmapped), run one after the
+    other, each compiled while the ones before it run (``concurrently``). ``on_done(out)`` is
+    called after each one finishes. SIGINT/SIGTERM stop the parameterization in progress, which
+    is left out, and the ones after it.
 
     **Returns:** dict ``name -> dict(reached, final diagnostics, history, ...)`` of the
     parameterizations that finished (all three unless interrupted), with per seed ``epochs``
@@ -194,8 +195,9 @@ def simulate(
     k_data, k_net = jax.random.split(key)
     X, y = jax.vmap(lin_sep)(jax.random.split(k_data, seeds))
     keys = jax.random.split(k_net, seeds)
-    out = {}
-    for name, param in PARAMETERIZATIONS.items():
+
+    def one(param, turn):
+        """One parameterization's entry of the result, or ``None`` if it was interrupted."""
         models = eqx.filter_vmap(lambda k: param(MLP(2, 8, 2, activation="relu2", key=k)))(keys)
         if dynamics == "gd":
             r = run_gd(
@@ -211,11 +213,12 @@ def simulate(
                 summarize=neuron_diagnostics,
                 # backtracking undoes a rising step itself; only non-finite values stop
                 diverge_above=jnp.inf,
+                turn=turn,
             )
             if r.interrupted:
-                break
+                return None
             hist = {k: np.swapaxes(v, 0, 1) for k, v in r.history.items()}
-            out[name] = dict(
+            entry = dict(
                 epochs=r.num_steps,
                 undone=r.undone,
                 reached=r.reached & ~r.diverged,
@@ -225,6 +228,8 @@ def simulate(
                 stalled=r.stalled,
             )
         else:
+            if not turn():
+                return None
             r = run_flow(
                 models,
                 X,
@@ -241,13 +246,13 @@ def simulate(
                 n_save=80,
             )
             if np.any(np.asarray(r.interrupted)):
-                break
+                return None
             hist = eqx.filter_jit(
                 eqx.filter_vmap(eqx.filter_vmap(neuron_diagnostics, in_axes=(0, None, None)))
             )(r.states, X, y)
             hist = {k: np.asarray(v) for k, v in hist.items()}
             hist["log_loss"] = np.asarray(r.log_loss)
-            out[name] = dict(
+            entry = dict(
                 steps=np.asarray(r.stats["num_steps"]),
                 reached=np.asarray(r.ok) & np.asarray(r.reached_target),
                 final=r.final,
@@ -257,15 +262,13 @@ def simulate(
                 log_t=np.asarray(r.final_log_t),
                 stalled=np.zeros(seeds, bool),
             )
-        out[name]["diag"] = {
-            k: np.asarray(v) for k, v in batched_diagnostics(out[name]["final"], X, y).items()
+        entry["diag"] = {
+            k: np.asarray(v) for k, v in batched_diagnostics(entry["final"], X, y).items()
         }
-        out[name]["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
-        if on_done is not None:
-            on_done(out)
-        if _interrupt.requested():
-            break
-    return out
+        entry["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
+        return entry
+
+    return concurrently(one, PARAMETERIZATIONS, on_done=on_done)
 
 
 def _figure(sim: dict, n: int, gd: bool, options) -> str:

@@ -8,7 +8,9 @@ the stall stop, and a record every ``chunk_size`` steps. ``run_flow`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -77,6 +79,74 @@ def _per_seed(x, seeds: int):
     return jnp.broadcast_to(x, (seeds,) + x.shape)
 
 
+def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = None) -> dict:
+    """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own, run one after
+    another, each compiled while the one before it runs: a call starts once the one before it
+    has compiled, compiles its own program, then calls ``turn()``, which waits until the one
+    before it has returned. So tracing and compilation overlap execution (a CPU program runs
+    in the thread that calls it, with the GIL released; even a compilation-cache hit traces
+    and lowers), and the runs themselves keep their order.
+
+    SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``): the running call
+    stops at its next chunk, and ``turn()`` returns ``False`` to the waiting ones, which then
+    return ``None`` without running. An exception in one call requests that stop of the
+    others and is raised once they have returned.
+
+    **Arguments:**
+    - `fn`: ``fn(item, turn) -> result``, or ``None`` when interrupted (then left out). It
+      calls ``turn()`` before its first run (``run_gd(..., turn=turn)`` does).
+    - `items`: ``name -> item``; the result keeps their order.
+    - `on_done`: ``on_done(out)``, called with the results so far each time one is added.
+
+    **Returns:** ``name -> result`` of the calls that finished.
+    """
+    names = list(items)
+    compiled = [threading.Event() for _ in names]
+    done = [threading.Event() for _ in names]
+
+    def wait(event) -> bool:
+        while not event.wait(0.05):
+            if _interrupt.requested():
+                return False
+        return not _interrupt.requested()
+
+    def turn_of(k):
+        def turn() -> bool:
+            compiled[k].set()
+            return k == 0 or wait(done[k - 1])
+
+        return turn
+
+    def call(k):
+        # One compilation at a time (tracing holds the GIL): each starts once the one before
+        # it has compiled, and runs while that one executes.
+        try:
+            if k > 0 and not wait(compiled[k - 1]):
+                return None
+            return fn(items[names[k]], turn_of(k))
+        finally:
+            compiled[k].set()
+            done[k].set()
+
+    out = {}
+    with _interrupt.handling():
+        pool = ThreadPoolExecutor(max(1, len(names)), thread_name_prefix="wnjax-run")
+        try:
+            futures = [pool.submit(call, k) for k in range(len(names))]
+            for name, future in zip(names, futures):
+                result = future.result()
+                if result is not None:
+                    out[name] = result
+                    if on_done is not None:
+                        on_done(out)
+        except BaseException:
+            _interrupt.request()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+    return out
+
+
 def run_gd(
     models: PyTree,
     X: Array,
@@ -97,6 +167,7 @@ def run_gd(
     summarize: Callable | None = None,
     diverge_above: float = 50.0,
     stop_stalled: bool = True,
+    turn: Callable[[], bool] | None = None,
 ) -> BatchedRun:
     """GD or minibatch SGD on a batch of models with per-seed data, one vmapped program (over
     blocks of seeds: ``run_seeds``).
@@ -123,6 +194,8 @@ def run_gd(
     - `diverge_above`: a seed whose ``log L`` exceeds its start by this much has diverged.
     - `stop_stalled`: stop a seed, flagged ``stalled``, at a record where no step can lower
       its loss (``wnjax._dynamics.stall``), instead of spending ``num_steps`` on it.
+    - `turn`: called once the program is compiled, before it runs (``concurrently``); ``False``
+      skips the run, reported ``interrupted``.
 
     **Returns:** a ``BatchedRun``. SIGINT/SIGTERM end the run at the next chunk end, with
     ``interrupted`` set.
@@ -165,6 +238,7 @@ def run_gd(
         chunk_size=every,
         summarize=summarize,
         stop_stalled=stop_stalled,
+        turn=turn,
     )
     c = run.carry
     history, steps, _ = run.padded()
