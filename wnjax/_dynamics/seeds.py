@@ -187,13 +187,15 @@ def run_seeds(
     carry, log_l0, level = _init_seeds(params, static, X, y, hp, start, n_save, statics)
     per_seed = {"hyperparams": hp, "diverge_above": level, "initial_log_loss": log_l0}
     statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
-    # Split on the host (no compiled program per slice shape); the keys as their raw data.
+    # Split on the host and moved with device_put: no compiled program per slice shape (as
+    # slicing on the device, or jnp.asarray of a host array, would compile); the keys as their
+    # raw data.
     impl = jax.random.key_impl(keys)
     host = jax.tree_util.tree_map(np.asarray, (carry, X, y, per_seed, jax.random.key_data(keys)))
     blocks, inputs = [], []
     for b in range(n_blocks):
         c, Xb, yb, ps, kb = jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a[b * lanes : (b + 1) * lanes]), host
+            lambda a: jax.device_put(a[b * lanes : (b + 1) * lanes]), host
         )
         blocks.append(c)
         inputs.append((Xb, yb, ps, jax.random.wrap_key_data(kb, impl=impl)))
@@ -220,7 +222,7 @@ def run_seeds(
         stops=lambda blocks: np.concatenate([np.asarray(c["stop"]) for c in blocks]),
     )
     carry = jax.tree_util.tree_map(
-        lambda *a: jnp.asarray(np.concatenate([np.asarray(x) for x in a])[:seeds]), *blocks
+        lambda *a: jax.device_put(np.concatenate([np.asarray(x) for x in a])[:seeds]), *blocks
     )
     interrupted = bool(np.any(np.asarray(carry["stop"]) == STOP_RUNNING))
     return SeedRun(carry=carry, static=static, plain=plain), interrupted

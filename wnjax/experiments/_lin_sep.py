@@ -193,7 +193,9 @@ def simulate(
     """
     key = jax.random.key(0) if key is None else key
     k_data, k_net = jax.random.split(key)
-    X, y = jax.vmap(lin_sep)(jax.random.split(k_data, seeds))
+    # The data are made by one compiled program (eager, every array operation would be a
+    # program of its own).
+    X, y = jax.jit(jax.vmap(lin_sep))(jax.random.split(k_data, seeds))
     keys = jax.random.split(k_net, seeds)
 
     def one(param, turn):
