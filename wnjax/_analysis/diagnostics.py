@@ -24,8 +24,15 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from wnjax._losses import Loss, get_loss
+from wnjax._nets.dense import apply_batch
 from wnjax._nets.neurons import row_norms
-from wnjax._nets.parameterize import Frozen, Parameterized, Standard, as_parameterized
+from wnjax._nets.parameterize import (
+    Frozen,
+    Parameterized,
+    Standard,
+    as_parameterized,
+    trainable_weight_norm,
+)
 
 
 def _trainable_weights(p: Parameterized) -> list[Array]:
@@ -280,3 +287,41 @@ def loss_rate_exponents(
         "rms_residual": float(np.sqrt(np.mean((ll - fit) ** 2))),
         "num_points": int(keep.sum()),
     }
+
+
+def summaries(
+    p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
+) -> dict:
+    """Diagnostics of one state: loss and log loss, margins, normalized margin, per-neuron norms,
+    and the asymptotic diagnostics of ``wnjax.asymptotic_summaries`` (relative norms, alignment,
+    relation spreads, loss direction, KKT residuals).
+
+    The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
+    trainable layer weights.
+
+    **Arguments:**
+    - `p`: a ``Parameterized`` model.
+    - `X`, `y`: the data.
+    - `loss`: a ``Loss``.
+    - `degree`: the homogeneity degree ``L``.
+    - `diagnostics`: also the asymptotic diagnostics.
+
+    **Returns:** dict with ``log_loss``, ``loss``, ``min_margin``, ``normalized_margin``,
+    ``weight_norm``, ``neuron_norms``, ``direction_norms`` and, with ``diagnostics``, the fields
+    of ``asymptotic_summaries``.
+    """
+    outputs = apply_batch(p, X)
+    min_margin = jnp.min(loss.margins(outputs, y))
+    log_l = loss.log_loss(outputs, y)
+    out = {
+        "log_loss": log_l,
+        "loss": jnp.exp(log_l),  # underflows to 0 below log L ~ -745; log_loss does not
+        "min_margin": min_margin,
+        "normalized_margin": min_margin / trainable_weight_norm(p) ** degree,
+        "weight_norm": trainable_weight_norm(p),
+        "neuron_norms": p.neuron_norms(),
+        "direction_norms": p.direction_norms(),
+    }
+    if diagnostics:  # relative norms, alignment, relation spreads, loss direction, KKT
+        out.update(asymptotic_summaries(p, X, y, loss, degree))
+    return out

@@ -180,8 +180,9 @@ def make_run(settings: dict, X, y):
     import jax
 
     import wnjax._nets.parameterize as _parameterize
+    from wnjax._analysis.diagnostics import summaries
     from wnjax._dynamics.batched import traced_gradient_descent
-    from wnjax._dynamics.flow import gradient_flow, summaries
+    from wnjax._dynamics.flow import gradient_flow
     from wnjax._losses import get_loss
     from wnjax._nets.models import MLP, homogeneity_degree
 

@@ -34,7 +34,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax._dynamics.flow import summaries
+from wnjax._analysis.diagnostics import summaries
 from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.rules import (  # noqa: F401  (re-exported)
     DescentRule,

@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax._analysis.diagnostics import asymptotic_summaries
+from wnjax._analysis.diagnostics import summaries
 from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
 from wnjax._losses import Loss, get_loss
@@ -44,7 +44,6 @@ from wnjax._nets.parameterize import (
     Parameterized,
     as_parameterized,
     neuron_norm_sq_rate,
-    trainable_weight_norm,
 )
 from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.tree import as_number, tree_norm
@@ -469,34 +468,6 @@ def _state_summaries(params, static, X, y, loss, degree, diagnostics):
     """``summaries`` of the model ``(params, static)`` under its own jit: diffrax traces a save
     several times, and each trace after the first reuses the first one's."""
     return summaries(eqx.combine(params, static), X, y, loss, degree, diagnostics)
-
-
-def summaries(
-    p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
-) -> dict:
-    """Diagnostics of one state: loss and log loss, margins, normalized margin, per-neuron norms,
-    and
-    the asymptotic diagnostics of ``wnjax.asymptotic_summaries`` (relative norms, alignment,
-    relation spreads, loss direction, KKT residuals).
-
-    The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
-    trainable layer weights.
-    """
-    outputs = apply_batch(p, X)
-    min_margin = jnp.min(loss.margins(outputs, y))
-    log_l = loss.log_loss(outputs, y)
-    out = {
-        "log_loss": log_l,
-        "loss": jnp.exp(log_l),  # underflows to 0 below log L ~ -745; log_loss does not
-        "min_margin": min_margin,
-        "normalized_margin": min_margin / trainable_weight_norm(p) ** degree,
-        "weight_norm": trainable_weight_norm(p),
-        "neuron_norms": p.neuron_norms(),
-        "direction_norms": p.direction_norms(),
-    }
-    if diagnostics:  # relative norms, alignment, relation spreads, loss direction, KKT
-        out.update(asymptotic_summaries(p, X, y, loss, degree))
-    return out
 
 
 def _tau_to_log_t(tau: Array) -> Array:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
@@ -21,10 +22,15 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._dynamics.descent import STOP_DIVERGED, STOP_STALLED, STOP_TARGET
-from wnjax._dynamics.flow import FlowResult, gradient_flow
 from wnjax._dynamics.rules import DescentRule, EpochBacktracking
 from wnjax._dynamics.seeds import run_seeds
 from wnjax._losses import Loss, get_loss
+
+if TYPE_CHECKING:
+    from wnjax._dynamics.flow import FlowResult
+
+# The flows (and diffrax behind them) are imported where they are used: a GD run does not
+# import them.
 
 
 class _Bound(eqx.Module):
@@ -268,6 +274,8 @@ def run_flow(
     measured on traced data). ``throw`` is off; check ``result.ok`` per seed. SIGINT/SIGTERM
     stop every seed's solve within ~0.2 s (``result.interrupted``).
     """
+    from wnjax._dynamics.flow import gradient_flow
+
     params, static = eqx.partition(models, eqx.is_inexact_array)
     seeds = int(jax.tree_util.tree_leaves(params)[0].shape[0])
     if not per_seed_data:
@@ -461,6 +469,8 @@ def run_flow_checkpoints(
     levels = [float(v) for v in levels]
     if any(b >= a for a, b in zip(levels, levels[1:])):
         raise ValueError(f"levels must decrease, got {levels}.")
+    from wnjax._dynamics.flow import gradient_flow
+
     options = dict(
         kwargs,
         time="normalized",
