@@ -211,8 +211,7 @@ def run_seeds(
         Xb, yb, ps, kb = inputs[0]
         _seeds_chunk.lower(blocks[0], static, Xb, yb, numbers, ps, kb, statics).compile()
         if not turn():
-            carry = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:seeds], *blocks)
-            return SeedRun(carry=carry, static=static, plain=plain), True
+            return SeedRun(carry=_join(blocks, seeds), static=static, plain=plain), True
 
     blocks = _drive(
         chunk,
@@ -221,11 +220,16 @@ def run_seeds(
         auto=auto_chunks,
         stops=lambda blocks: np.concatenate([np.asarray(c["stop"]) for c in blocks]),
     )
-    carry = jax.tree_util.tree_map(
-        lambda *a: jax.device_put(np.concatenate([np.asarray(x) for x in a])[:seeds]), *blocks
-    )
+    carry = _join(blocks, seeds)
     interrupted = bool(np.any(np.asarray(carry["stop"]) == STOP_RUNNING))
     return SeedRun(carry=carry, static=static, plain=plain), interrupted
+
+
+def _join(blocks, seeds: int) -> dict:
+    """The blocks' carries as one, on the first ``seeds`` lanes (joined on the host)."""
+    return jax.tree_util.tree_map(
+        lambda *a: jax.device_put(np.concatenate([np.asarray(x) for x in a])[:seeds]), *blocks
+    )
 
 
 def _finished(carry) -> bool:

@@ -183,9 +183,9 @@ def simulate(
     schedule=SCHEDULE,
 ):
     """All three parameterizations on ``seeds`` data sets and inits (vmapped), run one after the
-    other, each compiled while the ones before it run (``concurrently``). ``on_done(out)`` is
-    called after each one finishes. SIGINT/SIGTERM stop the parameterization in progress, which
-    is left out, and the ones after it.
+    other; under GD each is compiled while the one before it runs (``concurrently``).
+    ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the parameterization
+    in progress, which is left out, and the ones after it.
 
     **Returns:** dict ``name -> dict(reached, final diagnostics, history, ...)`` of the
     parameterizations that finished (all three unless interrupted), with per seed ``epochs``
