@@ -13,6 +13,7 @@ import lineax as lx
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
+from scipy.optimize import brentq
 
 import wnjax
 from wnjax._solver import stiff as _stiff
@@ -97,13 +98,64 @@ def test_stiff_systems_agree_with_dense_radau_and_closed_form():
     np.testing.assert_allclose(out["krylov"], out["dense"], rtol=1e-7, atol=1e-12)
 
 
+def test_chord_iterates_until_it_converges_and_stops_when_it_stops_contracting():
+    """The chord iteration on x^3 + x - 3 = 0 from x = 1 (Jacobian 4 there, 5.42 at the root)
+    contracts by ~0.26 per iteration: it needs ~20 iterations, and ends at brentq's root. On
+    exp(x) = 100 from x = 0 the first iteration lands at x = 99 and the second at -1e43: the
+    iteration no longer contracts, which is a failure, not a root."""
+    import optimistix as optx
+
+    finder = _stiff.Chord(rtol=1e-12, atol=1e-14)
+    sol = optx.root_find(lambda x, _: x**3 + x - 3, finder, jnp.array(1.0), max_steps=60)
+    root = brentq(lambda x: x**3 + x - 3, 0.0, 2.0, xtol=1e-15)
+    assert int(sol.stats["num_steps"]) > 10
+    np.testing.assert_allclose(float(sol.value), root, rtol=1e-12)
+    bad = optx.root_find(
+        lambda x, _: jnp.exp(x) - 100.0, finder, jnp.array(0.0), max_steps=60, throw=False
+    )
+    assert bad.result == optx.RESULTS.nonlinear_divergence
+    assert int(bad.stats["num_steps"]) <= 3
+
+
+def test_stage_equations_are_not_rejected_for_needing_a_third_iteration():
+    """Robertson's equations to t = 1e5 at rtol 1e-7 with ``stiff_solver``'s Kvaerno5: against
+    scipy's Radau at rtol 1e-11, and in few steps, few of them rejected (a Newton solve that
+    may take only two iterations fails about every other step here and rejects it)."""
+    ts = np.array([1.0, 100.0, 1e4, 1e5])
+    ref = solve_ivp(
+        lambda t, y: np.array(_robertson(*y)),
+        (0, ts[-1]),
+        [1.0, 0.0, 0.0],
+        method="Radau",
+        rtol=1e-11,
+        atol=1e-14,
+        t_eval=ts,
+    ).y.T
+
+    def field(t, y, args):
+        return jnp.stack(_robertson(y[0], y[1], y[2]))
+
+    ys, stats = _solve(
+        _stiff.stiff_solver(3),
+        field,
+        jnp.array([1.0, 0.0, 0.0]),
+        ts[-1],
+        jnp.asarray(ts),
+        rtol=1e-7,
+        atol=1e-9,
+    )
+    assert int(stats["num_steps"]) < 200
+    assert int(stats["num_rejected_steps"]) < 0.2 * int(stats["num_steps"])
+    np.testing.assert_allclose(np.asarray(ys), ref, rtol=1e-4, atol=1e-9)
+
+
 def test_dense_below_krylov_above_the_threshold():
     limit = _stiff.DENSE_JACOBIAN_MAX_PARAMS
     below = _stiff.stiff_solver(limit, rtol=RTOL, atol=ATOL)
     above = _stiff.stiff_solver(limit + 1, rtol=RTOL, atol=ATOL)
     for s in (below, above):
         assert isinstance(s, diffrax.Kvaerno5)
-        assert isinstance(s.root_finder, diffrax.VeryChord)
+        assert isinstance(s.root_finder, _stiff.Chord)
         assert (s.root_finder.rtol, s.root_finder.atol) == (RTOL, ATOL)
     assert isinstance(below.root_finder.linear_solver, lx.AutoLinearSolver)
     gmres = above.root_finder.linear_solver

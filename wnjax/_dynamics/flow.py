@@ -94,7 +94,7 @@ def default_solver(rtol=None, n_params: int | None = None, *, smooth: bool = Fal
     )
     explicit = diffrax.Dopri8() if high else diffrax.Tsit5()
     if n_params is None:
-        return AutoSwitch(explicit=explicit, implicit=diffrax.Kvaerno5())
+        return AutoSwitch(explicit=explicit, implicit=stiff_solver())
     return AutoSwitch(
         explicit=explicit,
         implicit=stiff_solver(n_params),
@@ -112,12 +112,6 @@ def smooth_field(model) -> bool:
         return False
     act = net.activation
     return isinstance(act, Identity) or (isinstance(act, ReLUPower) and act.power >= 3)
-
-
-def _implicit_for(n_params: int | None) -> diffrax.AbstractSolver:
-    if n_params is None:
-        return diffrax.Kvaerno5()
-    return stiff_solver(n_params)
 
 
 def resolve_solver(
@@ -143,8 +137,8 @@ def resolve_solver(
             raise ValueError(
                 f"unknown solver {solver!r}; pass a diffrax solver or one of {sorted(SOLVERS)}."
             )
-        if SOLVERS[solver] is diffrax.Kvaerno5 and n_params is not None:
-            return _implicit_for(n_params)
+        if SOLVERS[solver] is diffrax.Kvaerno5:
+            return stiff_solver(n_params)
         return SOLVERS[solver]()
     if not isinstance(solver, diffrax.AbstractSolver):
         raise ValueError(
@@ -667,8 +661,8 @@ def _solve(
 
 def _root_tolerances(solver, controller, dtype):
     """An implicit solver's Newton tolerances: the controller's, but rtol no tighter than
-    ``3e4 eps`` (float32: ``3.6e-3``; float64: ``6.7e-12``, below any useful rtol). diffrax's
-    ``VeryChord`` iterates until the scaled update is ``kappa = 1e-2`` of that, ~300 eps: any
+    ``3e4 eps`` (float32: ``3.6e-3``; float64: ``6.7e-12``, below any useful rtol). The chord
+    iteration (``Chord``) runs until the scaled update is ``kappa = 1e-2`` of that, ~300 eps: any
     tighter and rounding in the stage residual stalls the iteration and every step is
     rejected."""
     if not isinstance(solver, diffrax.AbstractImplicitSolver):

@@ -30,6 +30,7 @@ from diffrax import AbstractLocalInterpolation
 from diffrax._root_finder import use_stepsize_tol
 
 from wnjax._runtime.tree import all_finite, tree_norm
+from wnjax._solver.stiff import stiff_solver
 
 
 def _stage_matrix(tableau) -> np.ndarray:
@@ -165,7 +166,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     **Arguments:**
     - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
-    - `implicit`: an implicit diffrax Runge-Kutta solver (default ``Kvaerno5``, L-stable).
+    - `implicit`: an implicit diffrax Runge-Kutta solver (default ``stiff_solver()``: L-stable
+      ``Kvaerno5`` with a dense Newton solve).
     - `stiff_after`, `stiff_tol`: the switch to the implicit method (defaults 10 and 0.8).
     - `nonstiff_after`, `nonstiff_tol`: the switch back (defaults 5 and 0.5).
     - `implicit_cost`: the work of one implicit step in explicit steps (default 4; see
@@ -186,7 +188,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     """
 
     explicit: diffrax.AbstractSolver = diffrax.Tsit5()
-    implicit: diffrax.AbstractSolver = diffrax.Kvaerno5()
+    implicit: diffrax.AbstractSolver = stiff_solver()
     stiff_after: int = 10
     stiff_tol: float = 0.8
     nonstiff_after: int = 5
