@@ -76,8 +76,8 @@ class Chord(diffrax.VeryChord):
 
     ``diffrax.VeryChord`` (diffrax 0.7.2) reports every solve that has not converged after two
     iterations as diverged, and optimistix ends the iteration on that report: each stage
-    equation gets two iterations. On the zoo's stiff flows half of all implicit steps were
-    rejected that way, each followed by a step shrunk by the controller's ``factormin``.
+    equation gets two iterations. On the zoo's stiff flows that rejects half of all implicit
+    steps, each rejection followed by a step shrunk by the controller's ``factormin``.
 
     **Arguments:** as ``diffrax.VeryChord``:
 
