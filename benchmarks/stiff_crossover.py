@@ -1,14 +1,15 @@
 """Stiff steps with and without an n x n Jacobian: Kvaerno5 with dense LU against GMRES, by size.
 
 Each implicit stage of ``Kvaerno5`` solves ``(I - a_ii h J) delta = F`` in a chord iteration
-(``diffrax.VeryChord``), ``J = -Hessian of log L`` for the loss-normalized gradient flow. Dense
-LU materialises ``J`` once per step (``n`` Jacobian-vector products, ``O(n^3)`` factorisation);
-GMRES (``wnjax._solver.stiff.krylov_linear_solver``) applies it, ``~2 * restart + 3`` products per
-solve, ``~12`` solves per step. The flow: SWN, bias-free 2-layer ReLU^2 MLP ``10 -> w -> 1``
-(``12 w + 1`` parameters), 32 separable points, exponential loss, ``time="normalized"``, rtol 1e-8,
-atol 1e-10, from the state where an explicit (Tsit5) run reaches ``log L = -300``. There the
-Hessian's largest eigenvalue ``lambda_max`` (power iteration) bounds an explicit step to
-``3.3 / lambda_max``; the table gives ``h lambda_max`` for Kvaerno5's accepted steps.
+(``wnjax._solver.stiff.Chord``), ``J = -Hessian of log L`` for the loss-normalized gradient flow.
+Dense LU materialises ``J`` once per step (``n`` Jacobian-vector products, ``O(n^3)``
+factorisation); GMRES (``wnjax._solver.stiff.krylov_linear_solver``) applies it,
+``~2 * restart + 3`` products per solve, ``~12`` solves per step. The flow: SWN, bias-free 2-layer
+ReLU^2 MLP ``10 -> w -> 1`` (``12 w + 1`` parameters), 32 separable points, exponential loss,
+``time="normalized"``, rtol 1e-8, atol 1e-10, from the state where an explicit (Tsit5) run reaches
+``log L = -300``. There the Hessian's largest eigenvalue ``lambda_max`` (power iteration) bounds an
+explicit step to ``3.3 / lambda_max``; the table gives ``h lambda_max`` for Kvaerno5's accepted
+steps.
 
 For each width both solvers take the same fixed number of steps through ``wnjax.gradient_flow``
 (``max_steps``, first step ``1 / lambda_max``; the first call, with compilation, is reported

@@ -46,9 +46,10 @@ import optimistix as optx
 
 # Largest parameter count for which the stage equations are solved with a dense Jacobian and LU.
 # Measured by benchmarks/stiff_crossover.py (SWN ReLU^2 MLP on 32 points, normalized flow from
-# log L = -300, Kvaerno5 steps with LU against GMRES; 2-core CPU, float64): the per-step times
-# met at ~200 parameters (196; a tie at 145 in another run), and LU was 17x slower at 1153.
-DENSE_JACOBIAN_MAX_PARAMS = 200
+# log L = -300, Kvaerno5 steps with LU against GMRES, both through ``Chord``; 2-core CPU,
+# float64): the per-step times meet at ~490 parameters (480 and 499 in two runs); LU is 0.57-0.73x
+# GMRES's time at 385 (log L = -300 and -3000) and 3.5-4.4x at 1153.
+DENSE_JACOBIAN_MAX_PARAMS = 400
 # GMRES restart length. lineax's GMRES runs whole cycles of this many Arnoldi steps and tests
 # convergence between cycles, in the residual and in the last cycle's update, so every solve
 # takes at least two cycles (~2 * restart + 3 Jacobian-vector products). On the benchmark's SWN
