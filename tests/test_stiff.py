@@ -98,20 +98,38 @@ def test_stiff_systems_agree_with_dense_radau_and_closed_form():
     np.testing.assert_allclose(out["krylov"], out["dense"], rtol=1e-7, atol=1e-12)
 
 
-def test_chord_iterates_until_it_converges_and_stops_when_it_stops_contracting():
+def test_chord_iterates_until_it_converges_and_stops_when_it_cannot():
     """The chord iteration on x^3 + x - 3 = 0 from x = 1 (Jacobian 4 there, 5.42 at the root)
-    contracts by ~0.26 per iteration: it needs ~20 iterations, and ends at brentq's root. On
+    contracts by ~0.4 per iteration: given 60 iterations it takes ~30 and ends at brentq's root;
+    given 10, the rate after the second shows it cannot get there, and it stops at once. On
     exp(x) = 100 from x = 0 the first iteration lands at x = 99 and the second at -1e43: the
     iteration no longer contracts, which is a failure, not a root."""
     import optimistix as optx
 
-    finder = _stiff.Chord(rtol=1e-12, atol=1e-14)
-    sol = optx.root_find(lambda x, _: x**3 + x - 3, finder, jnp.array(1.0), max_steps=60)
+    def cubic(x, _):
+        return x**3 + x - 3
+
+    sol = optx.root_find(
+        cubic, _stiff.Chord(rtol=1e-12, atol=1e-14, max_steps=60), jnp.array(1.0), max_steps=60
+    )
     root = brentq(lambda x: x**3 + x - 3, 0.0, 2.0, xtol=1e-15)
     assert int(sol.stats["num_steps"]) > 10
     np.testing.assert_allclose(float(sol.value), root, rtol=1e-12)
+    short = optx.root_find(
+        cubic,
+        _stiff.Chord(rtol=1e-12, atol=1e-14, max_steps=10),
+        jnp.array(1.0),
+        max_steps=10,
+        throw=False,
+    )
+    assert short.result == optx.RESULTS.nonlinear_divergence
+    assert int(short.stats["num_steps"]) == 2
     bad = optx.root_find(
-        lambda x, _: jnp.exp(x) - 100.0, finder, jnp.array(0.0), max_steps=60, throw=False
+        lambda x, _: jnp.exp(x) - 100.0,
+        _stiff.Chord(rtol=1e-12, atol=1e-14),
+        jnp.array(0.0),
+        max_steps=60,
+        throw=False,
     )
     assert bad.result == optx.RESULTS.nonlinear_divergence
     assert int(bad.stats["num_steps"]) <= 3

@@ -69,24 +69,29 @@ class Chord(diffrax.VeryChord):
 
     Iteration ``k`` moves the stage derivative by ``delta_k``; with ``d_k`` its size in units of
     ``atol + rtol |f|`` (``norm``) and the contraction rate ``theta_k = d_k / d_{k-1}``, the
-    solve has converged once ``theta_k d_k / (1 - theta_k) < kappa`` (Hairer & Wanner, *Solving
-    ODEs II*, IV.8), or ``d_k`` is at the dtype's resolution, and has failed once ``theta_k >=
-    1`` (it no longer contracts) or is not finite. Otherwise it takes another iteration, up to
-    the solver's ``root_find_max_steps``. A failure, or running out of iterations, rejects the
-    step, which is retried with a smaller ``h``.
+    solve has converged once ``theta_k d_k / (1 - theta_k) < kappa``, or ``d_k`` is at the
+    dtype's resolution. It fails once ``theta_k >= 1`` (it no longer contracts) or is not finite,
+    or once ``d_k theta_k^(m - k + 1) / (1 - theta_k) >= kappa`` with ``m = max_steps``: at this
+    rate it would not converge in the iterations left (Hairer & Wanner, *Solving ODEs II*, IV.8).
+    Otherwise it takes another iteration. A failure rejects the step, which is retried with a
+    smaller ``h``. ``stiff_solver`` gives ``Kvaerno5`` the same ``root_find_max_steps``.
 
     ``diffrax.VeryChord`` (diffrax 0.7.2) reports every solve that has not converged after two
     iterations as diverged, and optimistix ends the iteration on that report: each stage
     equation gets two iterations. On the zoo's stiff flows that rejects half of all implicit
     steps, each rejection followed by a step shrunk by the controller's ``factormin``.
 
-    **Arguments:** as ``diffrax.VeryChord``:
+    **Arguments:** those of ``diffrax.VeryChord``, and ``max_steps``:
 
     - `rtol`, `atol`: tolerances of the Newton increments.
     - `norm`: the norm of the scaled increments (default ``optimistix.max_norm``).
     - `kappa`: the convergence tolerance (default ``1e-2``).
     - `linear_solver`: the solver of ``(I - a_ii h J) delta = F(f)``.
+    - `max_steps`: the iterations the forecast counts on (default 20; on the zoo's stiff flows
+      20 took 15-33% less time than diffrax's 10, and 30 little less than 20).
     """
+
+    max_steps: int = 20
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
@@ -96,7 +101,14 @@ class Chord(diffrax.VeryChord):
         converged = (state.diffsize < resolution) | (
             (rate > 0) & (rate < 1) & (state.diffsize * rate / (1 - rate) < self.kappa)
         )
-        diverged = jnp.invert(jnp.isfinite(rate)) | (rate >= 1)
+        # Hairer's forecast: at this rate the iteration would not converge in the steps left.
+        left = jnp.maximum(self.max_steps - state.step, 0)
+        slow = (
+            (rate > 0)
+            & (rate < 1)
+            & (state.diffsize * rate ** (left + 1) / (1 - rate) >= self.kappa)
+        )
+        diverged = jnp.invert(jnp.isfinite(rate)) | (rate >= 1) | slow
         done = at_least_two & converged
         failed = at_least_two & jnp.invert(converged) & diverged
         linsolve_fail = state.result != optx.RESULTS.successful
@@ -109,23 +121,17 @@ class Chord(diffrax.VeryChord):
 
 
 class MatrixFreeVeryChord(Chord):
-    """``diffrax.VeryChord`` whose linear solver may keep the linearised operator as its state.
+    """``Chord`` whose linear solver may keep the linearised operator as its state.
 
     Iteration: ``delta = (I - a_ii h J)^{-1} F(f)`` by ``linear_solver`` on the linearised
-    operator, ``f <- f - delta``; it stops when the increments, measured in
-    ``atol + rtol |f|``, converge (as ``diffrax.VeryChord``).
+    operator, ``f <- f - delta``; it stops as ``Chord`` does.
 
     A Krylov solver's state is the operator itself: ``jax.linearize``'s linear function, whose
     jaxpr is a pytree leaf. ``diffrax.VeryChord.step`` applies ``lax.stop_gradient`` to the
     whole state, which rejects that leaf ("not a valid JAX type"); this class stops gradients
     on the array leaves only. Everything else is ``Chord``.
 
-    **Arguments:** as ``diffrax.VeryChord``:
-
-    - `rtol`, `atol`: tolerances of the Newton increments.
-    - `norm`: the norm of the scaled increments (default ``optimistix.max_norm``).
-    - `kappa`: the early-convergence tolerance.
-    - `linear_solver`: the solver of ``(I - a_ii h J) delta = F(f)``.
+    **Arguments:** as ``Chord`` (`rtol`, `atol`, `norm`, `kappa`, `linear_solver`, `max_steps`).
     """
 
     def step(self, fn, y, args, options, state, tags):
@@ -223,4 +229,4 @@ def stiff_solver(
         root_finder = diffrax.with_stepsize_controller_tols(cls)(linear_solver=linear_solver)
     else:
         root_finder = cls(rtol=rtol, atol=atol, linear_solver=linear_solver)
-    return diffrax.Kvaerno5(root_finder=root_finder)
+    return diffrax.Kvaerno5(root_finder=root_finder, root_find_max_steps=root_finder.max_steps)
