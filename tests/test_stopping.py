@@ -149,3 +149,33 @@ def test_flow_and_gd_results_share_one_failure_protocol():
     assert isinstance(info.value, wnjax.GDFailed) and info.value.result is bad
     good = wnjax.gradient_descent(model, X, y, num_steps=5, learning_rate=0.1, **kw)
     assert good.check() is good and int(good.stop_code) == 2 and not bool(good.interrupted)
+
+
+def test_float32_clock_too_coarse_says_so_and_float64_reaches_the_target():
+    """The loss-normalized flow of an EWN linear model crowds its last ~280 units of log L into
+    ~0.05 of normalized time near s = 4.4, where float32's spacing (4.8e-7) is coarser than the
+    step the flow needs: every step is rejected. The message names the clock's spacing and
+    float64; in float64 the same flow reaches its target."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    w = jnp.array([1.0, -2.0, 0.5, 0.3, 1.0])
+    X = jax.random.normal(k1, (40, 5))
+    y = jnp.sign(X @ w)
+    X = X + 0.3 * y[:, None] * w[None] / jnp.linalg.norm(w)
+    model = wnjax.ewn(wnjax.MLP(5, 1, 1, activation="linear", key=k2))
+    kw = dict(time="normalized", t1=1e7, target_log_loss=-300.0, n_save=4, diagnostics=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = wnjax.gradient_flow(
+            jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model),
+            X.astype(jnp.float32),
+            y.astype(jnp.float32),
+            max_steps=10_000,
+            throw=False,
+            **kw,
+        )
+    assert low.final_time.dtype == jnp.float32 and not bool(low.reached_target)
+    spacing = np.spacing(np.abs(np.asarray(low.final_time)))
+    assert spacing < 1e-6 and f"float32 clock's spacing is {spacing:.2g}" in low.message
+    assert "jax_enable_x64" in low.message and "time='normalized'" not in low.message
+    high = wnjax.gradient_flow(model, X, y, **kw)
+    assert bool(high.reached_target) and bool(high.ok)

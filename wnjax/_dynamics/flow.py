@@ -397,16 +397,38 @@ def _describe(r: FlowResult) -> str:
             "result is kept (result.final, result.summaries)."
         )
     if int(code) == 1:
+        normalized = bool(np.any(np.asarray(r.s) != np.asarray(r.ts)))
         return (
             f"gradient flow stopped after max_steps = {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
-            "result is kept (result.final, result.summaries). Raise max_steps, loosen rtol/atol, "
-            "or use time='normalized' to reach small losses." + _solver_hint(r)
+            "result is kept (result.final, result.summaries). Raise max_steps"
+            + (
+                " or loosen rtol/atol."
+                if normalized
+                else ", loosen rtol/atol, or use time='normalized' to reach small losses."
+            )
+            + (_clock_hint(r) or _solver_hint(r))
         )
     return (
         f"gradient flow failed (diffrax result code {int(code)}) after {steps} steps at time "
         f"{float(r.final_time):.6g}: the step size collapsed or the state became non-finite. "
         "Check the data scale and the learning-rate option; the partial result is kept."
+    )
+
+
+def _clock_hint(r: FlowResult) -> str:
+    """When most steps were rejected in a low-precision run: the spacing of the solver's clock
+    at its end, which can be coarser than the step the flow needs there."""
+    stats = r.stats
+    rejected = int(np.asarray(stats["num_rejected_steps"]))
+    clock = np.asarray(r.final_time)
+    if clock.dtype.itemsize >= 8 or rejected <= 0.5 * int(np.asarray(stats["num_steps"])):
+        return ""
+    spacing = float(np.spacing(np.abs(clock)))
+    return (
+        f" Most steps were rejected: at time {float(clock):.6g} the {clock.dtype} clock's spacing "
+        f"is {spacing:.2g}, which can be coarser than the step the flow needs there. Run in "
+        "float64: jax.config.update('jax_enable_x64', True) and float64 data."
     )
 
 
