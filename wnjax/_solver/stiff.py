@@ -98,16 +98,12 @@ class Chord(diffrax.VeryChord):
         at_least_two = state.step >= 2
         rate = state.diffsize / state.diffsize_prev
         resolution = 10 ** (2 - jnp.finfo(state.diffsize.dtype).precision)
-        converged = (state.diffsize < resolution) | (
-            (rate > 0) & (rate < 1) & (state.diffsize * rate / (1 - rate) < self.kappa)
-        )
+        contracting = (rate > 0) & (rate < 1)
+        factor = state.diffsize * rate / (1 - rate)  # the error left, estimated
+        converged = (state.diffsize < resolution) | (contracting & (factor < self.kappa))
         # Hairer's forecast: at this rate the iteration would not converge in the steps left.
         left = jnp.maximum(self.max_steps - state.step, 0)
-        slow = (
-            (rate > 0)
-            & (rate < 1)
-            & (state.diffsize * rate ** (left + 1) / (1 - rate) >= self.kappa)
-        )
+        slow = contracting & (factor * rate**left >= self.kappa)
         diverged = jnp.invert(jnp.isfinite(rate)) | (rate >= 1) | slow
         done = at_least_two & converged
         failed = at_least_two & jnp.invert(converged) & diverged
