@@ -163,17 +163,25 @@ def test_an_overflowing_step_is_rejected_not_fatal():
 
 
 def test_high_order_only_on_a_smooth_field(getkey):
-    """Dopri8 below rtol 1e-9 only where the field has no kinks (linear, ReLU^p with p >= 3)."""
-    from wnjax._dynamics.flow import smooth_field
+    """Dopri8 below rtol 1e-9 only where the field has no kinks (linear, ReLU^p with p >= 3);
+    Dopri5 where it has (ReLU, ReLU^2); Tsit5 where it is not known."""
+    from wnjax._dynamics.flow import kinked_field, smooth_field
 
     for act, smooth in [("linear", True), ("relu3", True), ("relu2", False), ("relu", False)]:
         net = wnjax.MLP(3, 4, 2, activation=act, key=getkey())
         assert smooth_field(net) is smooth and smooth_field(wnjax.ewn(net)) is smooth
-        tight = wnjax.default_solver(1e-10, 10, smooth=smooth_field(net))
-        want = diffrax.Dopri8 if smooth else diffrax.Tsit5
-        assert type(tight.explicit) is want
-        assert type(wnjax.default_solver(1e-8, 10, smooth=True).explicit) is diffrax.Tsit5
-    assert not smooth_field(eqx_linear(getkey()))
+        assert kinked_field(net) is (not smooth) and kinked_field(wnjax.swn(net)) is (not smooth)
+        for rtol in (1e-10, 1e-8):
+            chosen = wnjax.default_solver(
+                rtol, 10, smooth=smooth_field(net), kinks=kinked_field(net)
+            )
+            want = (
+                diffrax.Dopri5 if not smooth else diffrax.Dopri8 if rtol < 1e-9 else diffrax.Tsit5
+            )
+            assert type(chosen.explicit) is want
+    other = eqx_linear(getkey())
+    assert not smooth_field(other) and not kinked_field(other)
+    assert type(wnjax.default_solver(1e-10, 10).explicit) is diffrax.Tsit5
 
 
 def eqx_linear(key):

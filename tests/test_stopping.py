@@ -179,3 +179,25 @@ def test_float32_clock_too_coarse_says_so_and_float64_reaches_the_target():
     assert "jax_enable_x64" in low.message and "time='normalized'" not in low.message
     high = wnjax.gradient_flow(model, X, y, **kw)
     assert bool(high.reached_target) and bool(high.ok)
+
+
+@pytest.mark.slow
+def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
+    """Gradient flow of a ReLU net is a differential inclusion: ``-grad L`` jumps where a
+    pre-activation ``w_u . x_i`` changes sign, and the flow can slide along that surface. Every
+    error-controlled method is then held to steps proportional to rtol. The run that runs out of
+    steps there says so and names the ways out; its end state has a pre-activation within 1e-5
+    of the median's scale of zero, which is the sliding surface the message describes."""
+    kx, kw, km = jax.random.split(jax.random.PRNGKey(1), 3)
+    X = jax.random.normal(kx, (32, 5))
+    y = jnp.where(X @ jax.random.normal(kw, (5,)) >= 0, 1.0, -1.0)
+    model = wnjax.ewn(wnjax.MLP(5, 8, 2, activation="relu", key=km))
+    with pytest.raises(wnjax.FlowFailed) as info:
+        wnjax.gradient_flow(model, X, y, t1=20.0, max_steps=4000)
+    r = info.value.result
+    assert int(r.stats["num_rejected_steps"]) > 0.5 * int(r.stats["num_steps"])
+    assert int(r.stats["stiff_steps"]) == 0
+    assert "the vector field likely jumps" in r.message and "activation='relu2'" in r.message
+    assert "wnjax.gradient_descent" in r.message
+    z = np.abs(np.asarray(X @ wnjax.to_standard(r.final).layers[0].weight.T))
+    assert z.min() < 1e-5 * np.median(z)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--solver",
         default="auto",
-        help="auto (default: wnjax.AutoSwitch, explicit Tsit5 while the flow is "
+        help="auto (default: wnjax.AutoSwitch, explicit Tsit5 or Dopri5 while the flow is "
         "not stiff, Kvaerno5 while it is), tsit5, or stiff (Kvaerno5)",
     )
     parser.add_argument("--threshold", type=float, default=0.1, help="survivor relative norm")
