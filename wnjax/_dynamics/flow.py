@@ -1058,8 +1058,9 @@ def gradient_flow(
     - `solver`: a diffrax solver, or a name in ``SOLVERS``. The default (``None`` or
       ``'auto'``) is ``default_solver``: ``wnjax.AutoSwitch``, explicit (``Tsit5``; ``Dopri8`` for
       ``rtol < 1e-9`` on a smooth field, ``Dopri5`` on a ReLU or ReLU^2 net, see
-      ``default_solver``) while the flow is not stiff and L-stable ``Kvaerno5`` while it is; ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and
-      ``switches``. ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
+      ``default_solver``) while the flow is not stiff and L-stable ``Kvaerno5`` while it is;
+      ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and ``switches``.
+      ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
       ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
       ``Tsit5`` (see ``resolve_solver``).
     - `time`: ``'plain'`` or ``'normalized'``.
