@@ -201,3 +201,16 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
     assert "wnjax.gradient_descent" in r.message
     z = np.abs(np.asarray(X @ wnjax.to_standard(r.final).layers[0].weight.T))
     assert z.min() < 1e-5 * np.median(z)
+    # In float32 the clock's spacing is named first, the jump next.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = wnjax.gradient_flow(
+            jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model),
+            X.astype(jnp.float32),
+            y.astype(jnp.float32),
+            t1=20.0,
+            max_steps=1000,
+            throw=False,
+        )
+    assert "float32 clock's spacing" in low.message, low.message
+    assert "If float64 does not help, the vector field likely jumps" in low.message

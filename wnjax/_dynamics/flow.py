@@ -426,12 +426,29 @@ def _describe(r: FlowResult) -> str:
                 if normalized
                 else ", loosen rtol/atol, or use time='normalized' to reach small losses."
             )
-            + (_clock_hint(r) or _solver_hint(r))
+            + _hints(r)
         )
     return (
         f"gradient flow failed (diffrax result code {int(code)}) after {steps} steps at time "
         f"{float(r.final_time):.6g}: the step size collapsed or the state became non-finite. "
         "Check the data scale and the learning-rate option; the partial result is kept."
+    )
+
+
+def _hints(r: FlowResult) -> str:
+    """What to try after a run ran out of steps: the clock's spacing in low precision (and,
+    if the flow was not stiff, a jump in the field as the next suspect), else the solver's."""
+    clock = _clock_hint(r)
+    if not clock:
+        return _solver_hint(r)
+    return clock + (" If float64 does not help," + _JUMP_HINT if _not_stiff(r) else "")
+
+
+def _not_stiff(r: FlowResult) -> bool:
+    """Whether the default switch took most of its steps with the explicit method."""
+    stats = r.stats
+    return "stiff_steps" in stats and int(np.asarray(stats["stiff_steps"])) < int(
+        np.asarray(stats["explicit_steps"])
     )
 
 
@@ -463,8 +480,7 @@ def _solver_hint(r: FlowResult) -> str:
                 f"{int(np.asarray(stats['switches']))} times: pass solver='stiff' "
                 "(Kvaerno5 throughout) or solver='tsit5' to hold one method."
             )
-        stiff = int(np.asarray(stats["stiff_steps"])) >= int(np.asarray(stats["explicit_steps"]))
-        if rejected > 0.5 * steps and not stiff:
+        if rejected > 0.5 * steps and _not_stiff(r):
             return f" {rejected} of the {steps} steps were rejected and the flow was not stiff:" + (
                 _JUMP_HINT
             )
