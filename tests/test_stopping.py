@@ -14,6 +14,12 @@ from wnjax._dynamics.flow import target_tolerance
 from wnjax.diagonal._nets import diagonal_net, sparse_problem
 
 
+def _float32(model, X, y):
+    """``(model, X, y)`` with every floating array cast to float32."""
+    cast = lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a  # noqa: E731
+    return jax.tree.map(cast, model), X.astype(jnp.float32), y.astype(jnp.float32)
+
+
 def _reached(r, target, dtype):
     return float(r.final_log_loss) <= target + target_tolerance(dtype) * (1 + abs(target))
 
@@ -166,9 +172,7 @@ def test_float32_clock_too_coarse_says_so_and_float64_reaches_the_target():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low = wnjax.gradient_flow(
-            jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model),
-            X.astype(jnp.float32),
-            y.astype(jnp.float32),
+            *_float32(model, X, y),
             max_steps=10_000,
             throw=False,
             **kw,
@@ -205,9 +209,7 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low = wnjax.gradient_flow(
-            jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model),
-            X.astype(jnp.float32),
-            y.astype(jnp.float32),
+            *_float32(model, X, y),
             t1=20.0,
             max_steps=1000,
             throw=False,

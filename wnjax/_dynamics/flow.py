@@ -98,10 +98,7 @@ def default_solver(
         and not isinstance(rtol, jax.core.Tracer)
         and rtol < HIGH_ORDER_RTOL
     )
-    if high:
-        explicit = diffrax.Dopri8()
-    else:
-        explicit = diffrax.Dopri5() if kinks and not smooth else diffrax.Tsit5()
+    explicit = diffrax.Dopri8() if high else diffrax.Dopri5() if kinks else diffrax.Tsit5()
     if n_params is None:
         return AutoSwitch(explicit=explicit, implicit=stiff_solver())
     return AutoSwitch(
@@ -506,9 +503,8 @@ _JUMP_HINT = (
     " the vector field likely jumps, as -grad L of a ReLU network does wherever a "
     "pre-activation changes sign. Where the flow slides along such a surface (a differential "
     "inclusion, not an ODE), every error-controlled method is held to steps proportional to "
-    "rtol. Use a "
-    "smooth activation (activation='relu2'), wnjax.gradient_descent with a small learning rate, "
-    "or a looser rtol: the steps grow in proportion."
+    "rtol. Use a smooth activation (activation='relu2'), wnjax.gradient_descent with a small "
+    "learning rate, or a looser rtol: the steps grow in proportion."
 )
 
 
