@@ -116,9 +116,7 @@ class Chord(diffrax.VeryChord):
         # itself has reached the noise floor of F (rounding in y times a large J): it is as
         # converged as it can get, and the step's error estimate judges the result.
         floor = ~(contracting & (rate <= self.noise_rate)) & (state.diffsize <= self.noise_floor)
-        converged = (
-            (state.diffsize < resolution) | (contracting & (factor < self.kappa)) | floor
-        )
+        converged = (state.diffsize < resolution) | (contracting & (factor < self.kappa)) | floor
         # Hairer's forecast: at this rate the iteration would not converge in the steps left.
         left = jnp.maximum(self.max_steps - state.step, 0)
         slow = contracting & (factor * rate**left >= self.kappa)
