@@ -67,8 +67,10 @@ KRYLOV_MAX_RESTARTS = 20
 class Chord(diffrax.VeryChord):
     """``diffrax.VeryChord`` that iterates until its convergence test passes.
 
-    Iteration ``k`` moves the stage derivative by ``delta_k``; with ``d_k`` its size in units of
-    ``atol + rtol |f|`` (``norm``) and the contraction rate ``theta_k = d_k / d_{k-1}``, the
+    Iteration ``k`` moves the stage derivative ``f_i`` by ``delta_k``, so the stage value
+    ``y_i = y_i^- + a_ii h f_i`` by ``a_ii h delta_k``. With ``d_k`` the size of that move in the
+    units of the step's own error control, ``atol + rtol |y_i|`` (``norm``), as in Hairer's
+    RADAU5, and the contraction rate ``theta_k = d_k / d_{k-1}``, the
     solve has converged once ``theta_k d_k / (1 - theta_k) < kappa``, or ``d_k`` is at the
     dtype's resolution. It fails once ``theta_k >= 1`` (it no longer contracts) or is not finite,
     or once ``d_k theta_k^(m - k + 1) / (1 - theta_k) >= kappa`` with ``m = max_steps``: at this
@@ -85,6 +87,11 @@ class Chord(diffrax.VeryChord):
     iterations as diverged, and optimistix ends the iteration on that report: each stage
     equation gets two iterations. On the zoo's stiff flows that rejects half of all implicit
     steps, each rejection followed by a step shrunk by the controller's ``factormin``.
+
+    The linear solver's state may hold the linearised operator itself (a Krylov solver keeps
+    ``jax.linearize``'s linear function, whose jaxpr is a pytree leaf): gradients are stopped
+    on its array leaves only, where ``diffrax.VeryChord`` stops them on the whole state and
+    rejects that leaf ("not a valid JAX type").
 
     **Arguments:** those of ``diffrax.VeryChord``, and ``max_steps``:
 
@@ -104,6 +111,41 @@ class Chord(diffrax.VeryChord):
     max_steps: int = 20
     noise_floor: float = 1.0
     noise_rate: float = 0.5
+
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        fx, aux = fn(y, args)
+        jac, linear_state = state.linear_state
+        dynamic, static = eqx.partition(linear_state, eqx.is_array)
+        linear_state = eqx.combine(lax.stop_gradient(dynamic), static)
+        sol = lx.linear_solve(jac, fx, self.linear_solver, state=linear_state, throw=False)
+        diff = sol.value
+        new_y = jtu.tree_map(lambda a, b: a - b, y, diff)
+        new_state = type(state)(
+            linear_state=state.linear_state,
+            diff=diff,
+            diffsize=self._stage_size(diff, new_y, args),
+            diffsize_prev=state.diffsize,
+            result=optx.RESULTS.promote(sol.result),
+            step=state.step + 1,
+        )
+        return new_y, new_state, aux
+
+    def _stage_size(self, diff, f, args):
+        """``|a_ii h delta| / (atol + rtol |y_i|)`` in ``norm``: the move of the stage value
+        in the step's tolerance units. ``args`` are diffrax's stage-equation arguments
+        ``(stage, a_ii, vf, prod, t_i, y_i^-, args, h)``; on any other root-finding problem
+        the move is ``|delta| / (atol + rtol |f|)``, against the iterate itself."""
+        if isinstance(args, tuple) and len(args) == 8:
+            _, diagonal, _, prod, _, partial, _, control = args
+            move = jtu.tree_map(lambda d: diagonal * d, prod(diff, control))
+            stage = jtu.tree_map(lambda a, b: a + diagonal * b, partial, prod(f, control))
+        else:
+            move, stage = diff, f
+        with jax.numpy_dtype_promotion("standard"):
+            return self.norm(
+                jtu.tree_map(lambda m, v: m / (self.atol + self.rtol * jnp.abs(v)), move, stage)
+            )
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
@@ -130,43 +172,6 @@ class Chord(diffrax.VeryChord):
             optx.RESULTS.where(failed, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful),
         )
         return linsolve_fail | done | failed, result
-
-
-class MatrixFreeVeryChord(Chord):
-    """``Chord`` whose linear solver may keep the linearised operator as its state.
-
-    Iteration: ``delta = (I - a_ii h J)^{-1} F(f)`` by ``linear_solver`` on the linearised
-    operator, ``f <- f - delta``; it stops as ``Chord`` does.
-
-    A Krylov solver's state is the operator itself: ``jax.linearize``'s linear function, whose
-    jaxpr is a pytree leaf. ``diffrax.VeryChord.step`` applies ``lax.stop_gradient`` to the
-    whole state, which rejects that leaf ("not a valid JAX type"); this class stops gradients
-    on the array leaves only. Everything else is ``Chord``.
-
-    **Arguments:** as ``Chord`` (`rtol`, `atol`, `norm`, `kappa`, `linear_solver`, `max_steps`).
-    """
-
-    def step(self, fn, y, args, options, state, tags):
-        del options, tags
-        fx, aux = fn(y, args)
-        jac, linear_state = state.linear_state
-        dynamic, static = eqx.partition(linear_state, eqx.is_array)
-        linear_state = eqx.combine(lax.stop_gradient(dynamic), static)
-        sol = lx.linear_solve(jac, fx, self.linear_solver, state=linear_state, throw=False)
-        diff = sol.value
-        new_y = jtu.tree_map(lambda a, b: a - b, y, diff)
-        with jax.numpy_dtype_promotion("standard"):
-            scale = jtu.tree_map(lambda v: self.atol + self.rtol * jnp.abs(v), new_y)
-            diffsize = self.norm(jtu.tree_map(lambda d, s: d / s, diff, scale))
-        new_state = type(state)(
-            linear_state=state.linear_state,
-            diff=diff,
-            diffsize=diffsize,
-            diffsize_prev=state.diffsize,
-            result=optx.RESULTS.promote(sol.result),
-            step=state.step + 1,
-        )
-        return new_y, new_state, aux
 
 
 def implicit_step_cost(n_params: int, threshold: int | None = None) -> float:
@@ -231,14 +236,13 @@ def stiff_solver(
     """
     limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
     dense = n_params is None or n_params <= limit
-    cls = Chord if dense else MatrixFreeVeryChord
     linear_solver = (
         lx.AutoLinearSolver(well_posed=None)
         if dense  # diffrax's own choice: LU
         else krylov_linear_solver(1e-10 if atol is None else atol)
     )
     if rtol is None and atol is None:
-        root_finder = diffrax.with_stepsize_controller_tols(cls)(linear_solver=linear_solver)
+        root_finder = diffrax.with_stepsize_controller_tols(Chord)(linear_solver=linear_solver)
     else:
-        root_finder = cls(rtol=rtol, atol=atol, linear_solver=linear_solver)
+        root_finder = Chord(rtol=rtol, atol=atol, linear_solver=linear_solver)
     return diffrax.Kvaerno5(root_finder=root_finder, root_find_max_steps=root_finder.max_steps)
