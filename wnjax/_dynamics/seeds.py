@@ -149,7 +149,8 @@ def run_seeds(
     """
     loss_obj = get_loss(loss)
     plain = not isinstance(models, Parameterized)
-    p = eqx.filter_vmap(as_parameterized)(models)
+    # A parameterized stack is used as it is; a plain one is parameterized in one program.
+    p = eqx.filter_jit(eqx.filter_vmap(as_parameterized))(models) if plain else models
     X = jnp.asarray(X)
     dtype = common_dtype(p, X)
     X, p = cast_floats(X, dtype), cast_floats(p, dtype)

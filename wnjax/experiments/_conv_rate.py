@@ -31,7 +31,7 @@ from wnjax.experiments._report import (
     table,
     write_outputs,
 )
-from wnjax.experiments._runner import run_flow, run_gd
+from wnjax.experiments._runner import run_flow, run_gd, stacked
 
 DESCRIPTION = "deep linear nets, depth 1-4, same predictor: EWN's loss barely depends on depth"
 PAPER_RATIO = {"ewn": 2.0, "swn": 28.0, "standard": 70.0}
@@ -101,9 +101,7 @@ def simulate(
     out = {}
     for name, param in PARAMETERIZATIONS.items():
         for depth in depths:
-            models = eqx.filter_vmap(lambda k, w: param(deep_linear(k, depth, width, w)))(
-                net_keys, w_star
-            )
+            models = stacked(lambda k, w: param(deep_linear(k, depth, width, w)), net_keys, w_star)
             if dynamics == "gd":
                 r = run_gd(
                     models,

@@ -37,7 +37,7 @@ from wnjax.experiments._report import (
     table,
     write_outputs,
 )
-from wnjax.experiments._runner import concurrently, run_flow, run_gd
+from wnjax.experiments._runner import concurrently, run_flow, run_gd, stacked
 
 DESCRIPTION = "4 points, 2-layer ReLU^2 net, 8 neurons, to log L = -300: EWN fast and sparse"
 PAPER_EPOCHS = {"ewn": 653, "swn": 12284}  # epochs: accepted GD steps
@@ -200,7 +200,7 @@ def simulate(
 
     def one(param, turn):
         """One parameterization's entry of the result, or ``None`` if it was interrupted."""
-        models = eqx.filter_vmap(lambda k: param(MLP(2, 8, 2, activation="relu2", key=k)))(keys)
+        models = stacked(lambda k: param(MLP(2, 8, 2, activation="relu2", key=k)), keys)
         if dynamics == "gd":
             r = run_gd(
                 models,

@@ -85,6 +85,15 @@ def _per_seed(x, seeds: int):
     return jnp.broadcast_to(x, (seeds,) + x.shape)
 
 
+def stacked(make: Callable, *args) -> PyTree:
+    """``make`` vmapped over the leading axis of ``args`` (keys, ...), as one compiled program:
+    run eagerly, each array operation of a model's constructor and parameterization would be a
+    program of its own, each traced, lowered and loaded from the compilation cache.
+
+    **Returns:** the stacked models (array leaves with a leading seed axis)."""
+    return eqx.filter_jit(eqx.filter_vmap(make))(*args)
+
+
 def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = None) -> dict:
     """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own, run one after
     another, each compiled while the one before it runs: a call starts once the one before it

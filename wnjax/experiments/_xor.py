@@ -29,7 +29,7 @@ from wnjax.experiments._report import (
     table,
     write_outputs,
 )
-from wnjax.experiments._runner import run_flow, run_gd
+from wnjax.experiments._runner import run_flow, run_gd, stacked
 
 DESCRIPTION = (
     "XOR, 20 ReLU neurons, fixed +-1 output: EWN keeps ~4 neurons, SWN ~16, unnormalized 20"
@@ -96,7 +96,7 @@ def simulate(seeds: int, *, dynamics="gd", target=-50.0, lr=0.005, max_steps=100
     X, y = xor()
     out = {}
     for name in ("ewn", "swn", "standard"):
-        models = eqx.filter_vmap(lambda k: parameterized(name, xor_model(k, activation)))(keys)
+        models = stacked(lambda k: parameterized(name, xor_model(k, activation)), keys)
         if dynamics == "gd":
             r = run_gd(
                 models,
