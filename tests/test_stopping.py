@@ -79,6 +79,27 @@ def test_float32_flow_with_a_target_succeeds(target):
     assert bool(r.ok) and bool(r.reached_target) and _reached(r, target, jnp.float32)
 
 
+@pytest.mark.parametrize("loss", ["square", "exponential"])
+def test_float32_plain_time_target_is_found_and_matches_float64(loss):
+    """float32 data with x64 on, plain time, a target: the crossing is root-found (the event's
+    value in the dtype diffrax pairs it with) and the run stops there, at the time the float64
+    run of the same flow stops, to float32's accuracy."""
+    k1, k2, k3 = jax.random.split(jax.random.key(8), 3)
+    X = jax.random.normal(k1, (10, 4))
+    if loss == "square":
+        y, target = X @ jnp.array([1.0, -0.5, 0.2, 0.0]), -8.0
+    else:
+        y, target = jnp.sign(X @ jnp.array([1.0, -0.5, 0.2, 0.0])), -5.0
+    model = wnjax.MLP(4, 16, 2, activation="relu2", key=k3)
+    kw = dict(loss=loss, t1=1e8, target_log_loss=target, n_save=8, diagnostics=False)
+    high = wnjax.gradient_flow(model, X, y, **kw)
+    low = wnjax.gradient_flow(*_float32(model, X, y), **kw)
+    assert low.final_log_loss.dtype == jnp.float32
+    assert bool(low.ok) and bool(low.reached_target) and _reached(low, target, jnp.float32)
+    assert bool(high.ok) and bool(high.reached_target)
+    np.testing.assert_allclose(float(low.final_time), float(high.final_time), rtol=1e-3)
+
+
 def test_float32_rtol_below_the_dtype_is_raised_with_a_warning():
     k1, k2 = jax.random.split(jax.random.key(2))
     X = jax.random.normal(k1, (8, 2), jnp.float32)

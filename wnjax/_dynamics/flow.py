@@ -617,7 +617,10 @@ def _solve(
             # then t0 + 1e-30 - t, positive at t0 and negative after it, so the run stops in its
             # first step, at t0 (to the root finder's tolerance), instead of running on to t1.
             start = kwargs["t0"]
-            return jnp.where(already, start + 1e-30 * (1.0 + jnp.abs(start)) - t, gap(y))
+            value = jnp.where(already, start + 1e-30 * (1.0 + jnp.abs(start)) - t, gap(y))
+            # diffrax's root find pairs the value with a Python 0.0 in a cond: the default
+            # float dtype (float64 under jax_enable_x64, whatever the data's dtype).
+            return value.astype(jnp.result_type(float))
 
         already = gap((theta0, None)) <= 0
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
