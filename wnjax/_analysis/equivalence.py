@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._dynamics.descent import gradient_descent
-from wnjax._dynamics.flow import gradient_flow
+from wnjax._dynamics.flow import _rtol_floor, default_tolerances, gradient_flow
 from wnjax._nets.models import CNN, MLP
 from wnjax._nets.neurons import flat_weights
 from wnjax._nets.parameterize import ewn, swn, to_standard
@@ -65,6 +65,17 @@ def _relative(a: Array, b: Array) -> float:
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
+def _tolerances(X: Array, rtol: float | None, atol: float | None) -> tuple[float, float]:
+    """The checks' ``(rtol, atol)``: ``(1e-10, 1e-12)`` in float64 and the flow's defaults in
+    float32 (``default_tolerances``) where none are given. The rtol returned is the one the
+    flow honours (raised to ``10 eps`` of the dtype, as ``gradient_flow`` raises it)."""
+    dtype = jnp.asarray(X).dtype
+    defaults = (1e-10, 1e-12) if jnp.finfo(dtype).bits >= 64 else default_tolerances(dtype)
+    rtol = defaults[0] if rtol is None else rtol
+    atol = defaults[1] if atol is None else atol
+    return max(rtol, _rtol_floor(dtype)), atol
+
+
 def _flow_paths(model, X, y, *, loss, t1, rtol, atol, n_save, at=()) -> tuple[dict, dict, Array]:
     """Adaptive-rate, EWN and SWN gradient flow from the same ``w(0)``, saved at ``n_save``
     times (the start, then log-spaced from ``1e-6 t1`` to ``t1``, as ``wnjax.LogSpaced``) and at
@@ -106,8 +117,8 @@ def flow_equivalence(
     *,
     loss: str = "exponential",
     t1: float = 10.0,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     n_save: int = 32,
 ) -> dict:
     """Integrate EWN-GF, SWN-GF and adaptive-rate GF from the same ``w(0)``; compare paths in ``w``
@@ -116,7 +127,10 @@ def flow_equivalence(
     **Returns:** ``ewn_max_rel_err`` and ``swn_max_rel_err`` (max over save points of the relative
     distance to the adaptive-rate path), ``rtol``, ``atol``, ``t1`` and the solvers' step counts
     (``num_steps``).
+    ``rtol``/``atol``: the flows' tolerances (``None``: ``1e-10``/``1e-12`` in float64, the
+    flow's defaults in float32); the report holds the rtol the flows honoured.
     """
+    rtol, atol = _tolerances(X, rtol, atol)
     paths, steps, _ = _flow_paths(
         model, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save
     )
@@ -156,8 +170,8 @@ def gd_equivalence(
     loss: str = "exponential",
     etas: Sequence[float] = (0.01, 0.005, 0.0025),
     horizon: float = 1.0,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     flows: tuple[Array, Array] | None = None,
 ) -> dict:
     """EWN-GD against adaptive-rate GD, and both against the flow, at the fixed time ``T = k eta``.
@@ -170,8 +184,12 @@ def gd_equivalence(
       between ``k`` GD steps and the corresponding flow at ``t = T`` (EWN-GD against EWN-GF,
       adaptive-rate GD against adaptive-rate GF).
     Both should shrink in proportion to ``eta``.
+
+    ``rtol``/``atol``: the flows' tolerances (``None``: ``1e-10``/``1e-12`` in float64, the
+    flow's defaults in float32); the report holds the rtol the flows honoured.
     """
     if flows is None:
+        rtol, atol = _tolerances(X, rtol, atol)
         flow_kw = dict(
             loss=loss,
             t1=horizon,
@@ -226,18 +244,23 @@ def equivalence_check(
     activation: str = "relu2",
     loss: str = "exponential",
     t1: float = 10.0,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     etas: Sequence[float] = (0.01, 0.005, 0.0025),
     horizon: float = 1.0,
 ) -> dict:
     """The full equivalence report on the default problem (see ``default_problem``).
 
     **Returns:** a dict with ``ewn_max_rel_err``, ``swn_max_rel_err``, ``rtol``, ``gd_drift`` and
-    ``gd_vs_flow`` (lists of ``[eta, value]``), fitted ``eta`` exponents, and a verdict.
+    ``gd_vs_flow`` (lists of ``[eta, value]``), fitted ``eta`` exponents, and a verdict
+    (``equivalent``: the EWN path within ``1e3 rtol + 1e-6`` of the adaptive-rate one).
+
+    ``rtol``/``atol``: the flows' tolerances (``None``: ``1e-10``/``1e-12`` in float64, the
+    flow's defaults in float32); the report holds the rtol the flows honoured.
     """
     key = jax.random.key(0) if key is None else key
     net, X, y = default_problem(key, model, n, d, width, depth, activation)
+    rtol, atol = _tolerances(X, rtol, atol)
     out = {
         "model": model,
         "n": n,

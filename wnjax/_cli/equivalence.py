@@ -24,8 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation", default="relu2")
     parser.add_argument("--loss", default="exponential")
     parser.add_argument("--t1", type=positive_float, default=10.0, help="flow horizon")
-    parser.add_argument("--rtol", type=positive_float, default=1e-10)
-    parser.add_argument("--atol", type=positive_float, default=1e-12)
+    parser.add_argument(
+        "--rtol", type=positive_float, default=None, help="default: 1e-10 (float32: 1e-5)"
+    )
+    parser.add_argument(
+        "--atol", type=positive_float, default=None, help="default: 1e-12 (float32: 1e-7)"
+    )
     parser.add_argument("--etas", type=positive_float, nargs="+", default=[0.01, 0.005, 0.0025])
     parser.add_argument(
         "--gd-horizon", type=positive_float, default=1.0, help="T = k eta for the GD checks"
