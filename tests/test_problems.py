@@ -163,3 +163,14 @@ def test_cli_returns_zero_when_all_pass(tmp_path):
         == 0
     )
     assert (tmp_path / "results.json").exists()
+
+
+def test_results_json_takes_numpy_scalars_and_non_finite_values():
+    """The CLI's records hold NumPy scalars (a float32 run's pass flags are ``np.bool_``): they
+    are written as plain JSON values, and NaN/inf as ``null``."""
+    import json
+
+    from wnjax.experiments._report import json_text
+
+    record = {"passed": np.bool_(True), "error": np.float32(np.nan), "xs": np.array([1.0, np.inf])}
+    assert json.loads(json_text(record)) == {"passed": True, "error": None, "xs": [1.0, None]}

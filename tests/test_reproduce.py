@@ -408,6 +408,24 @@ def test_argparse_experiment_still_runs(tmp_path, monkeypatch, capsys):
     sys.modules.pop("toy_argparse_experiment", None)
 
 
+def test_common_flags_also_after_the_experiment_name(tmp_path, monkeypatch):
+    """``wnjax reproduce NAME --float32`` runs NAME in float32 (x64 off before anything is
+    computed), as ``wnjax reproduce --float32 NAME`` does."""
+    import jax
+
+    import wnjax._cli as _cli
+    from wnjax.experiments import _reproduce
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_reproduce.EXPERIMENTS, "toy", _toy_experiment(tmp_path))
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda name, value: calls.append((name, value)))
+    for argv in (["toy", "--float32"], ["--float32", "toy"]):
+        calls.clear()
+        assert _cli.main(["reproduce", *argv, "--out", str(tmp_path / "a")]) == 0
+        assert [v for k, v in calls if k == "jax_enable_x64"][-1] is False
+
+
 def test_cli_help_of_every_command(capsys):
     import wnjax._cli as _cli
 

@@ -13,7 +13,6 @@ problem passes, else 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -78,17 +77,6 @@ def run_one(name: str, size: str, seed: int, overrides: dict):
         return _failed(name, e, time.perf_counter() - start, problem)
 
 
-def _finite_or_none(value):
-    """``value`` with every non-finite float replaced by ``None`` (valid JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
 def _row(cells, widths) -> str:
     return "  ".join(
         str(c).ljust(w) if i == 0 else str(c).rjust(w)
@@ -113,6 +101,8 @@ def metadata(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from wnjax import problems
+    from wnjax._sweeps.store import atomic_write_bytes
+    from wnjax.experiments._report import json_text
 
     names = list(args.only) if args.only else problems.names()
     overrides = {} if args.solver is None else {"solver": args.solver}
@@ -121,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wnjax problems: size={args.size}, seed={args.seed}, solver={args.solver or 'default'}")
     print(_row(header, widths))
     sys.stdout.flush()
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "results.json")
     results = []
     for name in names:
         r = run_one(name, args.size, args.seed, overrides)
@@ -140,11 +132,9 @@ def run(args: argparse.Namespace) -> int:
             line += f"  {r.message}"
         print(line)
         sys.stdout.flush()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "results.json")
-    record = {"metadata": metadata(args), "results": [r.as_dict() for r in results]}
-    with open(path, "w") as f:
-        json.dump(_finite_or_none(record), f, indent=2)
+        # after every problem, so that a stopped run keeps what it has done
+        record = {"metadata": metadata(args), "results": [r.as_dict() for r in results]}
+        atomic_write_bytes(path, json_text(record, indent=2).encode())
     passed = sum(r.passed for r in results)
     print(f"{passed}/{len(results)} passed; results: {path}")
     return 0 if passed == len(results) else 1

@@ -169,8 +169,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:24s} {_reproduce.load(name).DESCRIPTION}")
         return 0
     module = _reproduce.load(args.name)
-    rest = [a for a in args.rest if a != "--debug"]  # wnjax's own flag, also after NAME
-    args.debug = getattr(args, "debug", False) or len(rest) < len(args.rest)
+    # wnjax's own flags, also after NAME (nothing has been computed yet, so float32 can
+    # still be chosen here)
+    rest = [a for a in args.rest if a not in ("--debug", "--float32")]
+    args.debug = getattr(args, "debug", False) or "--debug" in args.rest
+    if "--float32" in args.rest and not getattr(args, "float32", False):
+        import jax
+
+        args.float32 = True
+        jax.config.update("jax_enable_x64", False)
     # The common flags may also come after NAME; they keep the values parsed before it.
     given = {k: getattr(args, k) for k in COMMON if k != "seeds" or args.seeds is not None}
     options = parse_options(args.name, rest, **given)

@@ -95,7 +95,15 @@ def jsonable(obj):
     return obj
 
 
+def json_text(obj, indent: int = 1) -> str:
+    """``obj`` as JSON text: arrays and NumPy scalars (bools too) as plain values, every
+    non-finite number as ``null``."""
+    return json.dumps(_nan_to_none(jsonable(obj)), indent=indent)
+
+
 def _nan_to_none(x):
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
     if isinstance(x, list):
         return [_nan_to_none(v) for v in x]
     if isinstance(x, float) and not np.isfinite(x):
@@ -105,11 +113,16 @@ def _nan_to_none(x):
 
 def write_outputs(out: str, metrics: dict, report: str) -> None:
     """Write ``metrics.json`` and ``report.md`` into ``out``, each atomically (a stopped process
-    leaves the previous file or the new one, never a part)."""
+    leaves the previous file or the new one, never a part). Both name the arithmetic the run
+    used (``metrics["arithmetic"]``: ``'float64'``, or ``'float32'`` with x64 off)."""
+    import jax
+
     from wnjax._sweeps.store import atomic_write_bytes
 
-    text = json.dumps(_nan_to_none(jsonable(metrics)), indent=1)
-    atomic_write_bytes(os.path.join(out, "metrics.json"), text.encode())
+    arithmetic = "float64" if jax.config.read("jax_enable_x64") else "float32"
+    metrics = {**metrics, "arithmetic": arithmetic}
+    report = f"{report.rstrip()}\n\nArithmetic: {arithmetic}.\n"
+    atomic_write_bytes(os.path.join(out, "metrics.json"), json_text(metrics).encode())
     atomic_write_bytes(os.path.join(out, "report.md"), (report.rstrip() + "\n").encode())
 
 
