@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import separable_data
 
 import wnjax
 from wnjax._dynamics.flow import target_tolerance
@@ -98,6 +99,23 @@ def test_float32_plain_time_target_is_found_and_matches_float64(loss):
     assert bool(low.ok) and bool(low.reached_target) and _reached(low, target, jnp.float32)
     assert bool(high.ok) and bool(high.reached_target)
     np.testing.assert_allclose(float(low.final_time), float(high.final_time), rtol=1e-3)
+
+
+def test_a_target_beyond_t1_is_named_with_the_way_to_it():
+    """Plain time to t1 = 100 on separable data: log L ~ -log t cannot reach -30 (that needs
+    t ~ e^30). The run succeeds at t1 without the target, its stats keep the target, and the
+    message names the target, t1 and loss-normalized time; in normalized time it names t1."""
+    X, y = separable_data(jax.random.key(2), n=12, d=3)
+    model = wnjax.MLP(3, 1, 1, activation="linear", key=jax.random.key(3))
+    r = wnjax.gradient_flow(model, X, y, t1=100.0, target_log_loss=-30.0, diagnostics=False)
+    assert bool(r.ok) and not bool(r.reached_target) and float(r.final_log_loss) > -30.0
+    assert float(r.stats["target_log_loss"]) == -30.0
+    assert "target log L = -30 lies beyond t1" in r.message and "time='normalized'" in r.message
+    s = wnjax.gradient_flow(
+        model, X, y, time="normalized", t1=1.0, target_log_loss=-30.0, diagnostics=False
+    )
+    assert bool(s.ok) and not bool(s.reached_target)
+    assert "lies beyond t1: raise t1." in s.message
 
 
 def test_float32_rtol_below_the_dtype_is_raised_with_a_warning():

@@ -348,8 +348,8 @@ class FlowResult(RunResult):
     - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
     - `final_time`: the solver's clock at the end (``t``, or ``s`` for ``time='normalized'``);
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
-      ``max_steps``; with the default solver also ``explicit_steps``, ``stiff_steps``,
-      ``switches``);
+      ``max_steps``, ``target_log_loss`` (``-inf`` without a target); with the default solver
+      also ``explicit_steps``, ``stiff_steps``, ``switches``);
     - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
       ``max_steps`` exhausted, other positive values diffrax's failure codes, ``INTERRUPTED``
       (``-1``) stopped by SIGINT or SIGTERM;
@@ -403,9 +403,18 @@ def _describe(r: FlowResult) -> str:
     if code.ndim:
         return f"{int((code == 0).sum())}/{code.size} runs succeeded"
     steps = int(np.asarray(r.stats["num_steps"]))
+    normalized = bool(np.any(np.asarray(r.s) != np.asarray(r.ts)))
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
-        return f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
+        out = f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
+        target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
+        if not bool(r.reached_target) and np.isfinite(target):
+            out += f" The target log L = {target:g} lies beyond t1: raise t1" + (
+                "."
+                if normalized
+                else ", or use time='normalized' (in plain time t grows like exp(-log L))."
+            )
+        return out
     if int(code) == INTERRUPTED:
         return (
             f"gradient flow was interrupted after {steps} steps, at time "
@@ -413,7 +422,6 @@ def _describe(r: FlowResult) -> str:
             "result is kept (result.final, result.summaries)."
         )
     if int(code) == 1:
-        normalized = bool(np.any(np.asarray(r.s) != np.asarray(r.ts)))
         return (
             f"gradient flow stopped after max_steps = {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
@@ -721,6 +729,7 @@ def _solve(
         code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
+    stats["target_log_loss"] = numbers["target"]
     stats.update(_switch_stats(sol.solver_state))
     return FlowResult(
         ts=ts,
@@ -940,6 +949,7 @@ def _solve_levels(
             "num_accepted_steps": end["accepted"],
             "num_rejected_steps": end["rejected"],
             "max_steps": jnp.asarray(max_steps),
+            "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"]),
         },
         stop_code=end["code"],
