@@ -118,6 +118,21 @@ def test_a_target_beyond_t1_is_named_with_the_way_to_it():
     assert "lies beyond t1: raise t1." in s.message
 
 
+def test_normalized_run_without_a_target_that_runs_out_says_to_pass_one():
+    """EWN's loss-normalized flow blows up at a finite s (log L -> -inf), so without a target a
+    run to a huge t1 spends its step budget there. Its result knows its clock, and the message
+    asks for a target_log_loss rather than for time='normalized', which it already uses."""
+    X, y = separable_data(jax.random.key(2), n=12, d=3)
+    model = wnjax.ewn(wnjax.MLP(3, 1, 1, activation="linear", key=jax.random.key(3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the failure's own warning
+        r = wnjax.gradient_flow(
+            model, X, y, time="normalized", t1=1e30, max_steps=3000, throw=False, diagnostics=False
+        )
+    assert r.time == "normalized" and not bool(r.ok) and float(r.final_log_loss) < -1e3
+    assert "pass target_log_loss" in r.message and "use time='normalized'" not in r.message
+
+
 def test_float32_rtol_below_the_dtype_is_raised_with_a_warning():
     k1, k2 = jax.random.split(jax.random.key(2))
     X = jax.random.normal(k1, (8, 2), jnp.float32)

@@ -354,7 +354,8 @@ class FlowResult(RunResult):
       ``max_steps`` exhausted, other positive values diffrax's failure codes, ``INTERRUPTED``
       (``-1``) stopped by SIGINT or SIGTERM;
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
-      (or the root-found crossing of the target).
+      (or the root-found crossing of the target);
+    - `time`: the clock, ``'plain'`` or ``'normalized'`` (static).
 
     Properties: `ok` (``stop_code == 0``), `interrupted` (``stop_code == INTERRUPTED``),
     `message`, and `result_code`, a read-only alias of `stop_code`; ``check()`` raises
@@ -376,6 +377,7 @@ class FlowResult(RunResult):
     stats: dict
     stop_code: Array
     reached_target: Array
+    time: str = eqx.field(static=True, default="plain")
 
     @property
     def result_code(self) -> Array:
@@ -403,7 +405,7 @@ def _describe(r: FlowResult) -> str:
     if code.ndim:
         return f"{int((code == 0).sum())}/{code.size} runs succeeded"
     steps = int(np.asarray(r.stats["num_steps"]))
-    normalized = bool(np.any(np.asarray(r.s) != np.asarray(r.ts)))
+    normalized = r.time == "normalized"
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
         out = f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
@@ -430,6 +432,13 @@ def _describe(r: FlowResult) -> str:
                 " or loosen rtol/atol."
                 if normalized
                 else ", loosen rtol/atol, or use time='normalized' to reach small losses."
+            )
+            + (
+                " Without a target_log_loss a loss-normalized run goes on to t1, and an EWN flow"
+                " reaches any log L before a finite s: pass target_log_loss to stop at a level."
+                if normalized
+                and not np.isfinite(float(np.asarray(r.stats.get("target_log_loss", -np.inf))))
+                else ""
             )
             + _hints(r)
         )
@@ -745,6 +754,7 @@ def _solve(
         stats=stats,
         stop_code=code,
         reached_target=reached,
+        time=time,
     )
 
 
@@ -952,6 +962,7 @@ def _solve_levels(
             "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"]),
         },
+        time="normalized",
         stop_code=end["code"],
         # the last solve crossed its level (the target), or the run ended within rounding of it
         reached_target=(end["code"] == 0)
