@@ -187,6 +187,8 @@ def test_where_normalizes_only_chosen_layers(kind):
     np.testing.assert_allclose(_outputs(p, X), _outputs(model, X), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="not an eqx.nn.Linear"):
         getattr(wnjax, kind)(model, where=lambda m: [m.activation])
+    with pytest.raises(ValueError, match="selected no layer"):
+        getattr(wnjax, kind)(model, where=lambda m: [])
 
 
 def test_frozen_layer_gets_no_gradient():

@@ -211,6 +211,11 @@ def parameterize(
             "parameterize."
         )
     chosen = set(range(len(layers))) if where is None else set(layer_indices(model, where))
+    if not chosen:
+        raise ValueError(
+            "`where` selected no layer, so nothing would be parameterized; return the layers "
+            "to parameterize, e.g. `where=lambda m: [m.layers[0]]`, or leave `where` out for all."
+        )
     frozen = set(layer_indices(model, freeze))
     weights = []
     for i, layer in enumerate(layers):
