@@ -34,46 +34,6 @@ def linear_problem():
     return X, y
 
 
-@pytest.mark.slow
-def test_linear_flow_converges_to_svm_direction(linear_problem):
-    """Exponential loss, linear model: w/||w|| -> hard-margin SVM direction (SLSQP reference)."""
-    X, y = linear_problem
-    Xn, yn = np.asarray(X), np.asarray(y)
-    svm = minimize(
-        lambda w: w @ w,
-        np.ones(2),
-        jac=lambda w: 2 * w,
-        method="SLSQP",
-        constraints=[
-            {
-                "type": "ineq",
-                "fun": lambda w: yn * (Xn @ w) - 1.0,
-                "jac": lambda w: yn[:, None] * Xn,
-            }
-        ],
-        options={"ftol": 1e-14},
-    )
-    assert svm.success
-    u = svm.x / np.linalg.norm(svm.x)
-    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(3))
-    r = wnjax.gradient_flow(
-        wnjax.standard(model), X, y, time="normalized", t1=1e6, target_log_loss=-1e4, n_save=24
-    )
-    assert bool(r.reached_target) and np.isfinite(float(r.final_log_t))
-    assert abs(float(r.final_log_loss) + 1e4) < 1e-3
-    w = np.asarray(_weights(r.states))
-    cos = w @ u / np.linalg.norm(w, axis=1)
-    late = np.asarray(r.log_loss) < -10
-    assert np.all(np.diff(cos[late]) > -1e-12), cos[late]  # rises towards 1
-    assert cos[-1] > 0.9999
-    # Lyu & Li's approximate KKT residuals vanish at the SVM direction.
-    assert float(r.summaries["kkt_stationarity"][-1]) < 1e-3
-    assert abs(float(r.summaries["kkt_slackness"][-1])) < 1e-2
-    # Rate, depth 1 (L = 1): unnormalized L ~ 1/(t (log t)^0); see test_loss_rate_exponents.
-    fit = wnjax.loss_rate_exponents(r.log_t, r.log_loss, window=(100.0, np.inf))
-    assert abs(fit["log_t_exponent"] - 0.0) < 0.1
-
-
 def _svm_direction(X, y):
     """The hard-margin SVM direction of separable ``(X, y)`` (scipy's SLSQP)."""
     Xn, yn = np.asarray(X), np.asarray(y)
@@ -93,6 +53,30 @@ def _svm_direction(X, y):
     )
     assert svm.success
     return svm.x / np.linalg.norm(svm.x)
+
+
+@pytest.mark.slow
+def test_linear_flow_converges_to_svm_direction(linear_problem):
+    """Exponential loss, linear model: w/||w|| -> hard-margin SVM direction (SLSQP reference)."""
+    X, y = linear_problem
+    u = _svm_direction(X, y)
+    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(3))
+    r = wnjax.gradient_flow(
+        wnjax.standard(model), X, y, time="normalized", t1=1e6, target_log_loss=-1e4, n_save=24
+    )
+    assert bool(r.reached_target) and np.isfinite(float(r.final_log_t))
+    assert abs(float(r.final_log_loss) + 1e4) < 1e-3
+    w = np.asarray(_weights(r.states))
+    cos = w @ u / np.linalg.norm(w, axis=1)
+    late = np.asarray(r.log_loss) < -10
+    assert np.all(np.diff(cos[late]) > -1e-12), cos[late]  # rises towards 1
+    assert cos[-1] > 0.9999
+    # Lyu & Li's approximate KKT residuals vanish at the SVM direction.
+    assert float(r.summaries["kkt_stationarity"][-1]) < 1e-3
+    assert abs(float(r.summaries["kkt_slackness"][-1])) < 1e-2
+    # Rate, depth 1 (L = 1): unnormalized L ~ 1/(t (log t)^0); see test_loss_rate_exponents.
+    fit = wnjax.loss_rate_exponents(r.log_t, r.log_loss, window=(100.0, np.inf))
+    assert abs(fit["log_t_exponent"] - 0.0) < 0.1
 
 
 @pytest.mark.parametrize("name", ["ewn", "swn"])

@@ -10,7 +10,6 @@ Exit 1 if a run failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from wnjax._cli import positive_int
@@ -40,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from wnjax._analysis.asymptotics import figures, lin_sep_asymptotics
+    from wnjax._sweeps.store import atomic_write_bytes
+    from wnjax.experiments._report import json_text
 
     os.makedirs(args.out, exist_ok=True)
 
@@ -61,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     report["figures"] = figures(runs, X, y, args.out)
     path = os.path.join(args.out, "diagnostics.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2, default=lambda o: np.asarray(o).tolist())
+    atomic_write_bytes(path, json_text(report, indent=2).encode())
     print(f"wrote {path} and {len(report['figures'])} figures")
     failed = [name for name, r in runs.items() if not bool(r.ok)]
     if failed:

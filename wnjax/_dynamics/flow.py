@@ -406,10 +406,10 @@ def _describe(r: FlowResult) -> str:
         return f"{int((code == 0).sum())}/{code.size} runs succeeded"
     steps = int(np.asarray(r.stats["num_steps"]))
     normalized = r.time == "normalized"
+    target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
         out = f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
-        target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
         if not bool(r.reached_target) and np.isfinite(target):
             out += f" The target log L = {target:g} lies beyond t1: raise t1" + (
                 "."
@@ -436,8 +436,7 @@ def _describe(r: FlowResult) -> str:
             + (
                 " Without a target_log_loss a loss-normalized run goes on to t1, and an EWN flow"
                 " reaches any log L before a finite s: pass target_log_loss to stop at a level."
-                if normalized
-                and not np.isfinite(float(np.asarray(r.stats.get("target_log_loss", -np.inf))))
+                if normalized and not np.isfinite(target)
                 else ""
             )
             + _hints(r)

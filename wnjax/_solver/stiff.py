@@ -102,10 +102,10 @@ class Chord(diffrax.VeryChord):
     - `max_steps`: the iterations the forecast counts on (default 20; on the zoo's stiff flows
       20 took 15-33% less time than diffrax's 10, and 30 little less than 20).
     - `noise_floor`, `noise_rate`: the noise-floor test above (defaults 1 and 0.5). With
-      ``noise_floor=0`` (the test off) an SWN linear classifier's loss-normalized flow stalls
-      near log L = -150: its stage solves reach increments of 1e-4 to 1e-3 (scaled) in one
-      iteration, then bounce with rates of 1.1-5 and are declared diverged at every step size
-      down to 1e-7.
+      ``noise_floor=0`` (the test off) Kvaerno5 on an SWN linear classifier's loss-normalized
+      flow to log L = -1,000 stalls near -390, 59% of its steps rejected: its stage solves
+      reach the rounding floor in one iteration, then bounce with rates above 1 and are
+      declared diverged at any step size. With the test on it takes 2,238 steps.
     """
 
     max_steps: int = 20
