@@ -201,51 +201,75 @@ def test_seed_blocks_give_the_same_numbers_on_two_devices(tmp_path, monkeypatch)
     np.testing.assert_array_equal(np.load(out), one)
 
 
-def test_concurrently_runs_in_order_and_compiles_the_next_during_a_run():
-    """Each call's run (after ``turn()``) starts once the one before it has returned, the next
-    call's compile phase (before its ``turn()``) takes place while a run is in progress, the
-    results keep the items' order, and ``on_done`` sees them grow one at a time."""
+def test_concurrently_compiles_in_turn_and_overlaps_the_runs():
+    """The compile phases (before ``turn()``) take place one at a time, in order; each run
+    starts at its ``turn()`` without waiting for the runs before it, so all three are in
+    progress at once; the result keeps the items' order, and ``on_done`` sees each call as it
+    finishes."""
     import threading
-    import time
 
     from wnjax.experiments._runner import concurrently
 
-    log, reached = [], {k: threading.Event() for k in range(3)}
+    lock, log = threading.Lock(), []
+    running = {k: threading.Event() for k in range(3)}
+    finish = {k: threading.Event() for k in range(3)}
 
     def fn(k, turn):
-        log.append(("compile", k))
-        reached[k].set()  # this call is at its turn: its compile phase is over
+        with lock:
+            log.append(("compile", k))
         assert turn()
-        log.append(("run", k))
-        if k < 2:  # the next call compiles while this one runs
-            assert reached[k + 1].wait(10)
-        time.sleep(0.01)
-        log.append(("end", k))
+        with lock:
+            log.append(("run", k))
+        running[k].set()
+        # every run waits for the others to be running: serial runs would time out here
+        assert all(running[j].wait(10) for j in range(3))
+        assert finish[k].wait(10)
         return 10 * k
 
     seen = []
-    out = concurrently(fn, {"a": 0, "b": 1, "c": 2}, on_done=lambda o: seen.append(dict(o)))
+
+    def on_done(out):
+        seen.append(dict(out))
+        order = [2, 0, 1]  # let the calls finish in this order
+        if len(seen) < 3:
+            finish[order[len(seen)]].set()
+
+    def release_first():
+        assert all(running[j].wait(10) for j in range(3))
+        finish[2].set()
+
+    starter = threading.Thread(target=release_first)
+    starter.start()
+    out = concurrently(fn, {"a": 0, "b": 1, "c": 2}, on_done=on_done)
+    starter.join()
     assert out == {"a": 0, "b": 10, "c": 20} and list(out) == ["a", "b", "c"]
-    assert seen == [{"a": 0}, {"a": 0, "b": 10}, {"a": 0, "b": 10, "c": 20}]
-    runs = [e for e in log if e[0] != "compile"]
-    assert runs == [("run", 0), ("end", 0), ("run", 1), ("end", 1), ("run", 2), ("end", 2)]
-    assert log.index(("compile", 1)) < log.index(("end", 0))
+    assert seen == [{"c": 20}, {"a": 0, "c": 20}, {"a": 0, "b": 10, "c": 20}]
+    assert [list(s) for s in seen] == [["c"], ["a", "c"], ["a", "b", "c"]]
+    compiles = [e for e in log if e[0] == "compile"]
+    assert compiles == [("compile", 0), ("compile", 1), ("compile", 2)]
+    for k in (1, 2):  # call k compiles only after call k - 1 has reached its turn
+        assert log.index(("compile", k)) > log.index(("run", k - 1))
 
 
-def test_concurrently_stops_the_waiting_calls_on_a_stop_request():
-    """A stop requested during the first run: the calls still waiting for their turn get
-    ``False`` and are left out, and nothing after them runs; an exception in a call is raised."""
+def test_concurrently_stops_the_calls_not_yet_running_on_a_stop_request():
+    """A stop requested during the first run: the calls not yet at their turn get ``False`` (or
+    never start) and are left out; an exception in a call is raised."""
+    import threading
+
     import wnjax._runtime.interrupt as interrupt
     from wnjax.experiments._runner import concurrently
 
-    ran = []
+    ran, requested = [], threading.Event()
 
     def fn(k, turn):
+        if k > 0:
+            assert requested.wait(10)
         if not turn():
             return None
         ran.append(k)
         if k == 0:
             interrupt.request()
+            requested.set()
         return k
 
     try:

@@ -182,10 +182,10 @@ def simulate(
     on_done=None,
     schedule=SCHEDULE,
 ):
-    """All three parameterizations on ``seeds`` data sets and inits (vmapped), run one after the
-    other; under GD each is compiled while the one before it runs (``concurrently``).
-    ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the parameterization
-    in progress, which is left out, and the ones after it.
+    """All three parameterizations on ``seeds`` data sets and inits (vmapped), each in a thread
+    of its own: compiled one after another, each run starting as soon as its program is
+    compiled (``concurrently``). ``on_done(out)`` is called after each one finishes.
+    SIGINT/SIGTERM stop the parameterizations in progress, which are left out.
 
     **Returns:** dict ``name -> dict(reached, final diagnostics, history, ...)`` of the
     parameterizations that finished (all three unless interrupted), with per seed ``epochs``

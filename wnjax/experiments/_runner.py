@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING
 
 import equinox as eqx
@@ -95,29 +95,30 @@ def stacked(make: Callable, *args) -> PyTree:
 
 
 def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = None) -> dict:
-    """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own, run one after
-    another, each compiled while the one before it runs: a call starts once the one before it
-    has compiled, compiles its own program, then calls ``turn()``, which waits until the one
-    before it has returned. So tracing and compilation overlap execution (a CPU program runs
+    """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own. The calls
+    compile one after another (tracing holds the GIL): a call starts once the one before it has
+    compiled, and ``turn()``, called once its own program is compiled, lets it run at once. So
+    the runs overlap each other and the compilation of the ones after them (a CPU program runs
     in the thread that calls it, with the GIL released; even a compilation-cache hit traces
-    and lowers), and the runs themselves keep their order.
+    and lowers). Each run is one deterministic program, so its numbers do not depend on what
+    runs beside it.
 
-    SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``): the running call
-    stops at its next chunk, and ``turn()`` returns ``False`` to the waiting ones, which then
-    return ``None`` without running. An exception in one call requests that stop of the
-    others and is raised once they have returned.
+    SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``): the running calls
+    stop at their next chunk, and ``turn()`` returns ``False`` to the ones not yet running,
+    which then return ``None`` without running. An exception in one call requests that stop
+    of the others and is raised once they have returned.
 
     **Arguments:**
     - `fn`: ``fn(item, turn) -> result``, or ``None`` when interrupted (then left out). It
       calls ``turn()`` before its first run (``run_gd(..., turn=turn)`` does).
     - `items`: ``name -> item``; the result keeps their order.
-    - `on_done`: ``on_done(out)``, called with the results so far each time one is added.
+    - `on_done`: ``on_done(out)``, called each time a call finishes, with the results so far
+      (in the order of ``items``).
 
     **Returns:** ``name -> result`` of the calls that finished.
     """
     names = list(items)
     compiled = [threading.Event() for _ in names]
-    done = [threading.Event() for _ in names]
 
     def wait(event) -> bool:
         while not event.wait(0.05):
@@ -128,38 +129,36 @@ def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = Non
     def turn_of(k):
         def turn() -> bool:
             compiled[k].set()
-            return k == 0 or wait(done[k - 1])
+            return not _interrupt.requested()
 
         return turn
 
     def call(k):
-        # One compilation at a time (tracing holds the GIL): each starts once the one before
-        # it has compiled, and runs while that one executes.
+        # One compilation at a time: each starts once the one before it has compiled.
         try:
             if k > 0 and not wait(compiled[k - 1]):
                 return None
             return fn(items[names[k]], turn_of(k))
         finally:
             compiled[k].set()
-            done[k].set()
 
-    out = {}
+    results = {}
     with _interrupt.handling():
         pool = ThreadPoolExecutor(max(1, len(names)), thread_name_prefix="wnjax-run")
         try:
-            futures = [pool.submit(call, k) for k in range(len(names))]
-            for name, future in zip(names, futures):
+            futures = {pool.submit(call, k): name for k, name in enumerate(names)}
+            for future in as_completed(futures):
                 result = future.result()
                 if result is not None:
-                    out[name] = result
+                    results[futures[future]] = result
                     if on_done is not None:
-                        on_done(out)
+                        on_done({k: results[k] for k in names if k in results})
         except BaseException:
             _interrupt.request()
             raise
         finally:
             pool.shutdown(wait=True)
-    return out
+    return {k: results[k] for k in names if k in results}
 
 
 def run_gd(
