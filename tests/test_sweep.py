@@ -505,3 +505,28 @@ def test_reached_target_within_rounding_is_the_same_decision_in_a_sweep():
     rows = wnjax.sweep(run, 1, {"target": [near, far]}, batch_size=2, devices=1, progress=False)
     assert rows.table["ok"].all()
     assert rows.table["reached_target"].tolist() == [True, False]
+
+
+@pytest.mark.slow
+def test_example_sweep_in_float32_reaches_the_target_on_ewn_seeds_that_blow_up(tmp_path):
+    """``wnjax sweep examples/sweep.toml --float32`` on the EWN rows (init scale 0.5, seeds 11,
+    24, 28) whose normalized flow runs out of steps in float32 near its blow-up: on the
+    example's clock (``time = "loss"``) every row reaches log L = -300, at float64's log t to
+    1e-3."""
+    import csv
+
+    logt = {}
+    for arithmetic in ("--float32", None):
+        out = tmp_path / (arithmetic or "float64")
+        args = [sys.executable, "-m", "wnjax", "sweep", EXAMPLE, "--out", str(out)]
+        args += [arithmetic] if arithmetic else []
+        args += ["--batch-size", "3", "--no-progress", "--set", "sweep.seeds=[11, 24, 28]"]
+        args += ["--set", 'grid.parameterization=["ewn"]', "--set", "grid.init_scale=[0.5]"]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with open(out / "table.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 3
+        assert all(float(r["ok"]) == 1 and float(r["reached_target"]) == 1 for r in rows)
+        logt[arithmetic] = np.array([float(r["final_log_t"]) for r in rows])
+    np.testing.assert_allclose(logt["--float32"], logt[None], rtol=1e-3)

@@ -1,12 +1,20 @@
 """Gradient flow ``dw/dt = -grad L(w)``, integrated with diffrax under error control.
 
 The vector field works with ``log L`` throughout: ``grad L = L grad log L``, so the flow is
-evaluated accurately however small ``L`` becomes. Two clocks are offered:
+evaluated accurately however small ``L`` becomes. Three clocks are offered:
 
 - ``time="plain"``: ``d theta/dt = -L grad_theta log L``;
 - ``time="normalized"``: ``d theta/ds = -grad_theta log L``, the same path with ``dt/ds = 1/L``.
   Alongside it ``tau = log(1 + t)`` is integrated, ``d tau/ds = exp(-log L - tau)``, so that
-  ``log t`` is available without ever forming ``t`` (which overflows past ``log t = 709``).
+  ``log t`` is available without ever forming ``t`` (which overflows past ``log t = 709``);
+- ``time="loss"``: the clock is ``sigma = s - log L``, the loss's own decrease plus normalized
+  time: ``d theta/d sigma = -g / (1 + <grad log L, g>)`` with ``g`` the (rate-scaled)
+  ``grad log L``; ``tau`` and ``s`` are integrated alongside (``d s/d sigma = 1/(1 +
+  <grad log L, g>)``), and ``s`` reaching ``t1`` ends the run as in normalized time. Where the
+  loss falls fast (``<grad log L, g> >> 1``, deep in the asymptotic regime) ``sigma`` is the
+  loss: the flow there has no finite-time blow-up to resolve (the normalized EWN flow has one),
+  and the clock never needs more digits than ``log L`` itself. On plateaus and floors of the
+  loss it is normalized time, which keeps moving where ``log L`` does not.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from wnjax._solver.auto import AutoSwitch
 from wnjax._solver.stiff import implicit_step_cost, stiff_solver
 
 RATES = (None, "neuron_norm_sq")
-TIMES = ("plain", "normalized")
+TIMES = ("plain", "normalized", "loss")
 # Solvers by name. "stiff" is L-stable: the loss-normalized flow gets stiffer as log L falls
 # (its Jacobian's largest eigenvalue grows like (log L)^2 on lin-sep), so explicit solvers end up
 # held to tiny steps by stability, not accuracy. "auto" switches between the two on its own.
@@ -346,7 +354,8 @@ class FlowResult(RunResult):
     - `states`: the model at each save point (stacked), or ``None``;
     - `final`: the model at the end of the run, of the same type as the input;
     - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
-    - `final_time`: the solver's clock at the end (``t``, or ``s`` for ``time='normalized'``);
+    - `final_time`: the solver's clock at the end: ``t``, ``s``, or ``sigma = s - log L`` for
+      ``time='loss'``;
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
       ``max_steps``, ``target_log_loss`` (``-inf`` without a target); with the default solver
       also ``explicit_steps``, ``stiff_steps``, ``switches``);
@@ -355,7 +364,7 @@ class FlowResult(RunResult):
       (``-1``) stopped by SIGINT or SIGTERM;
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
-    - `time`: the clock, ``'plain'`` or ``'normalized'`` (static).
+    - `time`: the clock, ``'plain'``, ``'normalized'`` or ``'loss'`` (static).
 
     Properties: `ok` (``stop_code == 0``), `interrupted` (``stop_code == INTERRUPTED``),
     `message`, and `result_code`, a read-only alias of `stop_code`; ``check()`` raises
@@ -405,7 +414,7 @@ def _describe(r: FlowResult) -> str:
     if code.ndim:
         return f"{int((code == 0).sum())}/{code.size} runs succeeded"
     steps = int(np.asarray(r.stats["num_steps"]))
-    normalized = r.time == "normalized"
+    normalized = r.time != "plain"
     target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
@@ -429,7 +438,12 @@ def _describe(r: FlowResult) -> str:
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}. The partial "
             "result is kept (result.final, result.summaries). Raise max_steps"
             + (
-                " or loosen rtol/atol."
+                (
+                    ", loosen rtol/atol, or use time='loss' (its clock is -log L: no finite-time "
+                    "blow-up to resolve)."
+                    if r.time == "normalized" and np.isfinite(target)
+                    else " or loosen rtol/atol."
+                )
                 if normalized
                 else ", loosen rtol/atol, or use time='normalized' to reach small losses."
             )
@@ -551,6 +565,19 @@ def _flat_grad_log_loss(theta, unravel, static, X, y, loss, rate):
 
 
 @eqx.filter_jit
+def _flat_loss_slope(theta, unravel, static, X, y, loss, rate):
+    """``(log L, g, <grad log L, g>)`` at the flat vector ``theta``, with ``g`` the rate-scaled
+    ``grad log L`` (flattened): ``-d log L/ds`` along ``d theta/ds = -g``."""
+    params = unravel(theta)
+    value, g = _grad_log_loss(params, static, X, y, loss, rate)
+    g = ravel_pytree(g)[0].astype(theta.dtype)
+    if rate is None:
+        return value, g, jnp.vdot(g, g)
+    raw = jax.grad(_log_loss_fn)(params, static, X, y, loss)
+    return value, g, jnp.vdot(ravel_pytree(raw)[0].astype(theta.dtype), g)
+
+
+@eqx.filter_jit
 def _state_summaries(params, static, X, y, loss, degree, diagnostics):
     """``summaries`` of the model ``(params, static)`` under its own jit: diffrax traces a save
     several times, and each trace after the first reuses the first one's."""
@@ -593,7 +620,8 @@ def _solve(
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
     theta0, unravel = ravel_pytree(params)
-    normalized = time == "normalized"
+    normalized = time != "plain"  # tau is integrated
+    by_loss = time == "loss"
     # The state is (theta, tau). In plain time tau = log(1 + t) is a function of the solver's own
     # clock, so it is not integrated (tau is None): log t is taken from the clock, exactly, and
     # the error control sees theta alone. Normalized time integrates tau alongside theta.
@@ -604,6 +632,11 @@ def _solve(
     def field(s, state, args):
         theta, tau = state
         data, labels = args
+        if by_loss:
+            value, g, slope = _flat_loss_slope(theta, unravel, static, data, labels, loss, rate)
+            # tau = (log(1 + t), s); the clock is sigma = s - log L, d sigma/ds = 1 + slope
+            per = 1.0 / (1.0 + slope)
+            return -g * per, jnp.stack([jnp.exp(-value - tau[0]), jnp.ones_like(value)]) * per
         value, g = _flat_grad_log_loss(theta, unravel, static, data, labels, loss, rate)
         if normalized:
             return -g, jnp.exp(-value - tau)
@@ -613,7 +646,9 @@ def _solve(
         theta, tau = state
         theta = unravel(theta)
         out = _state_summaries(theta, static, X, y, loss, numbers["degree"], diagnostics)
-        if normalized:
+        if by_loss:
+            out["tau"], out["s"] = tau[0], tau[1]
+        elif normalized:
             out["tau"] = tau
         if save_states:
             out["state"] = theta
@@ -639,6 +674,13 @@ def _solve(
             return value.astype(jnp.result_type(float))
 
         already = gap((theta0, None)) <= 0
+        if by_loss:  # normalized time s reaching t1 ends the run too
+            level_cond = cond
+
+            def cond(t, y, args, **kwargs):
+                bound = _s_gap(y[1][1], numbers["s1"]).astype(jnp.result_type(float))
+                return jnp.minimum(level_cond(t, y, args, **kwargs), bound)
+
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
         return diffrax.Event(
             cond, root_finder=_Crossing(rtol=0.0, atol=0.0, expand_if_necessary=True, tol_t=4 * eps)
@@ -656,6 +698,8 @@ def _solve(
         tau0 = jnp.logaddexp(0.0, numbers["log_t0"])
     else:
         tau0 = jnp.log1p(numbers["t0"])
+    if by_loss:
+        tau0 = jnp.stack([tau0, jnp.zeros_like(tau0)])
     s0 = jnp.zeros_like(numbers["t1"]) if normalized else numbers["t0"]
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
@@ -680,6 +724,7 @@ def _solve(
             n_save=save_s.shape[0],
             max_steps=max_steps,
             standard_out=standard_out,
+            time=time,
         )
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)],
@@ -839,12 +884,16 @@ def _solve_levels(
     n_save: int,
     max_steps: int,
     standard_out: bool = False,
+    time: str = "normalized",
 ) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
-    The solver's state (for ``AutoSwitch``: which method runs) carries from level to level, and
-    so does the poll state of a ``_Polled`` controller. ``y0 = (theta, tau)`` holds the
-    trainable arrays as one flat vector; ``unravel`` rebuilds them."""
+    The clock (``time``: ``'normalized'`` or ``'loss'``) starts at ``0``, or at ``-log L`` for
+    ``'loss'`` (``sigma = s - log L``, with ``s`` integrated; ``s`` reaching ``numbers['s1']``
+    also ends that run). The solver's state (for ``AutoSwitch``: which method runs) carries
+    from level to level, and so does the poll state of a ``_Polled`` controller.
+    ``y0 = (theta, tau)`` holds the trainable arrays as one flat vector; ``unravel`` rebuilds
+    them."""
     log_l0 = _log_loss_fn(unravel(y0[0]), static, X, y, loss)
     levels = loss_levels(log_l0, numbers["target"], n_save)
     zero = jnp.asarray(0)
@@ -853,7 +902,7 @@ def _solve_levels(
     else:  # diffrax's automatic first step can stall on a restart, so carry our own
         f0 = term.vf(0.0, y0, (X, y))
         dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.maximum(tree_norm(f0), 1e-300)
-    s0 = jnp.zeros_like(numbers["t1"])
+    s0 = jnp.zeros_like(numbers["t1"]) - (log_l0 if time == "loss" else 0.0)
     # a run that starts at or below its target is done before its first level
     start = {
         "s": s0,
@@ -864,7 +913,7 @@ def _solve_levels(
         "steps": zero,
         "accepted": zero,
         "rejected": zero,
-        "dt": jnp.minimum(dt0, numbers["t1"]),
+        "dt": jnp.minimum(dt0, numbers["t1"] - s0),
         "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, (X, y)),
     }
     polled = isinstance(controller, _Polled)
@@ -892,13 +941,18 @@ def _solve_levels(
         new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         theta = unravel(new_y[0])
         log_l = _log_loss_fn(theta, static, X, y, loss)
-        # An event, or a crossing whose root-find ran out of digits, reaches the level.
-        hit = (sol.result == diffrax.RESULTS.event_occurred) | _reached(
-            log_l, level, X.dtype, _rounding(theta, static, X, y, loss)
-        )
+        # An event of the level (not of the bound on s or the stall), or a crossing whose
+        # root-find ran out of digits, reaches the level.
+        event = sol.result == diffrax.RESULTS.event_occurred
+        bounded = jnp.asarray(False)  # (time='loss') s reached t1 first: the run ends there
+        if time == "loss":
+            gap = (log_l - level) / (1.0 + jnp.abs(level))
+            bounded = event & (gap > _s_gap(new_y[1][1], numbers["s1"]))
+            event = event & ~bounded
+        hit = event | _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
         accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
-        code = jnp.where(hit, 0, sol.result._value)
+        code = jnp.where(hit | bounded, 0, sol.result._value)
         code = jnp.where(hit & (steps > max_steps), 1, code)
         if polled:
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
@@ -938,6 +992,8 @@ def _solve_levels(
     final_theta, final_tau = end["y"]
     final_params = unravel(final_theta)
     tau = saved.pop("tau")
+    if time == "loss":  # s is integrated alongside; the solver's clock is sigma = s - log L
+        s_saved, final_tau = saved.pop("s"), final_tau[0]
     states = saved.pop("state", None)
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
     return FlowResult(
@@ -961,7 +1017,7 @@ def _solve_levels(
             "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"]),
         },
-        time="normalized",
+        time=time,
         stop_code=end["code"],
         # the last solve crossed its level (the target), or the run ended within rounding of it
         reached_target=(end["code"] == 0)
@@ -975,6 +1031,11 @@ def _solve_levels(
             )
         ),
     )
+
+
+def _s_gap(s, s1):
+    """How far normalized time ``s`` is from its bound ``s1`` (``time='loss'``), relative."""
+    return (s1 - s) / (1.0 + jnp.abs(s1))
 
 
 def _log_fractions(n: int) -> np.ndarray:
@@ -1077,14 +1138,19 @@ def gradient_flow(
     for a plain model). With ``rate='neuron_norm_sq'`` the unnormalized flow runs with per-neuron
     learning rates: ``dw_u/dt = -||w_u||^2 grad_u L``. With ``time='normalized'`` the flow is
     ``d theta/ds = -grad log L`` (the same path, ``dt/ds = 1/L``), and ``t1`` bounds ``s``.
+    With ``time='loss'`` the solver's clock is ``sigma = s - log L`` (``d theta/d sigma =
+    -g/(1 + <grad log L, g>)``, ``g`` the rate-scaled ``grad log L``), which follows the loss
+    where it falls fast and ``s`` where it does not; ``t1`` still bounds ``s``. Its run needs a
+    target; it has no finite-time blow-up to resolve, in float32 too.
 
     **Arguments:**
     - `model`: an equinox model, or a ``Parameterized`` one from ``wnjax.ewn``/``swn``.
     - `X`, `y`: data, ``X`` of shape ``(n, ...)``; ``y`` in ``{-1, +1}`` for binary losses.
     - `loss`: ``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'`` or a ``Loss``.
     - `t1`, `t0`: the time span (in ``s`` for ``time='normalized'``, where ``t0`` is the plain
-      time at ``s = 0``).
-    - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` only). Use it
+      time at ``s = 0``; likewise for ``time='loss'``, whose run also ends at its target).
+    - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` or
+      ``'loss'``). Use it
       to continue a deep run, whose ``t = exp(log t)`` overflows: pass the previous result's
       ``final_log_t`` with its ``final``.
     - `rtol`, `atol`: the PID controller's tolerances (``None``: ``default_tolerances`` of the
@@ -1098,7 +1164,13 @@ def gradient_flow(
       ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
       ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
       ``Tsit5`` (see ``resolve_solver``).
-    - `time`: ``'plain'`` or ``'normalized'``.
+    - `time`: the clock: ``'plain'`` (``t``), ``'normalized'`` (``s``, ``ds = L dt``) or
+      ``'loss'`` (``sigma = s - log L``; needs ``target_log_loss``, saves at loss levels; ``s``
+      and ``log t`` are integrated alongside). For targets far below ``log L = -30`` use
+      ``'normalized'`` or ``'loss'``: ``'loss'`` where the normalized flow blows up in finite
+      ``s`` (EWN), above all in float32; ``'normalized'`` for the others (in float32 a linear
+      SWN classifier runs out of steps near ``log L = -700`` under ``'loss'``, not under
+      ``'normalized'``).
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.diagonal.polar_rates(eta_r, eta_theta)``; its array fields are traced.
@@ -1110,8 +1182,8 @@ def gradient_flow(
       target is a success.
     - `save`: where to save summaries: ``wnjax.LogSpaced(n)``, ``wnjax.AtTimes(ts)`` or
       ``wnjax.AtLossLevels(n)``. ``None``: ``AtLossLevels(n_save)`` for
-      ``time='normalized'`` with a target, else ``LogSpaced(n_save)`` (``AtTimes(save_ts)``
-      when ``save_ts`` is given).
+      ``time='normalized'`` with a target and for ``time='loss'``, else ``LogSpaced(n_save)``
+      (``AtTimes(save_ts)`` when ``save_ts`` is given).
     - `n_save`, `save_ts`: shorthands for the default ``save``.
     - `save_states`: keep the full model at the save points.
     - `max_steps`: the step budget. Exhausting it raises ``FlowFailed`` (``throw=True``) or
@@ -1156,11 +1228,22 @@ def gradient_flow(
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
-    if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time == "normalized" else t0):
+    if time == "loss":
+        if target_log_loss is None:
+            raise InvalidInput(
+                "time='loss' runs its clock sigma = s - log L down to a target loss: pass "
+                "target_log_loss (e.g. -300)."
+            )
+        if not isinstance(save, (AtLossLevels, type(None))) or save_ts is not None:
+            raise InvalidInput(
+                "time='loss' saves at levels of log L (its clock): use save=AtLossLevels(n) or "
+                "n_save=n, not save_ts, AtTimes or LogSpaced."
+            )
+    if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time != "plain" else t0):
         raise InvalidInput(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
     rtol, atol = _tolerances(rtol, atol, dtype)
-    normalized = time == "normalized"
+    normalized = time != "plain"  # log t is integrated
     has_target = target_log_loss is not None
     save = resolve_save(
         save, n_save=int(n_save), save_ts=save_ts, normalized=normalized, has_target=has_target
@@ -1170,6 +1253,16 @@ def gradient_flow(
     numbers = {
         "t0": as_number(t0, dtype),
         "t1": as_number(t1, dtype),
+        # the solver's clock sigma = s - log L is capped beyond the target and t1 (the level
+        # event ends the run); t1 bounds normalized time s, as for time='normalized'
+        **(
+            {
+                "s1": as_number(t1, dtype),
+                "t1": as_number(t1 + 2.0 * abs(target_log_loss) + 1.0, dtype),
+            }
+            if time == "loss"
+            else {}
+        ),
         "rtol": as_number(rtol, dtype),
         "atol": as_number(atol, dtype),
         "degree": as_number(degree, dtype),
@@ -1177,7 +1270,9 @@ def gradient_flow(
     }
     if log_t0 is not None:
         if not normalized:
-            raise ValueError("log_t0 is for time='normalized'; with time='plain' pass t0.")
+            raise ValueError(
+                "log_t0 is for time='normalized' or 'loss'; with time='plain' pass t0."
+            )
         numbers["log_t0"] = as_number(log_t0, dtype)
     if dt0 is not None:
         numbers["dt0"] = as_number(dt0, dtype)

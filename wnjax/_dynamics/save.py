@@ -39,7 +39,7 @@ class AtTimes(eqx.Module):
 class AtLossLevels(eqx.Module):
     """Save where ``log L`` crosses ``n`` levels from ``log L(0)`` down to the target
     (``wnjax.loss_levels``: drops geometric in ``log L(0) - log L``), one root-found stop per
-    level. Needs ``time='normalized'`` and a ``target_log_loss``.
+    level. Needs ``time='normalized'`` or ``'loss'`` and a ``target_log_loss``.
 
     **Arguments:** `n`: the number of levels (>= 2: the start and the target).
     """
@@ -60,9 +60,9 @@ def _check_count(n, name: str, least: int = 1) -> None:
 
 def resolve_save(save, *, n_save: int, save_ts, normalized: bool, has_target: bool) -> Save:
     """The save object of a run: ``save`` when given; else ``AtTimes(save_ts)`` when
-    ``save_ts`` is given; else ``AtLossLevels(n_save)`` for ``time='normalized'`` with a target
-    (the path is then resolved where ``log L`` changes, whatever the clock does), and
-    ``LogSpaced(n_save)`` otherwise."""
+    ``save_ts`` is given; else ``AtLossLevels(n_save)`` for ``time='normalized'`` or ``'loss'``
+    with a target (the path is then resolved where ``log L`` changes, whatever the clock does),
+    and ``LogSpaced(n_save)`` otherwise."""
     if save is not None:
         if save_ts is not None:
             raise ValueError("pass either save= or save_ts=, not both.")
@@ -80,6 +80,7 @@ def resolve_save(save, *, n_save: int, save_ts, normalized: bool, has_target: bo
     if isinstance(save, AtLossLevels) and not (normalized and has_target):
         raise ValueError(
             "AtLossLevels saves at levels of log L down to the target: it needs "
-            "time='normalized' and a target_log_loss. Use LogSpaced(n) or AtTimes(ts) otherwise."
+            "time='normalized' or 'loss' and a target_log_loss. Use LogSpaced(n) or AtTimes(ts) "
+            "otherwise."
         )
     return save

@@ -1,0 +1,115 @@
+"""``gradient_flow(..., time='loss')``: the clock ``lambda = -log L``. Checked against a closed
+form, against the normalized clock (another ODE for the same path), in float32 against float64,
+and at a floor of the loss, where the clock stalls."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wnjax
+from wnjax._runtime.errors import InvalidInput
+
+
+def _float32(tree):
+    cast = lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a  # noqa: E731
+    return jax.tree.map(cast, tree)
+
+
+@pytest.mark.parametrize("target", [-50.0, -300.0])
+def test_linear_one_point_matches_the_closed_form(target):
+    """One point x (label +1), a linear model w, exponential loss: log L = -w.x, so
+    d(w.x)/dt = ||x||^2 exp(-w.x), whence exp(w.x) = exp(w0.x) + ||x||^2 t and w moves along x:
+    at log L = -lambda, w = w0 + x (lambda - w0.x)/||x||^2 and
+    log t = lambda - log ||x||^2 + log(1 - exp(w0.x - lambda))."""
+    x = jnp.array([[1.0, -2.0, 0.5]])
+    y = jnp.array([1.0])
+    model = wnjax.MLP(3, 1, 1, activation="linear", key=jax.random.key(3))
+    r = wnjax.gradient_flow(model, x, y, time="loss", target_log_loss=target, t1=1e9, n_save=4)
+    assert bool(r.ok) and bool(r.reached_target) and r.time == "loss"
+    xx = np.asarray(x[0])
+    w0 = np.asarray(model.layers[0].weight).ravel()
+    lam = -float(r.final_log_loss)
+    assert abs(lam + target) <= 1e-6 * abs(target)
+    w_ref = w0 + xx * (lam - w0 @ xx) / (xx @ xx)
+    np.testing.assert_allclose(np.asarray(r.final.layers[0].weight).ravel(), w_ref, atol=1e-9)
+    log_t = lam - np.log(xx @ xx) + np.log1p(-np.exp(w0 @ xx - lam))
+    assert abs(float(r.final_log_t) - log_t) <= 1e-6 * abs(log_t)
+    # the clock is -log L at every save level, and s, t grow along it
+    np.testing.assert_allclose(np.asarray(r.log_loss)[-1], target, atol=1e-6 * abs(target))
+    assert np.all(np.diff(np.asarray(r.s)) > 0) and np.all(np.diff(np.asarray(r.log_t)) > 0)
+
+
+@pytest.mark.parametrize(
+    "name, rate", [("ewn", None), ("swn", None), ("standard", "neuron_norm_sq")]
+)
+def test_loss_clock_follows_the_normalized_path(name, rate):
+    """The same flow under the two clocks, to log L = -100 at rtol 1e-10: the models at the
+    target and log t there agree (the normalized clock integrates d theta/ds = -g; the loss
+    clock d theta/d lambda = -g/<grad log L, g>, with g rate-scaled: with
+    ``rate='neuron_norm_sq'``, g_u = ||w_u||^2 grad_u log L)."""
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    model = getattr(wnjax, name)(wnjax.MLP(2, 6, 2, activation="relu2", key=jax.random.key(3)))
+    kw = dict(target_log_loss=-100.0, t1=1e6, rtol=1e-10, atol=1e-12, n_save=6, rate=rate)
+    a = wnjax.gradient_flow(model, X, y, time="normalized", **kw)
+    b = wnjax.gradient_flow(model, X, y, time="loss", **kw)
+    assert bool(a.reached_target) and bool(b.reached_target)
+    assert abs(float(a.final_log_t) - float(b.final_log_t)) <= 1e-6 * abs(float(a.final_log_t))
+    pa = np.concatenate([np.ravel(v) for v in jax.tree.leaves(eqx.filter(a.final, eqx.is_array))])
+    pb = np.concatenate([np.ravel(v) for v in jax.tree.leaves(eqx.filter(b.final, eqx.is_array))])
+    np.testing.assert_allclose(pb, pa, rtol=1e-5, atol=1e-7)
+    # s integrated alongside the loss clock is the normalized clock's own
+    assert abs(float(b.s[-1]) - float(a.s[-1])) <= 1e-5 * abs(float(a.s[-1]))
+
+
+def test_float32_ewn_reaches_minus_300_where_the_normalized_clock_runs_out():
+    """EWN 2-8-1 ReLU^2 at init scale 0.5 on lin-sep: its normalized flow blows up in finite s,
+    and in float32 the steps there fall below the clock's spacing. The loss clock reaches
+    log L = -300 in float32, at float64's log t (normalized clock) to 1e-3."""
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    mlp = wnjax.MLP(2, 8, 2, activation="relu2", init_scale=0.5, key=jax.random.key(24))
+    model = wnjax.ewn(mlp)
+    kw = dict(target_log_loss=-300.0, t1=1e6, n_save=16, save_states=False)
+    ref = wnjax.gradient_flow(model, X, y, time="normalized", rtol=1e-10, atol=1e-12, **kw)
+    assert bool(ref.reached_target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = wnjax.gradient_flow(
+            _float32(model), X.astype(jnp.float32), y.astype(jnp.float32), time="loss", **kw
+        )
+    assert r.final_log_loss.dtype == jnp.float32
+    assert bool(r.ok) and bool(r.reached_target), r.message
+    assert abs(float(r.final_log_t) - float(ref.final_log_t)) <= 1e-3 * float(ref.final_log_t)
+
+
+def test_a_floor_of_the_loss_ends_the_run_at_t1_as_in_normalized_time():
+    """Non-separable data (x and -x, both labelled +1) and a linear model w: L = 2 cosh(w.x),
+    and the flow settles at w.x = 0, the floor of the loss, exponentially in s. There the clock
+    follows s, which reaches t1: the run ends successfully, short of its target, at the floor,
+    with the normalized clock's log t; from w.x = 0 (a stationary point) nothing moves."""
+    X = jnp.array([[1.0, 0.5], [-1.0, -0.5]])
+    y = jnp.array([1.0, 1.0])
+    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(0))
+    floor = np.log(2.0)
+    kw = dict(target_log_loss=-10.0, t1=1e6, n_save=4)
+    for w in (jnp.array([[1.0, 0.0]]), jnp.array([[0.5, -1.0]])):
+        m = eqx.tree_at(lambda m: m.layers[0].weight, model, w)
+        r = wnjax.gradient_flow(m, X, y, time="loss", **kw)
+        assert bool(r.ok) and not bool(r.reached_target)
+        assert int(r.stats["num_steps"]) < 2_000
+        assert abs(float(r.final_log_loss) - floor) < 1e-9
+        assert "beyond t1" in r.message
+        ref = wnjax.gradient_flow(m, X, y, time="normalized", **kw)
+        assert abs(float(r.final_log_t) - float(ref.final_log_t)) < 1e-6 * float(ref.final_log_t)
+
+
+def test_loss_clock_needs_a_target_and_saves_at_levels():
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    model = wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(0))
+    with pytest.raises(InvalidInput, match="target_log_loss"):
+        wnjax.gradient_flow(model, X, y, time="loss")
+    with pytest.raises(InvalidInput, match="AtLossLevels"):
+        wnjax.gradient_flow(model, X, y, time="loss", target_log_loss=-10.0, save_ts=[0.0, 1.0])
