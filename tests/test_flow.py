@@ -306,3 +306,22 @@ def test_flow_equivalence_in_float32_uses_tolerances_float32_can_give():
         r = wnjax.flow_equivalence(net, X, y, t1=2.0, n_save=8)
     assert r["rtol"] == 1e-5
     assert r["ewn_max_rel_err"] < 1e3 * r["rtol"] and r["swn_max_rel_err"] > 1e-3
+
+
+def test_flow_under_jit_with_a_closed_over_model_measures_its_degree():
+    """``jax.jit`` of a function that closes over a concrete model and data, with the target
+    traced: the homogeneity degree is measured eagerly inside the trace (not read from
+    tracers), and the result equals the eager call's."""
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    model = wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(7)))
+    kw = dict(time="loss", t1=1e6, n_save=4, save_states=False)
+
+    @jax.jit
+    def final(target):
+        r = wnjax.gradient_flow(model, X, y, target_log_loss=target, throw=False, **kw)
+        return r.final_log_loss, r.summaries["normalized_margin"][-1]
+
+    got = final(-40.0)
+    ref = wnjax.gradient_flow(model, X, y, target_log_loss=-40.0, **kw)
+    np.testing.assert_allclose(got[0], ref.final_log_loss, rtol=1e-12)
+    np.testing.assert_allclose(got[1], ref.summaries["normalized_margin"][-1], rtol=1e-9)

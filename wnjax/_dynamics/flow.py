@@ -1074,17 +1074,20 @@ def _auto_degree(p: Parameterized, X, loss: Loss) -> float:
     sample = X[: min(8, X.shape[0])]
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)):
         return _traced_degree(p, sample)
-    try:
-        return homogeneity_degree(p, sample, rtol=1e-5)
-    except ValueError as err:
-        cause = err
-    if not np.any(np.asarray(jax.vmap(p.standard())(sample))):
-        # Zero outputs at these weights (e.g. a diagonal net with u = v): homogeneity is a
-        # property of the architecture, so measure it at perturbed weights.
+    # Concrete weights and data: measured now, also inside a caller's jit (which would stage
+    # these operations and hand homogeneity_degree tracers it cannot read).
+    with jax.ensure_compile_time_eval():
         try:
-            return homogeneity_degree(_perturbed(p), sample, rtol=1e-5)
+            return homogeneity_degree(p, sample, rtol=1e-5)
         except ValueError as err:
             cause = err
+        if not np.any(np.asarray(jax.vmap(p.standard())(sample))):
+            # Zero outputs at these weights (e.g. a diagonal net with u = v): homogeneity is a
+            # property of the architecture, so measure it at perturbed weights.
+            try:
+                return homogeneity_degree(_perturbed(p), sample, rtol=1e-5)
+            except ValueError as err:
+                cause = err
     raise InvalidInput(
         "the normalized margin min_i q_i / ||w||^L needs the model's homogeneity degree L, "
         f"which cannot be measured: {cause} Pass degree=L explicitly, or use a bias-free model "
