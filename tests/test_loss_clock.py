@@ -43,6 +43,23 @@ def test_linear_one_point_matches_the_closed_form(target):
     assert np.all(np.diff(np.asarray(r.s)) > 0) and np.all(np.diff(np.asarray(r.log_t)) > 0)
 
 
+def test_float32_run_that_starts_deep_gets_going():
+    """float32, one point at margin w0.x = 14.4 (log L = -14.4 at the start): the clock starts
+    at 0, where the first step (~1e-8, set by d log t/d sigma ~ e^14) is representable; the
+    run reaches log L = -50 at the closed form's log t (see above) to float32's tolerance."""
+    x = jnp.array([[2.0, 1.0]], jnp.float32)
+    y = jnp.ones(1, jnp.float32)
+    model = _float32(wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(0)))
+    w0 = jnp.array([[4.76, 4.9]], jnp.float32)
+    model = eqx.tree_at(lambda m: m.layers[0].weight, model, w0)
+    r = wnjax.gradient_flow(model, x, y, time="loss", target_log_loss=-50.0, t1=1e3, n_save=8)
+    assert bool(r.ok) and bool(r.reached_target)
+    xx, q0 = np.array([2.0, 1.0]), 4.76 * 2.0 + 4.9
+    lam = -float(r.final_log_loss)
+    log_t = lam - np.log(xx @ xx) + np.log1p(-np.exp(q0 - lam))
+    assert abs(float(r.final_log_t) - log_t) <= 1e-4 * log_t
+
+
 @pytest.mark.parametrize(
     "name, rate", [("ewn", None), ("swn", None), ("standard", "neuron_norm_sq")]
 )

@@ -7,8 +7,8 @@ evaluated accurately however small ``L`` becomes. Three clocks are offered:
 - ``time="normalized"``: ``d theta/ds = -grad_theta log L``, the same path with ``dt/ds = 1/L``.
   Alongside it ``tau = log(1 + t)`` is integrated, ``d tau/ds = exp(-log L - tau)``, so that
   ``log t`` is available without ever forming ``t`` (which overflows past ``log t = 709``);
-- ``time="loss"``: the clock is ``sigma = s - log L``, the loss's own decrease plus normalized
-  time: ``d theta/d sigma = -g / (1 + <grad log L, g>)`` with ``g`` the (rate-scaled)
+- ``time="loss"``: the clock is ``sigma = s + log L(0) - log L``, the loss's own decrease plus
+  normalized time: ``d theta/d sigma = -g / (1 + <grad log L, g>)`` with ``g`` the (rate-scaled)
   ``grad log L``; ``tau`` and ``s`` are integrated alongside (``d s/d sigma = 1/(1 +
   <grad log L, g>)``), and ``s`` reaching ``t1`` ends the run as in normalized time. Where the
   loss falls fast (``<grad log L, g> >> 1``, deep in the asymptotic regime) ``sigma`` is the
@@ -354,8 +354,8 @@ class FlowResult(RunResult):
     - `states`: the model at each save point (stacked), or ``None``;
     - `final`: the model at the end of the run, of the same type as the input;
     - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
-    - `final_time`: the solver's clock at the end: ``t``, ``s``, or ``sigma = s - log L`` for
-      ``time='loss'``;
+    - `final_time`: the solver's clock at the end: ``t``, ``s``, or
+      ``sigma = s + log L(0) - log L`` for ``time='loss'``;
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
       ``max_steps``, ``target_log_loss`` (``-inf`` without a target); with the default solver
       also ``explicit_steps``, ``stiff_steps``, ``switches``);
@@ -634,7 +634,8 @@ def _solve(
         data, labels = args
         if by_loss:
             value, g, slope = _flat_loss_slope(theta, unravel, static, data, labels, loss, rate)
-            # tau = (log(1 + t), s); the clock is sigma = s - log L, d sigma/ds = 1 + slope
+            # tau = (log(1 + t), s); the clock is sigma = s + log L(0) - log L, with
+            # d sigma/ds = 1 + slope
             per = 1.0 / (1.0 + slope)
             return -g * per, jnp.stack([jnp.exp(-value - tau[0]), jnp.ones_like(value)]) * per
         value, g = _flat_grad_log_loss(theta, unravel, static, data, labels, loss, rate)
@@ -888,12 +889,11 @@ def _solve_levels(
 ) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
-    The clock (``time``: ``'normalized'`` or ``'loss'``) starts at ``0``, or at ``-log L`` for
-    ``'loss'`` (``sigma = s - log L``, with ``s`` integrated; ``s`` reaching ``numbers['s1']``
-    also ends that run). The solver's state (for ``AutoSwitch``: which method runs) carries
-    from level to level, and so does the poll state of a ``_Polled`` controller.
-    ``y0 = (theta, tau)`` holds the trainable arrays as one flat vector; ``unravel`` rebuilds
-    them."""
+    The clock (``time``: ``'normalized'``, or ``'loss'``: ``sigma = s + log L(0) - log L``, with
+    ``s`` integrated, and ``s`` reaching ``numbers['s1']`` also ending the run) starts at ``0``.
+    The solver's state (for ``AutoSwitch``: which method runs) carries from level to level, and
+    so does the poll state of a ``_Polled`` controller. ``y0 = (theta, tau)`` holds the
+    trainable arrays as one flat vector; ``unravel`` rebuilds them."""
     log_l0 = _log_loss_fn(unravel(y0[0]), static, X, y, loss)
     levels = loss_levels(log_l0, numbers["target"], n_save)
     zero = jnp.asarray(0)
@@ -902,7 +902,9 @@ def _solve_levels(
     else:  # diffrax's automatic first step can stall on a restart, so carry our own
         f0 = term.vf(0.0, y0, (X, y))
         dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.maximum(tree_norm(f0), 1e-300)
-    s0 = jnp.zeros_like(numbers["t1"]) - (log_l0 if time == "loss" else 0.0)
+    s0 = jnp.zeros_like(numbers["t1"])
+    # (time='loss') sigma = s + log L(0) - log L ends by s1 - target + |log L(0)| at the latest
+    cap = numbers["t1"] + (jnp.abs(log_l0) if time == "loss" else 0.0)
     # a run that starts at or below its target is done before its first level
     start = {
         "s": s0,
@@ -913,8 +915,8 @@ def _solve_levels(
         "steps": zero,
         "accepted": zero,
         "rejected": zero,
-        "dt": jnp.minimum(dt0, numbers["t1"] - s0),
-        "solver_state": solver.init(WrapTerm(term, 1), s0, numbers["t1"], y0, (X, y)),
+        "dt": jnp.minimum(dt0, cap - s0),
+        "solver_state": solver.init(WrapTerm(term, 1), s0, cap, y0, (X, y)),
     }
     polled = isinstance(controller, _Polled)
     if polled:
@@ -922,7 +924,7 @@ def _solve_levels(
 
     def solve(c, level):
         # a finished run's solve ends where it starts, in no steps (its result is dropped)
-        t1 = jnp.where(c["done"], c["s"], numbers["t1"])
+        t1 = jnp.where(c["done"], c["s"], cap)
         sol = diffrax.diffeqsolve(
             term,
             solver,
@@ -992,7 +994,7 @@ def _solve_levels(
     final_theta, final_tau = end["y"]
     final_params = unravel(final_theta)
     tau = saved.pop("tau")
-    if time == "loss":  # s is integrated alongside; the solver's clock is sigma = s - log L
+    if time == "loss":  # s is integrated alongside the clock sigma
         s_saved, final_tau = saved.pop("s"), final_tau[0]
     states = saved.pop("state", None)
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
@@ -1141,7 +1143,7 @@ def gradient_flow(
     for a plain model). With ``rate='neuron_norm_sq'`` the unnormalized flow runs with per-neuron
     learning rates: ``dw_u/dt = -||w_u||^2 grad_u L``. With ``time='normalized'`` the flow is
     ``d theta/ds = -grad log L`` (the same path, ``dt/ds = 1/L``), and ``t1`` bounds ``s``.
-    With ``time='loss'`` the solver's clock is ``sigma = s - log L`` (``d theta/d sigma =
+    With ``time='loss'`` the solver's clock is ``sigma = s + log L(0) - log L`` (``d theta/d sigma =
     -g/(1 + <grad log L, g>)``, ``g`` the rate-scaled ``grad log L``), which follows the loss
     where it falls fast and ``s`` where it does not; ``t1`` still bounds ``s``. Its run needs a
     target; it has no finite-time blow-up to resolve, in float32 too.
@@ -1168,12 +1170,12 @@ def gradient_flow(
       ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
       ``Tsit5`` (see ``resolve_solver``).
     - `time`: the clock: ``'plain'`` (``t``), ``'normalized'`` (``s``, ``ds = L dt``) or
-      ``'loss'`` (``sigma = s - log L``; needs ``target_log_loss``, saves at loss levels; ``s``
-      and ``log t`` are integrated alongside). For targets far below ``log L = -30`` use
-      ``'normalized'`` or ``'loss'``: ``'loss'`` where the normalized flow blows up in finite
-      ``s`` (EWN), above all in float32; ``'normalized'`` for the others (in float32 a linear
-      SWN classifier runs out of steps near ``log L = -700`` under ``'loss'``, not under
-      ``'normalized'``).
+      ``'loss'`` (``sigma = s + log L(0) - log L``; needs ``target_log_loss``, saves at loss
+      levels; ``s`` and ``log t`` are integrated alongside). For targets far below
+      ``log L = -30`` use ``'normalized'`` or ``'loss'``: ``'loss'`` where the normalized flow
+      blows up in finite ``s`` (EWN), above all in float32; ``'normalized'`` for the others (in
+      float32 a linear SWN classifier runs out of steps near ``log L = -800`` under ``'loss'``,
+      not under ``'normalized'``).
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.diagonal.polar_rates(eta_r, eta_theta)``; its array fields are traced.
@@ -1234,8 +1236,8 @@ def gradient_flow(
     if time == "loss":
         if target_log_loss is None:
             raise InvalidInput(
-                "time='loss' runs its clock sigma = s - log L down to a target loss: pass "
-                "target_log_loss (e.g. -300)."
+                "time='loss' runs its clock sigma = s + log L(0) - log L down to a target loss: "
+                "pass target_log_loss (e.g. -300)."
             )
         if not isinstance(save, (AtLossLevels, type(None))) or save_ts is not None:
             raise InvalidInput(
@@ -1256,8 +1258,8 @@ def gradient_flow(
     numbers = {
         "t0": as_number(t0, dtype),
         "t1": as_number(t1, dtype),
-        # the solver's clock sigma = s - log L is capped beyond the target and t1 (the level
-        # event ends the run); t1 bounds normalized time s, as for time='normalized'
+        # the solver's clock sigma = s + log L(0) - log L is capped beyond the target and t1
+        # (the level event ends the run); t1 bounds normalized time s, as for time='normalized'
         **(
             {
                 "s1": as_number(t1, dtype),
