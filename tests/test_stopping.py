@@ -273,3 +273,22 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
         )
     assert "float32 clock's spacing" in low.message, low.message
     assert "If float64 does not help, the vector field likely jumps" in low.message
+
+
+def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
+    """float32, normalized time, saves at given s, Tsit5 (the traced default): one point at
+    margin 14.4, so log t starts at 0 with d log t/ds = exp(14.4), and its error scale there is
+    atol alone. The first step is the flow's own (not diffrax's automatic choice, which stalls
+    at s = 0 here); the run reaches log L = -50 at float64's log t to 1e-4."""
+    x = jnp.array([[2.0, 1.0]])
+    y = jnp.ones(1)
+    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(0))
+    model = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.array([[4.76, 4.9]]))
+    kw = dict(time="normalized", t1=110.0, target_log_loss=-50.0, solver="tsit5")
+    kw.update(save_ts=np.linspace(0.0, 110.0, 50), rtol=1e-10, atol=1e-12, max_steps=5000)
+    ref = wnjax.gradient_flow(model, x, y, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rtol raised to float32's floor
+        r = wnjax.gradient_flow(*_float32(model, x, y), **kw)
+    assert bool(r.ok) and bool(r.reached_target), r.message
+    assert abs(float(r.final_log_t) - float(ref.final_log_t)) <= 1e-4 * float(ref.final_log_t)

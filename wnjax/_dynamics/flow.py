@@ -737,7 +737,10 @@ def _solve(
         solver,
         t0=s0,
         t1=numbers["t1"],
-        dt0=numbers.get("dt0"),
+        dt0=numbers.get(
+            "dt0",
+            _first_step(diffrax.ODETerm(field), s0, (theta0, tau0), (X, y), numbers["t1"] - s0),
+        ),
         y0=(theta0, tau0),
         args=(X, y),
         saveat=saveat,
@@ -897,11 +900,6 @@ def _solve_levels(
     log_l0 = _log_loss_fn(unravel(y0[0]), static, X, y, loss)
     levels = loss_levels(log_l0, numbers["target"], n_save)
     zero = jnp.asarray(0)
-    if "dt0" in numbers:
-        dt0 = numbers["dt0"]
-    else:  # diffrax's automatic first step can stall on a restart, so carry our own
-        f0 = term.vf(0.0, y0, (X, y))
-        dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.maximum(tree_norm(f0), 1e-300)
     s0 = jnp.zeros_like(numbers["t1"])
     # (time='loss') sigma = s + log L(0) - log L ends by s1 - target + |log L(0)| at the latest
     cap = numbers["t1"] + (jnp.abs(log_l0) if time == "loss" else 0.0)
@@ -915,7 +913,7 @@ def _solve_levels(
         "steps": zero,
         "accepted": zero,
         "rejected": zero,
-        "dt": jnp.minimum(dt0, cap - s0),
+        "dt": numbers["dt0"] if "dt0" in numbers else _first_step(term, s0, y0, (X, y), cap - s0),
         "solver_state": solver.init(WrapTerm(term, 1), s0, cap, y0, (X, y)),
     }
     polled = isinstance(controller, _Polled)
@@ -1033,6 +1031,16 @@ def _solve_levels(
             )
         ),
     )
+
+
+def _first_step(term, t0, y0, args, span):
+    """The first step of a solve: ``1e-3 (1 + ||theta_0||) / ||f(y_0)||``, at most ``span``.
+    diffrax's automatic choice can stall: on a restart, and in float32 where a component
+    starts at 0 (its error scale is then ``atol`` alone) with a large derivative, as ``log t``
+    does in normalized time from a small loss."""
+    norm = tree_norm(term.vf(t0, y0, args))
+    dt0 = 1e-3 * (1.0 + tree_norm(y0[0])) / jnp.where(norm > 0, norm, 1.0)
+    return jnp.where(norm > 0, jnp.minimum(dt0, span), span)
 
 
 def _s_gap(s, s1):
