@@ -1084,7 +1084,7 @@ def _auto_degree(p: Parameterized, X, loss: Loss) -> float:
     sample = X[: min(8, X.shape[0])]
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)):
         return _traced_degree(p, sample)
-    # Concrete weights and data: measured now, also inside a caller's jit (which would stage
+    # Concrete weights and data: measured eagerly, also inside a caller's jit (which would stage
     # these operations and hand homogeneity_degree tracers it cannot read).
     with jax.ensure_compile_time_eval():
         try:
