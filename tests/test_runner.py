@@ -310,3 +310,30 @@ def test_run_gd_compiles_before_its_turn_and_skips_the_run_when_refused():
     assert not granted.interrupted
     np.testing.assert_array_equal(granted.num_steps, plain.num_steps)
     np.testing.assert_array_equal(granted.history["log_loss"], plain.history["log_loss"])
+
+
+def test_concurrently_without_overlap_runs_one_after_another():
+    """``overlap=False``: each run (after ``turn()``) starts once the one before it has
+    returned, while the next call's compile phase still takes place during a run."""
+    import threading
+    import time
+
+    from wnjax.experiments._runner import concurrently
+
+    log, reached = [], {k: threading.Event() for k in range(3)}
+
+    def fn(k, turn):
+        log.append(("compile", k))
+        reached[k].set()
+        assert turn()
+        log.append(("run", k))
+        if k < 2:  # the next call compiles while this one runs
+            assert reached[k + 1].wait(10)
+        time.sleep(0.01)
+        log.append(("end", k))
+        return k
+
+    out = concurrently(fn, {"a": 0, "b": 1, "c": 2}, overlap=False)
+    assert out == {"a": 0, "b": 1, "c": 2}
+    runs = [e for e in log if e[0] != "compile"]
+    assert runs == [("run", 0), ("end", 0), ("run", 1), ("end", 1), ("run", 2), ("end", 2)]

@@ -183,9 +183,10 @@ def simulate(
     schedule=SCHEDULE,
 ):
     """All three parameterizations on ``seeds`` data sets and inits (vmapped), each in a thread
-    of its own: compiled one after another, each run starting as soon as its program is
-    compiled (``concurrently``). ``on_done(out)`` is called after each one finishes.
-    SIGINT/SIGTERM stop the parameterizations in progress, which are left out.
+    of its own: compiled one after another, each GD run starting as soon as its program is
+    compiled, each flow once the one before it has finished (``concurrently``).
+    ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the
+    parameterizations in progress, which are left out.
 
     **Returns:** dict ``name -> dict(reached, final diagnostics, history, ...)`` of the
     parameterizations that finished (all three unless interrupted), with per seed ``epochs``
@@ -270,7 +271,8 @@ def simulate(
         entry["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
         return entry
 
-    return concurrently(one, PARAMETERIZATIONS, on_done=on_done)
+    # GD programs run side by side; flows (whose solves call back into Python) one at a time
+    return concurrently(one, PARAMETERIZATIONS, on_done=on_done, overlap=dynamics == "gd")
 
 
 def _figure(sim: dict, n: int, gd: bool, options) -> str:

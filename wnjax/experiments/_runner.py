@@ -94,14 +94,17 @@ def stacked(make: Callable, *args) -> PyTree:
     return eqx.filter_jit(eqx.filter_vmap(make))(*args)
 
 
-def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = None) -> dict:
+def concurrently(
+    fn: Callable, items: Mapping, *, on_done: Callable | None = None, overlap: bool = True
+) -> dict:
     """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own. The calls
     compile one after another (tracing holds the GIL): a call starts once the one before it has
-    compiled, and ``turn()``, called once its own program is compiled, lets it run at once. So
-    the runs overlap each other and the compilation of the ones after them (a CPU program runs
-    in the thread that calls it, with the GIL released; even a compilation-cache hit traces
-    and lowers). Each run is one deterministic program, so its numbers do not depend on what
-    runs beside it.
+    compiled, and ``turn()``, called once its own program is compiled, lets it run, at once
+    (``overlap``) or once the call before it has returned. So the runs overlap each other
+    (``overlap``) and the compilation of the ones after them (a CPU program runs in the thread
+    that calls it, with the GIL released; even a compilation-cache hit traces and lowers).
+    Each run is one deterministic program, so its numbers do not depend on what runs beside
+    it.
 
     SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``): the running calls
     stop at their next chunk, and ``turn()`` returns ``False`` to the ones not yet running,
@@ -114,11 +117,14 @@ def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = Non
     - `items`: ``name -> item``; the result keeps their order.
     - `on_done`: ``on_done(out)``, called each time a call finishes, with the results so far
       (in the order of ``items``).
+    - `overlap`: run side by side; ``False`` runs them one after another (programs that call
+      back into Python, such as gradient flows with their stop-request poll, are kept apart).
 
     **Returns:** ``name -> result`` of the calls that finished.
     """
     names = list(items)
     compiled = [threading.Event() for _ in names]
+    done = [threading.Event() for _ in names]
 
     def wait(event) -> bool:
         while not event.wait(0.05):
@@ -129,7 +135,9 @@ def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = Non
     def turn_of(k):
         def turn() -> bool:
             compiled[k].set()
-            return not _interrupt.requested()
+            if overlap or k == 0:
+                return not _interrupt.requested()
+            return wait(done[k - 1])
 
         return turn
 
@@ -141,6 +149,7 @@ def concurrently(fn: Callable, items: Mapping, *, on_done: Callable | None = Non
             return fn(items[names[k]], turn_of(k))
         finally:
             compiled[k].set()
+            done[k].set()
 
     results = {}
     with _interrupt.handling():
