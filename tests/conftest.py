@@ -10,6 +10,7 @@ compiles (``wnjax._runtime.cache``); an entry's key covers the program, the JAX 
 the flags.
 """
 
+import gc
 import os
 import statistics
 
@@ -98,6 +99,19 @@ def pytest_sessionfinish(session):
     }
     seconds.update(_RUN_SECONDS)
     cache.set(SECONDS_KEY, seconds)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory caches after each test module. Each compiled XLA:CPU program keeps
+    a few memory mappings alive for as long as a jit cache holds it: two modules of flow tests
+    leave ~22,000, and a worker that kept every program of the suite would pass the kernel's
+    ``vm.max_map_count`` (65,530) and crash in an mmap (seen as a segfault or abort while
+    serializing an executable for the persistent cache). Later modules load what they need
+    from the persistent cache."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
