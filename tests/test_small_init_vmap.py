@@ -35,7 +35,9 @@ def test_vmapped_flows_equal_sequential_runs():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-14)
     # the runs escape (the loss falls) within t1
     assert np.all(np.asarray(bat.log_loss)[:, -1] < np.asarray(bat.log_loss)[:, 0] - 0.1)
-    # run in tau = t / t1, saved at t = t1 tau: the flow in t (plain Tsit5, no rescaling)
+    # run in tau = t / t1, saved at t = t1 tau: the flow in t, integrated by another method
+    # (DOP853, no rescaling) at tolerances 1000x tighter. The escape is steep (log L falls from
+    # -5.7 to -32 between two saves), so the rtol-1e-10 run is held to a relative 1e-7 there.
     ref = wnjax.gradient_flow(
         wnjax.small_init.scale_to_norm(models[1], DELTA),
         X,
@@ -43,13 +45,13 @@ def test_vmapped_flows_equal_sequential_runs():
         loss=LOSS,
         t1=t1s[1],
         save_ts=t1s[1] * grid,
-        rtol=1e-10,
-        atol=1e-14,
-        solver="tsit5",
-        max_steps=400_000,
+        rtol=1e-13,
+        atol=1e-16,
+        solver="dopri8",
+        max_steps=2_000_000,
     )
     np.testing.assert_allclose(
-        np.asarray(bat.log_loss[1]), np.asarray(ref.log_loss), rtol=0, atol=1e-6
+        np.asarray(bat.log_loss[1]), np.asarray(ref.log_loss), rtol=1e-7, atol=1e-8
     )
 
 
