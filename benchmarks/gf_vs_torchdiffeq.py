@@ -5,7 +5,8 @@ Part 2, the default path: ``wnjax.gradient_flow(wnjax.ewn(net), ...)`` with ever
 (solver, diagnostics) at rtol 1e-10, against torchdiffeq dopri5 on the same EWN flow (autograd
 through ``w_u = exp(a_u) v_u/||v_u||``), timed in interleaved rounds with two pieces of it:
 ``solver='tsit5'`` (no stiffness test) and a bare ``diffrax.diffeqsolve`` of the same field on
-the flat weight vector (``breakdown``, the floor of diffrax's per-step cost); then the cost of one
+the flat weight vector (``breakdown``, the floor of diffrax's per-step cost); the same again in a
+child process with one XLA:CPU thread (``PJRT_NPROC=1``); then the cost of one
 vector-field evaluation ``-grad L`` on the EWN net, wnjax's against a hand-written closed-form
 gradient of the same net (the floor), both run 20,000 times inside one compiled loop.
 
@@ -21,9 +22,18 @@ tight-tolerance wnjax solve.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 
 import _common as C
+
+# XLA:CPU sizes its thread pool from this variable (default: every core). The default path is
+# also timed in a child process with one thread: XLA:CPU runs a while-loop body's independent
+# operations on several threads, and on a model this small the hand-offs cost more than they save.
+ONE_THREAD = {"PJRT_NPROC": "1"}
 
 
 def problem(key, n: int, d: int, width: int):
@@ -315,6 +325,20 @@ def _breakdown_runs(p, X, y, *, t1: float, rtol: float, atol: float) -> dict:
     return {"tsit5": run_tsit5, "bare_diffrax": run_bare}
 
 
+def _one_thread_default_path(args) -> dict | str:
+    """``default_path`` in a child process whose XLA:CPU thread pool has one thread
+    (``ONE_THREAD``), torchdiffeq timed beside it in the same rounds (its own threads unchanged)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--default-path-only"]
+    cmd += ["--float32"] if args.float32 else []
+    cmd += ["--t1", str(args.t1)] if args.t1 else []
+    child = subprocess.run(
+        cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, check=False
+    )
+    if child.returncode != 0:
+        return f"not measured: the child process failed: {child.stderr.strip()[-300:]}"
+    return {"env": ONE_THREAD, **json.loads(child.stdout.strip().splitlines()[-1])}
+
+
 def flat(model):
     import numpy as np
 
@@ -326,8 +350,20 @@ def main() -> None:
     p.add_argument("--t1", type=float, default=None, help="flow horizon (plain time)")
     p.add_argument("--rtol", type=float, default=None, help="1e-8 (float64), 1e-5 (float32)")
     p.add_argument("--atol", type=float, default=None, help="1e-10 (float64), 1e-7 (float32)")
+    p.add_argument(
+        "--default-path-only",
+        action="store_true",
+        help="time only the default path and print its figures as JSON (the one-thread child)",
+    )
     args = p.parse_args()
     C.setup(args)
+    if args.default_path_only:
+        import jax
+
+        model, X, y = problem(jax.random.key(0), 64, 10, 32)
+        tight = dict(rtol=1e-6, atol=1e-8) if args.float32 else dict(rtol=1e-10, atol=1e-12)
+        print(json.dumps(default_path(model, X, y, t1=args.t1 or 50.0, rounds=5, **tight)))
+        return
     # float32 cannot honour a tolerance near its epsilon (1.2e-7).
     args.rtol = args.rtol or (1e-5 if args.float32 else 1e-8)
     args.atol = args.atol or (1e-7 if args.float32 else 1e-10)
@@ -435,6 +471,8 @@ def main() -> None:
     figures["field_floor"] = ewn_field_floor(
         model, X, y, evals=200 if args.quick else 20_000, rounds=1 if args.quick else 7
     )
+    if not args.quick:
+        figures["default_path_one_xla_thread"] = _one_thread_default_path(args)
     dp, ff = figures["default_path"], figures["field_floor"]
     bd = dp["breakdown"]
     print(
@@ -453,6 +491,13 @@ def main() -> None:
             else ""
         )
     )
+    one = figures.get("default_path_one_xla_thread")
+    if isinstance(one, dict) and "speedup" in one:
+        print(
+            f"default path with one XLA:CPU thread (PJRT_NPROC=1): "
+            f"{one['wnjax_s']['median'] * 1e3:.1f} ms, torchdiffeq "
+            f"{one['torchdiffeq_s']['median']:.2f} s, speedup {one['speedup']['median']:.1f}x"
+        )
     print(
         f"one field evaluation: wnjax {ff['wnjax_us']['median']:.2f} us, closed-form floor "
         f"{ff['floor_us']['median']:.2f} us, ratio {ff['ratio']['median']:.2f} (goal <= 3)"
