@@ -275,6 +275,25 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
     assert "If float64 does not help, the vector field likely jumps" in low.message
 
 
+def test_relu_flow_out_of_steps_names_the_jump_whatever_its_rejections():
+    """A ReLU net's field jumps (``jumping_field``), so a run of it that runs out of steps
+    names the jump and the ways out from the model alone, here with Tsit5, whose rejected steps
+    (under half) alone would point at stiffness. A smooth net (ReLU^2) is not flagged."""
+    from wnjax._dynamics.flow import jumping_field
+
+    k = jax.random.key
+    X = jax.random.normal(k(5), (40, 5))
+    y = jnp.where(X @ jnp.arange(1.0, 6.0) > 0, 1.0, -1.0)
+    model = wnjax.swn(wnjax.MLP(5, 8, 2, activation="relu", key=k(3)))
+    r = wnjax.gradient_flow(model, X, y, t1=100.0, solver="tsit5", max_steps=3000, throw=False)
+    assert not bool(r.ok)
+    assert int(r.stats["num_rejected_steps"]) < 0.5 * int(r.stats["num_steps"])
+    assert "max(z, 0), makes -grad L jump" in r.message and "activation='relu2'" in r.message
+    assert jumping_field(model) and jumping_field(wnjax.to_standard(model))
+    smooth = wnjax.MLP(5, 8, 2, activation="relu2", key=k(3))
+    assert not jumping_field(smooth) and not jumping_field(lambda x: x)
+
+
 def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
     """float32, normalized time, saves at given s, Tsit5 (the traced default): one point at
     margin 14.4, so log t starts at 0 with d log t/ds = exp(14.4), and its error scale there is

@@ -131,6 +131,13 @@ def smooth_field(model) -> bool:
     return isinstance(act, Identity) or (isinstance(act, ReLUPower) and act.power >= 3)
 
 
+def jumping_field(model) -> bool:
+    """Whether the gradient field is known to jump (be discontinuous): an ``MLP`` or ``CNN``
+    (plain or parameterized) whose activation is ``max(z, 0)^p`` with ``p < 2`` (ReLU)."""
+    act = _activation(model)
+    return isinstance(act, ReLUPower) and act.power < 2
+
+
 def kinked_field(model) -> bool:
     """Whether the gradient field is known to have kinks or jumps: an ``MLP`` or ``CNN`` (plain
     or parameterized) whose activation is ``max(z, 0)^p`` with ``p < 3`` (ReLU, ReLU^2)."""
@@ -464,11 +471,19 @@ def _describe(r: FlowResult) -> str:
 
 def _hints(r: FlowResult) -> str:
     """What to try after a run ran out of steps: the clock's spacing in low precision (and,
-    if the flow was not stiff, a jump in the field as the next suspect), else the solver's."""
+    if the flow was not stiff, a jump in the field as the next suspect), else the solver's; and
+    the jump itself where the model's activation is known to make the field jump (ReLU)."""
     clock = _clock_hint(r)
     if not clock:
-        return _solver_hint(r)
-    return clock + (" If float64 does not help," + _JUMP_HINT if _not_stiff(r) else "")
+        hint = _solver_hint(r)
+    else:
+        hint = clock + (" If float64 does not help," + _JUMP_HINT if _not_stiff(r) else "")
+    if jumping_field(r.final) and _SLIDE_HINT not in hint:
+        hint += (
+            " The model's activation, max(z, 0), makes -grad L jump wherever a pre-activation "
+            "changes sign." + _SLIDE_HINT
+        )
+    return hint
 
 
 def _not_stiff(r: FlowResult) -> bool:
@@ -529,12 +544,15 @@ def _solver_hint(r: FlowResult) -> str:
 
 
 # Where most steps are rejected and the flow is not stiff.
+_SLIDE_HINT = (
+    " Where the flow slides along such a surface (a differential inclusion, not an ODE), every "
+    "error-controlled method is held to steps proportional to rtol. Use a smooth activation "
+    "(activation='relu2'), wnjax.gradient_descent with a small learning rate, or a looser rtol: "
+    "the steps grow in proportion."
+)
 _JUMP_HINT = (
     " the vector field likely jumps, as -grad L of a ReLU network does wherever a "
-    "pre-activation changes sign. Where the flow slides along such a surface (a differential "
-    "inclusion, not an ODE), every error-controlled method is held to steps proportional to "
-    "rtol. Use a smooth activation (activation='relu2'), wnjax.gradient_descent with a small "
-    "learning rate, or a looser rtol: the steps grow in proportion."
+    "pre-activation changes sign." + _SLIDE_HINT
 )
 
 
