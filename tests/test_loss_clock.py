@@ -130,3 +130,32 @@ def test_loss_clock_needs_a_target_and_saves_at_levels():
         wnjax.gradient_flow(model, X, y, time="loss")
     with pytest.raises(InvalidInput, match="AtLossLevels"):
         wnjax.gradient_flow(model, X, y, time="loss", target_log_loss=-10.0, save_ts=[0.0, 1.0])
+
+
+@pytest.mark.slow
+def test_a_run_whose_state_turns_non_finite_is_never_a_success():
+    """float32, SWN ReLU^2 5-8-8-1 under the loss clock to log L = -10,000: on this machine its
+    state turns NaN between two levels (near log L = -600). A run never ends ``ok`` with a
+    non-finite state or loss: it stops with ``NONFINITE``, keeps the last finite level's state
+    as ``final``, and says so; the same flow in float64 reaches the target."""
+    from wnjax._dynamics.flow import NONFINITE
+
+    k = jax.random.key
+    X = jax.random.normal(k(5), (40, 5))
+    y = jnp.where(X @ jnp.arange(1.0, 6.0) > 0, 1.0, -1.0)
+    model = wnjax.swn(wnjax.MLP(5, 8, 3, activation="relu2", key=k(3)))
+    kw = dict(time="loss", target_log_loss=-10_000.0, t1=1e12, save_states=False, throw=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = wnjax.gradient_flow(_float32(model), X.astype(jnp.float32), y.astype(jnp.float32), **kw)
+    final = jax.tree.leaves(eqx.filter(r.final, eqx.is_array))
+    finite = np.isfinite(float(r.final_log_loss)) and all(np.all(np.isfinite(a)) for a in final)
+    assert finite, "the result keeps the last finite state"
+    if bool(r.ok):
+        assert bool(r.reached_target)
+    else:
+        assert int(r.stop_code) == NONFINITE, r.message
+        assert "non-finite" in r.message and "last finite state" in r.message
+        assert not bool(r.reached_target)
+    ref = wnjax.gradient_flow(model, X, y, **kw)
+    assert bool(ref.ok) and bool(ref.reached_target)

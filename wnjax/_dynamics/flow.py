@@ -54,7 +54,7 @@ from wnjax._nets.parameterize import (
     neuron_norm_sq_rate,
 )
 from wnjax._runtime.errors import InvalidInput
-from wnjax._runtime.tree import as_number, tree_norm
+from wnjax._runtime.tree import all_finite, as_number, tree_norm
 from wnjax._runtime.validate import check_data, check_options, check_outputs
 from wnjax._solver.auto import AutoSwitch
 from wnjax._solver.stiff import implicit_step_cost, stiff_solver
@@ -223,6 +223,8 @@ class _Crossing(optx.Bisection):
 
 # The result code of a run stopped by SIGINT/SIGTERM (diffrax's codes are >= 0).
 INTERRUPTED = -1
+# The result code of a run whose state or loss became non-finite (NaN or inf).
+NONFINITE = -2
 
 
 def _poll_start() -> dict:
@@ -368,7 +370,8 @@ class FlowResult(RunResult):
       also ``explicit_steps``, ``stiff_steps``, ``switches``);
     - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
       ``max_steps`` exhausted, other positive values diffrax's failure codes, ``INTERRUPTED``
-      (``-1``) stopped by SIGINT or SIGTERM;
+      (``-1``) stopped by SIGINT or SIGTERM, ``NONFINITE`` (``-2``) the state or loss became
+      NaN or inf (saves at loss levels keep the last finite state as ``final``);
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
     - `time`: the clock, ``'plain'``, ``'normalized'`` or ``'loss'`` (static).
@@ -438,6 +441,24 @@ def _describe(r: FlowResult) -> str:
             f"gradient flow was interrupted after {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}; the partial "
             "result is kept (result.final, result.summaries)."
+        )
+    if int(code) == NONFINITE:
+        last = float(np.asarray(r.final_log_loss))
+        return (
+            f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g}: its "
+            "state or loss became non-finite (NaN or inf)."
+            + (
+                f" result.final holds the last finite state (log L = {last:.6g})."
+                if np.isfinite(last)
+                else " The state at the end is not finite."
+            )
+            + (
+                " In float32 run in float64: jax.config.update('jax_enable_x64', True) and"
+                " float64 data."
+                if np.asarray(r.final_log_loss).dtype.itemsize < 8
+                else ""
+            )
+            + " Else check the data's scale, and for SWN/EWN that no direction v_u is zero."
         )
     if int(code) == 1:
         return (
@@ -799,9 +820,12 @@ def _solve(
         if has_target
         else (jnp.asarray(False))
     )
+    finite = all_finite((final_theta[-1], final_log_loss))
+    reached = reached & finite
     code = jnp.where(reached, 0, sol.result._value)
     if poll:
         code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
+    code = jnp.where(finite, code, NONFINITE)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
     stats["target_log_loss"] = numbers["target"]
@@ -967,15 +991,23 @@ def _solve_levels(
             gap = (log_l - level) / (1.0 + jnp.abs(level))
             bounded = event & (gap > _s_gap(new_y[1][1], numbers["s1"]))
             event = event & ~bounded
-        hit = event | _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
+        # A state or loss that became non-finite ends the run at the last finite state (the
+        # start of this level's solve), whatever its events said.
+        finite = all_finite((new_y, log_l))
+        hit = finite & (
+            event | _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
+        )
+        bounded = bounded & finite
         accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
         code = jnp.where(hit | bounded, 0, sol.result._value)
         code = jnp.where(hit & (steps > max_steps), 1, code)
         if polled:
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
+        code = jnp.where(finite, code, NONFINITE)
+        new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_y, c["y"])
         new = {
-            "s": sol.ts[-1],
+            "s": jnp.where(finite, sol.ts[-1], c["s"]),
             "y": new_y,
             "code": code,
             "done": ~hit | (code != 0),
