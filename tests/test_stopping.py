@@ -294,6 +294,30 @@ def test_relu_flow_out_of_steps_names_the_jump_whatever_its_rejections():
     assert not jumping_field(smooth) and not jumping_field(lambda x: x)
 
 
+def test_a_run_stuck_at_a_stationary_point_says_so_not_raise_t1():
+    """ReLU^3 5-6-6-1 from its default init: the normalized flow settles where 21 of the 40
+    points have every unit inactive (margin 0, so L >= 21) and the gradient vanishes. Its run
+    to s = 1e12 ends at t1 short of the target; the message names the stationary point
+    (``final_grad_norm``, checked against jax.grad at ``final``), not a larger t1."""
+    k = jax.random.key
+    X = jax.random.normal(k(5), (40, 5))
+    y = jnp.where(X @ jnp.arange(1.0, 6.0) > 0, 1.0, -1.0)
+    model = wnjax.MLP(5, 6, 3, activation="relu3", key=k(4))
+    r = wnjax.gradient_flow(
+        model, X, y, t1=1e12, time="normalized", target_log_loss=-300.0, throw=False
+    )
+    assert bool(r.ok) and not bool(r.reached_target)
+    g = jax.grad(lambda m: wnjax.log_loss(m, X, y))(r.final)
+    norm = float(jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(g))))
+    assert norm < 1e-8 and abs(float(r.stats["final_grad_norm"]) - norm) <= 1e-6 * norm + 1e-30
+    margins = np.asarray(jax.vmap(r.final)(X)).ravel() * np.asarray(y)
+    assert float(r.final_log_loss) >= np.log(np.sum(np.abs(margins) < 1e-8)) - 1e-9
+    assert "stationary point" in r.message and "raise t1" not in r.message
+    # a run stopped at t1 on its way down still says: raise t1
+    short = wnjax.gradient_flow(model, X, y, t1=1e-3, time="normalized", target_log_loss=-300.0)
+    assert "raise t1" in short.message and "stationary" not in short.message
+
+
 def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
     """float32, normalized time, saves at given s, Tsit5 (the traced default): one point at
     margin 14.4, so log t starts at 0 with d log t/ds = exp(14.4), and its error scale there is

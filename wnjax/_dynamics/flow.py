@@ -366,7 +366,8 @@ class FlowResult(RunResult):
     - `final_time`: the solver's clock at the end: ``t``, ``s``, or
       ``sigma = s + log L(0) - log L`` for ``time='loss'``;
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
-      ``max_steps``, ``target_log_loss`` (``-inf`` without a target); with the default solver
+      ``max_steps``, ``target_log_loss`` (``-inf`` without a target), ``final_grad_norm``
+      (``|grad log L|`` at ``final``, over the trainable arrays); with the default solver
       also ``explicit_steps``, ``stiff_steps``, ``switches``);
     - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
       ``max_steps`` exhausted, other positive values diffrax's failure codes, ``INTERRUPTED``
@@ -430,6 +431,17 @@ def _describe(r: FlowResult) -> str:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
         out = f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
         if not bool(r.reached_target) and np.isfinite(target):
+            grad = float(np.asarray(r.stats.get("final_grad_norm", np.inf)))
+            eps = float(np.finfo(np.asarray(r.final_log_loss).dtype).eps)
+            if grad < np.sqrt(eps):
+                return out + (
+                    f" The target log L = {target:g} was not reached, and at the end "
+                    f"|grad log L| = {grad:.3g}: the flow has (nearly) stopped at a stationary "
+                    "point of the loss, a floor that raising t1 barely lowers: a minimum where "
+                    "the data are not separable by the model, points on which every ReLU-type "
+                    "unit is inactive (margin 0), or a saddle, which another initialization "
+                    "avoids."
+                )
             out += f" The target log L = {target:g} lies beyond t1: raise t1" + (
                 "."
                 if normalized
@@ -580,6 +592,12 @@ _JUMP_HINT = (
 def _log_loss_fn(params, static, X, y, loss: Loss):
     model = eqx.combine(params, static)
     return loss.log_loss(apply_batch(model, X), y)
+
+
+def _grad_norm(params, static, X, y, loss):
+    """``|grad log L|`` over the trainable arrays ``params``."""
+    grads = jax.grad(_log_loss_fn)(params, static, X, y, loss)
+    return tree_norm(grads)
 
 
 def _grad_log_loss(params, static, X, y, loss, rate):
@@ -828,6 +846,7 @@ def _solve(
     code = jnp.where(finite, code, NONFINITE)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
+    stats["final_grad_norm"] = _grad_norm(final_params, static, X, y, loss)
     stats["target_log_loss"] = numbers["target"]
     stats.update(_switch_stats(sol.solver_state))
     return FlowResult(
@@ -1064,6 +1083,7 @@ def _solve_levels(
             "num_accepted_steps": end["accepted"],
             "num_rejected_steps": end["rejected"],
             "max_steps": jnp.asarray(max_steps),
+            "final_grad_norm": _grad_norm(final_params, static, X, y, loss),
             "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"]),
         },
