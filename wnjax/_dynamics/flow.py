@@ -596,8 +596,7 @@ def _log_loss_fn(params, static, X, y, loss: Loss):
 
 def _grad_norm(params, static, X, y, loss):
     """``|grad log L|`` over the trainable arrays ``params``."""
-    grads = jax.grad(_log_loss_fn)(params, static, X, y, loss)
-    return tree_norm(grads)
+    return tree_norm(_grad_log_loss(params, static, X, y, loss, None)[1])
 
 
 def _grad_log_loss(params, static, X, y, loss, rate):
