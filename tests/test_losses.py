@@ -76,6 +76,40 @@ def test_log_softplus():
     )
 
 
+@pytest.mark.parametrize(
+    "scale, shift", [(0.3, 0.0), (3.0, 0.0), (10.0, 25.0), (5.0, 40.0), (40.0, -20.0), (1.0, 800.0)]
+)
+def test_logistic_then_exponential_value_gradient_and_curvature(scale, shift):
+    """The loss, its gradient and its Hessian in the margins against the naive formulas (numpy,
+    logistic or exponential by the smallest margin), central differences of them, and autodiff
+    of the two branches: on both sides of the switch, and far out."""
+    loss = wnjax.LogisticThenExponential(switch=30.0)
+    y = np.ones(7)
+    q = np.random.default_rng(int(scale * 10 + shift)).normal(size=7) * scale + shift
+    exponential = q.min() > 30.0
+    if shift < 700:
+        naive_value = naive("exponential" if exponential else "logistic", q[:, None], y)
+    else:  # e^-q underflows: log sum e^-q_i = -min q + log sum e^-(q_i - min q)
+        naive_value = -q.min() + np.log(np.sum(np.exp(-(q - q.min()))))
+    value = float(loss.log_loss(jnp.asarray(q), jnp.asarray(y)))
+    np.testing.assert_allclose(value, naive_value, rtol=1e-12)
+
+    def branch(o):
+        return (wnjax.Exponential() if exponential else wnjax.Logistic()).log_loss(o, y)
+
+    def ours(o):
+        return loss.log_loss(o, y)
+
+    np.testing.assert_allclose(jax.grad(ours)(q), jax.grad(branch)(q), rtol=1e-13, atol=1e-300)
+    H = jax.hessian(ours)(q)
+    np.testing.assert_allclose(H, jax.hessian(branch)(q), rtol=1e-11, atol=1e-13 * np.abs(H).max())
+    if abs(shift) < 100:  # central differences of the value and of the gradient
+        h = 1e-5 * max(1.0, scale)
+        fd = [(ours(q + h * e) - ours(q - h * e)) / (2 * h) for e in np.eye(7)]
+        g = jax.grad(ours)(q)
+        np.testing.assert_allclose(fd, g, rtol=1e-6, atol=1e-9 * np.abs(g).max())
+
+
 OFFSETS = np.array([0.0, 0.0, 0.5, 3.0, 10.0, 40.0, 1000.0])
 
 

@@ -337,3 +337,31 @@ def test_concurrently_without_overlap_runs_one_after_another():
     assert out == {"a": 0, "b": 1, "c": 2}
     runs = [e for e in log if e[0] != "compile"]
     assert runs == [("run", 0), ("end", 0), ("run", 1), ("end", 1), ("run", 2), ("end", 2)]
+
+
+def test_concurrently_calls_meanwhile_after_every_compile_while_the_runs_go_on():
+    """``meanwhile`` starts once the last call has reached its turn, runs while the calls are
+    still running, is waited for before ``concurrently`` returns, and its error is ignored."""
+    import threading
+
+    from wnjax.experiments._runner import concurrently
+
+    log, release = [], threading.Event()
+
+    def fn(k, turn):
+        log.append(("compile", k))
+        assert turn()
+        assert release.wait(10)  # every run waits until meanwhile has started
+        log.append(("end", k))
+        return k
+
+    def meanwhile():
+        log.append(("meanwhile", None))
+        release.set()
+        raise RuntimeError("ignored")
+
+    out = concurrently(fn, {"a": 0, "b": 1, "c": 2}, meanwhile=meanwhile)
+    assert out == {"a": 0, "b": 1, "c": 2}
+    i = log.index(("meanwhile", None))
+    assert {e for e in log[:i]} == {("compile", 0), ("compile", 1), ("compile", 2)}
+    assert sorted(log[i + 1 :]) == [("end", 0), ("end", 1), ("end", 2)]

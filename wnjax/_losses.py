@@ -13,6 +13,7 @@ Margins are ``q_i = y_i f(x_i)`` (binary) and ``q_i = f_{y_i} - max_{j != y_i} f
 from __future__ import annotations
 
 import abc
+import functools
 
 import equinox as eqx
 import jax
@@ -103,8 +104,52 @@ class LogisticThenExponential(Loss):
     switch: float = eqx.field(static=True, default=30.0)
 
     def log_loss(self, outputs, y):
-        q = self.margins(outputs, y)
-        return jnp.where(jnp.min(q) > self.switch, logsumexp(-q), logsumexp(log_softplus(-q)))
+        return _switched_log_loss(self.margins(outputs, y), self.switch)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _switched_log_loss(q: Array, switch: float) -> Array:
+    """``LogisticThenExponential``'s ``log L`` of the margins ``q``."""
+    return _switched_value_and_grad(q, switch)[0]
+
+
+@_switched_log_loss.defjvp
+def _switched_jvp(switch, primals, tangents):
+    value, grad = _switched_value_and_grad(primals[0], switch)
+    return value, jnp.sum(grad * tangents[0])
+
+
+def _switched_value_and_grad(q: Array, switch: float) -> tuple[Array, Array]:
+    """``(log L, d log L / dq)`` of ``LogisticThenExponential`` in closed form, both branches
+    from one ``exp(-|q|)``: exponential, ``d/dq_i = -softmax(-q)_i``; logistic,
+    ``a_i = log softplus(-q_i)``, ``d/dq_i = -softmax(a)_i sigmoid(-q_i) / softplus(-q_i)``
+    (``1 - e^(-q_i)/2`` in place of the ratio where ``-q_i < -20``, as ``log_softplus``).
+    The selected branch only is differentiated (autodiff of ``where`` runs both backwards),
+    and higher derivatives differentiate these formulas."""
+    z = -q
+    e = jnp.exp(-jnp.abs(z))  # e^z for z < 0
+    # exponential branch: logsumexp(z)
+    top = jnp.max(z)
+    w = jnp.exp(z - top)
+    total = jnp.sum(w)
+    value_exp = top + jnp.log(total)
+    grad_exp = -w / total
+    # logistic branch: logsumexp(log softplus(z))
+    small = z < -20.0
+    softplus = jnp.maximum(z, 0.0) + jnp.log1p(e)
+    a = jnp.where(small, z - 0.5 * e, jnp.log(jnp.where(small, 1.0, softplus)))
+    sigmoid = jnp.where(z >= 0, 1.0, e) / (1.0 + e)
+    slope = jnp.where(small, 1.0 - 0.5 * e, sigmoid / jnp.where(small, 1.0, softplus))
+    top_a = jnp.max(a)
+    wa = jnp.exp(a - top_a)
+    total_a = jnp.sum(wa)
+    value_log = top_a + jnp.log(total_a)
+    grad_log = -(wa / total_a) * slope
+    exponential = jnp.min(q) > switch
+    return (
+        jnp.where(exponential, value_exp, value_log),
+        jnp.where(exponential, grad_exp, grad_log),
+    )
 
 
 class CrossEntropy(Loss):

@@ -49,7 +49,7 @@ from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch
 from wnjax._nets.parameterize import Parameterized, as_parameterized, restore_type
 from wnjax._runtime.errors import InvalidInput
-from wnjax._runtime.tree import all_finite, as_number, tree_where
+from wnjax._runtime.tree import all_finite, as_number, packed_while_loop, tree_where
 from wnjax._runtime.validate import (
     cast_floats,
     check_data,
@@ -417,7 +417,7 @@ def _run_chunk(
 
     def exact(c, until):
         """Exact updates until ``until`` attempts or a stop."""
-        return jax.lax.while_loop(
+        return packed_while_loop(
             lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < until), step, c
         )
 

@@ -8,10 +8,11 @@ the stall stop, and a record every ``chunk_size`` steps. ``run_flow`` and
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -95,7 +96,12 @@ def stacked(make: Callable, *args) -> PyTree:
 
 
 def concurrently(
-    fn: Callable, items: Mapping, *, on_done: Callable | None = None, overlap: bool = True
+    fn: Callable,
+    items: Mapping,
+    *,
+    on_done: Callable | None = None,
+    overlap: bool = True,
+    meanwhile: Callable[[], Any] | None = None,
 ) -> dict:
     """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own. The calls
     compile one after another (tracing holds the GIL): a call starts once the one before it has
@@ -119,6 +125,10 @@ def concurrently(
       (in the order of ``items``).
     - `overlap`: run side by side; ``False`` runs them one after another (programs that call
       back into Python, such as gradient flows with their stop-request poll, are kept apart).
+    - `meanwhile`: ``meanwhile()``, called in a thread of its own once every call has compiled
+      (or stopped), while the runs go on: host work the caller needs afterwards, such as
+      importing a plotting library, kept off the compilations' way. Its result and errors are
+      ignored; it is waited for before returning.
 
     **Returns:** ``name -> result`` of the calls that finished.
     """
@@ -151,11 +161,19 @@ def concurrently(
             compiled[k].set()
             done[k].set()
 
+    def after_compiling():
+        for event in compiled:
+            event.wait()
+        with contextlib.suppress(Exception):
+            meanwhile()
+
     results = {}
     with _interrupt.handling():
-        pool = ThreadPoolExecutor(max(1, len(names)), thread_name_prefix="wnjax-run")
+        pool = ThreadPoolExecutor(max(1, len(names) + 1), thread_name_prefix="wnjax-run")
         try:
             futures = {pool.submit(call, k): name for k, name in enumerate(names)}
+            if meanwhile is not None:
+                pool.submit(after_compiling)
             for future in as_completed(futures):
                 result = future.result()
                 if result is not None:
