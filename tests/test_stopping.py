@@ -320,6 +320,43 @@ def test_a_run_stuck_at_a_stationary_point_says_so_not_raise_t1():
     assert "raise t1" in short.message and "stationary" not in short.message
 
 
+class _Cliff(eqx.Module):
+    """A linear model that is NaN wherever ``||w||^2 >= radius``: a user's module whose forward
+    pass breaks down past a surface (``0 * log(radius - ||w||^2)``)."""
+
+    lin: eqx.nn.Linear
+    radius: float = eqx.field(static=True)
+
+    def __call__(self, x):
+        return self.lin(x) + 0.0 * jnp.log(self.radius - jnp.sum(self.lin.weight**2))
+
+
+@pytest.mark.parametrize("time", ["plain", "loss"])
+def test_a_run_whose_steps_shrink_before_a_nan_region_names_it_not_max_steps(time):
+    """The flow of ``_Cliff`` runs into the surface ||w||^2 = 3 (log L is still ~2 there): its
+    steps shrink towards it until max_steps. The message says the field is not finite just
+    ahead, and ``stats['nonfinite_ahead']`` agrees with where the surface is: within that
+    distance of ``final``. A run that stays inside reports ``inf``."""
+    X = jax.random.normal(jax.random.key(0), (20, 3))
+    y = jnp.sign(X[:, 0] + 0.3 * X[:, 1])
+    lin = eqx.nn.Linear(3, 1, use_bias=False, key=jax.random.key(1))
+    kw = dict(target_log_loss=-50.0, max_steps=2000, throw=False)
+    kw.update(time=time, t1=1e6) if time == "loss" else kw.update(t1=1e6)
+    with pytest.warns(RuntimeWarning, match="not finite"):  # throw=False warns with the message
+        r = wnjax.gradient_flow(_Cliff(lin, 3.0), X, y, **kw)
+    assert r.stop_code == 1
+    assert "not finite" in r.message and "Raise max_steps" not in r.message
+    # the surface lies within the reported distance of final: ||w||^2 grows by at most
+    # 2 ||w|| d + d^2 over a step of length d
+    ahead = float(r.stats["nonfinite_ahead"])
+    w = np.asarray(r.final.lin.weight).ravel()
+    d = ahead * (1 + np.linalg.norm(w))
+    assert 0 <= 3.0 - w @ w <= 2 * np.linalg.norm(w) * d + d * d + 8 * np.finfo(float).eps
+    # far from the surface every probe is finite
+    inside = wnjax.gradient_flow(_Cliff(lin, 1e6), X, y, t1=1.0)
+    assert bool(inside.ok) and np.isinf(float(inside.stats["nonfinite_ahead"]))
+
+
 def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
     """float32, normalized time, saves at given s, Tsit5 (the traced default): one point at
     margin 14.4, so log t starts at 0 with d log t/ds = exp(14.4), and its error scale there is

@@ -367,7 +367,10 @@ class FlowResult(RunResult):
       ``sigma = s + log L(0) - log L`` for ``time='loss'``;
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
       ``max_steps``, ``target_log_loss`` (``-inf`` without a target), ``final_grad_norm``
-      (``|grad log L|`` at ``final``, over the trainable arrays); with the default solver
+      (``|grad log L|`` at ``final``, over the trainable arrays), ``nonfinite_ahead`` (the
+      shortest distance, relative to ``1 + ||theta||``, from ``final`` along ``-grad log L`` at
+      which ``log L`` or its gradient is NaN or inf, probed at ``1e-2 ... 1e-14`` when the
+      run ran out of steps; ``inf`` if none, or when it did not); with the default solver
       also ``explicit_steps``, ``stiff_steps``, ``switches``);
     - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
       ``max_steps`` exhausted, other positive values diffrax's failure codes, ``INTERRUPTED``
@@ -471,6 +474,17 @@ def _describe(r: FlowResult) -> str:
                 else ""
             )
             + " Else check the data's scale, and for SWN/EWN that no direction v_u is zero."
+        )
+    ahead = float(np.asarray(r.stats.get("nonfinite_ahead", np.inf)))
+    if int(code) == 1 and np.isfinite(ahead):
+        return (
+            f"gradient flow stopped after max_steps = {steps} steps, at time "
+            f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}, its steps "
+            "shrinking as they approached a point where the field is not finite: log L or its "
+            f"gradient is NaN or inf at a distance {ahead:.0e} (1 + ||theta||) from result.final "
+            "along -grad log L. More steps will not get past it. The model computes a non-finite "
+            "value there (the log or square root of a negative number, a division by zero, an "
+            "overflow): check its forward pass at parameters just past result.final."
         )
     if int(code) == 1:
         return (
@@ -597,6 +611,42 @@ def _log_loss_fn(params, static, X, y, loss: Loss):
 def _grad_norm(params, static, X, y, loss):
     """``|grad log L|`` over the trainable arrays ``params``."""
     return tree_norm(_grad_log_loss(params, static, X, y, loss, None)[1])
+
+
+# The distances, relative to 1 + ||theta||, at which ``_nonfinite_ahead`` probes the field.
+_AHEAD = 10.0 ** -np.arange(2, 15)
+
+
+def _nonfinite_ahead(params, static, X, y, loss, code):
+    """``_probe_ahead`` for a run that ran out of steps (``code == 1``), else ``inf``."""
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+    return jax.lax.cond(
+        code == 1,
+        lambda: _probe_ahead(params, static, X, y, loss).astype(dtype),
+        lambda: jnp.asarray(jnp.inf, dtype),
+    )
+
+
+def _probe_ahead(params, static, X, y, loss):
+    """The shortest of the distances ``_AHEAD`` (relative to ``1 + ||theta||``) at which
+    ``log L`` or its gradient is not finite, stepping from ``params`` along ``-grad log L``;
+    ``inf`` where every probe is finite (or ``params`` itself is not). A run whose steps shrank
+    towards such a point (a model that computes NaN past some surface) ran out of steps
+    approaching it, not for want of steps."""
+    value, g = _grad_log_loss(params, static, X, y, loss, None)
+    norm = tree_norm(g)
+    scale = (1 + tree_norm(params)) / jnp.where(norm > 0, norm, 1.0)
+    dtype = jnp.result_type(value)
+
+    def bad(d):
+        q = jax.tree_util.tree_map(lambda p, gi: p - (d * scale).astype(p.dtype) * gi, params, g)
+        v, gq = _grad_log_loss(q, static, X, y, loss, None)
+        return ~all_finite((v, gq))
+
+    dists = jnp.asarray(_AHEAD, dtype)
+    hit = jax.vmap(bad)(dists)
+    ok = all_finite((value, g)) & (norm > 0)
+    return jnp.where(ok & jnp.any(hit), jnp.min(jnp.where(hit, dists, jnp.inf)), jnp.inf)
 
 
 def _grad_log_loss(params, static, X, y, loss, rate):
@@ -846,6 +896,7 @@ def _solve(
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
     stats["final_grad_norm"] = _grad_norm(final_params, static, X, y, loss)
+    stats["nonfinite_ahead"] = _nonfinite_ahead(final_params, static, X, y, loss, code)
     stats["target_log_loss"] = numbers["target"]
     stats.update(_switch_stats(sol.solver_state))
     return FlowResult(
@@ -1083,6 +1134,7 @@ def _solve_levels(
             "num_rejected_steps": end["rejected"],
             "max_steps": jnp.asarray(max_steps),
             "final_grad_norm": _grad_norm(final_params, static, X, y, loss),
+            "nonfinite_ahead": _nonfinite_ahead(final_params, static, X, y, loss, end["code"]),
             "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"]),
         },
