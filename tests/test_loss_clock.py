@@ -61,6 +61,35 @@ def test_float32_run_that_starts_deep_gets_going():
 
 
 @pytest.mark.parametrize(
+    "dtype, q0, target",
+    [(jnp.float64, 1000.0, -2000.0), (jnp.float32, 200.0, -400.0), (jnp.float32, 60.0, -300.0)],
+)
+@pytest.mark.parametrize("time", ["loss", "normalized"])
+def test_a_run_continued_from_a_deep_state_matches_the_closed_form(dtype, q0, target, time):
+    """One point at margin ``w0.x = q0`` (log L = -q0: past float64's exp range at 1000, past
+    float32's at 60 and 200), the clock at 0, as when a run is continued from ``result.final``:
+    ``t`` jumps by ~1/L(0) at once (``d log(1 + t)/ds = exp(-log L - log(1 + t))``). The run
+    reaches the target at the closed form's weights and log t (above, with ``w0.x = q0``)."""
+    x = jnp.array([[2.0, 1.0]], dtype)
+    y = jnp.ones(1, dtype)
+    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(0))
+    model = _float32(model) if dtype == jnp.float32 else model
+    xx = np.array([2.0, 1.0])
+    w0 = q0 * xx / (xx @ xx)
+    model = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.asarray(w0[None], dtype))
+    r = wnjax.gradient_flow(model, x, y, time=time, target_log_loss=target, t1=1e4, n_save=4)
+    assert bool(r.ok) and bool(r.reached_target)
+    lam = -float(r.final_log_loss)
+    tol = 1e-9 if dtype == jnp.float64 else 1e-5
+    w_ref = w0 + xx * (lam - q0) / (xx @ xx)
+    np.testing.assert_allclose(
+        np.asarray(r.final.layers[0].weight, float).ravel(), w_ref, rtol=tol * 10
+    )
+    log_t = lam - np.log(xx @ xx) + np.log1p(-np.exp(q0 - lam))
+    assert abs(float(r.final_log_t) - log_t) <= tol * log_t
+
+
+@pytest.mark.parametrize(
     "name, rate", [("ewn", None), ("swn", None), ("standard", "neuron_norm_sq")]
 )
 def test_loss_clock_follows_the_normalized_path(name, rate):

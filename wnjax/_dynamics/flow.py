@@ -690,6 +690,22 @@ def _state_summaries(params, static, X, y, loss, degree, diagnostics):
     return summaries(eqx.combine(params, static), X, y, loss, degree, diagnostics)
 
 
+def _tau_rate(log_loss: Array, tau: Array) -> Array:
+    """``d tau/ds = exp(-log L - tau)`` (``tau = log(1 + t)``, ``dt/ds = 1/L``), its exponent
+    capped at a quarter of the log of the dtype's largest number (177 in float64, 22 in
+    float32), so that the rate, squared in the norms of the solver and its first step, stays
+    finite.
+
+    Once ``tau`` has caught up with the loss the exponent is small (``t L`` is ``O(log t)``
+    powers), and the cap never binds. A run that starts deep (``log L(0)`` far below
+    ``-log(1 + t0)``, as when a run is continued from a deep state without ``log_t0``) has ``t``
+    jump by ``~1/L(0)`` at once: uncapped, the rate overflows and every step is rejected; capped,
+    ``tau`` climbs a steep ramp that the steps resolve in a few dozen steps, and reaches the same
+    curve ``s`` later by ``~|log L(0)| exp(-cap)``."""
+    cap = 0.25 * float(np.log(np.finfo(jnp.result_type(log_loss)).max))
+    return jnp.exp(jnp.minimum(-log_loss - tau, cap))
+
+
 def _tau_to_log_t(tau: Array) -> Array:
     """``log t`` from ``tau = log(1 + t)``: ``log(expm1(tau))``, stably for large ``tau``."""
     big = tau > 1.0
@@ -743,10 +759,10 @@ def _solve(
             # tau = (log(1 + t), s); the clock is sigma = s + log L(0) - log L, with
             # d sigma/ds = 1 + slope
             per = 1.0 / (1.0 + slope)
-            return -g * per, jnp.stack([jnp.exp(-value - tau[0]), jnp.ones_like(value)]) * per
+            return -g * per, jnp.stack([_tau_rate(value, tau[0]), jnp.ones_like(value)]) * per
         value, g = _flat_grad_log_loss(theta, unravel, static, data, labels, loss, rate)
         if normalized:
-            return -g, jnp.exp(-value - tau)
+            return -g, _tau_rate(value, tau)
         return -jnp.exp(value) * g, None
 
     def save_fn(s, state, args):
@@ -1286,7 +1302,8 @@ def gradient_flow(
     - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` or
       ``'loss'``). Use it
       to continue a deep run, whose ``t = exp(log t)`` overflows: pass the previous result's
-      ``final_log_t`` with its ``final``.
+      ``final_log_t`` with its ``final`` (without it the plain time starts at ``t0`` and jumps
+      by ``~1/L`` at once; the path is the same).
     - `rtol`, `atol`: the PID controller's tolerances (``None``: ``default_tolerances`` of the
       data's dtype, ``(1e-8, 1e-10)`` in float64 and ``(1e-5, 1e-7)`` in float32). An rtol
       below ``10 eps`` of the dtype is raised to it, with a warning.
