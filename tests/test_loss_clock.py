@@ -162,29 +162,87 @@ def test_loss_clock_needs_a_target_and_saves_at_levels():
 
 
 @pytest.mark.slow
-def test_a_run_whose_state_turns_non_finite_is_never_a_success():
-    """float32, SWN ReLU^2 5-8-8-1 under the loss clock to log L = -10,000: on this machine its
-    state turns NaN between two levels (near log L = -600). A run never ends ``ok`` with a
-    non-finite state or loss: it stops with ``NONFINITE``, keeps the last finite level's state
-    as ``final``, and says so; the same flow in float64 reaches the target."""
-    from wnjax._dynamics.flow import NONFINITE
-
+def test_float32_swn_relu2_reaches_minus_1000_under_the_loss_clock():
+    """float32, SWN ReLU^2 5-8-8-1 under the loss clock to log L = -1,000 (37,720 steps here):
+    the level stops stay inside their steps (``_Crossing``; a widened bracket once put a stop
+    near log L = -550 at ||theta|| ~ 1e17 and the state then turned NaN), and the run reaches
+    the target with a finite state, as the same flow does in float64."""
     k = jax.random.key
     X = jax.random.normal(k(5), (40, 5))
     y = jnp.where(X @ jnp.arange(1.0, 6.0) > 0, 1.0, -1.0)
     model = wnjax.swn(wnjax.MLP(5, 8, 3, activation="relu2", key=k(3)))
-    kw = dict(time="loss", target_log_loss=-10_000.0, t1=1e12, save_states=False, throw=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        r = wnjax.gradient_flow(_float32(model), X.astype(jnp.float32), y.astype(jnp.float32), **kw)
-    final = jax.tree.leaves(eqx.filter(r.final, eqx.is_array))
-    finite = np.isfinite(float(r.final_log_loss)) and all(np.all(np.isfinite(a)) for a in final)
-    assert finite, "the result keeps the last finite state"
-    if bool(r.ok):
-        assert bool(r.reached_target)
-    else:
-        assert int(r.stop_code) == NONFINITE, r.message
-        assert "non-finite" in r.message and "last finite state" in r.message
-        assert not bool(r.reached_target)
+    kw = dict(time="loss", target_log_loss=-1000.0, t1=1e12, save_states=False)
+    r = wnjax.gradient_flow(_float32(model), X.astype(jnp.float32), y.astype(jnp.float32), **kw)
+    assert bool(r.ok) and bool(r.reached_target)
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(eqx.filter(r.final, eqx.is_array)))
     ref = wnjax.gradient_flow(model, X, y, **kw)
     assert bool(ref.ok) and bool(ref.reached_target)
+
+    # the same margins' order of magnitude: ||w|| within 10% of float64's at the target
+    def norm(m):
+        layers = wnjax.weight_layers(wnjax.to_standard(m))
+        return float(np.sqrt(sum(np.sum(np.asarray(lay.weight, float) ** 2) for lay in layers)))
+
+    assert abs(norm(r.final) - norm(ref.final)) <= 0.1 * norm(ref.final)
+
+
+class _BreaksBeyond(wnjax.Exponential):
+    """The exponential loss, whose ``log L`` a user's code returns as ``-inf`` once every margin
+    exceeds 20 (its gradient stays finite): a loss that turns non-finite mid-run."""
+
+    def log_loss(self, outputs, y):
+        q = self.margins(outputs, y)
+        broken = jax.lax.stop_gradient(jnp.where(jnp.min(q) > 20.0, -jnp.inf, 0.0))
+        return super().log_loss(outputs, y) + broken
+
+
+@pytest.mark.parametrize("time", ["plain", "normalized", "loss"])
+def test_a_run_whose_loss_turns_non_finite_is_never_a_success(time):
+    """A run never ends ``ok`` with a non-finite state or loss. Here every step into the region
+    where log L = -inf is rejected (the solvers reject a step whose error is not finite), so the
+    run stops short of it with a finite ``final`` and says why: ``NONFINITE`` (a state or loss
+    that turned non-finite), or out of steps with the non-finite point ahead named
+    (``stats['nonfinite_ahead']``)."""
+    from wnjax._dynamics.flow import NONFINITE
+
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(1))
+    kw = dict(time=time, target_log_loss=-300.0, t1=1e12, loss=_BreaksBeyond(), max_steps=3000)
+    with pytest.warns(RuntimeWarning, match="non-finite|not finite"):
+        r = wnjax.gradient_flow(model, X, y, throw=False, **kw)
+    assert not bool(r.ok) and not bool(r.reached_target)
+    if int(r.stop_code) == NONFINITE:
+        assert "non-finite" in r.message
+    else:
+        assert int(r.stop_code) == 1 and np.isfinite(float(r.stats["nonfinite_ahead"]))
+        assert "not finite" in r.message and "Raise max_steps" not in r.message
+    final = jax.tree.leaves(eqx.filter(r.final, eqx.is_array))
+    assert all(np.all(np.isfinite(a)) for a in final)
+    assert np.isfinite(float(r.final_log_loss)) and float(r.final_log_loss) > -300.0
+
+
+def test_level_root_finder_stays_inside_the_step():
+    """``_Crossing``, started at the bracket's upper end as diffrax starts an event's search: a
+    bracketed root as bisection finds it (the cube root of 2); a bracket whose ends show no sign
+    change (the interpolant's rounding) stops at the upper end, inside the step, where
+    widening the bracket (``expand_if_necessary``) leaves it."""
+    import optimistix as optx
+
+    from wnjax._dynamics.flow import _Crossing
+
+    def solve(finder, f, lower, upper):
+        sol = optx.root_find(
+            lambda t, _: f(t),
+            finder,
+            jnp.asarray(upper),
+            options=dict(lower=lower, upper=upper),
+            throw=False,
+        )
+        return float(sol.value)
+
+    crossing = _Crossing(rtol=0.0, atol=0.0, tol_t=1e-15)
+    assert abs(solve(crossing, lambda t: t**3 - 2.0, 0.0, 3.0) - 2.0 ** (1 / 3)) <= 1e-14
+    assert abs(solve(crossing, lambda t: 2.0 - t**3, 0.0, 3.0) - 2.0 ** (1 / 3)) <= 1e-14
+    assert solve(crossing, lambda t: t + 1.0, 0.0, 1.0) == 1.0
+    widened = optx.Bisection(rtol=1e-12, atol=1e-12, expand_if_necessary=True)
+    assert solve(widened, lambda t: t + 1.0, 0.0, 1.0) < -0.9

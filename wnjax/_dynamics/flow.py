@@ -33,6 +33,7 @@ from diffrax._root_finder import use_stepsize_tol
 from diffrax._term import WrapTerm
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
+from optimistix._solver.bisection import _BisectionState
 
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._analysis.diagnostics import summaries
@@ -210,9 +211,29 @@ class _Crossing(optx.Bisection):
     """Bisection for a level crossing, run until the bracket is at the clock's rounding
     (``tol_t`` relative). The root is then located as well as the arithmetic allows, whatever
     the rounding in ``log L`` (which stalls a test on the gap's size): the midpoint returned is
-    within rounding of a point where the gap was seen to change sign."""
+    within rounding of a point where the gap was seen to change sign.
+
+    The bracket is the step's, never widened: diffrax saw the sign change between the step's
+    ends (and starts the search at its end), so where the dense interpolant, rounded, shows
+    none, the bracket collapses onto the step's end and the stop is there. (Widening it, as
+    ``expand_if_necessary`` does, extrapolates the interpolant past the step: in float32 a
+    level's stop landed at ``||theta|| ~ 1e17``.)"""
 
     tol_t: float = 1e-14
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del y, aux_struct, tags
+        lower = jnp.asarray(options["lower"], f_struct.dtype)
+        upper = jnp.asarray(options["upper"], f_struct.dtype)
+        lower_val, _ = fn(lower, args)
+        upper_val, _ = fn(upper, args)
+        bracketed = (lower_val < 0) != (upper_val < 0)
+        return _BisectionState(
+            lower=jnp.where(bracketed, lower, upper),
+            upper=upper,
+            flip=lower_val > upper_val,
+            error=jnp.asarray(jnp.inf, f_struct.dtype),
+        )
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
@@ -461,7 +482,8 @@ def _describe(r: FlowResult) -> str:
         last = float(np.asarray(r.final_log_loss))
         return (
             f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g}: its "
-            "state or loss became non-finite (NaN or inf)."
+            "state or loss became non-finite (NaN or inf), or turns so just past where it "
+            "stopped."
             + (
                 f" result.final holds the last finite state (log L = {last:.6g})."
                 if np.isfinite(last)
@@ -617,6 +639,23 @@ def _grad_norm(params, static, X, y, loss):
 _AHEAD = 10.0 ** -np.arange(2, 15)
 
 
+# A level's stop whose loss is not finite this close ahead (relative to 1 + ||theta||) sits at
+# a jump of log L into NaN or inf, not at a crossing of the level.
+_NEAR = 10.0 ** -np.arange(8, 15)
+
+
+def _jump_not_crossing(event, params, static, X, y, loss):
+    """Whether a stop on a level's event (``event``) sits where ``log L`` or its gradient turns
+    non-finite just ahead (``_probe_ahead`` within ``_NEAR``): the sign change the root finder
+    found is then a jump into NaN or inf (a model or loss that breaks down there), not the
+    level's crossing."""
+    return jax.lax.cond(
+        event,
+        lambda: jnp.isfinite(_probe_ahead(params, static, X, y, loss, _NEAR)),
+        lambda: jnp.asarray(False),
+    )
+
+
 def _nonfinite_ahead(params, static, X, y, loss, code):
     """``_probe_ahead`` for a run that ran out of steps (``code == 1``), else ``inf``."""
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
@@ -627,8 +666,8 @@ def _nonfinite_ahead(params, static, X, y, loss, code):
     )
 
 
-def _probe_ahead(params, static, X, y, loss):
-    """The shortest of the distances ``_AHEAD`` (relative to ``1 + ||theta||``) at which
+def _probe_ahead(params, static, X, y, loss, dists=_AHEAD):
+    """The shortest of the distances ``dists`` (relative to ``1 + ||theta||``) at which
     ``log L`` or its gradient is not finite, stepping from ``params`` along ``-grad log L``;
     ``inf`` where every probe is finite (or ``params`` itself is not). A run whose steps shrank
     towards such a point (a model that computes NaN past some surface) ran out of steps
@@ -643,7 +682,7 @@ def _probe_ahead(params, static, X, y, loss):
         v, gq = _grad_log_loss(q, static, X, y, loss, None)
         return ~all_finite((v, gq))
 
-    dists = jnp.asarray(_AHEAD, dtype)
+    dists = jnp.asarray(dists, dtype)
     hit = jax.vmap(bad)(dists)
     ok = all_finite((value, g)) & (norm > 0)
     return jnp.where(ok & jnp.any(hit), jnp.min(jnp.where(hit, dists, jnp.inf)), jnp.inf)
@@ -805,9 +844,7 @@ def _solve(
                 return jnp.minimum(level_cond(t, y, args, **kwargs), bound)
 
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
-        return diffrax.Event(
-            cond, root_finder=_Crossing(rtol=0.0, atol=0.0, expand_if_necessary=True, tol_t=4 * eps)
-        )
+        return diffrax.Event(cond, root_finder=_Crossing(rtol=0.0, atol=0.0, tol_t=4 * eps))
 
     eps = float(jnp.finfo(X.dtype).eps)
     ftol = level_tolerance(X.dtype)
@@ -904,6 +941,11 @@ def _solve(
         else (jnp.asarray(False))
     )
     finite = all_finite((final_theta[-1], final_log_loss))
+    if has_target:  # a stop at a jump into NaN or inf is not the target's crossing
+        jump = _jump_not_crossing(
+            sol.result == diffrax.RESULTS.event_occurred, final_params, static, X, y, loss
+        )
+        finite = finite & ~jump
     reached = reached & finite
     code = jnp.where(reached, 0, sol.result._value)
     if poll:
@@ -1076,9 +1118,10 @@ def _solve_levels(
             gap = (log_l - level) / (1.0 + jnp.abs(level))
             bounded = event & (gap > _s_gap(new_y[1][1], numbers["s1"]))
             event = event & ~bounded
-        # A state or loss that became non-finite ends the run at the last finite state (the
-        # start of this level's solve), whatever its events said.
-        finite = all_finite((new_y, log_l))
+        # A state or loss that became non-finite, or a stop at a jump of log L into NaN or inf,
+        # ends the run at the last finite state (the start of this level's solve), whatever its
+        # events said.
+        finite = all_finite((new_y, log_l)) & ~_jump_not_crossing(event, theta, static, X, y, loss)
         hit = finite & (
             event | _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
         )
