@@ -164,8 +164,8 @@ def test_loss_clock_needs_a_target_and_saves_at_levels():
 @pytest.mark.slow
 def test_float32_swn_relu2_reaches_minus_1000_under_the_loss_clock():
     """float32, SWN ReLU^2 5-8-8-1 under the loss clock to log L = -1,000 (37,720 steps here):
-    the level stops stay inside their steps (``_Crossing``; a widened bracket once put a stop
-    near log L = -550 at ||theta|| ~ 1e17 and the state then turned NaN), and the run reaches
+    the level stops stay inside their steps (``_Crossing``; with the bracket widened, a stop
+    near log L = -550 lands at ||theta|| ~ 1e17 and the state turns NaN), and the run reaches
     the target with a finite state, as the same flow does in float64."""
     k = jax.random.key
     X = jax.random.normal(k(5), (40, 5))

@@ -216,8 +216,8 @@ class _Crossing(optx.Bisection):
     The bracket is the step's, never widened: diffrax saw the sign change between the step's
     ends (and starts the search at its end), so where the dense interpolant, rounded, shows
     none, the bracket collapses onto the step's end and the stop is there. (Widening it, as
-    ``expand_if_necessary`` does, extrapolates the interpolant past the step: in float32 a
-    level's stop landed at ``||theta|| ~ 1e17``.)"""
+    ``expand_if_necessary`` does, extrapolates the interpolant past the step: in float32 that
+    can put a level's stop at ``||theta|| ~ 1e17``.)"""
 
     tol_t: float = 1e-14
 
