@@ -16,7 +16,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ["gf_vs_torchdiffeq", "gd_vs_torch", "linsep_pipeline", "scaling", "roofline"]
+SCRIPTS = [
+    "gf_vs_torchdiffeq",
+    "gd_vs_torch",
+    "gd_block_step",
+    "linsep_pipeline",
+    "scaling",
+    "roofline",
+]
 GPU_SCRIPTS = [
     "gf_vs_torchdiffeq",
     "gd_vs_torch",

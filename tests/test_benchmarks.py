@@ -171,3 +171,14 @@ def test_roofline(tmp_path):
         if r["xla_flops"] is not None:
             # The shape count covers the matmuls; XLA also counts elementwise work.
             assert 0.8 < r["xla_flops"] / r["flops"] < 1.5
+
+
+@pytest.mark.slow
+def test_gd_block_step(tmp_path):
+    doc = _run("gd_block_step", tmp_path)
+    med = doc["median_us_per_block_step"]
+    assert set(med) == {
+        f"{s}/{lp}" for s in ("sgd", "paper-text", "paper-code") for lp in ("packed", "plain")
+    }
+    assert all(_positive(v) for v in med.values())
+    assert all(_positive(v) for v in doc["packed_over_plain"].values())
