@@ -121,34 +121,34 @@ def _switched_jvp(switch, primals, tangents):
 
 def _switched_value_and_grad(q: Array, switch: float) -> tuple[Array, Array]:
     """``(log L, d log L / dq)`` of ``LogisticThenExponential`` in closed form, both branches
-    from one ``exp(-|q|)``: exponential, ``d/dq_i = -softmax(-q)_i``; logistic,
+    from one ``exp(-|q|)`` and one ``max``: exponential, ``d/dq_i = -softmax(-q)_i``; logistic,
     ``a_i = log softplus(-q_i)``, ``d/dq_i = -softmax(a)_i sigmoid(-q_i) / softplus(-q_i)``
     (``1 - e^(-q_i)/2`` in place of the ratio where ``-q_i < -20``, as ``log_softplus``).
-    The selected branch only is differentiated (autodiff of ``where`` runs both backwards),
-    and higher derivatives differentiate these formulas."""
+    ``a`` increases with ``-q``, so ``max a = a(max(-q))`` shifts its sum, and both sums are
+    one reduction. The selected branch only is differentiated (autodiff of ``where`` runs both
+    backwards), and higher derivatives differentiate these formulas."""
     z = -q
-    e = jnp.exp(-jnp.abs(z))  # e^z for z < 0
-    # exponential branch: logsumexp(z)
     top = jnp.max(z)
-    w = jnp.exp(z - top)
-    total = jnp.sum(w)
-    value_exp = top + jnp.log(total)
-    grad_exp = -w / total
-    # logistic branch: logsumexp(log softplus(z))
-    small = z < -20.0
-    softplus = jnp.maximum(z, 0.0) + jnp.log1p(e)
-    a = jnp.where(small, z - 0.5 * e, jnp.log(jnp.where(small, 1.0, softplus)))
-    sigmoid = jnp.where(z >= 0, 1.0, e) / (1.0 + e)
-    slope = jnp.where(small, 1.0 - 0.5 * e, sigmoid / jnp.where(small, 1.0, softplus))
-    top_a = jnp.max(a)
-    wa = jnp.exp(a - top_a)
-    total_a = jnp.sum(wa)
-    value_log = top_a + jnp.log(total_a)
-    grad_log = -(wa / total_a) * slope
-    exponential = jnp.min(q) > switch
+
+    def log_softplus_and_slope(z, e):
+        """``(log softplus(z), d/dz)`` with ``e = exp(-|z|)``."""
+        small = z < -20.0
+        softplus = jnp.maximum(z, 0.0) + jnp.log1p(e)
+        a = jnp.where(small, z - 0.5 * e, jnp.log(jnp.where(small, 1.0, softplus)))
+        sigmoid = jnp.where(z >= 0, 1.0, e) / (1.0 + e)
+        slope = jnp.where(small, 1.0 - 0.5 * e, sigmoid / jnp.where(small, 1.0, softplus))
+        return a, slope
+
+    a, slope = log_softplus_and_slope(z, jnp.exp(-jnp.abs(z)))
+    top_a, _ = log_softplus_and_slope(top, jnp.exp(-jnp.abs(top)))
+    w = jnp.stack([jnp.exp(z - top), jnp.exp(a - top_a)])
+    total = jnp.sum(w, axis=-1)
+    value_exp = top + jnp.log(total[0])
+    value_log = top_a + jnp.log(total[1])
+    exponential = -top > switch  # min q > switch
     return (
         jnp.where(exponential, value_exp, value_log),
-        jnp.where(exponential, grad_exp, grad_log),
+        jnp.where(exponential, -w[0] / total[0], -(w[1] / total[1]) * slope),
     )
 
 
