@@ -645,10 +645,11 @@ _NEAR = 10.0 ** -np.arange(8, 15)
 
 
 def _jump_not_crossing(event, params, static, X, y, loss):
-    """Whether a stop on a level's event (``event``) sits where ``log L`` or its gradient turns
+    """Whether a stop on a level's event short of the level (``event``: the event fired, and
+    ``log L`` at ``params`` is above the level) sits where ``log L`` or its gradient turns
     non-finite just ahead (``_probe_ahead`` within ``_NEAR``): the sign change the root finder
     found is then a jump into NaN or inf (a model or loss that breaks down there), not the
-    level's crossing."""
+    level's crossing. Probed only then."""
     return jax.lax.cond(
         event,
         lambda: jnp.isfinite(_probe_ahead(params, static, X, y, loss, _NEAR)),
@@ -927,25 +928,14 @@ def _solve(
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
     # A root-found crossing of the target, or an end within rounding of it, reaches it: a
     # successful ending.
-    reached = (
-        (
-            _reached(
-                final_log_loss,
-                numbers["target"],
-                X.dtype,
-                _rounding(final_params, static, X, y, loss),
-            )
-            | (sol.result == diffrax.RESULTS.event_occurred)
-        )
-        if has_target
-        else (jnp.asarray(False))
+    at_level = _reached(
+        final_log_loss, numbers["target"], X.dtype, _rounding(final_params, static, X, y, loss)
     )
+    event = sol.result == diffrax.RESULTS.event_occurred
+    reached = (at_level | event) if has_target else jnp.asarray(False)
     finite = all_finite((final_theta[-1], final_log_loss))
-    if has_target:  # a stop at a jump into NaN or inf is not the target's crossing
-        jump = _jump_not_crossing(
-            sol.result == diffrax.RESULTS.event_occurred, final_params, static, X, y, loss
-        )
-        finite = finite & ~jump
+    if has_target:  # a stop short of the target at a jump into NaN or inf is no crossing of it
+        finite = finite & ~_jump_not_crossing(event & ~at_level, final_params, static, X, y, loss)
     reached = reached & finite
     code = jnp.where(reached, 0, sol.result._value)
     if poll:
@@ -1121,10 +1111,11 @@ def _solve_levels(
         # A state or loss that became non-finite, or a stop at a jump of log L into NaN or inf,
         # ends the run at the last finite state (the start of this level's solve), whatever its
         # events said.
-        finite = all_finite((new_y, log_l)) & ~_jump_not_crossing(event, theta, static, X, y, loss)
-        hit = finite & (
-            event | _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
+        at_level = _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
+        finite = all_finite((new_y, log_l)) & ~_jump_not_crossing(
+            event & ~at_level, theta, static, X, y, loss
         )
+        hit = finite & (event | at_level)
         bounded = bounded & finite
         accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
