@@ -124,6 +124,7 @@ def main() -> None:
             "median_us_per_block_step": med,
             "packed_over_plain": ratios,
             "rounds": rounds,
+            "gpu": C.gpu_status(),
         },
     )
 
