@@ -416,10 +416,11 @@ def _run_chunk(
         return c
 
     def exact(c, until):
-        """Exact updates until ``until`` attempts or a stop."""
-        return packed_while_loop(
-            lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < until), step, c
-        )
+        """Exact updates until ``until`` attempts or a stop. An unguarded rule takes every step
+        here, with the loop state packed (``packed_while_loop``); a guarded one only the steps
+        of a flagged block and the run's last, and its plain loop costs less to enter."""
+        loop = jax.lax.while_loop if guarded else packed_while_loop
+        return loop(lambda c: (c["stop"] == STOP_RUNNING) & (attempts(c) < until), step, c)
 
     def fast_block(f, lim, level):
         """Up to ``FAST_BLOCK`` plain updates (while ``k < lim``); whether none would have
