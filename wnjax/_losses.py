@@ -35,6 +35,19 @@ def log_softplus(z: Array) -> Array:
     )
 
 
+def _log_softplus_and_slope(z: Array) -> tuple[Array, Array]:
+    """``(log_softplus(z), d/dz log_softplus(z))`` from one ``exp(-|z|)``: the slope is
+    ``sigmoid(z) / softplus(z)``, and ``1 - e^z/2`` where ``z < -20`` (``log_softplus``'s
+    ``z - e^z/2`` there)."""
+    e = jnp.exp(-jnp.abs(z))
+    small = z < -20.0
+    softplus = jnp.maximum(z, 0.0) + jnp.log1p(e)
+    a = jnp.where(small, z - 0.5 * e, jnp.log(jnp.where(small, 1.0, softplus)))
+    sigmoid = jnp.where(z >= 0, 1.0, e) / (1.0 + e)
+    slope = jnp.where(small, 1.0 - 0.5 * e, sigmoid / jnp.where(small, 1.0, softplus))
+    return a, slope
+
+
 def _binary_outputs(outputs: Array) -> Array:
     """Accept outputs of shape ``(n,)`` or ``(n, 1)``; return ``(n,)``."""
     if outputs.ndim == 2 and outputs.shape[1] == 1:
@@ -121,26 +134,15 @@ def _switched_jvp(switch, primals, tangents):
 
 def _switched_value_and_grad(q: Array, switch: float) -> tuple[Array, Array]:
     """``(log L, d log L / dq)`` of ``LogisticThenExponential`` in closed form, both branches
-    from one ``exp(-|q|)`` and one ``max``: exponential, ``d/dq_i = -softmax(-q)_i``; logistic,
-    ``a_i = log softplus(-q_i)``, ``d/dq_i = -softmax(a)_i sigmoid(-q_i) / softplus(-q_i)``
-    (``1 - e^(-q_i)/2`` in place of the ratio where ``-q_i < -20``, as ``log_softplus``).
+    from one ``max``: exponential, ``d/dq_i = -softmax(-q)_i``; logistic, ``a_i = log
+    softplus(-q_i)``, ``d/dq_i = -softmax(a)_i a'(-q_i)`` (``_log_softplus_and_slope``).
     ``a`` increases with ``-q``, so ``max a = a(max(-q))`` shifts its sum, and both sums are
     one reduction. The selected branch only is differentiated (autodiff of ``where`` runs both
     backwards), and higher derivatives differentiate these formulas."""
     z = -q
     top = jnp.max(z)
-
-    def log_softplus_and_slope(z, e):
-        """``(log softplus(z), d/dz)`` with ``e = exp(-|z|)``."""
-        small = z < -20.0
-        softplus = jnp.maximum(z, 0.0) + jnp.log1p(e)
-        a = jnp.where(small, z - 0.5 * e, jnp.log(jnp.where(small, 1.0, softplus)))
-        sigmoid = jnp.where(z >= 0, 1.0, e) / (1.0 + e)
-        slope = jnp.where(small, 1.0 - 0.5 * e, sigmoid / jnp.where(small, 1.0, softplus))
-        return a, slope
-
-    a, slope = log_softplus_and_slope(z, jnp.exp(-jnp.abs(z)))
-    top_a, _ = log_softplus_and_slope(top, jnp.exp(-jnp.abs(top)))
+    a, slope = _log_softplus_and_slope(z)
+    top_a, _ = _log_softplus_and_slope(top)
     w = jnp.stack([jnp.exp(z - top), jnp.exp(a - top_a)])
     total = jnp.sum(w, axis=-1)
     value_exp = top + jnp.log(total[0])

@@ -635,7 +635,7 @@ def _grad_norm(params, static, X, y, loss):
     return tree_norm(_grad_log_loss(params, static, X, y, loss, None)[1])
 
 
-# The distances, relative to 1 + ||theta||, at which ``_nonfinite_ahead`` probes the field.
+# The distances, relative to 1 + ||theta||, at which ``_probe_ahead`` probes the field.
 _AHEAD = 10.0 ** -np.arange(2, 15)
 
 
