@@ -29,6 +29,7 @@ from wnjax._dynamics.descent import (
 )
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.parameterize import Parameterized, as_parameterized
+from wnjax._runtime.programs import compiled
 from wnjax._runtime.validate import cast_floats, common_dtype
 
 
@@ -121,6 +122,7 @@ def run_seeds(
     stop_stalled: bool = False,
     block_seeds: int | None = None,
     turn: Callable[[], bool] | None = None,
+    program_key: tuple | None = None,
 ) -> tuple[SeedRun, bool]:
     """Run the GD engine on stacked models, one vmapped lane per seed.
 
@@ -144,6 +146,9 @@ def run_seeds(
       ``BLOCK_SEEDS``).
     - `turn`: called once the program is compiled, before it runs; ``False`` skips the run
       (reported interrupted, every seed as it started).
+    - `program_key`: names ``rule``, ``loss`` and ``summarize`` (and whatever they close over)
+      for ``wnjax._runtime.programs``: the compiled programs are then kept whole on disk and a
+      later run with the same key loads them without tracing. ``None``: JAX's cache alone.
 
     **Returns:** ``(SeedRun, interrupted)``.
     """
@@ -185,7 +190,9 @@ def run_seeds(
     if fill.size > seeds:
         params, X, y, hp, keys = jax.tree_util.tree_map(lambda a: a[fill], (params, X, y, hp, keys))
     start = {**numbers, "diverge_above": np.asarray(diverge_above, dtype)}
-    carry, log_l0, level = _init_seeds(params, static, X, y, hp, start, n_save, statics)
+    init_args = (params, static, X, y, hp, start, n_save, statics)
+    init = _init_seeds if program_key is None else compiled(_init_seeds, init_args, key=program_key)
+    carry, log_l0, level = init(*init_args)
     per_seed = {"hyperparams": hp, "diverge_above": level, "initial_log_loss": log_l0}
     statics = dict(statics, monitor=None, stop_stalled=bool(stop_stalled and loss_obj.margin_based))
     # Split on the host and moved with device_put: no compiled program per slice shape (as
@@ -201,16 +208,25 @@ def run_seeds(
         blocks.append(c)
         inputs.append((Xb, yb, ps, jax.random.wrap_key_data(kb, impl=impl)))
 
+    step = _seeds_chunk
+    if program_key is not None:
+        step = compiled(
+            _seeds_chunk,
+            (blocks[0], static, *inputs[0][:2], numbers, *inputs[0][2:], statics),
+            key=program_key,
+        )
+
     def chunk(blocks, n):
         # A finished block is left as it is.
         return tuple(
-            c if _finished(c) else _seeds_chunk(c, static, Xb, yb, n, ps, kb, statics)
+            c if _finished(c) else step(c, static, Xb, yb, n, ps, kb, statics)
             for c, (Xb, yb, ps, kb) in zip(blocks, inputs)
         )
 
     if turn is not None:
-        Xb, yb, ps, kb = inputs[0]
-        _seeds_chunk.lower(blocks[0], static, Xb, yb, numbers, ps, kb, statics).compile()
+        if program_key is None:
+            Xb, yb, ps, kb = inputs[0]
+            _seeds_chunk.lower(blocks[0], static, Xb, yb, numbers, ps, kb, statics).compile()
         if not turn():
             return SeedRun(carry=_join(blocks, seeds), static=static, plain=plain), True
 

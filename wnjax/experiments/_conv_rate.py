@@ -111,6 +111,7 @@ def simulate(
                     learning_rate=lr,
                     loss="logistic",
                     chunk_size=max(steps // 100, 1),
+                    program_key=("conv-rate",),  # the rest is in its arguments and wnjax's source
                 )
                 out[name, depth] = dict(
                     final_log_loss=r.history["log_loss"][-1],

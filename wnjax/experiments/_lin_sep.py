@@ -218,6 +218,9 @@ def simulate(
                 # backtracking undoes a rising step itself; only non-finite values stop
                 diverge_above=jnp.inf,
                 turn=turn,
+                # everything else of the program is in the arrays, the models' structure and
+                # wnjax's source
+                program_key=("lin-sep", schedule, frac, cap),
             )
             if r.interrupted:
                 return None

@@ -209,6 +209,7 @@ def run_gd(
     diverge_above: float = 50.0,
     stop_stalled: bool = True,
     turn: Callable[[], bool] | None = None,
+    program_key: tuple | None = None,
 ) -> BatchedRun:
     """GD or minibatch SGD on a batch of models with per-seed data, one vmapped program (over
     blocks of seeds: ``run_seeds``).
@@ -237,6 +238,9 @@ def run_gd(
       its loss (``wnjax._dynamics.stall``), instead of spending ``num_steps`` on it.
     - `turn`: called once the program is compiled, before it runs (``concurrently``); ``False``
       skips the run, reported ``interrupted``.
+    - `program_key`: names the run's settings that its arrays do not show (the optimizer, the
+      loss, ``summarize``): the compiled programs are kept on disk and a later run with the
+      same key loads them without tracing (``wnjax._runtime.programs``). ``None``: not kept.
 
     **Returns:** a ``BatchedRun``. SIGINT/SIGTERM end the run at the next chunk end, with
     ``interrupted`` set.
@@ -280,6 +284,7 @@ def run_gd(
         summarize=summarize,
         stop_stalled=stop_stalled,
         turn=turn,
+        program_key=program_key,
     )
     c = run.carry
     history, steps, _ = run.padded()

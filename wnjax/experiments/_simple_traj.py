@@ -131,6 +131,7 @@ def simulate(W0: np.ndarray, *, dynamics: str = "flow", target: float = -50.0, l
                 target_log_loss=target,
                 chunk_size=50,
                 summarize=rec,
+                program_key=("simple-traj",),  # the rest is in its arguments and wnjax's source
             )
             out[name] = dict(
                 final=np.asarray(jax.vmap(coordinate_weights)(r.final)),

@@ -108,6 +108,7 @@ def simulate(seeds: int, *, dynamics="gd", target=-50.0, lr=0.005, max_steps=100
                 target_log_loss=target,
                 chunk_size=100,
                 summarize=lambda m, X, y: {"rel": relative_norms(m)},
+                program_key=("xor",),  # the rest is in its arguments and wnjax's source
             )
             final, ok = r.final, r.reached & ~r.diverged
             hist_ll, hist_x = r.history["log_loss"].T, r.steps.T
