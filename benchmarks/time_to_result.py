@@ -69,8 +69,14 @@ def _wall(cmd: list[str], env: dict) -> float:
 
 
 def _entries(path: str) -> dict:
-    files = [os.path.join(path, f) for f in os.listdir(path)] if os.path.isdir(path) else []
-    return {"entries": len(files), "bytes": sum(os.path.getsize(f) for f in files)}
+    """JAX's entries and wnjax's kept programs (``programs/``) in the cache at ``path``."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+    programs = [f for f in files if os.path.basename(os.path.dirname(f)) == "programs"]
+    return {
+        "entries": len(files) - len(programs),
+        "programs": len(programs),
+        "bytes": sum(os.path.getsize(f) for f in files),
+    }
 
 
 def cli_times(name: str, args_: list[str], rounds: int) -> dict:

@@ -184,3 +184,28 @@ def test_run_gd_with_a_program_key_matches_the_traced_run(store):
         _same(r.final, plain.final)
         for k in plain.history:
             np.testing.assert_array_equal(r.history[k], plain.history[k])
+
+
+def test_an_entry_for_other_shapes_is_never_used(store):
+    fn = _make_fn([])
+    small, large = _args(n=5), _args(n=6)
+    programs.compiled(fn, small, key=("test",))
+    (entry,) = store.iterdir()
+    # put the 5-point program where the 6-point one's entry belongs
+    entry.rename(store / (programs.digest(("test",), large) + ".program"))
+    p = programs.compiled(fn, large, key=("test",))
+    assert not p.loaded
+    _same(p(*large), eqx.filter_jit(fn)(*large))
+    assert programs.compiled(fn, large, key=("test",)).loaded
+
+
+def test_a_program_with_a_host_callback_runs_but_is_not_kept(store):
+    def fn(x):
+        return jax.pure_callback(
+            lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x
+        )
+
+    x = np.arange(3.0)
+    p = programs.compiled(fn, (x,), key=("callback",))
+    np.testing.assert_array_equal(p(x), 2 * x)
+    assert list(store.iterdir()) == []

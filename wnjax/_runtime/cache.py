@@ -28,6 +28,10 @@ compile hundreds of small programs (start states, eager ops, random inits) of 0.
 each, which together take most of a short run's time, so the threshold is 0 here; a cache hit
 costs a file read and a deserialization (~1-5 ms for such programs).
 ``jax_persistent_cache_min_entry_size_bytes`` stays at its default (0: no lower bound).
+
+A hit still traces and lowers the program to find its key. ``wnjax._runtime.programs`` keeps
+the traced programs of the reproductions' GD runs in ``programs/`` of the same directory, under
+keys of their own, so a warm run skips that too; it is on exactly when this cache is.
 """
 
 from __future__ import annotations

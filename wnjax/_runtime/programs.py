@@ -164,12 +164,18 @@ def _store(path: str, exported, out_tree) -> bool:
         payload = bytes(exported.serialize())
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    except Exception:  # a program that cannot be serialized, or no room: not kept
+        return False
+    try:
         with os.fdopen(fd, "wb") as f:
             pickle.dump((tree, payload), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
         return True
-    except Exception:  # a program that cannot be serialized is simply not kept
+    except Exception:
         return False
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _load(path: str):
@@ -225,27 +231,29 @@ def compiled(fn: Callable, args: tuple, *, key) -> Program:
         os.path.join(folder, _digest(key, leaves, treedef, static) + ".program") if folder else None
     )
     stored = _load(path) if path is not None and os.path.exists(path) else None
-    if stored is None:
-        out = []
-
-        def flat(*leaves):
-            import equinox as eqx
-
-            y = fn(*eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static))
-            y, out_tree = jax.tree_util.tree_flatten(y)
-            out.append(out_tree)
-            return y
-
-        try:
-            exported = export.export(jax.jit(flat))(*leaves)
-        except Exception:  # not exportable (host callbacks, say): compiled, not kept
-            out.clear()
-            executable = jax.jit(flat).lower(*leaves).compile()
-            return Program(executable, treedef, out[0], loaded=False)
-        out_tree = out[0]
-        if path is not None:
-            _store(path, exported, out_tree)
-    else:
+    if stored is not None:
         exported, out_tree = stored
+        try:
+            executable = jax.jit(exported.call).lower(*leaves).compile()
+            return Program(executable, treedef, out_tree, loaded=True)
+        except Exception:  # an entry that does not fit after all: traced again, replaced
+            pass
+    out = []
+
+    def flat(*leaves):
+        import equinox as eqx
+
+        y = fn(*eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static))
+        y, out_tree = jax.tree_util.tree_flatten(y)
+        out.append(out_tree)
+        return y
+
+    try:
+        exported = export.export(jax.jit(flat))(*leaves)
+    except Exception:  # not exportable (host callbacks, say): compiled, not kept
+        executable = jax.jit(flat).lower(*leaves).compile()  # (the trace may be reused)
+        return Program(executable, treedef, out[-1], loaded=False)
+    if path is not None:
+        _store(path, exported, out[0])
     executable = jax.jit(exported.call).lower(*leaves).compile()
-    return Program(executable, treedef, out_tree, loaded=stored is not None)
+    return Program(executable, treedef, out[0], loaded=False)
