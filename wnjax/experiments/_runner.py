@@ -108,7 +108,8 @@ def concurrently(
     compiled, and ``turn()``, called once its own program is compiled, lets it run, at once
     (``overlap``) or once the call before it has returned. So the runs overlap each other
     (``overlap``) and the compilation of the ones after them (a CPU program runs in the thread
-    that calls it, with the GIL released; even a compilation-cache hit traces and lowers).
+    that calls it, with the GIL released; a compilation-cache hit still traces and lowers, a kept
+    program (``run_gd(..., program_key=...)``) is only loaded).
     Each run is one deterministic program, so its numbers do not depend on what runs beside
     it.
 
