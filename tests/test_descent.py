@@ -231,14 +231,15 @@ def test_long_segments_match_step_by_step_loop(problem):
 
 
 def test_auto_chunks_grow_without_recompiling_or_changing_steps(problem, monkeypatch):
-    """``chunk_size='auto'`` doubles the chunk after every fast chunk: fewer host round trips,
-    no new compilation, and the same steps as one chunk holding the whole run."""
+    """``chunk_size='auto'`` grows the chunk after every fast chunk (by ``AUTO_CHUNK_GROWTH``
+    when it was very fast): fewer host round trips, no new compilation, and the same steps as
+    one chunk holding the whole run."""
     import wnjax._dynamics.descent as D
 
     model, X, y = problem
     monkeypatch.setattr(D, "AUTO_CHUNK_START", 8)
     monkeypatch.setattr(D, "AUTO_CHUNK_SECONDS", 1e9)  # every chunk counts as fast
-    run = dict(num_steps=100, learning_rate=0.05, n_save=2, diagnostics=False)
+    run = dict(num_steps=3000, learning_rate=0.05, n_save=2, diagnostics=False)
     sizes = []
 
     def seen(carry):
@@ -248,9 +249,9 @@ def test_auto_chunks_grow_without_recompiling_or_changing_steps(problem, monkeyp
     with compiles() as again:
         auto = D.gradient_descent(model, X, y, chunk_size="auto", callback=seen, **run)
     assert again == [], f"growing chunks compiled {again}"
-    # Chunks of 8, 16, 32, 64 steps: the run's 100 steps end at 8, 24, 56, 100.
-    assert sizes == [8, 24, 56, 100]
-    whole = D.gradient_descent(model, X, y, chunk_size=100, **run)
+    # Chunks of 8, 8 x 16 and 8 x 16^2 steps: the run's 3,000 steps end at 8, 136, 2184, 3000.
+    assert sizes == [8, 136, 2184, 3000]
+    whole = D.gradient_descent(model, X, y, chunk_size=3000, **run)
     np.testing.assert_array_equal(weights(auto.final), weights(whole.final))
     for bad in (0, -3, 2.5, "big"):
         with pytest.raises(ValueError, match="chunk_size"):

@@ -824,10 +824,12 @@ def _default_key() -> PRNGKeyArray:
     return key
 
 
-# chunk_size="auto": the first chunk's steps, the wall time under which the next chunk doubles,
-# and the cap. Each chunk costs ~1 ms of dispatch (a 10-32-1 net's step is ~10 us on a CPU).
+# chunk_size="auto": the first chunk's steps, the wall time a chunk grows towards, the most it
+# grows by after one chunk, and the cap. Each chunk costs ~1 ms of dispatch (a 10-32-1 net's
+# step is ~10 us on a CPU), and a vmapped block a few ms of copying its save buffers.
 AUTO_CHUNK_START = 1000
 AUTO_CHUNK_SECONDS = 0.25
+AUTO_CHUNK_GROWTH = 16
 AUTO_CHUNK_MAX = 2**20
 
 
@@ -838,8 +840,9 @@ def _stops(carry) -> np.ndarray:
 def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None, stops=_stops):
     """Call ``chunk(carry, numbers)`` until every run has stopped or SIGINT/SIGTERM arrives
     (the chunk in progress finishes; a second signal keeps the last finished chunk).
-    ``auto``: double ``numbers['chunk_size']`` after every chunk faster than
-    ``AUTO_CHUNK_SECONDS``, up to ``AUTO_CHUNK_MAX``. ``after_first()`` runs once after the
+    ``auto``: after a chunk faster than ``AUTO_CHUNK_SECONDS``, multiply
+    ``numbers['chunk_size']`` by ``AUTO_CHUNK_SECONDS / elapsed``, at least 2 and at most
+    ``AUTO_CHUNK_GROWTH``, up to ``AUTO_CHUNK_MAX``. ``after_first()`` runs once after the
     first chunk, ``callback(carry)`` after every chunk. ``stops(carry)``: the stop codes of
     every run, as a host array (default: ``carry['stop']``). Returns the last carry."""
     with _interrupt.handling():
@@ -848,8 +851,10 @@ def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None
                 t0 = time.perf_counter()
                 carry = chunk(carry, numbers)
                 stop = stops(carry)  # waits for the chunk (and the initial loss)
-                if auto and time.perf_counter() - t0 < AUTO_CHUNK_SECONDS:
-                    size = min(2 * int(numbers["chunk_size"]), AUTO_CHUNK_MAX)
+                elapsed = time.perf_counter() - t0
+                if auto and elapsed < AUTO_CHUNK_SECONDS:
+                    grow = min(max(AUTO_CHUNK_SECONDS / max(elapsed, 1e-9), 2.0), AUTO_CHUNK_GROWTH)
+                    size = min(int(grow * int(numbers["chunk_size"])), AUTO_CHUNK_MAX)
                     numbers = {**numbers, "chunk_size": _host_int(size)}
                 if after_first is not None:
                     after_first()
@@ -914,8 +919,9 @@ def gradient_descent(
     - `n_save`: log-spaced save points (``log L`` and summaries at each).
     - `save_states`: keep the model at the save points.
     - `chunk_size`: steps per compiled chunk; between chunks Python regains control (callback,
-      Ctrl-C). ``"auto"``: ``AUTO_CHUNK_START`` steps first, then twice as many after every
-      chunk that took less than ``AUTO_CHUNK_SECONDS``, up to ``AUTO_CHUNK_MAX`` (a chunk's
+      Ctrl-C). ``"auto"``: ``AUTO_CHUNK_START`` steps first; after a chunk that took less than
+      ``AUTO_CHUNK_SECONDS``, as many more as would take about that long (2x to
+      ``AUTO_CHUNK_GROWTH``x), up to ``AUTO_CHUNK_MAX`` (a chunk's
       length is a traced number: changing it does not recompile, nor change any step).
     - `degree`: homogeneity degree for the normalized margin (measured if ``None``; a model
       that is not homogeneous raises ``InvalidInput`` unless it is given).
