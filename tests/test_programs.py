@@ -135,6 +135,18 @@ def test_a_damaged_entry_is_compiled_again_and_replaced(store):
     assert programs.compiled(fn, args, key=("test",)).loaded
 
 
+def test_programs_are_kept_exactly_when_the_compilation_cache_is_on(tmp_path):
+    before = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        assert programs.directory() == str(tmp_path / "programs")
+        jax.config.update("jax_enable_compilation_cache", False)
+        assert programs.directory() is None
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before[0])
+        jax.config.update("jax_compilation_cache_dir", before[1])
+
+
 def test_without_a_store_nothing_is_kept(monkeypatch):
     monkeypatch.setattr(programs, "directory", lambda: None)
     traces = []

@@ -1,10 +1,10 @@
-"""Whole compiled programs kept on disk under a key that names them: a warm run loads them
-without tracing.
+"""Traced programs kept on disk under a key that names them: a warm run loads them without
+tracing.
 
 JAX's persistent compilation cache (``wnjax._runtime.cache``) keys a program by its lowered
 text, so even a hit traces and lowers it first: ~0.4-0.7 s for one of GD's vmapped chunk
 programs on a 2-core CPU, most of a warm reproduction's fixed cost. ``compiled(fn, args,
-key=...)`` keys the compiled program instead by
+key=...)`` keeps the traced, lowered program (``jax.export``, StableHLO) under a key made of
 
 - ``key``: the caller's name for ``fn`` and everything it closes over (strings, numbers,
   booleans, ``None`` and tuples of them);
@@ -14,13 +14,14 @@ key=...)`` keys the compiled program instead by
   versions, the backend, its platform version and devices, ``XLA_FLAGS`` and every value of
   JAX's configuration.
 
-A change to any of these misses (and recompiles); so the caller need only name what the
-arguments and wnjax's source do not show: a closure's values, code from outside wnjax. Entries
-live in ``programs/`` beside JAX's own cache entries, are written atomically, are used only
-when the persistent cache is on (``directory()``), and an entry that cannot be read is compiled
-again and replaced. What is kept is the traced, lowered program (``jax.export``, StableHLO);
-XLA's compilation of it goes through JAX's persistent cache like any other. A program that
-``jax.export`` cannot serialize (one with host callbacks, say) is compiled but not kept.
+A change to any of these misses (and traces again); so the caller need only name what the
+arguments and wnjax's source do not show: a closure's values, code from outside wnjax. XLA's
+compilation of a kept program goes through JAX's persistent cache like any other. Entries live
+in ``programs/`` beside JAX's own entries, only while that cache is on (``directory()``); they
+are written atomically, and one that cannot be read or does not fit its arguments is traced
+again and replaced. A program that ``jax.export`` cannot serialize (one with host callbacks,
+say) is compiled but not kept. Entries are unpickled when read: like JAX's own cache, the
+directory must be one only you can write to.
 """
 
 from __future__ import annotations
