@@ -111,6 +111,7 @@ def test_loss_clock_follows_the_normalized_path(name, rate):
     assert abs(float(b.s[-1]) - float(a.s[-1])) <= 1e-5 * abs(float(a.s[-1]))
 
 
+@pytest.mark.slow  # three flows to log L = -300, two in float32 (~25 s)
 def test_float32_ewn_reaches_minus_300_where_the_normalized_clock_runs_out():
     """EWN 2-8-1 ReLU^2 at init scale 0.5 on lin-sep: its normalized flow blows up in finite s,
     and in float32 the steps there fall below the clock's spacing. The loss clock reaches

@@ -211,6 +211,7 @@ def test_flow_and_gd_results_share_one_failure_protocol():
     assert good.check() is good and int(good.stop_code) == 2 and not bool(good.interrupted)
 
 
+@pytest.mark.slow  # three flows to log L = -300, two in float32 (~25 s)
 def test_float32_clock_too_coarse_says_so_and_float64_reaches_the_target():
     """The loss-normalized flow of an EWN linear model crowds its last ~280 units of log L into
     ~0.05 of normalized time near s = 4.4, where it turns stiff. Tsit5 alone is held there to
