@@ -147,8 +147,8 @@ def run_seeds(
     - `turn`: called once the program is compiled, before it runs; ``False`` skips the run
       (reported interrupted, every seed as it started).
     - `program_key`: names ``rule``, ``loss`` and ``summarize`` (and whatever they close over)
-      for ``wnjax._runtime.programs``: the compiled programs are then kept whole on disk and a
-      later run with the same key loads them without tracing. ``None``: JAX's cache alone.
+      for ``wnjax._runtime.programs``: the traced programs are then kept on disk and a later
+      run with the same key loads them without tracing. ``None``: JAX's cache alone.
 
     **Returns:** ``(SeedRun, interrupted)``.
     """

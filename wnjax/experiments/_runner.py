@@ -240,7 +240,7 @@ def run_gd(
     - `turn`: called once the program is compiled, before it runs (``concurrently``); ``False``
       skips the run, reported ``interrupted``.
     - `program_key`: names the run's settings that its arrays do not show (the optimizer, the
-      loss, ``summarize``): the compiled programs are kept on disk and a later run with the
+      loss, ``summarize``): the traced programs are kept on disk and a later run with the
       same key loads them without tracing (``wnjax._runtime.programs``). ``None``: not kept.
 
     **Returns:** a ``BatchedRun``. SIGINT/SIGTERM end the run at the next chunk end, with
