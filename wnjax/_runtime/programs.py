@@ -32,7 +32,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -158,25 +157,17 @@ def _loads(data: bytes):
 def _store(path: str, exported, out_tree) -> bool:
     """Write the exported program and its output structure to ``path`` atomically; ``False``
     when they cannot be kept."""
+    from wnjax._sweeps.store import atomic_write_bytes
+
     try:
         tree = _dumps(out_tree)
         if _loads(tree) != out_tree:
             return False
-        payload = bytes(exported.serialize())
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        data = pickle.dumps((tree, bytes(exported.serialize())), pickle.HIGHEST_PROTOCOL)
+        atomic_write_bytes(path, data)
+        return True
     except Exception:  # a program that cannot be serialized, or no room: not kept
         return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((tree, payload), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-        return True
-    except Exception:
-        return False
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _load(path: str):
