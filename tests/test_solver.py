@@ -9,6 +9,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import wnjax
+from wnjax._dynamics.flow import default_save_times
 from wnjax._solver.auto import stability_boundary, stiffness_estimate
 
 
@@ -220,3 +221,111 @@ def test_far_from_the_boundary_rho_is_measured_every_few_steps():
     w, V = np.linalg.eigh(np.asarray(A))
     exact = [V @ (np.exp(w * t) * (V.T @ y0)) for t in ts]
     np.testing.assert_allclose(np.asarray(lazy.ys), exact, rtol=1e-8)
+
+
+def _diagonal_regression():
+    """A depth-2 diagonal net on sparse regression (square loss), and scipy Radau's ``log L``
+    of its plain-time flow at given times (``u' = -grad_u L``, ``L = |r|^2/2``,
+    ``r = A(u^2 - v^2) - y``, written out by hand)."""
+    from wnjax.diagonal._nets import diagonal_net, sparse_problem
+
+    A, y, _ = sparse_problem(jax.random.key(0), dim=12, n_measurements=6, sparsity=2)
+    An, yn = np.asarray(A), np.asarray(y)
+
+    def f(t, w):
+        u, v = w[:12], w[12:]
+        g = An.T @ (An @ (u**2 - v**2) - yn)
+        return np.concatenate([-2 * u * g, 2 * v * g])
+
+    def radau(ts):
+        """``(log L at ts, the signal u^2 - v^2 at ts[-1])``."""
+        sol = solve_ivp(
+            f, (0.0, ts[-1]), np.full(24, 0.1), method="Radau", rtol=1e-11, atol=1e-13, t_eval=ts
+        )
+        x = sol.y[:12] ** 2 - sol.y[12:] ** 2
+        return np.log(0.5 * np.sum((An @ x - yn[:, None]) ** 2, axis=0)), x[:, -1]
+
+    return diagonal_net(12, depth=2, alpha=0.1), A, y, radau
+
+
+def _one_program(net, A, y, **kw):
+    """The default solver's switching solve in one compiled program (``solver='auto'`` under
+    ``jit``), the reference for the chain of one-method solves ``gradient_flow`` runs."""
+    import equinox as eqx
+
+    return eqx.filter_jit(lambda A, y: wnjax.gradient_flow(net, A, y, solver="auto", **kw))(A, y)
+
+
+COUNTS = ("num_steps", "num_accepted_steps", "num_rejected_steps", "explicit_steps", "stiff_steps")
+
+
+def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_program():
+    """The plain-time flow of a diagonal net on square loss turns stiff near its minimum: the
+    default solver switches to the implicit method. ``gradient_flow`` runs it as two solves
+    (the explicit method alone, then the implicit one from where the first switched): ``log L``
+    at the save points agrees with scipy's Radau (to 1e-4 where ``log L > -20``: below it the
+    default rtol of 1e-8, on weights of size 1, leaves the ~1e-8 residuals few digits), and so
+    does the signal ``u^2 - v^2`` at the end, after the switch; the run takes the same steps to
+    the same end as the switching solve in one program."""
+    net, A, y, radau = _diagonal_regression()
+    kw = dict(loss="square", t1=160.0, n_save=12, diagnostics=False, save_states=False)
+    r = wnjax.gradient_flow(net, A, y, **kw)
+    assert bool(r.ok)
+    assert int(r.stats["switches"]) == 1 and int(r.stats["explicit_steps"]) > 0
+    assert int(r.stats["stiff_steps"]) > 10  # saves on both sides of the switch
+    ts = np.asarray(r.ts)
+    assert np.all(np.isfinite(ts)) and np.all(np.diff(ts) > 0)
+    np.testing.assert_allclose(ts, default_save_times(0.0, 160.0, 12), rtol=1e-12)
+    ref, x_end = radau(ts)
+    shallow = ref > -20
+    assert shallow.sum() >= 8 and ref[-1] < -30
+    np.testing.assert_allclose(np.asarray(r.log_loss)[shallow], ref[shallow], rtol=0, atol=1e-4)
+    x = np.asarray(wnjax.diagonal._nets.diagonal_signal(r.final))
+    assert np.linalg.norm(x - x_end) / np.linalg.norm(x_end) < 1e-6
+    one = _one_program(net, A, y, **kw)
+    for k in COUNTS + ("switches",):
+        assert int(r.stats[k]) == int(one.stats[k]), k
+    np.testing.assert_allclose(np.asarray(r.log_loss), np.asarray(one.log_loss), rtol=1e-12)
+    np.testing.assert_allclose(float(r.final_log_loss), float(one.final_log_loss), rtol=1e-12)
+
+
+def test_the_step_budget_holds_across_phases():
+    """``max_steps`` bounds the whole run, not each of its solves: a run whose budget ends after
+    the switch stops after exactly ``max_steps`` steps, as the one-program solve does."""
+    net, A, y, _ = _diagonal_regression()
+    kw = dict(loss="square", t1=160.0, n_save=4, diagnostics=False, throw=False)
+    full = wnjax.gradient_flow(net, A, y, **kw)
+    budget = int(full.stats["num_steps"]) - 5
+    assert budget > int(full.stats["explicit_steps"]) + 5  # the budget runs out after the switch
+    with pytest.warns(RuntimeWarning, match="max_steps"):
+        r = wnjax.gradient_flow(net, A, y, max_steps=budget, **kw)
+    one = _one_program(net, A, y, max_steps=budget, **kw)
+    assert int(r.stop_code) == int(one.stop_code) == 1
+    assert int(r.stats["num_steps"]) == int(one.stats["num_steps"]) == budget
+    np.testing.assert_allclose(float(r.final_time), float(one.final_time), rtol=1e-12)
+
+
+def test_a_run_that_starts_implicit_hands_over_to_the_explicit_method():
+    """``AutoSwitch(start_stiff=True)`` on a flow that is not stiff: the implicit solve hands
+    over to the explicit method within a few steps, and the chain of the two solves takes the
+    same steps to the same end as the one-program solve."""
+    key1, key2 = jax.random.split(jax.random.key(3))
+    X = jax.random.normal(key1, (16, 3))
+    y = jnp.sign(X[:, 0] + 0.5 * X[:, 1])
+    model = wnjax.ewn(wnjax.MLP(3, 6, 2, activation="relu2", key=key2))
+    kw = dict(t1=5.0, n_save=6, diagnostics=False, save_states=False)
+    solver = wnjax.AutoSwitch(start_stiff=True)
+    r = wnjax.gradient_flow(model, X, y, solver=solver, **kw)
+    assert bool(r.ok) and int(r.stats["switches"]) >= 1
+    assert 0 < int(r.stats["stiff_steps"]) < int(r.stats["explicit_steps"])
+    import equinox as eqx
+
+    one = eqx.filter_jit(lambda X, y: wnjax.gradient_flow(model, X, y, solver=solver, **kw))(X, y)
+    for k in COUNTS + ("switches",):
+        assert int(r.stats[k]) == int(one.stats[k]), k
+    np.testing.assert_allclose(np.asarray(r.log_loss), np.asarray(one.log_loss), rtol=1e-12)
+
+
+def test_a_phase_must_name_a_method():
+    with pytest.raises(ValueError, match="phase"):
+        wnjax.AutoSwitch(phase="stiff")

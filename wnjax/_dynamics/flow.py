@@ -19,6 +19,8 @@ evaluated accurately however small ``L`` becomes. Three clocks are offered:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import warnings
 from typing import Any, ClassVar
@@ -261,11 +263,15 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
     """A step-size controller that also polls ``_interrupt.requested()`` now and then (see
     ``_ask``) and ends the solve, with diffrax's ``internal_error``, when a stop was requested.
     Steps and step sizes are the inner controller's; its state is ``(inner state, poll
-    state)``, the poll state starting from ``start`` (``_poll_start()``, or where a previous
-    solve left it)."""
+    state, run)``, the poll state starting from ``start`` (``_poll_start()``, or where a
+    previous solve left it). ``run`` holds the next step's size (``dt``), the end of the solve
+    (``t1``) and the steps left (``left``, from ``budget``): a solve that runs out of them
+    short of ``t1`` ends with ``max_steps_reached``, so a solve continued from another's
+    controller state keeps to the budget of both together."""
 
     inner: diffrax.AbstractAdaptiveStepSizeController
     start: dict
+    budget: int = 2**31 - 1
 
     @property
     def rtol(self):
@@ -280,22 +286,27 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         return self.inner.norm
 
     def wrap(self, direction):
-        return _Polled(self.inner.wrap(direction), self.start)
+        return _Polled(self.inner.wrap(direction), self.start, self.budget)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, self.start)
+        run = {"dt": tnext - t0, "t1": t1, "left": jnp.asarray(self.budget, jnp.int32)}
+        return tnext, (state, self.start, run)
 
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
     ):
-        state, poll = controller_state
+        state, poll, run = controller_state
         keep, next_t0, next_t1, jump, state, result = self.inner.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
         poll = _ask({**poll, "count": poll["count"] + 1})
+        left = run["left"] - 1
+        spent = (left <= 0) & (next_t0 < run["t1"])
+        result = diffrax.RESULTS.where(spent, diffrax.RESULTS.max_steps_reached, result)
         result = diffrax.RESULTS.where(poll["stop"], diffrax.RESULTS.internal_error, result)
-        return keep, next_t0, next_t1, jump, (state, poll), result
+        dt = jnp.asarray(next_t1 - next_t0, jnp.result_type(run["dt"]))
+        return keep, next_t0, next_t1, jump, (state, poll, {**run, "dt": dt, "left": left}), result
 
 
 @jax.custom_batching.custom_vmap
@@ -777,11 +788,22 @@ def _solve(
     controller_kwargs: tuple,
     standard_out: bool = False,
     poll: bool = True,
-) -> FlowResult:
+    start: dict | None = None,
+) -> tuple[FlowResult, dict | None]:
+    """The solve of ``gradient_flow``, one compiled program: ``(result, handover)``.
+
+    With an ``AutoSwitch`` solver in a ``phase`` of one method, ``handover`` says whether the
+    run ended on a switch to the other method (``switched``) and holds where it ended (``s``,
+    ``y``, ``solver_state``, ``controller``, ``dt``); passed back as ``start`` with the other
+    phase, the solve goes on from there, saving at the points of ``save_s`` after ``start['s']``
+    (the earlier ones are saved at ``start['s']``) within the steps left of ``max_steps``. Else
+    ``handover`` is ``None``."""
     params, static = eqx.partition(p, eqx.is_inexact_array)
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
     theta0, unravel = ravel_pytree(params)
+    if start is not None:
+        theta0 = start["y"][0]
     normalized = time != "plain"  # tau is integrated
     by_loss = time == "loss"
     # The state is (theta, tau). In plain time tau = log(1 + t) is a function of the solver's own
@@ -862,11 +884,14 @@ def _solve(
     if by_loss:
         tau0 = jnp.stack([tau0, jnp.zeros_like(tau0)])
     s0 = jnp.zeros_like(numbers["t1"]) if normalized else numbers["t0"]
+    if start is not None:
+        s0, tau0 = start["s"], start["y"][1]
+        save_s = jnp.maximum(save_s, s0)
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
     )
     if poll:  # a stop request (SIGINT/SIGTERM) ends the solve (see _Polled)
-        controller = _Polled(controller, _poll_start())
+        controller = _Polled(controller, _poll_start(), max_steps)
     solver = _root_tolerances(solver, controller, X.dtype)
     if save_levels:
         return _solve_levels(
@@ -886,7 +911,7 @@ def _solve(
             max_steps=max_steps,
             standard_out=standard_out,
             time=time,
-        )
+        ), None
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)],
         solver_state=True,
@@ -897,9 +922,13 @@ def _solve(
         solver,
         t0=s0,
         t1=numbers["t1"],
-        dt0=numbers.get(
-            "dt0",
-            _first_step(diffrax.ODETerm(field), s0, (theta0, tau0), (X, y), numbers["t1"] - s0),
+        dt0=(
+            start["dt"]
+            if start is not None
+            else numbers.get(
+                "dt0",
+                _first_step(diffrax.ODETerm(field), s0, (theta0, tau0), (X, y), numbers["t1"] - s0),
+            )
         ),
         y0=(theta0, tau0),
         args=(X, y),
@@ -909,6 +938,11 @@ def _solve(
         max_steps=max_steps,
         throw=False,
         progress_meter=progress_meter,
+        **(
+            {}
+            if start is None
+            else {"solver_state": start["solver_state"], "controller_state": start["controller"]}
+        ),
     )
     saved, (final_theta, final_tau) = sol.ys
     final_params = unravel(final_theta[-1])
@@ -947,6 +981,21 @@ def _solve(
     stats["nonfinite_ahead"] = _nonfinite_ahead(final_params, static, X, y, loss, code)
     stats["target_log_loss"] = numbers["target"]
     stats.update(_switch_stats(sol.solver_state))
+    handover = None
+    if getattr(solver, "phase", None) is not None:
+        switched = (sol.solver_state["stiff"] != (solver.phase == "implicit")) & (
+            sol.result == diffrax.RESULTS.internal_error
+        )
+        if poll:
+            switched = switched & ~_stopped(sol)
+        handover = {
+            "switched": switched & finite & ~reached,
+            "s": sol.ts[1][-1],
+            "y": (final_theta[-1], None if final_tau is None else final_tau[-1]),
+            "solver_state": sol.solver_state,
+            "controller": sol.controller_state,
+            "dt": sol.controller_state[2]["dt"] if poll else None,
+        }
     return FlowResult(
         ts=ts,
         s=sol.ts[0],
@@ -962,7 +1011,25 @@ def _solve(
         stop_code=code,
         reached_target=reached,
         time=time,
-    )
+    ), handover
+
+
+@eqx.filter_jit
+def _join(first: FlowResult, second: FlowResult) -> FlowResult:
+    """One run from a solve of one ``AutoSwitch`` phase and the solve that went on from its end:
+    the save points ``first`` reached (finite ``s``) from it, the others, the end and the
+    solver's counts from ``second``, the step counts of both added."""
+    done = jnp.isfinite(first.s)
+
+    def pick(a, b):
+        return jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b)
+
+    fields = {f.name: getattr(second, f.name) for f in dataclasses.fields(second)}
+    for k in ("ts", "s", "log_t", "log_loss", "summaries", "states"):
+        fields[k] = jax.tree_util.tree_map(pick, getattr(first, k), getattr(second, k))
+    counts = ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    fields["stats"] = {**second.stats, **{k: first.stats[k] + second.stats[k] for k in counts}}
+    return FlowResult(**fields)
 
 
 def _root_tolerances(solver, controller, dtype):
@@ -1473,22 +1540,31 @@ def gradient_flow(
         else:
             save_s = default_save_times(start, float(t1), save.n)
     save_s = as_number(save_s, dtype)
+    traced = _is_traced(p, X)
+    method = resolve_solver(
+        solver,
+        rtol,
+        _count_params(p),
+        traced=traced,
+        smooth=smooth_field(p),
+        kinks=kinked_field(p),
+    )
+    # An AutoSwitch run outside jit is a chain of solves, each of one method alone (no branch on
+    # the method in its steps), each going on from where the last one switched: a run that never
+    # turns stiff compiles and runs the explicit method's program only.
+    phased = isinstance(method, AutoSwitch) and not save_levels and not traced
+    if phased:
+        stiff = method.start_stiff if method.phase is None else method.phase == "implicit"
+        method = dataclasses.replace(method, phase=None)
     with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
-        result = _solve(
+        solve = functools.partial(
+            _solve,
             p,
             X,
             y,
             numbers,
             save_s,
             loss=loss_obj,
-            solver=resolve_solver(
-                solver,
-                rtol,
-                _count_params(p),
-                traced=_is_traced(p, X),
-                smooth=smooth_field(p),
-                kinks=kinked_field(p),
-            ),
             time=time,
             rate=rate,
             has_target=has_target,
@@ -1501,6 +1577,13 @@ def gradient_flow(
             # final/states as the input's type
             standard_out=not isinstance(model, Parameterized),
         )
+        if not phased:
+            return _finish(solve(solver=method)[0], throw)
+        result, handover = solve(solver=method.phase_solver(stiff))
+        while bool(handover["switched"]):
+            stiff = not stiff
+            more, handover = solve(solver=method.phase_solver(stiff), start=handover)
+            result = _join(result, more)
         return _finish(result, throw)
 
 

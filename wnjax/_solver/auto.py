@@ -18,6 +18,7 @@ accepted steps (hysteresis), so one odd step does not flip the method.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, ClassVar
 
@@ -180,6 +181,13 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
       iteration's extra evaluation, unless ``check_every`` steps have passed since the last
       measurement (defaults 8 and 0.25). Such a step dissents, as a measured one would. Every
       implicit step, and the first step of each method, measures.
+    - `phase`: ``None`` (the default: the step runs either method, a branch on ``stiff``), or
+      ``'explicit'`` / ``'implicit'``: run that method alone, with no branch on the method, and
+      end the solve on the step that switches (diffrax's result ``internal_error``; the final
+      solver state's ``stiff`` then names the other method). A ``diffeqsolve`` with the other
+      phase (``phase_solver``) and that ``solver_state`` goes on from there. The two phases
+      compile to about the size of the switching solve together, and each runs without the
+      branch; ``wnjax.gradient_flow`` runs its solves that way.
 
     The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``) carries
     ``stiff`` (the method of the next step), ``stiff_steps`` and ``explicit_steps`` (accepted
@@ -199,6 +207,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     start_stiff: bool = False
     check_every: int = 8
     check_tol: float = 0.25
+    phase: str | None = None
 
     term_structure: ClassVar = diffrax.AbstractTerm
 
@@ -213,6 +222,10 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             raise ValueError("AutoSwitch's explicit method must be explicit (Tsit5, Dopri5, ...).")
         if not isinstance(self.implicit, diffrax.AbstractImplicitSolver):
             raise ValueError("AutoSwitch's implicit method must be implicit (Kvaerno5, ...).")
+        if self.phase not in (None, "explicit", "implicit"):
+            raise ValueError(
+                f"AutoSwitch's phase must be None, 'explicit' or 'implicit', got {self.phase!r}."
+            )
 
     # diffrax fills the implicit method's root-finder tolerances from the step-size controller.
     @property
@@ -228,8 +241,15 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         """The explicit method's stability boundary ``B`` on the negative real axis."""
         return _boundary(type(self.explicit))
 
+    def phase_solver(self, stiff: bool) -> AutoSwitch:
+        """This solver in the phase of one method: ``'implicit'`` if ``stiff`` else
+        ``'explicit'`` (see ``phase``). Its state is the switching solver's."""
+        return dataclasses.replace(self, phase="implicit" if stiff else "explicit")
+
     @property
     def interpolation_cls(self):  # pyright: ignore
+        if self.phase is not None:
+            return getattr(self, self.phase).interpolation_cls
         return functools.partial(
             _SwitchInterpolation,
             explicit_cls=self.explicit.interpolation_cls,
@@ -320,14 +340,19 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
             return branch
 
-        y1, err, dense, states, result, h_rho, direction, measured = jax.lax.cond(
-            st["stiff"], run("implicit"), run("explicit"), None
-        )
+        if self.phase is not None:
+            y1, err, dense, states, result, h_rho, direction, measured = run(self.phase)(None)
+            dense = dense[self.phase]
+            stiff = jnp.asarray(self.phase == "implicit")
+        else:
+            stiff = st["stiff"]
+            y1, err, dense, states, result, h_rho, direction, measured = jax.lax.cond(
+                st["stiff"], run("implicit"), run("explicit"), None
+            )
         h = jnp.abs(t1 - t0)
         rho = jnp.where(measured & (h > 0), h_rho / jnp.where(h > 0, h, 1), st["rho"])
         y1, err = _guard(y0, y1, err)
         bound = self.boundary
-        stiff = st["stiff"]
         # In explicit mode count steps at the stability boundary; in implicit mode, steps the
         # explicit method could cover for less work.
         vote = jnp.where(
@@ -363,6 +388,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             "since": jnp.where(measured, 0, st["since"] + 1).astype(one),
             "direction": direction,
         }
+        if self.phase is not None:  # the switching step ends the solve
+            result = diffrax.RESULTS.where(switch, diffrax.RESULTS.internal_error, result)
+            return y1, err, dense, new_state, result
         dense_info = {**dense, "stiff": stiff}
         return y1, err, dense_info, new_state, result
 
