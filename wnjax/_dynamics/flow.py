@@ -1555,7 +1555,8 @@ def gradient_flow(
     phased = isinstance(method, AutoSwitch) and not save_levels and not traced
     if phased:
         stiff = method.start_stiff if method.phase is None else method.phase == "implicit"
-        method = dataclasses.replace(method, phase=None)
+        # the phase says which method starts: start_stiff is left out of the programs
+        method = dataclasses.replace(method, phase=None, start_stiff=False)
     with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
         solve = functools.partial(
             _solve,

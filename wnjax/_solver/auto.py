@@ -270,7 +270,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         return {
             "explicit": self.explicit.init(terms, t0, t1, y0, args),
             "implicit": self.implicit.init(terms, t0, t1, y0, args),
-            "stiff": jnp.asarray(self.start_stiff),
+            "stiff": jnp.asarray(
+                self.start_stiff if self.phase is None else self.phase == "implicit"
+            ),
             "fresh": jnp.asarray(False),
             "count": zero,
             "backoff": zero,
