@@ -311,10 +311,11 @@ def test_flow_equivalence_in_float32_uses_tolerances_float32_can_give():
 def test_flow_under_jit_with_a_closed_over_model_measures_its_degree():
     """``jax.jit`` of a function that closes over a concrete model and data, with the target
     traced: the homogeneity degree is measured eagerly inside the trace (not read from
-    tracers), and the result equals the eager call's."""
+    tracers), and the result equals the eager call's with the same method (Tsit5, the default
+    under a trace)."""
     X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(7)))
-    kw = dict(time="loss", t1=1e6, n_save=4, save_states=False)
+    kw = dict(time="loss", t1=1e6, n_save=4, save_states=False, solver="tsit5")
 
     @jax.jit
     def final(target):

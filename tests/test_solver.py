@@ -303,6 +303,7 @@ def test_the_step_budget_holds_across_phases():
     assert int(r.stats["switches"]) == 1 and float(r.final_time) < float(full.final_time)
 
 
+@pytest.mark.slow  # two programs of its own (~13 s); CI runs it
 def test_a_run_that_starts_implicit_switches_both_ways():
     """``AutoSwitch(start_stiff=True)`` on the diagonal net's flow, not stiff at first: the
     implicit solve hands over to the explicit method, which hands back near the minimum (three
