@@ -284,8 +284,14 @@ def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_pr
     x = np.asarray(wnjax.diagonal._nets.diagonal_signal(r.final))
     assert np.linalg.norm(x - x_end) / np.linalg.norm(x_end) < 1e-6
     one = _one_program(net, A, y, **PHASES)
+    # a solver in a phase, passed by the caller, still runs the whole flow from that phase
+    from wnjax._dynamics.flow import default_solver
+
+    named = wnjax.gradient_flow(
+        net, A, y, solver=default_solver(1e-8, 24).phase_solver(False), **PHASES
+    )
     for k in COUNTS + ("switches",):
-        assert int(r.stats[k]) == int(one.stats[k]), k
+        assert int(r.stats[k]) == int(one.stats[k]) == int(named.stats[k]), k
     np.testing.assert_allclose(np.asarray(r.log_loss), np.asarray(one.log_loss), rtol=1e-12)
     np.testing.assert_allclose(float(r.final_log_loss), float(one.final_log_loss), rtol=1e-12)
 

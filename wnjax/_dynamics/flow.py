@@ -1552,11 +1552,13 @@ def gradient_flow(
     # An AutoSwitch run outside jit is a chain of solves, each of one method alone (no branch on
     # the method in its steps), each going on from where the last one switched: a run that never
     # turns stiff compiles and runs the explicit method's program only.
+    if isinstance(method, AutoSwitch) and method.phase is not None:  # the whole run, from it
+        method = dataclasses.replace(method, phase=None, start_stiff=method.phase == "implicit")
     phased = isinstance(method, AutoSwitch) and not save_levels and not traced
     if phased:
-        stiff = method.start_stiff if method.phase is None else method.phase == "implicit"
-        # the phase says which method starts: start_stiff is left out of the programs
-        method = dataclasses.replace(method, phase=None, start_stiff=False)
+        # the first phase says which method starts: start_stiff is left out of the programs
+        stiff = method.start_stiff
+        method = dataclasses.replace(method, start_stiff=False)
     with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
         solve = functools.partial(
             _solve,
