@@ -105,7 +105,15 @@ def test_loss_clock_follows_the_normalized_path(name, rate):
     ``rate='neuron_norm_sq'``, g_u = ||w_u||^2 grad_u log L)."""
     X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = getattr(wnjax, name)(wnjax.MLP(2, 6, 2, activation="relu2", key=jax.random.key(3)))
-    kw = dict(target_log_loss=-100.0, t1=1e6, rtol=1e-10, atol=1e-12, n_save=6, rate=rate)
+    kw = dict(
+        target_log_loss=-100.0,
+        t1=1e6,
+        rtol=1e-10,
+        atol=1e-12,
+        n_save=6,
+        rate=rate,
+        diagnostics=False,
+    )
     a = wnjax.gradient_flow(model, X, y, time="normalized", **kw)
     b = wnjax.gradient_flow(model, X, y, time="loss", **kw)
     assert bool(a.reached_target) and bool(b.reached_target)
@@ -147,7 +155,7 @@ def test_a_floor_of_the_loss_ends_the_run_at_t1_as_in_normalized_time():
     y = jnp.array([1.0, 1.0])
     model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(0))
     floor = np.log(2.0)
-    kw = dict(target_log_loss=-10.0, t1=1e6, n_save=4)
+    kw = dict(target_log_loss=-10.0, t1=1e6, n_save=4, diagnostics=False)
     for w in (jnp.array([[1.0, 0.0]]), jnp.array([[0.5, -1.0]])):
         m = eqx.tree_at(lambda m: m.layers[0].weight, model, w)
         r = wnjax.gradient_flow(m, X, y, time="loss", **kw)
