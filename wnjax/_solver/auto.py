@@ -185,9 +185,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
       ``'explicit'`` / ``'implicit'``: run that method alone, with no branch on the method, and
       end the solve on the step that switches (diffrax's result ``internal_error``; the final
       solver state's ``stiff`` then names the other method). A ``diffeqsolve`` with the other
-      phase (``phase_solver``) and that ``solver_state`` goes on from there. The two phases
-      compile to about the size of the switching solve together, and each runs without the
-      branch; ``wnjax.gradient_flow`` runs its solves that way.
+      phase (``phase_solver``) and that ``solver_state`` goes on from there. A phase compiles to
+      a smaller program than the switching solve (a run that switches compiles both);
+      ``wnjax.gradient_flow`` runs its solves that way.
 
     The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``) carries
     ``stiff`` (the method of the next step), ``stiff_steps`` and ``explicit_steps`` (accepted
@@ -349,7 +349,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         else:
             stiff = st["stiff"]
             y1, err, dense, states, result, h_rho, direction, measured = jax.lax.cond(
-                st["stiff"], run("implicit"), run("explicit"), None
+                stiff, run("implicit"), run("explicit"), None
             )
         h = jnp.abs(t1 - t0)
         rho = jnp.where(measured & (h > 0), h_rho / jnp.where(h > 0, h, 1), st["rho"])
