@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -182,3 +183,60 @@ def test_gd_block_step(tmp_path):
     }
     assert all(_positive(v) for v in med.values())
     assert all(_positive(v) for v in doc["packed_over_plain"].values())
+
+
+def _run_all(tmp_path, *args, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run_all.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_seeds_one_program(tmp_path):
+    """Through ``run_all.py --archive``: the archive holds the finished script's results."""
+    out, tgz = tmp_path / "r", tmp_path / "r.tgz"
+    proc = _run_all(
+        tmp_path, "--only", "seeds_one_program", "--quick", "--out", str(out), "--archive", str(tgz)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(tgz) as tar:
+        doc = json.load(tar.extractfile("r/seeds_one_program.json"))
+    assert doc["quick"] is True and "not measured" in doc["gpu"]
+    for name in ("gf", "gd"):
+        run = doc["runs"][name]
+        assert _positive(run["sweep"]["seconds"])
+        for way in ("jit", "call"):
+            assert run[way]["seeds_run"] >= 8 and _positive(run[way]["per_seed_ms_median"])
+        # The same per-seed program, batched or not, gives the same numbers; the untraced
+        # call runs the flow with another solver at the same tolerance.
+        assert run["jit"]["max_abs_diff_final_log_loss_vs_sweep"] < 1e-10
+        assert run["call"]["max_abs_diff_final_log_loss_vs_sweep"] < 1e-4
+
+
+def test_run_all_deadline(tmp_path):
+    """A script that would start with under 20 s of the deadline left is not started and counts
+    as failed; nothing finished, so no archive is written."""
+    out, tgz = tmp_path / "r", tmp_path / "r.tgz"
+    proc = _run_all(
+        tmp_path,
+        "--only",
+        "roofline",
+        "--quick",
+        "--out",
+        str(out),
+        "--archive",
+        str(tgz),
+        "--deadline",
+        "5",
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "roofline: not started" in proc.stdout and "failed: roofline" in proc.stdout
+    assert not tgz.exists()
