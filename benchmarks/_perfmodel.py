@@ -10,12 +10,23 @@ elementwise work is lower order):
 Bytes per step (lower bound of the traffic): the weights read twice and written once, their
 gradient written once, and each layer's activations written by the forward pass and read back
 (twice) by the backward pass, 8 bytes per float64 number.
+
+The reference products (the peak, the matmul kinds) run at the precision wnjax traces its models
+with: true float32 in float32 (``wnjax._runtime.precision``), never a GPU's TensorFloat-32.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from _common import median_time
+
+
+def _matmul(a, b):
+    """``a @ b`` in true float32 (or float64): wnjax's precision."""
+    import jax
+    import jax.numpy as jnp
+
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def layer_shapes(d: int, width: int, depth: int) -> list[tuple[int, int]]:
@@ -51,7 +62,7 @@ def peak_matmul_flops(size: int = 2048, dtype=None, repeats: int = 5) -> dict:
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.normal(k1, (size, size), dtype)
     b = jax.random.normal(k2, (size, size), dtype)
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(_matmul)
     t = _median_call(lambda: dot(a, b).block_until_ready(), repeats)
     return {
         "flops_per_s": 2.0 * size**3 / t,
@@ -121,7 +132,7 @@ def gd_loop_vs_peak(
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.normal(k1, (peak_size, peak_size), jnp.result_type(float))
     b = jax.random.normal(k2, (peak_size, peak_size), jnp.result_type(float))
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(_matmul)
     loop(m).block_until_ready()
     dot(a, b).block_until_ready()
     peaks, steps, fractions = [], [], []
@@ -178,10 +189,10 @@ def gemm_kinds(n: int, width: int, repeats: int = 7) -> dict:
     W = jax.random.normal(k3, (width, width), dtype)
     ob = jax.lax.optimization_barrier
     fns = {
-        "NT": (jax.jit(lambda a, w: a @ w.T), (A, W)),
-        "NN": (jax.jit(lambda a, w: a @ w), (A, W)),
-        "TN": (jax.jit(lambda a, b: a.T @ b), (A, B)),
-        "TN via copy": (jax.jit(lambda a, b: ob(jnp.transpose(a)) @ b), (A, B)),
+        "NT": (jax.jit(lambda a, w: _matmul(a, w.T)), (A, W)),
+        "NN": (jax.jit(lambda a, w: _matmul(a, w)), (A, W)),
+        "TN": (jax.jit(lambda a, b: _matmul(a.T, b)), (A, B)),
+        "TN via copy": (jax.jit(lambda a, b: _matmul(ob(jnp.transpose(a)), b)), (A, B)),
     }
     for f, args in fns.values():
         f(*args).block_until_ready()

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 from jaxtyping import Array
 
+from wnjax._nets.dense import apply_each
+
 
 def log_softplus(z: Array) -> Array:
     """``log(log(1 + exp(z)))``, accurate where ``softplus(z)`` underflows.
@@ -230,9 +232,9 @@ def log_loss(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Arr
     Differentiable in every mode (``jax.jvp``, ``jax.jacfwd`` included). GD and flows compute
     their gradients through ``model.batched`` instead, where the model has it.
     """
-    return get_loss(loss).log_loss(jax.vmap(model)(X), y)
+    return get_loss(loss).log_loss(apply_each(model, X), y)
 
 
 def margins(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
     """Margins ``q_i`` of ``model`` on ``(X, y)``."""
-    return get_loss(loss).margins(jax.vmap(model)(X), y)
+    return get_loss(loss).margins(apply_each(model, X), y)

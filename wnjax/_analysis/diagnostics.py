@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from wnjax._losses import Loss, get_loss
-from wnjax._nets.dense import apply_batch
+from wnjax._nets.dense import apply_batch, apply_each
 from wnjax._nets.neurons import row_norms
 from wnjax._nets.parameterize import (
     Frozen,
@@ -33,6 +33,7 @@ from wnjax._nets.parameterize import (
     as_parameterized,
     trainable_weight_norm,
 )
+from wnjax._runtime.precision import in_float32
 
 
 def _trainable_weights(p: Parameterized) -> list[Array]:
@@ -63,6 +64,7 @@ def count_neurons_above(model: PyTree, threshold: float = 0.05) -> Array:
     return jnp.sum(relative_neuron_norms(model) > threshold)
 
 
+@in_float32
 def normalized_margin(
     model: PyTree, X: Array, y: Array, degree: float, loss: str | Loss = "exponential"
 ) -> Array:
@@ -82,7 +84,7 @@ def normalized_margin(
     ```
     """
     p = as_parameterized(model)
-    q = get_loss(loss).margins(jax.vmap(p)(X), y)
+    q = get_loss(loss).margins(apply_each(p, X), y)
     norm = jnp.sqrt(sum(jnp.sum(w * w) for w in _trainable_weights(p)))
     return jnp.min(q) / norm**degree
 
@@ -92,13 +94,14 @@ def _grad_log_loss_w(p: Parameterized, X: Array, y: Array, loss: Loss):
     plain = _plain(p)
 
     def f(layers):
-        return loss.log_loss(jax.vmap(eqx.tree_at(lambda m: m.layers, plain, layers))(X), y)
+        return loss.log_loss(apply_each(eqx.tree_at(lambda m: m.layers, plain, layers), X), y)
 
     value, g = jax.value_and_grad(f)(plain.layers)
     grads = [gl.w for gl, layer in zip(g, p.layers) if not isinstance(layer, Frozen)]
     return value, grads
 
 
+@in_float32
 def log_neuron_gradient_norms(
     model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential"
 ) -> Array:
@@ -107,6 +110,7 @@ def log_neuron_gradient_norms(
     return value + jnp.log(jnp.concatenate([row_norms(g) for g in grads]))
 
 
+@in_float32
 def alignment(model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
     """``cos(w_u, -nabla_u L)`` per trainable neuron (``nan`` where the gradient is zero)."""
     p = as_parameterized(model)
@@ -126,6 +130,7 @@ def _spread(x: Array, mask: Array) -> Array:
     return jnp.where(k >= 2, jnp.sqrt(var) / jnp.abs(mean), jnp.nan)
 
 
+@in_float32
 def relation_residuals(
     model: PyTree,
     X: Array,
@@ -163,6 +168,7 @@ def _log_losses_per_example(outputs: Array, y: Array, loss: Loss) -> Array:
     return jax.vmap(lambda o, t: loss.log_loss(o[None], t[None]))(outputs, y)
 
 
+@in_float32
 def loss_direction(model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
     """The unit loss vector ``l / ||l||``, ``l_i = l(q_i)``: ``exp(log l_i - log ||l||)``."""
     loss = get_loss(loss)
@@ -170,6 +176,7 @@ def loss_direction(model: PyTree, X: Array, y: Array, loss: str | Loss = "expone
     return jnp.exp(log_l - 0.5 * jax.scipy.special.logsumexp(2.0 * log_l))
 
 
+@in_float32
 def approximate_kkt_residual(
     model: PyTree, X: Array, y: Array, degree: float, loss: str | Loss = "exponential"
 ) -> dict:
@@ -196,7 +203,7 @@ def approximate_kkt_residual(
             f"{type(loss).__name__}."
         )
     p = _plain(as_parameterized(model))
-    q = loss.margins(jax.vmap(p)(X), y)
+    q = loss.margins(apply_each(p, X), y)
     q_min = jnp.min(q)
     c = jnp.where(q_min > 0, q_min, jnp.nan) ** (-1.0 / degree)
     # p_i from d log L / d q_i = l'(q_i)/L (computed in log space).
@@ -204,7 +211,7 @@ def approximate_kkt_residual(
 
     def weighted_margin(layers):
         m = eqx.tree_at(lambda t: t.layers, p, layers)
-        return jnp.sum(jax.lax.stop_gradient(weights) * loss.margins(jax.vmap(m)(X), y))
+        return jnp.sum(jax.lax.stop_gradient(weights) * loss.margins(apply_each(m, X), y))
 
     # grad q_i(c w) = c^(L-1) grad q_i(w); q_i(c w) = c^L q_i(w).
     g = jax.grad(weighted_margin)(p.layers)
@@ -217,6 +224,7 @@ def approximate_kkt_residual(
     return {"stationarity": stationarity, "complementary_slackness": slack, "beta": beta}
 
 
+@in_float32
 def asymptotic_summaries(
     p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, threshold: float = 0.05
 ) -> dict:
@@ -289,6 +297,7 @@ def loss_rate_exponents(
     }
 
 
+@in_float32
 def summaries(
     p: Parameterized, X: Array, y: Array, loss: Loss, degree: Array, diagnostics: bool = True
 ) -> dict:

@@ -20,6 +20,7 @@ from wnjax._dynamics.flow import _rtol_floor, default_tolerances, gradient_flow
 from wnjax._nets.models import CNN, MLP
 from wnjax._nets.neurons import flat_weights
 from wnjax._nets.parameterize import ewn, swn, to_standard
+from wnjax._runtime.precision import in_float32
 
 
 def default_problem(
@@ -110,6 +111,7 @@ def _flow_report(paths: dict, steps: dict, *, rtol: float, atol: float, t1: floa
     }
 
 
+@in_float32
 def flow_equivalence(
     model: PyTree,
     X: Array,
@@ -162,6 +164,7 @@ def _neuron_rate_sgd():
     return neuron_rate_sgd
 
 
+@in_float32
 def gd_equivalence(
     model: PyTree,
     X: Array,
@@ -233,6 +236,7 @@ def _slopes(pairs: list) -> float:
     return float(np.polyfit(eta, err, 1)[0])
 
 
+@in_float32
 def equivalence_check(
     key: PRNGKeyArray | None = None,
     *,

@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from wnjax._runtime.precision import in_float32
+
 COMMANDS: dict[str, str] = {
     "demo": "wnjax._cli.demo",
     "equivalence": "wnjax._cli.equivalence",
@@ -97,6 +99,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@in_float32
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)

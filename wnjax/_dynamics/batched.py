@@ -15,8 +15,10 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._dynamics.descent import GDResult, _to_result, prepare_run, traced_run
 from wnjax._losses import Loss
+from wnjax._runtime.precision import in_float32
 
 
+@in_float32
 def traced_gradient_descent(
     model: PyTree,
     X: Array,

@@ -49,6 +49,7 @@ from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch
 from wnjax._nets.parameterize import Parameterized, as_parameterized, restore_type
 from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, packed_while_loop, tree_where
 from wnjax._runtime.validate import (
     cast_floats,
@@ -868,6 +869,7 @@ def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None
     return carry
 
 
+@in_float32
 def gradient_descent(
     model: PyTree,
     X: Array,

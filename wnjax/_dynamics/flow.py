@@ -57,6 +57,7 @@ from wnjax._nets.parameterize import (
     neuron_norm_sq_rate,
 )
 from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, tree_norm
 from wnjax._runtime.validate import check_data, check_options, check_outputs
 from wnjax._solver.auto import AutoSwitch
@@ -1356,6 +1357,7 @@ def _perturbed(p: Parameterized) -> Parameterized:
     return jax.tree_util.tree_map(jitter, p)
 
 
+@in_float32
 def gradient_flow(
     model: PyTree,
     X: Array,

@@ -17,6 +17,7 @@ from jaxtyping import Array
 
 from wnjax._losses import Loss
 from wnjax._nets.dense import apply_batch
+from wnjax._runtime.precision import float32_matmuls
 
 STALL_SHARE = 1e-3
 # |q_i| and ||theta|| ||grad q_i|| below DEAD max_j |q_j|: a dead point
@@ -34,7 +35,8 @@ def stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Arr
     def margin(p, x, yi):
         return loss.margins(eqx.combine(p, static)(x)[None], yi[None])[0]
 
-    g = jax.vmap(jax.grad(margin), in_axes=(None, 0, 0))(params, X, y)
+    with float32_matmuls():
+        g = jax.vmap(jax.grad(margin), in_axes=(None, 0, 0))(params, X, y)
     gnorm = jnp.sqrt(
         sum(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1) for x in jax.tree_util.tree_leaves(g))
     )

@@ -6,6 +6,9 @@ axis, which is the major axis of both operands. XLA's CPU backend runs that kind
 about 40% of its usual matmul speed (``benchmarks/roofline.py`` measures it). ``dense`` computes
 the same product and gradients, but hands the weight gradient over as ``(dZ^T) X`` with ``dZ^T``
 copied out first, which runs at full speed; on other platforms it is the plain product.
+
+Every model evaluation here (``apply_batch``, ``apply_each``, ``dense`` and its gradients) runs
+its 32-bit products in true float32 (``wnjax._runtime.precision``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
+
+from wnjax._runtime.precision import float32_matmuls
 
 
 def _weight_grad(G: Array, X: Array) -> Array:
@@ -24,7 +29,8 @@ def _weight_grad(G: Array, X: Array) -> Array:
     def default(G, X):
         return G.T @ X
 
-    return jax.lax.platform_dependent(G, X, cpu=cpu, default=default)
+    with float32_matmuls():
+        return jax.lax.platform_dependent(G, X, cpu=cpu, default=default)
 
 
 @jax.custom_vjp
@@ -33,18 +39,22 @@ def dense(X: Array, W: Array) -> Array:
 
     Reverse mode: ``dX = G W`` and ``dW = G^T X``. Forward-over-reverse (Hessians, implicit ODE
     solvers' Jacobians of ``grad L``) works; plain forward mode does not (a ``custom_vjp``), so
-    code that needs ``jax.jvp`` of a model's outputs calls ``jax.vmap(model)`` instead.
+    code that needs ``jax.jvp`` of a model's outputs calls ``apply_each`` instead.
     """
-    return X @ W.T
+    with float32_matmuls():
+        return X @ W.T
 
 
 def _dense_fwd(X: Array, W: Array):
-    return X @ W.T, (X, W)
+    with float32_matmuls():
+        return X @ W.T, (X, W)
 
 
 def _dense_bwd(res, G: Array):
     X, W = res
-    return G @ W, _weight_grad(G, X)
+    with float32_matmuls():
+        dX = G @ W
+    return dX, _weight_grad(G, X)
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
@@ -52,6 +62,17 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 
 def apply_batch(model, X: Array) -> Array:
     """``[f(x_1), ..., f(x_n)]``: ``model.batched(X)`` where the model has it, else
-    ``jax.vmap(model)(X)``. Both give the same numbers; ``batched`` is faster to differentiate."""
+    ``apply_each(model, X)``. Both give the same numbers; ``batched`` is faster to
+    differentiate. Products in true float32 (``float32_matmuls``)."""
     batched = getattr(model, "batched", None)
-    return batched(X) if callable(batched) else jax.vmap(model)(X)
+    if not callable(batched):
+        return apply_each(model, X)
+    with float32_matmuls():
+        return batched(X)
+
+
+def apply_each(model, X: Array) -> Array:
+    """``jax.vmap(model)(X)``, differentiable in every mode (``jax.jvp`` included), with products
+    in true float32 (``float32_matmuls``)."""
+    with float32_matmuls():
+        return jax.vmap(model)(X)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from wnjax._nets.dense import dense
+from wnjax._nets.dense import apply_each, dense
 from wnjax._nets.neurons import has_bias
 
 
@@ -239,14 +239,14 @@ def scaled_outputs(model: PyTree, x: Array, scales: tuple) -> list:
     from wnjax._nets.parameterize import Parameterized, scale_trainable, to_standard
 
     plain = to_standard(model)
-    outputs = [jax.vmap(plain)(x)]
+    outputs = [apply_each(plain, x)]
     for c in scales:
         scaled = (
             scale_trainable(model, c).standard()
             if isinstance(model, Parameterized)
             else _scale_weights(plain, c)
         )
-        outputs.append(jax.vmap(scaled)(x))
+        outputs.append(apply_each(scaled, x))
     return outputs
 
 

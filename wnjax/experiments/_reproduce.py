@@ -25,6 +25,7 @@ import time
 
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.precision import in_float32
 from wnjax._sweeps.store import atomic_write_bytes, writable_dir
 from wnjax.experiments._options import COMMON, Common
 
@@ -120,6 +121,7 @@ def show_run(out: str) -> None:
         print("figures:", ", ".join(os.path.join(out, n) for n in figures))
 
 
+@in_float32
 def reproduce(
     name: str, *, seeds: int = 5, out: str | None = None, full: bool = False, **options
 ) -> dict:
