@@ -451,3 +451,28 @@ def test_store_files_follow_the_umask(umask, mode, tmp_path):
         os.umask(old)
     for path in [os.path.join(str(tmp_path), "manifest.json"), *paths]:
         assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
+
+
+def half_reaching_run(settings, X, y):
+    """A ``[sweep] run`` factory whose runs all succeed, odd seeds short of their target."""
+    return lambda key, cfg: {
+        "ok": jnp.asarray(True),
+        "reached_target": jax.random.key_data(key)[-1] % 2 == 0,
+        "final_log_loss": jnp.asarray(0.0),
+    }
+
+
+def test_cli_counts_the_runs_that_ended_short_of_their_target(tmp_path, capsys, monkeypatch):
+    import wnjax._cli as _cli
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices writes it
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(
+        f"[sweep]\nrun = '{__name__}:half_reaching_run'\nseeds = 4\nbatch_size = 2\n"
+        "[dynamics]\ntarget_log_loss = -300.0\n"
+    )
+    argv = ["sweep", str(cfg), "--out", str(tmp_path / "out"), "--devices", "1", "--no-progress"]
+    assert _cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reached_target=0.5" in out
+    assert "2 of 4 runs ended without reaching the target" in out

@@ -312,10 +312,11 @@ def run(args: argparse.Namespace) -> int:
     for name in sw.get("plot", []):
         x = sw.get("plot_x")
         plot_bands(result, name, x=x, out=os.path.join(out, f"band_{name.replace('/', '_')}.png"))
+    has_target = any("target_log_loss" in settings.get(k, {}) for k in ("dynamics", "grid"))
     scalars = [
         k
-        for k in ("final_log_loss", "final_normalized_margin", "num_steps", "ok")
-        if k in result.table
+        for k in ("final_log_loss", "final_normalized_margin", "num_steps", "reached_target", "ok")
+        if k in result.table and (k != "reached_target" or has_target)
     ]
     print(
         f"{len(result)} runs ({len(result.cells)} compiled cells) in {result.elapsed:.1f} s "
@@ -326,8 +327,17 @@ def run(args: argparse.Namespace) -> int:
     if "ok" in result.table:
         import numpy as np
 
-        failed = int(np.sum(~np.asarray(result.table["ok"], bool)))
+        ok = np.asarray(result.table["ok"], bool)
+        failed = int(np.sum(~ok))
         if failed:
             print(f"{failed} of {len(result)} runs failed (ok = 0 in the table).")
+        if has_target and "reached_target" in result.table:
+            short = int(np.sum(ok & ~np.asarray(result.table["reached_target"], bool)))
+            if short:
+                print(
+                    f"{short} of {len(result)} runs ended without reaching the target "
+                    "(reached_target = 0, ok = 1: a stall at a stationary point, or the end "
+                    "of the clock t1)."
+                )
     sys.stdout.flush()
     return 1 if failed else 0
