@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py [--quick] [--float32] [--only NAME ...]
     python benchmarks/run_all.py --gpu        # on a GPU: the GPU set in float64 and float32
+    python benchmarks/run_all.py --gpu --float32   # the GPU set in float32 only
 
 Runs on a GPU write ``results/NAME.gpu-float64.json`` and ``NAME.gpu-float32.json`` beside the
 CPU figures (``_common.result_name``). The GPU set runs each script in float64 and then in
@@ -56,7 +57,7 @@ def main() -> int:
     p.add_argument(
         "--gpu",
         action="store_true",
-        help="the GPU set, each in float64 and float32",
+        help="the GPU set, each in float64 and float32 (with --float32: float32 only)",
     )
     p.add_argument("--out", default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds for the whole run")
@@ -67,7 +68,8 @@ def main() -> int:
     start = time.perf_counter()
     failed = []
     if args.gpu:
-        runs = [(n, f32) for n in args.only or GPU_SCRIPTS for f32 in (False, True)]
+        dtypes = (True,) if args.float32 else (False, True)
+        runs = [(n, f32) for n in args.only or GPU_SCRIPTS for f32 in dtypes]
     else:
         runs = [(n, args.float32) for n in args.only or SCRIPTS]
     for name, f32 in runs:
