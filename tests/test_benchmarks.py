@@ -240,3 +240,24 @@ def test_run_all_deadline(tmp_path):
     assert proc.returncode == 1
     assert "roofline: not started" in proc.stdout and "failed: roofline" in proc.stdout
     assert not tgz.exists()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_agrees_with_itself_on_a_cpu(tmp_path):
+    """On a CPU both sides of ``gpu_smoke.py`` are the CPU: every check agrees exactly, and the
+    EWN equivalence error is small."""
+    env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "gpu_smoke.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "gpu_smoke.json") as f:
+        doc = json.load(f)
+    assert doc["ok"] is True and doc["backend"] == "cpu"
+    assert all(v == 0.0 for v in doc["agreement"].values()), doc["agreement"]
+    assert doc["default"]["ewn_max_rel_err"] < 1e-6
