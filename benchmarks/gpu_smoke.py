@@ -7,7 +7,7 @@ steps, a vmapped 8-seed sweep of flows, and the EWN equivalence check
 matmul library (``float32_gd_change``). Each GPU figure must agree with the CPU's: flow and
 sweep final log losses to 1e-7 (relative where above 1), GD to 1e-10, the float32 weight change
 to 2e-5 (TensorFloat-32 products, emulated on a CPU by rounding the inputs of every product,
-move it by 2.2e-4), the equivalence error below 1e-6 on both. Exit code 1 on any disagreement;
+move it by 2.2e-4), the equivalence error below 1e-6 on both. Exit code 3 on any disagreement;
 the report goes to stdout and, with ``--out DIR``, to ``DIR/gpu_smoke.json``.
 
     python benchmarks/gpu_smoke.py [--out DIR]
@@ -137,7 +137,7 @@ def main() -> int:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "gpu_smoke.json"), "w") as f:
             json.dump(report, f, indent=2)
-    return 0 if ok else 1
+    return 0 if ok else 3  # 1 is Python's own exit code on an error
 
 
 if __name__ == "__main__":
