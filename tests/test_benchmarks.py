@@ -30,17 +30,22 @@ def _has_torch() -> bool:
 HAS_TORCH = _has_torch()
 
 
-def _run(name: str, out) -> dict:
+def _script(name: str, *args, timeout=600) -> subprocess.CompletedProcess:
+    """``benchmarks/NAME.py ARGS`` in a child process on the CPU, its output captured."""
     env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--out", str(out)],
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCH, f"{name}.py"), *args],
         capture_output=True,
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def _run(name: str, out) -> dict:
+    proc = _script(name, "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = out / f"{name}.json"
     assert path.exists(), proc.stdout[-2000:]
@@ -185,25 +190,19 @@ def test_gd_block_step(tmp_path):
     assert all(_positive(v) for v in doc["packed_over_plain"].values())
 
 
-def _run_all(tmp_path, *args, timeout=600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    return subprocess.run(
-        [sys.executable, os.path.join(BENCH, "run_all.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.slow
 def test_seeds_one_program(tmp_path):
     """Through ``run_all.py --archive``: the archive holds the finished script's results."""
     out, tgz = tmp_path / "r", tmp_path / "r.tgz"
-    proc = _run_all(
-        tmp_path, "--only", "seeds_one_program", "--quick", "--out", str(out), "--archive", str(tgz)
+    proc = _script(
+        "run_all",
+        "--only",
+        "seeds_one_program",
+        "--quick",
+        "--out",
+        str(out),
+        "--archive",
+        str(tgz),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with tarfile.open(tgz) as tar:
@@ -224,8 +223,8 @@ def test_run_all_deadline(tmp_path):
     """A script that would start with under 20 s of the deadline left is not started and counts
     as failed; nothing finished, so no archive is written."""
     out, tgz = tmp_path / "r", tmp_path / "r.tgz"
-    proc = _run_all(
-        tmp_path,
+    proc = _script(
+        "run_all",
         "--only",
         "roofline",
         "--quick",
@@ -246,15 +245,7 @@ def test_run_all_deadline(tmp_path):
 def test_gpu_smoke_agrees_with_itself_on_a_cpu(tmp_path):
     """On a CPU both sides of ``gpu_smoke.py`` are the CPU: every check agrees exactly, and the
     EWN equivalence error is small."""
-    env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "gpu_smoke.py"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
+    proc = _script("gpu_smoke", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "gpu_smoke.json") as f:
         doc = json.load(f)

@@ -29,8 +29,7 @@ def _weight_grad(G: Array, X: Array) -> Array:
     def default(G, X):
         return G.T @ X
 
-    with float32_matmuls():
-        return jax.lax.platform_dependent(G, X, cpu=cpu, default=default)
+    return jax.lax.platform_dependent(G, X, cpu=cpu, default=default)
 
 
 @jax.custom_vjp
@@ -53,8 +52,7 @@ def _dense_fwd(X: Array, W: Array):
 def _dense_bwd(res, G: Array):
     X, W = res
     with float32_matmuls():
-        dX = G @ W
-    return dX, _weight_grad(G, X)
+        return G @ W, _weight_grad(G, X)
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
