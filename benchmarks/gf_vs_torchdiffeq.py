@@ -3,14 +3,17 @@
 Part 1, the fixed-method comparison: diffrax Dopri5 against torchdiffeq dopri5.
 Part 2, the default path: ``wnjax.gradient_flow(wnjax.ewn(net), ...)`` with every default
 (solver, diagnostics) at rtol 1e-10, against torchdiffeq dopri5 on the same EWN flow (autograd
-through ``w_u = exp(a_u) v_u/||v_u||``), timed in interleaved rounds with two pieces of it:
-``solver='tsit5'`` (no stiffness test) and a bare ``diffrax.diffeqsolve`` of the same field on
-the flat weight vector (``breakdown``, the floor of diffrax's per-step cost); the same again in a
-child process with one XLA:CPU thread (``PJRT_NPROC=1``); then the cost of one
+through ``w_u = exp(a_u) v_u/||v_u||``), timed in interleaved rounds with two pieces of it: the
+default's explicit method alone (``explicit_only``: no stiffness test) and a bare
+``diffrax.diffeqsolve`` of the same field with that method on the flat weight vector
+(``bare_diffrax``: no saves, diagnostics or stop polling; the floor of diffrax's per-step cost),
+each with the voluntary context switches of a run (XLA:CPU handing work to a second thread);
+the same again in a child process with one XLA:CPU thread (``PJRT_NPROC=1``); then the cost of one
 vector-field evaluation ``-grad L`` on the EWN net, wnjax's against a hand-written closed-form
 gradient of the same net (the floor), both run 20,000 times inside one compiled loop.
 
-The same bias-free MLP (d -> width -> 1, ReLU^2, so the field is smooth), the same data and
+The same bias-free MLP (d -> width -> 1, ReLU^2: the field is continuous, with kinks where a
+pre-activation changes sign), the same data and
 initial weights, exponential loss summed over points, float64, the same rtol/atol, dopri5 in
 both. The torch field is ``-grad L`` by autograd; the wnjax field is ``-L grad log L``.
 Reported: wall time per solve after warm-up (median), the first call's extra time (compile),
@@ -220,6 +223,7 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
     import numpy as np
 
     import wnjax
+    from wnjax._dynamics.flow import kinked_field, smooth_field
 
     p = wnjax.ewn(model)
 
@@ -238,7 +242,9 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
         "steps": int(r.stats["num_steps"]),
         "final_log_loss": float(r.final_log_loss),
     }
-    fns = {"wnjax": run_jax, **_breakdown_runs(p, X, y, t1=t1, rtol=rtol, atol=atol)}
+    explicit = wnjax.default_solver(rtol, kinks=kinked_field(p), smooth=smooth_field(p)).explicit
+    pieces = _breakdown_runs(p, X, y, explicit, t1=t1, rtol=rtol, atol=atol)
+    fns = {"wnjax": run_jax, **pieces}
     if C.has_torch():
         solve = torch_ewn_solver(model, X, y, t1=t1, rtol=rtol, atol=atol)
         solve()
@@ -255,15 +261,19 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
     out["wnjax_s"] = C.summary(times["wnjax"])
     out["compile_s"] = first - out["wnjax_s"]["median"]
     out["us_per_step"] = out["wnjax_s"]["median"] / out["steps"] * 1e6
-    # The same flow without the pieces of the default path, in the same rounds: explicit Tsit5
-    # only (no stiffness test), and a bare diffeqsolve of the same field on the flat state.
+    out["context_switches_per_run"] = _context_switches(run_jax)
+    # The same flow without the pieces of the default path, in the same rounds: its explicit
+    # method alone (no stiffness test), and a bare diffeqsolve of the same field with that method
+    # on the flat state (no saves, diagnostics or stop polling).
     out["breakdown"] = {}
-    for name in ("tsit5", "bare_diffrax"):
+    for name in ("explicit_only", "bare_diffrax"):
         steps = int(fns[name]()[1])
         out["breakdown"][name] = {
+            "method": type(explicit).__name__,
             "s": C.summary(times[name]),
             "steps": steps,
             "us_per_step": statistics.median(times[name]) / steps * 1e6,
+            "context_switches_per_run": _context_switches(fns[name]),
         }
     if "torchdiffeq" in times:
         out["torchdiffeq_s"] = C.summary(times["torchdiffeq"])
@@ -273,11 +283,24 @@ def default_path(model, X, y, *, t1: float, rtol: float, atol: float, rounds: in
     return out
 
 
-def _breakdown_runs(p, X, y, *, t1: float, rtol: float, atol: float) -> dict:
-    """Timed callables, each returning ``(result, steps)``: ``gradient_flow`` with
-    ``solver='tsit5'`` (the default path's explicit method alone), and a bare
-    ``diffrax.diffeqsolve`` (Tsit5, the same PID controller, ``SaveAt(t1=True)``) of the same
-    field ``-L grad log L`` on the flat weight vector, the floor of what diffrax costs here."""
+def _context_switches(fn, runs: int = 3) -> float:
+    """Voluntary context switches of this process per call of ``fn`` (``getrusage``): each is a
+    thread that went to sleep waiting for another, as when XLA:CPU hands part of a loop body to
+    a second thread and waits for it."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    for _ in range(runs):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before) / runs
+
+
+def _breakdown_runs(p, X, y, explicit, *, t1: float, rtol: float, atol: float) -> dict:
+    """Timed callables, each returning ``(result, steps)``: ``gradient_flow`` with the default's
+    ``explicit`` method alone (``explicit_only``: no stiffness test), and a bare
+    ``diffrax.diffeqsolve`` (the same method, the same PID controller, ``SaveAt(t1=True)``) of
+    the same field ``-L grad log L`` on the flat weight vector, the floor of what diffrax costs
+    here."""
     import diffrax
     import equinox as eqx
     import jax
@@ -300,7 +323,7 @@ def _breakdown_runs(p, X, y, *, t1: float, rtol: float, atol: float) -> dict:
     def bare(theta):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(field),
-            diffrax.Tsit5(),
+            explicit,
             0.0,
             t1,
             None,
@@ -316,13 +339,13 @@ def _breakdown_runs(p, X, y, *, t1: float, rtol: float, atol: float) -> dict:
         jax.block_until_ready(ys)
         return ys, steps
 
-    def run_tsit5():
-        r = wnjax.gradient_flow(p, X, y, t1=t1, rtol=rtol, atol=atol, solver="tsit5")
+    def run_explicit():
+        r = wnjax.gradient_flow(p, X, y, t1=t1, rtol=rtol, atol=atol, solver=explicit)
         jax.block_until_ready(r.final)
         return r, r.stats["num_steps"]
 
-    run_bare(), run_tsit5()  # compile
-    return {"tsit5": run_tsit5, "bare_diffrax": run_bare}
+    run_bare(), run_explicit()  # compile
+    return {"explicit_only": run_explicit, "bare_diffrax": run_bare}
 
 
 def _one_thread_default_path(args) -> dict | str:
@@ -477,11 +500,13 @@ def main() -> None:
         figures["default_path_one_xla_thread"] = _one_thread_default_path(args)
     dp, ff = figures["default_path"], figures["field_floor"]
     bd = dp["breakdown"]
+    ex, bare = bd["explicit_only"], bd["bare_diffrax"]
     print(
-        "the same flow, per step: explicit Tsit5 only "
-        f"{bd['tsit5']['us_per_step']:.0f} us ({bd['tsit5']['steps']} steps); a bare diffeqsolve "
-        f"of the field {bd['bare_diffrax']['us_per_step']:.0f} us ({bd['bare_diffrax']['steps']} "
-        "steps)"
+        f"the same flow, per step: {ex['method']} alone {ex['us_per_step']:.0f} us "
+        f"({ex['steps']} steps, {ex['context_switches_per_run']:.0f} context switches a run); a "
+        f"bare diffeqsolve of the field {bare['us_per_step']:.0f} us ({bare['steps']} steps, "
+        f"{bare['context_switches_per_run']:.0f}); the default path "
+        f"{dp['context_switches_per_run']:.0f} context switches a run"
     )
     print(
         f"default path (EWN, rtol {tight['rtol']:g}): {dp['wnjax_s']['median'] * 1e3:.1f} ms, "
