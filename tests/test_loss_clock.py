@@ -261,3 +261,33 @@ def test_level_root_finder_stays_inside_the_step():
     assert solve(crossing, lambda t: t + 1.0, 0.0, 1.0) == 1.0
     widened = optx.Bisection(rtol=1e-12, atol=1e-12, expand_if_necessary=True)
     assert solve(widened, lambda t: t + 1.0, 0.0, 1.0) < -0.9
+
+
+@pytest.mark.parametrize("n_save", [2, 64])
+def test_a_run_saved_at_many_levels_matches_scipy(n_save):
+    """A linear classifier on four points, exponential loss, normalized clock to log L = -40:
+    ``dw/ds = -grad log L = sum_i p_i y_i x_i``, ``p = softmax(-y_i x_i.w)``, written out by
+    hand and integrated by scipy's DOP853 to the run's final ``s``. Saving at 64 loss levels
+    (the default) restarts the solve 63 times; each restart starts from the crossing of a level,
+    inside a step, and must not reuse that step's last stage (the field at the step's end)."""
+    from scipy.integrate import solve_ivp
+
+    X = jnp.array([[1.0, 0.3, -0.2], [0.8, -0.5, 0.4], [-0.3, 1.0, 0.6], [0.2, 0.1, -1.2]])
+    y = jnp.array([1.0, 1.0, 1.0, -1.0])
+    model = eqx.nn.Linear(3, "scalar", use_bias=False, key=jax.random.key(0))
+    r = wnjax.gradient_flow(
+        model, X, y, time="normalized", target_log_loss=-40.0, t1=1e6, n_save=n_save,
+        rtol=1e-10, atol=1e-12, diagnostics=False, save_states=False,
+    )  # fmt: skip
+    assert bool(r.reached_target)
+    Z = np.asarray(y)[:, None] * np.asarray(X)
+
+    def f(s, w):
+        m = -(Z @ w)
+        p = np.exp(m - m.max())
+        return Z.T @ (p / p.sum())
+
+    w0 = np.asarray(model.weight, float).ravel()
+    ref = solve_ivp(f, (0.0, float(r.final_time)), w0, method="DOP853", rtol=1e-13, atol=1e-15)
+    w = np.asarray(r.final.weight, float).ravel()
+    assert np.linalg.norm(w - ref.y[:, -1]) / np.linalg.norm(ref.y[:, -1]) < 1e-9

@@ -1164,6 +1164,10 @@ def _solve_levels(
             max_steps=max_steps,
             throw=False,
             solver_state=c["solver_state"],
+            # The last solve ended at its level, inside its last step: the solver state is that
+            # step's end, so the first-same-as-last stage it holds is the field at another
+            # point. The first step evaluates the field afresh.
+            made_jump=True,
         )
         new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         theta = unravel(new_y[0])
