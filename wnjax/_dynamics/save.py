@@ -39,7 +39,9 @@ class AtTimes(eqx.Module):
 class AtLossLevels(eqx.Module):
     """Save where ``log L`` crosses ``n`` levels from ``log L(0)`` down to the target
     (``wnjax.loss_levels``: drops geometric in ``log L(0) - log L``), one root-found stop per
-    level. Needs ``time='normalized'`` or ``'loss'`` and a ``target_log_loss``.
+    level; each level's solve starts at the crossing with a fresh evaluation of the field, so
+    more levels cost no accuracy. Needs ``time='normalized'`` or ``'loss'`` and a
+    ``target_log_loss``.
 
     **Arguments:** `n`: the number of levels (>= 2: the start and the target).
     """
