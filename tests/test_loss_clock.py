@@ -60,12 +60,23 @@ def test_float32_run_that_starts_deep_gets_going():
     assert abs(float(r.final_log_t) - log_t) <= 1e-4 * log_t
 
 
+# Each clock and precision compiles its own programs (~7 s): `make test` runs float64 on the loss
+# clock and float32 on the normalized one, CI every pair.
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "dtype, q0, target",
-    [(jnp.float64, 1000.0, -2000.0), (jnp.float32, 200.0, -400.0), (jnp.float32, 60.0, -300.0)],
+    "time, dtype, q0, target",
+    [
+        ("loss", jnp.float64, 1000.0, -2000.0),
+        pytest.param("loss", jnp.float32, 200.0, -400.0, marks=_SLOW),
+        pytest.param("loss", jnp.float32, 60.0, -300.0, marks=_SLOW),
+        pytest.param("normalized", jnp.float64, 1000.0, -2000.0, marks=_SLOW),
+        ("normalized", jnp.float32, 200.0, -400.0),
+        ("normalized", jnp.float32, 60.0, -300.0),
+    ],
 )
-@pytest.mark.parametrize("time", ["loss", "normalized"])
-def test_a_run_continued_from_a_deep_state_matches_the_closed_form(dtype, q0, target, time):
+def test_a_run_continued_from_a_deep_state_matches_the_closed_form(time, dtype, q0, target):
     """One point at margin ``w0.x = q0`` (log L = -q0: past float64's exp range at 1000, past
     float32's at 60 and 200), the clock at 0, as when a run is continued from ``result.final``:
     ``t`` jumps by ~1/L(0) at once (``d log(1 + t)/ds = exp(-log L - log(1 + t))``). The run
@@ -214,7 +225,11 @@ class _BreaksBeyond(wnjax.Exponential):
         return super().log_loss(outputs, y) + broken
 
 
-@pytest.mark.parametrize("time", ["plain", "normalized", "loss"])
+@pytest.mark.parametrize(
+    # ~6 s each: `make test` runs the loss clock, CI every clock
+    "time",
+    [pytest.param("plain", marks=_SLOW), pytest.param("normalized", marks=_SLOW), "loss"],
+)
 def test_a_run_whose_loss_turns_non_finite_is_never_a_success(time):
     """A run never ends ``ok`` with a non-finite state or loss. Here every step into the region
     where log L = -inf is rejected (the solvers reject a step whose error is not finite), so the

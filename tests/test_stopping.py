@@ -336,7 +336,8 @@ class _Cliff(eqx.Module):
         return self.lin(x) + 0.0 * jnp.log(self.radius - jnp.sum(self.lin.weight**2))
 
 
-@pytest.mark.parametrize("time", ["plain", "loss"])
+# ~8 s each: `make test` runs plain time, CI both
+@pytest.mark.parametrize("time", ["plain", pytest.param("loss", marks=pytest.mark.slow)])
 def test_a_run_whose_steps_shrink_before_a_nan_region_names_it_not_max_steps(time):
     """The flow of ``_Cliff`` runs into the surface ||w||^2 = 3 (log L is still ~2 there): its
     steps shrink towards it until max_steps. The message says the field is not finite just
