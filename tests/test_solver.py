@@ -326,3 +326,44 @@ def test_a_run_that_starts_implicit_switches_both_ways():
 def test_a_phase_must_name_a_method():
     with pytest.raises(ValueError, match="phase"):
         wnjax.AutoSwitch(phase="stiff")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_phases_chained_by_hand_count_their_steps_and_agree_with_radau(dtype):
+    """Robertson to t = 100 as ``AutoSwitch``'s docstring chains its phases: a ``diffeqsolve``
+    of the explicit phase ends on the switch; the implicit phase, from ``resume`` of that state,
+    goes on to the end. Each phase's step counts are diffrax's own (accepted steps, past the
+    4096 of the count's low part in the explicit phase at a tight tolerance), and the end agrees
+    with scipy's Radau."""
+    y0 = np.array([1.0, 0.0, 0.0])
+    ref = _scipy(robertson, y0, np.array([100.0]))[-1]
+    switcher = wnjax.AutoSwitch(stiff_after=5000)  # a long explicit phase
+    explicit, implicit = switcher.phase_solver(False), switcher.phase_solver(True)
+    term = diffrax.ODETerm(robertson)
+    rtol, atol = (1e-8, 1e-12) if dtype == jnp.float64 else (1e-4, 1e-8)
+    common = dict(
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=200_000,
+        throw=False,
+    )
+    first = diffrax.diffeqsolve(
+        term, explicit, 0.0, 100.0, None, jnp.asarray(y0, dtype), **common
+    )
+    state = first.solver_state
+    accepted = int(first.stats["num_accepted_steps"])
+    assert first.result == diffrax.RESULTS.internal_error  # the switch
+    assert bool(state["stiff"]) and int(state["switches"]) == 1 and accepted > 4096
+    assert int(state["explicit_steps"]) == accepted and int(state["stiff_steps"]) == 0
+    t_switch, y_switch = first.ts[-1], first.ys[-1]
+    start = implicit.resume(state, term, t_switch, 100.0, y_switch, None)
+    second = diffrax.diffeqsolve(
+        term, implicit, t_switch, 100.0, None, y_switch, solver_state=start, **common
+    )
+    assert second.result == diffrax.RESULTS.successful
+    end = second.solver_state
+    assert int(end["explicit_steps"]) == accepted and int(end["switches"]) == 1
+    assert int(end["stiff_steps"]) == int(second.stats["num_accepted_steps"])
+    got = np.asarray(second.ys[-1], float)
+    tol = 1e-5 if dtype == jnp.float64 else 2e-2
+    assert np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)) < tol

@@ -60,7 +60,7 @@ from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, tree_norm
 from wnjax._runtime.validate import check_data, check_options, check_outputs
-from wnjax._solver.auto import AutoSwitch
+from wnjax._solver.auto import AutoSwitch, PhaseState
 from wnjax._solver.stiff import implicit_step_cost, stiff_solver
 
 RATES = (None, "neuron_norm_sq")
@@ -942,7 +942,17 @@ def _solve(
         **(
             {}
             if start is None
-            else {"solver_state": start["solver_state"], "controller_state": start["controller"]}
+            else {
+                "solver_state": solver.resume(
+                    start["solver_state"],
+                    diffrax.ODETerm(field),
+                    s0,
+                    numbers["t1"],
+                    (theta0, tau0),
+                    (X, y),
+                ),
+                "controller_state": start["controller"],
+            }
         ),
     )
     saved, (final_theta, final_tau) = sol.ys
@@ -1074,7 +1084,7 @@ def _rounding(params, static, X, y, loss: Loss) -> Array:
 
 def _switch_stats(solver_state) -> dict:
     """``AutoSwitch``'s counts from its final state: accepted steps by each method, switches."""
-    if not isinstance(solver_state, dict) or "stiff_steps" not in solver_state:
+    if not isinstance(solver_state, (dict, PhaseState)) or "stiff_steps" not in solver_state:
         return {}
     return {k: solver_state[k] for k in ("explicit_steps", "stiff_steps", "switches")}
 

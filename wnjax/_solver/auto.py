@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, ClassVar
 
 import diffrax
@@ -149,6 +150,119 @@ class _SwitchInterpolation(AbstractLocalInterpolation):
         return jax.tree_util.tree_map(lambda x, y: jnp.where(self.stiff, y, x), a, b)
 
 
+# What a phase's steps change, after the power iteration's direction, in ``PhaseState.live``;
+# ``run`` is held at ``profitable_steps`` at most, and the phase's accepted steps are
+# ``steps_hi * _BASE + steps_lo`` (exact in float32 up to 2^24 * _BASE).
+_LIVE = ("h_rho", "rho", "count", "since", "run", "backoff", "steps_hi", "steps_lo", "switched")
+_BASE = 4096
+
+
+def _spec(tree) -> tuple:
+    """``(treedef, shapes, dtypes)`` of a pytree of arrays (no batch axes)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return (
+        treedef,
+        tuple(jnp.shape(x) for x in leaves),
+        tuple(jnp.result_type(x) for x in leaves),
+    )
+
+
+def _packable(spec) -> bool:
+    return all(jnp.issubdtype(d, jnp.floating) or d == jnp.bool_ for d in spec[2])
+
+
+def _size(spec) -> int:
+    return sum(math.prod(shape) for shape in spec[1])
+
+
+def _flatten(tree, real) -> list:
+    return [jnp.ravel(jnp.asarray(x)).astype(real) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _unflatten(vector, spec):
+    """The pytree ``spec`` describes from the last axis of ``vector`` (any leading axes)."""
+    treedef, shapes, dtypes = spec
+    batch, leaves, at = vector.shape[:-1], [], 0
+    for shape, dtype in zip(shapes, dtypes):
+        size = math.prod(shape)
+        x = jnp.reshape(vector[..., at : at + size], batch + shape)
+        leaves.append(x != 0 if dtype == jnp.bool_ else x.astype(dtype))
+        at += size
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class PhaseState(eqx.Module):
+    """The solver state of a solve of one ``AutoSwitch`` phase, read by name as the switching
+    solver's state is (``state["switches"]``). The run's state where the phase began
+    (``start``, as ``AutoSwitch.init`` makes it) stays unchanged through the solve; what the
+    phase's steps change is one real array ``live``: the power iteration's direction, then
+    ``h_rho``, ``rho``, the vote count, the steps since the last measurement, the steps since
+    the last switch (at most ``profitable_steps``), the back-off, the phase's accepted steps and
+    whether its last step switched, then the phase method's own state (``method`` holds it
+    instead when it has other than real or boolean arrays).
+
+    One array because diffrax selects each array of a solver's state when a step is accepted,
+    and XLA:CPU hands part of a loop body to another thread whenever more than eight of its
+    operations are ready besides the one it runs: on a small model each hand-off costs more than
+    the step's arithmetic, and a Dopri5 step on its own already has eight ready there."""
+
+    live: Any
+    start: dict
+    method: Any
+    phase: str = eqx.field(static=True)
+    layout: Any = eqx.field(static=True)  # (direction spec, method spec or None)
+
+    def _at(self, name: str) -> int:
+        return _size(self.layout[0]) + _LIVE.index(name)
+
+    def _live(self, name: str):
+        return self.live[..., self._at(name)]
+
+    def method_state(self):
+        """The phase method's own state."""
+        spec = self.layout[1]
+        if spec is None:
+            return self.method
+        at = _size(self.layout[0]) + len(_LIVE)
+        return _unflatten(self.live[..., at : at + _size(spec)], spec)
+
+    def __getitem__(self, name: str):
+        stiff_phase = self.phase == "implicit"
+        switched = self._live("switched") != 0
+        int_type = jnp.asarray(self.start["switches"]).dtype
+        if name in ("explicit", "implicit"):
+            mine = (name == "implicit") == stiff_phase
+            return self.method_state() if mine else self.start[name]
+        if name == "direction":
+            return _unflatten(self.live[..., : _size(self.layout[0])], self.layout[0])
+        if name == "stiff":
+            return switched != stiff_phase
+        if name == "fresh":
+            return switched
+        if name in ("h_rho", "rho"):
+            return self._live(name)
+        if name in ("count", "since", "run", "backoff"):
+            return self._live(name).astype(int_type)
+        if name == "switches":
+            return self.start["switches"] + switched.astype(int_type)
+        if name in ("explicit_steps", "stiff_steps"):
+            hi, lo = self._live("steps_hi"), self._live("steps_lo")
+            steps = hi.astype(int_type) * _BASE + lo.astype(int_type)
+            mine = (name == "stiff_steps") == stiff_phase
+            return self.start[name] + (steps if mine else 0)
+        raise KeyError(f"AutoSwitch's state has no {name!r}; it has {tuple(self.start)}.")
+
+    def __contains__(self, name) -> bool:
+        return name in self.start
+
+    def keys(self):
+        return self.start.keys()
+
+    def unpack(self) -> dict:
+        """The state by name, as ``AutoSwitch.init`` (no phase) makes it."""
+        return {k: self[k] for k in self.start}
+
+
 class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver):
     """Explicit while the flow is not stiff, implicit while it is.
 
@@ -185,14 +299,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
       ``'explicit'`` / ``'implicit'``: run that method alone, with no branch on the method, and
       end the solve on the step that switches (diffrax's result ``internal_error``; the final
       solver state's ``stiff`` then names the other method). A ``diffeqsolve`` with the other
-      phase (``phase_solver``) and that ``solver_state`` goes on from there. A phase compiles to
-      a smaller program than the switching solve (a run that switches compiles both);
-      ``wnjax.gradient_flow`` runs its solves that way.
+      phase (``phase_solver``) and ``solver_state=other.resume(state, terms, t0, t1, y0,
+      args)`` goes on from there. A phase compiles to a smaller program than the switching
+      solve (a run that switches compiles both), and its own state is one array besides the
+      method's (``PhaseState``); ``wnjax.gradient_flow`` runs its solves that way.
 
-    The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``) carries
-    ``stiff`` (the method of the next step), ``stiff_steps`` and ``explicit_steps`` (accepted
-    steps by each), ``switches``, ``backoff``, ``h_rho`` (the last estimate), ``rho`` (the last
-    measured spectral radius) and ``since`` (steps since that measurement).
+    The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``), read by name
+    (``state["switches"]``), carries ``stiff`` (the method of the next step), ``stiff_steps``
+    and ``explicit_steps`` (accepted steps by each), ``switches``, ``backoff``, ``h_rho`` (the
+    last estimate), ``rho`` (the last measured spectral radius) and ``since`` (steps since that
+    measurement).
     """
 
     explicit: diffrax.AbstractSolver = diffrax.Tsit5()
@@ -266,13 +382,17 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         return self.explicit.func(terms, t0, y0, args)
 
     def init(self, terms, t0, t1, y0, args):
+        state = self._switching_init(terms, t0, t1, y0, args)
+        if self.phase is None:
+            return state
+        return self.resume(state, terms, t0, t1, y0, args)
+
+    def _switching_init(self, terms, t0, t1, y0, args):
         zero = jnp.asarray(0)
         return {
             "explicit": self.explicit.init(terms, t0, t1, y0, args),
             "implicit": self.implicit.init(terms, t0, t1, y0, args),
-            "stiff": jnp.asarray(
-                self.start_stiff if self.phase is None else self.phase == "implicit"
-            ),
+            "stiff": jnp.asarray(self.start_stiff),
             "fresh": jnp.asarray(False),
             "count": zero,
             "backoff": zero,
@@ -286,10 +406,131 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             "direction": jax.tree_util.tree_map(jnp.zeros_like, y0),
         }
 
+    def resume(self, state, terms, t0, t1, y0, args) -> PhaseState:
+        """The ``PhaseState`` a ``diffeqsolve`` of this phase starts from, going on at
+        ``(t0, y0)`` from ``state``: the final solver state of a solve of the other phase (or
+        of this one), or a switching solver's state. This phase's method starts afresh there,
+        and its first step measures ``rho``."""
+        full = state.unpack() if isinstance(state, PhaseState) else dict(state)
+        full["fresh"] = jnp.zeros_like(full["fresh"])
+        full["stiff"] = jnp.full_like(full["stiff"], self.phase == "implicit")
+        real = jnp.result_type(full["rho"])
+        values = {
+            "h_rho": full["h_rho"],
+            "rho": full["rho"],
+            "count": full["count"],
+            "since": self.check_every,  # measure on the first step
+            "run": jnp.minimum(full["run"], self.profitable_steps),
+            "backoff": full["backoff"],
+            "steps_hi": 0,
+            "steps_lo": 0,
+            "switched": 0,
+        }
+        method = getattr(self, self.phase).init(terms, t0, t1, y0, args)
+        direction = full["direction"]
+        method_spec = _spec(method)
+        packed = _packable(method_spec)
+        live = _flatten(direction, real) + [jnp.asarray(values[k], real)[None] for k in _LIVE]
+        if packed:
+            live += _flatten(method, real)
+        return PhaseState(
+            live=jnp.concatenate(live),
+            start=full,
+            method=None if packed else method,
+            phase=self.phase,
+            layout=(_spec(direction), method_spec if packed else None),
+        )
+
+    def _phase_step(self, terms, t0, t1, y0, args, state: PhaseState, made_jump):
+        """A step of one method alone (``phase``), with the switch's test; the switching step
+        ends the solve (diffrax's ``internal_error``). What follows the method's step (the
+        estimate and the count) runs inside one branch on whether this step measures ``rho``."""
+        method = getattr(self, self.phase)
+        stiff = self.phase == "implicit"
+        y1, err, dense, new, result = method.step(
+            terms, t0, t1, y0, args, state.method_state(), made_jump
+        )
+        live = state.live
+        real = live.dtype
+        n = _size(state.layout[0])
+        h = jnp.abs(t1 - t0)
+
+        def update(measure: bool):
+            def branch(_):
+                v = {k: live[n + i] for i, k in enumerate(_LIVE)}
+                old_direction = _unflatten(live[:n], state.layout[0])
+                if measure:
+                    h_rho, direction = _power_estimate(
+                        method, terms, t0, t1, y1, args, dense["k"], old_direction
+                    )
+                else:
+                    h_rho, direction = h * v["rho"], old_direction
+                h_rho = jnp.asarray(h_rho, real)
+                measured = jnp.asarray(measure)
+                rho = jnp.where(measured & (h > 0), h_rho / jnp.where(h > 0, h, 1), v["rho"])
+                bound = self.boundary
+                if stiff:
+                    vote = h_rho < self.nonstiff_tol * self.implicit_cost * bound
+                    needed = self.nonstiff_after
+                else:
+                    vote = h_rho > self.stiff_tol * bound
+                    needed = self.stiff_after * 2.0 ** v["backoff"]
+                count = jnp.where(vote, v["count"] + 1, jnp.maximum(v["count"] - 1, 0))
+                switch = count >= needed
+                streak = jnp.where(switch, 0, jnp.minimum(v["run"] + 1, self.profitable_steps))
+                backoff = v["backoff"]
+                if stiff:
+                    backoff = jnp.where(
+                        switch,
+                        jnp.minimum(backoff + 1, self.max_backoff),
+                        jnp.where(streak >= self.profitable_steps, 0, backoff),
+                    )
+                carry = v["steps_lo"] + 1 >= _BASE
+                values = {
+                    "h_rho": h_rho,
+                    "rho": rho,
+                    "count": jnp.where(switch, 0, count),
+                    "since": jnp.where(measured, 0, v["since"] + 1),
+                    "run": streak,
+                    "backoff": backoff,
+                    "steps_hi": v["steps_hi"] + carry,
+                    "steps_lo": jnp.where(carry, 0, v["steps_lo"] + 1),
+                    "switched": switch,
+                }
+                out = _flatten(direction, real) + [
+                    jnp.asarray(values[k], real)[None] for k in _LIVE
+                ]
+                return jnp.concatenate(out), switch
+
+            return branch
+
+        if stiff:
+            head, switch = update(True)(None)
+        else:
+            # Far below the boundary, h times the last measured rho stands in for a
+            # measurement, checked every `check_every` steps.
+            predicted = h * live[n + _LIVE.index("rho")]
+            since = live[n + _LIVE.index("since")]
+            measured = (predicted >= self.check_tol * self.boundary) | (
+                since + 1 >= self.check_every
+            )
+            head, switch = jax.lax.cond(measured, update(True), update(False), None)
+        if state.layout[1] is None:
+            new_state = dataclasses.replace(state, live=head, method=new)
+        else:
+            new_state = dataclasses.replace(
+                state, live=jnp.concatenate([head] + _flatten(new, real))
+            )
+        y1, err = _guard(y0, y1, err)
+        result = diffrax.RESULTS.where(switch, diffrax.RESULTS.internal_error, result)
+        return y1, err, dense, new_state, result
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         return _switch_step(self, terms, t0, t1, y0, args, solver_state, made_jump)
 
     def _step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        if self.phase is not None:
+            return self._phase_step(terms, t0, t1, y0, args, solver_state, made_jump)
         st = solver_state
         methods = {"explicit": self.explicit, "implicit": self.implicit}
 
@@ -342,15 +583,10 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
             return branch
 
-        if self.phase is not None:
-            y1, err, dense, states, result, h_rho, direction, measured = run(self.phase)(None)
-            dense = dense[self.phase]
-            stiff = jnp.asarray(self.phase == "implicit")
-        else:
-            stiff = st["stiff"]
-            y1, err, dense, states, result, h_rho, direction, measured = jax.lax.cond(
-                stiff, run("implicit"), run("explicit"), None
-            )
+        stiff = st["stiff"]
+        y1, err, dense, states, result, h_rho, direction, measured = jax.lax.cond(
+            stiff, run("implicit"), run("explicit"), None
+        )
         h = jnp.abs(t1 - t0)
         rho = jnp.where(measured & (h > 0), h_rho / jnp.where(h > 0, h, 1), st["rho"])
         y1, err = _guard(y0, y1, err)
@@ -390,9 +626,6 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             "since": jnp.where(measured, 0, st["since"] + 1).astype(one),
             "direction": direction,
         }
-        if self.phase is not None:  # the switching step ends the solve
-            result = diffrax.RESULTS.where(switch, diffrax.RESULTS.internal_error, result)
-            return y1, err, dense, new_state, result
         dense_info = {**dense, "stiff": stiff}
         return y1, err, dense_info, new_state, result
 
