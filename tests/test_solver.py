@@ -347,9 +347,7 @@ def test_phases_chained_by_hand_count_their_steps_and_agree_with_radau(dtype):
         max_steps=200_000,
         throw=False,
     )
-    first = diffrax.diffeqsolve(
-        term, explicit, 0.0, 100.0, None, jnp.asarray(y0, dtype), **common
-    )
+    first = diffrax.diffeqsolve(term, explicit, 0.0, 100.0, None, jnp.asarray(y0, dtype), **common)
     state = first.solver_state
     accepted = int(first.stats["num_accepted_steps"])
     assert first.result == diffrax.RESULTS.internal_error  # the switch
