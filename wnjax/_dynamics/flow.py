@@ -913,13 +913,31 @@ def _solve(
             standard_out=standard_out,
             time=time,
         ), None
+    # The solver sees (theta, tau) as one flat vector z: diffrax selects each array of its
+    # state when a step is accepted, and on XLA:CPU a step with more than eight operations ready
+    # besides the running one hands half of them to another thread (see AutoSwitch's
+    # PhaseState). The error norm (RMS over every component) is the same either way.
+    z0, unflat = ravel_pytree((theta0, tau0))
+
+    def flat_field(s, z, args):
+        return ravel_pytree(field(s, unflat(z), args))[0]
+
+    def flat_save_fn(s, z, args):
+        return save_fn(s, unflat(z), args)
+
+    if event is not None:
+        crossing = event.cond_fn
+        event = diffrax.Event(
+            lambda t, y, args, **kwargs: crossing(t, unflat(y), args, **kwargs),
+            root_finder=event.root_finder,
+        )
     saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=save_s, fn=save_fn), diffrax.SubSaveAt(t1=True)],
+        subs=[diffrax.SubSaveAt(ts=save_s, fn=flat_save_fn), diffrax.SubSaveAt(t1=True)],
         solver_state=True,
         controller_state=poll,
     )
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
+        diffrax.ODETerm(flat_field),
         solver,
         t0=s0,
         t1=numbers["t1"],
@@ -931,7 +949,7 @@ def _solve(
                 _first_step(diffrax.ODETerm(field), s0, (theta0, tau0), (X, y), numbers["t1"] - s0),
             )
         ),
-        y0=(theta0, tau0),
+        y0=z0,
         args=(X, y),
         saveat=saveat,
         stepsize_controller=controller,
@@ -945,25 +963,26 @@ def _solve(
             else {
                 "solver_state": solver.resume(
                     start["solver_state"],
-                    diffrax.ODETerm(field),
+                    diffrax.ODETerm(flat_field),
                     s0,
                     numbers["t1"],
-                    (theta0, tau0),
+                    z0,
                     (X, y),
                 ),
                 "controller_state": start["controller"],
             }
         ),
     )
-    saved, (final_theta, final_tau) = sol.ys
-    final_params = unravel(final_theta[-1])
+    saved, final_z = sol.ys
+    final_theta, final_tau = unflat(final_z[-1])
+    final_params = unravel(final_theta)
     final_model = eqx.combine(final_params, static)
     states = saved.pop("state", None)
     if states is not None:
         states = eqx.combine(states, static)
     if normalized:
         tau = saved.pop("tau")
-        final_log_t = _tau_to_log_t(final_tau[-1])
+        final_log_t = _tau_to_log_t(final_tau)
         log_t = _tau_to_log_t(tau)
         ts = jnp.where(jnp.isfinite(tau), jnp.expm1(tau), jnp.inf)
     else:  # plain time: the solver's own clock is exact (inf past the end of the run)
@@ -978,7 +997,7 @@ def _solve(
     )
     event = sol.result == diffrax.RESULTS.event_occurred
     reached = (at_level | event) if has_target else jnp.asarray(False)
-    finite = all_finite((final_theta[-1], final_log_loss))
+    finite = all_finite((final_theta, final_log_loss))
     if has_target:  # a stop short of the target at a jump into NaN or inf is no crossing of it
         finite = finite & ~_jump_not_crossing(event & ~at_level, final_params, static, X, y, loss)
     reached = reached & finite
@@ -1002,7 +1021,7 @@ def _solve(
         handover = {
             "switched": switched & finite & ~reached,
             "s": sol.ts[1][-1],
-            "y": (final_theta[-1], None if final_tau is None else final_tau[-1]),
+            "y": (final_theta, final_tau),
             "solver_state": sol.solver_state,
             "controller": sol.controller_state,
             "dt": sol.controller_state[2]["dt"] if poll else None,
