@@ -301,8 +301,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
       solver state's ``stiff`` then names the other method). A ``diffeqsolve`` with the other
       phase (``phase_solver``) and ``solver_state=other.resume(state, terms, t0, t1, y0,
       args)`` goes on from there. A phase compiles to a smaller program than the switching
-      solve (a run that switches compiles both), and its own state is one array besides the
-      method's (``PhaseState``); ``wnjax.gradient_flow`` runs its solves that way.
+      solve (a run that switches compiles both), and keeps what its steps change in one array
+      (on XLA:CPU a step with more arrays to carry hands work between threads);
+      ``wnjax.gradient_flow`` runs its solves that way.
 
     The solver state (``diffeqsolve(..., saveat=SaveAt(solver_state=True))``), read by name
     (``state["switches"]``), carries ``stiff`` (the method of the next step), ``stiff_steps``
