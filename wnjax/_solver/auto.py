@@ -469,28 +469,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                 h_rho = jnp.asarray(h_rho, real)
                 measured = jnp.asarray(measure)
                 rho = jnp.where(measured & (h > 0), h_rho / jnp.where(h > 0, h, 1), v["rho"])
-                bound = self.boundary
-                if stiff:
-                    vote = h_rho < self.nonstiff_tol * self.implicit_cost * bound
-                    needed = self.nonstiff_after
-                else:
-                    vote = h_rho > self.stiff_tol * bound
-                    needed = self.stiff_after * 2.0 ** v["backoff"]
-                count = jnp.where(vote, v["count"] + 1, jnp.maximum(v["count"] - 1, 0))
-                switch = count >= needed
-                streak = jnp.where(switch, 0, jnp.minimum(v["run"] + 1, self.profitable_steps))
-                backoff = v["backoff"]
-                if stiff:
-                    backoff = jnp.where(
-                        switch,
-                        jnp.minimum(backoff + 1, self.max_backoff),
-                        jnp.where(streak >= self.profitable_steps, 0, backoff),
-                    )
+                count, switch, streak, backoff = self._vote(
+                    jnp.asarray(stiff), h_rho, v["count"], v["backoff"], v["run"]
+                )
                 carry = v["steps_lo"] + 1 >= _BASE
                 values = {
                     "h_rho": h_rho,
                     "rho": rho,
-                    "count": jnp.where(switch, 0, count),
+                    "count": count,
                     "since": jnp.where(measured, 0, v["since"] + 1),
                     "run": streak,
                     "backoff": backoff,
@@ -508,13 +494,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         if stiff:
             head, switch = update(True)(None)
         else:
-            # Far below the boundary, h times the last measured rho stands in for a
-            # measurement, checked every `check_every` steps.
             predicted = h * live[n + _LIVE.index("rho")]
-            since = live[n + _LIVE.index("since")]
-            measured = (predicted >= self.check_tol * self.boundary) | (
-                since + 1 >= self.check_every
-            )
+            measured = self._measures(predicted, live[n + _LIVE.index("since")])
             head, switch = jax.lax.cond(measured, update(True), update(False), None)
         if state.layout[1] is None:
             new_state = dataclasses.replace(state, live=head, method=new)
@@ -525,6 +506,36 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         y1, err = _guard(y0, y1, err)
         result = diffrax.RESULTS.where(switch, diffrax.RESULTS.internal_error, result)
         return y1, err, dense, new_state, result
+
+    def _measures(self, predicted, since):
+        """Whether an explicit step measures ``rho``: far below the boundary, ``h`` times the
+        last measured ``rho`` (``predicted``) stands in for a measurement, checked every
+        ``check_every`` steps."""
+        return (predicted >= self.check_tol * self.boundary) | (since + 1 >= self.check_every)
+
+    def _vote(self, stiff, h_rho, count, backoff, run):
+        """``(count, switch, run, backoff)`` after a step of the method ``stiff`` names, whose
+        estimate is ``h_rho``. In explicit mode a step at the stability boundary votes for the
+        implicit method; in implicit mode, a step the explicit method could cover for less
+        work votes for the explicit one. A leaky count: a vote adds one, a dissent takes one
+        away, so a noisy estimate (low precision, a kink in the activation) still switches when
+        most steps agree. ``run`` (steps since the last switch) is held at ``profitable_steps``."""
+        bound = self.boundary
+        vote = jnp.where(
+            stiff,
+            h_rho < self.nonstiff_tol * self.implicit_cost * bound,
+            h_rho > self.stiff_tol * bound,
+        )
+        count = jnp.where(vote, count + 1, jnp.maximum(count - 1, 0))
+        needed = jnp.where(stiff, self.nonstiff_after, self.stiff_after * 2.0**backoff)
+        switch = count >= needed
+        run = jnp.where(switch, 0, jnp.minimum(run + 1, self.profitable_steps))
+        backoff = jnp.where(
+            stiff & switch,
+            jnp.minimum(backoff + 1, self.max_backoff),
+            jnp.where(stiff & (run >= self.profitable_steps), 0, backoff),
+        )
+        return jnp.where(switch, 0, count), switch, run, backoff
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         return _switch_step(self, terms, t0, t1, y0, args, solver_state, made_jump)
@@ -563,14 +574,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
                     h_rho, direction = measure(None)
                     measured = jnp.asarray(True)
                 else:
-                    # Far below the boundary, h times the last measured rho stands in for a
-                    # measurement, checked every `check_every` steps.
                     predicted = jnp.abs(t1 - t0) * st["rho"]
-                    measured = (
-                        st["fresh"]
-                        | (predicted >= self.check_tol * self.boundary)
-                        | (st["since"] + 1 >= self.check_every)
-                    )
+                    measured = st["fresh"] | self._measures(predicted, st["since"])
                     h_rho, direction = jax.lax.cond(
                         measured,
                         measure,
@@ -591,32 +596,15 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         h = jnp.abs(t1 - t0)
         rho = jnp.where(measured & (h > 0), h_rho / jnp.where(h > 0, h, 1), st["rho"])
         y1, err = _guard(y0, y1, err)
-        bound = self.boundary
-        # In explicit mode count steps at the stability boundary; in implicit mode, steps the
-        # explicit method could cover for less work.
-        vote = jnp.where(
-            stiff,
-            h_rho < self.nonstiff_tol * self.implicit_cost * bound,
-            h_rho > self.stiff_tol * bound,
-        )
-        # A leaky count: a vote adds one, a dissent takes one away, so a noisy estimate (low
-        # precision, a kink in the activation) still switches when most steps agree.
-        count = jnp.where(vote, st["count"] + 1, jnp.maximum(st["count"] - 1, 0))
-        to_implicit = self.stiff_after * 2 ** st["backoff"]
-        needed = jnp.where(stiff, self.nonstiff_after, to_implicit)
-        switch = count >= needed
-        streak = jnp.where(switch, 0, st["run"] + 1)  # steps since the last switch
-        backoff = jnp.where(
-            stiff & switch,
-            jnp.minimum(st["backoff"] + 1, self.max_backoff),
-            jnp.where(stiff & (streak >= self.profitable_steps), 0, st["backoff"]),
+        count, switch, streak, backoff = self._vote(
+            stiff, h_rho, st["count"], st["backoff"], st["run"]
         )
         one = st["switches"].dtype
         new_state = {
             **states,
             "stiff": stiff ^ switch,
             "fresh": switch,
-            "count": jnp.where(switch, 0, count),
+            "count": count.astype(one),
             "backoff": backoff.astype(one),
             "run": streak.astype(one),
             "switches": st["switches"] + switch.astype(one),
