@@ -110,6 +110,12 @@ def default_solver(
         and not isinstance(rtol, jax.core.Tracer)
         and rtol < HIGH_ORDER_RTOL
     )
+    return _default_solver(bool(high), bool(kinks), None if n_params is None else int(n_params))
+
+
+@functools.lru_cache(maxsize=64)
+def _default_solver(high: bool, kinks: bool, n_params: int | None) -> AutoSwitch:
+    """``default_solver``'s solver, built once per choice (an immutable module, shared)."""
     explicit = diffrax.Dopri8() if high else diffrax.Dopri5() if kinks else diffrax.Tsit5()
     if n_params is None:
         return AutoSwitch(explicit=explicit, implicit=stiff_solver())
@@ -768,6 +774,22 @@ def _tau_to_log_t(tau: Array) -> Array:
     )
 
 
+# The summaries of a solve's save points are computed after it, all at once (vmapped), where
+# n_save * n * n_params (a bound on an MLP's activations over every save point) is at most
+# this; elsewhere (and for convolutional data), each inside the solve's loop at its save point.
+# On a small net one summary costs about as much as all of them together.
+_BATCHED_SUMMARIES_MAX = 2**24
+
+
+def _batched_summaries(n_save: int, X: Array, n_state: int) -> bool:
+    """Whether ``_solve`` computes its save points' summaries after the solve, vmapped."""
+    return X.ndim == 2 and n_save * X.shape[0] * n_state <= _BATCHED_SUMMARIES_MAX
+
+
+def _state_only(s, z, args):
+    return z
+
+
 @eqx.filter_jit
 def _solve(
     p: Parameterized,
@@ -925,6 +947,8 @@ def _solve(
     def flat_save_fn(s, z, args):
         return save_fn(s, unflat(z), args)
 
+    batched = _batched_summaries(save_s.shape[0], X, z0.size)
+
     if event is not None:
         crossing = event.cond_fn
         event = diffrax.Event(
@@ -932,7 +956,10 @@ def _solve(
             root_finder=event.root_finder,
         )
     saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=save_s, fn=flat_save_fn), diffrax.SubSaveAt(t1=True)],
+        subs=[
+            diffrax.SubSaveAt(ts=save_s, fn=_state_only if batched else flat_save_fn),
+            diffrax.SubSaveAt(t1=True),
+        ],
         solver_state=True,
         controller_state=poll,
     )
@@ -974,6 +1001,14 @@ def _solve(
         ),
     )
     saved, final_z = sol.ys
+    if batched:  # the summaries of every save point at once; inf where the run did not reach
+        reached = jnp.isfinite(sol.ts[0])
+        saved = jax.vmap(lambda z: flat_save_fn(None, z, None))(
+            jnp.where(reached[:, None], saved, z0)
+        )
+        saved = jax.tree_util.tree_map(
+            lambda a: jnp.where(reached.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.inf), saved
+        )
     final_theta, final_tau = unflat(final_z[-1])
     final_params = unravel(final_theta)
     final_model = eqx.combine(final_params, static)
@@ -1593,7 +1628,8 @@ def gradient_flow(
     if phased:
         # the first phase says which method starts: start_stiff is left out of the programs
         stiff = method.start_stiff
-        method = dataclasses.replace(method, start_stiff=False)
+        if stiff:
+            method = dataclasses.replace(method, start_stiff=False)
     with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
         solve = functools.partial(
             _solve,

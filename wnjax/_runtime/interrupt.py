@@ -15,6 +15,7 @@ with ``exit_code()``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -126,6 +127,24 @@ def _handle(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
+_watcher: dict = {"pid": None, "wake": None}
+
+
+def _wakeup_socket() -> socket.socket:
+    """The write end of the signal wakeup socket, whose bytes the watcher thread reads. Both are
+    made once per process (a thread start costs ~0.1 ms a block) and idle between blocks: the
+    wakeup fd is set only inside ``handling()``."""
+    if _watcher["pid"] != os.getpid():  # first use, or a forked child (which has no watcher)
+        wake, read = socket.socketpair()
+        wake.setblocking(False)
+        threading.Thread(
+            target=_watch, args=(read,), daemon=True, name="wnjax-signal-watcher"
+        ).start()
+        atexit.register(wake.close)  # the watcher then reads end-of-file and returns
+        _watcher.update(pid=os.getpid(), wake=wake)
+    return _watcher["wake"]
+
+
 def _watch(sock: socket.socket) -> None:
     """Read the wakeup bytes (one signal number per delivery) until the other end closes."""
     with sock:
@@ -164,10 +183,11 @@ def _end(on_timeout: Callable[[], None] | None, during: str) -> None:
 def handling(grace: float | None = None, on_timeout: Callable[[], None] | None = None):
     """Record SIGINT/SIGTERM instead of acting on them, for the duration of the block.
 
-    The outermost ``handling()`` clears earlier requests, installs the handlers (and the watcher
-    thread) and restores the previous ones on exit; nested ones only set ``grace``/``on_timeout``
-    for their block. Outside the main thread (where handlers cannot be installed) it does
-    nothing. The request stays readable (``requested()``) after the block.
+    The outermost ``handling()`` clears earlier requests, installs the handlers (and points the
+    signal wakeup fd at the watcher thread) and restores the previous ones on exit; nested ones
+    only set ``grace``/``on_timeout`` for their block. Outside the main thread (where handlers
+    cannot be installed) it does nothing. The request stays readable (``requested()``) after
+    the block.
 
     **Arguments:**
     - `grace`: seconds after a signal within which ``stopping()`` must be called; otherwise
@@ -185,19 +205,13 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
     if on_timeout is not None:
         _state["on_timeout"] = on_timeout
     outermost = not _state["depth"]
-    previous, wake, watcher, old_fd = {}, None, None, -1
+    previous, old_fd = {}, -1
     if outermost:
         clear()
         previous = {s: signal.getsignal(s) for s in SIGNALS}
         for s in SIGNALS:
             signal.signal(s, _handle)
-        wake, read = socket.socketpair()
-        wake.setblocking(False)
-        old_fd = signal.set_wakeup_fd(wake.fileno(), warn_on_full_buffer=False)
-        watcher = threading.Thread(
-            target=_watch, args=(read,), daemon=True, name="wnjax-signal-watcher"
-        )
-        watcher.start()
+        old_fd = signal.set_wakeup_fd(_wakeup_socket().fileno(), warn_on_full_buffer=False)
     _state["depth"] += 1
     try:
         yield
@@ -211,5 +225,3 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
             signal.set_wakeup_fd(old_fd)
             for s, h in previous.items():
                 signal.signal(s, h)
-            wake.close()  # the watcher reads end-of-file and returns
-            watcher.join(timeout=1.0)
