@@ -326,3 +326,54 @@ def test_flow_under_jit_with_a_closed_over_model_measures_its_degree():
     ref = wnjax.gradient_flow(model, X, y, target_log_loss=-40.0, **kw)
     np.testing.assert_allclose(got[0], ref.final_log_loss, rtol=1e-12)
     np.testing.assert_allclose(got[1], ref.summaries["normalized_margin"][-1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("after_solve", [True, False])
+def test_saved_summaries_are_those_of_the_saved_states(mlp_problem, after_solve, monkeypatch):
+    """Each save point's summaries, computed after the solve for every save point at once (a
+    small run) or inside the solve's loop at the save point, are ``wnjax.summaries`` of the state
+    saved there; the save points a run stopped short of (at its target) hold inf. (Each variant
+    has its own n_save, so its own program.)"""
+    from wnjax._dynamics import flow as flow_module
+
+    if not after_solve:
+        monkeypatch.setattr(flow_module, "_BATCHED_SUMMARIES_MAX", 0)
+    model, X, y = mlp_problem
+    p = wnjax.ewn(model)
+    n_save = 11 if after_solve else 13
+    assert flow_module._batched_summaries(n_save, X, 100) == after_solve
+    target = float(wnjax.log_loss(model, X, y)) - 1.0
+    degree = 3.0  # a 2-layer ReLU^2 net
+    r = flow(
+        p,
+        X,
+        y,
+        t1=50.0,
+        n_save=n_save,
+        save_states=True,
+        diagnostics=True,
+        degree=degree,
+        target_log_loss=target,
+    )
+    assert bool(r.reached_target)
+    reached = np.isfinite(np.asarray(r.ts))
+    assert 2 <= reached.sum() < n_save
+    # the saved path: the initial state first, then a falling loss
+    first = path_weights(jax.tree_util.tree_map(lambda a: a[:1], r.states))[0]
+    np.testing.assert_allclose(
+        first, path_weights(jax.tree_util.tree_map(lambda a: a[None], p))[0], rtol=1e-14
+    )
+    assert np.all(np.diff(np.asarray(r.log_loss)[reached]) < 0)
+    for k in np.flatnonzero(reached):
+        state = jax.tree_util.tree_map(lambda a: a[k], r.states)
+        ref = wnjax.summaries(state, X, y, wnjax.get_loss("exponential"), degree, True)
+        for name, value in ref.items():
+            np.testing.assert_allclose(
+                np.asarray(r.summaries[name][k]),
+                np.asarray(value),
+                rtol=1e-12,
+                atol=1e-300,
+                err_msg=name,
+            )
+    for name, values in r.summaries.items():
+        assert np.all(np.isinf(np.asarray(values)[~reached])), name
