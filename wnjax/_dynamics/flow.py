@@ -259,11 +259,13 @@ NONFINITE = -2
 
 def _poll_start() -> dict:
     """The poll state at the start of a solve: steps taken, the step of the next poll (the
-    first step; later ones about every ``_interrupt.POLL_SECONDS``; a poll costs ~0.05-0.2 ms on
-    a CPU), the steps between the last two polls (0: none yet), and whether a stop was
+    first after ``_interrupt.POLL_FIRST_STEPS`` steps, later ones about every
+    ``_interrupt.POLL_SECONDS``; a poll costs ~0.05-0.3 ms on a CPU, so a short solve makes
+    none), the steps between the last two polls (or since the start), and whether a stop was
     requested."""
+    first = jnp.asarray(_interrupt.POLL_FIRST_STEPS, jnp.int32)
     zero = jnp.asarray(0, jnp.int32)
-    return {"count": zero, "next": zero, "interval": zero, "stop": jnp.asarray(False)}
+    return {"count": zero, "next": first, "interval": first, "stop": jnp.asarray(False)}
 
 
 class _Polled(diffrax.AbstractAdaptiveStepSizeController):
@@ -1523,9 +1525,10 @@ def gradient_flow(
 
     **Returns:** a ``FlowResult``.
 
-    SIGINT (Ctrl-C) or SIGTERM during the solve ends it within ~0.2 s (a signal during
-    compilation takes effect once compilation is done): the run so far is returned with
-    ``interrupted`` true, and a warning, never ``FlowFailed``.
+    SIGINT (Ctrl-C) or SIGTERM during the solve ends it at its next check for a stop request
+    (the first ``POLL_FIRST_STEPS`` = 256 steps in, later about every 0.2 s; a signal during
+    compilation is seen at the first): the run so far is returned with ``interrupted`` true,
+    and a warning, never ``FlowFailed``.
 
     Numbers (``t1``, ``rtol``, ``atol``, ``target_log_loss``, ...) are traced, so calling again
     with other values reuses the compiled program.

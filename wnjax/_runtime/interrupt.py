@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Seconds between two checks for a request inside a compiled loop (``poll_interval``), and the
-# steps from a loop's first check to its second.
+# steps from a loop's start to its first check.
 POLL_SECONDS = 0.2
 POLL_FIRST_STEPS = 256
 
@@ -53,20 +53,17 @@ def requested() -> bool:
 
 def poll_interval(steps):
     """The host side of the check inside a compiled loop: ``(requested(), steps to the next
-    check)``. ``steps`` are those since the loop's previous check, 0 at its first. The steps
-    to the next check are ``POLL_FIRST_STEPS`` after the first, later ``steps`` scaled by
-    ``POLL_SECONDS`` over the time since the previous check (any loop's), within 1/8x-4x, so
-    that checks come about every ``POLL_SECONDS`` and a miscounted interval moves them only
-    gradually."""
+    check)``. ``steps`` are those since the loop's previous check (or its start: its first
+    check comes ``POLL_FIRST_STEPS`` in). The steps to the next check are ``steps`` scaled by
+    ``POLL_SECONDS`` over the time since the previous check (any loop's) or since the
+    outermost ``handling()`` was entered, within 1/8x-4x, so that checks come about every
+    ``POLL_SECONDS`` and a miscounted interval moves them only gradually."""
     import numpy as np
 
     now = time.monotonic()
     elapsed, _state["polled"] = now - _state["polled"], now
-    if int(steps) == 0:
-        next_steps = POLL_FIRST_STEPS
-    else:
-        factor = min(max(POLL_SECONDS / max(elapsed, 1e-9), 0.125), 4.0)
-        next_steps = int(min(max(int(steps) * factor, 1), 1 << 24))
+    factor = min(max(POLL_SECONDS / max(elapsed, 1e-9), 0.125), 4.0)
+    next_steps = int(min(max(int(steps) * factor, 1), 1 << 24))
     return np.asarray(requested()), np.asarray(next_steps, np.int32)
 
 
@@ -208,6 +205,7 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
     previous, old_fd = {}, -1
     if outermost:
         clear()
+        _state["polled"] = time.monotonic()
         previous = {s: signal.getsignal(s) for s in SIGNALS}
         for s in SIGNALS:
             signal.signal(s, _handle)
