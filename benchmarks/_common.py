@@ -55,11 +55,16 @@ def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 5) -> dic
 
     On a machine whose speed drifts (a shared VM), interleaving puts every candidate under the
     same conditions in each round, so per-round ratios are far steadier than ratios of timings
-    taken minutes apart. Call each ``fn`` once beforehand to compile and warm it up.
+    taken minutes apart. Every other round runs the candidates in reverse order, so that no
+    candidate always runs right after the same one (a wnjax flow timed right after a PyTorch
+    solve ran ~6% slower than the same flow timed after another wnjax call). Call each ``fn``
+    once beforehand to compile and warm it up.
     """
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -1,5 +1,6 @@
 """Models: forward passes against explicit formulas, and the homogeneity degree."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +59,49 @@ def test_homogeneity_degree_of_cnn():
     model = wnjax.CNN(1, (3, 2), activation="relu", key=jax.random.key(0))
     X = jax.random.normal(jax.random.key(1), (4, 1, 5, 5))
     assert abs(wnjax.homogeneity_degree(model, X) - 3.0) < 1e-8
+
+
+_FREEZE = {
+    None: None,
+    "first": lambda m: [wnjax.weight_layers(m)[0]],
+    "last": lambda m: [wnjax.weight_layers(m)[-1]],
+}
+
+
+_NETS = ["linear-3", "relu-3", "relu2-2", "relu2-3", "relu^3-2", "cnn-relu", "cnn-relu2"]
+
+
+@pytest.mark.parametrize(
+    "net, frozen",
+    [("linear-1", None)] + [(n, f) for n in _NETS for f in (None, "first", "last")],
+)
+def test_known_degree_is_the_measured_degree(net, frozen):
+    """The degree of wnjax's MLPs and CNNs read off their layers (frozen layers included) is
+    the one measured by scaling the weights."""
+    from wnjax._nets.models import known_degree
+
+    if net.startswith("cnn"):
+        model = wnjax.CNN(1, (3, 2), activation=net[4:], key=jax.random.key(0))
+        X = jax.random.normal(jax.random.key(1), (4, 1, 5, 5))
+    else:
+        activation, depth = net.split("-")
+        model = wnjax.MLP(3, 4, int(depth), activation=activation, key=jax.random.key(2))
+        X = X_HOM
+    freeze = _FREEZE[frozen]
+    for p in (wnjax.ewn(model, freeze=freeze), wnjax.swn(model, freeze=freeze)):
+        known = known_degree(p)
+        assert known is not None
+        assert abs(wnjax.homogeneity_degree(p, X) - known) < 1e-8
+    assert known_degree(model) == known_degree(wnjax.ewn(model))
+
+
+def test_known_degree_leaves_other_models_to_the_measurement():
+    from wnjax._nets.models import known_degree
+
+    assert known_degree(wnjax.MLP(3, 4, 2, hidden_bias=True, key=jax.random.key(0))) is None
+    assert known_degree(wnjax.MLP(3, 4, 2, activation=jnp.tanh, key=jax.random.key(0))) is None
+    linear = eqx.nn.Linear(3, 1, use_bias=False, key=jax.random.key(0))
+    assert known_degree(wnjax.ewn(linear)) is None  # a model of the user's: measured
 
 
 def test_homogeneity_degree_rejects_biases_and_non_homogeneous_nets():

@@ -49,6 +49,7 @@ from wnjax._nets.models import (
     Identity,
     ReLUPower,
     homogeneity_degree,
+    known_degree,
     scaled_outputs,
 )
 from wnjax._nets.parameterize import (
@@ -1388,7 +1389,15 @@ def _traced_degree(p: Parameterized, X: Array) -> Array:
 
 
 def _auto_degree(p: Parameterized, X, loss: Loss) -> float:
-    if isinstance(X, jax.core.Tracer) or not loss.margin_based:
+    """The homogeneity degree of ``p``: known from the layers of wnjax's own nets
+    (``known_degree``), else measured on a few rows of ``X``; NaN for a loss that is not
+    margin-based (no normalized margin) or data under a transform."""
+    if not loss.margin_based:
+        return math.nan
+    known = known_degree(p)
+    if known is not None:
+        return known
+    if isinstance(X, jax.core.Tracer):
         return math.nan
     sample = X[: min(8, X.shape[0])]
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)):

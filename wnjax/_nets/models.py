@@ -250,6 +250,33 @@ def scaled_outputs(model: PyTree, x: Array, scales: tuple) -> list:
     return outputs
 
 
+def known_degree(model: PyTree) -> float | None:
+    """The homogeneity degree ``L`` of a bias-free ``MLP`` or ``CNN`` (plain or
+    ``Parameterized``) with wnjax's own activation (``relu^p`` or linear, ``k``-homogeneous),
+    from its layers in order: ``L_i = k L_{i-1} + 1`` for a trained layer ``i`` and ``k L_{i-1}``
+    for a frozen one, ``L_1 = 1`` (or 0 if frozen). ``None`` for any other model, whose degree is
+    measured instead (``homogeneity_degree``)."""
+    from wnjax._nets.parameterize import Frozen, Parameterized
+
+    net = model.skeleton if isinstance(model, Parameterized) else model
+    if not isinstance(net, (MLP, CNN)) or not isinstance(net.activation, (ReLUPower, Identity)):
+        return None
+    if has_bias(net):
+        return None
+    n = len(net.layers) if isinstance(net, MLP) else len(net.convs) + 1
+    frozen = (
+        [isinstance(w, Frozen) for w in model.layers]
+        if isinstance(model, Parameterized)
+        else [False] * n
+    )
+    if len(frozen) != n:
+        return None
+    degree = 0.0
+    for is_frozen in frozen:
+        degree = net.activation.degree * degree + (0.0 if is_frozen else 1.0)
+    return degree
+
+
 def homogeneity_degree(
     model: PyTree, x: Array, *, scales: Sequence[float] = (0.5, 2.0), rtol: float = 1e-6
 ) -> float:
