@@ -1694,10 +1694,7 @@ def _is_traced(p, X) -> bool:
 
 def _count_params(p) -> int:
     """The number of trainable scalars of a parameterized model."""
-    return sum(
-        int(np.prod(x.shape))
-        for x in jax.tree_util.tree_leaves(eqx.filter(p, eqx.is_inexact_array))
-    )
+    return sum(x.size for x in jax.tree_util.tree_leaves(p) if eqx.is_inexact_array(x))
 
 
 def _tolerances(rtol, atol, dtype) -> tuple:
