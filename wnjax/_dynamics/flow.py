@@ -777,16 +777,17 @@ def _tau_to_log_t(tau: Array) -> Array:
     )
 
 
-# The summaries of a solve's save points are computed after it, all at once (vmapped), where
-# n_save * n * n_params (a bound on an MLP's activations over every save point) is at most
-# this; elsewhere (and for convolutional data), each inside the solve's loop at its save point.
-# On a small net one summary costs about as much as all of them together.
+# The summaries of a run's save points are computed after its solve, all at once (vmapped),
+# where n_save * n * n_params (a bound on an MLP's activations over every save point) is at
+# most this; elsewhere (convolutional data, a run under a transform such as a seed sweep's
+# vmap), each inside the solve's loop at its save point. On a small net one summary costs
+# about as much as all of them together.
 _BATCHED_SUMMARIES_MAX = 2**24
 
 
-def _batched_summaries(n_save: int, X: Array, n_state: int) -> bool:
-    """Whether ``_solve`` computes its save points' summaries after the solve, vmapped."""
-    return X.ndim == 2 and n_save * X.shape[0] * n_state <= _BATCHED_SUMMARIES_MAX
+def _batched_summaries(n_save: int, X: Array, n_params: int) -> bool:
+    """Whether ``_solve`` computes the save points' summaries after the solve, vmapped."""
+    return X.ndim == 2 and n_save * X.shape[0] * n_params <= _BATCHED_SUMMARIES_MAX
 
 
 def _state_only(s, z, args):
@@ -812,6 +813,7 @@ def _solve(
     diagnostics: bool,
     progress_meter: diffrax.AbstractProgressMeter,
     controller_kwargs: tuple,
+    summaries_after: bool = False,
     standard_out: bool = False,
     poll: bool = True,
     start: dict | None = None,
@@ -823,7 +825,10 @@ def _solve(
     ``y``, ``solver_state``, ``controller``, ``dt``); passed back as ``start`` with the other
     phase, the solve goes on from there, saving at the points of ``save_s`` after ``start['s']``
     (the earlier ones are saved at ``start['s']``) within the steps left of ``max_steps``. Else
-    ``handover`` is ``None``."""
+    ``handover`` is ``None``.
+
+    ``summaries_after``: save the state alone at each save point, and compute the summaries of
+    every save point after the solve, at once (vmapped; see ``_batched_summaries``)."""
     params, static = eqx.partition(p, eqx.is_inexact_array)
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
@@ -950,8 +955,6 @@ def _solve(
     def flat_save_fn(s, z, args):
         return save_fn(s, unflat(z), args)
 
-    batched = _batched_summaries(save_s.shape[0], X, z0.size)
-
     if event is not None:
         crossing = event.cond_fn
         event = diffrax.Event(
@@ -960,7 +963,7 @@ def _solve(
         )
     saveat = diffrax.SaveAt(
         subs=[
-            diffrax.SubSaveAt(ts=save_s, fn=_state_only if batched else flat_save_fn),
+            diffrax.SubSaveAt(ts=save_s, fn=_state_only if summaries_after else flat_save_fn),
             diffrax.SubSaveAt(t1=True),
         ],
         solver_state=True,
@@ -1004,7 +1007,7 @@ def _solve(
         ),
     )
     saved, final_z = sol.ys
-    if batched:  # the summaries of every save point at once; inf where the run did not reach
+    if summaries_after:  # every save point's at once; inf where the run did not reach
         reached = jnp.isfinite(sol.ts[0])
         saved = jax.vmap(lambda z: flat_save_fn(None, z, None))(
             jnp.where(reached[:, None], saved, z0)
@@ -1623,10 +1626,11 @@ def gradient_flow(
             save_s = default_save_times(start, float(t1), save.n)
     save_s = as_number(save_s, dtype)
     traced = _is_traced(p, X)
+    n_params = _count_params(p)
     method = resolve_solver(
         solver,
         rtol,
-        _count_params(p),
+        n_params,
         traced=traced,
         smooth=smooth_field(p),
         kinks=kinked_field(p),
@@ -1660,6 +1664,7 @@ def gradient_flow(
             diagnostics=diagnostics,
             progress_meter=_progress_meter(progress),
             controller_kwargs=tuple(sorted((controller_kwargs or {}).items())),
+            summaries_after=not traced and _batched_summaries(save_s.shape[0], X, n_params),
             # final/states as the input's type
             standard_out=not isinstance(model, Parameterized),
         )
