@@ -145,17 +145,18 @@ def ewn_field_floor(model, X, y, evals: int, rounds: int) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
 
     import wnjax
-    from wnjax._dynamics.flow import _grad_log_loss
+    from wnjax._dynamics.flow import _flat_grad_loss
     from wnjax._losses import get_loss
 
     params, static = eqx.partition(wnjax.ewn(model), eqx.is_inexact_array)
+    theta0, unravel = ravel_pytree(params)
     loss = get_loss("exponential")
 
-    def field(theta):
-        value, g = _grad_log_loss(theta, static, X, y, loss, None)
-        return jax.tree_util.tree_map(lambda x: -jnp.exp(value) * x, g)
+    def field(theta):  # gradient_flow's plain-time field on its flat weight vector
+        return -_flat_grad_loss(theta, unravel, static, X, y, loss, None)
 
     def closed_form(th):
         """-grad L for f(x) = W2 relu(W1 x)^2, W = exp(a) v/||v||, L = sum exp(-y f)."""
@@ -182,7 +183,7 @@ def ewn_field_floor(model, X, y, evals: int, rounds: int) -> dict:
 
     layers = params.layers
     th = (layers[0].a, layers[0].v, layers[1].a, layers[1].v)
-    g = field(params)
+    g = unravel(field(theta0))
     mine = (g.layers[0].a, g.layers[0].v, g.layers[1].a, g.layers[1].v)
     agree = max(
         float(jnp.max(jnp.abs(p - q)) / jnp.max(jnp.abs(q))) for p, q in zip(mine, closed_form(th))
@@ -198,11 +199,11 @@ def ewn_field_floor(model, X, y, evals: int, rounds: int) -> dict:
         return jax.jit(run)
 
     run_mine, run_floor = looped(field), looped(closed_form)
-    jax.block_until_ready(run_mine(params))
+    jax.block_until_ready(run_mine(theta0))
     jax.block_until_ready(run_floor(th))
     times = C.interleaved(
         {
-            "wnjax": lambda: jax.block_until_ready(run_mine(params)),
+            "wnjax": lambda: jax.block_until_ready(run_mine(theta0)),
             "floor": lambda: jax.block_until_ready(run_floor(th)),
         },
         rounds=rounds,
@@ -304,20 +305,18 @@ def _breakdown_runs(p, X, y, explicit, *, t1: float, rtol: float, atol: float) -
     import diffrax
     import equinox as eqx
     import jax
-    import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
     import wnjax
-    from wnjax._dynamics.flow import _grad_log_loss
+    from wnjax._dynamics.flow import _flat_grad_loss
     from wnjax._losses import get_loss
 
     loss = get_loss("exponential")
     params, static = eqx.partition(p, eqx.is_inexact_array)
     theta0, unravel = ravel_pytree(params)
 
-    def field(t, theta, args):
-        value, g = _grad_log_loss(unravel(theta), static, X, y, loss, None)
-        return -jnp.exp(value) * ravel_pytree(g)[0]
+    def field(t, theta, args):  # gradient_flow's plain-time field
+        return -_flat_grad_loss(theta, unravel, static, X, y, loss, None)
 
     @jax.jit
     def bare(theta):

@@ -51,6 +51,27 @@ def test_log_loss_equals_naive_formula(name, scale):
             )
 
 
+@pytest.mark.parametrize("name", ["exponential", "logistic", "cross_entropy", "square"])
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
+def test_loss_and_its_gradient_equal_the_naive_formula(name, scale):
+    """``Loss.loss`` (the plain-time flow's field is ``-grad L``) is ``L`` and its gradient is
+    ``L grad log L``, against numpy and finite differences of the naive ``log L``."""
+    loss = wnjax.get_loss(name)
+    for seed in range(3):
+        f, y = _data(name, jax.random.key(seed), scale=scale)
+        L = float(np.exp(naive(name, f, y)))
+        np.testing.assert_allclose(float(loss.loss(f, y)), L, rtol=1e-12)
+        g = np.asarray(jax.grad(loss.loss)(f, y))
+        h = 1e-6 * max(1.0, float(np.max(np.abs(f))))
+        fd = np.zeros_like(g)
+        for i in np.ndindex(g.shape):
+            e = np.zeros(g.shape)
+            e[i] = h
+            up, down = naive(name, np.asarray(f) + e, y), naive(name, np.asarray(f) - e, y)
+            fd[i] = L * (up - down) / (2 * h)
+        np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7 * np.max(np.abs(fd)))
+
+
 def test_margins():
     f, y = _data("exponential", jax.random.key(0))
     np.testing.assert_allclose(

@@ -292,13 +292,13 @@ def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_pr
     )
     for k in COUNTS + ("switches",):
         assert int(r.stats[k]) == int(one.stats[k]) == int(named.stats[k]), k
-    # The save points' losses come from two programs compiled apart (the run's summaries are
-    # computed after its solves, the one program's inside its loop): where log L < -20 the
-    # residuals are below 1e-8, and the rounding of the outputs moves log L by ~1e-9.
+    # The two runs' programs are compiled apart (the one program's summaries inside its loop,
+    # the chain's after its solves; XLA fuses each field its own way): where log L < -20 the
+    # residuals are below 1e-8, and rounding at the level of the outputs moves log L by ~1e-9.
     a, b = np.asarray(r.log_loss), np.asarray(one.log_loss)
     np.testing.assert_allclose(a[shallow], b[shallow], rtol=1e-12)
     np.testing.assert_allclose(a[~shallow], b[~shallow], rtol=1e-9)
-    np.testing.assert_allclose(float(r.final_log_loss), float(one.final_log_loss), rtol=1e-12)
+    np.testing.assert_allclose(float(r.final_log_loss), float(one.final_log_loss), rtol=1e-9)
 
 
 def test_the_step_budget_holds_across_phases():

@@ -72,7 +72,8 @@ class Loss(eqx.Module):
         """``log L`` from the network outputs on all points (leading axis) and labels."""
 
     def loss(self, outputs: Array, y: Array) -> Array:
-        """``L = exp(log L)`` (underflows to 0 below ``log L ~ -745``)."""
+        """``L``, summed directly where the loss has a closed form, else ``exp(log L)``; it
+        underflows to 0 below ``log L ~ -745`` (float64)."""
         return jnp.exp(self.log_loss(outputs, y))
 
     def margins(self, outputs: Array, y: Array) -> Array:
@@ -103,12 +104,18 @@ class Exponential(Loss):
     def log_loss(self, outputs, y):
         return logsumexp(-self.margins(outputs, y))
 
+    def loss(self, outputs, y):
+        return jnp.sum(jnp.exp(-self.margins(outputs, y)))
+
 
 class Logistic(Loss):
     """``l(q) = log(1 + exp(-q))``: ``log L = logsumexp(log softplus(-q))``."""
 
     def log_loss(self, outputs, y):
         return logsumexp(log_softplus(-self.margins(outputs, y)))
+
+    def loss(self, outputs, y):
+        return jnp.sum(jax.nn.softplus(-self.margins(outputs, y)))
 
 
 class LogisticThenExponential(Loss):
@@ -182,11 +189,12 @@ class Square(Loss):
     mean: bool = eqx.field(static=True, default=False)
 
     def log_loss(self, outputs, y):
+        return jnp.log(self.loss(outputs, y))
+
+    def loss(self, outputs, y):
         r = outputs.reshape(outputs.shape[0], -1) - y.reshape(y.shape[0], -1)
         total = 0.5 * jnp.sum(r * r)
-        if self.mean:
-            total = total / r.shape[0]
-        return jnp.log(total)
+        return total / r.shape[0] if self.mean else total
 
     def margins(self, outputs, y):
         return jnp.full((outputs.shape[0],), jnp.nan, outputs.dtype)

