@@ -1032,7 +1032,10 @@ def _solve(
             jnp.where(reached[:, None], saved, z0)
         )
         saved = jax.tree_util.tree_map(
-            lambda a: jnp.where(reached.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.inf), saved
+            lambda a: jnp.where(reached.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.inf).astype(
+                a.dtype
+            ),
+            saved,
         )
     final_theta, final_tau = unflat(final_z[-1])
     final_params = unravel(final_theta)
