@@ -100,6 +100,11 @@ def test_known_degree_leaves_other_models_to_the_measurement():
 
     assert known_degree(wnjax.MLP(3, 4, 2, hidden_bias=True, key=jax.random.key(0))) is None
     assert known_degree(wnjax.MLP(3, 4, 2, activation=jnp.tanh, key=jax.random.key(0))) is None
+    class Shifted(wnjax.MLP):  # the same layers, another function
+        def __call__(self, x):
+            return super().__call__(x) + 1.0
+
+    assert known_degree(Shifted(3, 4, 2, key=jax.random.key(0))) is None
     linear = eqx.nn.Linear(3, 1, use_bias=False, key=jax.random.key(0))
     assert known_degree(wnjax.ewn(linear)) is None  # a model of the user's: measured
 

@@ -254,12 +254,13 @@ def known_degree(model: PyTree) -> float | None:
     """The homogeneity degree ``L`` of a bias-free ``MLP`` or ``CNN`` (plain or
     ``Parameterized``) with wnjax's own activation (``relu^p`` or linear, ``k``-homogeneous),
     from its layers in order: ``L_i = k L_{i-1} + 1`` for a trained layer ``i`` and ``k L_{i-1}``
-    for a frozen one, ``L_1 = 1`` (or 0 if frozen). ``None`` for any other model, whose degree is
-    measured instead (``homogeneity_degree``)."""
+    for a frozen one, ``L_1 = 1`` (or 0 if frozen). ``None`` for any other model (a subclass of
+    these included), whose degree is measured instead (``homogeneity_degree``)."""
     from wnjax._nets.parameterize import Frozen, Parameterized
 
     net = model.skeleton if isinstance(model, Parameterized) else model
-    if not isinstance(net, (MLP, CNN)) or not isinstance(net.activation, (ReLUPower, Identity)):
+    # exactly these classes: a subclass may compute something else from the same layers
+    if type(net) not in (MLP, CNN) or type(net.activation) not in (ReLUPower, Identity):
         return None
     if has_bias(net):
         return None
