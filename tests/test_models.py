@@ -100,6 +100,7 @@ def test_known_degree_leaves_other_models_to_the_measurement():
 
     assert known_degree(wnjax.MLP(3, 4, 2, hidden_bias=True, key=jax.random.key(0))) is None
     assert known_degree(wnjax.MLP(3, 4, 2, activation=jnp.tanh, key=jax.random.key(0))) is None
+
     class Shifted(wnjax.MLP):  # the same layers, another function
         def __call__(self, x):
             return super().__call__(x) + 1.0
