@@ -219,6 +219,7 @@ def main() -> None:
             "crossover": crossover,
             "dense_jacobian_max_params": _stiff.DENSE_JACOBIAN_MAX_PARAMS,
             "large_model": big,
+            "gpu": C.gpu_status(),
         },
     )
 

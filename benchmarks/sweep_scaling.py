@@ -2,15 +2,17 @@
 
 For a lin-sep-size run (2-layer ReLU^2 MLP of width 8 with EWN on the 4 lin-sep points):
 
-- GF: ``wnjax.gradient_flow``, plain time, ``t1`` fixed, Tsit5 with rtol 1e-8;
+- GF: ``wnjax.gradient_flow``, plain time, ``t1`` fixed, rtol 1e-8 (1e-5 in float32);
 - GD: ``wnjax.traced_gradient_descent``, a fixed number of steps.
 
-For each S in 1, 4, 16, 64, 256, 1024 (``--max-seeds``), the wall time of ``wnjax.sweep`` of S
-seeds, after a warm-up call that compiles (compile time is reported separately). Per-seed cost is
-``time / S``. Run twice, in subprocesses: with 1 device and with 8 forced host devices (which
-share the same cores, so this measures overhead, not speed-up).
+For each S in 1, 4, 16, 64, 256, 1024 (``--max-seeds``), ``wnjax.sweep`` of S seeds: a first
+call (compilation, or loading from the persistent cache, timed apart by the sweep as
+``compile_seconds``), then ``--repeats`` calls, of which the median of the sweep's own
+``elapsed`` (compiled execution, without compilation) is reported, per seed and per seed-step.
+Run twice, in child processes: with 1 device and with 8 forced host devices (which share the
+same cores, so this measures the overhead of dealing blocks out to devices, not a speed-up).
 
-    python benchmarks/sweep_scaling.py            # writes benchmarks/results/sweep_scaling.json
+    python benchmarks/sweep_scaling.py [--quick] [--float32] [--max-seeds S]
 """
 
 from __future__ import annotations
@@ -18,21 +20,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+DEVICE_COUNTS = (1, 8)
+GD_STEPS = 2000
 
 
-def measure(devices: int, seeds: list[int], batch_size: int, repeats: int) -> dict:
+def measure(args, seeds: list[int]) -> dict:
+    """The sweeps of one child process (its device count set by ``XLA_FLAGS``)."""
     import jax
+    import jax.numpy as jnp
 
-    jax.config.update("jax_enable_x64", True)
     import wnjax
 
     X, y = wnjax.data.lin_sep(jax.random.key(0))
+    X = X.astype(jnp.float32 if args.float32 else jnp.float64)
+    y = y.astype(X.dtype)
+    tol = dict(rtol=1e-5, atol=1e-7) if args.float32 else dict(rtol=1e-8, atol=1e-10)
+    gd_steps = 200 if args.quick else GD_STEPS
 
     def flow(key, cfg):
         model = wnjax.MLP(2, 8, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)
@@ -41,139 +52,153 @@ def measure(devices: int, seeds: list[int], batch_size: int, repeats: int) -> di
             X,
             y,
             t1=50.0,
-            rtol=1e-8,
-            atol=1e-10,
+            **tol,
             n_save=16,
             save_states=False,
             max_steps=20000,
             throw=False,
         )
-        return {
-            "final_log_loss": r.final_log_loss,
-            "num_steps": r.stats["num_steps"],
-            "log_loss": r.log_loss,
-        }
+        return {"final_log_loss": r.final_log_loss, "num_steps": r.stats["num_steps"]}
 
     def descent(key, cfg):
         model = wnjax.MLP(2, 8, 2, activation="relu2", init_scale=cfg["init_scale"], key=key)
         r = wnjax.traced_gradient_descent(
-            wnjax.ewn(model), X, y, num_steps=2000, learning_rate=0.05, n_save=16, chunk_size=500
+            wnjax.ewn(model),
+            X,
+            y,
+            num_steps=gd_steps,
+            learning_rate=0.05,
+            n_save=16,
+            chunk_size=max(gd_steps // 4, 1),
         )
-        return {"final_log_loss": r.final_log_loss, "log_loss": r.log_loss}
+        return {"final_log_loss": r.final_log_loss}
 
     grid = {"init_scale": [1.0]}
-    out = {"devices": devices, "batch_size": batch_size, "runs": {}}
+    out = {"devices": jax.device_count(), "batch_size": args.batch_size, "runs": {}}
     for name, fn in (("gf", flow), ("gd", descent)):
         rows = []
         for S in seeds:
-            chunk = max(batch_size * devices, min(S, 256))
-            t0 = time.perf_counter()
-            first = wnjax.sweep(
-                fn,
-                S,
-                grid,
-                batch_size=min(batch_size, S),
-                chunk_size=chunk,
-                devices=devices,
-                progress=False,
-            )
-            compile_and_run = time.perf_counter() - t0
-            times = [first.elapsed]
-            for _ in range(repeats):
-                times.append(
-                    wnjax.sweep(
-                        fn,
-                        S,
-                        grid,
-                        batch_size=min(batch_size, S),
-                        chunk_size=chunk,
-                        devices=devices,
-                        progress=False,
-                    ).elapsed
+
+            def call():
+                return wnjax.sweep(
+                    fn,
+                    S,
+                    grid,
+                    batch_size=min(args.batch_size, S),
+                    chunk_size=max(args.batch_size * jax.device_count(), min(S, 256)),
+                    progress=False,
                 )
-            best = min(times[1:]) if repeats else times[0]
+
+            t0 = time.perf_counter()
+            first = call()
+            first_wall = time.perf_counter() - t0
+            elapsed = [call().elapsed for _ in range(args.repeats)]
+            median = statistics.median(elapsed)
+            steps = float(first.table["num_steps"].mean()) if name == "gf" else float(gd_steps)
             row = {
                 "seeds": S,
-                "seconds": best,
-                "per_seed_ms": 1e3 * best / S,
-                "first_call_seconds": compile_and_run,
+                "seconds": C.summary(elapsed),
+                "per_seed_ms": 1e3 * median / S,
+                "per_seed_step_us": 1e6 * median / (S * steps),
+                "mean_steps": steps,
+                "first_call_seconds": first_wall,
+                "compile_seconds": first.compile_seconds,
+                # every seed's result, to compare across device counts (not written to the file)
+                "final_log_loss": first.table["final_log_loss"].tolist(),
             }
-            if name == "gf":
-                row["mean_num_steps"] = float(first.table["num_steps"].mean())
             rows.append(row)
             print(
-                f"[{devices} dev] {name} S={S:5d}: {best:8.3f} s, "
-                f"{row['per_seed_ms']:8.3f} ms/seed",
+                f"[{out['devices']} dev] {name} S={S:5d}: {median:8.4f} s, "
+                f"{row['per_seed_ms']:8.3f} ms/seed, {row['per_seed_step_us']:7.3f} us/seed-step",
+                file=sys.stderr,
                 flush=True,
             )
         out["runs"][name] = rows
     return out
 
 
+def child(args, devices: int) -> dict:
+    """``measure`` in a child process with ``devices`` forced host devices."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(devices)]
+    cmd += ["--max-seeds", str(args.max_seeds), "--batch-size", str(args.batch_size)]
+    cmd += ["--repeats", str(args.repeats)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--float32"] if args.float32 else []
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {devices}-device child exited {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--max-seeds", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--max-seeds", type=int, default=None, help="largest S (default 1024; 16 quick)")
+    p.add_argument("--batch-size", type=int, default=None, help="vmap width (default 32; 8 quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per S (default 5)")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.max_seeds = args.max_seeds or (16 if args.quick else 1024)
+    args.batch_size = args.batch_size or (8 if args.quick else 32)
+    args.repeats = args.repeats or (2 if args.quick else 5)
     seeds = [s for s in (1, 4, 16, 64, 256, 1024, 4096) if s <= args.max_seeds]
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, seeds, args.batch_size, args.repeats)))
+        C.setup(args)
+        print(json.dumps(measure(args, seeds)))
         return
-    results = []
-    for devices in (1, 8):
-        env = dict(
-            os.environ,
-            XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-            + f" --xla_force_host_platform_device_count={devices}",
-        )
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            str(devices),
-            "--max-seeds",
-            str(args.max_seeds),
-            "--batch-size",
-            str(args.batch_size),
-            "--repeats",
-            str(args.repeats),
-        ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        sys.stdout.write(proc.stdout)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr)
-            raise SystemExit(proc.returncode)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        results.append(json.loads(line[len("RESULT ") :]))
-    one, eight = results
+    one, eight = (child(args, d) for d in DEVICE_COUNTS)
     ratio = {
         name: [
-            {"seeds": a["seeds"], "eight_over_one": b["seconds"] / a["seconds"]}
+            {
+                "seeds": a["seeds"],
+                "eight_over_one": b["seconds"]["median"] / a["seconds"]["median"],
+            }
             for a, b in zip(one["runs"][name], eight["runs"][name])
         ]
         for name in one["runs"]
     }
-    import jax
-
-    record = {
-        "what": "wall time of wnjax.sweep of S seeds (best of repeats, compiled), lin-sep EWN MLP",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "jax": jax.__version__,
-        },
-        "one_device": one,
-        "eight_forced_cpu_devices": eight,
-        "eight_over_one": ratio,
-        "gpu": "not measured: this benchmark times forced CPU host devices",
+    # The same seeds give the same numbers on any number of devices, bit for bit.
+    finals = {
+        d: [x for name in r["runs"] for row in r["runs"][name] for x in row.pop("final_log_loss")]
+        for d, r in zip(DEVICE_COUNTS, (one, eight))
     }
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", "sweep_scaling.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {path}")
+    diff = max(abs(a - b) for a, b in zip(*finals.values()))
+    rows = [
+        {
+            "run": name,
+            "S": a["seeds"],
+            "1 dev ms/seed": round(a["per_seed_ms"], 3),
+            "1 dev us/seed-step": round(a["per_seed_step_us"], 3),
+            "8 dev ms/seed": round(b["per_seed_ms"], 3),
+            "8/1": round(b["seconds"]["median"] / a["seconds"]["median"], 2),
+        }
+        for name in one["runs"]
+        for a, b in zip(one["runs"][name], eight["runs"][name])
+    ]
+    print(C.table(rows, list(rows[0])))
+    print(f"largest difference of a seed's final log L, 8 devices against 1: {diff:.3g}")
+    C.write_result(
+        "sweep_scaling",
+        args,
+        {
+            "what": (
+                "wnjax.sweep of S seeds of a lin-sep-size EWN run: median of the sweep's "
+                "elapsed (compiled execution) over the repeats, with 1 and 8 forced host devices"
+            ),
+            "settings": {
+                "max_seeds": args.max_seeds,
+                "batch_size": args.batch_size,
+                "repeats": args.repeats,
+                "gd_steps": 200 if args.quick else GD_STEPS,
+            },
+            "one_device": one,
+            "eight_forced_cpu_devices": eight,
+            "eight_over_one": ratio,
+            "max_abs_diff_final_log_loss_8_vs_1": diff,
+            "gpu": "not measured: this benchmark times forced CPU host devices",
+        },
+    )
 
 
 if __name__ == "__main__":

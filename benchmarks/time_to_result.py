@@ -176,7 +176,7 @@ def main() -> None:
         f"demo {fig['demo']['warm_over_cold']:.2f}; import wnjax - import jax: "
         f"{fig['import']['wnjax_minus_jax_s']:.3f} s; goals {fig['goals']}"
     )
-    C.write_result("time_to_result", args, fig)
+    C.write_result("time_to_result", args, {**fig, "gpu": C.gpu_status()})
 
 
 if __name__ == "__main__":

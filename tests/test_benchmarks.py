@@ -219,6 +219,64 @@ def test_seeds_one_program(tmp_path):
         assert run["call"]["max_abs_diff_final_log_loss_vs_sweep"] < 1e-4
 
 
+@pytest.mark.slow
+def test_sweep_scaling(tmp_path):
+    doc = _run("sweep_scaling", tmp_path)
+    for devices, key in ((1, "one_device"), (8, "eight_forced_cpu_devices")):
+        assert doc[key]["devices"] == devices
+        for name in ("gf", "gd"):
+            rows = doc[key]["runs"][name]
+            assert [r["seeds"] for r in rows] == [1, 4, 16]
+            assert all(_positive(r["seconds"]["median"]) for r in rows)
+            assert all(_positive(r["per_seed_step_us"]) for r in rows)
+    # The same seeds give the same numbers on any number of devices, bit for bit.
+    assert doc["max_abs_diff_final_log_loss_8_vs_1"] == 0.0
+
+
+@pytest.mark.slow
+def test_time_to_result(tmp_path):
+    doc = _run("time_to_result", tmp_path)
+    assert _positive(doc["import"]["jax"]["median"]) and _positive(doc["import"]["wnjax"]["median"])
+    # import wnjax loads none of the heavy optional modules (they load on first use)
+    assert doc["import"]["heavy_modules_loaded"] == []
+    for job in ("lin_sep", "demo"):
+        assert all(_positive(doc[job][mode]["median"]) for mode in ("off", "cold", "warm")), job
+
+
+@pytest.mark.slow
+def test_stiff_crossover(tmp_path):
+    doc = _run("stiff_crossover", tmp_path)
+    for row in doc["rows"]:
+        assert _positive(row["dense"]["step_s"]) and _positive(row["krylov"]["step_s"])
+        # the dense and Krylov linear solves take the same steps to nearly the same state
+        assert row["dense"]["steps"] == row["krylov"]["steps"]
+        assert row["final_log_loss_gap"] < 1e-6
+
+
+@pytest.mark.slow
+def test_pruning_full(tmp_path):
+    doc = _run("pruning_full", tmp_path)
+    assert [r["run"] for r in doc["rows"]] == ["ewn", "swn", "standard"]
+    assert all(_positive(v) for v in doc["seconds_per_attempted_epoch"].values())
+    assert all(math.isfinite(r["log L"]) for r in doc["rows"])
+
+
+@pytest.mark.slow
+def test_problems(tmp_path):
+    doc = _run("problems", tmp_path)
+    assert doc["rows"] and all(_positive(r["explicit_s"]) for r in doc["rows"] if r["explicit_ok"])
+    # the default solver solves every problem that one of the single methods solves
+    assert doc["default_never_fails_where_one_succeeds"] is True
+
+
+@pytest.mark.slow
+def test_ready_queue():
+    """Prints only: the replayed executors' table and the default solve's summary line."""
+    proc = _script("ready_queue", "--quick")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "voluntary context switches a run" in proc.stdout
+
+
 def test_run_all_deadline(tmp_path):
     """A script that would start with under 20 s of the deadline left is not started and counts
     as failed; nothing finished, so no archive is written."""
