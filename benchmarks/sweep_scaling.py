@@ -1,4 +1,4 @@
-"""Cost of a seed sweep against the number of seeds S, and 8 forced CPU devices against 1.
+"""Cost of a seed sweep against the number of seeds S, its workers and 8 forced CPU devices.
 
 For a lin-sep-size run (2-layer ReLU^2 MLP of width 8 with EWN on the 4 lin-sep points):
 
@@ -9,8 +9,10 @@ For each S in 1, 4, 16, 64, 256, 1024 (``--max-seeds``), ``wnjax.sweep`` of S se
 call (compilation, or loading from the persistent cache, timed apart by the sweep as
 ``compile_seconds``), then ``--repeats`` calls, of which the median of the sweep's own
 ``elapsed`` (compiled execution, without compilation) is reported, per seed and per seed-step.
-Run twice, in child processes: with 1 device and with 8 forced host devices (which share the
-same cores, so this measures the overhead of dealing blocks out to devices, not a speed-up).
+Run in child processes: one CPU device with ``wnjax.sweep``'s default workers (one block at
+once per core), the same with one worker (one block at a time), and 8 forced host devices (which
+share the same cores: the overhead of dealing blocks out to devices, not a speed-up). Every
+configuration must give every seed the same final log L, bit for bit.
 
     python benchmarks/sweep_scaling.py [--quick] [--float32] [--max-seeds S]
 """
@@ -28,7 +30,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-DEVICE_COUNTS = (1, 8)
+# (name, forced host devices, workers per device: None for wnjax.sweep's default)
+CONFIGS = (
+    ("one_device", 1, None),
+    ("one_device_one_worker", 1, 1),
+    ("eight_forced_cpu_devices", 8, None),
+)
 GD_STEPS = 2000
 
 
@@ -73,19 +80,31 @@ def measure(args, seeds: list[int]) -> dict:
         )
         return {"final_log_loss": r.final_log_loss}
 
+    from wnjax._sweeps.sweep import _workers_per_device
+
     grid = {"init_scale": [1.0]}
-    out = {"devices": jax.device_count(), "batch_size": args.batch_size, "runs": {}}
+    workers = _workers_per_device(jax.devices(), args.workers)
+    out = {
+        "devices": jax.device_count(),
+        "workers_per_device": workers,
+        "batch_size": args.batch_size,
+        "runs": {},
+    }
     for name, fn in (("gf", flow), ("gd", descent)):
         rows = []
         for S in seeds:
+            # a block of at most S lanes, a chunk of one block per worker or up to 256 rows
+            batch = min(args.batch_size, S)
+            chunk = max(batch * jax.device_count() * workers, min(S, 256))
 
             def call():
                 return wnjax.sweep(
                     fn,
                     S,
                     grid,
-                    batch_size=min(args.batch_size, S),
-                    chunk_size=max(args.batch_size * jax.device_count(), min(S, 256)),
+                    batch_size=batch,
+                    chunk_size=chunk,
+                    workers=workers,
                     progress=False,
                 )
 
@@ -108,7 +127,7 @@ def measure(args, seeds: list[int]) -> dict:
             }
             rows.append(row)
             print(
-                f"[{out['devices']} dev] {name} S={S:5d}: {median:8.4f} s, "
+                f"[{out['devices']} dev x {workers}] {name} S={S:5d}: {median:8.4f} s, "
                 f"{row['per_seed_ms']:8.3f} ms/seed, {row['per_seed_step_us']:7.3f} us/seed-step",
                 file=sys.stderr,
                 flush=True,
@@ -117,18 +136,19 @@ def measure(args, seeds: list[int]) -> dict:
     return out
 
 
-def child(args, devices: int) -> dict:
+def child(args, name: str, devices: int, workers: int | None) -> dict:
     """``measure`` in a child process with ``devices`` forced host devices."""
     flags = os.environ.get("XLA_FLAGS", "")
     env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(devices)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name]
     cmd += ["--max-seeds", str(args.max_seeds), "--batch-size", str(args.batch_size)]
     cmd += ["--repeats", str(args.repeats)]
+    cmd += ["--workers", str(workers)] if workers else []
     cmd += ["--quick"] if args.quick else []
     cmd += ["--float32"] if args.float32 else []
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"the {devices}-device child exited {proc.returncode}")
+        raise SystemExit(f"the child {name} exited {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -137,7 +157,8 @@ def main() -> None:
     p.add_argument("--max-seeds", type=int, default=None, help="largest S (default 1024; 16 quick)")
     p.add_argument("--batch-size", type=int, default=None, help="vmap width (default 32; 8 quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per S (default 5)")
-    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.max_seeds = args.max_seeds or (16 if args.quick else 1024)
     args.batch_size = args.batch_size or (8 if args.quick else 32)
@@ -147,55 +168,44 @@ def main() -> None:
         C.setup(args)
         print(json.dumps(measure(args, seeds)))
         return
-    one, eight = (child(args, d) for d in DEVICE_COUNTS)
-    ratio = {
-        name: [
-            {
-                "seeds": a["seeds"],
-                "eight_over_one": b["seconds"]["median"] / a["seconds"]["median"],
-            }
-            for a, b in zip(one["runs"][name], eight["runs"][name])
-        ]
-        for name in one["runs"]
-    }
-    # The same seeds give the same numbers on any number of devices, bit for bit.
-    finals = {
-        d: [x for name in r["runs"] for row in r["runs"][name] for x in row.pop("final_log_loss")]
-        for d, r in zip(DEVICE_COUNTS, (one, eight))
-    }
-    diff = max(abs(a - b) for a, b in zip(*finals.values()))
-    rows = [
-        {
-            "run": name,
-            "S": a["seeds"],
-            "1 dev ms/seed": round(a["per_seed_ms"], 3),
-            "1 dev us/seed-step": round(a["per_seed_step_us"], 3),
-            "8 dev ms/seed": round(b["per_seed_ms"], 3),
-            "8/1": round(b["seconds"]["median"] / a["seconds"]["median"], 2),
-        }
-        for name in one["runs"]
-        for a, b in zip(one["runs"][name], eight["runs"][name])
+    runs = {name: child(args, name, devices, workers) for name, devices, workers in CONFIGS}
+    # The same seeds give the same numbers on any number of devices or workers, bit for bit.
+    finals = [
+        [x for kind in r["runs"] for row in r["runs"][kind] for x in row.pop("final_log_loss")]
+        for r in runs.values()
     ]
+    diff = max(abs(a - b) for other in finals[1:] for a, b in zip(finals[0], other))
+    base = runs["one_device"]
+    rows = []
+    for kind in base["runs"]:
+        for i, row in enumerate(base["runs"][kind]):
+            line = {
+                "run": kind,
+                "S": row["seeds"],
+                "us/seed-step": round(row["per_seed_step_us"], 3),
+            }
+            for name, r in runs.items():
+                line[f"{name} ms/seed"] = round(r["runs"][kind][i]["per_seed_ms"], 3)
+            rows.append(line)
     print(C.table(rows, list(rows[0])))
-    print(f"largest difference of a seed's final log L, 8 devices against 1: {diff:.3g}")
+    print(f"largest difference of a seed's final log L between the configurations: {diff:.3g}")
     C.write_result(
         "sweep_scaling",
         args,
         {
             "what": (
                 "wnjax.sweep of S seeds of a lin-sep-size EWN run: median of the sweep's "
-                "elapsed (compiled execution) over the repeats, with 1 and 8 forced host devices"
+                "elapsed (compiled execution) over the repeats, per configuration"
             ),
             "settings": {
                 "max_seeds": args.max_seeds,
                 "batch_size": args.batch_size,
                 "repeats": args.repeats,
                 "gd_steps": 200 if args.quick else GD_STEPS,
+                "configurations": {n: {"devices": d, "workers": w} for n, d, w in CONFIGS},
             },
-            "one_device": one,
-            "eight_forced_cpu_devices": eight,
-            "eight_over_one": ratio,
-            "max_abs_diff_final_log_loss_8_vs_1": diff,
+            **runs,
+            "max_abs_diff_final_log_loss": diff,
             "gpu": "not measured: this benchmark times forced CPU host devices",
         },
     )

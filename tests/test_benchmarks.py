@@ -222,15 +222,17 @@ def test_seeds_one_program(tmp_path):
 @pytest.mark.slow
 def test_sweep_scaling(tmp_path):
     doc = _run("sweep_scaling", tmp_path)
-    for devices, key in ((1, "one_device"), (8, "eight_forced_cpu_devices")):
-        assert doc[key]["devices"] == devices
+    for key, setting in doc["settings"]["configurations"].items():
+        assert doc[key]["devices"] == setting["devices"]
+        assert doc[key]["workers_per_device"] >= 1
         for name in ("gf", "gd"):
             rows = doc[key]["runs"][name]
             assert [r["seeds"] for r in rows] == [1, 4, 16]
             assert all(_positive(r["seconds"]["median"]) for r in rows)
             assert all(_positive(r["per_seed_step_us"]) for r in rows)
-    # The same seeds give the same numbers on any number of devices, bit for bit.
-    assert doc["max_abs_diff_final_log_loss_8_vs_1"] == 0.0
+    assert doc["one_device_one_worker"]["workers_per_device"] == 1
+    # The same seeds give the same numbers on any number of devices or workers, bit for bit.
+    assert doc["max_abs_diff_final_log_loss"] == 0.0
 
 
 @pytest.mark.slow

@@ -212,8 +212,9 @@ def test_same_seed_same_bits(killed_and_resumed):
 
 @pytest.mark.slow
 def test_flow_rows_do_not_depend_on_the_device_count():
-    """Adaptive GF runs on 1 and on 2 devices (each block its own while-loops; other chunk
-    sizes too, by default ``batch_size * devices``): the same bits."""
+    """Adaptive GF runs on 1 and on 2 devices, and with 3 blocks at once on one device (each
+    block its own while-loops; other chunk sizes too, by default ``batch_size`` times the
+    workers): the same bits."""
 
     def run(key, cfg):
         # ReLU^2: smooth, as the theory assumes (ReLU kinks make the adaptive solver chatter).
@@ -241,12 +242,16 @@ def test_flow_rows_do_not_depend_on_the_device_count():
     grid = {"init_scale": [0.5, 1.0], "width": [4]}
     one = wnjax.sweep(run, 6, grid, batch_size=2, devices=1, progress=False)
     two = wnjax.sweep(run, 6, grid, batch_size=2, devices=2, progress=False)
+    three = wnjax.sweep(run, 6, grid, batch_size=2, devices=1, workers=3, progress=False)
     assert one.table["ok"].all() and len(one) == 12
     # Seeds differ in their step counts, so each block's while-loop ran its own length.
     assert np.unique(one.table["steps"]).size > 1
-    for k in one.table:
-        np.testing.assert_array_equal(two.table[k], one.table[k])
-    np.testing.assert_array_equal(two.trajectories[0]["log_loss"], one.trajectories[0]["log_loss"])
+    for other in (two, three):
+        for k in one.table:
+            np.testing.assert_array_equal(other.table[k], one.table[k])
+        np.testing.assert_array_equal(
+            other.trajectories[0]["log_loss"], one.trajectories[0]["log_loss"]
+        )
 
 
 def test_grid_split_and_bad_input():
@@ -266,6 +271,22 @@ def test_grid_split_and_bad_input():
         wnjax.sweep(lambda k, c: {}, 2, devices=10_000)
     with pytest.raises(ValueError, match="no values"):
         wnjax.sweep(lambda k, c: {}, 2, {"width": []})
+    for workers in (0, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be a positive int"):
+            wnjax.sweep(lambda k, c: {}, 2, workers=workers)
+
+
+def test_workers_share_the_cores_of_a_cpu():
+    """By default each CPU device runs this process's cores' share of blocks at once; a GPU
+    runs one."""
+    from wnjax._sweeps.sweep import _workers_per_device
+
+    cpus = jax.devices("cpu")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert _workers_per_device(cpus[:1], None) == cores
+    assert _workers_per_device(cpus[:2], None) == max(1, cores // 2)
+    assert _workers_per_device(cpus, None) == max(1, cores // len(cpus))
+    assert _workers_per_device(cpus[:2], 5) == 5
 
 
 MULTIHOST = """

@@ -11,14 +11,17 @@ of arrays) for every seed and every config of a grid. The grid splits in two:
 The rows of a cell, ``(seed, config)`` pairs, go in *blocks* of ``batch_size`` rows, each block
 one ``jax.vmap`` of ``run`` compiled as a single-device program (``jax.jit``, compiled once per
 device that runs it). A *chunk* (``chunk_size`` rows, the unit of storage and resumption) is a
-list of blocks, dealt out to the devices in turn (by default one block per device). Each device
-runs its blocks from a thread of its own (XLA runs a program in the thread that calls it), so
-the devices run their blocks at the same time, each block with its own adaptive while-loops (it
-waits only for its own slowest seed), and the next chunk is dispatched before the current one is
-read.
+list of blocks, dealt out in turn to the *workers*: threads, each running blocks on one device
+(XLA runs a program in the thread that calls it). A GPU has one worker; the CPU devices share
+the machine's cores, one worker per core (so one CPU device runs as many blocks at once as there
+are cores, and ``N`` forced host devices ``cores / N`` each). By default a chunk is one block per
+worker. The workers run their blocks at the same time, each block with its own adaptive
+while-loops (it waits only for its own slowest seed), and the next chunk is dispatched before
+the current one is read.
 
 Every row is computed by the same program, a ``vmap`` of ``batch_size`` lanes, whatever the
-number of devices or the chunk size, so the table does not depend on them, bit for bit. (One
+number of devices or workers or the chunk size, so the table does not depend on them, bit for
+bit. (One
 ``shard_map`` program over a mesh of D devices would not do: XLA optimizes a multi-device
 program differently from a single-device one, and the last-bit differences, amplified by
 adaptive step-size control, change step counts.) The numbers depend on ``batch_size``, the
@@ -195,6 +198,23 @@ def _devices(devices) -> list:
     return list(devices)
 
 
+def _workers_per_device(devs: list, workers: int | None) -> int:
+    """Blocks run at once on each device: ``workers``, else 1 on a GPU and, on a CPU, this
+    process's cores shared among its CPU devices in ``devs`` (at least 1)."""
+    if workers is not None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}.")
+        return workers
+    local_cpus = [d for d in devs if d.platform == "cpu" and d.process_index == jax.process_index()]
+    if not local_cpus or len(local_cpus) != len(devs):
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // len(local_cpus))
+
+
 def _flatten(out, prefix="") -> dict:
     if not isinstance(out, dict):
         raise ValueError(
@@ -297,6 +317,7 @@ def sweep(
     batch_size: int = 16,
     chunk_size: int | None = None,
     devices: int | Sequence | None = None,
+    workers: int | None = None,
     config: dict | None = None,
     run_name: str | None = None,
     overwrite: bool = False,
@@ -321,10 +342,13 @@ def sweep(
     - `static`: grid axes to treat as static even if their values are floats.
     - `batch_size`: rows per vmapped block (the vmap width; part of the config, since it fixes
       each row's floating-point program).
-    - `chunk_size`: rows per stored chunk (default ``batch_size * devices``, or the stored value);
-      it sets only how rows are stored, not their numbers.
+    - `chunk_size`: rows per stored chunk (default ``batch_size`` times the number of workers, or
+      the stored value); it sets only how rows are stored, not their numbers.
     - `devices`: a count or a list of devices (default: all visible, across all processes); the
       numbers do not depend on it.
+    - `workers`: blocks run at once on each device, from threads of their own (default: 1 on a
+      GPU; on a CPU, this process's cores shared among its CPU devices, at least 1); the numbers
+      do not depend on it.
     - `config`: extra settings that determine the results (data, fixed run arguments); stored in
       the manifest and compared on resume.
     - `run_name`: a stable name for ``run`` in the manifest (default module.qualname).
@@ -342,8 +366,10 @@ def sweep(
     devs = _devices(devices)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    # worker w runs its blocks on slots[w]: devices in turn, then each again
+    slots = [dev for _ in range(_workers_per_device(devs, workers)) for dev in devs]
     if chunk_size is None:
-        chunk_size = (None if overwrite else _stored_chunk_size(out)) or batch_size * len(devs)
+        chunk_size = (None if overwrite else _stored_chunk_size(out)) or batch_size * len(slots)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     n_cfg = len(configs)
@@ -368,9 +394,10 @@ def sweep(
     pending = _pending_mask(done, len(cells), n_chunks)
     n_blocks = math.ceil(chunk_size / batch_size)
 
-    # Block b of a chunk runs on device b mod D, in the process that owns it (a chunk of fewer
-    # blocks than devices compiles for fewer).
-    block_device = [devs[b % len(devs)] for b in range(n_blocks)]
+    # Block b of a chunk runs on worker b mod W, in the process that owns its device (a chunk of
+    # fewer blocks than devices compiles for fewer).
+    block_worker = [b % len(slots) for b in range(n_blocks)]
+    block_device = [slots[w] for w in block_worker]
     owners = [d.process_index for d in block_device]
 
     # Row r of a cell is (seed r // n_cfg, config r % n_cfg): seed-major, so a partial sweep
@@ -408,12 +435,12 @@ def sweep(
     results: dict = {}
     interrupted = False
     # XLA runs a program in the thread that calls it (on a CPU, for any number of devices), so
-    # each device runs its blocks from a thread of its own, in the order they were dispatched:
-    # the devices work at once, and this thread stores one chunk while the next one runs.
+    # each worker runs its blocks from a thread of its own, in the order they were dispatched:
+    # the workers run at once, and this thread stores one chunk while the next one runs.
     runners = {
-        dev: ThreadPoolExecutor(1, thread_name_prefix=f"wnjax-sweep-{dev.id}")
-        for dev in dict.fromkeys(block_device)
-        if dev.process_index == jax.process_index()
+        w: ThreadPoolExecutor(1, thread_name_prefix=f"wnjax-sweep-{slots[w].id}-{w}")
+        for w in dict.fromkeys(block_worker)
+        if slots[w].process_index == jax.process_index()
     }
 
     def launch(c, k, program, compiled):
@@ -422,12 +449,13 @@ def sweep(
         nonlocal compile_seconds
         lo, hi = k * chunk_size, min((k + 1) * chunk_size, n_rows)
         rows = np.arange(lo, hi)
+        used = math.ceil(rows.size / batch_size)  # a short chunk runs fewer blocks
         # the last block is filled up with the chunk's first row (its outputs are dropped)
-        take = np.concatenate([rows, np.full(n_blocks * batch_size - rows.size, rows[0])])
-        s_in = row_seed[take].reshape(n_blocks, batch_size)
-        c_in = {n: v[row_cfg[take]].reshape(n_blocks, batch_size) for n, v in cfg_values.items()}
+        take = np.concatenate([rows, np.full(used * batch_size - rows.size, rows[0])])
+        s_in = row_seed[take].reshape(used, batch_size)
+        c_in = {n: v[row_cfg[take]].reshape(used, batch_size) for n, v in cfg_values.items()}
         outs = []
-        for b, dev in enumerate(block_device):
+        for b, (w, dev) in enumerate(zip(block_worker[:used], block_device[:used])):
             if dev.process_index != jax.process_index():
                 continue
             args = (
@@ -438,13 +466,16 @@ def sweep(
                 t0 = time.perf_counter()
                 compiled[dev] = program.lower(*args).compile()
                 compile_seconds += time.perf_counter() - t0
-            outs.append(runners[dev].submit(compiled[dev], *args))
+            outs.append(runners[w].submit(compiled[dev], *args))
         return c, k, rows, outs
 
     def collect(launched, shapes):
         c, k, rows, outs = launched
+        used = math.ceil(rows.size / batch_size)
         blocks = _gather(
-            [{n: np.asarray(v) for n, v in o.result().items()} for o in outs], owners, shapes
+            [{n: np.asarray(v) for n, v in o.result().items()} for o in outs],
+            owners[:used],
+            shapes,
         )
         merged = {n: np.concatenate([blk[n] for blk in blocks])[: rows.size] for n in blocks[0]}
         return {"row": rows, "seed": row_seed[rows], "config": row_cfg[rows], **merged}
