@@ -21,12 +21,11 @@ the current one is read.
 
 Every row is computed by the same program, a ``vmap`` of ``batch_size`` lanes, whatever the
 number of devices or workers or the chunk size, so the table does not depend on them, bit for
-bit. (One
-``shard_map`` program over a mesh of D devices would not do: XLA optimizes a multi-device
-program differently from a single-device one, and the last-bit differences, amplified by
-adaptive step-size control, change step counts.) The numbers depend on ``batch_size``, the
-seeds, the grid, the config and the platform; the manifest holds all of them (and the chunk
-size, which fixes the store's layout), and a resume with any other value raises
+bit. (One ``shard_map`` program over a mesh of D devices would not do: XLA optimizes a
+multi-device program differently from a single-device one, and the last-bit differences,
+amplified by adaptive step-size control, change step counts.) The numbers depend on
+``batch_size``, the seeds, the grid, the config and the platform; the manifest holds all of them
+(and the chunk size, which fixes the store's layout), and a resume with any other value raises
 ``StoreMismatch``.
 
 SIGINT/SIGTERM stop a sweep at the chunk in progress, which is dropped (its gradient flows stop
