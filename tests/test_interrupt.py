@@ -44,14 +44,14 @@ class _SignalAtPoll:
         self.original = _interrupt.poll_interval
         monkeypatch.setattr(_interrupt, "poll_interval", self)
 
-    def __call__(self, steps):
+    def __call__(self, steps, since):
         self.calls += 1
         if self.calls == self.n:
             os.kill(os.getpid(), self.signum)
             deadline = time.time() + 10
             while not _interrupt.requested() and time.time() < deadline:
                 time.sleep(0.001)
-        return self.original(steps)
+        return self.original(steps, since)
 
 
 @pytest.mark.slow
@@ -103,6 +103,32 @@ def test_flow_poll_leaves_the_numbers_unchanged():
         _flow._solve = solve
     for a, b in zip(jax.tree_util.tree_leaves(polled), jax.tree_util.tree_leaves(plain)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("loops", [1, 2, 8])
+def test_concurrent_loops_each_check_about_every_poll_seconds(loops, monkeypatch):
+    """Loops running at once (a sweep's blocks) each time their checks from their own previous
+    one: simulated loops of 5,000, 3,800, 3,100, ... steps a second settle at POLL_SECONDS times
+    their own rate between checks, however many check in between (timed from any loop's check,
+    the intervals of loops that check close together grow up to 4x at each check)."""
+    now = [0.0]
+    monkeypatch.setattr(_interrupt, "clock", lambda: now[0])
+    monkeypatch.setitem(_interrupt._state, "polled", 0.0)
+    rates = [5000.0 / (1 + 0.3 * k) for k in range(loops)]
+    first = _interrupt.POLL_FIRST_STEPS
+    # each loop: [time of its next check, steps to it, clock of its previous check]
+    state = [[first / rate, first, -1.0] for rate in rates]
+    last = [0] * loops
+    for _ in range(60 * loops):
+        k = min(range(loops), key=lambda j: state[j][0])
+        now[0], steps, since = state[k]
+        stop, nxt, at = _interrupt.poll_interval(np.int32(steps), np.float32(since))
+        assert not bool(stop) and float(at) == pytest.approx(now[0], abs=1e-3)
+        state[k] = [now[0] + int(nxt) / rates[k], int(nxt), float(at)]
+        last[k] = int(nxt)
+    for k, rate in enumerate(rates):
+        target = _interrupt.POLL_SECONDS * rate
+        assert 0.8 * target <= last[k] <= 1.25 * target, (k, last[k], target)
 
 
 def test_gradient_descent_signal_keeps_the_finished_chunks():

@@ -262,11 +262,18 @@ def _poll_start() -> dict:
     """The poll state at the start of a solve: steps taken, the step of the next poll (the
     first after ``_interrupt.POLL_FIRST_STEPS`` steps, later ones about every
     ``_interrupt.POLL_SECONDS``; a poll costs ~0.05-0.3 ms on a CPU, so a short solve makes
-    none), the steps between the last two polls (or since the start), and whether a stop was
+    none), the steps between the last two polls (or since the start), the host's
+    ``_interrupt.clock()`` at the last poll (-1 before the first) and whether a stop was
     requested."""
     first = jnp.asarray(_interrupt.POLL_FIRST_STEPS, jnp.int32)
     zero = jnp.asarray(0, jnp.int32)
-    return {"count": zero, "next": first, "interval": first, "stop": jnp.asarray(False)}
+    return {
+        "count": zero,
+        "next": first,
+        "interval": first,
+        "since": jnp.asarray(-1.0, jnp.float32),
+        "stop": jnp.asarray(False),
+    }
 
 
 class _Polled(diffrax.AbstractAdaptiveStepSizeController):
@@ -325,11 +332,12 @@ def _ask(poll: dict) -> dict:
     was requested and how many steps to take before the next question (``_question``)."""
 
     def answer(poll):
-        stop, steps = _question(jnp.asarray(True), poll["interval"])
+        stop, steps, now = _question(jnp.asarray(True), poll["interval"], poll["since"])
         return {
             "count": poll["count"],
             "next": poll["count"] + steps,
             "interval": steps,
+            "since": now,
             "stop": poll["stop"] | stop,
         }
 
@@ -346,41 +354,49 @@ def _ask_vmap(axis_size, in_batched, poll):
 
     poll = jax.tree_util.tree_map(lanes, poll, in_batched[0])
     due = jnp.any(poll["count"] >= poll["next"])
-    stop, steps = _question(due, jnp.max(poll["interval"]))
+    stop, steps, now = _question(due, jnp.max(poll["interval"]), jnp.max(poll["since"]))
     out = {
         "count": poll["count"],
         "stop": poll["stop"] | stop,
         "next": jnp.where(due, poll["count"] + steps, poll["next"]),
         "interval": jnp.where(due, steps, poll["interval"]),
+        "since": jnp.where(due, now, poll["since"]),
     }
     return out, {k: True for k in out}
 
 
 @jax.custom_batching.custom_vmap
-def _question(due: Array, steps: Array) -> tuple[Array, Array]:
-    """When ``due``, ``_interrupt.poll_interval(steps)``: whether a stop was requested, and the
-    steps to take before the next question, given that the last ``steps`` steps took the time
-    since the last question; else ``(False, steps)``.
+def _question(due: Array, steps: Array, since: Array) -> tuple[Array, Array, Array]:
+    """When ``due``, ``_interrupt.poll_interval(steps, since)``: whether a stop was requested,
+    the steps to take before the next question, given that the last ``steps`` steps took the
+    time since the last question (asked at the host's ``_interrupt.clock()`` ``since``), and the
+    clock now; else ``(False, steps, since)``.
 
     A ``pure_callback`` (its argument changes from question to question, which keeps XLA from
     moving the call out of its loop): an ``io_callback`` is an effect, and an effect in the
     solve's loop made a dense Kvaerno5 step 23x slower on CPU (2.2 ms against 31 ms on a
     200-parameter flow)."""
-    shapes = (jax.ShapeDtypeStruct((), jnp.bool_), jax.ShapeDtypeStruct((), jnp.int32))
+    shapes = (
+        jax.ShapeDtypeStruct((), jnp.bool_),
+        jax.ShapeDtypeStruct((), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.float32),
+    )
     return jax.lax.cond(
         due,
-        lambda n: jax.pure_callback(_interrupt.poll_interval, shapes, n),
-        lambda n: (jnp.asarray(False), n),
+        lambda n, t: jax.pure_callback(_interrupt.poll_interval, shapes, n, t),
+        lambda n, t: (jnp.asarray(False), n, t),
         steps,
+        since,
     )
 
 
 @_question.def_vmap
-def _question_vmap(axis_size, in_batched, due, steps):
+def _question_vmap(axis_size, in_batched, due, steps, since):
     # One question for all runs (nested vmaps reduce in turn).
     due = jnp.any(due, axis=0) if in_batched[0] else due
     steps = jnp.max(steps, axis=0) if in_batched[1] else steps
-    return _question(due, steps), (False, False)
+    since = jnp.max(since, axis=0) if in_batched[2] else since
+    return _question(due, steps, since), (False, False, False)
 
 
 def _stopped(sol) -> Array:

@@ -43,6 +43,7 @@ _state: dict = {
     "polled": 0.0,
 }
 _lock = threading.Lock()
+_EPOCH = time.monotonic()
 
 
 def requested() -> bool:
@@ -51,20 +52,27 @@ def requested() -> bool:
     return _state["signal"] is not None
 
 
-def poll_interval(steps):
+def clock() -> float:
+    """Seconds since this module was imported (``time.monotonic``), small enough for float32."""
+    return time.monotonic() - _EPOCH
+
+
+def poll_interval(steps, since):
     """The host side of the check inside a compiled loop: ``(requested(), steps to the next
-    check)``. ``steps`` are those since the loop's previous check (or its start: its first
-    check comes ``POLL_FIRST_STEPS`` in). The steps to the next check are ``steps`` scaled by
-    ``POLL_SECONDS`` over the time since the previous check (any loop's) or since the
-    outermost ``handling()`` was entered, within 1/8x-4x, so that checks come about every
-    ``POLL_SECONDS`` and a miscounted interval moves them only gradually."""
+    check, clock())``. ``steps`` are those since the loop's previous check (or its start: its
+    first check comes ``POLL_FIRST_STEPS`` in), ``since`` the ``clock()`` of that check, which
+    the loop carries (negative before its first). The steps to the next check are ``steps``
+    scaled by ``POLL_SECONDS`` over the time since that check, or since the outermost
+    ``handling()`` was entered if later, within 1/8x-4x: each loop checks about every
+    ``POLL_SECONDS`` of its own, however many run at once, and a miscounted interval moves its
+    checks only gradually."""
     import numpy as np
 
-    now = time.monotonic()
-    elapsed, _state["polled"] = now - _state["polled"], now
+    now = clock()
+    elapsed = now - max(float(since), _state["polled"])
     factor = min(max(POLL_SECONDS / max(elapsed, 1e-9), 0.125), 4.0)
     next_steps = int(min(max(int(steps) * factor, 1), 1 << 24))
-    return np.asarray(requested()), np.asarray(next_steps, np.int32)
+    return np.asarray(requested()), np.asarray(next_steps, np.int32), np.asarray(now, np.float32)
 
 
 def exit_code() -> int:
@@ -205,7 +213,7 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
     previous, old_fd = {}, -1
     if outermost:
         clear()
-        _state["polled"] = time.monotonic()
+        _state["polled"] = clock()
         previous = {s: signal.getsignal(s) for s in SIGNALS}
         for s in SIGNALS:
             signal.signal(s, _handle)

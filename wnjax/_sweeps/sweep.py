@@ -462,6 +462,9 @@ def sweep(
                 {n: jax.device_put(v[b], dev) for n, v in c_in.items()},
             )
             if dev not in compiled:  # timed apart from the runs
+                if jax.process_count() == 1 and _interrupt.requested():
+                    # stopped while compiling for the devices before: launch no more blocks
+                    return c, k, rows, None
                 t0 = time.perf_counter()
                 compiled[dev] = program.lower(*args).compile()
                 compile_seconds += time.perf_counter() - t0
@@ -469,7 +472,10 @@ def sweep(
         return c, k, rows, outs
 
     def collect(launched, shapes):
+        """The chunk's rows, or ``None`` where its launch stopped short (a stop request)."""
         c, k, rows, outs = launched
+        if outs is None:
+            return None
         used = math.ceil(rows.size / batch_size)
         blocks = _gather(
             [{n: np.asarray(v) for n, v in o.result().items()} for o in outs],
@@ -516,7 +522,8 @@ def sweep(
                 more = i + 1 < len(todo) and (jax.process_count() > 1 or not _interrupt.requested())
                 nxt = launch(c, todo[i + 1], program, compiled) if more else None
                 arrays = collect(inflight, shapes)
-                if stop_requested():  # its flows may have stopped early: recomputed on resume
+                # its flows may have stopped early: recomputed on resume
+                if stop_requested() or arrays is None:
                     interrupted = True
                     _interrupt.stopping()
                     break
