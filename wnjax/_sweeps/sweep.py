@@ -464,19 +464,18 @@ def sweep(
             if dev not in compiled:  # timed apart from the runs
                 if jax.process_count() == 1 and _interrupt.requested():
                     # stopped while compiling for the devices before: launch no more blocks
-                    return c, k, rows, None
+                    return c, k, rows, used, None
                 t0 = time.perf_counter()
                 compiled[dev] = program.lower(*args).compile()
                 compile_seconds += time.perf_counter() - t0
             outs.append(runners[w].submit(compiled[dev], *args))
-        return c, k, rows, outs
+        return c, k, rows, used, outs
 
     def collect(launched, shapes):
         """The chunk's rows, or ``None`` where its launch stopped short (a stop request)."""
-        c, k, rows, outs = launched
+        c, k, rows, used, outs = launched
         if outs is None:
             return None
-        used = math.ceil(rows.size / batch_size)
         blocks = _gather(
             [{n: np.asarray(v) for n, v in o.result().items()} for o in outs],
             owners[:used],
