@@ -293,3 +293,30 @@ def test_speed_ladder_iterations_scale_like_flow_time(problem):
         assert abs(first["to_1e-6"][0] / second["to_1e-6"][0] - 2) < 0.2
         # rerun (pass 2) takes the same iterates as pass 1: the 1e-6 hit is before the stop
         assert 0 < first["to_1e-6"][0] <= first["iterations_to_target"][0]
+
+
+@pytest.mark.slow
+def test_diagonal_wn_points_side_by_side_give_the_serial_numbers(tmp_path, monkeypatch):
+    """``diagonal-wn`` end to end at a small size: its sweep points and speed ladder, run on two
+    worker threads, give the metrics of the same run on one (every point and section present)."""
+    import json
+
+    import wnjax._runtime.cores as cores
+    from wnjax.experiments._diagonal_wn import Options, run
+
+    def metrics(workers: int, out):
+        monkeypatch.setattr(cores, "usable_cores", lambda: workers)
+        options = Options(
+            out=str(out), seeds=2, dim=16, measurements=8, sparsity=2, alphas="0.1,1",
+            steps=300, speed_steps=3000, target_log_loss=-8.0,
+        )  # fmt: skip
+        m = run(options)
+        m.pop("options")
+        return json.loads(json.dumps(m, default=str))
+
+    one, two = metrics(1, tmp_path / "one"), metrics(2, tmp_path / "two")
+    assert set(two["depth_sweep"]["results"]) == {"2|0.1", "2|1.0", "3|0.1", "3|1.0"}
+    assert set(two["sparsity_sweep"]["results"]) == {
+        f"{k}|{a}" for k in (2, 10, 15) for a in (0.1, 1.0)
+    }
+    assert two == one

@@ -291,6 +291,76 @@ def test_concurrently_stops_the_calls_not_yet_running_on_a_stop_request():
         interrupt.clear()
 
 
+def test_in_parallel_runs_the_first_alone_then_the_rest_side_by_side():
+    """The first call returns before any other starts; the later ones are all in progress at
+    once with enough workers (serial calls would time out waiting for each other), and one at a
+    time with one worker; the result keeps the calls' order; an exception is raised."""
+    import threading
+
+    from wnjax.experiments._runner import in_parallel
+
+    lock, log = threading.Lock(), []
+
+    def calls(together: bool):
+        running = [threading.Event() for _ in range(3)]
+
+        def call(k):
+            def run():
+                with lock:
+                    log.append(("start", k))
+                if k > 0:
+                    running[k].set()
+                    if together:  # every later call waits for the others to be running
+                        assert all(running[j].wait(10) for j in (1, 2))
+                with lock:
+                    log.append(("end", k))
+                return 10 * k
+
+            return run
+
+        return {name: call(k) for k, name in enumerate("abc")}
+
+    out = in_parallel(calls(True), workers=2)
+    assert out == {"a": 0, "b": 10, "c": 20} and list(out) == ["a", "b", "c"]
+    assert log.index(("end", 0)) < min(log.index(("start", 1)), log.index(("start", 2)))
+    log.clear()
+    assert in_parallel(calls(False), workers=1) == {"a": 0, "b": 10, "c": 20}
+    assert log == [(e, k) for k in range(3) for e in ("start", "end")]
+
+    def boom():
+        raise RuntimeError("boom")
+
+    import wnjax._runtime.interrupt as interrupt
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            in_parallel({"a": lambda: 1, "b": boom, "c": lambda: 3}, workers=2)
+    finally:
+        interrupt.clear()
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            in_parallel({"a": lambda: 1}, workers=bad)
+
+
+def test_in_parallel_flows_give_the_numbers_of_serial_flows():
+    """Gradient flows of several data sets run in two threads at once (each polling for stop
+    requests from its own loop) end on the same bits as the same flows run one after another."""
+    from wnjax.experiments._runner import in_parallel
+
+    model = wnjax.ewn(wnjax.MLP(2, 4, 2, activation="relu2", key=jax.random.key(0)))
+
+    def flow(k):
+        X, y = wnjax.data.lin_sep(jax.random.key(k))
+        r = wnjax.gradient_flow(model, X, y, t1=200.0, n_save=4, diagnostics=False)
+        return np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(r.final)])
+
+    calls = {k: (lambda k=k: flow(k)) for k in range(4)}
+    serial = in_parallel(calls, workers=1)
+    together = in_parallel(calls, workers=2)
+    for k in calls:
+        np.testing.assert_array_equal(together[k], serial[k])
+
+
 def test_run_gd_compiles_before_its_turn_and_skips_the_run_when_refused():
     """``run_gd(..., turn=...)``: a refused turn reports the run interrupted, every seed as it
     started; a granted one gives the numbers of a run without a turn."""
@@ -310,33 +380,6 @@ def test_run_gd_compiles_before_its_turn_and_skips_the_run_when_refused():
     assert not granted.interrupted
     np.testing.assert_array_equal(granted.num_steps, plain.num_steps)
     np.testing.assert_array_equal(granted.history["log_loss"], plain.history["log_loss"])
-
-
-def test_concurrently_without_overlap_runs_one_after_another():
-    """``overlap=False``: each run (after ``turn()``) starts once the one before it has
-    returned, while the next call's compile phase still takes place during a run."""
-    import threading
-    import time
-
-    from wnjax.experiments._runner import concurrently
-
-    log, reached = [], {k: threading.Event() for k in range(3)}
-
-    def fn(k, turn):
-        log.append(("compile", k))
-        reached[k].set()
-        assert turn()
-        log.append(("run", k))
-        if k < 2:  # the next call compiles while this one runs
-            assert reached[k + 1].wait(10)
-        time.sleep(0.01)
-        log.append(("end", k))
-        return k
-
-    out = concurrently(fn, {"a": 0, "b": 1, "c": 2}, overlap=False)
-    assert out == {"a": 0, "b": 1, "c": 2}
-    runs = [e for e in log if e[0] != "compile"]
-    assert runs == [("run", 0), ("end", 0), ("run", 1), ("end", 1), ("run", 2), ("end", 2)]
 
 
 def test_concurrently_calls_meanwhile_after_every_compile_while_the_runs_go_on():

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import wnjax._runtime.interrupt as _interrupt
+from wnjax._runtime.cores import usable_cores
 from wnjax._sweeps.store import Store
 
 # What the program of a row is: recorded in the manifest, since the numbers depend on it.
@@ -207,11 +208,7 @@ def _workers_per_device(devs: list, workers: int | None) -> int:
     local_cpus = [d for d in devs if d.platform == "cpu" and d.process_index == jax.process_index()]
     if not local_cpus or len(local_cpus) != len(devs):
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // len(local_cpus))
+    return max(1, usable_cores() // len(local_cpus))
 
 
 def _flatten(out, prefix="") -> dict:

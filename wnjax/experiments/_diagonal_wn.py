@@ -46,6 +46,7 @@ from wnjax.experiments._report import (
     table,
     write_outputs,
 )
+from wnjax.experiments._runner import in_parallel
 
 DESCRIPTION = "diagonal linear nets: polar WN vs plain GD/GF for sparse recovery across init scales"
 
@@ -227,14 +228,10 @@ def _gf_runs(A, y, xs, alpha, depth, method, er, et, target, x_q=None):
         kw.update(throw=False, n_save=4, save_states=False)
         if method == "WN-GF":
             p = polar_wn(net)
-            with warnings.catch_warnings():  # success is judged from the final log loss
-                warnings.simplefilter("ignore", RuntimeWarning)
-                r = gradient_flow(p, A[i], y[i], rate=polar_rates(er, et), **kw)
+            r = gradient_flow(p, A[i], y[i], rate=polar_rates(er, et), **kw)
             spreads.append(float(invariant_spread(uv_ratio(r.final, p))) if depth == 2 else np.nan)
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                r = gradient_flow(net, A[i], y[i], **kw)
+            r = gradient_flow(net, A[i], y[i], **kw)
         errs.append(float(relative_error(diagonal_signal(r.final), xs[i])))
         ok.append(bool(float(r.final_log_loss) <= target + 1e-6))
         if x_q is not None:
@@ -746,6 +743,10 @@ def _speed_lines(metrics) -> list[str]:
     ]
 
 
+def _point_name(depth, alpha, sparsity) -> str:
+    return f"L={depth}|alpha={alpha}|k={sparsity}"
+
+
 def run(options: Options) -> dict:
     """Run diagonal-wn with ``options``; write its figures, ``metrics.json`` and ``report.md``
     under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
@@ -756,37 +757,50 @@ def run(options: Options) -> dict:
     problem = _problems(keys, options.dim, options.measurements, options.sparsity)
     metrics = {"steps": options.steps, "options": dataclasses.asdict(options)}
     metrics["references"] = _references(problem, alphas)
-    metrics["alpha_sweep"] = {str(a): sweep_point(problem, a, 2, options) for a in alphas}
-
     sweep_alphas = [0.1, 1.0]
-    depth = {"values": [2, 3], "alphas": sweep_alphas, "results": {}}
-    for L in depth["values"]:
-        for a in sweep_alphas:
-            depth["results"][f"{L}|{a}"] = (
-                metrics["alpha_sweep"][str(a)]
-                if L == 2 and str(a) in metrics["alpha_sweep"]
-                else sweep_point(problem, a, L, options)
-            )
-    metrics["depth_sweep"] = depth
-    sparsity = {
-        "values": sorted({2, options.sparsity, 10, 15}),
+    depths = [2, 3]
+    sparsities = sorted({2, options.sparsity, 10, 15})
+    d, n = options.dim, options.measurements
+    problems = {k: _problems(keys, d, n, k) for k in sparsities if k != options.sparsity}
+    problems[options.sparsity] = problem
+    # Every point (and the speed ladder) is independent: they run side by side on the cores
+    # (``in_parallel``), the first alpha alone first (it traces the programs the others share),
+    # then the speed ladder (the longest), the two depth-3 points apart (they share programs).
+    calls = {f"alpha|{alphas[0]}": functools.partial(sweep_point, problem, alphas[0], 2, options)}
+    calls["speed"] = functools.partial(speed_ladder, problem, alphas[0], options)
+    extra = [(L, a, options.sparsity) for L in depths for a in sweep_alphas if L != 2]
+    extra += [(2, a, k) for k in sparsities for a in sweep_alphas if k != options.sparsity]
+    extra += [(2, a, options.sparsity) for a in sweep_alphas if a not in alphas]
+    calls[_point_name(*extra[0])] = functools.partial(
+        sweep_point, problems[extra[0][2]], extra[0][1], extra[0][0], options
+    )
+    for a in alphas[1:]:
+        calls[f"alpha|{a}"] = functools.partial(sweep_point, problem, a, 2, options)
+    for L, a, k in extra[1:]:
+        calls[_point_name(L, a, k)] = functools.partial(sweep_point, problems[k], a, L, options)
+    with warnings.catch_warnings():  # a flow's success is judged from its final log loss
+        warnings.filterwarnings("ignore", "gradient flow", RuntimeWarning)
+        done = in_parallel(calls)
+
+    def point(L, a, k):
+        if L == 2 and k == options.sparsity and a in alphas:
+            return done[f"alpha|{a}"]
+        return done[_point_name(L, a, k)]
+
+    metrics["alpha_sweep"] = {str(a): done[f"alpha|{a}"] for a in alphas}
+    metrics["depth_sweep"] = {
+        "values": depths,
         "alphas": sweep_alphas,
-        "results": {},
+        "results": {
+            f"{L}|{a}": point(L, a, options.sparsity) for L in depths for a in sweep_alphas
+        },
     }
-    for k in sparsity["values"]:
-        prob_k = (
-            problem
-            if k == options.sparsity
-            else _problems(keys, options.dim, options.measurements, k)
-        )
-        for a in sweep_alphas:
-            sparsity["results"][f"{k}|{a}"] = (
-                metrics["alpha_sweep"][str(a)]
-                if k == options.sparsity and str(a) in metrics["alpha_sweep"]
-                else sweep_point(prob_k, a, 2, options)
-            )
-    metrics["sparsity_sweep"] = sparsity
-    metrics["speed"] = speed_ladder(problem, alphas[0], options)
+    metrics["sparsity_sweep"] = {
+        "values": sparsities,
+        "alphas": sweep_alphas,
+        "results": {f"{k}|{a}": point(2, a, k) for k in sparsities for a in sweep_alphas},
+    }
+    metrics["speed"] = done["speed"]
     metrics["verdicts"] = _verdicts(metrics, alphas)
     os.makedirs(options.out, exist_ok=True)
     _plot(metrics, alphas, options.out)

@@ -184,8 +184,8 @@ def simulate(
 ):
     """All three parameterizations on ``seeds`` data sets and inits (vmapped), each in a thread
     of its own: compiled one after another (under GD the longest runs, SWN and the standard net,
-    first), each GD run starting as soon as its program is compiled, each flow once the one
-    before it has finished (``concurrently``); matplotlib is imported while they run.
+    first), each run starting as soon as its program is compiled (``concurrently``); matplotlib
+    is imported while they run.
     ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the
     parameterizations in progress, which are left out.
 
@@ -275,9 +275,9 @@ def simulate(
         entry["margin0"] = np.asarray(batched_diagnostics(models, X, y)["normalized_margin"])
         return entry
 
-    # GD programs run side by side, the longest first (SWN and the standard net take ~15x EWN's
-    # epochs at the paper's rate), so that compiling the others overlaps them; flows (whose
-    # solves call back into Python) run one at a time. pyplot is imported while they run.
+    # The programs run side by side, under GD the longest first (SWN and the standard net take
+    # ~15x EWN's epochs at the paper's rate), so that compiling the others overlaps them. pyplot
+    # is imported while they run.
     gd = dynamics == "gd"
     order = ("swn", "standard", "ewn") if gd else tuple(PARAMETERIZATIONS)
 
@@ -288,7 +288,6 @@ def simulate(
         one,
         {k: PARAMETERIZATIONS[k] for k in order},
         on_done=None if on_done is None else lambda sim: on_done(in_order(sim)),
-        overlap=gd,
         meanwhile=pyplot,
     )
     return in_order(out)

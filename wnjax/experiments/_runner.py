@@ -95,23 +95,69 @@ def stacked(make: Callable, *args) -> PyTree:
     return eqx.filter_jit(eqx.filter_vmap(make))(*args)
 
 
+def in_parallel(calls: Mapping[str, Callable[[], Any]], *, workers: int | None = None) -> dict:
+    """``{name: call()}`` over ``calls``, taken in their order by ``workers`` threads: the first
+    call runs alone, the rest start as threads come free. A CPU program runs in the thread that
+    calls it with the GIL released, so independent runs (the points of a parameter sweep) use
+    every core; tracing holds the GIL, and the first call traces the programs the later ones
+    share, once. Each run is one deterministic program, so the numbers do not depend on the
+    worker count. Put the longest call first when it shares no program with the others.
+
+    SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``); each call sees the
+    request as it would alone (its runs stop at their next check). An exception in one call
+    requests that stop of the others and is raised once they have returned.
+
+    **Arguments:**
+    - `calls`: ``name -> call``, each taking no arguments.
+    - `workers`: threads (default: ``usable_cores()``, at most the number of calls).
+
+    **Returns:** ``name -> result``, in the order of ``calls``.
+    """
+    from wnjax._runtime.cores import usable_cores
+
+    names = list(calls)
+    if workers is None:
+        workers = usable_cores()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}.")
+    results = {}
+    with _interrupt.handling():
+        if not names:
+            return {}
+        results[names[0]] = calls[names[0]]()
+        rest = names[1:]
+        if workers == 1:
+            for name in rest:
+                results[name] = calls[name]()
+            return {k: results[k] for k in names}
+        with ThreadPoolExecutor(min(workers, max(1, len(rest))), "wnjax-point") as pool:
+            futures = {pool.submit(calls[name]): name for name in rest}
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+            except BaseException:
+                _interrupt.request()
+                for future in futures:
+                    future.cancel()
+                raise
+    return {k: results[k] for k in names}
+
+
 def concurrently(
     fn: Callable,
     items: Mapping,
     *,
     on_done: Callable | None = None,
-    overlap: bool = True,
     meanwhile: Callable[[], Any] | None = None,
 ) -> dict:
     """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own. The calls
     compile one after another (tracing holds the GIL): a call starts once the one before it has
-    compiled, and ``turn()``, called once its own program is compiled, lets it run, at once
-    (``overlap``) or once the call before it has returned. So the runs overlap each other
-    (``overlap``) and the compilation of the ones after them (a CPU program runs in the thread
-    that calls it, with the GIL released; a compilation-cache hit still traces and lowers, a kept
-    program (``run_gd(..., program_key=...)``) is only loaded).
-    Each run is one deterministic program, so its numbers do not depend on what runs beside
-    it.
+    compiled, and ``turn()``, called once its own program is compiled, lets it run at once. So
+    the runs overlap each other and the compilation of the ones after them (a CPU program runs
+    in the thread that calls it, with the GIL released; a compilation-cache hit still traces and
+    lowers, a kept program (``run_gd(..., program_key=...)``) is only loaded). Each run is one
+    deterministic program, so its numbers do not depend on what runs beside it; a flow checks
+    for stop requests on its own clock.
 
     SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``): the running calls
     stop at their next chunk, and ``turn()`` returns ``False`` to the ones not yet running,
@@ -124,8 +170,6 @@ def concurrently(
     - `items`: ``name -> item``; the result keeps their order.
     - `on_done`: ``on_done(out)``, called each time a call finishes, with the results so far
       (in the order of ``items``).
-    - `overlap`: run side by side; ``False`` runs them one after another (programs that call
-      back into Python, such as gradient flows with their stop-request poll, are kept apart).
     - `meanwhile`: ``meanwhile()``, called in a thread of its own once every call has compiled
       (or stopped), while the runs go on: host work the caller needs afterwards, such as
       importing a plotting library, kept off the compilations' way. Its result and errors are
@@ -135,7 +179,6 @@ def concurrently(
     """
     names = list(items)
     compiled = [threading.Event() for _ in names]
-    done = [threading.Event() for _ in names]
 
     def wait(event) -> bool:
         while not event.wait(0.05):
@@ -146,9 +189,7 @@ def concurrently(
     def turn_of(k):
         def turn() -> bool:
             compiled[k].set()
-            if overlap or k == 0:
-                return not _interrupt.requested()
-            return wait(done[k - 1])
+            return not _interrupt.requested()
 
         return turn
 
@@ -160,7 +201,6 @@ def concurrently(
             return fn(items[names[k]], turn_of(k))
         finally:
             compiled[k].set()
-            done[k].set()
 
     def after_compiling():
         for event in compiled:
