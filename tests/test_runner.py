@@ -291,41 +291,44 @@ def test_concurrently_stops_the_calls_not_yet_running_on_a_stop_request():
         interrupt.clear()
 
 
-def test_in_parallel_runs_the_first_alone_then_the_rest_side_by_side():
-    """The first call returns before any other starts; the later ones are all in progress at
-    once with enough workers (serial calls would time out waiting for each other), and one at a
-    time with one worker; the result keeps the calls' order; an exception is raised."""
+def test_in_parallel_runs_a_group_after_its_first_call_and_the_rest_side_by_side():
+    """Calls ``a``, ``b``, ``c`` share programs (one group), ``d`` is alone: ``a`` and ``d``
+    run at once (each waits for the other to be running: serial calls would time out), ``b``
+    and ``c`` start only after ``a`` has returned and run at once; the result keeps the calls'
+    order. One worker runs them one after another, each group's first call first; an exception
+    is raised."""
     import threading
 
     from wnjax.experiments._runner import in_parallel
 
     lock, log = threading.Lock(), []
+    pairs = {"a": "d", "d": "a", "b": "c", "c": "b"}
 
     def calls(together: bool):
-        running = [threading.Event() for _ in range(3)]
+        running = {name: threading.Event() for name in pairs}
 
-        def call(k):
+        def call(name):
             def run():
                 with lock:
-                    log.append(("start", k))
-                if k > 0:
-                    running[k].set()
-                    if together:  # every later call waits for the others to be running
-                        assert all(running[j].wait(10) for j in (1, 2))
+                    log.append(("start", name))
+                running[name].set()
+                if together:  # each waits for its pair to be running
+                    assert running[pairs[name]].wait(10)
                 with lock:
-                    log.append(("end", k))
-                return 10 * k
+                    log.append(("end", name))
+                return name.upper()
 
             return run
 
-        return {name: call(k) for k, name in enumerate("abc")}
+        return {name: call(name) for name in "abcd"}
 
-    out = in_parallel(calls(True), workers=2)
-    assert out == {"a": 0, "b": 10, "c": 20} and list(out) == ["a", "b", "c"]
-    assert log.index(("end", 0)) < min(log.index(("start", 1)), log.index(("start", 2)))
+    shares = {"a": "g", "b": "g", "c": "g"}
+    out = in_parallel(calls(True), shares=shares, workers=2)
+    assert out == {"a": "A", "b": "B", "c": "C", "d": "D"} and list(out) == ["a", "b", "c", "d"]
+    assert log.index(("end", "a")) < min(log.index(("start", "b")), log.index(("start", "c")))
     log.clear()
-    assert in_parallel(calls(False), workers=1) == {"a": 0, "b": 10, "c": 20}
-    assert log == [(e, k) for k in range(3) for e in ("start", "end")]
+    assert list(in_parallel(calls(False), shares=shares, workers=1)) == ["a", "b", "c", "d"]
+    assert log == [(e, k) for k in "adbc" for e in ("start", "end")]
 
     def boom():
         raise RuntimeError("boom")

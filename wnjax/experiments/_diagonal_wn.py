@@ -743,10 +743,6 @@ def _speed_lines(metrics) -> list[str]:
     ]
 
 
-def _point_name(depth, alpha, sparsity) -> str:
-    return f"L={depth}|alpha={alpha}|k={sparsity}"
-
-
 def run(options: Options) -> dict:
     """Run diagonal-wn with ``options``; write its figures, ``metrics.json`` and ``report.md``
     under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
@@ -764,41 +760,30 @@ def run(options: Options) -> dict:
     problems = {k: _problems(keys, d, n, k) for k in sparsities if k != options.sparsity}
     problems[options.sparsity] = problem
     # Every point (and the speed ladder) is independent: they run side by side on the cores
-    # (``in_parallel``), the first alpha alone first (it traces the programs the others share),
-    # then the speed ladder (the longest), the two depth-3 points apart (they share programs).
-    calls = {f"alpha|{alphas[0]}": functools.partial(sweep_point, problem, alphas[0], 2, options)}
-    calls["speed"] = functools.partial(speed_ladder, problem, alphas[0], options)
-    extra = [(L, a, options.sparsity) for L in depths for a in sweep_alphas if L != 2]
-    extra += [(2, a, k) for k in sparsities for a in sweep_alphas if k != options.sparsity]
-    extra += [(2, a, options.sparsity) for a in sweep_alphas if a not in alphas]
-    calls[_point_name(*extra[0])] = functools.partial(
-        sweep_point, problems[extra[0][2]], extra[0][1], extra[0][0], options
-    )
-    for a in alphas[1:]:
-        calls[f"alpha|{a}"] = functools.partial(sweep_point, problem, a, 2, options)
-    for L, a, k in extra[1:]:
-        calls[_point_name(L, a, k)] = functools.partial(sweep_point, problems[k], a, L, options)
+    # (``in_parallel``), the speed ladder (the longest) first; the points of one depth share
+    # their programs (the rest of a point is traced numbers).
+    k0 = options.sparsity
+    points = [(2, a, k0) for a in alphas]
+    points += [(L, a, k0) for L in depths for a in sweep_alphas]
+    points += [(2, a, k) for k in sparsities for a in sweep_alphas]
+    points = list(dict.fromkeys(points))
+    calls = {"speed": functools.partial(speed_ladder, problem, alphas[0], options)}
+    for L, a, k in points:
+        calls[L, a, k] = functools.partial(sweep_point, problems[k], a, L, options)
     with warnings.catch_warnings():  # a flow's success is judged from its final log loss
         warnings.filterwarnings("ignore", "gradient flow", RuntimeWarning)
-        done = in_parallel(calls)
+        done = in_parallel(calls, shares={pt: pt[0] for pt in points})
 
-    def point(L, a, k):
-        if L == 2 and k == options.sparsity and a in alphas:
-            return done[f"alpha|{a}"]
-        return done[_point_name(L, a, k)]
-
-    metrics["alpha_sweep"] = {str(a): done[f"alpha|{a}"] for a in alphas}
+    metrics["alpha_sweep"] = {str(a): done[2, a, k0] for a in alphas}
     metrics["depth_sweep"] = {
         "values": depths,
         "alphas": sweep_alphas,
-        "results": {
-            f"{L}|{a}": point(L, a, options.sparsity) for L in depths for a in sweep_alphas
-        },
+        "results": {f"{L}|{a}": done[L, a, k0] for L in depths for a in sweep_alphas},
     }
     metrics["sparsity_sweep"] = {
         "values": sparsities,
         "alphas": sweep_alphas,
-        "results": {f"{k}|{a}": point(2, a, k) for k in sparsities for a in sweep_alphas},
+        "results": {f"{k}|{a}": done[2, a, k] for k in sparsities for a in sweep_alphas},
     }
     metrics["speed"] = done["speed"]
     metrics["verdicts"] = _verdicts(metrics, alphas)

@@ -95,13 +95,19 @@ def stacked(make: Callable, *args) -> PyTree:
     return eqx.filter_jit(eqx.filter_vmap(make))(*args)
 
 
-def in_parallel(calls: Mapping[str, Callable[[], Any]], *, workers: int | None = None) -> dict:
-    """``{name: call()}`` over ``calls``, taken in their order by ``workers`` threads: the first
-    call runs alone, the rest start as threads come free. A CPU program runs in the thread that
-    calls it with the GIL released, so independent runs (the points of a parameter sweep) use
-    every core; tracing holds the GIL, and the first call traces the programs the later ones
-    share, once. Each run is one deterministic program, so the numbers do not depend on the
-    worker count. Put the longest call first when it shares no program with the others.
+def in_parallel(
+    calls: Mapping[Any, Callable[[], Any]],
+    *,
+    shares: Mapping[Any, Any] | None = None,
+    workers: int | None = None,
+) -> dict:
+    """``{name: call()}`` over ``calls``, run by ``workers`` threads at once. A CPU program runs
+    in the thread that calls it with the GIL released, so independent runs (the points of a
+    parameter sweep) use every core. Tracing holds the GIL, and calls that share programs should
+    trace them once: the calls of one ``shares`` group start once its first call has returned.
+    The threads take each group's first call (a call without a group is a group of its own) in
+    the order of ``calls``, then the others in that order; put the longest first. Each run is one
+    deterministic program, so the numbers do not depend on the worker count.
 
     SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``); each call sees the
     request as it would alone (its runs stop at their next check). An exception in one call
@@ -109,6 +115,8 @@ def in_parallel(calls: Mapping[str, Callable[[], Any]], *, workers: int | None =
 
     **Arguments:**
     - `calls`: ``name -> call``, each taking no arguments.
+    - `shares`: ``name -> group``: calls of one group share their compiled programs (same
+      shapes and settings, other numbers).
     - `workers`: threads (default: ``usable_cores()``, at most the number of calls).
 
     **Returns:** ``name -> result``, in the order of ``calls``.
@@ -120,18 +128,28 @@ def in_parallel(calls: Mapping[str, Callable[[], Any]], *, workers: int | None =
         workers = usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}.")
+    shares = dict(shares or {})
+    group = {name: shares.get(name, ("alone", k)) for k, name in enumerate(names)}
+    first = {}
+    for name in names:
+        first.setdefault(group[name], name)
+    leaders = [name for name in names if first[group[name]] == name]
+    queue = leaders + [name for name in names if first[group[name]] != name]
+    traced = {g: threading.Event() for g in first}
+
+    def run(name):
+        if first[group[name]] != name:
+            traced[group[name]].wait()  # its first call is running or done: it came earlier
+        try:
+            return calls[name]()
+        finally:
+            if first[group[name]] == name:
+                traced[group[name]].set()
+
     results = {}
     with _interrupt.handling():
-        if not names:
-            return {}
-        results[names[0]] = calls[names[0]]()
-        rest = names[1:]
-        if workers == 1:
-            for name in rest:
-                results[name] = calls[name]()
-            return {k: results[k] for k in names}
-        with ThreadPoolExecutor(min(workers, max(1, len(rest))), "wnjax-point") as pool:
-            futures = {pool.submit(calls[name]): name for name in rest}
+        with ThreadPoolExecutor(max(1, min(workers, len(names))), "wnjax-point") as pool:
+            futures = {pool.submit(run, name): name for name in queue}
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
