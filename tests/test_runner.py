@@ -295,8 +295,8 @@ def test_in_parallel_runs_a_group_after_its_first_call_and_the_rest_side_by_side
     """Calls ``a``, ``b``, ``c`` share programs (one group), ``d`` is alone: ``a`` and ``d``
     run at once (each waits for the other to be running: serial calls would time out), ``b``
     and ``c`` start only after ``a`` has returned and run at once; the result keeps the calls'
-    order. One worker runs them one after another, each group's first call first; an exception
-    is raised."""
+    order, and ``on_done`` sees it grow. One worker runs them one after another, each group's
+    first call first; an exception is raised."""
     import threading
 
     from wnjax.experiments._runner import in_parallel
@@ -323,8 +323,13 @@ def test_in_parallel_runs_a_group_after_its_first_call_and_the_rest_side_by_side
         return {name: call(name) for name in "abcd"}
 
     shares = {"a": "g", "b": "g", "c": "g"}
-    out = in_parallel(calls(True), shares=shares, workers=2)
+    seen = []
+    out = in_parallel(calls(True), shares=shares, workers=2, on_done=seen.append)
     assert out == {"a": "A", "b": "B", "c": "C", "d": "D"} and list(out) == ["a", "b", "c", "d"]
+    # on_done: after each call, the results so far in the calls' order
+    assert [len(s) for s in seen] == [1, 2, 3, 4] and seen[-1] == out
+    assert all(list(s) == [k for k in "abcd" if k in s] for s in seen)
+    assert "a" in seen[1]  # b and c return after a
     assert log.index(("end", "a")) < min(log.index(("start", "b")), log.index(("start", "c")))
     log.clear()
     assert list(in_parallel(calls(False), shares=shares, workers=1)) == ["a", "b", "c", "d"]

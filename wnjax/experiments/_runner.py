@@ -100,6 +100,7 @@ def in_parallel(
     *,
     shares: Mapping[Any, Any] | None = None,
     workers: int | None = None,
+    on_done: Callable[[dict], Any] | None = None,
 ) -> dict:
     """``{name: call()}`` over ``calls``, run by ``workers`` threads at once. A CPU program runs
     in the thread that calls it with the GIL released, so independent runs (the points of a
@@ -118,6 +119,8 @@ def in_parallel(
     - `shares`: ``name -> group``: calls of one group share their compiled programs (same
       shapes and settings, other numbers).
     - `workers`: threads (default: ``usable_cores()``, at most the number of calls).
+    - `on_done`: ``on_done(out)``, called in the calling thread each time a call returns, with
+      the results so far (in the order of ``calls``): write what has finished.
 
     **Returns:** ``name -> result``, in the order of ``calls``.
     """
@@ -153,6 +156,8 @@ def in_parallel(
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
+                    if on_done is not None:
+                        on_done({k: results[k] for k in names if k in results})
             except BaseException:
                 _interrupt.request()
                 for future in futures:
