@@ -235,3 +235,39 @@ def test_pruning_smoke(tmp_path):
     assert "## Verdicts" in report and report.count("- **not answered**") >= 2
     assert "hit the cap of 40 kept epochs" in report
     assert (tmp_path / "pruning.png").exists() and (tmp_path / "pruning_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_pruning_writes_each_training_as_it_finishes_in_any_order(tmp_path, monkeypatch):
+    """The three trainings run side by side and the outputs are written as each finishes: with
+    the standard net's finishing first, the disk holds a partial report of it alone, then of
+    more, and the last write is the whole run's."""
+    import threading
+
+    import wnjax._runtime.cores as cores
+
+    monkeypatch.setattr(cores, "usable_cores", lambda: 3)  # all three at once
+    real_train, real_outputs = pruning.train, pruning._outputs
+    first_done, writes = threading.Event(), []
+
+    def train(name, *args, **kwargs):
+        if name != "standard":
+            assert first_done.wait(120)
+        out = real_train(name, *args, **kwargs)
+        if name == "standard":
+            first_done.set()
+        return out
+
+    def outputs(options, note, width, Xtr, res, acc, wall, partial):
+        writes.append((sorted(res), partial))
+        return real_outputs(options, note, width, Xtr, res, acc, wall, partial)
+
+    monkeypatch.setattr(pruning, "train", train)
+    monkeypatch.setattr(pruning, "_outputs", outputs)
+    options = pruning.Options(
+        seeds=2, out=str(tmp_path), width=8, train_size=200, lr=0.5, max_epochs=10
+    )
+    metrics = pruning.run(options)
+    assert writes[0] == (["standard"], True) and len(writes) == 3
+    assert writes[-1] == (["ewn", "standard", "swn"], False) and not metrics["partial"]
+    assert json.load(open(tmp_path / "metrics.json"))["finished"] == ["ewn", "swn", "standard"]

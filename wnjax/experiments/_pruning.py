@@ -697,7 +697,7 @@ def _outputs(options, note, width, Xtr, res, acc, wall, partial) -> dict:
             lr=options.lr,
             batch_size=options.batch_size,
             max_epochs=options.max_epochs,
-            steps_per_epoch=res[NAMES[0]]["steps_per_epoch"],
+            steps_per_epoch=next(iter(res.values()))["steps_per_epoch"],
             checkpoint_epochs={k: r["epochs"] for k, r in res.items()},
             checkpoint_undone={k: r["undone"] for k, r in res.items()},
             final_log_loss={k: r["final_log_loss"] for k, r in res.items()},
@@ -959,7 +959,7 @@ def _report(options, note, width, Xtr, acc, res, wall, flow, verdicts, partial) 
             "checkpoint is the root-found crossing of its level."
         )
     else:
-        spe = res[NAMES[0]]["steps_per_epoch"]
+        spe = next(iter(res.values()))["steps_per_epoch"]  # the same for every one
         how = (
             f"**plain ReLU**, minibatch SGD, batch {options.batch_size} ({spe} steps per "
             "epoch), step eta0 grad(L_b)/L with L_b the batch's mean loss and L the full "
