@@ -320,3 +320,46 @@ def test_diagonal_wn_points_side_by_side_give_the_serial_numbers(tmp_path, monke
         f"{k}|{a}" for k in (2, 10, 15) for a in (0.1, 1.0)
     }
     assert two == one
+
+
+@pytest.mark.slow
+def test_diagonal_wn_stopped_keeps_the_runs_finished_before_the_stop(tmp_path, monkeypatch):
+    """A stop requested once the first sweep point has finished: that point is on disk, in
+    ``metrics.json`` with ``partial`` set, and the report says PARTIAL; the runs cut short or
+    never started are named as missing, and no verdict is drawn."""
+    import json
+    import threading
+
+    import wnjax._runtime.cores as cores
+    import wnjax._runtime.interrupt as interrupt
+    import wnjax.experiments._diagonal_wn as dw
+
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
+    first_done, real_point = threading.Event(), dw.sweep_point
+
+    def point(*args, **kwargs):
+        out = real_point(*args, **kwargs)
+        first_done.set()
+        return out
+
+    def ladder(*args, **kwargs):  # runs beside the first point, then stops the run
+        assert first_done.wait(120)
+        interrupt.request()
+        return {}
+
+    monkeypatch.setattr(dw, "sweep_point", point)
+    monkeypatch.setattr(dw, "speed_ladder", ladder)
+    options = dw.Options(
+        out=str(tmp_path), seeds=2, dim=16, measurements=8, sparsity=2, alphas="0.1,1",
+        steps=300, speed_steps=3000, target_log_loss=-8.0,
+    )  # fmt: skip
+    try:
+        metrics = dw.run(options)
+    finally:
+        interrupt.clear()
+    assert metrics["partial"] and metrics["finished"] == ["L=2, alpha=0.1, k=2"]
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert saved["finished"] == metrics["finished"] and "L=2, alpha=0.1, k=2" in saved["points"]
+    assert "speed" not in saved and "verdicts" not in saved
+    report = (tmp_path / "report.md").read_text()
+    assert "**PARTIAL**: 1 of" in report and "speed ladder" in report

@@ -350,6 +350,28 @@ def test_in_parallel_runs_a_group_after_its_first_call_and_the_rest_side_by_side
             in_parallel({"a": lambda: 1}, workers=bad)
 
 
+def test_in_parallel_skips_the_calls_not_started_at_a_stop_request():
+    """A call that requests a stop: the calls not yet started are left out, the running ones
+    return as they would alone."""
+    import wnjax._runtime.interrupt as interrupt
+    from wnjax.experiments._runner import in_parallel
+
+    def stop():
+        interrupt.request()
+        return "stopped"
+
+    seen = []
+    try:
+        out = in_parallel(
+            {"a": lambda: 1, "b": stop, "c": lambda: 3, "d": lambda: 4},
+            workers=1,
+            on_done=seen.append,
+        )
+    finally:
+        interrupt.clear()
+    assert out == {"a": 1, "b": "stopped"} and seen[-1] == out
+
+
 def test_in_parallel_flows_give_the_numbers_of_serial_flows():
     """Gradient flows of several data sets run in two threads at once (each polling for stop
     requests from its own loop) end on the same bits as the same flows run one after another."""

@@ -132,6 +132,7 @@ def simulate(
                     save_states=False,
                     rtol=1e-8,
                     atol=1e-10,
+                    diagnostics=False,
                 )
                 out[name, depth] = dict(
                     final_log_loss=np.asarray(r.final_log_loss),

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import wnjax._runtime.interrupt as _interrupt
 from wnjax._dynamics.descent import STOP_DIVERGED, STOP_TARGET, prepare_run, traced_run
 from wnjax._dynamics.flow import gradient_flow
 from wnjax._runtime.errors import InvalidInput
@@ -225,7 +226,7 @@ def _gf_runs(A, y, xs, alpha, depth, method, er, et, target, x_q=None):
     for i in range(A.shape[0]):
         net = diagonal_net(A.shape[-1], depth=depth, alpha=alpha)
         kw = dict(loss="square", t1=1e12, target_log_loss=target, max_steps=200_000)
-        kw.update(throw=False, n_save=4, save_states=False)
+        kw.update(throw=False, n_save=4, save_states=False, diagnostics=False)
         if method == "WN-GF":
             p = polar_wn(net)
             r = gradient_flow(p, A[i], y[i], rate=polar_rates(er, et), **kw)
@@ -743,6 +744,38 @@ def _speed_lines(metrics) -> list[str]:
     ]
 
 
+def _before_stop(call):
+    """``(call(), whether a stop had been requested when it returned)``."""
+    value = call()
+    return value, _interrupt.requested()
+
+
+def _run_name(key) -> str:
+    return "speed ladder" if key == "speed" else "L={}, alpha={:g}, k={}".format(*key)
+
+
+def _write_partial(out: str, metrics: dict, names: list, complete: dict) -> dict:
+    """Write the metrics of the runs in ``complete`` (the speed ladder and sweep points that
+    finished, keyed as in ``run``) and a PARTIAL report naming them; return the metrics."""
+    partial = {
+        **metrics,
+        "partial": True,
+        "finished": [_run_name(k) for k in names if k in complete],
+        "points": {_run_name(k): v for k, v in complete.items() if k != "speed"},
+    }
+    if "speed" in complete:
+        partial["speed"] = complete["speed"]
+    missing = [_run_name(k) for k in names if k not in complete]
+    report = (
+        f"# diagonal-wn\n\n**PARTIAL**: {len(complete)} of {len(names)} runs finished "
+        f"({'; '.join(partial['finished']) or 'none'}); not run or cut short: "
+        f"{'; '.join(missing)}. No verdict is drawn; metrics.json holds the finished runs.\n"
+    )
+    os.makedirs(out, exist_ok=True)
+    write_outputs(out, partial, report)
+    return partial
+
+
 def run(options: Options) -> dict:
     """Run diagonal-wn with ``options``; write its figures, ``metrics.json`` and ``report.md``
     under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
@@ -770,22 +803,34 @@ def run(options: Options) -> dict:
     calls = {"speed": functools.partial(speed_ladder, problem, alphas[0], options)}
     for L, a, k in points:
         calls[L, a, k] = functools.partial(sweep_point, problems[k], a, L, options)
+    # What has finished is on disk as the run goes (a stop request or a kill loses nothing
+    # finished before it); a run that returns after a stop request was cut short.
+    calls = {k: functools.partial(_before_stop, f) for k, f in calls.items()}
+    complete = {}
+
+    def keep(done):
+        complete.update({k: v for k, (v, cut) in done.items() if not cut and k not in complete})
+        if len(complete) < len(calls):
+            _write_partial(options.out, metrics, list(calls), complete)
+
     with warnings.catch_warnings():  # a flow's success is judged from its final log loss
         warnings.filterwarnings("ignore", "gradient flow", RuntimeWarning)
-        done = in_parallel(calls, shares={pt: pt[0] for pt in points})
+        in_parallel(calls, shares={pt: pt[0] for pt in points}, on_done=keep)
+    if len(complete) < len(calls):  # stopped: the partial outputs are written
+        return _write_partial(options.out, metrics, list(calls), complete)
 
-    metrics["alpha_sweep"] = {str(a): done[2, a, k0] for a in alphas}
+    metrics["alpha_sweep"] = {str(a): complete[2, a, k0] for a in alphas}
     metrics["depth_sweep"] = {
         "values": depths,
         "alphas": sweep_alphas,
-        "results": {f"{L}|{a}": done[L, a, k0] for L in depths for a in sweep_alphas},
+        "results": {f"{L}|{a}": complete[L, a, k0] for L in depths for a in sweep_alphas},
     }
     metrics["sparsity_sweep"] = {
         "values": sparsities,
         "alphas": sweep_alphas,
-        "results": {f"{k}|{a}": done[2, a, k] for k in sparsities for a in sweep_alphas},
+        "results": {f"{k}|{a}": complete[2, a, k] for k in sparsities for a in sweep_alphas},
     }
-    metrics["speed"] = done["speed"]
+    metrics["speed"] = complete["speed"]
     metrics["verdicts"] = _verdicts(metrics, alphas)
     os.makedirs(options.out, exist_ok=True)
     _plot(metrics, alphas, options.out)

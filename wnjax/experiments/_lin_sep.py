@@ -251,6 +251,7 @@ def simulate(
                 max_steps=100_000,
                 save_states=True,
                 n_save=80,
+                diagnostics=False,
             )
             if np.any(np.asarray(r.interrupted)):
                 return None

@@ -660,7 +660,7 @@ def run(options: Options) -> dict:
     # longest at the paper's rate, as in the paper) first.
     order = sorted(NAMES, key=lambda k: k != "swn")
     in_parallel({k: functools.partial(one, k) for k in order}, on_done=write)
-    return written["metrics"]
+    return written.get("metrics")  # None: stopped before any training had finished
 
 
 def _outputs(options, note, width, Xtr, res, acc, wall, partial) -> dict:

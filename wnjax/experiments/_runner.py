@@ -110,9 +110,10 @@ def in_parallel(
     the order of ``calls``, then the others in that order; put the longest first. Each run is one
     deterministic program, so the numbers do not depend on the worker count.
 
-    SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``); each call sees the
-    request as it would alone (its runs stop at their next check). An exception in one call
-    requests that stop of the others and is raised once they have returned.
+    SIGINT/SIGTERM are recorded for the duration (``_interrupt.handling``): the running calls
+    see the request as they would alone (their runs stop at their next check), and the calls
+    not yet started are skipped, left out of the result. An exception in one call requests that
+    stop of the others and is raised once they have returned.
 
     **Arguments:**
     - `calls`: ``name -> call``, each taking no arguments.
@@ -122,7 +123,7 @@ def in_parallel(
     - `on_done`: ``on_done(out)``, called in the calling thread each time a call returns, with
       the results so far (in the order of ``calls``): write what has finished.
 
-    **Returns:** ``name -> result``, in the order of ``calls``.
+    **Returns:** ``name -> result`` of the calls that ran, in the order of ``calls``.
     """
     from wnjax._runtime.cores import usable_cores
 
@@ -140,10 +141,14 @@ def in_parallel(
     queue = leaders + [name for name in names if first[group[name]] != name]
     traced = {g: threading.Event() for g in first}
 
+    skipped = object()
+
     def run(name):
         if first[group[name]] != name:
             traced[group[name]].wait()  # its first call is running or done: it came earlier
         try:
+            if _interrupt.requested():
+                return skipped
             return calls[name]()
         finally:
             if first[group[name]] == name:
@@ -155,6 +160,8 @@ def in_parallel(
             futures = {pool.submit(run, name): name for name in queue}
             try:
                 for future in as_completed(futures):
+                    if future.result() is skipped:
+                        continue
                     results[futures[future]] = future.result()
                     if on_done is not None:
                         on_done({k: results[k] for k in names if k in results})
@@ -163,7 +170,7 @@ def in_parallel(
                 for future in futures:
                     future.cancel()
                 raise
-    return {k: results[k] for k in names}
+    return {k: results[k] for k in names if k in results}
 
 
 def concurrently(

@@ -110,6 +110,7 @@ def simulate(W0: np.ndarray, *, dynamics: str = "flow", target: float = -50.0, l
                 atol=1e-12,
                 degree=1.0,
                 max_steps=20_000,
+                diagnostics=False,
             )
             ws = np.asarray(eqx.filter_vmap(eqx.filter_vmap(coordinate_weights))(r.states))
             out[name] = dict(

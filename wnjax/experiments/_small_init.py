@@ -133,6 +133,7 @@ def _flow(model, X, y, delta, t1, *, target=None, n_save=1500, decades=7.0):
         target_log_loss=target,
         throw=False,
         **FLOW_TOLERANCES,
+        diagnostics=False,
     )
 
 
@@ -172,6 +173,7 @@ def _flow_lane(params, static, X, y, delta, t1, save_tau):
         throw=False,
         solver=FLOW_SOLVER,
         **FLOW_TOLERANCES,
+        diagnostics=False,
     )
 
 
@@ -193,6 +195,7 @@ def _escape_lane(params, static, X, y, delta, t1, drop=0.01):
         throw=False,
         solver=FLOW_SOLVER,
         **FLOW_TOLERANCES,
+        diagnostics=False,
     )
     return r.final_time, r.reached_target, r.stats["num_steps"]
 

@@ -204,6 +204,7 @@ def kkt_trend(flow, Xj, yj, rho_of, Z, y, depth, groups, deep: float) -> dict:
             save_states=True,
             max_steps=1_000_000,
             throw=False,
+            diagnostics=False,
         )
         for i in range(len(f.log_loss)):
             ll = float(f.log_loss[i])
@@ -284,6 +285,7 @@ def simulate(
                     save_states=True,
                     max_steps=400_000,
                     throw=False,
+                    diagnostics=False,
                 )
                 paths[(arch, depth, seed)] = _flow_path(
                     flow, rho_of, Z, y, depth, groups, opt, arch

@@ -166,6 +166,7 @@ def simulate(seeds, n, d, alphas, depths, gd_steps, target):
                         n_save=2,
                         max_steps=200_000,
                         throw=False,
+                        diagnostics=False,
                     )
                     rho_gf = rho_of(flow.final)
                     real_dist = phase = phase_real = np.nan
@@ -183,6 +184,7 @@ def simulate(seeds, n, d, alphas, depths, gd_steps, target):
                             n_save=2,
                             max_steps=200_000,
                             throw=False,
+                            diagnostics=False,
                         )
                         real_dist = _rel(rho_of(flow_s.final), pred_s)
                         phase, phase_real = (

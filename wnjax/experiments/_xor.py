@@ -126,6 +126,7 @@ def simulate(seeds: int, *, dynamics="gd", target=-50.0, lr=0.005, max_steps=100
                 atol=1e-10,
                 max_steps=50_000,
                 save_states=False,
+                diagnostics=False,
             )
             final, ok = r.final, np.asarray(r.ok) & np.asarray(r.reached_target)
             hist_ll, hist_x = np.asarray(r.log_loss), np.asarray(r.s)
