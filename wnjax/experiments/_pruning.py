@@ -656,8 +656,8 @@ def run(options: Options) -> dict:
         partial = len(res) < len(NAMES) or any(r["interrupted"] for r in res.values())
         written["metrics"] = _outputs(options, note, width, Xtr, res, acc, wall, partial)
 
-    # The three trainings run side by side, one thread each (``in_parallel``), SWN's (the
-    # longest at the paper's rate, as in the paper) first.
+    # The three trainings run side by side, one thread each (``in_parallel``), SWN's first: it
+    # takes the most epochs at the paper's rate.
     order = sorted(NAMES, key=lambda k: k != "swn")
     in_parallel({k: functools.partial(one, k) for k in order}, on_done=write)
     return written.get("metrics")  # None: stopped before any training had finished
