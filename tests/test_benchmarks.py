@@ -312,3 +312,14 @@ def test_gpu_smoke_agrees_with_itself_on_a_cpu(tmp_path):
     assert doc["ok"] is True and doc["backend"] == "cpu"
     assert all(v == 0.0 for v in doc["agreement"].values()), doc["agreement"]
     assert doc["default"]["ewn_max_rel_err"] < 1e-6
+
+
+@pytest.mark.slow
+def test_reproduce_workers(tmp_path):
+    doc = _run("reproduce_workers", tmp_path)
+    assert doc["rounds"] == 1 and doc["cores"] >= 1
+    for name, row in doc["experiments"].items():
+        assert _positive(row["default_workers_s"]["median"]), name
+        assert _positive(row["one_worker_s"]["median"]), name
+        # the numbers do not depend on how many runs go side by side
+        assert row["same_metrics"] is True, name
