@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+import wnjax._runtime.cores as _cores
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._dynamics.descent import STOP_DIVERGED, STOP_STALLED, STOP_TARGET
 from wnjax._dynamics.rules import DescentRule, EpochBacktracking
@@ -125,11 +126,9 @@ def in_parallel(
 
     **Returns:** ``name -> result`` of the calls that ran, in the order of ``calls``.
     """
-    from wnjax._runtime.cores import usable_cores
-
     names = list(calls)
     if workers is None:
-        workers = usable_cores()
+        workers = _cores.usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}.")
     shares = dict(shares or {})
