@@ -211,3 +211,117 @@ def test_hidden_bias_is_trainable():
     assert g_p.skeleton.layers[0].bias is not None
     np.testing.assert_allclose(g_p.skeleton.layers[0].bias, g_plain.layers[0].bias, rtol=1e-12)
     assert np.abs(np.asarray(g_plain.layers[0].bias)).max() > 0
+
+
+class BareReadout(eqx.Module):
+    """``f(x) = a . relu(W x)^2`` with the readout ``a`` a bare array (not a layer)."""
+
+    hidden: eqx.nn.Linear
+    a: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(self.a, jax.nn.relu(self.hidden(x)) ** 2)
+
+
+class LayerReadout(eqx.Module):
+    """The same function with the readout held in a bias-free ``eqx.nn.Linear(width, 1)``."""
+
+    hidden: eqx.nn.Linear
+    readout: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.readout(jax.nn.relu(self.hidden(x)) ** 2)[0]
+
+
+def _readout_pair(key):
+    k1, k2 = jax.random.split(key)
+    hidden = eqx.nn.Linear(3, 6, use_bias=False, key=k1)
+    a = jax.random.normal(k2, (6,))
+    readout = eqx.tree_at(lambda l: l.weight, eqx.nn.Linear(6, 1, use_bias=False, key=k2), a[None])
+    return BareReadout(hidden, a), LayerReadout(hidden, readout)
+
+
+@pytest.mark.parametrize("kind", ["standard", "ewn"])
+def test_bare_weight_arrays_are_weights_of_the_norm_degree_margin_and_kkt(kind):
+    """A weight held as a bare array is trained, so it is part of ``w``: the degree is 3 in
+    ``(W, a)`` together, the normalized margin is ``min q / ||(W, a)||^3`` (closed form), and
+    KKT stationarity is ``sin angle(w, -grad L)`` over all of ``w`` (autograd of a loss written
+    here)."""
+    bare, layered = _readout_pair(jax.random.key(3))
+    X, y = mlp_data(jax.random.key(4))
+    y = jnp.sign(jax.vmap(bare)(X))  # separated by the model itself: q_min > 0
+    p = bare if kind == "standard" else wnjax.ewn(bare)
+    # the layered twin normalizes the same neurons (its readout stays unnormalized)
+    twin = layered if kind == "standard" else wnjax.ewn(layered, where=lambda m: [m.hidden])
+    assert round(wnjax.homogeneity_degree(wnjax.ewn(bare), X), 6) == 3
+    assert round(wnjax.homogeneity_degree(bare, X), 6) == 3
+
+    w_sq = jnp.sum(bare.hidden.weight**2) + jnp.sum(bare.a**2)
+    q = y * jax.vmap(bare)(X)
+    gamma = wnjax.normalized_margin(p, X, y, degree=3)
+    np.testing.assert_allclose(gamma, jnp.min(q) / w_sq**1.5, rtol=1e-12)
+    np.testing.assert_allclose(gamma, wnjax.normalized_margin(twin, X, y, degree=3), rtol=1e-12)
+
+    g = jax.grad(exp_loss)(bare, X, y)
+    w_vec = jnp.concatenate([bare.hidden.weight.ravel(), bare.a])
+    g_vec = -jnp.concatenate([g.hidden.weight.ravel(), g.a])
+    cos = jnp.dot(w_vec, g_vec) / (jnp.linalg.norm(w_vec) * jnp.linalg.norm(g_vec))
+    kkt = wnjax.approximate_kkt_residual(p, X, y, degree=3)
+    np.testing.assert_allclose(kkt["stationarity"], jnp.sqrt(1 - cos**2), rtol=1e-8)
+    kkt_twin = wnjax.approximate_kkt_residual(twin, X, y, degree=3)
+    for k in kkt:
+        np.testing.assert_allclose(kkt[k], kkt_twin[k], rtol=1e-10)
+    # relative neuron norms are over the layer's neurons, relative to all of ||w||
+    np.testing.assert_allclose(
+        wnjax.relative_neuron_norms(p),
+        jnp.linalg.norm(bare.hidden.weight, axis=1) / jnp.sqrt(w_sq),
+        rtol=1e-12,
+    )
+
+    # the flow trains the bare array as the twin trains its readout layer
+    r = wnjax.gradient_flow(p, X, y, t1=5.0, rtol=1e-10, atol=1e-12)
+    r_twin = wnjax.gradient_flow(twin, X, y, t1=5.0, rtol=1e-10, atol=1e-12)
+    final, final_twin = wnjax.to_standard(r.final), wnjax.to_standard(r_twin.final)
+    np.testing.assert_allclose(final.a, final_twin.readout.weight[0], rtol=1e-7)
+    assert float(jnp.linalg.norm(final.a - bare.a)) > 1e-2
+    np.testing.assert_allclose(
+        r.summaries["normalized_margin"], r_twin.summaries["normalized_margin"], rtol=1e-7
+    )
+
+
+class BareLinear(eqx.Module):
+    """``f(x) = w . x`` with ``w`` a bare array: no layer, so no neurons."""
+
+    w: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(self.w, x)
+
+
+def test_a_model_of_bare_arrays_runs_unnormalized_and_refuses_normalization():
+    """Without ``Linear``/``Conv`` layers a model has no neurons: its plain flow runs (the same
+    path as the one-neuron layer model) and EWN/SWN say how to give it neurons."""
+    X, y = mlp_data(jax.random.key(5))
+    w0 = 0.1 * jax.random.normal(jax.random.key(6), (3,))
+    bare = BareLinear(w0)
+    layer = eqx.nn.Linear(3, 1, use_bias=False, key=jax.random.key(0))
+    layer = eqx.tree_at(lambda l: l.weight, layer, w0[None])
+
+    class OneNeuron(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x):
+            return self.lin(x)[0]
+
+    kw = dict(time="normalized", t1=1e6, target_log_loss=-1000.0, rtol=1e-10, atol=1e-12)
+    r = wnjax.gradient_flow(bare, X, y, **kw)
+    r_ref = wnjax.gradient_flow(OneNeuron(layer), X, y, **kw)
+    assert bool(r.reached_target)
+    np.testing.assert_allclose(r.final.w, r_ref.final.lin.weight[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        r.summaries["normalized_margin"], r_ref.summaries["normalized_margin"], rtol=1e-6
+    )
+    assert r.summaries["neuron_norms"].shape[-1] == 0
+    for kind in (wnjax.ewn, wnjax.swn):
+        with pytest.raises(wnjax.InvalidInput, match="eqx.nn.Linear"):
+            kind(bare)

@@ -25,12 +25,14 @@ from jaxtyping import Array, PyTree
 
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch, apply_each
-from wnjax._nets.neurons import row_norms
+from wnjax._nets.neurons import concat_rows, row_norms
 from wnjax._nets.parameterize import (
     Frozen,
     Parameterized,
     Standard,
     as_parameterized,
+    free_arrays,
+    replace_free_arrays,
     trainable_weight_norm,
 )
 from wnjax._runtime.precision import in_float32
@@ -50,13 +52,14 @@ def _plain(p: Parameterized) -> Parameterized:
 
 def neuron_norms_trainable(model: PyTree) -> Array:
     """``||w_u||`` for every neuron of the trainable layers, concatenated over layers."""
-    return jnp.concatenate([row_norms(w) for w in _trainable_weights(as_parameterized(model))])
+    return concat_rows([row_norms(w) for w in _trainable_weights(as_parameterized(model))])
 
 
 def relative_neuron_norms(model: PyTree) -> Array:
-    """``||w_u|| / ||w||``, with ``||w||`` the norm of all trainable layer weights."""
-    norms = neuron_norms_trainable(model)
-    return norms / jnp.sqrt(jnp.sum(norms**2))
+    """``||w_u|| / ||w||``, with ``||w||`` the norm of all trainable weights (the layers' and the
+    model's bare weight arrays, ``free_arrays``)."""
+    p = as_parameterized(model)
+    return neuron_norms_trainable(p) / trainable_weight_norm(p)
 
 
 def count_neurons_above(model: PyTree, threshold: float = 0.05) -> Array:
@@ -68,7 +71,8 @@ def count_neurons_above(model: PyTree, threshold: float = 0.05) -> Array:
 def normalized_margin(
     model: PyTree, X: Array, y: Array, degree: float, loss: str | Loss = "exponential"
 ) -> Array:
-    """``gamma(w) = min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over trainable weights.
+    """``gamma(w) = min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over trainable weights
+    (the layers' and the model's bare weight arrays, ``free_arrays``; not biases).
 
     It does not change when ``w`` is scaled:
 
@@ -85,8 +89,7 @@ def normalized_margin(
     """
     p = as_parameterized(model)
     q = get_loss(loss).margins(apply_each(p, X), y)
-    norm = jnp.sqrt(sum(jnp.sum(w * w) for w in _trainable_weights(p)))
-    return jnp.min(q) / norm**degree
+    return jnp.min(q) / trainable_weight_norm(p) ** degree
 
 
 def _grad_log_loss_w(p: Parameterized, X: Array, y: Array, loss: Loss):
@@ -107,7 +110,7 @@ def log_neuron_gradient_norms(
 ) -> Array:
     """``log ||nabla_u L|| = log L + log ||nabla_u log L||`` per trainable neuron (no underflow)."""
     value, grads = _grad_log_loss_w(as_parameterized(model), X, y, get_loss(loss))
-    return value + jnp.log(jnp.concatenate([row_norms(g) for g in grads]))
+    return value + jnp.log(concat_rows([row_norms(g) for g in grads]))
 
 
 @in_float32
@@ -119,7 +122,7 @@ def alignment(model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential
     for w, g in zip(_trainable_weights(p), grads):
         wf, gf = w.reshape(w.shape[0], -1), g.reshape(g.shape[0], -1)
         cos.append(-jnp.sum(wf * gf, axis=1) / (row_norms(w) * row_norms(g)))
-    return jnp.concatenate(cos)
+    return concat_rows(cos)
 
 
 def _spread(x: Array, mask: Array) -> Array:
@@ -209,15 +212,20 @@ def approximate_kkt_residual(
     # p_i from d log L / d q_i = l'(q_i)/L (computed in log space).
     weights = -jax.grad(lambda qq: loss.log_loss(qq, jnp.ones_like(qq)))(q)
 
-    def weighted_margin(layers):
+    def weighted_margin(layers, free):
         m = eqx.tree_at(lambda t: t.layers, p, layers)
+        m = replace_free_arrays(m, free)
         return jnp.sum(jax.lax.stop_gradient(weights) * loss.margins(apply_each(m, X), y))
 
-    # grad q_i(c w) = c^(L-1) grad q_i(w); q_i(c w) = c^L q_i(w).
-    g = jax.grad(weighted_margin)(p.layers)
+    # grad q_i(c w) = c^(L-1) grad q_i(w); q_i(c w) = c^L q_i(w). ``w`` is every trainable
+    # weight: the non-frozen layers' and the model's bare arrays.
+    free = free_arrays(p)
+    g, g_free = jax.grad(weighted_margin, argnums=(0, 1))(p.layers, free)
     idx = [i for i, layer in enumerate(p.layers) if not isinstance(layer, Frozen)]
-    w_vec = c * jnp.concatenate([p.layers[i].w.ravel() for i in idx])
-    g_vec = c ** (degree - 1) * jnp.concatenate([g[i].w.ravel() for i in idx])
+    w_vec = c * jnp.concatenate([p.layers[i].w.ravel() for i in idx] + [x.ravel() for x in free])
+    g_vec = c ** (degree - 1) * jnp.concatenate(
+        [g[i].w.ravel() for i in idx] + [x.ravel() for x in g_free]
+    )
     beta = jnp.dot(w_vec, g_vec) / jnp.dot(g_vec, g_vec)
     stationarity = jnp.linalg.norm(w_vec - beta * g_vec) / jnp.linalg.norm(w_vec)
     slack = beta * jnp.sum(weights * (c**degree * q - 1.0))
@@ -306,7 +314,7 @@ def summaries(
     relation spreads, loss direction, KKT residuals).
 
     The normalized margin is ``min_i q_i / ||w||^L`` with ``L = degree`` and ``||w||`` over the
-    trainable layer weights.
+    trainable weights (``trainable_weight_norm``).
 
     **Arguments:**
     - `p`: a ``Parameterized`` model.

@@ -71,9 +71,14 @@ def layer_weights(model: PyTree) -> list[Array]:
     return [layer.weight for layer in weight_layers(model)]
 
 
+def concat_rows(parts: Sequence[Array]) -> Array:
+    """``jnp.concatenate(parts)``, or an empty vector when there are no parts (no neurons)."""
+    return jnp.concatenate(parts) if parts else jnp.zeros((0,))
+
+
 def neuron_norms(model: PyTree) -> Array:
     """All per-neuron norms ``||w_u||`` of a plain model, concatenated over layers."""
-    return jnp.concatenate([row_norms(w) for w in layer_weights(model)])
+    return concat_rows([row_norms(w) for w in layer_weights(model)])
 
 
 def has_bias(model: PyTree) -> bool:

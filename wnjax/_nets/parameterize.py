@@ -21,7 +21,14 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from wnjax._nets.dense import apply_batch
-from wnjax._nets.neurons import broadcast_rows, layer_indices, row_norms, weight_layers
+from wnjax._nets.neurons import (
+    broadcast_rows,
+    concat_rows,
+    is_weight_layer,
+    layer_indices,
+    row_norms,
+    weight_layers,
+)
 
 
 class LayerWeight(eqx.Module):
@@ -180,11 +187,11 @@ class Parameterized(eqx.Module):
 
     def neuron_norms(self) -> Array:
         """All per-neuron norms ``||w_u||``, concatenated over layers."""
-        return jnp.concatenate([layer.neuron_norms() for layer in self.layers])
+        return concat_rows([layer.neuron_norms() for layer in self.layers])
 
     def direction_norms(self) -> Array:
         """All per-neuron ``||v_u||``, concatenated over layers (1 for unnormalized layers)."""
-        return jnp.concatenate([layer.direction_norms() for layer in self.layers])
+        return concat_rows([layer.direction_norms() for layer in self.layers])
 
 
 LayerFactory = Callable[[Array, int], LayerWeight]
@@ -206,18 +213,27 @@ def parameterize(
     - `where`: selects the layers to parameterize (``lambda m: [m.layers[0]]``); default all.
     - `freeze`: selects layers whose weight stays fixed (never normalized).
 
+    Inexact arrays of ``model`` outside these layers (the user's own weight arrays, not the
+    layers' biases) are parameters trained as they are, unnormalized and not neurons: they count
+    in ``||w||``, in the homogeneity degree and in the KKT residuals (``free_arrays``). A model
+    without such layers has no neurons: only ``factory = standard_weight`` accepts it.
+
     **Returns:** a ``Parameterized`` module that computes the same function as ``model``.
     """
     if isinstance(model, Parameterized):
         model = model.standard()
     layers = weight_layers(model)
-    if not layers:
-        raise ValueError(
-            "the model has no eqx.nn.Linear or eqx.nn.Conv layer, so there are no neurons to "
-            "parameterize."
+    if not layers and factory is not standard_weight:
+        from wnjax._runtime.errors import InvalidInput
+
+        raise InvalidInput(
+            f"{type(model).__name__} has no eqx.nn.Linear or eqx.nn.Conv layer, so it has no "
+            "neurons to normalize: wnjax's neurons are the rows of a Linear weight and the "
+            "filters of a Conv weight. Hold each weight matrix in a bias-free "
+            "eqx.nn.Linear(in, out, use_bias=False) (or eqx.nn.Conv) and call it in __call__."
         )
     chosen = set(range(len(layers))) if where is None else set(layer_indices(model, where))
-    if not chosen:
+    if layers and not chosen:
         raise ValueError(
             "`where` selected no layer, so nothing would be parameterized; return the layers "
             "to parameterize, e.g. `where=lambda m: [m.layers[0]]`, or leave `where` out for all."
@@ -360,15 +376,45 @@ def neuron_norm_sq_rate(
     return eqx.tree_at(lambda t: t.layers, grads, tuple(scaled))
 
 
+def _is_free(x) -> bool:
+    return eqx.is_inexact_array(x)
+
+
+def free_arrays(p: Parameterized) -> list[Array]:
+    """The inexact arrays of ``p.skeleton`` outside its ``Linear``/``Conv`` layers (so not their
+    biases): weights a model holds as bare arrays, trained as they are and part of ``w``."""
+    leaves = jax.tree_util.tree_leaves(p.skeleton, is_leaf=is_weight_layer)
+    return [x for x in leaves if not is_weight_layer(x) and _is_free(x)]
+
+
+def map_free_arrays(p: Parameterized, fn: Callable[[Array], Array]) -> Parameterized:
+    """``p`` with ``fn`` applied to each of its ``free_arrays``."""
+    skeleton = jax.tree_util.tree_map(
+        lambda x: x if is_weight_layer(x) or not _is_free(x) else fn(x),
+        p.skeleton,
+        is_leaf=is_weight_layer,
+    )
+    return Parameterized(skeleton=skeleton, layers=p.layers)
+
+
+def replace_free_arrays(p: Parameterized, new: Sequence[Array]) -> Parameterized:
+    """``p`` with its ``free_arrays`` replaced, in order, by ``new``."""
+    it = iter(new)
+    return map_free_arrays(p, lambda _: next(it))
+
+
 def trainable_weight_norm(p: Parameterized) -> Array:
-    """``||w||`` over the weights of all non-frozen layers (biases excluded)."""
+    """``||w||`` over the weights of all non-frozen layers and the ``free_arrays`` (biases
+    excluded)."""
     sq = [jnp.sum(layer.weight() ** 2) for layer in p.layers if not isinstance(layer, Frozen)]
-    return jnp.sqrt(sum(sq))
+    sq += [jnp.sum(x * x) for x in free_arrays(p)]
+    return jnp.sqrt(sum(sq)) if sq else jnp.zeros(())
 
 
 def scale_trainable(p: Parameterized, c) -> Parameterized:
-    """The model with every non-frozen layer weight ``w`` replaced by ``c w`` (standard form)."""
+    """The model with every non-frozen layer weight ``w`` replaced by ``c w`` (standard form),
+    and every one of its ``free_arrays`` ``x`` by ``c x``."""
     layers = tuple(
         layer if isinstance(layer, Frozen) else Standard(c * layer.weight()) for layer in p.layers
     )
-    return Parameterized(skeleton=p.skeleton, layers=layers)
+    return map_free_arrays(Parameterized(skeleton=p.skeleton, layers=layers), lambda x: c * x)
