@@ -34,6 +34,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 import wnjax._runtime.interrupt as _interrupt
+import wnjax._runtime.maps as _maps
 from wnjax._analysis.diagnostics import summaries
 from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.rules import (  # noqa: F401  (re-exported)
@@ -846,6 +847,7 @@ def _drive(chunk, carry, numbers, *, auto: bool, callback=None, after_first=None
     ``AUTO_CHUNK_GROWTH``, up to ``AUTO_CHUNK_MAX``. ``after_first()`` runs once after the
     first chunk, ``callback(carry)`` after every chunk. ``stops(carry)``: the stop codes of
     every run, as a host array (default: ``carry['stop']``). Returns the last carry."""
+    _maps.relieve()
     with _interrupt.handling():
         try:
             while True:

@@ -38,6 +38,7 @@ from jaxtyping import Array, PyTree
 from optimistix._solver.bisection import _BisectionState
 
 import wnjax._runtime.interrupt as _interrupt
+import wnjax._runtime.maps as _maps
 from wnjax._analysis.diagnostics import summaries
 from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
@@ -1684,6 +1685,8 @@ def gradient_flow(
         stiff = method.start_stiff
         if stiff:
             method = dataclasses.replace(method, start_stiff=False)
+    if not traced:
+        _maps.relieve()
     with _interrupt.handling():  # SIGINT/SIGTERM end the solve, which returns its partial run
         solve = functools.partial(
             _solve,

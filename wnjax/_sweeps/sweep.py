@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import wnjax._runtime.interrupt as _interrupt
+import wnjax._runtime.maps as _maps
 from wnjax._runtime.cores import usable_cores
 from wnjax._sweeps.store import Store
 
@@ -489,6 +490,7 @@ def sweep(
             stop = bool(multihost_utils.broadcast_one_to_all(np.asarray(stop)))
         return stop
 
+    _maps.relieve()
     with _interrupt.handling(), contextlib.ExitStack() as stack:
         for runner in runners.values():  # waits for blocks still running on the way out
             stack.enter_context(runner)

@@ -23,6 +23,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 import wnjax._runtime.cores as _cores
 import wnjax._runtime.interrupt as _interrupt
+import wnjax._runtime.maps as _maps
 from wnjax._dynamics.descent import STOP_DIVERGED, STOP_STALLED, STOP_TARGET
 from wnjax._dynamics.rules import DescentRule, EpochBacktracking
 from wnjax._dynamics.seeds import run_seeds
@@ -398,6 +399,7 @@ def run_flow(
             params, X, y
         )
 
+    _maps.relieve()
     with _interrupt.handling():
         return jax.block_until_ready(go(params, X, y))
 
