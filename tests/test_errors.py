@@ -420,6 +420,25 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys, monkeypatch):
         _cli.main([*argv, "--debug"])
 
 
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["sweep", "{tmp}/missing.toml"], "cannot read the sweep config .*No such file"),
+        (["sweep", "{tmp}/bad.toml"], "the sweep config .* is not valid TOML: .*line 1"),
+        (["problems", "--only", "linear-exp", "no-such"], r"unknown problem\(s\) \['no-such'\]"),
+    ],
+)
+def test_cli_names_a_missing_or_unknown_input_in_one_line(argv, says, tmp_path, capsys):
+    import wnjax._cli as _cli
+
+    (tmp_path / "bad.toml").write_text("[grid\nwidth = [8]\n")
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out")]
+    assert _cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match("wnjax: error: " + says, err[0]), err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def failing_run(settings, X, y):
     """A ``[sweep] run`` factory whose runs all fail."""
     return lambda key, cfg: {"ok": jnp.asarray(False), "final_log_loss": jnp.asarray(0.0)}

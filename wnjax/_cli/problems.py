@@ -105,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
     from wnjax.experiments._report import json_text
 
     names = list(args.only) if args.only else problems.names()
+    unknown = [n for n in names if n not in problems.names()]
+    if unknown:
+        from wnjax._runtime.errors import InvalidInput
+
+        raise InvalidInput(
+            f"unknown problem(s) {unknown}; choose from {problems.names()} "
+            "(--only NAME ..., or leave --only out for all)."
+        )
     overrides = {} if args.solver is None else {"solver": args.solver}
     header = ("problem", "steps", "wall [s]", "error", "tolerance", "pass")
     widths = (max(len(header[0]), *(len(n) for n in names)), 9, 9, 10, 10, 5)

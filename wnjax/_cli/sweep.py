@@ -90,8 +90,18 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
     checked by ``check_config``."""
     settings: dict = {}
     if path is not None:
-        with open(path, "rb") as f:
-            settings = tomllib.load(f)
+        from wnjax._runtime.errors import InvalidInput
+
+        try:
+            with open(path, "rb") as f:
+                settings = tomllib.load(f)
+        except OSError as err:
+            raise InvalidInput(
+                f"cannot read the sweep config {path!r}: {err.strerror}; give the path of a TOML "
+                "file (examples/sweep.toml shows one)."
+            ) from err
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidInput(f"the sweep config {path!r} is not valid TOML: {err}.") from err
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
