@@ -418,7 +418,8 @@ class FlowResult(RunResult):
     - `s`: normalized time at the save points (equal to ``ts`` for ``time='plain'``);
     - `log_t`: ``log t`` at the save points;
     - `log_loss`: ``log L`` at the save points;
-    - `summaries`: dict of per-save-point diagnostics (margins, neuron norms, ...);
+    - `summaries`: dict of per-save-point diagnostics (margins, neuron norms, ...; ``inf`` at
+      save points past the end of the run, as ``ts``);
     - `states`: the model at each save point (stacked), or ``None``;
     - `final`: the model at the end of the run, of the same type as the input;
     - `final_log_loss`, `final_log_t`: ``log L`` and ``log t`` at the end;
