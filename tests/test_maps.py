@@ -60,3 +60,25 @@ def test_gradient_flow_relieves_before_it_compiles(tmp_path, monkeypatch):
     n = len(calls)
     wnjax.gradient_descent(model, X, y, learning_rate=0.01, num_steps=10)
     assert len(calls) > n
+
+
+def test_flows_go_on_after_their_programs_are_dropped(monkeypatch):
+    """With the limit set just above this process's maps, the second of three flows of other
+    shapes drops the programs: every flow still runs, and the first, run again (recompiled),
+    gives the same bits."""
+    start = maps.count()
+    monkeypatch.setattr(
+        maps, "limit", lambda path=maps.LIMIT_FILE: int((start + 200) / maps.FRACTION)
+    )
+    X = jnp.array([[1.0, 0.5], [-1.0, 0.2], [0.3, -1.0], [0.7, 0.9]])
+    y = jnp.array([1.0, -1.0, -1.0, 1.0])
+
+    def flow(width):
+        model = wnjax.MLP(2, width, 2, activation="relu2", key=jax.random.key(width))
+        return wnjax.gradient_flow(model, X, y, t1=2.0, n_save=4, diagnostics=False)
+
+    with pytest.warns(RuntimeWarning, match="dropped JAX's compiled programs"):
+        finals = [flow(width).final_log_loss for width in (3, 4, 5)]
+    assert maps.count() < start + 1500  # three such flows hold ~1,700 maps together
+    again = flow(3).final_log_loss
+    assert float(again) == float(finals[0])
