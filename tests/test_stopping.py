@@ -380,3 +380,21 @@ def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
         r = wnjax.gradient_flow(*_float32(model, x, y), **kw)
     assert bool(r.ok) and bool(r.reached_target), r.message
     assert abs(float(r.final_log_t) - float(ref.final_log_t)) <= 1e-4 * float(ref.final_log_t)
+
+
+@pytest.mark.slow
+def test_a_smooth_flow_out_of_steps_with_most_rejected_points_to_the_stiff_solver():
+    """A linear SWN classifier under the loss clock: the default switch leaves the stiff method
+    and its explicit steps then stall (half rejected) near log L = -4,000, on a smooth field.
+    The message names ``solver='stiff'``, not a jump, and Kvaerno5 throughout reaches the
+    target."""
+    kx, kw, km = jax.random.split(jax.random.key(7), 3)
+    X = jax.random.normal(kx, (30, 5))
+    y = jnp.sign(X @ jax.random.normal(kw, (5,)))
+    model = wnjax.swn(wnjax.MLP(5, 1, 1, activation="linear", key=km))
+    kw = dict(time="loss", target_log_loss=-10_000.0, t1=1e6, max_steps=20_000)
+    r = wnjax.gradient_flow(model, X, y, throw=False, **kw)
+    assert not bool(r.reached_target)
+    assert int(r.stats["num_rejected_steps"]) > 0.5 * int(r.stats["num_steps"])
+    assert "solver='stiff'" in r.message and "likely jumps" not in r.message, r.message
+    assert bool(wnjax.gradient_flow(model, X, y, solver="stiff", **kw).reached_target)

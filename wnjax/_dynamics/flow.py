@@ -631,8 +631,16 @@ def _solver_hint(r: FlowResult) -> str:
                 "(Kvaerno5 throughout) or solver='tsit5' to hold one method."
             )
         if rejected > 0.5 * steps and _not_stiff(r):
-            return f" {rejected} of the {steps} steps were rejected and the flow was not stiff:" + (
-                _JUMP_HINT
+            head = (
+                f" {rejected} of the {steps} steps were rejected and the stiffness test found the "
+                "flow not stiff:"
+            )
+            if jumping_field(r.final):
+                return head + _JUMP_HINT
+            return (
+                head
+                + " pass solver='stiff' (Kvaerno5 throughout), in case a stiffness the test does "
+                "not see holds the steps." + ("" if smooth_field(r.final) else " Else" + _JUMP_HINT)
             )
         return ""
     stiff_hint = (
