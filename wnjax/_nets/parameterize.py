@@ -376,21 +376,17 @@ def neuron_norm_sq_rate(
     return eqx.tree_at(lambda t: t.layers, grads, tuple(scaled))
 
 
-def _is_free(x) -> bool:
-    return eqx.is_inexact_array(x)
-
-
 def free_arrays(p: Parameterized) -> list[Array]:
     """The inexact arrays of ``p.skeleton`` outside its ``Linear``/``Conv`` layers (so not their
     biases): weights a model holds as bare arrays, trained as they are and part of ``w``."""
     leaves = jax.tree_util.tree_leaves(p.skeleton, is_leaf=is_weight_layer)
-    return [x for x in leaves if not is_weight_layer(x) and _is_free(x)]
+    return [x for x in leaves if not is_weight_layer(x) and eqx.is_inexact_array(x)]
 
 
 def map_free_arrays(p: Parameterized, fn: Callable[[Array], Array]) -> Parameterized:
     """``p`` with ``fn`` applied to each of its ``free_arrays``."""
     skeleton = jax.tree_util.tree_map(
-        lambda x: x if is_weight_layer(x) or not _is_free(x) else fn(x),
+        lambda x: x if is_weight_layer(x) or not eqx.is_inexact_array(x) else fn(x),
         p.skeleton,
         is_leaf=is_weight_layer,
     )
