@@ -2,6 +2,7 @@
 Wanner, *Solving ODEs II*): Robertson's chemical kinetics and Van der Pol with mu = 1000."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,6 +192,25 @@ def eqx_linear(key):
     return eqx.nn.Linear(3, "scalar", use_bias=False, key=key)
 
 
+def test_rho_is_exact_where_a_forward_difference_saturates():
+    """u' = -lam tanh(K u) / K beside a large, slow w' = 1 (w ~ 1e6): at u = 0 the Jacobian is
+    diag(-lam, 0), but the field saturates within |u| ~ 1/K = 1e-4, far below the forward
+    difference's delta ~ sqrt(eps) (1 + ||y||) ~ 0.015 there, which would read rho ~ lam/150.
+    Stiff (lam = 1e6), the flow runs on Kvaerno5, and the measured rho is lam to 1e-6; u decays
+    to 0 (u' ~ -lam u near it) and w = w0 + t."""
+    lam, K = 1e6, 1e4
+
+    def f(t, y, args):
+        return jnp.stack([-lam * jnp.tanh(K * y[0]) / K, jnp.ones_like(y[0])])
+
+    y0 = np.array([1e-6, 1e6])
+    sol = _solve(f, y0, np.array([1.0, 10.0]), wnjax.AutoSwitch(), rtol=1e-8, atol=1e-12)
+    assert bool(sol.solver_state["stiff"]) and int(sol.solver_state["switches"]) == 1
+    assert float(sol.solver_state["rho"]) == pytest.approx(lam, rel=1e-6)
+    np.testing.assert_allclose(np.asarray(sol.ys)[:, 1], 1e6 + np.array([1.0, 10.0]), rtol=1e-12)
+    assert np.all(np.abs(np.asarray(sol.ys)[:, 0]) < 1e-12)
+
+
 def test_far_from_the_boundary_rho_is_measured_every_few_steps():
     """y' = A y, eigenvalues -2 and -0.5, to t = 20 at rtol 1e-10: accuracy, not stability,
     holds h, so ``h rho`` stays far below Tsit5's boundary. The default check then measures on
@@ -370,3 +390,28 @@ def test_phases_chained_by_hand_count_their_steps_and_agree_with_radau(dtype):
     got = np.asarray(second.ys[-1], float)
     tol = 1e-5 if dtype == jnp.float64 else 2e-2
     assert np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)) < tol
+
+
+@pytest.mark.slow  # two flows of a depth-3 net (~15 s)
+def test_a_stability_limited_explicit_run_switches_to_the_implicit_method():
+    """A depth-3 ReLU^3 net (13-homogeneous) on 24 points, normalized flow to log L = -300. Its
+    explicit steps are held by stability from early on: the step-size controller hunts for the
+    boundary, and the accepted steps have ``h rho`` spread over ``0.4-1.1 B`` (median ``0.7 B``).
+    The default switches to Kvaerno5 and reaches the target in a few thousand steps (a threshold
+    of ``0.8 B`` never switched, and ran out of 100,000 steps near log L = -12), at the weights
+    Kvaerno5 alone reaches."""
+    k = jax.random.key
+    X = jax.random.normal(k(1), (24, 5))
+    y = jnp.sign(X @ jax.random.normal(k(2), (5,)))
+    model = wnjax.MLP(5, 6, 3, activation="relu3", key=k(11))
+    kw = dict(time="normalized", t1=1e9, target_log_loss=-300.0, save_states=False)
+    r = wnjax.gradient_flow(model, X, y, **kw)
+    assert bool(r.reached_target) and int(r.stats["num_steps"]) < 5_000
+    assert int(r.stats["stiff_steps"]) > 100
+    ref = wnjax.gradient_flow(model, X, y, solver="stiff", **kw)
+    assert bool(ref.reached_target)
+    a, b = (
+        np.concatenate([np.ravel(w) for w in jax.tree.leaves(eqx.filter(x.final, eqx.is_array))])
+        for x in (r, ref)
+    )
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8 * np.max(np.abs(b)))

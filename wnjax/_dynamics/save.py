@@ -39,9 +39,9 @@ class AtTimes(eqx.Module):
 class AtLossLevels(eqx.Module):
     """Save where ``log L`` crosses ``n`` levels from ``log L(0)`` down to the target
     (``wnjax.loss_levels``: drops geometric in ``log L(0) - log L``), one root-found stop per
-    level; each level's solve starts at the crossing with a fresh evaluation of the field, so
-    more levels cost no accuracy. Needs ``time='normalized'`` or ``'loss'`` and a
-    ``target_log_loss``.
+    level, the state saved at the crossing; the solve goes on from the end of the step that
+    crossed it with the solver's own state, so more levels change neither the path nor its
+    cost. Needs ``time='normalized'`` or ``'loss'`` and a ``target_log_loss``.
 
     **Arguments:** `n`: the number of levels (>= 2: the start and the target).
     """

@@ -3,8 +3,13 @@ implicit one while the flow is stiff, and back once it is not.
 
 After each step ``h rho`` estimates ``h`` times the modulus of the dominant eigenvalue of the
 Jacobian, by power iteration carried across steps: ``rho = ||J v||``, ``v <- J v / rho``, one
-forward difference ``J v ~ (f(y + delta v) - f(y)) / delta`` per step (one extra evaluation of
-the vector field; ``f(y)`` is the last stage of an FSAL method). It starts from Hairer's
+Jacobian-vector product of the vector field per measurement (forward-mode autodiff). A forward
+difference ``(f(y + delta v) - f(y)) / delta`` in its place saturates where ``delta`` exceeds
+the field's scale of nonlinearity (a weight-normalized classifier deep in the loss, whose stiff
+mode, of size ``||w||^2``, varies over a distance ``~1/||w||``: there it read ``rho`` up to
+``10^7`` times too small); on a depth-3 ReLU^3 net under the loss clock it swung between
+``~10`` and ``~4e5`` from one step to the next, so the switch never saw the flow as stiff and
+its explicit steps ran out of 100,000 steps where Kvaerno5 needs 3,400. It starts from Hairer's
 direction (Hairer & Wanner, *Solving ODEs II*, IV.2): the last two stages ``Y_{s-1}``, ``Y_s``
 of a step sit at the same time, and ``||k_s - k_{s-1}|| / ||Y_s - Y_{s-1}||`` (``k_i = h f(Y_i)``)
 is the free estimate along ``Y_s - Y_{s-1}``. That free estimate alone is too noisy to act on
@@ -82,22 +87,16 @@ def _stage_estimate(solver, k):
 
 
 def _power_estimate(method, terms, t0, t1, y1, args, k, direction):
-    """``(h rho, v)``: one step of power iteration on the Jacobian at ``y1``, by a forward
-    difference, ``J v ~ (f(y1 + delta v) - f(y1)) / delta``, ``rho = ||J v||``, ``v <- J v / rho``.
-    ``v`` starts from the stage difference ``Y_s - Y_{s-1}`` and carries over between steps."""
+    """``(h rho, v)``: one step of power iteration on the Jacobian at ``y1``, ``rho = ||J v||``,
+    ``v <- J v / rho``, with ``J v`` a Jacobian-vector product (forward-mode autodiff of the
+    vector field). ``v`` starts from the stage difference ``Y_s - Y_{s-1}`` and carries over
+    between steps; where ``J v = 0`` (``v`` along components the field does not depend on, as a
+    clock integrated alongside) the next step starts from the stage difference again."""
     _, dy = _stage_estimate(method, k)
-    v = _unit(direction, _unit(dy, jax.tree_util.tree_map(jnp.ones_like, y1)))
-    h = t1 - t0
-    if method.tableau.fsal:  # the last stage is y1: f(y1) = k_s / h
-        f1 = jax.tree_util.tree_map(lambda x: x[-1] / h, k)
-    else:
-        f1 = terms.vf(t1, y1, args)
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(y1))
-    delta = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + tree_norm(y1))
-    shifted = jax.tree_util.tree_map(lambda a, b: a + delta * b, y1, v)
-    jv = jax.tree_util.tree_map(lambda a, b: (a - b) / delta, terms.vf(t1, shifted, args), f1)
-    rho = tree_norm(jv)
-    return jnp.abs(h) * rho, _unit(jv, v)
+    fresh = _unit(dy, jax.tree_util.tree_map(jnp.ones_like, y1))
+    v = _unit(direction, fresh)
+    _, jv = jax.jvp(lambda y: terms.vf(t1, y, args), (y1,), (v,))
+    return jnp.abs(t1 - t0) * tree_norm(jv), _unit(jv, fresh)
 
 
 def _unit(tree, fallback):
@@ -268,7 +267,10 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
 
     After each accepted step the stiffness estimate ``h rho`` (module docstring) is compared with
     the explicit method's stability boundary ``B``. In explicit mode a step with
-    ``h rho > stiff_tol B`` votes for the implicit method. In implicit mode a step with
+    ``h rho > stiff_tol B`` votes for the implicit method (an explicit run held by stability
+    has its accepted steps anywhere in ``0.4-1.1 B``, median ``0.7 B`` on a depth-3 ReLU^3 net,
+    as the step-size controller hunts for the boundary; an accuracy-limited one typically has
+    ``h rho`` near ``0.1 B``). In implicit mode a step with
     ``h rho < nonstiff_tol c B`` votes for the explicit one, ``c = implicit_cost``: the explicit
     method, held to ``h <= B / rho``, would then cover the same time for less work. Votes add
     one to a count and other steps take one away; the method switches when the count reaches
@@ -283,7 +285,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
     - `implicit`: an implicit diffrax Runge-Kutta solver (default ``stiff_solver()``: L-stable
       ``Kvaerno5`` with a dense Newton solve).
-    - `stiff_after`, `stiff_tol`: the switch to the implicit method (defaults 10 and 0.8).
+    - `stiff_after`, `stiff_tol`: the switch to the implicit method (defaults 10 and 0.6).
     - `nonstiff_after`, `nonstiff_tol`: the switch back (defaults 5 and 0.5).
     - `implicit_cost`: the work of one implicit step in explicit steps (default 4; see
       ``wnjax.default_solver`` for the model-size estimate it uses).
@@ -292,7 +294,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     - `start_stiff`: take the first step with the implicit method.
     - `check_every`, `check_tol`: in explicit mode, a step whose ``h`` times the last measured
       ``rho`` is below ``check_tol B`` takes that product as its estimate and skips the power
-      iteration's extra evaluation, unless ``check_every`` steps have passed since the last
+      iteration's Jacobian-vector product, unless ``check_every`` steps have passed since the last
       measurement (defaults 8 and 0.25). Such a step dissents, as a measured one would. Every
       implicit step, and the first step of each method, measures.
     - `phase`: ``None`` (the default: the step runs either method, a branch on ``stiff``), or
@@ -315,7 +317,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     explicit: diffrax.AbstractSolver = diffrax.Tsit5()
     implicit: diffrax.AbstractSolver = stiff_solver()
     stiff_after: int = 10
-    stiff_tol: float = 0.8
+    stiff_tol: float = 0.6
     nonstiff_after: int = 5
     nonstiff_tol: float = 0.5
     implicit_cost: float = 4.0
