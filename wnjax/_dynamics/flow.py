@@ -548,10 +548,11 @@ def _describe(r: FlowResult) -> str:
             + " Else check the data's scale, and for SWN/EWN that no direction v_u is zero."
         )
     ahead = float(np.asarray(r.stats.get("nonfinite_ahead", np.inf)))
-    if int(code) == 1 and np.isfinite(ahead):
+    if int(code) in (1, FROZEN_CLOCK) and np.isfinite(ahead):
         return (
-            f"gradient flow stopped after max_steps = {steps} steps, at time "
-            f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}, its steps "
+            f"gradient flow stopped after {'max_steps = ' if int(code) == 1 else ''}{steps} "
+            f"steps, at time {float(r.final_time):.6g} with log L = "
+            f"{float(r.final_log_loss):.6g}, its steps "
             "shrinking as they approached a point where the field is not finite: log L or its "
             f"gradient is NaN or inf at a distance {ahead:.0e} (1 + ||theta||) from result.final "
             "along -grad log L. More steps will not get past it. The model computes a non-finite "
@@ -745,10 +746,11 @@ def _jump_not_crossing(event, params, static, X, y, loss):
 
 
 def _nonfinite_ahead(params, static, X, y, loss, code):
-    """``_probe_ahead`` for a run that ran out of steps (``code == 1``), else ``inf``."""
+    """``_probe_ahead`` for a run that ran out of steps or whose steps shrank below the clock's
+    spacing (``code`` 1 or ``FROZEN_CLOCK``), else ``inf``."""
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
     return jax.lax.cond(
-        code == 1,
+        (code == 1) | (code == FROZEN_CLOCK),
         lambda: _probe_ahead(params, static, X, y, loss).astype(dtype),
         lambda: jnp.asarray(jnp.inf, dtype),
     )
