@@ -573,11 +573,7 @@ def _describe(r: FlowResult) -> str:
                 if low
                 else " Loosen rtol/atol, or check that the field is not stiff or jumping there."
             )
-            + (
-                " Or use time='normalized': this model's normalized flow has no blow-up."
-                if r.time == "loss" and parameterization_name(r.final) in ("standard", "swn")
-                else ""
-            )
+            + _normalized_hint(r)
             + ("" if low else _hints(r))
         )
     if int(code) == 1:
@@ -616,9 +612,8 @@ def _hints(r: FlowResult) -> str:
     a jump in the field, as the next suspect), else the solver's; and the jump itself where the
     model's activation is known to make the field jump (ReLU)."""
     clock = _clock_hint(r)
-    if clock and r.time == "loss" and parameterization_name(r.final) in ("standard", "swn"):
-        # only the EWN flow blows up in normalized time
-        clock += " Or use time='normalized': this model's normalized flow has no blow-up."
+    if clock:
+        clock += _normalized_hint(r)
     if not clock:
         hint = _solver_hint(r)
     elif not _not_stiff(r):
@@ -633,6 +628,14 @@ def _hints(r: FlowResult) -> str:
             "changes sign." + _SLIDE_HINT
         )
     return hint
+
+
+def _normalized_hint(r: FlowResult) -> str:
+    """For a loss-clock run of a model whose normalized flow has no blow-up (only EWN's does):
+    the normalized clock, which needs no more digits than ``s``."""
+    if r.time == "loss" and parameterization_name(r.final) in ("standard", "swn"):
+        return " Or use time='normalized': this model's normalized flow has no blow-up."
+    return ""
 
 
 def _not_stiff(r: FlowResult) -> bool:
