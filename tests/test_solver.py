@@ -283,8 +283,9 @@ COUNTS = ("num_steps", "num_accepted_steps", "num_rejected_steps", "explicit_ste
 
 def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_program():
     """The plain-time flow of a diagonal net on square loss turns stiff near its minimum: the
-    default solver switches to the implicit method. ``gradient_flow`` runs it as two solves
-    (the explicit method alone, then the implicit one from where the first switched): ``log L``
+    default solver switches to the implicit method. ``gradient_flow`` runs it as a chain of
+    solves (the explicit method alone, then the implicit one from where the first switched, and
+    so on at each switch): ``log L``
     at the save points agrees with scipy's Radau (to 1e-4 where ``log L > -20``: below it the
     default rtol of 1e-8, on weights of size 1, leaves the ~1e-8 residuals few digits), and so
     does the signal ``u^2 - v^2`` at the end, after the switch; the run takes the same steps to
@@ -292,8 +293,8 @@ def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_pr
     net, A, y, radau = _diagonal_regression()
     r = wnjax.gradient_flow(net, A, y, **PHASES)
     assert bool(r.ok)
-    assert int(r.stats["switches"]) == 1 and int(r.stats["explicit_steps"]) > 0
-    assert int(r.stats["stiff_steps"]) > 10  # saves on both sides of the switch
+    assert int(r.stats["switches"]) >= 1 and int(r.stats["explicit_steps"]) > 0
+    assert int(r.stats["stiff_steps"]) > 10  # saves on both sides of the first switch
     ts = np.asarray(r.ts)
     assert np.all(np.isfinite(ts)) and np.all(np.diff(ts) > 0)
     np.testing.assert_allclose(ts, default_save_times(0.0, 160.0, 12), rtol=1e-12)
@@ -323,13 +324,15 @@ def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_pr
 
 def test_the_step_budget_holds_across_phases():
     """``max_steps`` bounds the whole run, not each of its solves: a run whose budget ends after
-    the switch stops after exactly ``max_steps`` steps, after the switch."""
+    the switch stops after exactly ``max_steps`` steps, after the switch (a solver that never
+    switches back: one switch)."""
     net, A, y, _ = _diagonal_regression()
-    full = wnjax.gradient_flow(net, A, y, **PHASES)
+    once = wnjax.AutoSwitch(nonstiff_tol=0.0)
+    full = wnjax.gradient_flow(net, A, y, solver=once, **PHASES)
     budget = int(full.stats["num_steps"]) - 5
     assert budget > int(full.stats["num_steps"]) - int(full.stats["stiff_steps"]) + 5
     with pytest.warns(RuntimeWarning, match="max_steps"):
-        r = wnjax.gradient_flow(net, A, y, max_steps=budget, throw=False, **PHASES)
+        r = wnjax.gradient_flow(net, A, y, solver=once, max_steps=budget, throw=False, **PHASES)
     assert int(r.stop_code) == 1 and int(r.stats["num_steps"]) == budget
     assert int(r.stats["switches"]) == 1 and float(r.final_time) < float(full.final_time)
 
@@ -390,6 +393,98 @@ def test_phases_chained_by_hand_count_their_steps_and_agree_with_radau(dtype):
     got = np.asarray(second.ys[-1], float)
     tol = 1e-5 if dtype == jnp.float64 else 2e-2
     assert np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)) < tol
+
+
+def _types(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, [jax.typeof(jnp.asarray(x)) for x in leaves]  # shape, dtype and weak type
+
+
+def test_a_phase_hands_over_a_state_of_the_types_it_starts_from():
+    """Van der Pol (mu = 1000) chained through its phases by hand: every solve of a phase
+    starts from a state (``resume`` of the last solve's final state) of the same structure,
+    shapes, dtypes and weak types as the state the run starts from (``init``), so every solve
+    of a phase runs the one program compiled for it (``gradient_flow`` compiled a run that
+    switched six times into five programs where three do)."""
+    switcher = wnjax.AutoSwitch()
+    phases = {False: switcher.phase_solver(False), True: switcher.phase_solver(True)}
+    term = diffrax.ODETerm(van_der_pol)
+    t, y, t1 = 0.0, jnp.asarray([2.0, 0.0]), 1000.0
+    state = phases[False].init(term, t, t1, y, None)
+    starts = {stiff: _types(phases[stiff].init(term, t, t1, y, None)) for stiff in phases}
+    stiff, solves = False, 0
+    while True:
+        assert _types(state) == starts[stiff], (solves, stiff)
+        sol = diffrax.diffeqsolve(
+            term,
+            phases[stiff],
+            t,
+            t1,
+            None,
+            y,
+            solver_state=state,
+            saveat=diffrax.SaveAt(t1=True, solver_state=True),
+            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
+            max_steps=100_000,
+            throw=False,
+        )
+        solves += 1
+        if sol.result != diffrax.RESULTS.internal_error:  # no switch: the run is done
+            break
+        t, y, stiff = sol.ts[-1], sol.ys[-1], not stiff
+        state = phases[stiff].resume(sol.solver_state, term, t, t1, y, None)
+    assert sol.result == diffrax.RESULTS.successful and solves >= 3
+
+
+def test_an_implicit_trial_that_does_not_pay_delays_the_next_by_its_cost():
+    """The switch back after ``k`` implicit steps: below ``profitable_steps``, the next switch to
+    the implicit method needs at least ``c k`` votes (``c = implicit_cost``, the trial's cost in
+    explicit steps) and twice the count the last one needed, and less than twice the larger of
+    these (up to ``2^max_backoff stiff_after``); after a stretch that paid, twice
+    ``stiff_after``."""
+    for c in (4.0, 25.0, 80.0, 300.0):
+        s = wnjax.AutoSwitch(implicit_cost=c)
+        cap = s.stiff_after * 2**s.max_backoff
+        for k in (1, 5, 12, 40, s.profitable_steps, 100):
+            for backoff in (0, 2, s.max_backoff):
+                count, switch, run, after = s._vote(
+                    jnp.asarray(True),  # an implicit step
+                    jnp.asarray(0.0),  # that votes for the explicit method
+                    jnp.asarray(s.nonstiff_after - 1),
+                    jnp.asarray(backoff),
+                    jnp.asarray(min(k, s.profitable_steps) - 1),
+                )
+                assert bool(switch) and int(count) == 0 and int(run) == 0
+                needed = s.stiff_after * 2 ** int(after)
+                if k >= s.profitable_steps:
+                    assert needed == min(2 * s.stiff_after * 2**backoff, cap)
+                    continue
+                floor = max(c * k, 2 * s.stiff_after * 2**backoff)
+                assert min(floor, cap) <= needed < max(2 * floor, 2 * s.stiff_after), (c, k)
+
+
+@pytest.mark.slow  # a switching flow and an explicit one (~12 s)
+def test_a_flow_the_implicit_method_cannot_speed_up_stays_explicit():
+    """An EWN 13-12-1 ReLU^2 net (181 parameters) on 30 XOR points, normalized flow to
+    log L = -300: now and then stability-limited, but Kvaerno5's steps (each ~70 explicit
+    steps' work) are not long enough to pay. The default tries the implicit method once
+    (it tried five times, for 2.5x the time of Dopri5 alone) and reaches the weights Dopri5
+    alone reaches."""
+    k = jax.random.key
+    X = jax.random.normal(k(50), (30, 13))
+    y = jnp.sign(X[:, 0] * X[:, 1])
+    model = wnjax.ewn(wnjax.MLP(13, 12, 2, activation="relu2", key=k(0)))
+    kw = dict(time="normalized", t1=1e9, target_log_loss=-300.0, save_states=False)
+    r = wnjax.gradient_flow(model, X, y, **kw)
+    assert bool(r.reached_target)
+    assert int(r.stats["switches"]) <= 2 and int(r.stats["stiff_steps"]) <= 10
+    ref = wnjax.gradient_flow(model, X, y, solver="dopri5", **kw)
+    assert int(r.stats["num_steps"]) < 1.1 * int(ref.stats["num_steps"])
+    a, b = (
+        np.concatenate([np.ravel(w) for w in jax.tree.leaves(eqx.filter(x.final, eqx.is_array))])
+        for x in (r, ref)
+    )
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8 * np.max(np.abs(b)))
 
 
 @pytest.mark.slow  # two flows of a depth-3 net (~15 s)

@@ -274,12 +274,16 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     ``h rho < nonstiff_tol c B`` votes for the explicit one, ``c = implicit_cost``: the explicit
     method, held to ``h <= B / rho``, would then cover the same time for less work. Votes add
     one to a count and other steps take one away; the method switches when the count reaches
-    ``stiff_after`` (resp. ``nonstiff_after``). Each switch back to the explicit method doubles
-    the count the next switch to the implicit one needs (up to ``2^max_backoff`` times), so a
-    flow on which the implicit steps barely pay (stiff, but with kinks that hold every method to
-    small steps) stays explicit instead of ping-ponging; an implicit stretch of
-    ``profitable_steps`` steps resets it. Each method keeps its own state; the one switched to
-    starts afresh.
+    ``stiff_after`` (resp. ``nonstiff_after``). Each switch back to the explicit method at
+    least doubles the count the next switch to the implicit one needs (up to ``2^max_backoff``
+    times), so a flow on which the implicit steps barely pay (stiff, but with kinks that hold
+    every method to small steps) stays explicit instead of ping-ponging; an implicit stretch of
+    ``profitable_steps`` steps resets it. A shorter stretch, of ``k`` steps, cost about
+    ``c k`` explicit steps: the count needed next is at least that, as in the ski-rental
+    problem, so trials of the implicit method that do not pay cost no more than the explicit
+    steps between them (on an EWN 13-12-1 ReLU^2 net, 181 parameters, normalized flow to
+    log L = -300: five trials of five implicit steps took 2.5x the time of Dopri5 alone; now
+    one, 1.5x). Each method keeps its own state; the one switched to starts afresh.
 
     **Arguments:**
     - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
@@ -287,8 +291,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
       ``Kvaerno5`` with a dense Newton solve).
     - `stiff_after`, `stiff_tol`: the switch to the implicit method (defaults 10 and 0.6).
     - `nonstiff_after`, `nonstiff_tol`: the switch back (defaults 5 and 0.5).
-    - `implicit_cost`: the work of one implicit step in explicit steps (default 4; see
-      ``wnjax.default_solver`` for the model-size estimate it uses).
+    - `implicit_cost`: the work of one implicit step in explicit steps (default 4;
+      ``wnjax.default_solver`` sets it from the model's size).
     - `max_backoff`, `profitable_steps`: the back-off of the switch to the implicit method
       (defaults 6 and 64).
     - `start_stiff`: take the first step with the implicit method.
@@ -391,7 +395,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         return self.resume(state, terms, t0, t1, y0, args)
 
     def _switching_init(self, terms, t0, t1, y0, args):
-        zero = jnp.asarray(0)
+        # Strongly typed, as the counts a phase's solve hands over are: a weakly typed start
+        # would make the next solve of the same phase a program of its own.
+        zero = jnp.asarray(0, int)
         return {
             "explicit": self.explicit.init(terms, t0, t1, y0, args),
             "implicit": self.implicit.init(terms, t0, t1, y0, args),
@@ -521,7 +527,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         implicit method; in implicit mode, a step the explicit method could cover for less
         work votes for the explicit one. A leaky count: a vote adds one, a dissent takes one
         away, so a noisy estimate (low precision, a kink in the activation) still switches when
-        most steps agree. ``run`` (steps since the last switch) is held at ``profitable_steps``."""
+        most steps agree. ``run`` (steps since the last switch) is held at ``profitable_steps``;
+        ``backoff`` grows on each switch back (class docstring)."""
         bound = self.boundary
         vote = jnp.where(
             stiff,
@@ -531,13 +538,19 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         count = jnp.where(vote, count + 1, jnp.maximum(count - 1, 0))
         needed = jnp.where(stiff, self.nonstiff_after, self.stiff_after * 2.0**backoff)
         switch = count >= needed
-        run = jnp.where(switch, 0, jnp.minimum(run + 1, self.profitable_steps))
+        stint = jnp.minimum(run + 1, self.profitable_steps)
+        # An implicit stretch that hands back before it paid (fewer than profitable_steps steps)
+        # cost about implicit_cost explicit steps a step: the next switch to it waits for at
+        # least as many votes (up to the cap of the back-off).
+        paid = jnp.ceil(jnp.log2(jnp.maximum(self.implicit_cost * stint / self.stiff_after, 1.0)))
+        unpaid = stint < self.profitable_steps
+        after = jnp.where(unpaid, jnp.maximum(backoff + 1, paid), backoff + 1)
         backoff = jnp.where(
             stiff & switch,
-            jnp.minimum(backoff + 1, self.max_backoff),
-            jnp.where(stiff & (run >= self.profitable_steps), 0, backoff),
+            jnp.minimum(after, self.max_backoff).astype(jnp.result_type(backoff)),
+            jnp.where(stiff & (stint >= self.profitable_steps), 0, backoff),
         )
-        return jnp.where(switch, 0, count), switch, run, backoff
+        return jnp.where(switch, 0, count), switch, jnp.where(switch, 0, stint), backoff
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         return _switch_step(self, terms, t0, t1, y0, args, solver_state, made_jump)
