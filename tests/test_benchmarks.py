@@ -256,6 +256,15 @@ def test_stiff_crossover(tmp_path):
 
 
 @pytest.mark.slow
+def test_implicit_cost(tmp_path):
+    doc = _run("implicit_cost", tmp_path)
+    for row in doc["rows"]:
+        assert row["n_params"] > 0 and _positive(row["implicit_step_cost"])
+        assert all(v > 0 for v in row["steps"].values())
+        assert math.isfinite(row["ratio"])
+
+
+@pytest.mark.slow
 def test_pruning_full(tmp_path):
     doc = _run("pruning_full", tmp_path)
     assert [r["run"] for r in doc["rows"]] == ["ewn", "swn", "standard"]
