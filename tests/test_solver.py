@@ -437,11 +437,12 @@ def test_a_phase_hands_over_a_state_of_the_types_it_starts_from():
 
 
 def test_an_implicit_trial_that_does_not_pay_delays_the_next_by_its_cost():
-    """The switch back after ``k`` implicit steps: below ``profitable_steps``, the next switch to
-    the implicit method needs at least ``c k`` votes (``c = implicit_cost``, the trial's cost in
-    explicit steps) and twice the count the last one needed, and less than twice the larger of
-    these (up to ``2^max_backoff stiff_after``); after a stretch that paid, twice
-    ``stiff_after``."""
+    """The switch back after ``k`` implicit steps: below ``profitable_steps``, the explicit
+    method then waits at least ``c k`` steps (``c = implicit_cost``, the trial's cost in
+    explicit steps) and twice the last wait, and less than twice the larger of these (up to
+    ``2^max_backoff stiff_after``), before its votes can switch again; after a stretch that
+    paid, twice ``stiff_after``. A wait counts steps, not votes: once it is over, ``stiff_after``
+    votes switch, whatever the count was during the wait."""
     for c in (4.0, 25.0, 80.0, 300.0):
         s = wnjax.AutoSwitch(implicit_cost=c)
         cap = s.stiff_after * 2**s.max_backoff
@@ -455,12 +456,22 @@ def test_an_implicit_trial_that_does_not_pay_delays_the_next_by_its_cost():
                     jnp.asarray(min(k, s.profitable_steps) - 1),
                 )
                 assert bool(switch) and int(count) == 0 and int(run) == 0
-                needed = s.stiff_after * 2 ** int(after)
+                wait = s.stiff_after * 2 ** int(after)
                 if k >= s.profitable_steps:
-                    assert needed == min(2 * s.stiff_after * 2**backoff, cap)
-                    continue
-                floor = max(c * k, 2 * s.stiff_after * 2**backoff)
-                assert min(floor, cap) <= needed < max(2 * floor, 2 * s.stiff_after), (c, k)
+                    assert wait == min(2 * s.stiff_after * 2**backoff, cap)
+                else:
+                    floor = max(c * k, 2 * s.stiff_after * 2**backoff)
+                    assert min(floor, cap) <= wait < max(2 * floor, 2 * s.stiff_after), (c, k)
+                # explicit steps after the switch back, each voting for the implicit method
+                for steps, votes in ((wait - 1, wait - 1), (wait, s.stiff_after), (wait, 1000)):
+                    _, again, _, _ = s._vote(
+                        jnp.asarray(False),
+                        jnp.asarray(10.0 * s.boundary),
+                        jnp.asarray(votes - 1),
+                        after,
+                        jnp.asarray(steps - 1),
+                    )
+                    assert bool(again) == (steps >= wait), (c, k, steps)
 
 
 @pytest.mark.slow  # a switching flow and an explicit one (~12 s)

@@ -150,7 +150,7 @@ class _SwitchInterpolation(AbstractLocalInterpolation):
 
 
 # What a phase's steps change, after the power iteration's direction, in ``PhaseState.live``;
-# ``run`` is held at ``profitable_steps`` at most, and the phase's accepted steps are
+# ``run`` is held at ``AutoSwitch._run_cap`` at most, and the phase's accepted steps are
 # ``steps_hi * _BASE + steps_lo`` (exact in float32 up to 2^24 * _BASE).
 _LIVE = ("h_rho", "rho", "count", "since", "run", "backoff", "steps_hi", "steps_lo", "switched")
 _BASE = 4096
@@ -196,7 +196,7 @@ class PhaseState(eqx.Module):
     (``start``, as ``AutoSwitch.init`` makes it) stays unchanged through the solve; what the
     phase's steps change is one real array ``live``: the power iteration's direction, then
     ``h_rho``, ``rho``, the vote count, the steps since the last measurement, the steps since
-    the last switch (at most ``profitable_steps``), the back-off, the phase's accepted steps and
+    the last switch (held at ``AutoSwitch._run_cap``), the back-off, the phase's accepted steps and
     whether its last step switched, then the phase method's own state (``method`` holds it
     instead when it has other than real or boolean arrays).
 
@@ -274,16 +274,18 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     ``h rho < nonstiff_tol c B`` votes for the explicit one, ``c = implicit_cost``: the explicit
     method, held to ``h <= B / rho``, would then cover the same time for less work. Votes add
     one to a count and other steps take one away; the method switches when the count reaches
-    ``stiff_after`` (resp. ``nonstiff_after``). Each switch back to the explicit method at
-    least doubles the count the next switch to the implicit one needs (up to ``2^max_backoff``
-    times), so a flow on which the implicit steps barely pay (stiff, but with kinks that hold
-    every method to small steps) stays explicit instead of ping-ponging; an implicit stretch of
-    ``profitable_steps`` steps resets it. A shorter stretch, of ``k`` steps, cost about
-    ``c k`` explicit steps: the count needed next is at least that, as in the ski-rental
-    problem, so trials of the implicit method that do not pay cost no more than the explicit
-    steps between them (on an EWN 13-12-1 ReLU^2 net, 181 parameters, normalized flow to
-    log L = -300: five trials of five implicit steps took 2.5x the time of Dopri5 alone; now
-    one, 1.5x). Each method keeps its own state; the one switched to starts afresh.
+    ``stiff_after`` (resp. ``nonstiff_after``). After a switch back to the explicit method the
+    votes cannot switch again before the explicit method has taken ``stiff_after 2^backoff``
+    steps, and each switch back at least doubles that wait (up to ``2^max_backoff`` times), so
+    a flow on which the implicit steps barely pay (stiff, but with kinks that hold every method
+    to small steps) stays explicit instead of ping-ponging; an implicit stretch of
+    ``profitable_steps`` steps resets it. A shorter stretch, of ``k`` steps, cost about ``c k``
+    explicit steps: the wait is at least that, as in the ski-rental problem, so trials of the
+    implicit method that do not pay cost no more than the explicit steps between them (on an
+    EWN 13-12-1 ReLU^2 net, 181 parameters, normalized flow to log L = -300: five trials of
+    five implicit steps took 2.5x the time of Dopri5 alone; now one, 1.5x). A wait counts
+    steps, not votes: an explicit run whose estimates straddle ``stiff_tol B`` still switches
+    when it ends. Each method keeps its own state; the one switched to starts afresh.
 
     **Arguments:**
     - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
@@ -360,6 +362,11 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         return self.implicit.root_find_max_steps
 
     @property
+    def _run_cap(self) -> int:
+        """The most ``run`` counts: past the longest wait and a paying implicit stretch."""
+        return max(self.profitable_steps, self.stiff_after * 2**self.max_backoff)
+
+    @property
     def boundary(self) -> float:
         """The explicit method's stability boundary ``B`` on the negative real axis."""
         return _boundary(type(self.explicit))
@@ -429,7 +436,7 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             "rho": full["rho"],
             "count": full["count"],
             "since": self.check_every,  # measure on the first step
-            "run": jnp.minimum(full["run"], self.profitable_steps),
+            "run": jnp.minimum(full["run"], self._run_cap),
             "backoff": full["backoff"],
             "steps_hi": 0,
             "steps_lo": 0,
@@ -527,8 +534,8 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
         implicit method; in implicit mode, a step the explicit method could cover for less
         work votes for the explicit one. A leaky count: a vote adds one, a dissent takes one
         away, so a noisy estimate (low precision, a kink in the activation) still switches when
-        most steps agree. ``run`` (steps since the last switch) is held at ``profitable_steps``;
-        ``backoff`` grows on each switch back (class docstring)."""
+        most steps agree. ``run`` (steps since the last switch) is held at ``_run_cap``;
+        ``backoff`` sets the wait after a switch back (class docstring)."""
         bound = self.boundary
         vote = jnp.where(
             stiff,
@@ -536,12 +543,14 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
             h_rho > self.stiff_tol * bound,
         )
         count = jnp.where(vote, count + 1, jnp.maximum(count - 1, 0))
-        needed = jnp.where(stiff, self.nonstiff_after, self.stiff_after * 2.0**backoff)
-        switch = count >= needed
-        stint = jnp.minimum(run + 1, self.profitable_steps)
+        stint = jnp.minimum(run + 1, self._run_cap)
+        wait = jnp.where(backoff > 0, self.stiff_after * 2.0**backoff, 0.0)
+        switch = jnp.where(
+            stiff, count >= self.nonstiff_after, (count >= self.stiff_after) & (stint >= wait)
+        )
         # An implicit stretch that hands back before it paid (fewer than profitable_steps steps)
-        # cost about implicit_cost explicit steps a step: the next switch to it waits for at
-        # least as many votes (up to the cap of the back-off).
+        # cost about implicit_cost explicit steps a step: the explicit method then waits for at
+        # least as many steps (up to the cap of the back-off).
         paid = jnp.ceil(jnp.log2(jnp.maximum(self.implicit_cost * stint / self.stiff_after, 1.0)))
         unpaid = stint < self.profitable_steps
         after = jnp.where(unpaid, jnp.maximum(backoff + 1, paid), backoff + 1)
