@@ -180,9 +180,11 @@ def implicit_step_cost(n_params: int, threshold: int | None = None) -> float:
     ``m = min(n_params, threshold)``. A dense Jacobian takes ``n`` Jacobian-vector products and
     an ``n x n`` factorisation, so its step grows like ``n^2`` against a Tsit5 step's ``n``;
     above the threshold GMRES's Jacobian-vector products scale with the model as the explicit
-    step does, and the ratio stays at the threshold's. Fitted to medians on this 2-core CPU
-    (float64, Kvaerno5 against Tsit5 per step, EWN ReLU^2 MLPs on 30 points): 9.2 at 31
-    parameters, 13.8 at 57, 68-78 at 181, 233 at 353 and 245 at 391."""
+    step does, and the ratio stays at the threshold's. On this 2-core CPU (float64, EWN ReLU^2
+    MLPs on 30 points, ``benchmarks/implicit_cost.py``) a Kvaerno5 step took 12.7, 23, 89, 228
+    and 307 Tsit5 steps at 31, 57, 181, 353 and 391 parameters, where this estimate says 7.2,
+    13.8, 71, 224 and 269: low by up to 1.8x on small models, where the switch back is then
+    the more eager."""
     limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
     m = min(n_params, limit)
     return 2.0 + m / 8.0 + m * m / 700.0
