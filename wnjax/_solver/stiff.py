@@ -183,8 +183,8 @@ def implicit_step_cost(n_params: int, threshold: int | None = None) -> float:
     step does, and the ratio stays at the threshold's. On this 2-core CPU (float64, EWN ReLU^2
     MLPs on 30 points, ``benchmarks/implicit_cost.py``) a Kvaerno5 step took 12.7, 23, 89, 228
     and 307 Tsit5 steps at 31, 57, 181, 353 and 391 parameters, where this estimate says 7.2,
-    13.8, 71, 224 and 269: low by up to 1.8x on small models, where the switch back is then
-    the more eager."""
+    13.8, 71, 224 and 269: low by up to 1.8x on small models, where ``AutoSwitch`` then stays
+    implicit longer, and tries the implicit method again sooner, than their cost would say."""
     limit = DENSE_JACOBIAN_MAX_PARAMS if threshold is None else threshold
     m = min(n_params, limit)
     return 2.0 + m / 8.0 + m * m / 700.0
