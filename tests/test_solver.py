@@ -404,8 +404,8 @@ def test_a_phase_hands_over_a_state_of_the_types_it_starts_from():
     """Van der Pol (mu = 1000) chained through its phases by hand: every solve of a phase
     starts from a state (``resume`` of the last solve's final state) of the same structure,
     shapes, dtypes and weak types as the state the run starts from (``init``), so every solve
-    of a phase runs the one program compiled for it (``gradient_flow`` compiled a run that
-    switched six times into five programs where three do)."""
+    of a phase runs the one program compiled for it (a weakly typed start makes five programs
+    of a ``gradient_flow`` run that switches six times, where three do)."""
     switcher = wnjax.AutoSwitch()
     phases = {False: switcher.phase_solver(False), True: switcher.phase_solver(True)}
     term = diffrax.ODETerm(van_der_pol)
@@ -478,9 +478,9 @@ def test_an_implicit_trial_that_does_not_pay_delays_the_next_by_its_cost():
 def test_a_flow_the_implicit_method_cannot_speed_up_stays_explicit():
     """An EWN 13-12-1 ReLU^2 net (181 parameters) on 30 XOR points, normalized flow to
     log L = -300: now and then stability-limited, but Kvaerno5's steps (each ~70 explicit
-    steps' work) are not long enough to pay. The default tries the implicit method once
-    (it tried five times, for 2.5x the time of Dopri5 alone) and reaches the weights Dopri5
-    alone reaches."""
+    steps' work) are not long enough to pay. The default tries the implicit method once (a
+    back-off that only doubles makes five trials there, for 2.5x the time of Dopri5 alone) and
+    reaches the weights Dopri5 alone reaches."""
     k = jax.random.key
     X = jax.random.normal(k(50), (30, 13))
     y = jnp.sign(X[:, 0] * X[:, 1])
