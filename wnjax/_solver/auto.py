@@ -284,9 +284,9 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     implicit method that do not pay cost no more than the explicit steps between them (on an
     EWN 13-12-1 ReLU^2 net, 181 parameters, normalized flow to log L = -300, a back-off that
     only doubles makes five trials of five implicit steps, 2.5x the time of Dopri5 alone; the
-    wait makes one, 1.5x). A wait counts
-    steps, not votes: an explicit run whose estimates straddle ``stiff_tol B`` still switches
-    when it ends. Each method keeps its own state; the one switched to starts afresh.
+    wait makes one, 1.5x). A wait counts steps, not votes: an explicit run whose estimates
+    straddle ``stiff_tol B`` still switches when it ends. Each method keeps its own state; the
+    one switched to starts afresh.
 
     **Arguments:**
     - `explicit`: an explicit diffrax Runge-Kutta solver (default ``Tsit5``).
