@@ -114,6 +114,15 @@ def _release_compiled_programs():
     gc.collect()
 
 
+@pytest.fixture(autouse=True)
+def _no_standing_stop_request():
+    """Forget a signal a test sent: in a script (as pytest is) a signal stops every later call."""
+    yield
+    import wnjax._runtime.interrupt as _interrupt
+
+    _interrupt.clear()
+
+
 @pytest.fixture
 def getkey():
     """Return a function that hands out fresh PRNG keys."""

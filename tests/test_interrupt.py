@@ -83,6 +83,10 @@ def test_flow_signal_returns_the_partial_run(kw, monkeypatch):
     assert int(part.stats["num_steps"]) == stop_at
     assert float(part.final_log_loss) > float(full.final_log_loss)
     assert signal.getsignal(signal.SIGINT) is before  # the handlers are restored
+    with pytest.warns(RuntimeWarning, match="earlier call"):  # the signal stops later calls
+        later = wnjax.gradient_flow(model, X, Y, n_save=8, **opts)
+    assert bool(later.interrupted) and int(later.stats["num_steps"]) == stop_at
+    _interrupt.clear()
     again = wnjax.gradient_flow(model, X, Y, n_save=8, **opts)  # a new call starts afresh
     assert again.ok and int(again.stats["num_steps"]) == int(full.stats["num_steps"])
 
@@ -149,6 +153,52 @@ def test_gradient_descent_signal_keeps_the_finished_chunks():
     assert bool(r.interrupted) and not bool(r.ok)
     assert int(r.num_steps) == 500  # the chunk in progress at the signal, and no more
     assert "interrupted" in r.message
+
+
+def _gd(num_steps):
+    model = wnjax.ewn(wnjax.MLP(2, 4, 2, key=jax.random.key(3)))
+    kw = dict(learning_rate=0.05, chunk_size=500, n_save=8, diagnostics=False)
+    return wnjax.gradient_descent(model, X, Y, num_steps=num_steps, **kw)
+
+
+@pytest.mark.parametrize(
+    "signum, interactive, stands",
+    [
+        (signal.SIGINT, False, True),  # Ctrl-C in a script stops the script's later calls
+        (signal.SIGTERM, False, True),
+        (signal.SIGINT, True, False),  # at a prompt it ends the running call only
+        (signal.SIGTERM, True, True),
+    ],
+    ids=["int-script", "term-script", "int-prompt", "term-prompt"],
+)
+def test_a_signal_outlives_its_call_where_the_process_should_stop(
+    signum, interactive, stands, monkeypatch
+):
+    """After a signal stopped one call, a later call stops at its first check (a chunk of GD)
+    where the process should stop, and runs in full where it should not."""
+    monkeypatch.setattr(_interrupt, "_interactive", lambda: interactive)
+    thread = _signal_when_handled(signum)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        first = _gd(10**7)
+    thread.join()
+    assert bool(first.interrupted) and int(first.num_steps) == 500
+    if stands:
+        with pytest.warns(RuntimeWarning, match="earlier call"):
+            later = _gd(2000)
+        assert bool(later.interrupted) and int(later.num_steps) == 500
+        assert "earlier call" in later.message
+    else:
+        later = _gd(2000)
+        assert not bool(later.interrupted) and int(later.num_steps) == 2000
+
+
+def test_a_request_of_wnjax_itself_holds_for_its_block_only():
+    """``request()`` (wnjax stopping its own parallel runs) does not stop a later call."""
+    with _interrupt.handling():
+        _interrupt.request()
+        assert _interrupt.requested()
+    later = _gd(2000)
+    assert not bool(later.interrupted) and int(later.num_steps) == 2000
 
 
 @pytest.mark.slow

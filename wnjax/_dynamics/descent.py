@@ -131,7 +131,7 @@ class GDResult(RunResult):
         k, v = int(self.num_steps), float(self.final_log_loss)
         return {
             STOP_RUNNING: f"GD was interrupted after {k} steps (log L = {v:.6g}); the partial "
-            "result is kept.",
+            "result is kept." + _interrupt.stop_note(),
             STOP_TARGET: f"GD reached the target log loss in {k} steps (log L = {v:.6g}).",
             STOP_MAX_STEPS: f"GD ran its num_steps = {k} steps (log L = {v:.6g}).{self.stall}",
             STOP_DIVERGED: f"GD diverged after {k} steps: the loss became non-finite or rose far "
@@ -983,7 +983,7 @@ def gradient_descent(
     )
     if int(carry["stop"]) == STOP_RUNNING:
         warnings.warn(
-            "gradient_descent interrupted; returning the partial result.",
+            "gradient_descent interrupted; returning the partial result." + _interrupt.stop_note(),
             RuntimeWarning,
             stacklevel=2,
         )

@@ -527,7 +527,7 @@ def _describe(r: FlowResult) -> str:
         return (
             f"gradient flow was interrupted after {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}; the partial "
-            "result is kept (result.final, result.summaries)."
+            "result is kept (result.final, result.summaries)." + _interrupt.stop_note()
         )
     if int(code) == NONFINITE:
         last = float(np.asarray(r.final_log_loss))

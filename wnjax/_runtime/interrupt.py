@@ -5,6 +5,13 @@ between their compiled pieces (GD chunks, sweep chunks, experiment stages), and 
 solve checks it from inside its compiled loop (``poll_interval``), so each returns what it has
 computed. No exception is raised inside a compilation or a running program.
 
+A signal outlives the call it stopped where the process should stop: SIGTERM always, SIGINT
+in a script (not at an interactive prompt, where Ctrl-C ends only the running call). Every later
+``handling()`` block then starts with the request standing, so each later call stops at its
+first check and returns its partial result at once: a script that runs many calls ends within
+moments of the signal, having been handed everything computed. ``request()`` (a request made by
+wnjax itself, as when one of several parallel runs fails) holds only for its block.
+
 The request is recorded at once, even while the main thread waits on a running program (when
 Python runs no signal handler): the signal's wakeup byte (``signal.set_wakeup_fd``) is read by a
 watcher thread. A second signal raises ``KeyboardInterrupt`` in the main thread, or, with a
@@ -33,6 +40,8 @@ POLL_FIRST_STEPS = 256
 
 _state: dict = {
     "signal": None,
+    "delivered": False,  # the request came from a signal (not from ``request()``)
+    "carried": False,  # ... delivered before the outermost block now open
     "count": 0,
     "handled": 0,
     "depth": 0,
@@ -47,9 +56,33 @@ _EPOCH = time.monotonic()
 
 
 def requested() -> bool:
-    """Whether SIGINT or SIGTERM arrived since the outermost ``handling()`` was entered (or
-    ``request()`` was called)."""
+    """Whether SIGINT or SIGTERM arrived since the outermost ``handling()`` was entered, or
+    before it and stands (``carried()``), or ``request()`` was called."""
     return _state["signal"] is not None
+
+
+def carried() -> bool:
+    """Whether the request is a signal that arrived before the outermost ``handling()`` block
+    now open (or last closed), not during it: one that outlives its call (module docstring)."""
+    return bool(_state["delivered"]) and _state["carried"]
+
+
+def _interactive() -> bool:
+    """Whether Python runs at an interactive prompt (``python -i``, the REPL, IPython, Jupyter)."""
+    return bool(
+        hasattr(sys, "ps1")
+        or sys.flags.interactive
+        or "IPython" in sys.modules
+        or "ipykernel" in sys.modules
+    )
+
+
+def _outlives_its_call() -> bool:
+    """Whether the standing request is a signal that should stop later calls too."""
+    signum = _state["signal"]
+    if signum is None or not _state["delivered"]:
+        return False
+    return signum == signal.SIGTERM or not _interactive()
 
 
 def clock() -> float:
@@ -81,16 +114,28 @@ def exit_code() -> int:
 
 
 def request(signum: int = signal.SIGINT) -> None:
-    """Record a stop request, as the signal ``signum`` does (without a grace period)."""
+    """Record a stop request, as the signal ``signum`` does (without a grace period), for the
+    outermost block now open only."""
     with _lock:
         if _state["signal"] is None:
             _state["signal"] = int(signum)
 
 
 def clear() -> None:
-    """Forget any request."""
+    """Forget any request, a signal's from an earlier call included."""
     with _lock:
-        _state.update(signal=None, count=0, handled=0, answered=False)
+        _state.update(signal=None, delivered=False, carried=False, count=0, handled=0)
+        _state["answered"] = False
+
+
+def _open() -> None:
+    """The outermost block's start: forget a request unless it is a signal that outlives its call
+    (``_outlives_its_call``), which stands, marked ``carried()``."""
+    if _outlives_its_call():
+        with _lock:
+            _state.update(carried=True, count=0, handled=0, answered=False)
+    else:
+        clear()
 
 
 def stopping() -> None:
@@ -107,8 +152,8 @@ def _received(signum: int) -> None:
     with _lock:
         _state["count"] += 1
         first = _state["count"] == 1
-        if _state["signal"] is None:
-            _state["signal"] = int(signum)
+        if _state["signal"] is None or not _state["delivered"]:
+            _state.update(signal=int(signum), delivered=True, carried=False)
         grace = _state["grace"]
     if grace is None:
         return
@@ -125,8 +170,8 @@ def _handle(signum, frame) -> None:
     """The Python-level handler (main thread): a second signal raises ``KeyboardInterrupt``."""
     with _lock:
         _state["handled"] += 1
-        if _state["signal"] is None:
-            _state["signal"] = int(signum)
+        if _state["signal"] is None or not _state["delivered"]:
+            _state.update(signal=int(signum), delivered=True, carried=False)
         second = max(_state["handled"], _state["count"]) >= 2
     if second:
         raise KeyboardInterrupt
@@ -188,7 +233,8 @@ def _end(on_timeout: Callable[[], None] | None, during: str) -> None:
 def handling(grace: float | None = None, on_timeout: Callable[[], None] | None = None):
     """Record SIGINT/SIGTERM instead of acting on them, for the duration of the block.
 
-    The outermost ``handling()`` clears earlier requests, installs the handlers (and points the
+    The outermost ``handling()`` clears earlier requests (but a signal that outlives its call,
+    see the module docstring), installs the handlers (and points the
     signal wakeup fd at the watcher thread) and restores the previous ones on exit; nested ones
     only set ``grace``/``on_timeout`` for their block. Outside the main thread (where handlers
     cannot be installed) it does nothing. The request stays readable (``requested()``) after
@@ -212,7 +258,7 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
     outermost = not _state["depth"]
     previous, old_fd = {}, -1
     if outermost:
-        clear()
+        _open()
         _state["polled"] = clock()
         previous = {s: signal.getsignal(s) for s in SIGNALS}
         for s in SIGNALS:
@@ -231,3 +277,16 @@ def handling(grace: float | None = None, on_timeout: Callable[[], None] | None =
             signal.set_wakeup_fd(old_fd)
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def stop_note() -> str:
+    """A sentence for a result's message where a signal that outlives its call stopped it."""
+    if not _outlives_its_call():
+        return ""
+    name = signal.Signals(int(_state["signal"])).name
+    when = "an earlier call" if carried() else "this call"
+    where = "this process" if _state["signal"] == signal.SIGTERM else "this script"
+    return (
+        f" {name} arrived during {when}: every later wnjax call in {where} stops at its first "
+        "check and returns at once."
+    )
