@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from core_problems import gd, mlp_problem
 
@@ -152,7 +153,7 @@ def test_bad_gd_options(problem):
     model, X, y = problem
     with pytest.raises(ValueError, match="learning_rate"):
         wnjax.gradient_descent(model, X, y, num_steps=10)
-    with pytest.raises(ValueError, match="batch_size must be in 1..12"):
+    with pytest.raises(ValueError, match="batch_size must be an integer in 1..12"):
         _gd(model, X, y, batch_size=20, key=jax.random.key(0))
     with pytest.raises(ValueError, match="PRNG key"):
         _gd(model, X, y, batch_size=4)
@@ -204,6 +205,8 @@ BAD_GD = [
     ("target_log_loss", np.inf),
     ("n_save", 0),
     ("n_save", -1),
+    ("num_steps", 10**12),  # past the loops' int32 counters
+    ("learning_rate", np.array([0.1, 0.2])),  # one number per call
 ]
 BAD_FLOW = [
     ("rtol", 0.0),
@@ -216,6 +219,9 @@ BAD_FLOW = [
     ("n_save", 0),
     ("max_steps", 0),
     ("max_steps", -5),
+    ("max_steps", 10**12),
+    ("rtol", 1.0),  # accepts any step
+    ("rtol", 10.0),
 ]
 
 
@@ -338,7 +344,7 @@ def test_cli_rejects_non_positive_counts(argv, capsys):
 def test_reproduce_rejects_bad_options(tmp_path, capsys):
     out = str(tmp_path / "never")
     with pytest.raises(
-        TypeError,
+        wnjax.InvalidInput,
         match=r"no option\(s\) \['max_step'\]; its options are "
         r"\[.*'max_steps'.*\]",
     ):
@@ -495,3 +501,134 @@ def test_cli_counts_the_runs_that_ended_short_of_their_target(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "reached_target=0.5" in out
     assert "2 of 4 runs ended without reaching the target" in out
+
+
+# --- models, save times, keys, optimizers, diagnostics ---
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(width=0), "width must be a positive integer"),
+        (dict(width=4.5), "width must be a positive integer"),
+        (dict(in_size=-1), "in_size must be a positive integer"),
+        (dict(depth=0), "depth must be a positive integer"),
+        (dict(init_scale=float("nan")), "init_scale must be a finite, nonzero"),
+        (dict(init_scale=0.0), "init_scale must be a finite, nonzero"),
+        (dict(activation="relu^-1"), "must be positive and finite"),
+        (dict(activation="tanh"), "unknown activation"),
+    ],
+)
+def test_bad_mlp_arguments(kw, match):
+    args = {**dict(in_size=3, width=4, depth=2, key=jax.random.key(0)), **kw}
+    with pytest.raises(wnjax.InvalidInput, match=match):
+        wnjax.MLP(**args)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=0), dict(channels=(0,)), dict(out_size=0)])
+def test_bad_cnn_arguments(kw):
+    args = {**dict(in_channels=1, channels=(3,), key=jax.random.key(0)), **kw}
+    with pytest.raises(wnjax.InvalidInput, match="must be a positive integer"):
+        wnjax.CNN(**args)
+
+
+@RUNNERS
+def test_non_finite_weights_fail_before_running(run, problem):
+    model, X, y = problem
+    bad = eqx.tree_at(
+        lambda m: m.layers[0].weight, model, model.layers[0].weight.at[0, 0].set(np.nan)
+    )
+    with pytest.raises(wnjax.InvalidInput, match=r"layers\[0\]\.w.* NaN or inf"):
+        run(bad, X, y)
+
+
+@RUNNERS
+def test_a_model_with_nothing_to_train(run, problem):
+    model, X, y = problem
+    frozen = wnjax.ewn(model, freeze=lambda m: list(m.layers))
+    with pytest.raises(wnjax.InvalidInput, match="no trainable array"):
+        run(frozen, X, y)
+
+
+@RUNNERS
+def test_complex_data(run, problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match="X must be real"):
+        run(model, X.astype(jnp.complex128), y)
+
+
+@pytest.mark.parametrize(
+    "ts, match",
+    [
+        ([0.5, 5.0], r"in \[0, t1 = 1\]"),  # past t1
+        ([-0.5, 0.5], r"in \[0, t1 = 1\]"),  # before t0
+        ([0.5, 0.1], "increasing order"),
+        ([0.5, np.nan], "finite numbers"),
+    ],
+)
+def test_bad_save_times(ts, match, problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match=match):
+        _flow(model, X, y, save=wnjax.AtTimes(ts))
+
+
+def test_save_times_as_a_list(problem):
+    """A list of times is an array of times: the saved times are those asked for."""
+    model, X, y = problem
+    r = _flow(model, X, y, save=wnjax.AtTimes([0.0, 0.25, 1.0]), solver="tsit5")
+    np.testing.assert_allclose(np.asarray(r.ts), [0.0, 0.25, 1.0])
+
+
+@RUNNERS
+def test_a_target_met_at_the_start_warns(run, problem):
+    model, X, y = problem
+    start = float(wnjax.log_loss(model, X, y))
+    with pytest.warns(UserWarning, match="already met at the start"):
+        r = run(model, X, y, target_log_loss=start + 1.0)
+    assert bool(r.reached_target)
+
+
+def test_sgd_key_and_optimizer_names(problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match="key must be a JAX PRNG key"):
+        _gd(model, X, y, batch_size=4, key=0)
+    with pytest.raises(wnjax.InvalidInput, match="is not an optax optimizer"):
+        _gd(model, X, y, optimizer="adamm")
+    # a name is the optax factory it names: the same run, to the bit
+    by_name = _gd(model, X, y, optimizer="adam")
+    by_factory = _gd(model, X, y, optimizer=optax.adam)
+    np.testing.assert_array_equal(np.asarray(by_name.log_loss), np.asarray(by_factory.log_loss))
+
+
+def test_controller_arguments_are_checked(problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match="not diffrax.PIDController arguments"):
+        _flow(model, X, y, controller_kwargs={"pcoef": 0.1})
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda m, X, y: wnjax.log_loss(m, X, y),
+        lambda m, X, y: wnjax.margins(m, X, y),
+        lambda m, X, y: wnjax.normalized_margin(m, X, y, degree=3.0),
+        lambda m, X, y: wnjax.alignment(m, X, y),
+    ],
+    ids=["log_loss", "margins", "normalized_margin", "alignment"],
+)
+def test_diagnostics_check_their_data(fn, problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match=r"labels in \{-1, \+1\}"):
+        fn(model, X, (y + 1) / 2)  # {0, 1} labels
+    with pytest.raises(wnjax.InvalidInput, match="NaN or inf"):
+        fn(model, X.at[0, 0].set(np.nan), y)
+    with pytest.raises(wnjax.InvalidInput, match="must match"):
+        fn(model, X[:3], y)
+    # under jit the data are traced and pass through unchecked, to the same number
+    np.testing.assert_allclose(jax.jit(fn)(model, X, y), fn(model, X, y), rtol=1e-12)
+
+
+def test_normalized_margin_needs_a_positive_degree(problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match="degree must be positive"):
+        wnjax.normalized_margin(model, X, y, degree=0.0)

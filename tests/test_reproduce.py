@@ -395,7 +395,7 @@ def test_argparse_experiment_still_runs(tmp_path, monkeypatch, capsys):
     m = wnjax.reproduce("toy", seeds=3, scale=0.5, out=str(tmp_path / "a"))
     assert m.pop("wall_seconds") >= 0  # every reproduction records its wall time
     assert m == {"value": 1.5, "full": False}
-    with pytest.raises(TypeError, match=r"no option\(s\) \['scal'\].*\['scale'\]"):
+    with pytest.raises(wnjax.InvalidInput, match=r"no option\(s\) \['scal'\].*\['scale'\]"):
         wnjax.reproduce("toy", scal=1.0, out=str(tmp_path / "a"))
     with pytest.raises(wnjax.InvalidInput, match="seeds must be a positive integer"):
         wnjax.reproduce("toy", seeds=0, out=str(tmp_path / "a"))

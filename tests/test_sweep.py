@@ -178,7 +178,7 @@ def test_config_mismatch_is_an_error(killed_and_resumed, tmp_path):
                 "dynamics.learning_rate=0.1",
             ]
         )
-    wnjax.Store(str(tmp_path), {"a": 1})
+    wnjax.Store(str(tmp_path), {"a": 1}).write_chunk(0, 0, {"row": np.arange(2)})
     wnjax.Store(str(tmp_path), {"a": 1})  # the same config resumes
     with pytest.raises(wnjax.StoreMismatch):
         wnjax.Store(str(tmp_path), {"a": 2})

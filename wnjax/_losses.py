@@ -22,6 +22,7 @@ from jax.scipy.special import logsumexp
 from jaxtyping import Array
 
 from wnjax._nets.dense import apply_each
+from wnjax._runtime.errors import InvalidInput
 
 
 def log_softplus(z: Array) -> Array:
@@ -55,7 +56,7 @@ def _binary_outputs(outputs: Array) -> Array:
     if outputs.ndim == 2 and outputs.shape[1] == 1:
         return outputs[:, 0]
     if outputs.ndim != 1:
-        raise ValueError(
+        raise InvalidInput(
             f"a binary loss needs one output per example (shape () or (1,)), got outputs of "
             f"shape {outputs.shape[1:]} per example; use loss='cross_entropy' for several classes."
         )
@@ -231,7 +232,7 @@ def get_loss(loss: str | Loss) -> Loss:
     try:
         return LOSSES[loss]()
     except KeyError:
-        raise ValueError(f"unknown loss {loss!r}: choose one of {sorted(LOSSES)}.") from None
+        raise InvalidInput(f"unknown loss {loss!r}: choose one of {sorted(LOSSES)}.") from None
 
 
 def log_loss(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
@@ -240,9 +241,20 @@ def log_loss(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Arr
     Differentiable in every mode (``jax.jvp``, ``jax.jacfwd`` included). GD and flows compute
     their gradients through ``model.batched`` instead, where the model has it.
     """
-    return get_loss(loss).log_loss(apply_each(model, X), y)
+    loss = get_loss(loss)
+    X, y = _checked(X, y, loss)
+    return loss.log_loss(apply_each(model, X), y)
 
 
 def margins(model, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
     """Margins ``q_i`` of ``model`` on ``(X, y)``."""
-    return get_loss(loss).margins(apply_each(model, X), y)
+    loss = get_loss(loss)
+    X, y = _checked(X, y, loss)
+    return loss.margins(apply_each(model, X), y)
+
+
+def _checked(X, y, loss: Loss):
+    """``wnjax._runtime.validate.check_data`` (which skips traced data)."""
+    from wnjax._runtime.validate import check_data
+
+    return check_data(X, y, loss)

@@ -35,7 +35,9 @@ from wnjax._nets.parameterize import (
     replace_free_arrays,
     trainable_weight_norm,
 )
+from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
+from wnjax._runtime.validate import check_data, check_options
 
 
 def _trainable_weights(p: Parameterized) -> list[Array]:
@@ -87,9 +89,19 @@ def normalized_margin(
 
     ```
     """
+    _check_degree(degree)
     p = as_parameterized(model)
-    q = get_loss(loss).margins(apply_each(p, X), y)
+    loss = get_loss(loss)
+    X, y = check_data(X, y, loss)
+    q = loss.margins(apply_each(p, X), y)
     return jnp.min(q) / trainable_weight_norm(p) ** degree
+
+
+def _check_degree(degree) -> None:
+    """Raise ``InvalidInput`` unless ``degree`` (when not traced) is positive and finite."""
+    check_options(degree=degree)
+    if not isinstance(degree, jax.core.Tracer) and float(np.asarray(degree)) <= 0:
+        raise InvalidInput(f"degree must be positive (the homogeneity degree L), got {degree!r}.")
 
 
 def _grad_log_loss_w(p: Parameterized, X: Array, y: Array, loss: Loss):
@@ -109,7 +121,9 @@ def log_neuron_gradient_norms(
     model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential"
 ) -> Array:
     """``log ||nabla_u L|| = log L + log ||nabla_u log L||`` per trainable neuron (no underflow)."""
-    value, grads = _grad_log_loss_w(as_parameterized(model), X, y, get_loss(loss))
+    loss = get_loss(loss)
+    X, y = check_data(X, y, loss)
+    value, grads = _grad_log_loss_w(as_parameterized(model), X, y, loss)
     return value + jnp.log(concat_rows([row_norms(g) for g in grads]))
 
 
@@ -117,7 +131,9 @@ def log_neuron_gradient_norms(
 def alignment(model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
     """``cos(w_u, -nabla_u L)`` per trainable neuron (``nan`` where the gradient is zero)."""
     p = as_parameterized(model)
-    _, grads = _grad_log_loss_w(p, X, y, get_loss(loss))
+    loss = get_loss(loss)
+    X, y = check_data(X, y, loss)
+    _, grads = _grad_log_loss_w(p, X, y, loss)
     cos = []
     for w, g in zip(_trainable_weights(p), grads):
         wf, gf = w.reshape(w.shape[0], -1), g.reshape(g.shape[0], -1)
@@ -175,6 +191,7 @@ def _log_losses_per_example(outputs: Array, y: Array, loss: Loss) -> Array:
 def loss_direction(model: PyTree, X: Array, y: Array, loss: str | Loss = "exponential") -> Array:
     """The unit loss vector ``l / ||l||``, ``l_i = l(q_i)``: ``exp(log l_i - log ||l||)``."""
     loss = get_loss(loss)
+    X, y = check_data(X, y, loss)
     log_l = _log_losses_per_example(jax.vmap(as_parameterized(model))(X), y, loss)
     return jnp.exp(log_l - 0.5 * jax.scipy.special.logsumexp(2.0 * log_l))
 
@@ -200,11 +217,13 @@ def approximate_kkt_residual(
     """
     loss = get_loss(loss)
     if not (loss.binary and loss.margin_based):
-        raise ValueError(
+        raise InvalidInput(
             "approximate_kkt_residual needs a binary margin loss ('exponential' or "
             "'logistic'), got "
             f"{type(loss).__name__}."
         )
+    _check_degree(degree)
+    X, y = check_data(X, y, loss)
     p = _plain(as_parameterized(model))
     q = loss.margins(apply_each(p, X), y)
     q_min = jnp.min(q)
@@ -281,7 +300,7 @@ def loss_rate_exponents(
     lo, hi = window if window is not None else (1.0, np.inf)
     keep = np.isfinite(lt) & np.isfinite(ll) & (lt > max(lo, 0.0)) & (lt <= hi)
     if keep.sum() < 3:
-        raise ValueError(
+        raise InvalidInput(
             f"the loss-rate fit needs at least 3 points with log t in ({lo}, {hi}] and log t > 0; "
             f"got {int(keep.sum())}. Widen the window or save more points."
         )

@@ -12,6 +12,12 @@ The config (see ``examples/sweep.toml``)::
 Float grid axes (init_scale, learning_rate, rtol, ...) are vmapped inside one compiled program;
 the others (width, depth, parameterization, ...) compile one program per combination.
 
+Every value is checked, and every grid cell traced, before the results directory is written.
+Rerunning a command resumes it; rerunning it with more seeds (``--seeds N`` after fewer) keeps
+the stored rows and computes only the new ones. A directory whose chunks were computed with
+other versions of wnjax, jax, jaxlib, equinox, diffrax, optax or numpy (or another git revision
+of wnjax) is refused, unless ``--allow-version-change``.
+
 Multi-host: run the same command on every host with ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (passed to ``jax.distributed.initialize``), or with no flags
 on a cluster that JAX detects (SLURM, TPU pods). Process 0 writes the store, on a filesystem
@@ -24,9 +30,12 @@ import argparse
 import difflib
 import importlib
 import inspect
+import itertools
+import math
 import os
 import sys
 import tomllib
+from typing import Any
 
 from wnjax._cli import positive_int
 from wnjax._runtime.errors import InvalidInput
@@ -77,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config value, as TOML: --set grid.width=[8,16] --set dynamics.t1=1e4",
     )
     parser.add_argument("--overwrite", action="store_true", help="discard stored results")
+    parser.add_argument(
+        "--allow-version-change",
+        action="store_true",
+        help="resume results stored by other versions of wnjax, jax, jaxlib, equinox, diffrax, "
+        "optax or numpy, or another git revision of wnjax (the manifest records each resume)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
     parser.add_argument(
@@ -87,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_config(path: str | None, overrides: list[str]) -> dict:
     """The TOML config with ``SECTION.KEY=VALUE`` overrides applied (values parsed as TOML),
-    checked by ``check_config``."""
+    checked by ``check_config`` and ``check_values``."""
     settings: dict = {}
     if path is not None:
         from wnjax._runtime.errors import InvalidInput
@@ -113,6 +128,7 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
             parsed = value  # a bare string
         settings.setdefault(section, {})[name] = parsed
     check_config(settings)
+    check_values(settings)
     return settings
 
 
@@ -156,6 +172,94 @@ def check_config(settings: dict) -> None:
     _check_names("key", list(settings.get("grid", {})), (*model, *dynamics), "[grid]")
 
 
+# Saved trajectories of the built-in run, which [sweep] plot and plot_x may name.
+TRAJECTORIES = {
+    "flow": ("log_loss", "normalized_margin", "neuron_norms", "log_t"),
+    "descent": ("log_loss", "normalized_margin", "neuron_norms", "steps"),
+}
+
+
+def check_values(settings: dict) -> None:
+    """Raise ``InvalidInput`` for a bad value of the built-in run: in ``[model]``,
+    ``[dynamics]``, any value of a ``[grid]`` axis (float axes are traced in the sweep, so their
+    values are checked only here), or a ``[sweep] plot`` name. A custom ``[sweep] run`` checks
+    its own."""
+    from wnjax._nets.models import get_activation
+    from wnjax._runtime.validate import check_options
+
+    sweep_table = settings.get("sweep", {})
+    if "run" in sweep_table:
+        return
+    kind = sweep_table.get("dynamics", "flow")
+    grid = settings.get("grid", {})
+
+    def values(table: str, key: str) -> list[tuple[str, Any]]:
+        """``(where, value)`` of ``key`` in ``[table]`` and on its grid axis."""
+        out = []
+        if key in settings.get(table, {}):
+            out.append((f"[{table}] {key}", settings[table][key]))
+        axis = grid.get(key, [])
+        for v in axis if isinstance(axis, list) else [axis]:
+            out.append((f"[grid] {key}", v))
+        return out
+
+    for key in ("width", "depth", "out_size"):
+        for where, v in values("model", key):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidInput(
+                    f"{where}: {key} must be a positive integer, got {v!r}; give e.g. "
+                    f"{key} = {8 if key == 'width' else 2 if key == 'depth' else 1}."
+                )
+    for where, v in values("model", "init_scale"):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v == 0:
+            raise InvalidInput(
+                f"{where}: init_scale must be a finite, nonzero number, got {v!r}; give e.g. "
+                "init_scale = 1.0 (it multiplies the initial weights)."
+            )
+    for where, v in values("model", "activation"):
+        try:
+            if not isinstance(v, str):
+                raise ValueError(f"activation must be a name, got {v!r}.")
+            get_activation(v)
+        except ValueError as err:
+            raise InvalidInput(f"{where}: {err}") from None
+    for where, v in values("model", "parameterization"):
+        if v not in PARAMETERIZATIONS:
+            raise InvalidInput(
+                f"{where}: parameterization must be one of {PARAMETERIZATIONS}, got {v!r}."
+            )
+    for key in dynamics_keys(kind):
+        for where, v in values("dynamics", key):
+            try:
+                check_options(**{key: v})
+            except KeyError:  # an option without a numeric rule: checked when traced
+                break
+            except InvalidInput as err:
+                raise InvalidInput(f"{where}: {err}") from None
+    if kind == "flow":
+        number = (int, float)
+        for (_, time), (w0, t0), (w1, t1) in itertools.product(
+            values("dynamics", "time") or [("", "plain")],
+            values("dynamics", "t0") or [("", 0.0)],
+            values("dynamics", "t1") or [("", 1.0)],  # gradient_flow's defaults
+        ):
+            start = t0 if time == "plain" else 0.0
+            if isinstance(t1, number) and isinstance(start, number) and t1 <= start:
+                what = f"t0 = {t0}" if time == "plain" else f"0 (time = {time!r})"
+                raise InvalidInput(
+                    f"{w1 or w0}: t1 must exceed {what}, got t1 = {t1}; give a later end time."
+                )
+    plots = sweep_table.get("plot", [])
+    named = [("plot", n) for n in (plots if isinstance(plots, list) else [plots])]
+    named += [("plot_x", sweep_table["plot_x"])] if "plot_x" in sweep_table else []
+    for key, name in named:
+        if name not in TRAJECTORIES[kind]:
+            raise InvalidInput(
+                f"[sweep] {key}: no trajectory {name!r} in a {kind!r} sweep; saved: "
+                f"{', '.join(TRAJECTORIES[kind])}."
+            )
+
+
 def _check_names(what: str, names: list, valid, where: str) -> None:
     for name in names:
         if name in valid:
@@ -173,11 +277,17 @@ def load_data(data: dict):
     from wnjax.data._sets import lin_sep
 
     if "path" in data:
-        with np.load(data["path"]) as f:
-            return jax.numpy.asarray(f["X"]), jax.numpy.asarray(f["y"])
+        try:
+            with np.load(data["path"]) as f:
+                return jax.numpy.asarray(f["X"]), jax.numpy.asarray(f["y"])
+        except (OSError, ValueError, KeyError) as err:
+            raise InvalidInput(
+                f"[data] path = {data['path']!r} cannot be read ({err}); give an .npz file with "
+                "arrays X and y."
+            ) from None
     name = data.get("name", "lin_sep")
     if name != "lin_sep":
-        raise ValueError(f"unknown data set {name!r}: use name = 'lin_sep' or path = 'file.npz'.")
+        raise InvalidInput(f"unknown data set {name!r}: use name = 'lin_sep' or path = 'file.npz'.")
     return lin_sep(jax.random.key(int(data.get("seed", 0))))
 
 
@@ -211,7 +321,9 @@ def make_run(settings: dict, X, y):
             {k: v for k, v in cfg.items() if k not in MODEL_KEYS and k != "parameterization"}
         )
         if name not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {name!r}.")
+            raise InvalidInput(
+                f"parameterization must be one of {PARAMETERIZATIONS}, got {name!r}."
+            )
         build = dict(
             in_size=X.shape[1],
             width=int(model_cfg.get("width", 8)),
@@ -303,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
             config=identity,
             run_name=run_name,
             overwrite=args.overwrite,
+            allow_version_change=args.allow_version_change,
             progress=not args.no_progress,
         )
     if result.interrupted:

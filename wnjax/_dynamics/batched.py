@@ -15,6 +15,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._dynamics.descent import GDResult, _to_result, prepare_run, traced_run
 from wnjax._losses import Loss
+from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 
 
@@ -57,7 +58,7 @@ def traced_gradient_descent(
     **Returns:** a ``GDResult``.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(
+        raise InvalidInput(
             f"num_steps must be a positive Python int (it fixes shapes), got {num_steps!r}."
         )
     carry, static, X, y, numbers, key, statics = prepare_run(

@@ -55,9 +55,11 @@ from wnjax._runtime.tree import all_finite, as_number, packed_while_loop, tree_w
 from wnjax._runtime.validate import (
     cast_floats,
     check_data,
+    check_key,
     check_options,
     check_outputs,
     common_dtype,
+    warn_target_met_at_start,
 )
 
 STOP_RUNNING, STOP_TARGET, STOP_MAX_STEPS, STOP_DIVERGED, STOP_STALLED = 0, 1, 2, 3, 4
@@ -742,11 +744,19 @@ def prepare_run(
     if jnp.issubdtype(y.dtype, jnp.floating):
         y = cast_floats(y, dtype)
     if batch_size is not None:
-        if not 0 < batch_size <= X.shape[0]:
-            raise InvalidInput(f"batch_size must be in 1..{X.shape[0]}, got {batch_size}.")
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or not 0 < batch_size <= X.shape[0]
+        ):
+            raise InvalidInput(
+                f"batch_size must be an integer in 1..{X.shape[0]}, got {batch_size!r}."
+            )
         if key is None:
             raise InvalidInput("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
+    check_key(key)
     key = _default_key() if key is None else key
+    optimizer = _optimizer(optimizer)
     if rule is None:
         if isinstance(optimizer, optax.GradientTransformation) and hp:
             raise InvalidInput(
@@ -811,6 +821,24 @@ def _check_initial_loss(log_l0) -> None:
     traced)."""
     if not isinstance(log_l0, jax.core.Tracer) and not np.isfinite(np.asarray(log_l0)):
         raise InvalidInput("the initial loss is not finite; check the data and the model.")
+
+
+def _optimizer(optimizer):
+    """``optimizer``, or the optax factory it names (``"adam"`` is ``optax.adam``)."""
+    if not isinstance(optimizer, str):
+        if not callable(optimizer) and not isinstance(optimizer, optax.GradientTransformation):
+            raise InvalidInput(
+                f"optimizer must be an optax factory (optax.sgd), a built optax "
+                f"GradientTransformation or an optax name ('adam'), got {optimizer!r}."
+            )
+        return optimizer
+    factory = getattr(optax, optimizer, None)
+    if not callable(factory) or isinstance(factory, type):
+        raise InvalidInput(
+            f"optimizer {optimizer!r} is not an optax optimizer; pass a name such as 'sgd', "
+            "'adam' or 'rmsprop', or the factory itself (optimizer=optax.adam)."
+        )
+    return factory
 
 
 _DEFAULT_KEY = []
@@ -988,6 +1016,7 @@ def gradient_descent(
             stacklevel=2,
         )
     result = _to_result(carry, static, model, save_states, trim=True)
+    warn_target_met_at_start(result.log_loss, target_log_loss, 3)
     if int(result.stop_code) == STOP_DIVERGED:
         if throw:
             raise GDFailed(result.message, result)

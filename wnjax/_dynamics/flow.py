@@ -62,7 +62,12 @@ from wnjax._nets.parameterize import (
 from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, tree_norm
-from wnjax._runtime.validate import check_data, check_options, check_outputs
+from wnjax._runtime.validate import (
+    check_data,
+    check_options,
+    check_outputs,
+    warn_target_met_at_start,
+)
 from wnjax._solver.auto import AutoSwitch, PhaseState
 from wnjax._solver.stiff import implicit_step_cost, stiff_solver
 
@@ -179,14 +184,14 @@ def resolve_solver(
         return default_solver(rtol, n_params, smooth=smooth, kinks=kinks)
     if isinstance(solver, str):
         if solver not in SOLVERS:
-            raise ValueError(
+            raise InvalidInput(
                 f"unknown solver {solver!r}; pass a diffrax solver or one of {sorted(SOLVERS)}."
             )
         if SOLVERS[solver] is diffrax.Kvaerno5:
             return stiff_solver(n_params)
         return SOLVERS[solver]()
     if not isinstance(solver, diffrax.AbstractSolver):
-        raise ValueError(
+        raise InvalidInput(
             f"solver must be a diffrax solver or one of {sorted(SOLVERS)}, got {solver!r}."
         )
     return solver
@@ -1720,6 +1725,15 @@ def gradient_flow(
     """
     if time not in TIMES:
         raise InvalidInput(f"time must be one of {TIMES}, got {time!r}.")
+    if controller_kwargs:
+        try:
+            diffrax.PIDController(rtol=1e-3, atol=1e-6, **controller_kwargs)
+        except TypeError as err:
+            raise InvalidInput(
+                f"controller_kwargs {controller_kwargs!r} are not diffrax.PIDController "
+                f"arguments ({err}); use pcoeff, icoeff, dcoeff, dtmin, dtmax, factormin, "
+                "factormax, safety, ..."
+            ) from None
     if not callable(rate) and rate not in RATES:
         raise InvalidInput(f"rate must be one of {RATES} or a callable, got {rate!r}.")
     check_options(
@@ -1780,7 +1794,7 @@ def gradient_flow(
     }
     if log_t0 is not None:
         if not normalized:
-            raise ValueError(
+            raise InvalidInput(
                 "log_t0 is for time='normalized' or 'loss'; with time='plain' pass t0."
             )
         numbers["log_t0"] = as_number(log_t0, dtype)
@@ -1788,6 +1802,7 @@ def gradient_flow(
         numbers["dt0"] = as_number(dt0, dtype)
     save_levels = isinstance(save, AtLossLevels)
     if isinstance(save, AtTimes):
+        save.check_within(0.0 if normalized else t0, t1, "s" if normalized else "t")
         save_s = save.ts
     else:
         start = 0.0 if normalized else t0
@@ -1862,6 +1877,7 @@ def _finish(result: FlowResult, throw: bool) -> FlowResult:
             if throw and not bool(np.any(code == INTERRUPTED)):
                 raise FlowFailed(result.message, result)
             warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+        warn_target_met_at_start(result.log_loss, result.stats.get("target_log_loss"), 4)
     return result
 
 

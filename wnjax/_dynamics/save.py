@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
+
+from wnjax._runtime.errors import InvalidInput
 
 
 class LogSpaced(eqx.Module):
@@ -28,12 +31,34 @@ class AtTimes(eqx.Module):
     **Arguments:** `ts`: a 1-D array of increasing times within ``[t0, t1]``.
     """
 
-    ts: Any
+    ts: Any = eqx.field(converter=lambda ts: ts if isinstance(ts, jax.Array) else np.asarray(ts))
 
     def __check_init__(self):
+        if isinstance(self.ts, jax.core.Tracer):
+            return
         ts = np.asarray(self.ts)
         if ts.ndim != 1 or ts.size == 0:
-            raise ValueError(f"AtTimes needs a non-empty 1-D array of times, got shape {ts.shape}.")
+            raise InvalidInput(
+                f"AtTimes needs a non-empty 1-D array of times, got shape {ts.shape}."
+            )
+        if ts.dtype.kind not in "iuf" or not np.all(np.isfinite(ts)):
+            raise InvalidInput(f"AtTimes needs finite numbers as times, got {ts.tolist()[:6]}.")
+        if np.any(np.diff(ts) < 0):
+            raise InvalidInput(
+                f"AtTimes needs its times in increasing order, got {ts.tolist()[:6]}; sort them."
+            )
+
+    def check_within(self, start, end, clock: str) -> None:
+        """Raise ``InvalidInput`` unless every time lies in ``[start, end]`` (checked where
+        none of them is traced); ``clock`` names the time they are in."""
+        if any(isinstance(v, jax.core.Tracer) for v in (start, end, self.ts)):
+            return
+        ts, start, end = np.asarray(self.ts), float(start), float(end)
+        if ts.min() < start or ts.max() > end:
+            raise InvalidInput(
+                f"AtTimes saves at {clock} in [{start:g}, t1 = {end:g}]; got times from "
+                f"{ts.min():g} to {ts.max():g}. Drop those outside, or raise t1."
+            )
 
 
 class AtLossLevels(eqx.Module):
@@ -57,7 +82,7 @@ Save = LogSpaced | AtTimes | AtLossLevels
 
 def _check_count(n, name: str, least: int = 1) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
-        raise ValueError(f"{name}(n) needs an integer n >= {least}, got {n!r}.")
+        raise InvalidInput(f"{name}(n) needs an integer n >= {least}, got {n!r}.")
 
 
 def resolve_save(save, *, n_save: int, save_ts, normalized: bool, has_target: bool) -> Save:
@@ -67,9 +92,9 @@ def resolve_save(save, *, n_save: int, save_ts, normalized: bool, has_target: bo
     and ``LogSpaced(n_save)`` otherwise."""
     if save is not None:
         if save_ts is not None:
-            raise ValueError("pass either save= or save_ts=, not both.")
+            raise InvalidInput("pass either save= or save_ts=, not both.")
         if not isinstance(save, (LogSpaced, AtTimes, AtLossLevels)):
-            raise ValueError(
+            raise InvalidInput(
                 "save must be wnjax.LogSpaced(n), wnjax.AtTimes(ts) or wnjax.AtLossLevels(n), "
                 f"got {save!r}."
             )
@@ -80,7 +105,7 @@ def resolve_save(save, *, n_save: int, save_ts, normalized: bool, has_target: bo
     else:
         save = LogSpaced(n_save)
     if isinstance(save, AtLossLevels) and not (normalized and has_target):
-        raise ValueError(
+        raise InvalidInput(
             "AtLossLevels saves at levels of log L down to the target: it needs "
             "time='normalized' or 'loss' and a target_log_loss. Use LogSpaced(n) or AtTimes(ts) "
             "otherwise."

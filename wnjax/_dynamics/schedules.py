@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array
 
+from wnjax._runtime.errors import InvalidInput
+
 GRADIENTS = ("loss", "log_loss")
 
 
@@ -78,7 +80,7 @@ def loss_normalized_sgd(
     (epochs).
     """
     if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}.")
+        raise InvalidInput(f"gradient must be one of {GRADIENTS}, got {gradient!r}.")
     cap = jnp.inf if max_learning_rate is None else max_learning_rate
 
     def init_fn(params):
@@ -96,7 +98,7 @@ def loss_normalized_sgd(
     def update_fn(updates, state, params=None, *, log_value=None, **extra):
         del params, extra
         if log_value is None:
-            raise ValueError(
+            raise InvalidInput(
                 "loss_normalized_sgd reads the loss: call update(g, state, params, "
                 "log_value=log L), as wnjax.gradient_descent does."
             )

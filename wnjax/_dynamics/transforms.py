@@ -10,6 +10,7 @@ import optax
 
 from wnjax._nets.neurons import scale_neuron_rows
 from wnjax._nets.parameterize import Parameterized, neuron_norm_sq_rate
+from wnjax._runtime.errors import InvalidInput
 
 
 def scale_by_neuron_norm_sq(power: float = 2.0) -> optax.GradientTransformation:
@@ -25,7 +26,7 @@ def scale_by_neuron_norm_sq(power: float = 2.0) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("scale_by_neuron_norm_sq needs params: call update(g, s, params).")
+            raise InvalidInput("scale_by_neuron_norm_sq needs params: call update(g, s, params).")
         if isinstance(params, Parameterized):
             return neuron_norm_sq_rate(updates, params, power), state
         return scale_neuron_rows(updates, params, power), state

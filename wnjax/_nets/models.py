@@ -6,6 +6,7 @@ weights: ``Phi(c w; x) = c^L Phi(w; x)`` for ``c > 0``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
@@ -16,6 +17,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.dense import apply_each, dense
 from wnjax._nets.neurons import has_bias
+from wnjax._runtime.errors import InvalidInput
 
 
 class ReLUPower(eqx.Module):
@@ -43,6 +45,13 @@ class Identity(eqx.Module):
         return 1.0
 
 
+def _check_size(**sizes) -> None:
+    """Raise ``InvalidInput`` unless each of ``sizes`` is a positive integer."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidInput(f"{name} must be a positive integer, got {value!r}.")
+
+
 def relu_power(p: float) -> ReLUPower:
     """The activation ``max(z, 0)^p``."""
     return ReLUPower(float(p))
@@ -59,13 +68,32 @@ def get_activation(activation: str | Callable) -> Callable:
         return ReLUPower(1.0)
     if name.startswith("relu"):
         try:
-            return ReLUPower(float(name[4:]))
+            p = float(name[4:])
         except ValueError:
-            pass
-    raise ValueError(
+            p = None
+        if p is not None:
+            if not (math.isfinite(p) and p > 0):
+                raise InvalidInput(
+                    f"activation {activation!r}: the power p of 'relu^p' must be positive and "
+                    "finite (p = 1 is ReLU, p = 2 ReLU^2)."
+                )
+            return ReLUPower(p)
+    raise InvalidInput(
         f"unknown activation {activation!r}: use 'linear', 'relu', 'relu2' (ReLU^2), 'relu^p' "
         "or an equinox module/callable."
     )
+
+
+def _check_scale(scale) -> None:
+    """Raise ``InvalidInput`` unless ``init_scale`` (when not traced) is finite and nonzero."""
+    if isinstance(scale, jax.core.Tracer):
+        return
+    value = np.asarray(scale)
+    if value.dtype.kind not in "iuf" or not np.all(np.isfinite(value)) or np.any(value == 0):
+        raise InvalidInput(
+            f"init_scale must be a finite, nonzero number, got {scale!r}: it multiplies "
+            "equinox's initial weights (a zero scale leaves every neuron without a direction)."
+        )
 
 
 def _scaled_linear(n_in, n_out, use_bias, scale, key):
@@ -115,8 +143,10 @@ class MLP(eqx.Module):
         - `init_scale`: multiply equinox's default initial weights by this factor.
         - `key`: a JAX PRNG key.
         """
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}.")
+        _check_size(in_size=in_size, depth=depth, out_size=out_size)
+        if depth > 1:
+            _check_size(width=width)
+        _check_scale(init_scale)
         sizes = [in_size] + [width] * (depth - 1) + [out_size]
         keys = jax.random.split(key, depth)
         self.layers = tuple(
@@ -192,7 +222,12 @@ class CNN(eqx.Module):
         - `key`: a JAX PRNG key.
         """
         if pool not in ("mean", "flatten"):
-            raise ValueError(f"pool must be 'mean' or 'flatten', got {pool!r}.")
+            raise InvalidInput(f"pool must be 'mean' or 'flatten', got {pool!r}.")
+        channels = tuple(channels)
+        _check_size(in_channels=in_channels, out_size=out_size, kernel_size=kernel_size)
+        _check_size(**{f"channels[{i}]": c for i, c in enumerate(channels)})
+        if num_spatial_dims not in (1, 2, 3):
+            raise InvalidInput(f"num_spatial_dims must be 1, 2 or 3, got {num_spatial_dims!r}.")
         keys = jax.random.split(key, len(channels) + 1)
         sizes = [in_channels, *channels]
         self.convs = tuple(
@@ -210,7 +245,7 @@ class CNN(eqx.Module):
         )
         if pool == "flatten":
             if spatial_shape is None:
-                raise ValueError("pool='flatten' needs spatial_shape=(H, W, ...).")
+                raise InvalidInput("pool='flatten' needs spatial_shape=(H, W, ...).")
             n_features = sizes[-1] * int(np.prod(spatial_shape))
         else:
             n_features = sizes[-1]
@@ -304,7 +339,7 @@ def homogeneity_degree(
 
     # A parameterized model keeps its biases in its skeleton.
     if has_bias(model.skeleton if isinstance(model, Parameterized) else model):
-        raise ValueError(
+        raise InvalidInput(
             "the model has biases, so it is not homogeneous in its weights. Build it without "
             "biases (wnjax.MLP(..., hidden_bias=False) or eqx.nn.Linear(..., use_bias=False))."
         )
@@ -313,12 +348,12 @@ def homogeneity_degree(
     phi = np.asarray(outputs[0], dtype=np.float64).ravel()
     keep = np.abs(phi) > 1e-12 * max(np.abs(phi).max(), 1e-300)
     if not keep.any():
-        raise ValueError("the model outputs zero on every example of x; pick other inputs.")
+        raise InvalidInput("the model outputs zero on every example of x; pick other inputs.")
     estimates = []
     for c, out in zip(scales, outputs[1:]):
         phi_c = np.asarray(out, dtype=np.float64).ravel()
         if np.any(np.sign(phi_c[keep]) != np.sign(phi[keep])):
-            raise ValueError(
+            raise InvalidInput(
                 f"Phi(c w) changes sign at c = {c}: the model is not positively homogeneous in "
                 "its weights (does it have a bias or a non-homogeneous activation?)."
             )
@@ -327,7 +362,7 @@ def homogeneity_degree(
     degree = float(np.median(est))
     spread = float(np.max(np.abs(est - degree)))
     if spread > rtol * max(1.0, abs(degree)):
-        raise ValueError(
+        raise InvalidInput(
             f"the model is not homogeneous in its weights: the measured degree varies from "
             f"{est.min():.6g} to {est.max():.6g} across scales {tuple(scales)} and examples. "
             "Check for biases, normalization layers or a non-homogeneous activation "

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from wnjax._runtime.errors import InvalidInput
+
 WEIGHT_LAYERS = (eqx.nn.Linear, eqx.nn.Conv)
 
 
@@ -46,7 +48,7 @@ def layer_indices(model: PyTree, where: Callable[[PyTree], Sequence] | None) -> 
     for layer in chosen:
         hits = [i for i, candidate in enumerate(layers) if candidate is layer]
         if not hits:
-            raise ValueError(
+            raise InvalidInput(
                 f"`where` selected {type(layer).__name__}, which is not an eqx.nn.Linear or "
                 "eqx.nn.Conv layer of the model; return the layer objects themselves, e.g. "
                 "`where=lambda m: [m.layers[0]]`."

@@ -29,6 +29,7 @@ from wnjax._nets.neurons import (
     row_norms,
     weight_layers,
 )
+from wnjax._runtime.errors import InvalidInput
 
 
 class LayerWeight(eqx.Module):
@@ -121,7 +122,7 @@ def _check_nonzero_rows(w: Array, layer_index: int) -> None:
     norms = np.asarray(row_norms(w))
     zero = np.flatnonzero(norms == 0)
     if zero.size:
-        raise ValueError(
+        raise InvalidInput(
             f"weight layer {layer_index} has zero row(s) {zero[:10].tolist()}: a zero neuron has "
             "no direction, so it cannot be weight-normalized. Re-initialize those neurons, or "
             "leave this layer unnormalized with `where=`."
@@ -224,8 +225,6 @@ def parameterize(
         model = model.standard()
     layers = weight_layers(model)
     if not layers and factory is not standard_weight:
-        from wnjax._runtime.errors import InvalidInput
-
         raise InvalidInput(
             f"{type(model).__name__} has no eqx.nn.Linear or eqx.nn.Conv layer, so it has no "
             "neurons to normalize: wnjax's neurons are the rows of a Linear weight and the "
@@ -234,7 +233,7 @@ def parameterize(
         )
     chosen = set(range(len(layers))) if where is None else set(layer_indices(model, where))
     if layers and not chosen:
-        raise ValueError(
+        raise InvalidInput(
             "`where` selected no layer, so nothing would be parameterized; return the layers "
             "to parameterize, e.g. `where=lambda m: [m.layers[0]]`, or leave `where` out for all."
         )
@@ -316,8 +315,6 @@ def parameterization(name: str | Callable[..., Parameterized]) -> Callable[..., 
     try:
         return PARAMETERIZATIONS[name]
     except (KeyError, TypeError):
-        from wnjax._runtime.errors import InvalidInput
-
         raise InvalidInput(
             f"unknown parameterization {name!r}; choose one of {sorted(PARAMETERIZATIONS)}."
         ) from None
@@ -368,7 +365,7 @@ def neuron_norm_sq_rate(
         if isinstance(layer, Standard):
             g = Standard(g.w * broadcast_rows(row_norms(layer.w) ** power, layer.w))
         elif not isinstance(layer, Frozen):
-            raise ValueError(
+            raise InvalidInput(
                 "the per-neuron rate ||w_u||^2 applies to unnormalized weights; got a "
                 f"{type(layer).__name__} layer. Pass the plain model (wnjax.to_standard(p))."
             )

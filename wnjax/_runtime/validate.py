@@ -31,7 +31,13 @@ _POSITIVE = {
     "dt0": "a positive first step, or None to choose it automatically",
     "diverge_above": "a positive rise of log L that counts as divergence, e.g. 200.0",
 }
+_INT32_MAX = 2**31 - 1  # counts are int32 inside the compiled loops
 _INF_OK = ("diverge_above",)  # inf: never diverged by a rise alone
+# Options with an upper bound: what the bound means.
+_BELOW_ONE = {
+    "rtol": "e.g. rtol=1e-8 (float64) or 1e-5 (float32), or None for the dtype's default (a "
+    "relative tolerance of 1 or more accepts any step)",
+}
 _FINITE = {
     "target_log_loss": "a finite log L to stop at, or None to run without a target",
     "t0": "a finite start time",
@@ -57,9 +63,9 @@ def check_options(**options) -> None:
 
     ``num_steps``, ``n_save``, ``max_steps``, ``seeds``: positive integers (an integral float
     such as ``1e5`` is accepted); ``learning_rate``, ``rtol``, ``atol``, ``dt0``: positive and
-    finite; ``diverge_above``: positive (``inf`` allowed); ``target_log_loss``, ``t0``,
-    ``t1``, ``log_t0``, ``degree``: finite. Raises ``InvalidInput`` naming the option, its
-    value and the fix.
+    finite, ``rtol`` below 1; ``diverge_above``: positive (``inf`` allowed);
+    ``target_log_loss``, ``t0``, ``t1``, ``log_t0``, ``degree``: finite. Raises
+    ``InvalidInput`` naming the option, its value and the fix.
     """
     for name, value in options.items():
         if value is None:
@@ -79,6 +85,11 @@ def check_options(**options) -> None:
                 raise InvalidInput(
                     f"{name} must be a positive integer, got {value!r}; pass {_POSITIVE_INT[name]}."
                 )
+            if int(arr) > _INT32_MAX:
+                raise InvalidInput(
+                    f"{name} must be at most 2^31 - 1 (compiled loops count in int32), got "
+                    f"{value!r}; pass {_POSITIVE_INT[name]}."
+                )
         elif name in _POSITIVE or name in _FINITE:
             if isinstance(value, bool) or (
                 arr is None and not isinstance(value, jax.core.Tracer) and not callable(value)
@@ -86,6 +97,11 @@ def check_options(**options) -> None:
                 raise InvalidInput(f"{name} must be a number, got {value!r}.")
             if arr is None:  # traced, or a schedule (callable)
                 continue
+            if arr.ndim:
+                raise InvalidInput(
+                    f"{name} must be one number, got an array of shape {arr.shape}; pass one "
+                    "value per call, or map over values with wnjax.sweep."
+                )
             positive = name in _POSITIVE
             bad = (np.isnan(arr) if name in _INF_OK else ~np.isfinite(arr)) | (
                 (arr <= 0) if positive else False
@@ -94,6 +110,10 @@ def check_options(**options) -> None:
                 what = "positive and finite" if positive else "finite"
                 fix = _POSITIVE.get(name) or _FINITE[name]
                 raise InvalidInput(f"{name} must be {what}, got {value!r}; pass {fix}.")
+            if name in _BELOW_ONE and np.any(arr >= 1):
+                raise InvalidInput(
+                    f"{name} must be below 1, got {value!r}; pass {_BELOW_ONE[name]}."
+                )
         else:
             raise KeyError(f"no rule for option {name!r}")
 
@@ -124,6 +144,8 @@ def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
             f"X has {Xn.shape[0]} examples but y has shape {yn.shape}; they must match along "
             "axis 0."
         )
+    if np.issubdtype(Xn.dtype, np.complexfloating):
+        raise InvalidInput(f"X must be real, got dtype {Xn.dtype}; pass its real part or features.")
     if not np.issubdtype(Xn.dtype, np.number) or not np.all(np.isfinite(Xn)):
         bad = np.argwhere(~np.isfinite(Xn))[:3].tolist()
         raise InvalidInput(f"X contains NaN or inf (first at indices {bad}); clean the data first.")
@@ -152,6 +174,28 @@ def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
         _warn_zero_rows(Xn)
     X_out = _as_device(X, Xn, Xn.dtype)
     return X_out, _same_device(y_out, X_out)
+
+
+def _has_trainable_array(model: PyTree) -> bool:
+    """Whether ``model`` holds an inexact array outside its ``Frozen`` layers."""
+    from wnjax._nets.parameterize import Frozen
+
+    leaves = jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, Frozen))
+    return any(_inexact(leaf) for leaf in leaves if not isinstance(leaf, Frozen))
+
+
+def check_finite_params(model: PyTree) -> None:
+    """Raise ``InvalidInput`` if an array of ``model`` (not traced) holds NaN or inf."""
+    leaves = jax.tree_util.tree_leaves_with_path(model)
+    for path, leaf in leaves:
+        if not _inexact(leaf) or isinstance(leaf, jax.core.Tracer):
+            continue
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            where = jax.tree_util.keystr(path)
+            raise InvalidInput(
+                f"the model's array {where or 'at its root'} holds NaN or inf; build the model "
+                "from finite weights (e.g. a finite, nonzero init_scale)."
+            )
 
 
 def _warn_zero_rows(Xn: np.ndarray) -> None:
@@ -258,8 +302,14 @@ def _per_example_shape(model: PyTree, X) -> tuple:
 
 
 def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
-    """Check the model's per-example output shape against ``loss`` (via ``jax.eval_shape``, traced
-    once per model structure and data shape)."""
+    """Check that the model's arrays are finite and its per-example output shape fits ``loss``
+    (via ``jax.eval_shape``, traced once per model structure and data shape)."""
+    check_finite_params(model)
+    if not _has_trainable_array(model):
+        raise InvalidInput(
+            "the model has no trainable array (every layer frozen, or no array at all); train "
+            "at least one layer: wnjax.standard(model), or fewer layers in freeze=."
+        )
     per_example = _per_example_shape(model, X)
     if loss.binary and loss.margin_based and per_example not in ((), (1,)):
         raise InvalidInput(
@@ -276,3 +326,35 @@ def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
                 f"labels go up to {int(np.max(np.asarray(y)))} but the model has only "
                 f"{per_example[0]} outputs."
             )
+
+
+def warn_target_met_at_start(log_loss, target, stacklevel: int) -> None:
+    """Warn when a run's target was met at its start (``log_loss[..., 0] <= target``): the run
+    took no step. Skipped under a transform."""
+    if target is None or isinstance(log_loss, jax.core.Tracer):
+        return
+    start, target = np.asarray(log_loss)[..., 0], np.asarray(target)
+    met = np.isfinite(target) & (start <= target)
+    if np.any(met):
+        first = float(np.ravel(start[met] if start.ndim else start)[0])
+        warnings.warn(
+            f"target_log_loss = {float(np.ravel(target)[0]):g} is already met at the start "
+            f"(log L(0) = {first:.6g}): the run took no step. Pass a target below log L(0).",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def check_key(key) -> None:
+    """Raise ``InvalidInput`` unless ``key`` is ``None`` or a JAX PRNG key (``jax.random.key``,
+    or legacy ``jax.random.PRNGKey`` data)."""
+    if key is None or isinstance(key, jax.core.Tracer):
+        return
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    legacy = (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.dtype == np.uint32
+        and key.shape[-1:] == (2,)
+    )
+    if not (typed or legacy):
+        raise InvalidInput(f"key must be a JAX PRNG key, got {key!r}; pass key=jax.random.key(0).")

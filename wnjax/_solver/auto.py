@@ -36,6 +36,7 @@ import numpy as np
 from diffrax import AbstractLocalInterpolation
 from diffrax._root_finder import use_stepsize_tol
 
+from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.tree import all_finite, tree_norm
 from wnjax._solver.stiff import stiff_solver
 
@@ -340,16 +341,18 @@ class AutoSwitch(diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver)
     def __check_init__(self):
         for name, method in (("explicit", self.explicit), ("implicit", self.implicit)):
             if not isinstance(method, diffrax.AbstractRungeKutta):
-                raise ValueError(
+                raise InvalidInput(
                     f"AutoSwitch's {name} method must be a diffrax Runge-Kutta solver "
                     f"(e.g. Tsit5, Dopri8 / Kvaerno5), got {type(method).__name__}."
                 )
         if isinstance(self.explicit, diffrax.AbstractImplicitSolver):
-            raise ValueError("AutoSwitch's explicit method must be explicit (Tsit5, Dopri5, ...).")
+            raise InvalidInput(
+                "AutoSwitch's explicit method must be explicit (Tsit5, Dopri5, ...)."
+            )
         if not isinstance(self.implicit, diffrax.AbstractImplicitSolver):
-            raise ValueError("AutoSwitch's implicit method must be implicit (Kvaerno5, ...).")
+            raise InvalidInput("AutoSwitch's implicit method must be implicit (Kvaerno5, ...).")
         if self.phase not in (None, "explicit", "implicit"):
-            raise ValueError(
+            raise InvalidInput(
                 f"AutoSwitch's phase must be None, 'explicit' or 'implicit', got {self.phase!r}."
             )
 

@@ -26,7 +26,14 @@ multi-device program differently from a single-device one, and the last-bit diff
 amplified by adaptive step-size control, change step counts.) The numbers depend on
 ``batch_size``, the seeds, the grid, the config and the platform; the manifest holds all of them
 (and the chunk size, which fixes the store's layout), and a resume with any other value raises
-``StoreMismatch``.
+``StoreMismatch``, except more seeds after the stored ones: rows are seed-major and chunks cut
+at fixed row counts, so the stored rows keep their chunks, blocks and lanes, and only the new
+rows are computed (with a stored chunk cut short by the old seed count, again in full). A
+resume with other package versions or another git revision of wnjax raises
+``VersionMismatch`` (a ``StoreMismatch``) unless ``allow_version_change``.
+
+Before the store is opened, the block program of every grid cell is traced (the trace is the
+one compiled later), so a run that rejects its arguments fails before any file is written.
 
 SIGINT/SIGTERM stop a sweep at the chunk in progress, which is dropped (its gradient flows stop
 within ~0.2 s; a traced GD run finishes first): the finished chunks are stored,
@@ -63,6 +70,7 @@ import numpy as np
 import wnjax._runtime.interrupt as _interrupt
 import wnjax._runtime.maps as _maps
 from wnjax._runtime.cores import usable_cores
+from wnjax._runtime.errors import InvalidInput
 from wnjax._sweeps.store import Store
 
 # What the program of a row is: recorded in the manifest, since the numbers depend on it.
@@ -143,7 +151,7 @@ def _normalize_grid(grid: dict | None) -> dict[str, list]:
             values = [values]
         values = [v.item() if isinstance(v, np.generic) else v for v in values]
         if not values:
-            raise ValueError(f"grid axis {name!r} has no values; give it at least one.")
+            raise InvalidInput(f"grid axis {name!r} has no values; give it at least one.")
         out[str(name)] = list(values)
     return out
 
@@ -163,7 +171,7 @@ def split_grid(grid: dict[str, list], static: Sequence[str] | None = None):
     static = set(static or ())
     unknown = static - set(grid)
     if unknown:
-        raise ValueError(f"static names {sorted(unknown)} are not grid axes {sorted(grid)}.")
+        raise InvalidInput(f"static names {sorted(unknown)} are not grid axes {sorted(grid)}.")
     array_axes = [k for k, v in grid.items() if _is_array_axis(v) and k not in static]
     static_axes = [k for k in grid if k not in array_axes]
     cells = [dict(zip(static_axes, c)) for c in itertools.product(*(grid[k] for k in static_axes))]
@@ -174,13 +182,13 @@ def split_grid(grid: dict[str, list], static: Sequence[str] | None = None):
 def _seeds(seeds) -> np.ndarray:
     if isinstance(seeds, (int, np.integer)):
         if seeds < 1:
-            raise ValueError(f"seeds must be a positive count or a list of ints, got {seeds}.")
+            raise InvalidInput(f"seeds must be a positive count or a list of ints, got {seeds}.")
         return np.arange(int(seeds), dtype=np.int64)
     arr = np.asarray(list(seeds))
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError("seeds must be a positive count or a non-empty list of ints.")
+        raise InvalidInput("seeds must be a positive count or a non-empty list of ints.")
     if np.unique(arr).size != arr.size:
-        raise ValueError("seeds contain duplicates; each seed may appear once.")
+        raise InvalidInput("seeds contain duplicates; each seed may appear once.")
     return arr.astype(np.int64)
 
 
@@ -190,7 +198,7 @@ def _devices(devices) -> list:
         return visible
     if isinstance(devices, int):
         if not 1 <= devices <= len(visible):
-            raise ValueError(
+            raise InvalidInput(
                 f"devices={devices} but {len(visible)} are visible. On CPU, force more with "
                 "XLA_FLAGS=--xla_force_host_platform_device_count=N (or `wnjax sweep --devices N`) "
                 "before JAX starts."
@@ -204,7 +212,7 @@ def _workers_per_device(devs: list, workers: int | None) -> int:
     process's cores shared among its CPU devices in ``devs`` (at least 1)."""
     if workers is not None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}.")
+            raise InvalidInput(f"workers must be a positive int, got {workers!r}.")
         return workers
     local_cpus = [d for d in devs if d.platform == "cpu" and d.process_index == jax.process_index()]
     if not local_cpus or len(local_cpus) != len(devs):
@@ -214,7 +222,7 @@ def _workers_per_device(devs: list, workers: int | None) -> int:
 
 def _flatten(out, prefix="") -> dict:
     if not isinstance(out, dict):
-        raise ValueError(
+        raise InvalidInput(
             f"the run function must return a dict of arrays (summaries), got {type(out).__name__}."
             " Return e.g. {'final_log_loss': r.final_log_loss, 'log_loss': r.log_loss}."
         )
@@ -269,17 +277,37 @@ def _gather(outs: list[dict], owners: list[int], shapes: dict) -> list[dict]:
     return blocks
 
 
-def _read_stored(store: Store | None, n_cells: int, n_chunks: int) -> dict:
-    """The readable stored chunks, ``{(cell, chunk): arrays}`` (process 0 reads; an unreadable
-    chunk is set aside and recomputed, see ``Store.read_chunk``)."""
+def _read_stored(store: Store | None, n_cells: int, row_seed: np.ndarray, chunk_size: int) -> dict:
+    """The readable stored chunks that hold their chunk's rows and seeds, ``{(cell, chunk):
+    arrays}`` (process 0 reads). An unreadable chunk is set aside and recomputed (see
+    ``Store.read_chunk``); so is one cut short by a smaller seed count (seeds added since), and
+    one holding other rows, with a warning."""
     done = {}
+    n_rows = row_seed.size
     if store is not None and jax.process_index() == 0:
         for c in range(n_cells):
-            for k in range(n_chunks):
+            for k in range(math.ceil(n_rows / chunk_size)):
                 if store.has_chunk(c, k):
                     arrays = store.read_chunk(c, k, recover=True)
-                    if arrays is not None:
+                    if arrays is None:
+                        continue
+                    rows = np.arange(k * chunk_size, min((k + 1) * chunk_size, n_rows))
+                    have_rows, have_seeds = np.asarray(arrays["row"]), arrays.get("seed")
+                    fits = have_seeds is not None and have_rows.shape == have_seeds.shape
+                    n = have_rows.size
+                    if fits and n <= rows.size:
+                        fits = np.array_equal(have_rows, rows[:n]) and np.array_equal(
+                            have_seeds, row_seed[rows[:n]]
+                        )
+                    if fits and n == rows.size:
                         done[c, k] = arrays
+                    elif not fits:
+                        warnings.warn(
+                            f"stored chunk {store.chunk_path(c, k)} holds other rows than this "
+                            "sweep's; it is computed again.",
+                            RuntimeWarning,
+                            stacklevel=3,
+                        )
     return done
 
 
@@ -294,14 +322,40 @@ def _pending_mask(done: dict, n_cells: int, n_chunks: int) -> np.ndarray:
     return mask
 
 
+def _trace_cells(
+    programs: list, cells: list[dict], batch_size: int, seed_dtype, cfg_values: dict
+) -> list:
+    """Trace each cell's block program (``jax.eval_shape``): a run that rejects its arguments
+    raises here, before any file is written (``InvalidInput`` names the grid cell). Returns each
+    cell's output shapes."""
+    canon = jax.dtypes.canonicalize_dtype
+    example = (
+        jax.ShapeDtypeStruct((batch_size,), canon(seed_dtype)),
+        {n: jax.ShapeDtypeStruct((batch_size,), canon(v.dtype)) for n, v in cfg_values.items()},
+    )
+    shapes = []
+    for program, cell in zip(programs, cells):
+        try:
+            shapes.append(jax.eval_shape(program, *example))
+        except InvalidInput as err:
+            if not cell:
+                raise
+            label = ", ".join(f"{k}={v!r}" for k, v in cell.items())
+            raise InvalidInput(f"grid cell {label}: {err}") from err
+    return shapes
+
+
 def _stored_chunk_size(out: str | None) -> int | None:
     import json
 
-    path = os.path.join(out, "manifest.json") if out else None
-    if path and os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("identity", {}).get("chunk_size")
-    return None
+    if not out:
+        return None
+    try:
+        with open(os.path.join(out, "manifest.json")) as f:
+            size = json.load(f).get("identity", {}).get("chunk_size")
+    except (OSError, ValueError, AttributeError):
+        return None  # no manifest, or one that Store reports
+    return size if isinstance(size, int) else None
 
 
 def sweep(
@@ -318,6 +372,7 @@ def sweep(
     config: dict | None = None,
     run_name: str | None = None,
     overwrite: bool = False,
+    allow_version_change: bool = False,
     progress: bool = True,
 ) -> SweepResult:
     """Run ``run(key, cfg)`` for every seed and config, vmapped in blocks spread over the devices,
@@ -334,8 +389,10 @@ def sweep(
     - `run`: ``run(key, cfg) -> dict`` of arrays (nested dicts are flattened with ``/``).
     - `seeds`: a count ``S`` (seeds ``0..S-1``) or a list of distinct ints.
     - `grid`: ``{name: [values]}``; the sweep covers their product.
-    - `out`: results directory; rerunning with the same arguments skips finished chunks, a
-      different config raises ``StoreMismatch``. ``None`` keeps results in memory only.
+    - `out`: results directory; rerunning with the same arguments skips finished chunks, and
+      with more seeds after the stored ones computes only the new rows (the table is the same,
+      bit for bit, as that of one sweep of all the seeds); any other change of the config raises
+      ``StoreMismatch``. ``None`` keeps results in memory only.
     - `static`: grid axes to treat as static even if their values are floats.
     - `batch_size`: rows per vmapped block (the vmap width; part of the config, since it fixes
       each row's floating-point program).
@@ -350,6 +407,10 @@ def sweep(
       the manifest and compared on resume.
     - `run_name`: a stable name for ``run`` in the manifest (default module.qualname).
     - `overwrite`: discard what ``out`` holds and start again.
+    - `allow_version_change`: resume chunks stored by other versions of wnjax, jax, jaxlib,
+      equinox, diffrax, optax or numpy, or another git revision of wnjax (refused by default
+      with ``VersionMismatch``, a ``StoreMismatch``: new rows could differ from stored ones); the
+      manifest records the versions of each such resume.
     - `progress`: show a progress bar over chunks (runs/s and ETA).
 
     **Returns:** a ``SweepResult``; with ``out``, also ``table.csv`` (and ``table.parquet`` with
@@ -362,13 +423,13 @@ def sweep(
     seeds_arr = _seeds(seeds)
     devs = _devices(devices)
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        raise InvalidInput(f"batch_size must be a positive int, got {batch_size!r}.")
     # worker w runs its blocks on slots[w]: devices in turn, then each again
     slots = [dev for _ in range(_workers_per_device(devs, workers)) for dev in devs]
     if chunk_size is None:
         chunk_size = (None if overwrite else _stored_chunk_size(out)) or batch_size * len(slots)
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+        raise InvalidInput(f"chunk_size must be a positive int, got {chunk_size!r}.")
     n_cfg = len(configs)
     n_rows = seeds_arr.size * n_cfg
     n_chunks = math.ceil(n_rows / chunk_size)
@@ -386,8 +447,33 @@ def sweep(
     identity["platform"] = devs[0].platform
     identity["program"] = PROGRAM
     writer = jax.process_index() == 0
-    store = Store(out, identity, overwrite=overwrite) if out is not None else None
-    done = _read_stored(store, len(cells), n_chunks)
+
+    # Row r of a cell is (seed r // n_cfg, config r % n_cfg): seed-major, so a partial sweep
+    # already covers every config, and more seeds only add rows at the end.
+    row_seed = np.repeat(seeds_arr, n_cfg)
+    row_cfg = np.tile(np.arange(n_cfg), seeds_arr.size)
+    cfg_values = {
+        k: np.asarray([c[k] for c in configs], float) for k in (configs[0] if configs else {})
+    }
+    # The store is checked, then every cell traced, and only then is anything written.
+    store = (
+        Store(
+            out,
+            identity,
+            overwrite=overwrite,
+            allow_version_change=allow_version_change,
+            defer=True,
+        )
+        if out is not None
+        else None
+    )
+    programs = [_block_program(run, cell) for cell in cells]
+    t0 = time.perf_counter()
+    shapes_of = _trace_cells(programs, cells, batch_size, row_seed.dtype, cfg_values)
+    trace_seconds = time.perf_counter() - t0
+    if store is not None and writer:
+        store.open()
+    done = _read_stored(store, len(cells), row_seed, chunk_size)
     pending = _pending_mask(done, len(cells), n_chunks)
     n_blocks = math.ceil(chunk_size / batch_size)
 
@@ -396,14 +482,6 @@ def sweep(
     block_worker = [b % len(slots) for b in range(n_blocks)]
     block_device = [slots[w] for w in block_worker]
     owners = [d.process_index for d in block_device]
-
-    # Row r of a cell is (seed r // n_cfg, config r % n_cfg): seed-major, so a partial sweep
-    # already covers every config.
-    row_seed = np.repeat(seeds_arr, n_cfg)
-    row_cfg = np.tile(np.arange(n_cfg), seeds_arr.size)
-    cfg_values = {
-        k: np.asarray([c[k] for c in configs], float) for k in (configs[0] if configs else {})
-    }
 
     bar = None
     if progress and writer:
@@ -428,7 +506,7 @@ def sweep(
         except ImportError:
             bar = None
 
-    start, compile_seconds = time.perf_counter(), 0.0
+    start, compile_seconds = time.perf_counter(), trace_seconds
     results: dict = {}
     interrupted = False
     # XLA runs a program in the thread that calls it (on a CPU, for any number of devices), so
@@ -494,7 +572,7 @@ def sweep(
     with _interrupt.handling(), contextlib.ExitStack() as stack:
         for runner in runners.values():  # waits for blocks still running on the way out
             stack.enter_context(runner)
-        for c, cell in enumerate(cells):
+        for c in range(len(cells)):
             todo = [k for k in range(n_chunks) if pending[c, k]]
             if not todo or interrupted:
                 continue
@@ -502,17 +580,7 @@ def sweep(
                 interrupted = True
                 _interrupt.stopping()
                 continue
-            program, compiled = _block_program(run, cell), {}
-            shapes = None
-            if jax.process_count() > 1:
-                example = (
-                    jax.ShapeDtypeStruct((batch_size,), row_seed.dtype),
-                    {
-                        n: jax.ShapeDtypeStruct((batch_size,), v.dtype)
-                        for n, v in cfg_values.items()
-                    },
-                )
-                shapes = jax.eval_shape(program, *example)
+            program, compiled, shapes = programs[c], {}, shapes_of[c]
             # the next chunk is dispatched before this one is read, so the devices stay busy
             inflight = launch(c, todo[0], program, compiled)
             for i in range(len(todo)):
@@ -623,7 +691,7 @@ def plot_bands(
 
     if not any(name in t for t in result.trajectories):
         have = sorted({k for t in result.trajectories for k in t if k != "row"})
-        raise ValueError(f"no trajectory named {name!r}; saved trajectories: {have}.")
+        raise InvalidInput(f"no trajectory named {name!r}; saved trajectories: {have}.")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     for c, traj in enumerate(result.trajectories):

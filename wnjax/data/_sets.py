@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from wnjax._runtime.errors import InvalidInput
+
 
 def lin_sep(key: PRNGKeyArray) -> tuple[Array, Array]:
     """The lin-sep problem of Exp-WN (docs/theory.md §4): 4 points in R^2.
@@ -48,7 +50,9 @@ def conv_rate_data(key: PRNGKeyArray, n: int = 20) -> tuple[Array, Array]:
     **Returns:** ``X`` of shape ``(n, 2)`` and ``y`` of shape ``(n,)``.
     """
     if n < 4 or n % 2:
-        raise ValueError(f"n must be even and at least 4 (two support points per class), got {n}.")
+        raise InvalidInput(
+            f"n must be even and at least 4 (two support points per class), got {n}."
+        )
     dtype = jnp.result_type(float)
     m = (n - 2) // 2
     k_neg, k_pos = jax.random.split(key)
@@ -68,7 +72,7 @@ def train_test_split(
     ``round(test_fraction n)`` points.
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}.")
+        raise InvalidInput(f"test_fraction must lie in (0, 1), got {test_fraction}.")
     n = len(X)
     perm = np.asarray(jax.random.permutation(key, n))
     n_test = int(round(test_fraction * n))
@@ -116,7 +120,7 @@ def read_idx(path: str) -> np.ndarray:
         except (OSError, EOFError) as err:
             raise ValueError(f"{path!r} is a corrupt gzip file: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(
+        raise InvalidInput(
             f"{path!r} is not an IDX file: its magic number is {raw[:4].hex() or 'missing'} "
             "(expected 0000 then a type code such as 08 and the number of dimensions)."
         )
@@ -164,16 +168,16 @@ def load_mnist(data_dir: str, split: str = "t10k") -> tuple[np.ndarray, np.ndarr
     ``(n,)`` (``uint8``, 0..9).
     """
     if split not in ("train", "t10k"):
-        raise ValueError(f"split must be 'train' or 't10k', got {split!r}.")
+        raise InvalidInput(f"split must be 'train' or 't10k', got {split!r}.")
     images_path = _find_idx(data_dir, f"{split}-images-idx3-ubyte")
     labels_path = _find_idx(data_dir, f"{split}-labels-idx1-ubyte")
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(
+        raise InvalidInput(
             f"{images_path!r} should hold uint8 images (n, rows, cols), got {images.shape}."
         )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise InvalidInput(
             f"{labels_path!r} holds {labels.shape} labels for {images.shape[0]} images."
         )
     if labels.size and labels.max() > 9:

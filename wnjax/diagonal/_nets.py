@@ -27,6 +27,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.parameterize import Parameterized, ewn, swn, to_standard
+from wnjax._runtime.errors import InvalidInput
 
 GROUPINGS = ("whole", "coordinate", "factor")
 
@@ -69,7 +70,7 @@ class DiagonalNet(eqx.Module):
 
 def _from_flat(w: Array, dim: int, depth: int, grouping: str) -> DiagonalNet:
     if grouping not in GROUPINGS:
-        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
+        raise InvalidInput(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
     shape = _weight_shape(dim, grouping)
     layer = eqx.nn.Linear(shape[1], shape[0], use_bias=False, key=jax.random.key(0))
     layer = eqx.tree_at(lambda l: l.weight, layer, jnp.reshape(w, shape))
@@ -100,23 +101,23 @@ def diagonal_net(
     **Returns:** a ``DiagonalNet``.
     """
     if int(depth) != depth or depth < 2:
-        raise ValueError(f"depth must be an integer L >= 2 (x = u^L - v^L), got {depth!r}.")
+        raise InvalidInput(f"depth must be an integer L >= 2 (x = u^L - v^L), got {depth!r}.")
     if int(dim) != dim or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        raise InvalidInput(f"dim must be a positive integer, got {dim!r}.")
     if not isinstance(alpha, jax.core.Tracer) and not np.all(np.asarray(alpha) > 0):
-        raise ValueError(f"alpha must be positive (u(0) = v(0) = alpha), got {alpha!r}.")
+        raise InvalidInput(f"alpha must be positive (u(0) = v(0) = alpha), got {alpha!r}.")
     dtype = dtype or jnp.result_type(float)
     u = alpha * jnp.ones(dim, dtype) if u0 is None else jnp.asarray(u0, dtype)
     v = alpha * jnp.ones(dim, dtype) if v0 is None else jnp.asarray(v0, dtype)
     if u.shape != (dim,) or v.shape != (dim,):
-        raise ValueError(f"u0 and v0 must have shape ({dim},), got {u.shape} and {v.shape}.")
+        raise InvalidInput(f"u0 and v0 must have shape ({dim},), got {u.shape} and {v.shape}.")
     return _from_flat(jnp.concatenate([u, v]), int(dim), int(depth), grouping)
 
 
 def _as_net(model: PyTree) -> DiagonalNet:
     net = to_standard(model)
     if not isinstance(net, DiagonalNet):
-        raise ValueError(
+        raise InvalidInput(
             f"expected a DiagonalNet (or a parameterization of one), got {type(net).__name__}; "
             "build one with wnjax.diagonal.net(dim, depth=..., alpha=...)."
         )
@@ -152,7 +153,7 @@ def coordinate_wn(model: PyTree, kind: str = "ewn") -> Parameterized:
     direction cannot move).
     """
     if kind not in ("ewn", "swn"):
-        raise ValueError(f"kind must be 'ewn' or 'swn', got {kind!r}.")
+        raise InvalidInput(f"kind must be 'ewn' or 'swn', got {kind!r}.")
     net = regroup(model, "coordinate")
     return ewn(net) if kind == "ewn" else swn(net)
 
@@ -197,9 +198,9 @@ def sparse_problem(
     **Returns:** ``(A, y, x_star)`` with shapes ``(N, d)``, ``(N,)``, ``(d,)``.
     """
     if not 0 < sparsity <= dim:
-        raise ValueError(f"sparsity k must be in 1..{dim}, got {sparsity}.")
+        raise InvalidInput(f"sparsity k must be in 1..{dim}, got {sparsity}.")
     if n_measurements < 1:
-        raise ValueError(f"n_measurements must be positive, got {n_measurements}.")
+        raise InvalidInput(f"n_measurements must be positive, got {n_measurements}.")
     dtype = dtype or jnp.result_type(float)
     k_a, k_s, k_x = jax.random.split(key, 3)
     A = jax.random.normal(k_a, (n_measurements, dim), dtype) / jnp.sqrt(n_measurements)

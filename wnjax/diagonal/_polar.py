@@ -22,6 +22,7 @@ from jaxtyping import Array
 
 from wnjax._nets.neurons import broadcast_rows, row_norms
 from wnjax._nets.parameterize import EWN, SWN, Frozen, Parameterized, Standard
+from wnjax._runtime.errors import InvalidInput
 
 
 def _scale_param_name(layer) -> str:
@@ -30,13 +31,13 @@ def _scale_param_name(layer) -> str:
 
 def _check_layers(params: Parameterized, who: str) -> None:
     if not isinstance(params, Parameterized):
-        raise ValueError(
+        raise InvalidInput(
             f"{who} needs a weight-normalized model (wnjax.diagonal.polar_wn, wnjax.swn or "
             "wnjax.ewn), "
             f"got {type(params).__name__}."
         )
     if not any(isinstance(layer, (SWN, EWN)) for layer in params.layers):
-        raise ValueError(
+        raise InvalidInput(
             f"{who}: no layer is weight-normalized, so there is no radius/direction to give "
             "separate rates; parameterize the model with wnjax.diagonal.polar_wn/swn/ewn first."
         )
@@ -114,7 +115,7 @@ def polar_sgd(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("polar_sgd needs params: call update(g, state, params).")
+            raise InvalidInput("polar_sgd needs params: call update(g, state, params).")
         _check_layers(params, "polar_sgd")
         layers = []
         for g, layer in zip(updates.layers, params.layers):

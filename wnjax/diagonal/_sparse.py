@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from wnjax._runtime.errors import InvalidInput
+
 
 def _check(A, y) -> tuple[np.ndarray, np.ndarray]:
     A = np.asarray(A, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if A.ndim != 2 or y.shape != (A.shape[0],):
-        raise ValueError(
+        raise InvalidInput(
             f"need A of shape (N, d) and y of shape (N,), got {A.shape} and {y.shape}."
         )
     return A, y
@@ -113,7 +115,7 @@ def q_alpha_interpolator(A, y, alpha: float, method: str = "dual") -> np.ndarray
     """
     A, y = _check(A, y)
     if not alpha > 0:
-        raise ValueError(f"alpha must be positive, got {alpha!r}.")
+        raise InvalidInput(f"alpha must be positive, got {alpha!r}.")
     a2 = float(alpha) ** 2
     if method == "dual":
         # Continuation from alpha = max(alpha, 1) down to alpha, warm-starting each Newton solve.
@@ -151,4 +153,4 @@ def q_alpha_interpolator(A, y, alpha: float, method: str = "dual") -> np.ndarray
         if not res.success:
             raise ValueError(f"SLSQP did not converge for Q_alpha: {res.message}")
         return res.x
-    raise ValueError(f"method must be 'dual' or 'slsqp', got {method!r}.")
+    raise InvalidInput(f"method must be 'dual' or 'slsqp', got {method!r}.")

@@ -83,7 +83,7 @@ def make_options(name: str, **values) -> Common:
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise TypeError(
+        raise InvalidInput(
             f"experiment {name!r} has no option(s) {unknown}; its options are "
             f"{sorted(k for k in valid if k not in COMMON)} and {list(COMMON)}."
         )

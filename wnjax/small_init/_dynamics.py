@@ -26,6 +26,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from wnjax._dynamics.flow import FlowResult, gradient_flow
 from wnjax._losses import Loss, Square, get_loss
 from wnjax._nets.parameterize import Parameterized, Standard, restore_type, to_standard
+from wnjax._runtime.errors import InvalidInput
 from wnjax.small_init._ncf import KKTPoint, trainable_vector
 
 
@@ -44,7 +45,7 @@ def relu2_teacher_data(
     **Returns:** ``(X, y)`` of shapes ``(n, d)`` and ``(n,)``.
     """
     if any(not 0 <= j < d for j, _ in teacher):
-        raise ValueError(f"teacher coordinates must lie in 0..{d - 1}, got {teacher}.")
+        raise InvalidInput(f"teacher coordinates must lie in 0..{d - 1}, got {teacher}.")
     X = jax.random.normal(key, (n, d))
     X = X / jnp.linalg.norm(X, axis=1, keepdims=True)
     y = sum(c * jax.nn.relu(X[:, j]) ** 2 for j, c in teacher)
@@ -98,7 +99,7 @@ def unit_norms(model: PyTree) -> Array:
     if any(w.ndim != 2 for w in ws) or any(
         ws[k + 1].shape[1] != ws[k].shape[0] for k in range(len(ws) - 1)
     ):
-        raise ValueError(
+        raise InvalidInput(
             "unit_norms needs a chain of eqx.nn.Linear layers (an MLP); for other models use "
             "model.neuron_norms() (incoming weights only)."
         )

@@ -32,6 +32,7 @@ from wnjax._nets.parameterize import (
     restore_type,
     scale_trainable,
 )
+from wnjax._runtime.errors import InvalidInput
 
 
 class WeightBuilder(eqx.Module):
@@ -60,13 +61,13 @@ def trainable_vector(model: PyTree) -> tuple[Array, WeightBuilder]:
     """
     p = scale_trainable(as_parameterized(model), 1.0)
     if has_bias(p.standard()):
-        raise ValueError(
+        raise InvalidInput(
             "the model has biases, so it is not homogeneous and has no NCF. Build it without "
             "biases (wnjax.MLP(..., hidden_bias=False))."
         )
     idx = tuple(i for i, layer in enumerate(p.layers) if isinstance(layer, Standard))
     if not idx:
-        raise ValueError("the model has no trainable layer: every layer is frozen.")
+        raise InvalidInput("the model has no trainable layer: every layer is frozen.")
     ws = [p.layers[i].w for i in idx]
     flat = jnp.concatenate([w.ravel() for w in ws])
     return flat, WeightBuilder(p, idx, tuple(tuple(w.shape) for w in ws))
@@ -195,7 +196,7 @@ def ncf_kkt_point(
     X, y = jnp.asarray(X), jnp.asarray(y)
     L = trainable_degree(model, X) if degree is None else float(degree)
     if not float(jnp.linalg.norm(w0)) > 0:
-        raise ValueError("the initial weights are zero, so they have no direction.")
+        raise InvalidInput("the initial weights are zero, so they have no direction.")
     vec, value, res, s, integral, growth, steps = _kkt_solve(
         build,
         w0 / jnp.linalg.norm(w0),

@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.parameterize import to_standard
+from wnjax._runtime.errors import InvalidInput
 
 
 class Constant:
@@ -204,14 +205,14 @@ def tensor_network(tensor: DataTensor, weights: Sequence[Array]) -> TensorNetwor
     """
     shapes = tensor.weight_shapes
     if len(weights) != len(shapes):
-        raise ValueError(
+        raise InvalidInput(
             f"the tensor has {len(shapes)} layers but {len(weights)} weights were given."
         )
     layers = []
     for l, (w, shape) in enumerate(zip(weights, shapes)):
         w = jnp.asarray(w, jnp.result_type(float))
         if w.size != shape[0] * shape[1]:
-            raise ValueError(f"weight {l} has {w.size} numbers; layer {l} needs shape {shape}.")
+            raise InvalidInput(f"weight {l} has {w.size} numbers; layer {l} needs shape {shape}.")
         layers.append(_linear(w.reshape(shape)))
     return TensorNetwork(tensor=tensor, layers=tuple(layers))
 
@@ -231,7 +232,7 @@ def random_tensor_network(
 
 def _check_depth(depth: int) -> None:
     if depth < 2:
-        raise ValueError(f"a tensor network needs depth L >= 2, got {depth}.")
+        raise InvalidInput(f"a tensor network needs depth L >= 2, got {depth}.")
 
 
 def fully_connected_tensor_net(
@@ -248,7 +249,7 @@ def fully_connected_tensor_net(
     _check_depth(depth)
     widths = (width or in_size,) * (depth - 1) if not isinstance(width, Sequence) else tuple(width)
     if len(widths) != depth - 1:
-        raise ValueError(f"give depth - 1 = {depth - 1} hidden widths, got {len(widths)}.")
+        raise InvalidInput(f"give depth - 1 = {depth - 1} hidden widths, got {len(widths)}.")
     return random_tensor_network(
         FullyConnectedTensor(in_size, widths), key=key, init_scale=init_scale
     )
@@ -284,16 +285,16 @@ def odeco_tensor_net(
     _check_depth(len(Us))
     for l, U in enumerate(Us):
         if U.ndim != 2 or U.shape[1] != S.shape[0]:
-            raise ValueError(f"U_{l + 1} must have shape (k, {S.shape[0]}), got {U.shape}.")
+            raise InvalidInput(f"U_{l + 1} must have shape (k, {S.shape[0]}), got {U.shape}.")
         if not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-10):
-            raise ValueError(
+            raise InvalidInput(
                 f"U_{l + 1} does not have orthonormal columns (U^T U != I); orthonormalize it, "
                 "e.g. with np.linalg.qr."
             )
     tensor = OdecoTensor(Constant(S), tuple(Constant(U) for U in Us))
     if weights is None:
         if key is None:
-            raise ValueError("pass weights=... or key=... for a random draw.")
+            raise InvalidInput("pass weights=... or key=... for a random draw.")
         return random_tensor_network(tensor, key=key)
     return tensor_network(tensor, weights)
 
@@ -301,7 +302,7 @@ def odeco_tensor_net(
 def _net(model: PyTree) -> TensorNetwork:
     net = to_standard(model)
     if not isinstance(net, TensorNetwork):
-        raise ValueError(
+        raise InvalidInput(
             f"expected a TensorNetwork (or its ewn/swn form), got {type(net).__name__}."
         )
     return net
@@ -328,7 +329,7 @@ def _in_size(tensor: DataTensor) -> int:
         return tensor.S.value.shape[1]
     if isinstance(tensor, DenseTensor):
         return tensor.T.value.shape[0]
-    raise ValueError(f"unknown data tensor {type(tensor).__name__}.")
+    raise InvalidInput(f"unknown data tensor {type(tensor).__name__}.")
 
 
 def odeco_to_diagonal(model: PyTree) -> tuple[TensorNetwork, Array]:
@@ -342,7 +343,7 @@ def odeco_to_diagonal(model: PyTree) -> tuple[TensorNetwork, Array]:
     """
     net = _net(model)
     if not isinstance(net.tensor, OdecoTensor):
-        raise ValueError(
+        raise InvalidInput(
             "odeco_to_diagonal needs a network on an OdecoTensor (build it with "
             "wnjax.tensor.odeco_net); "
             f"got {type(net.tensor).__name__}. A diagonal net is already its own transform; a "
@@ -361,7 +362,7 @@ def transformed_rho(model: PyTree) -> Array:
     if isinstance(net.tensor, OdecoTensor):
         net, _ = odeco_to_diagonal(net)
     if not isinstance(net.tensor, DiagonalTensor):
-        raise ValueError(
+        raise InvalidInput(
             f"rho is defined for odeco and diagonal nets, got {type(net.tensor).__name__}; use "
             "fourier_rho for convolutional nets and linear_predictor for fully-connected ones."
         )
@@ -396,7 +397,9 @@ def fourier_rho(model: PyTree) -> Array:
     """
     net = _net(model)
     if not isinstance(net.tensor, ConvolutionTensor):
-        raise ValueError(f"fourier_rho needs a convolutional net, got {type(net.tensor).__name__}.")
+        raise InvalidInput(
+            f"fourier_rho needs a convolutional net, got {type(net.tensor).__name__}."
+        )
     a = [unitary_dft(layer.weight[0]) for layer in net.layers]
     rho = a[-1]
     for al in a[:-1]:
@@ -413,7 +416,9 @@ def fourier_regression_init(
     """
     nu = np.ones(size) if nu is None else np.asarray(nu, dtype=np.float64)
     if not np.allclose(nu, np.roll(nu[::-1], 1)):
-        raise ValueError("nu must satisfy nu_j = nu_{(d - j) mod d} so that the filters are real.")
+        raise InvalidInput(
+            "nu must satisfy nu_j = nu_{(d - j) mod d} so that the filters are real."
+        )
     w = np.real(np.fft.ifft(alpha * nu) * np.sqrt(size))
     return tensor_network(ConvolutionTensor(size, depth), [w] * (depth - 1) + [np.zeros(size)])
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wnjax._runtime.errors import InvalidInput
+
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(256)
 
 
@@ -33,7 +35,7 @@ def _groups(groups, m: int) -> np.ndarray:
         return np.arange(m)
     g = np.asarray(groups)
     if g.shape != (m,):
-        raise ValueError(
+        raise InvalidInput(
             f"groups must give one group index per coordinate, shape ({m},), got {g.shape}."
         )
     _, g = np.unique(g, return_inverse=True)
@@ -59,7 +61,7 @@ class Link:
     def __init__(self, scales, numeric: bool = False):
         c = np.abs(np.atleast_2d(np.asarray(scales, dtype=np.float64)))
         if np.any(c <= 0) or not np.all(np.isfinite(c)):
-            raise ValueError("the init scales alpha*nu must be positive and finite.")
+            raise InvalidInput("the init scales alpha*nu must be positive and finite.")
         self.c = c
         self.depth = c.shape[0] + 1
         if numeric:
@@ -182,7 +184,7 @@ def regression_limit(Z, y, scales, groups=None, *, numeric: bool = False, tol: f
     G = g.max() + 1
     lk = Link(scales, numeric)
     if lk.c.shape[1] != G:
-        raise ValueError(f"scales has {lk.c.shape[1]} columns; there are {G} groups.")
+        raise InvalidInput(f"scales has {lk.c.shape[1]} columns; there are {G} groups.")
     lam = np.zeros(n)
     value, rho, parts, s = _dual_terms(lam, Z, y, g, lk, G)
     scale = max(np.linalg.norm(y), 1e-300)
@@ -239,16 +241,16 @@ def min_norm_interpolant(Z, y, p: int = 2, weights=None):
         if res.status != 0:
             raise RuntimeError(f"the weighted-l1 interpolation LP failed: {res.message}")
         return res.x[:m] - res.x[m:]
-    raise ValueError(f"p must be 1 or 2, got {p}.")
+    raise InvalidInput(f"p must be 1 or 2, got {p}.")
 
 
 def _check_margins(Z, y):
     Z = np.asarray(Z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if Z.ndim != 2 or y.shape != (Z.shape[0],):
-        raise ValueError(f"need Z of shape (n, m) and y of shape (n,), got {Z.shape}, {y.shape}.")
+        raise InvalidInput(f"need Z of shape (n, m) and y of shape (n,), got {Z.shape}, {y.shape}.")
     if not set(np.unique(y)) <= {-1.0, 1.0}:
-        raise ValueError("labels must be in {-1, +1}.")
+        raise InvalidInput("labels must be in {-1, +1}.")
     return Z, y
 
 
