@@ -431,3 +431,51 @@ def test_the_advice_after_most_steps_were_rejected_follows_the_field():
         assert "900 of the 1000 steps were rejected" in r.message
         assert ("solver='stiff'" in r.message) == smooth, r.message
         assert ("likely jumps" in r.message) != smooth, r.message
+    # a model whose field is not known to be smooth nor to jump: the stiff solver first, the
+    # jump only as a condition
+    model = wnjax.CoordinateLinear(jnp.array([0.3, -0.2]))
+    with pytest.warns(RuntimeWarning, match="max_steps"):
+        r = wnjax.gradient_flow(model, X, y, max_steps=2, throw=False, t1=10.0)
+    r = eqx.tree_at(
+        lambda r: r.stats, r, {**r.stats, **{k: jnp.asarray(v) for k, v in counts.items()}}
+    )
+    assert "solver='stiff'" in r.message and "If the vector field jumps" in r.message
+    assert "likely jumps" not in r.message
+
+
+def test_reached_target_means_the_final_loss_is_at_the_target_in_float32():
+    """float32, loss-normalized time on an EWN CNN to log L = -1000: where the root find of the
+    last level runs out of the clock's digits (log L falls by more than the level's tolerance
+    within one float32 ulp of s), the run ends at the end of the step that crossed the target.
+    ``reached_target`` then holds its documented inequality, and ``final_log_loss`` is the
+    loss of ``final`` (recomputed in float64 from the float32 weights)."""
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(10, 1, 5, 5)), jnp.float32)
+    y = jnp.asarray(np.sign(rng.normal(size=10)), jnp.float32)
+    net = wnjax.CNN(1, [3], activation="relu2", spatial_shape=(5, 5), key=jax.random.key(1))
+    model, X, y = _float32(wnjax.ewn(net), X, y)
+    target = -1000.0
+    r = wnjax.gradient_flow(model, X, y, time="normalized", t1=1e12, target_log_loss=target)
+    assert bool(r.ok) and bool(r.reached_target)
+    assert _reached(r, target, jnp.float32)
+    cast = lambda a: np.asarray(a, np.float64) if eqx.is_inexact_array(a) else a  # noqa: E731
+    final64 = jax.tree.map(cast, wnjax.to_standard(r.final))
+    q = np.asarray(wnjax.margins(final64, np.asarray(X, np.float64), np.asarray(y, np.float64)))
+    log_l = np.log(np.sum(np.exp(-(q - q.min())))) - q.min()
+    assert abs(log_l - float(r.final_log_loss)) < 1e-4 * abs(log_l)
+
+
+def test_the_step_budget_holds_across_the_loss_levels():
+    """A run saved at levels of log L is one solve per level: ``max_steps`` bounds their sum
+    (a ReLU net that slides, so the budget runs out)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 3))
+    y = np.sign(X @ rng.normal(size=3))
+    net = wnjax.MLP(3, 6, 2, activation="relu", key=jax.random.key(1))
+    with pytest.warns(RuntimeWarning, match="max_steps"):
+        r = wnjax.gradient_flow(
+            net, X, y, time="normalized", t1=1e12, target_log_loss=-100.0, max_steps=500,
+            throw=False,
+        )  # fmt: skip
+    assert int(r.stats["num_steps"]) == 500
+    assert "max_steps = 500 steps" in r.message

@@ -5,6 +5,9 @@ parameterization and collects the final diagnostics (relative norms, weight-grad
 normalized margin, alignment, KKT residuals); ``figures`` draws relative norms against ``log t``,
 the relation plots (``log ||grad_u L||`` against ``log ||w_u||`` with the ``x + y = const`` and
 ``y - x = const`` lines), the normalized margin and the alignment. ``wnjax asymptotics`` runs both.
+
+SIGINT/SIGTERM stop ``lin_sep_asymptotics`` at the running flow's next check: that run's partial
+result is kept (marked ``interrupted``) and the later parameterizations are not run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import time
 from collections.abc import Callable
 
+from wnjax._runtime import interrupt as _interrupt
+
 PARAMETERIZATIONS = ("ewn", "swn", "standard")
 
 
@@ -20,7 +25,7 @@ def final_diagnostics(r, X, y, threshold: float, degree: float) -> dict:
     """The diagnostics of flow result ``r``'s final state on data ``(X, y)``: solver outcome,
     ``log L``, ``log t``, normalized margin ``min_i q_i / ||w||^degree``, relative norms, neurons
     above 0.05 and above ``threshold``, alignment, relation residuals, loss direction and the
-    approximate KKT residuals."""
+    approximate KKT residuals; ``interrupted`` when SIGINT/SIGTERM stopped the run."""
     import numpy as np
 
     import wnjax
@@ -31,6 +36,7 @@ def final_diagnostics(r, X, y, threshold: float, degree: float) -> dict:
     return {
         "message": r.message,
         "ok": bool(r.ok),
+        "interrupted": bool(r.interrupted),
         "num_steps": int(r.stats["num_steps"]),
         "final_log_loss": float(r.final_log_loss),
         "final_log_t": float(r.final_log_t),
@@ -119,6 +125,7 @@ def lin_sep_asymptotics(
     solver: str = "auto",
     threshold: float = 0.1,
     on_run: Callable[[str, object, float], None] | None = None,
+    report: dict | None = None,
 ):
     """Loss-normalized gradient flow on lin-sep for EWN, SWN and standard from one init.
 
@@ -129,12 +136,15 @@ def lin_sep_asymptotics(
     - max_steps: the solver's step budget;
     - solver: ``"auto"`` (``wnjax.AutoSwitch``), ``"tsit5"`` or ``"stiff"`` (Kvaerno5);
     - threshold: the relative norm above which a neuron survives;
-    - on_run: called as ``on_run(name, result, seconds)`` after each parameterization.
+    - on_run: called as ``on_run(name, result, seconds)`` after each parameterization;
+    - report: the dict to fill with the report (default: a new one), so that a caller can write
+      the finished runs while the next one runs.
 
     **Returns:** ``(runs, report, X, y)``: ``runs`` maps each parameterization to its
-    ``FlowResult``; ``report`` holds ``target_log_loss``, ``seed`` and per run ``runs[name]``,
+    ``FlowResult``; ``report`` holds ``target_log_loss``, ``seed``, per run ``runs[name]``
     the ``final_diagnostics`` with ``seconds_with_compile``, ``solver`` and the default solver's
-    step counts.
+    step counts, ``interrupted`` (SIGINT/SIGTERM stopped the runs: ``runs`` ends with the one
+    stopped, if any) and ``not_run``, the parameterizations not started.
     """
     import jax
 
@@ -144,34 +154,46 @@ def lin_sep_asymptotics(
     model = wnjax.MLP(2, width, 2, activation="relu2", key=jax.random.key(seed + 1))
     degree = 3.0  # 2-layer ReLU^2
     makers = {"ewn": wnjax.ewn, "swn": wnjax.swn, "standard": wnjax.standard}
-    runs, report = {}, {"target_log_loss": target, "seed": seed, "runs": {}}
-    for name in PARAMETERIZATIONS:
-        start = time.perf_counter()
-        r = wnjax.gradient_flow(
-            makers[name](model),
-            X,
-            y,
-            time="normalized",
-            t1=1e6,
-            target_log_loss=target,
-            n_save=n_save,
-            max_steps=max_steps,
-            degree=degree,
-            throw=False,
-            solver=solver,
-        )
-        jax.block_until_ready(r.final_log_loss)
-        seconds = time.perf_counter() - start
-        runs[name] = r
-        entry = {
-            "seconds_with_compile": seconds,
-            **final_diagnostics(r, X, y, threshold, degree),
-            "solver": solver,
-        }
-        for k in ("explicit_steps", "stiff_steps", "switches"):  # the default solver's counts
-            if k in r.stats:
-                entry[k] = int(r.stats[k])
-        report["runs"][name] = entry
-        if on_run is not None:
-            on_run(name, r, seconds)
+    runs = {}
+    report = {} if report is None else report
+    report.update(target_log_loss=target, seed=seed, runs={}, interrupted=False, not_run=[])
+    with _interrupt.handling():
+        for name in PARAMETERIZATIONS:
+            if _interrupt.requested():
+                break
+            start = time.perf_counter()
+            r = wnjax.gradient_flow(
+                makers[name](model),
+                X,
+                y,
+                time="normalized",
+                t1=1e6,
+                target_log_loss=target,
+                n_save=n_save,
+                max_steps=max_steps,
+                degree=degree,
+                throw=False,
+                solver=solver,
+            )
+            jax.block_until_ready(r.final_log_loss)
+            seconds = time.perf_counter() - start
+            if bool(r.interrupted):
+                _interrupt.stopping()  # the diagnostics of the partial run follow
+            runs[name] = r
+            entry = {
+                "seconds_with_compile": seconds,
+                **final_diagnostics(r, X, y, threshold, degree),
+                "solver": solver,
+            }
+            # the default solver's counts
+            for k in ("explicit_steps", "stiff_steps", "switches"):
+                if k in r.stats:
+                    entry[k] = int(r.stats[k])
+            report["runs"][name] = entry
+            if on_run is not None:
+                on_run(name, r, seconds)
+    report["not_run"] = [k for k in PARAMETERIZATIONS if k not in runs]
+    report["interrupted"] = bool(report["not_run"]) or any(
+        bool(r.interrupted) for r in runs.values()
+    )
     return runs, report, X, y

@@ -4,6 +4,10 @@ If every ``||v_u(0)|| = 1``, EWN gradient flow mapped to ``w`` solves
 ``dw_u/dt = -||w_u||^2 grad_u L``. SWN does not (its radial rate is 1). For GD the two agree
 only up to ``O(eta^2)`` per step, so over a fixed time ``T = k eta`` they drift apart by
 ``O(eta)``, and ``k`` GD steps approach the flow at ``t = k eta`` with an ``O(eta)`` error.
+
+SIGINT/SIGTERM stop a check at its next safe point: the runs that finished are reported, the
+result says ``interrupted``, and no verdict is drawn (``equivalent`` and ``swn_differs`` are
+``None``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from wnjax._dynamics.flow import _rtol_floor, default_tolerances, gradient_flow
 from wnjax._nets.models import CNN, MLP
 from wnjax._nets.neurons import flat_weights
 from wnjax._nets.parameterize import ewn, swn, to_standard
+from wnjax._runtime import interrupt as _interrupt
+from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
+
+FLOWS = ("adaptive_rate", "ewn", "swn")
 
 
 def default_problem(
@@ -44,7 +52,7 @@ def default_problem(
         y = jnp.where(jax.random.normal(k_w, (n,)) >= 0, 1.0, -1.0)
         net = CNN(1, [width] * (depth - 1), kernel_size=3, activation=activation, key=k_model)
     else:
-        raise ValueError(f"model must be 'mlp' or 'cnn', got {model!r}.")
+        raise InvalidInput(f"model must be 'mlp' or 'cnn', got {model!r}.")
     return net, X, y
 
 
@@ -82,32 +90,45 @@ def _flow_paths(model, X, y, *, loss, t1, rtol, atol, n_save, at=()) -> tuple[di
     times (the start, then log-spaced from ``1e-6 t1`` to ``t1``, as ``wnjax.LogSpaced``) and at
     the extra times ``at``.
 
-    **Returns:** ``(paths, steps, ts)``: the flattened standard weights of each flow
-    (``'adaptive_rate'``, ``'ewn'``, ``'swn'``, each ``(len(ts), P)``), their accepted steps,
-    and the save times.
+    **Returns:** ``(paths, steps, ts)``: the flattened standard weights of each flow that ran to
+    its end (``'adaptive_rate'``, ``'ewn'``, ``'swn'``, each ``(len(ts), P)``; after a stop
+    request the interrupted flow and those after it are left out), the accepted steps of each
+    flow that ran, and the save times.
     """
     grid = np.geomspace(1e-6 * t1, t1, n_save - 1) if n_save > 1 else np.zeros(0)
     ts = np.unique(np.concatenate([[0.0], grid, np.asarray(at, float)]))
     kw = dict(loss=loss, t1=t1, rtol=rtol, atol=atol, save_ts=ts, diagnostics=False)
-    runs = {
-        "adaptive_rate": gradient_flow(model, X, y, rate="neuron_norm_sq", **kw),
-        "ewn": gradient_flow(ewn(model), X, y, **kw),
-        "swn": gradient_flow(swn(model), X, y, **kw),
-    }
-    paths = {name: _path(run.states) for name, run in runs.items()}
-    steps = {name: int(run.stats["num_steps"]) for name, run in runs.items()}
+    starts = {"adaptive_rate": model, "ewn": ewn(model), "swn": swn(model)}
+    paths, steps = {}, {}
+    for name in FLOWS:
+        if _interrupt.requested():
+            break
+        rate = {"rate": "neuron_norm_sq"} if name == "adaptive_rate" else {}
+        run = gradient_flow(starts[name], X, y, **rate, **kw)
+        steps[name] = int(run.stats["num_steps"])
+        if bool(run.interrupted):
+            break
+        paths[name] = _path(run.states)
     return paths, steps, jnp.asarray(ts)
 
 
 def _flow_report(paths: dict, steps: dict, *, rtol: float, atol: float, t1: float) -> dict:
-    ref = paths["adaptive_rate"]
+    """The flow part of a report; a path error is ``None`` where either flow did not finish."""
+    ref = paths.get("adaptive_rate")
+
+    def error(name):
+        return None if ref is None or name not in paths else max_relative_error(paths[name], ref)
+
     return {
-        "ewn_max_rel_err": max_relative_error(paths["ewn"], ref),
-        "swn_max_rel_err": max_relative_error(paths["swn"], ref),
+        "ewn_max_rel_err": error("ewn"),
+        "swn_max_rel_err": error("swn"),
         "rtol": rtol,
         "atol": atol,
         "t1": t1,
         "num_steps": steps,
+        "interrupted": len(paths) < len(FLOWS),
+        "finished": [f"{name} flow" for name in paths],
+        "not_finished": [f"{name} flow" for name in FLOWS if name not in paths],
     }
 
 
@@ -127,19 +148,23 @@ def flow_equivalence(
     at ``n_save`` times (the start, then log-spaced to ``t1``).
 
     **Returns:** ``ewn_max_rel_err`` and ``swn_max_rel_err`` (max over save points of the relative
-    distance to the adaptive-rate path), ``rtol``, ``atol``, ``t1`` and the solvers' step counts
-    (``num_steps``).
+    distance to the adaptive-rate path), ``rtol``, ``atol``, ``t1``, the solvers' step counts
+    (``num_steps``), ``interrupted`` and the flows that ran to their end (``finished``) or did
+    not (``not_finished``); an error is ``None`` where its flows did not finish.
     ``rtol``/``atol``: the flows' tolerances (``None``: ``1e-10``/``1e-12`` in float64, the
     flow's defaults in float32); the report holds the rtol the flows honoured.
     """
     rtol, atol = _tolerances(X, rtol, atol)
-    paths, steps, _ = _flow_paths(
-        model, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save
-    )
+    with _interrupt.handling():
+        paths, steps, _ = _flow_paths(
+            model, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=n_save
+        )
     return _flow_report(paths, steps, rtol=rtol, atol=atol, t1=t1)
 
 
-def _gd_weights(model, X, y, *, loss, eta, steps, adaptive: bool) -> Array:
+def _gd_weights(model, X, y, *, loss, eta, steps, adaptive: bool) -> Array | None:
+    """The flattened standard weights after ``steps`` GD steps; ``None`` if a stop request cut
+    the run short."""
     if adaptive:
         run = gradient_descent(
             model,
@@ -155,6 +180,8 @@ def _gd_weights(model, X, y, *, loss, eta, steps, adaptive: bool) -> Array:
         run = gradient_descent(
             ewn(model), X, y, loss=loss, learning_rate=eta, num_steps=steps, n_save=2
         )
+    if bool(run.interrupted):
+        return None
     return flat_weights(to_standard(run.final))
 
 
@@ -190,48 +217,78 @@ def gd_equivalence(
 
     ``rtol``/``atol``: the flows' tolerances (``None``: ``1e-10``/``1e-12`` in float64, the
     flow's defaults in float32); the report holds the rtol the flows honoured.
+
+    A stop request (SIGINT/SIGTERM) ends the check before its next run: the lists hold the etas
+    whose runs finished, ``interrupted`` is set and ``finished``/``not_finished`` name the runs.
     """
-    if flows is None:
-        rtol, atol = _tolerances(X, rtol, atol)
-        flow_kw = dict(
-            loss=loss,
-            t1=horizon,
-            rtol=rtol,
-            atol=atol,
-            n_save=2,
-            save_states=False,
-            diagnostics=False,
-        )
-        w_flow_rate = flat_weights(
-            to_standard(gradient_flow(model, X, y, rate="neuron_norm_sq", **flow_kw).final)
-        )
-        w_flow_ewn = flat_weights(to_standard(gradient_flow(ewn(model), X, y, **flow_kw).final))
-    else:
-        w_flow_ewn, w_flow_rate = flows
-    drift, vs_flow, vs_flow_ewn, vs_flow_rate = [], [], [], []
     for eta in etas:
-        steps = int(round(horizon / eta))
-        if not np.isclose(steps * eta, horizon):
-            raise ValueError(f"horizon {horizon} is not a whole number of steps of eta = {eta}.")
-        w_ewn = _gd_weights(model, X, y, loss=loss, eta=eta, steps=steps, adaptive=False)
-        w_rate = _gd_weights(model, X, y, loss=loss, eta=eta, steps=steps, adaptive=True)
-        e_ewn, e_rate = _relative(w_ewn, w_flow_ewn), _relative(w_rate, w_flow_rate)
-        drift.append([eta, _relative(w_ewn, w_rate)])
-        vs_flow.append([eta, max(e_ewn, e_rate)])
-        vs_flow_ewn.append([eta, e_ewn])
-        vs_flow_rate.append([eta, e_rate])
+        if not np.isclose(int(round(horizon / eta)) * eta, horizon):
+            raise InvalidInput(f"horizon {horizon} is not a whole number of steps of eta = {eta}.")
+    runs = [f"GD at eta {eta:g}" for eta in etas]
+    finished, flow_gap = [], None
+    drift, vs_flow, vs_flow_ewn, vs_flow_rate = [], [], [], []
+    with _interrupt.handling():
+        if flows is None:
+            runs.insert(0, "GD reference flows")
+            flows = _reference_flows(model, X, y, loss=loss, horizon=horizon, rtol=rtol, atol=atol)
+            if flows is not None:
+                finished.append(runs[0])
+        if flows is not None:
+            w_flow_ewn, w_flow_rate = flows
+            flow_gap = _relative(w_flow_ewn, w_flow_rate)
+            for eta in etas:
+                steps = int(round(horizon / eta))
+                w = {}
+                for adaptive in (False, True):
+                    if _interrupt.requested():
+                        break
+                    w[adaptive] = _gd_weights(
+                        model, X, y, loss=loss, eta=eta, steps=steps, adaptive=adaptive
+                    )
+                if len(w) < 2 or w[False] is None or w[True] is None:
+                    break
+                e_ewn, e_rate = _relative(w[False], w_flow_ewn), _relative(w[True], w_flow_rate)
+                drift.append([eta, _relative(w[False], w[True])])
+                vs_flow.append([eta, max(e_ewn, e_rate)])
+                vs_flow_ewn.append([eta, e_ewn])
+                vs_flow_rate.append([eta, e_rate])
+                finished.append(f"GD at eta {eta:g}")
     return {
         "gd_drift": drift,
         "gd_vs_flow": vs_flow,
         "gd_vs_flow_ewn": vs_flow_ewn,
         "gd_vs_flow_rate": vs_flow_rate,
         "gd_horizon": horizon,
-        "flow_gap_ewn_vs_rate": _relative(w_flow_ewn, w_flow_rate),
+        "flow_gap_ewn_vs_rate": flow_gap,
+        "interrupted": len(finished) < len(runs),
+        "finished": finished,
+        "not_finished": [r for r in runs if r not in finished],
     }
 
 
-def _slopes(pairs: list) -> float:
-    """Fitted exponent ``p`` in ``err ~ eta^p`` (log-log least squares)."""
+def _reference_flows(model, X, y, *, loss, horizon, rtol, atol) -> tuple[Array, Array] | None:
+    """The flattened standard weights of EWN-GF and adaptive-rate GF at ``t = horizon``;
+    ``None`` if a stop request cut either flow short."""
+    rtol, atol = _tolerances(X, rtol, atol)
+    kw = dict(
+        loss=loss, t1=horizon, rtol=rtol, atol=atol, n_save=2, save_states=False, diagnostics=False
+    )
+    ends = {}
+    for name, start, rate in (("rate", model, {"rate": "neuron_norm_sq"}), ("ewn", ewn(model), {})):
+        if _interrupt.requested():
+            return None
+        run = gradient_flow(start, X, y, **rate, **kw)
+        if bool(run.interrupted):
+            return None
+        ends[name] = flat_weights(to_standard(run.final))
+    return ends["ewn"], ends["rate"]
+
+
+def _slopes(pairs: list) -> float | None:
+    """Fitted exponent ``p`` in ``err ~ eta^p`` (log-log least squares); ``None`` below two
+    points."""
+    if len(pairs) < 2:
+        return None
     eta, err = np.log(np.array(pairs, float)).T
     return float(np.polyfit(eta, err, 1)[0])
 
@@ -257,7 +314,10 @@ def equivalence_check(
 
     **Returns:** a dict with ``ewn_max_rel_err``, ``swn_max_rel_err``, ``rtol``, ``gd_drift`` and
     ``gd_vs_flow`` (lists of ``[eta, value]``), fitted ``eta`` exponents, and a verdict
-    (``equivalent``: the EWN path within ``1e3 rtol + 1e-6`` of the adaptive-rate one).
+    (``equivalent``: the EWN path within ``1e3 rtol + 1e-6`` of the adaptive-rate one;
+    ``swn_differs``: the SWN path more than ``1e-3`` from it). ``interrupted``: a stop request
+    (SIGINT/SIGTERM) cut the check short; ``finished``/``not_finished`` then name its runs, the
+    numbers cover the finished ones, and both verdicts are ``None``.
 
     ``rtol``/``atol``: the flows' tolerances (``None``: ``1e-10``/``1e-12`` in float64, the
     flow's defaults in float32); the report holds the rtol the flows honoured.
@@ -277,40 +337,76 @@ def equivalence_check(
     # One set of flows serves both parts when they also save at t = horizon, where GD is
     # compared with them.
     shared = 0 < horizon <= t1
-    paths, steps, ts = _flow_paths(
-        net, X, y, loss=loss, t1=t1, rtol=rtol, atol=atol, n_save=32, at=[horizon] if shared else []
-    )
-    out.update(_flow_report(paths, steps, rtol=rtol, atol=atol, t1=t1))
-    flows = None
-    if shared:
-        i = int(jnp.argmin(jnp.abs(ts - horizon)))
-        flows = (paths["ewn"][i], paths["adaptive_rate"][i])
-    out.update(
-        gd_equivalence(
-            net, X, y, loss=loss, etas=etas, horizon=horizon, rtol=rtol, atol=atol, flows=flows
+    with _interrupt.handling():
+        paths, steps, ts = _flow_paths(
+            net,
+            X,
+            y,
+            loss=loss,
+            t1=t1,
+            rtol=rtol,
+            atol=atol,
+            n_save=32,
+            at=[horizon] if shared else [],
         )
-    )
+        flow = _flow_report(paths, steps, rtol=rtol, atol=atol, t1=t1)
+        if flow["interrupted"]:  # GD is compared with the flows: it is not run
+            gd = {
+                key: [] for key in ("gd_drift", "gd_vs_flow", "gd_vs_flow_ewn", "gd_vs_flow_rate")
+            }
+            gd.update(gd_horizon=horizon, flow_gap_ewn_vs_rate=None, interrupted=True)
+            gd.update(finished=[], not_finished=[f"GD at eta {eta:g}" for eta in etas])
+        else:
+            flows = None
+            if shared:
+                i = int(jnp.argmin(jnp.abs(ts - horizon)))
+                flows = (paths["ewn"][i], paths["adaptive_rate"][i])
+            gd = gd_equivalence(
+                net, X, y, loss=loss, etas=etas, horizon=horizon, rtol=rtol, atol=atol, flows=flows
+            )
+    parts = ("interrupted", "finished", "not_finished")
+    out.update({k: v for k, v in flow.items() if k not in parts})
+    out.update({k: v for k, v in gd.items() if k not in parts})
     out["gd_drift_exponent"] = _slopes(out["gd_drift"])
     out["gd_vs_flow_exponent"] = _slopes(out["gd_vs_flow"])
-    out["equivalent"] = bool(out["ewn_max_rel_err"] < 1e3 * rtol + 1e-6)
-    out["swn_differs"] = bool(out["swn_max_rel_err"] > 1e-3)
+    out["interrupted"] = bool(flow["interrupted"] or gd["interrupted"])
+    out["finished"] = flow["finished"] + gd["finished"]
+    out["not_finished"] = flow["not_finished"] + gd["not_finished"]
+    # No verdict from a check that a stop request cut short.
+    out["equivalent"] = (
+        None if out["interrupted"] else bool(out["ewn_max_rel_err"] < 1e3 * rtol + 1e-6)
+    )
+    out["swn_differs"] = None if out["interrupted"] else bool(out["swn_max_rel_err"] > 1e-3)
     return out
 
 
 def format_report(r: dict) -> str:
-    """A plain-text table of an ``equivalence_check`` result."""
-    lines = [
+    """A plain-text table of an ``equivalence_check`` result; an interrupted one starts with a
+    PARTIAL line naming the runs that finished."""
+
+    def num(x, spec: str) -> str:
+        return "(not finished)" if x is None else format(x, spec)
+
+    lines = []
+    if r.get("interrupted"):
+        lines.append(
+            "PARTIAL: interrupted (SIGINT/SIGTERM), no verdict; finished: "
+            f"{', '.join(r['finished']) or 'nothing'}; not finished: {', '.join(r['not_finished'])}"
+        )
+    lines += [
         f"EWN = adaptive-rate equivalence ({r['model']}, width {r['width']}, depth {r['depth']}, "
         f"{r['activation']}, {r['loss']} loss, rtol {r['rtol']:g})",
-        f"  EWN-GF vs rate-||w_u||^2 GF, max rel. error on path: {r['ewn_max_rel_err']:.3e}",
-        f"  SWN-GF vs rate-||w_u||^2 GF, max rel. error on path: {r['swn_max_rel_err']:.3e}"
-        "  (must NOT match)",
+        "  EWN-GF vs rate-||w_u||^2 GF, max rel. error on path: "
+        + num(r["ewn_max_rel_err"], ".3e"),
+        "  SWN-GF vs rate-||w_u||^2 GF, max rel. error on path: "
+        + num(r["swn_max_rel_err"], ".3e")
+        + "  (must NOT match)",
         f"  GD over T = {r['gd_horizon']:g}:   eta      EWN-GD vs rate-GD   GD vs flow",
     ]
     for (eta, drift), (_, gap) in zip(r["gd_drift"], r["gd_vs_flow"]):
         lines.append(f"                  {eta:<8.4g} {drift:<19.3e} {gap:.3e}")
     lines.append(
-        f"  fitted exponents in eta: drift {r['gd_drift_exponent']:.2f}, "
-        f"GD-vs-flow {r['gd_vs_flow_exponent']:.2f} (1 expected)"
+        f"  fitted exponents in eta: drift {num(r['gd_drift_exponent'], '.2f')}, "
+        f"GD-vs-flow {num(r['gd_vs_flow_exponent'], '.2f')} (1 expected)"
     )
     return "\n".join(lines)

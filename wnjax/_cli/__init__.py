@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from wnjax._runtime.precision import in_float32
@@ -25,7 +26,21 @@ COMMANDS: dict[str, str] = {
 
 
 # Seconds a command has to answer SIGINT/SIGTERM before the process is ended.
-INTERRUPT_GRACE = 2.0
+INTERRUPT_GRACE = 10.0
+
+# A negative number as float() reads it: -3, -0.5, -.5, -1e4, -1.5E-3, -inf, -nan.
+NEGATIVE_NUMBER = re.compile(
+    r"^-(?:(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|inf|infinity|nan)$", re.IGNORECASE
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that reads a negative number in any notation as an option's
+    value (``--target -1e4``), where argparse takes ``-1e4`` for an option of its own."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
 
 def positive_int(text: str) -> int:
@@ -82,7 +97,7 @@ def _configure(args: argparse.Namespace) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or of ``command`` alone (whose module is then the only one
     imported: a run of one command does not load the others' dependencies)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="wnjax",
         description="Implicit bias of gradient flow/descent on weight-normalized homogeneous nets.",
     )

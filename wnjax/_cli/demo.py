@@ -12,6 +12,10 @@ is mostly compilation, runs in a second (spawned) process beside the two experim
 Then one summary figure ``OUT/demo.png`` (equivalence, lin-sep and XOR panels), ``OUT/report.md``
 (the numbers and the verdicts of every claim) and ``OUT/metrics.json``. The experiments' verdicts
 are the data their runs return (``metrics["verdicts"]``), never recomputed here.
+
+SIGINT/SIGTERM stop the demo at the running part's next safe point and start no other part:
+``report.md`` and ``metrics.json`` then hold the finished parts, marked PARTIAL (no summary
+figure, no verdict from a part cut short), and the exit status is 128 + the signal.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import argparse
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 
+import wnjax._runtime.interrupt as _interrupt
 from wnjax._cli import positive_int
 
 # The experiments, the equivalence check and matplotlib are imported where they are used, after
@@ -30,6 +34,10 @@ from wnjax._cli import positive_int
 HELP = "run the main job: the equivalence check, then lin-sep and XOR at small size"
 
 NAMES = ("ewn", "swn", "standard")
+PARTS = ("equivalence", "lin_sep", "xor")
+TITLES = {"equivalence": "equivalence", "lin_sep": "lin-sep", "xor": "XOR"}
+# Seconds the equivalence worker has, after a stop request, to hand back its partial result.
+WORKER_GRACE = 2.0
 
 
 def embed_report(report: str, folder: str) -> str:
@@ -167,7 +175,9 @@ def equivalence_job(seed: int, x64: bool) -> tuple[dict, float]:
 
     jax.config.update("jax_enable_x64", x64)
     start = time.perf_counter()
-    return equivalence_check(jax.random.key(seed)), time.perf_counter() - start
+    with _interrupt.handling():  # a signal to this worker stops the check, which returns
+        eq = equivalence_check(jax.random.key(seed))
+    return eq, time.perf_counter() - start
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,81 +203,125 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_parts(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
+def run_parts(args: argparse.Namespace, parts: dict, cut: dict, seconds: dict) -> None:
     """The equivalence check (in a spawned process when ``args.jobs > 1``) and the lin-sep and
     XOR runs of ``wnjax.reproduce`` into ``OUT/lin-sep`` and ``OUT/xor``.
 
-    **Returns:** ``(equivalence dict, lin-sep metrics, XOR metrics, seconds per part)``.
+    Fills ``parts`` (``'equivalence'``, ``'lin_sep'``, ``'xor'``: the check's dict and the
+    experiments' metrics) as each part finishes, and ``seconds``. A stop request (SIGINT/SIGTERM)
+    starts no further part; a part it cut short goes into ``cut`` instead of ``parts``.
     """
     import jax
 
-    seconds: dict[str, float] = {}
     size = {} if getattr(args, "max_steps", None) is None else {"max_steps": args.max_steps}
     seeds, xor_target = getattr(args, "seeds", 3), getattr(args, "xor_target", -50.0)
     x64 = bool(jax.config.read("jax_enable_x64"))
-    pool = None
+    pool = pending = None
     if getattr(args, "jobs", 1) > 1:
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = multiprocessing.get_context("spawn").Pool(1)
         print("equivalence check (in a second process) ...", flush=True)
-        future = pool.submit(equivalence_job, args.seed, x64)
+        pending = pool.apply_async(equivalence_job, (args.seed, x64))
     else:
-        from wnjax._analysis.equivalence import format_report
-
         print("equivalence check ...", flush=True)
-        eq, seconds["equivalence"] = equivalence_job(args.seed, x64)
-        print(format_report(eq), flush=True)
-    from wnjax._analysis.equivalence import format_report
+        _equivalence_done(equivalence_job(args.seed, x64), parts, cut, seconds)
     from wnjax.experiments._reproduce import reproduce
 
     try:
-        print(f"lin-sep, {seeds} seeds, to log L = {args.target:g} ...", flush=True)
-        t = time.perf_counter()
-        lin = reproduce(
-            "lin-sep",
-            seeds=seeds,
-            out=os.path.join(args.out, "lin-sep"),
-            target=args.target,
-            **size,
+        experiments = (
+            ("lin_sep", "lin-sep", f"lin-sep, {seeds} seeds", args.target),
+            ("xor", "xor", f"XOR, {seeds} seeds", xor_target),
         )
-        seconds["lin_sep"] = time.perf_counter() - t
-        print(f"XOR, {seeds} seeds, to log L = {xor_target:g} ...", flush=True)
-        t = time.perf_counter()
-        xor = reproduce(
-            "xor", seeds=seeds, out=os.path.join(args.out, "xor"), target=xor_target, **size
-        )
-        seconds["xor"] = time.perf_counter() - t
-        if pool is not None:
-            eq, seconds["equivalence"] = future.result()
-            print(format_report(eq), flush=True)
+        for key, name, title, target in experiments:
+            if _interrupt.requested():
+                break
+            print(f"{title}, to log L = {target:g} ...", flush=True)
+            t = time.perf_counter()
+            metrics = reproduce(
+                name, seeds=seeds, out=os.path.join(args.out, name), target=target, **size
+            )
+            seconds[key] = time.perf_counter() - t
+            if _interrupt.requested() or (isinstance(metrics, dict) and metrics.get("partial")):
+                cut[key] = metrics
+            else:
+                parts[key] = metrics
+        if pending is not None:
+            while not pending.ready() and not _interrupt.requested():
+                pending.wait(0.1)
+            pending.wait(WORKER_GRACE)  # at once unless stopped: then its partial result
+            if pending.ready():
+                _equivalence_done(pending.get(), parts, cut, seconds)
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return eq, lin, xor, seconds
+            pool.terminate()  # a check still running after a stop request is not waited for
+            pool.join()
+
+
+def _equivalence_done(job: tuple[dict, float], parts: dict, cut: dict, seconds: dict) -> None:
+    """Record the equivalence check's ``(result, seconds)`` and print its report."""
+    from wnjax._analysis.equivalence import format_report
+
+    eq, seconds["equivalence"] = job
+    (cut if eq.get("interrupted") else parts)["equivalence"] = eq
+    print(format_report(eq), flush=True)
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {
+        "seed": args.seed,
+        "seeds": getattr(args, "seeds", 3),
+        "lin_sep_target": args.target,
+        "xor_target": getattr(args, "xor_target", -50.0),
+        **({} if getattr(args, "max_steps", None) is None else {"max_steps": args.max_steps}),
+        "jobs": getattr(args, "jobs", 1),
+    }
+
+
+def _equivalence_verdict(eq: dict) -> dict:
+    from wnjax.experiments._report import judge
+
+    return judge(
+        bool(eq["equivalent"] and eq["swn_differs"]),
+        "EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2; SWN differs",
+        f"EWN max path error {eq['ewn_max_rel_err']:.1e}, SWN {eq['swn_max_rel_err']:.2f}; "
+        f"GD error ~ eta^{eq['gd_vs_flow_exponent']:.2f}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the tour, write ``demo.png``, ``report.md`` and ``metrics.json`` under ``args.out``.
 
     **Returns:** the exit code, 0 if the equivalence holds (EWN matches, SWN differs); the
-    experiments' verdicts are reported but do not change it.
+    experiments' verdicts are reported but do not change it; 128 + the signal when stopped.
     """
-    from wnjax.experiments._report import REPRODUCED, judge, write_outputs
+    from wnjax._sweeps.store import writable_dir
+    from wnjax.experiments._report import REPRODUCED, write_outputs
 
-    os.makedirs(args.out, exist_ok=True)
+    writable_dir(args.out)
     start = time.perf_counter()
-    eq, lin, xor, seconds = run_parts(args)
+    parts, cut, seconds = {}, {}, {}
+
+    def partial() -> None:
+        write_partial(args, parts, cut, seconds)
+        print(
+            f"PARTIAL: interrupted; finished: {', '.join(TITLES[k] for k in parts) or 'none'}; "
+            f"{args.out}/report.md and metrics.json hold them."
+        )
+
+    with _interrupt.handling(on_timeout=partial):
+        run_parts(args, parts, cut, seconds)
+        if _interrupt.requested():
+            _interrupt.stopping()  # what follows writes the results
+    if len(parts) < len(PARTS):
+        partial()
+        return _interrupt.exit_code()
+    eq, lin, xor = (parts[k] for k in PARTS)
     lin_out, xor_out = os.path.join(args.out, "lin-sep"), os.path.join(args.out, "xor")
     figure = plot_summary(eq, lin, xor, args.out)
     reports = {}
     for key, folder in (("lin_sep", lin_out), ("xor", xor_out)):
         with open(os.path.join(folder, "report.md")) as f:
             reports[key] = f.read()
-    eq_verdict = judge(
-        bool(eq["equivalent"] and eq["swn_differs"]),
-        "EWN gradient flow = unnormalized flow with per-neuron rate ||w_u||^2; SWN differs",
-        f"EWN max path error {eq['ewn_max_rel_err']:.1e}, SWN {eq['swn_max_rel_err']:.2f}; "
-        f"GD error ~ eta^{eq['gd_vs_flow_exponent']:.2f}",
-    )
+    eq_verdict = _equivalence_verdict(eq)
     verdicts = {
         "equivalence": [eq_verdict],
         "lin_sep": list(lin.get("verdicts", [])),
@@ -279,14 +333,7 @@ def run(args: argparse.Namespace) -> int:
         "lin_sep": lin,
         "xor": xor,
         "verdicts": verdicts,
-        "settings": {
-            "seed": args.seed,
-            "seeds": getattr(args, "seeds", 3),
-            "lin_sep_target": args.target,
-            "xor_target": getattr(args, "xor_target", -50.0),
-            **({} if getattr(args, "max_steps", None) is None else {"max_steps": args.max_steps}),
-            "jobs": getattr(args, "jobs", 1),
-        },
+        "settings": _settings(args),
         "seconds": seconds,
     }
     write_outputs(args.out, metrics, _report(eq, eq_verdict, reports, verdicts, figure, seconds))
@@ -299,6 +346,51 @@ def run(args: argparse.Namespace) -> int:
     return 0 if (eq["equivalent"] and eq["swn_differs"]) else 1
 
 
+def write_partial(args: argparse.Namespace, parts: dict, cut: dict, seconds: dict) -> None:
+    """Write ``report.md`` and ``metrics.json`` of a stopped demo: the finished parts with their
+    verdicts, marked PARTIAL, and the parts cut short or not run, without a verdict."""
+    from wnjax._analysis.equivalence import format_report
+    from wnjax.experiments._report import render_verdict, write_outputs
+
+    parts, cut = dict(parts), dict(cut)  # the main thread may still add to them
+    verdicts = {}
+    if "equivalence" in parts:
+        verdicts["equivalence"] = [_equivalence_verdict(parts["equivalence"])]
+    for key in ("lin_sep", "xor"):
+        if key in parts:
+            verdicts[key] = list(parts[key].get("verdicts", []))
+    not_finished = [k for k in PARTS if k not in parts]
+    missing = [TITLES[k] + (" (cut short)" if k in cut else "") for k in not_finished]
+    lines = [
+        "# wnjax demo",
+        "",
+        "**PARTIAL**: interrupted (SIGINT/SIGTERM). Finished: "
+        f"{', '.join(TITLES[k] for k in parts) or 'none'}. Not finished, no verdict: "
+        f"{', '.join(missing)}. No summary figure.",
+    ]
+    for key in PARTS:
+        if key not in parts:
+            continue
+        lines += ["", f"## {TITLES[key]}", ""]
+        if key == "equivalence":
+            lines += ["```", format_report(parts[key]), "```", ""]
+            lines += [render_verdict(v) for v in verdicts[key]]
+        else:
+            folder = "lin-sep" if key == "lin_sep" else "xor"
+            lines.append(f"Report: [{folder}/report.md]({folder}/report.md)")
+            lines += [""] + [render_verdict(v) for v in verdicts[key]]
+    metrics = {
+        **{k: parts.get(k, cut.get(k)) for k in PARTS},
+        "partial": True,
+        "finished": list(parts),
+        "not_finished": not_finished,
+        "verdicts": verdicts,
+        "settings": _settings(args),
+        "seconds": dict(seconds),
+    }
+    write_outputs(args.out, metrics, "\n".join(lines))
+
+
 def _report(
     eq: dict, eq_verdict: dict, reports: dict, verdicts: dict, figure: str, seconds: dict
 ) -> str:
@@ -307,7 +399,7 @@ def _report(
     from wnjax._analysis.equivalence import format_report
     from wnjax.experiments._report import REPRODUCED, render_verdict
 
-    titles = {"equivalence": "equivalence", "lin_sep": "lin-sep", "xor": "XOR"}
+    titles = TITLES
     lines = [
         "# wnjax demo",
         "",

@@ -1,6 +1,11 @@
 """``wnjax equivalence``: check numerically that EWN gradient flow equals unnormalized flow with
 per-neuron rate ``||w_u||^2`` (``wnjax.equivalence_check``), print the report (or JSON), and exit 0
-when EWN matches and SWN differs, 1 otherwise."""
+when EWN matches and SWN differs, 1 otherwise.
+
+SIGINT/SIGTERM stop the check at its next safe point: the finished runs' numbers are printed
+with ``"interrupted": true`` (JSON) or a PARTIAL line (report) and no verdict, and the exit
+status is 128 + the signal.
+"""
 
 from __future__ import annotations
 
@@ -40,22 +45,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import jax
 
+    import wnjax._runtime.interrupt as _interrupt
     from wnjax._analysis.equivalence import equivalence_check, format_report
 
-    r = equivalence_check(
-        jax.random.key(args.seed),
-        model=args.model,
-        n=args.n,
-        d=args.d,
-        width=args.width,
-        depth=args.depth,
-        activation=args.activation,
-        loss=args.loss,
-        t1=args.t1,
-        rtol=args.rtol,
-        atol=args.atol,
-        etas=tuple(args.etas),
-        horizon=args.gd_horizon,
-    )
+    def on_timeout() -> None:  # still compiling when the grace period ends
+        if args.json:
+            print(json.dumps({"interrupted": True, "equivalent": None, "swn_differs": None}))
+        else:
+            print("PARTIAL: interrupted (SIGINT/SIGTERM) before the check finished; no verdict.")
+
+    with _interrupt.handling(on_timeout=on_timeout):
+        r = equivalence_check(
+            jax.random.key(args.seed),
+            model=args.model,
+            n=args.n,
+            d=args.d,
+            width=args.width,
+            depth=args.depth,
+            activation=args.activation,
+            loss=args.loss,
+            t1=args.t1,
+            rtol=args.rtol,
+            atol=args.atol,
+            etas=tuple(args.etas),
+            horizon=args.gd_horizon,
+        )
+    if r["interrupted"]:
+        _interrupt.stopping()
     print(json.dumps(r) if args.json else format_report(r))
+    if r["interrupted"]:
+        return _interrupt.exit_code()
     return 0 if (r["equivalent"] and r["swn_differs"]) else 1

@@ -3,11 +3,16 @@
 Each problem (``wnjax.problems``) integrates its gradient flow with the library's defaults and
 compares the end with a reference computed without the flow. The table has the problem's
 name, the solver's steps, the wall time (compilation included), the error, the tolerance and
-whether the check passed. ``<out>/results.json`` holds ``{"metadata": ..., "results": [...]}``:
-the size, seed, solver, JAX version, backend and float dtype, then one
-``ProblemResult.as_dict()`` per problem (non-finite numbers written as ``null``). A problem
+whether the check passed. ``<out>/results.json`` holds ``{"metadata": ..., "results": [...],
+"partial": ...}``: the size, seed, solver, JAX version, backend and float dtype, then one
+``ProblemResult.as_dict()`` per problem (non-finite numbers written as ``null``), and whether
+problems are missing (true while the run goes on, with the ones ``not_run``). A problem
 that raises is a failed row carrying the exception's message. The exit status is 0 when every
 problem passes, else 1.
+
+SIGINT/SIGTERM stop the run before the next problem (a solve in progress stops at its next
+check, its row marked ``interrupted``, with no verdict): ``results.json`` stays partial, a
+PARTIAL line names what finished, and the exit status is 128 + the signal.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import math
 import os
 import sys
 import time
+
+import wnjax._runtime.interrupt as _interrupt
 
 HELP = "run the problem zoo: implicit-bias theorems checked against independent references"
 
@@ -65,13 +72,15 @@ def _failed(name: str, error: BaseException, wall: float, problem=None):
 
 def run_one(name: str, size: str, seed: int, overrides: dict):
     """``wnjax.problems.run(make(name, size, seed), **overrides)``; an exception becomes a failed
-    row with its message."""
+    row with its message; ``None`` when a stop request came while the problem was built."""
     from wnjax import problems
 
     start = time.perf_counter()
     problem = None
     try:
         problem = problems.make(name, size, seed)
+        if _interrupt.requested():
+            return None
         return problems.run(problem, **overrides)
     except Exception as e:  # noqa: BLE001 - reported as a failed row, not a traceback
         return _failed(name, e, time.perf_counter() - start, problem)
@@ -99,9 +108,15 @@ def metadata(args: argparse.Namespace) -> dict:
     }
 
 
+def _pass_cell(r) -> str:
+    if r.interrupted:
+        return "stopped"
+    return "yes" if r.passed else "NO"
+
+
 def run(args: argparse.Namespace) -> int:
     from wnjax import problems
-    from wnjax._sweeps.store import atomic_write_bytes
+    from wnjax._sweeps.store import atomic_write_bytes, writable_dir
     from wnjax.experiments._report import json_text
 
     names = list(args.only) if args.only else problems.names()
@@ -113,36 +128,60 @@ def run(args: argparse.Namespace) -> int:
             f"unknown problem(s) {unknown}; choose from {problems.names()} "
             "(--only NAME ..., or leave --only out for all)."
         )
+    writable_dir(args.out)
     overrides = {} if args.solver is None else {"solver": args.solver}
     header = ("problem", "steps", "wall [s]", "error", "tolerance", "pass")
     widths = (max(len(header[0]), *(len(n) for n in names)), 9, 9, 10, 10, 5)
     print(f"wnjax problems: size={args.size}, seed={args.seed}, solver={args.solver or 'default'}")
     print(_row(header, widths))
     sys.stdout.flush()
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
+    meta = metadata(args)
     results = []
-    for name in names:
-        r = run_one(name, args.size, args.seed, overrides)
-        results.append(r)
-        line = _row(
-            (
-                r.name,
-                r.steps,
-                f"{r.wall_s:.2f}",
-                f"{r.error:.3e}",
-                f"{r.tolerance:.1e}",
-                "yes" if r.passed else "NO",
-            ),
-            widths,
-        )
-        if not r.passed:
-            line += f"  {r.message}"
-        print(line)
-        sys.stdout.flush()
-        # after every problem, so that a stopped run keeps what it has done
-        record = {"metadata": metadata(args), "results": [r.as_dict() for r in results]}
+
+    def write(partial: bool) -> None:
+        record = {"metadata": meta, "results": [r.as_dict() for r in results], "partial": partial}
+        if partial:
+            record["not_run"] = names[len(results) :]
         atomic_write_bytes(path, json_text(record, indent=2).encode())
-    passed = sum(r.passed for r in results)
+
+    def summary() -> str:
+        done = [r.name for r in results if not r.interrupted]
+        cut = [r.name for r in results if r.interrupted]
+        return (
+            "PARTIAL: interrupted (SIGINT/SIGTERM); finished: "
+            + (", ".join(done) or "none")
+            + (f"; stopped early (no verdict): {', '.join(cut)}" if cut else "")
+            + f"; not run: {', '.join(names[len(results) :]) or 'none'}. "
+            f"{path} holds the finished rows, marked partial."
+        )
+
+    def on_timeout() -> None:  # a problem still compiling when the grace period ends
+        write(True)
+        print(summary())
+
+    with _interrupt.handling(on_timeout=on_timeout):
+        for name in names:
+            if _interrupt.requested():
+                break
+            r = run_one(name, args.size, args.seed, overrides)
+            if r is None:
+                break
+            results.append(r)
+            cells = (r.name, r.steps, f"{r.wall_s:.2f}", f"{r.error:.3e}", f"{r.tolerance:.1e}")
+            line = _row((*cells, _pass_cell(r)), widths)
+            if not r.passed:
+                line += f"  {r.message}"
+            print(line)
+            sys.stdout.flush()
+            # after every problem, so that a stopped run keeps what it has done
+            write(len(results) < len(names) or r.interrupted)
+    if len(results) < len(names) or any(r.interrupted for r in results):
+        _interrupt.stopping()
+        write(True)
+        print(summary())
+        sys.stdout.flush()
+        return _interrupt.exit_code()
+    passed = sum(bool(r.passed) for r in results)
     print(f"{passed}/{len(results)} passed; results: {path}")
     return 0 if passed == len(results) else 1

@@ -16,7 +16,7 @@ import os
 import time
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax._cli import positive_float, positive_int
+from wnjax._cli import ArgumentParser, positive_float, positive_int
 from wnjax.experiments import _reproduce
 from wnjax.experiments._options import COMMON, Common, field_types, flag
 
@@ -94,7 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="with --all: read the finished runs under OUT instead of running them again",
+        help="with --all: read the finished runs under OUT instead of running them again "
+        "(a run marked PARTIAL is run again)",
     )
     add_option_arguments(parser, Common)
     # None: not given (an experiment then takes Common's default; --all each experiment's own).
@@ -107,7 +108,7 @@ def experiment_parser(name: str, **defaults) -> argparse.ArgumentParser:
     """The argument parser of experiment ``name``: the common flags and its own, with the
     common flags' defaults taken from ``defaults``."""
     module = _reproduce.load(name)
-    sub = argparse.ArgumentParser(
+    sub = ArgumentParser(
         prog=f"wnjax reproduce {name}",
         description=getattr(module, "DESCRIPTION", None),
         formatter_class=_Formatter,
@@ -131,11 +132,13 @@ def parse_options(name: str, argv: list[str], **defaults):
 
 def argparse_namespace(name: str, **options) -> argparse.Namespace:
     """The ``argparse.Namespace`` that an experiment with ``add_arguments`` takes: its defaults,
-    then ``options``; ``TypeError`` naming the valid options for an unknown one."""
+    then ``options``; ``InvalidInput`` naming the valid options for an unknown one."""
+    from wnjax._runtime.errors import InvalidInput
+
     args = experiment_parser(name).parse_args([])
     unknown = sorted(set(options) - set(vars(args)))
     if unknown:
-        raise TypeError(
+        raise InvalidInput(
             f"experiment {name!r} has no option(s) {unknown}; its options are "
             f"{sorted(k for k in vars(args) if k not in COMMON)} and {list(COMMON)}."
         )
@@ -156,7 +159,14 @@ def run_all(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {k}" for k, n in card["counts"].items())
     print(f"wrote {out}/index.md and metrics.json: {counts}")
     if card["partial"]:
-        print("PARTIAL: interrupted; the scorecard covers the experiments that had finished.")
+        during = (
+            f" during {card['interrupted']} (partial: no verdict)" if card["interrupted"] else ""
+        )
+        print(
+            f"PARTIAL: interrupted{during}; finished: {', '.join(card['finished']) or 'none'}; "
+            f"not run: {', '.join(card['not_run']) or 'none'}. `wnjax reproduce --all --reuse "
+            f"--out {out}` runs the rest."
+        )
         return _interrupt.exit_code()
     return 1 if card["errors"] else 0
 

@@ -300,7 +300,7 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
 
     inner: diffrax.AbstractAdaptiveStepSizeController
     start: dict
-    budget: int = 2**31 - 1
+    budget: int | Array = 2**31 - 1
 
     @property
     def rtol(self):
@@ -687,7 +687,7 @@ def _solver_hint(r: FlowResult) -> str:
             )
             if jumping_field(r.final):
                 return head + _JUMP_HINT
-            return head + _STIFF_HINT + ("" if smooth_field(r.final) else " Else" + _JUMP_HINT)
+            return head + _STIFF_HINT + ("" if smooth_field(r.final) else _JUMP_IF_HINT)
         return ""
     stiff_hint = (
         " leave solver unset (the default switches to the L-stable Kvaerno5 when it detects "
@@ -698,7 +698,7 @@ def _solver_hint(r: FlowResult) -> str:
             f" {rejected} of the {steps} steps were rejected. If the flow is stiff,"
             + stiff_hint
             + " If it is not (solver=None tells),"
-            + _JUMP_HINT
+            + (_JUMP_HINT if jumping_field(r.final) else _JUMP_IF_HINT)
         )
     if rejected > 0.2 * steps:
         return " Many steps were rejected, as when a flow is stiff:" + stiff_hint
@@ -719,6 +719,13 @@ _SLIDE_HINT = (
 _JUMP_HINT = (
     " the vector field likely jumps, as -grad L of a ReLU network does wherever a "
     "pre-activation changes sign." + _SLIDE_HINT
+)
+# The same for a model whose field is not known to jump or to be smooth.
+_JUMP_IF_HINT = (
+    " If the vector field jumps (as -grad L of a ReLU network does wherever a pre-activation "
+    "changes sign), the flow may slide along such a surface (a differential inclusion, not an "
+    "ODE), which holds every error-controlled method to steps proportional to rtol: use a "
+    "smooth activation, wnjax.gradient_descent with a small learning rate, or a looser rtol."
 )
 
 
@@ -1396,7 +1403,12 @@ def _solve_levels(
             y0=c["y"],
             args=(X, y),
             saveat=diffrax.SaveAt(t1=True, solver_state=True, controller_state=polled),
-            stepsize_controller=_Polled(controller.inner, c["poll"]) if polled else controller,
+            # the steps left of the run's budget (a level's solve may not spend all of it)
+            stepsize_controller=(
+                _Polled(controller.inner, c["poll"], jnp.maximum(max_steps - c["steps"], 1))
+                if polled
+                else controller
+            ),
             event=level_event(level),
             max_steps=max_steps,
             throw=False,
@@ -1418,6 +1430,22 @@ def _solve_levels(
         # ends the run at the last finite state (the start of this level's solve), whatever its
         # events said.
         at_level = _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
+        # Where the root find ran out of digits in the clock short of the level (in float32 a
+        # fast-falling log L can drop by more than the level's tolerance within one ulp of s),
+        # the end of the step that crossed it, an accepted point of the path past the level,
+        # stands for the crossing.
+        _, t_end, y_end, h_end = sol.solver_state
+        log_l_end = _log_loss_fn(unravel(y_end[0]), static, X, y, loss)
+        past = (
+            event
+            & ~at_level
+            & all_finite((y_end, log_l_end))
+            & (h_end > 0)
+            & _reached(log_l_end, level, X.dtype, _rounding(unravel(y_end[0]), static, X, y, loss))
+        )
+        new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(past, a, b), y_end, new_y)
+        log_l = jnp.where(past, log_l_end, log_l)
+        at_level = at_level | past
         finite = all_finite((new_y, log_l)) & ~_jump_not_crossing(
             event & ~at_level, theta, static, X, y, loss
         )
@@ -1431,11 +1459,9 @@ def _solve_levels(
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
         code = jnp.where(finite, code, NONFINITE)
         new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_y, c["at_y"])
-        new_s = jnp.where(finite, sol.ts[-1], c["at_s"])
+        new_s = jnp.where(finite, jnp.where(past, t_end, sol.ts[-1]), c["at_s"])
         # Go on from the end of the step that crossed the level where that end lies above the
         # next level (the event's gap, see level_event), else from the crossing.
-        _, t_end, y_end, h_end = sol.solver_state
-        log_l_end = _log_loss_fn(unravel(y_end[0]), static, X, y, loss)
         ahead = (log_l_end - next_level) / (1.0 + jnp.abs(next_level)) + 2 * ftol > 0
         from_end = hit & ahead & all_finite((y_end, log_l_end)) & (h_end > 0)
         dt = jnp.where(accepted > 0, (sol.ts[-1] - c["s"]) / jnp.maximum(accepted, 1), c["dt"])
@@ -1509,16 +1535,12 @@ def _solve_levels(
         },
         time=time,
         stop_code=end["code"],
-        # the last solve crossed its level (the target), or the run ended within rounding of it
         reached_target=(end["code"] == 0)
-        & (
-            end["hit"]
-            | _reached(
-                final_log_loss,
-                numbers["target"],
-                X.dtype,
-                _rounding(final_params, static, X, y, loss),
-            )
+        & _reached(
+            final_log_loss,
+            numbers["target"],
+            X.dtype,
+            _rounding(final_params, static, X, y, loss),
         ),
     )
 

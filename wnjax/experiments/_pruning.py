@@ -431,7 +431,7 @@ def train_sgd(
     - `loss`: a loss name or ``Loss``.
     - `min_eta0`: a seed whose ``eta0`` falls below it has stalled and stops.
     - `call_seconds`: the aimed duration of one compiled call; the host records ``curve`` after
-      each and answers SIGINT/SIGTERM there (within the command line's 2 s grace).
+      each and answers SIGINT/SIGTERM there (within the command line's 10 s grace).
     - `progress`: ``None`` or ``f(epochs, log_loss, seconds)`` called after each call with the
       per-seed kept epochs and ``log L`` so far.
 

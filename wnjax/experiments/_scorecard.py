@@ -4,6 +4,10 @@
 finished run's ``metrics.json`` with ``rerun=False``), and writes ``index.md`` (one row per
 claim: paper, claim, detail, verdict, a link to the experiment's report and figure) and
 ``metrics.json`` (the counts of reproduced, not-reproduced and not-answered claims).
+
+SIGINT/SIGTERM stop it at the running experiment's next safe point: the scorecard is written
+marked PARTIAL, the interrupted experiment and those not run listed as not answered; with
+``rerun=False`` a later call runs them (a stored run marked partial is never reused).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import traceback
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._sweeps.store import atomic_write_bytes, writable_dir
 from wnjax.experiments._report import NOT_ANSWERED, NOT_REPRODUCED, REPRODUCED, not_answered
-from wnjax.experiments._reproduce import EXPERIMENTS, reproduce
+from wnjax.experiments._reproduce import EXPERIMENTS, mark_partial, reproduce
 
 # The paper each experiment reproduces.
 PAPERS: dict[str, str] = {
@@ -59,13 +63,42 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(rows: list[dict], counts: dict, seconds: dict) -> str:
-    """``index.md``: the counts, then one table row per claim."""
+def is_partial(folder: str, metrics) -> bool:
+    """Whether the run stored in ``folder`` was cut short by SIGINT/SIGTERM: its metrics say
+    ``partial``, or its ``report.md`` carries a ``**PARTIAL**`` line."""
+    if isinstance(metrics, dict) and metrics.get("partial"):
+        return True
+    try:
+        with open(os.path.join(folder, "report.md")) as f:
+            return any(line.startswith("**PARTIAL**") for line in f)
+    except OSError:
+        return False
+
+
+def render(rows: list[dict], counts: dict, seconds: dict, stop: dict | None = None) -> str:
+    """``index.md``: a PARTIAL line when ``stop`` (``interrupted``: the experiment the signal
+    stopped, or ``None``; ``finished``; ``not_run``) is given, the counts, then one table row
+    per claim."""
     lines = [
         "# Scorecard",
         "",
         "Every experiment of the four papers at its default size (`wnjax reproduce --all`).",
         "",
+    ]
+    if stop is not None:
+        during = (
+            f" during `{stop['interrupted']}` (its run is partial: no verdict)"
+            if stop["interrupted"]
+            else ""
+        )
+        lines += [
+            f"**PARTIAL**: interrupted (SIGINT/SIGTERM){during}. Finished: "
+            f"{', '.join(stop['finished']) or 'none'}. Not run: "
+            f"{', '.join(stop['not_run']) or 'none'}. `wnjax reproduce --all --reuse` keeps the "
+            "finished experiments and runs the others.",
+            "",
+        ]
+    lines += [
         "| verdict | claims |",
         "|---|---|",
         *(f"| {k} | {counts[k]} |" for k in VERDICTS),
@@ -107,28 +140,84 @@ def scorecard(
       ``out/index.md`` and ``out/metrics.json``.
     - `names`: the experiments to run (default: all, in registry order).
     - `seeds`: the number of seeds of every experiment (default: each experiment's own).
-    - `rerun`: ``False`` reads a finished ``out/NAME/metrics.json`` instead of running again.
+    - `rerun`: ``False`` reads a finished ``out/NAME/metrics.json`` instead of running again
+      (a run marked partial, see ``is_partial``, is run again).
 
     **Returns:** the scorecard metrics: ``counts`` (claims per verdict), ``claims`` (one dict
     per claim: ``paper``, ``experiment``, ``claim``, ``detail``, ``verdict``, ``figure``),
-    ``seconds`` (wall time per experiment) and ``errors`` (experiment -> the error that stopped
-    it; its claims count as not answered).
+    ``seconds`` (wall time per experiment), ``errors`` (experiment -> the error that stopped
+    it; its claims count as not answered) and ``partial``. After SIGINT/SIGTERM ``partial`` is
+    true, and ``interrupted`` (the experiment cut short, or ``None``), ``finished`` and
+    ``not_run`` say how far it got; the claims of the unfinished experiments count as not
+    answered.
     """
     names = list(EXPERIMENTS) if names is None else list(names)
     writable_dir(out)
-    rows, seconds, errors = [], {}, {}
-    with _interrupt.handling():
+    rows, seconds, errors, finished = [], {}, {}, []
+    state = {"running": None, "started": 0.0}
+
+    def row(name: str, v: dict, figure=None) -> dict:
+        return {
+            "paper": PAPERS.get(name, ""),
+            "experiment": name,
+            "claim": v["claim"],
+            "detail": v.get("detail", ""),
+            "verdict": v["verdict"],
+            "figure": figure,
+        }
+
+    def write(stopped: bool) -> dict:
+        table = list(rows)
+        stop = None
+        if stopped:
+            running = state["running"]
+            not_run = [n for n in names if n not in finished and n != running]
+            stop = {"interrupted": running, "finished": list(finished), "not_run": not_run}
+            if running is not None:
+                why = "interrupted (SIGINT/SIGTERM): its run is partial, so no verdict is drawn"
+                table.append(row(running, not_answered("every claim of the experiment", why)))
+            for name in not_run:
+                why = "not run: interrupted (SIGINT/SIGTERM) before it started"
+                table.append(row(name, not_answered("every claim of the experiment", why)))
+        counts = {k: sum(r["verdict"] == k for r in table) for k in VERDICTS}
+        result = {
+            "counts": counts,
+            "claims": table,
+            "seconds": dict(seconds),
+            "errors": dict(errors),
+            "experiments": names,
+            "partial": stopped,
+            **(stop or {}),
+        }
+        atomic_write_bytes(
+            os.path.join(out, "index.md"), render(table, counts, seconds, stop).encode()
+        )
+        atomic_write_bytes(
+            os.path.join(out, "metrics.json"), json.dumps(result, indent=2, default=str).encode()
+        )
+        return result
+
+    def on_timeout() -> None:  # the command line ends the process: write what is finished
+        if state["running"] is not None:
+            mark_partial(os.path.join(out, state["running"]), state["started"])
+        write(True)
+        print(f"PARTIAL: interrupted; {out}/index.md covers the experiments that had finished.")
+
+    with _interrupt.handling(on_timeout=on_timeout):
         for name in names:
             if _interrupt.requested():
                 break
             folder = os.path.join(out, name)
             started = time.time()
+            state.update(running=name, started=started)
             metrics = None
             path = os.path.join(folder, "metrics.json")
+            reused = False
             if not rerun and os.path.exists(path):
                 with open(path) as f:
                     metrics = json.load(f)
-            else:
+                reused = not is_partial(folder, metrics)  # a partial run is run again
+            if not reused:
                 try:
                     kw = {} if seeds is None else {"seeds": seeds}
                     metrics = reproduce(name, out=folder, **kw)
@@ -136,38 +225,20 @@ def scorecard(
                     errors[name] = f"{type(err).__name__}: {err}"
                     traceback.print_exc()
             # The experiment's own record (a reused run's too), else this loop's clock.
-            reused = not rerun and os.path.exists(path)
             clock = None if reused else time.time() - started
             seconds[name] = (metrics if isinstance(metrics, dict) else {}).get(
                 "wall_seconds", clock
             )
+            if not reused and _interrupt.requested():
+                break  # cut short: its verdicts are not counted
             found = verdicts_of(metrics)
             if not found:
                 why = errors.get(name, "the experiment returned no verdicts")
                 found = [not_answered("every claim of the experiment", why)]
             figures = _figures(folder)
-            for v in found:
-                rows.append(
-                    {
-                        "paper": PAPERS.get(name, ""),
-                        "experiment": name,
-                        "claim": v["claim"],
-                        "detail": v.get("detail", ""),
-                        "verdict": v["verdict"],
-                        "figure": figures[0] if figures else None,
-                    }
-                )
-    counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
-    result = {
-        "counts": counts,
-        "claims": rows,
-        "seconds": seconds,
-        "errors": errors,
-        "experiments": names,
-        "partial": _interrupt.requested(),
-    }
-    atomic_write_bytes(os.path.join(out, "index.md"), render(rows, counts, seconds).encode())
-    atomic_write_bytes(
-        os.path.join(out, "metrics.json"), json.dumps(result, indent=2, default=str).encode()
-    )
-    return result
+            rows.extend(row(name, v, figures[0] if figures else None) for v in found)
+            finished.append(name)
+            state["running"] = None
+        if _interrupt.requested():
+            _interrupt.stopping()
+        return write(len(finished) < len(names))

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from wnjax._dynamics.flow import FlowResult, gradient_flow
+from wnjax._runtime import interrupt as _interrupt
+from wnjax._runtime.errors import InvalidInput
 
 SIZES = ("test", "full")
 
@@ -59,8 +61,10 @@ class ProblemResult:
 
     **Fields:** `name`; `steps` (solver steps, all attempts); `wall_s` (wall time of the solve,
     compilation included); `final_log_loss`; `reached_target`; `error` and `tolerance` (see
-    ``Problem``); `passed` (the run succeeded and ``error <= tolerance``); `metric`; `message`
-    (how the run ended); `stats` (the solver's statistics, as numbers).
+    ``Problem``); `passed` (the run succeeded and ``error <= tolerance``; ``None``, no verdict,
+    when interrupted); `metric`; `message` (how the run ended); `stats` (the solver's
+    statistics, as numbers); `interrupted` (SIGINT/SIGTERM stopped the solve: `error` is
+    measured at the state it reached).
     """
 
     name: str
@@ -70,10 +74,11 @@ class ProblemResult:
     reached_target: bool
     error: float
     tolerance: float
-    passed: bool
+    passed: bool | None
     metric: str
     message: str
     stats: dict
+    interrupted: bool = False
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,7 +93,7 @@ def register(name: str):
 
     def add(f):
         if name in REGISTRY:
-            raise ValueError(f"problem {name!r} is registered twice.")
+            raise InvalidInput(f"problem {name!r} is registered twice.")
         REGISTRY[name] = f
         return f
 
@@ -104,9 +109,9 @@ def make(name: str, size: str = "full", seed: int = 0) -> Problem:
     """Build problem ``name`` at ``size`` (``'test'``: small and quick; ``'full'``) from
     ``seed``."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown problem {name!r}; choose from {names()}.")
+        raise InvalidInput(f"unknown problem {name!r}; choose from {names()}.")
     if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}.")
+        raise InvalidInput(f"size must be one of {SIZES}, got {size!r}.")
     return REGISTRY[name](size=size, seed=seed)
 
 
@@ -122,7 +127,9 @@ def run(problem: Problem, **overrides) -> ProblemResult:
     - `overrides`: ``wnjax.gradient_flow`` keywords that replace the problem's own (``solver``,
       ``rtol``, ``max_steps``, ...).
 
-    **Returns:** a ``ProblemResult``; a failed solve is reported (``passed=False``), not raised.
+    **Returns:** a ``ProblemResult``; a failed solve is reported (``passed=False``), not raised,
+    and one that SIGINT/SIGTERM stopped is returned with ``interrupted=True`` and
+    ``passed=None``.
     """
     options = dict(problem.flow_options)
     options.update(overrides)
@@ -136,6 +143,7 @@ def run(problem: Problem, **overrides) -> ProblemResult:
         final = _number(result.final_log_loss)  # waits for the solve
     wall = time.perf_counter() - start
     ok = bool(np.asarray(result.ok))
+    interrupted = bool(np.asarray(result.interrupted))
     try:
         error = float(problem.error(result))
     except Exception as e:  # noqa: BLE001 - a broken metric is a failed check, with its reason
@@ -151,14 +159,28 @@ def run(problem: Problem, **overrides) -> ProblemResult:
         reached_target=bool(np.asarray(result.reached_target)),
         error=error,
         tolerance=problem.tolerance,
-        passed=ok and math.isfinite(error) and error <= problem.tolerance,
+        passed=None if interrupted else ok and math.isfinite(error) and error <= problem.tolerance,
         metric=problem.metric,
         message=message,
         stats=stats,
+        interrupted=interrupted,
     )
 
 
 def run_all(size: str = "full", seed: int = 0, only=None, **overrides) -> list[ProblemResult]:
-    """``run`` every zoo problem (or those named in ``only``) at ``size`` from ``seed``."""
+    """``run`` every zoo problem (or those named in ``only``) at ``size`` from ``seed``.
+
+    SIGINT/SIGTERM stop it before the next problem: the results then end with the one the
+    signal stopped (``interrupted``), if any, and leave out those not started.
+    """
     chosen = names() if not only else list(only)
-    return [run(make(name, size, seed), **overrides) for name in chosen]
+    results = []
+    with _interrupt.handling():
+        for name in chosen:
+            if _interrupt.requested():
+                break
+            problem = make(name, size, seed)
+            if _interrupt.requested():
+                break
+            results.append(run(problem, **overrides))
+    return results

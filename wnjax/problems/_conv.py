@@ -28,6 +28,7 @@ import numpy as np
 import scipy.optimize
 from jaxtyping import Array
 
+from wnjax._runtime.errors import InvalidInput
 from wnjax.problems._base import Problem, register
 from wnjax.problems._diagonal import (
     CLASS_TARGET,
@@ -165,7 +166,7 @@ def fourier_l1_max_margin(X, y) -> FourierMaxMargin:
         and dual_norm <= 1 + 1e-7
         and abs(gap) <= 1e-7
     ):
-        raise ValueError(
+        raise InvalidInput(
             f"SLSQP stopped off the optimum ({res.message}): min margin {np.min(Z @ beta):.10f}, "
             f"duality gap {gap:.2e}, dual norm {dual_norm:.8f}, min lambda {np.min(lam):.2e}."
         )
@@ -200,7 +201,7 @@ def fourier_lq_kkt_point(X, y, beta0, depth: int) -> np.ndarray:
     **Returns:** ``beta`` at the KKT point.
     """
     if depth % 2 != 1:
-        raise ValueError(f"fourier_lq_kkt_point takes an odd depth, got {depth}.")
+        raise InvalidInput(f"fourier_lq_kkt_point takes an odd depth, got {depth}.")
     Z = np.asarray(y, float)[:, None] * np.asarray(X, float)
     beta0 = np.asarray(beta0, float)
     q = Z @ beta0
@@ -234,7 +235,7 @@ def fourier_lq_kkt_point(X, y, beta0, depth: int) -> np.ndarray:
     if not (
         stationarity <= 1e-6 and np.min(lam) >= -1e-8 * np.max(lam) and np.min(margins(w)) >= -1e-8
     ):
-        raise ValueError(
+        raise InvalidInput(
             f"SLSQP stopped off a KKT point ({res.message}): stationarity {stationarity:.2e}, "
             f"min lambda {np.min(lam):.2e}, min margin - 1 {np.min(margins(w)):.2e}."
         )

@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 import scipy.optimize
 
+from wnjax._runtime.errors import InvalidInput
 from wnjax.diagonal._nets import diagonal_net, diagonal_signal
 from wnjax.problems._base import Problem, register
 
@@ -74,7 +75,7 @@ def hard_margin_svm(X, y) -> np.ndarray:
     if not (
         stationarity <= 1e-6 and np.min(lam) >= -1e-9 * np.max(lam) and np.min(Z @ w) >= 1 - 1e-9
     ):
-        raise ValueError(
+        raise InvalidInput(
             f"SLSQP stopped off the SVM ({res.message}): stationarity {stationarity:.2e}."
         )
     return w

@@ -31,6 +31,7 @@ import scipy.optimize
 
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, swn
+from wnjax._runtime.errors import InvalidInput
 from wnjax.problems._base import Problem, register
 
 # log L at the end of the classification runs, and their options: loss-normalized time, t1 out
@@ -96,7 +97,7 @@ def max_margin(Z) -> tuple[np.ndarray, np.ndarray]:
     u, _ = scipy.optimize.nnls(E, f, maxiter=50 * (m + p))
     r = E @ u - f
     if not -r[-1] > 1e-12:
-        raise ValueError(
+        raise InvalidInput(
             "the margin constraints Z w >= 1 have no solution: the data are not separable."
         )
     return -r[:p] / r[-1], u / -r[-1]
@@ -152,7 +153,7 @@ def soudry_constant(Z) -> float:
     w, lam = max_margin(Z)
     support = lam > 1e-10 * lam.max()
     if support.sum() != Z.shape[1]:
-        raise ValueError(
+        raise InvalidInput(
             f"{support.sum()} support points in R^{Z.shape[1]}: w~ is not fixed by the data."
         )
     w_tilde = np.linalg.solve(Z[support], -np.log(lam[support]))
