@@ -479,3 +479,36 @@ def test_the_step_budget_holds_across_the_loss_levels():
         )  # fmt: skip
     assert int(r.stats["num_steps"]) == 500
     assert "max_steps = 500 steps" in r.message
+
+
+def test_a_log_loss_the_tolerances_do_not_resolve_is_named():
+    """Square loss, plain time, a depth-2 diagonal net converging to an interpolating point: at
+    the defaults' atol the weights' error dwarfs the residual by t = 30, and log L drifts from
+    Radau's (rtol 1e-13) by several units; the result says the tolerances do not resolve it.
+    With tolerances that do, the run matches Radau and says nothing of the kind."""
+    from scipy.integrate import solve_ivp
+
+    rng = np.random.default_rng(0)
+    d, n, alpha = 8, 5, 0.1
+    A = rng.normal(size=(n, d))
+    x_star = np.zeros(d)
+    x_star[:2] = [1.0, -2.0]
+    b = A @ x_star
+
+    def field(t, w):
+        u, v = w[:d], w[d:]
+        g = A.T @ (A @ (u**2 - v**2) - b)
+        return -np.concatenate([2 * g * u, -2 * g * v])
+
+    ref = solve_ivp(field, (0, 30), alpha * np.ones(2 * d), method="Radau", rtol=1e-13, atol=1e-25)
+    u, v = ref.y[:d, -1], ref.y[d:, -1]
+    ref_log_l = np.log(0.5 * np.sum((A @ (u**2 - v**2) - b) ** 2))
+    net = wnjax.diagonal.net(d, depth=2, alpha=alpha)
+    with pytest.warns(RuntimeWarning, match="do not resolve log L"):
+        loose = wnjax.gradient_flow(net, A, b, loss="square", t1=30.0)
+    assert abs(float(loose.final_log_loss) - ref_log_l) > 1.0  # what the note is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        tight = wnjax.gradient_flow(net, A, b, loss="square", t1=30.0, rtol=1e-12, atol=1e-16)
+    assert "do not resolve" not in tight.message
+    assert abs(float(tight.final_log_loss) - ref_log_l) < 0.3  # against 5.5 at the defaults

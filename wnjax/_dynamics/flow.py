@@ -442,7 +442,10 @@ class FlowResult(RunResult):
       ``sigma = s + log L(0) - log L`` for ``time='loss'``;
     - `stats`: solver statistics (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``,
       ``max_steps``, ``target_log_loss`` (``-inf`` without a target), ``final_grad_norm``
-      (``|grad log L|`` at ``final``, over the trainable arrays), ``nonfinite_ahead`` (the
+      (``|grad log L|`` at ``final``, over the trainable arrays), ``log_loss_resolution``
+      (``|grad log L * (atol + rtol |theta|)|`` at ``final``: how far errors of the tolerances'
+      size in the weights move ``log L``; the message says so above ``0.1 (1 + |log L|)``),
+      ``nonfinite_ahead`` (the
       shortest distance, relative to ``1 + ||theta||``, from ``final`` along ``-grad log L`` at
       which ``log L`` or its gradient is NaN or inf, probed at ``1e-2 ... 1e-14`` when the
       run ran out of steps; ``inf`` if none, or when it did not); with the default solver
@@ -510,6 +513,7 @@ def _describe(r: FlowResult) -> str:
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
         out = f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
+        out += _resolution_note(r)
         if not bool(r.reached_target) and np.isfinite(target):
             grad = float(np.asarray(r.stats.get("final_grad_norm", np.inf)))
             eps = float(np.finfo(np.asarray(r.final_log_loss).dtype).eps)
@@ -621,7 +625,7 @@ def _hints(r: FlowResult) -> str:
     if clock:
         clock += _normalized_hint(r)
     if not clock:
-        hint = _solver_hint(r)
+        hint = _solver_hint(r) + _rounding_hint(r)
     elif not _not_stiff(r):
         hint = clock
     elif smooth_field(r.final) or kinked_field(r.final) and not jumping_field(r.final):
@@ -634,6 +638,25 @@ def _hints(r: FlowResult) -> str:
             "changes sign." + _SLIDE_HINT
         )
     return hint
+
+
+def _rounding_hint(r: FlowResult) -> str:
+    """In low precision deep in the loss: the field's rounding, ``eps |log L|`` relative, above
+    what the default tolerances ask of it."""
+    log_l = np.asarray(r.final_log_loss)
+    if log_l.dtype.itemsize >= 8 or not np.isfinite(log_l):
+        return ""
+    noise = float(np.finfo(log_l.dtype).eps) * abs(float(log_l))
+    if noise <= 1e-5:
+        return ""
+    return (
+        f" In {log_l.dtype} at log L = {float(log_l):.6g} the margins, near |log L|, carry a "
+        f"rounding of ~{noise:.1g} of the field (eps |log L|), and the gradient of a normalized "
+        "direction (SWN, EWN), a small difference of large terms, can be rounding alone: "
+        "steps that must resolve it stay short. Run in float64 "
+        "(jax.config.update('jax_enable_x64', True) and float64 data), or loosen rtol to "
+        f"~{10 * noise:.0e}." + _normalized_hint(r)
+    )
 
 
 def _normalized_hint(r: FlowResult) -> str:
@@ -737,6 +760,41 @@ def _log_loss_fn(params, static, X, y, loss: Loss):
 def _grad_norm(params, static, X, y, loss):
     """``|grad log L|`` over the trainable arrays ``params``."""
     return tree_norm(_grad_log_loss(params, static, X, y, loss, None)[1])
+
+
+def _resolution(params, static, X, y, loss, numbers) -> Array:
+    """How far ``log L`` moves under errors of the tolerances' size in the weights, independent
+    from one weight to the next: ``|d log L/d theta * (atol + rtol |theta|)|`` (Euclidean norm
+    of the elementwise product). Where it is a sizeable share of ``|log L|`` the tolerances do
+    not resolve ``log L``: a square loss near an interpolating point, whose
+    ``grad log L ~ 2 J^T r / |r|^2`` grows as the residual ``r`` vanishes."""
+    grads = _grad_log_loss(params, static, X, y, loss, None)[1]
+    return tree_norm(
+        jax.tree_util.tree_map(
+            lambda g, x: g * (numbers["atol"] + numbers["rtol"] * jnp.abs(x)), grads, params
+        )
+    )
+
+
+# A run's result says its log L is not resolved where ``log_loss_resolution`` exceeds this
+# share of ``1 + |log L|``.
+UNRESOLVED = 0.1
+
+
+def _resolution_note(r: FlowResult) -> str:
+    """A sentence for a finished run whose tolerances do not resolve its final ``log L``."""
+    res = np.asarray(r.stats.get("log_loss_resolution", 0.0))
+    log_l = np.asarray(r.final_log_loss)
+    if res.ndim or not float(res) > UNRESOLVED * (1.0 + abs(float(log_l))):
+        return ""
+    return (
+        f" The tolerances do not resolve log L at the end: errors of atol + rtol |theta| in "
+        f"the weights would move it by ~{float(res):.3g} (a first-order estimate, high where "
+        "the flow contracts), so log L and the time it is reached can be off by units (as for "
+        "a square loss near an interpolating point). "
+        "Tighten rtol and atol (e.g. rtol=1e-12, atol=1e-16 in float64), or use time='loss', "
+        "whose clock follows log L."
+    )
 
 
 # The distances, relative to 1 + ||theta||, at which ``_probe_ahead`` probes the field.
@@ -1155,6 +1213,7 @@ def _solve(
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
     stats["final_grad_norm"] = _grad_norm(final_params, static, X, y, loss)
+    stats["log_loss_resolution"] = _resolution(final_params, static, X, y, loss, numbers)
     stats["nonfinite_ahead"] = _nonfinite_ahead(final_params, static, X, y, loss, code)
     stats["target_log_loss"] = numbers["target"]
     stats.update(_switch_stats(sol.solver_state))
@@ -1529,6 +1588,7 @@ def _solve_levels(
             "num_rejected_steps": end["rejected"],
             "max_steps": jnp.asarray(max_steps),
             "final_grad_norm": _grad_norm(final_params, static, X, y, loss),
+            "log_loss_resolution": _resolution(final_params, static, X, y, loss, numbers),
             "nonfinite_ahead": _nonfinite_ahead(final_params, static, X, y, loss, end["code"]),
             "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"][0]),
@@ -1702,20 +1762,22 @@ def gradient_flow(
     - `time`: the clock: ``'plain'`` (``t``), ``'normalized'`` (``s``, ``ds = L dt``) or
       ``'loss'`` (``sigma = s + log L(0) - log L``; needs ``target_log_loss``, saves at loss
       levels; ``s`` and ``log t`` are integrated alongside). For targets far below
-      ``log L = -30`` use ``'normalized'`` or ``'loss'``: ``'loss'`` where the normalized flow
-      blows up in finite ``s`` (EWN), above all in float32; ``'normalized'`` for the others (in
-      float32 a linear SWN classifier's loss clock stops near ``log L = -1,400`` to ``-2,100``
-      on five of eight seeds, its steps below the clock's spacing there; the normalized clock
-      reaches ``-3,000`` on all eight).
+      ``log L = -30`` use ``'normalized'`` or ``'loss'``: ``'loss'`` where ``log L`` falls
+      without bound before a finite ``s`` (an EWN flow; a net of homogeneity degree above 2,
+      whose ``s = int L dt`` converges; a square loss near an interpolating point), above all
+      in float32; ``'normalized'`` for the others (in float32 a linear SWN classifier's loss
+      clock stops near ``log L = -1,400`` to ``-2,100`` on five of eight seeds, its steps below
+      the clock's spacing there; the normalized clock reaches ``-3,000`` on all eight).
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.diagonal.polar_rates(eta_r, eta_theta)``; its array fields are traced.
     - `target_log_loss`: stop once ``log L`` falls to this value. The crossing is root-found:
-      the run ends ``2 level_tolerance(dtype) (1 + |target|)`` below the target, up to rounding,
-      and ``reached_target`` is ``final_log_loss <= target + target_tolerance(dtype)
-      (1 + |target|) + 4 r`` with ``r = eps sum_i |d log L / d f_i| 2 |f_i|`` the rounding in
-      ``log L`` (large for a square loss near an interpolating point). A run that reaches its
-      target is a success.
+      the run ends ``2 level_tolerance(dtype) (1 + |target|)`` below the target, up to rounding
+      (or, where ``log L`` falls by more than that within the clock's resolution, as in float32
+      deep in the loss, at the end of the step that crossed it), and ``reached_target`` is
+      ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|) + 4 r`` with
+      ``r = eps sum_i |d log L / d f_i| 2 |f_i|`` the rounding in ``log L`` (large for a square
+      loss near an interpolating point). A run that reaches its target is a success.
     - `save`: where to save summaries: ``wnjax.LogSpaced(n)``, ``wnjax.AtTimes(ts)`` or
       ``wnjax.AtLossLevels(n)``. ``None``: ``AtLossLevels(n_save)`` for
       ``time='normalized'`` with a target and for ``time='loss'``, else ``LogSpaced(n_save)``
@@ -1898,6 +1960,8 @@ def _finish(result: FlowResult, throw: bool) -> FlowResult:
         if not bool(np.all(code == 0)):
             if throw and not bool(np.any(code == INTERRUPTED)):
                 raise FlowFailed(result.message, result)
+            warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+        elif _resolution_note(result):
             warnings.warn(result.message, RuntimeWarning, stacklevel=3)
         warn_target_met_at_start(result.log_loss, result.stats.get("target_log_loss"), 4)
     return result
