@@ -10,6 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from core_problems import CHUNK, compiles, flow, gd, mlp_problem
 
@@ -504,3 +505,26 @@ def test_packed_while_loop_matches_the_plain_loop(max_elements):
             np.testing.assert_array_equal(a, b)
     # the lanes stopped at five different iterations, one of them on its flag
     assert np.unique(np.asarray(got["i"])).size == 5 and np.asarray(got["flag"])[:, 0].any()
+
+
+@pytest.mark.parametrize(
+    "optimizer, hyperparams", [(optax.sgd, {"momentum": 0.9}), (optax.adam, {})]
+)
+def test_a_run_continued_from_its_opt_state_is_the_whole_run(optimizer, hyperparams):
+    """2,000 + 2,000 steps, the second run started from the first's ``final`` and
+    ``opt_state``, end on the bits of one 4,000-step run (momentum and Adam's moments and
+    step count go on); started afresh, they do not. A state of another optimizer is refused."""
+    X, y = wnjax.data.lin_sep(jax.random.key(0))
+    p = wnjax.ewn(wnjax.MLP(2, 8, 2, activation="relu2", key=jax.random.key(1)))
+    kw = dict(learning_rate=1e-3, optimizer=optimizer, hyperparams=hyperparams, n_save=8)
+    whole = wnjax.gradient_descent(p, X, y, num_steps=4000, **kw)
+    first = wnjax.gradient_descent(p, X, y, num_steps=2000, **kw)
+    on = wnjax.gradient_descent(first.final, X, y, num_steps=2000, opt_state=first.opt_state, **kw)
+    afresh = wnjax.gradient_descent(first.final, X, y, num_steps=2000, **kw)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.final), jax.tree_util.tree_leaves(on.final)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(afresh.final_log_loss) != float(whole.final_log_loss)
+    with pytest.raises(wnjax.InvalidInput, match="opt_state does not fit"):
+        wnjax.gradient_descent(
+            first.final, X, y, num_steps=10, learning_rate=1e-3, opt_state=first.opt_state
+        )

@@ -160,8 +160,10 @@ class GDResult(RunResult):
             return ""
         return (
             f" The loss stopped decreasing: log L fell by {after:.3g} over the last half of "
-            f"the steps (by {before:.3g} before). Is the data separable? Non-separable data, or "
-            "an all-zero row of X, keeps L above a positive floor."
+            f"the steps (by {before:.3g} before). Is the data separable? Non-separable data, an "
+            "all-zero row of X, or a dead point (one on which every unit of the net is off, so "
+            "its output and its gradient stay 0: wnjax.margins(result.final, X, y) is 0 there) "
+            "keeps L above a positive floor."
         )
 
 
@@ -580,6 +582,7 @@ def _init_carry(
     hyperparams,
     numbers,
     n_save,
+    opt_state=None,
     *,
     rule,
     loss,
@@ -595,10 +598,12 @@ def _init_carry(
 
     **Arguments:** `params`, `static`, `X`, `y`; `hyperparams` (the rule's numbers); `numbers`
     (as for ``_run_chunk``, ``diverge_above`` relative to ``log L(0)``); `n_save` (save
-    buffer length); `rule`, `loss`, `save_states`, `diagnostics`, `standard`, `summarize`,
-    `plain_out` (as for ``_run_chunk``).
+    buffer length); `opt_state` (the rule's state to start from; ``None``: its ``init``); `rule`,
+    `loss`, `save_states`, `diagnostics`, `standard`, `summarize`, `plain_out` (as for
+    ``_run_chunk``).
     """
-    opt_state = rule.init(params, hyperparams, static, X, y)
+    if opt_state is None:
+        opt_state = rule.init(params, hyperparams, static, X, y)
     log_l0 = loss.log_loss(apply_batch(eqx.combine(params, static), X), y)
     # Only the shapes of a record are needed to allocate the save buffers.
     example = eqx.filter_eval_shape(
@@ -691,6 +696,7 @@ def prepare_run(
     save_at=None,
     standard=True,
     monitor=None,
+    opt_state=None,
 ):
     """Validate a GD run's inputs; return ``(carry, static, X, y, numbers, key, statics)``.
 
@@ -791,14 +797,34 @@ def prepare_run(
         "levels": _levels(checkpoints, dtype),
         "hyperparams": hp,
     }
+    if opt_state is not None:
+        _check_opt_state(opt_state, statics["rule"], params, hp, static, X, y)
     carry, log_l0, diverge_level = _init_carry(
-        params, static, X, y, hp, numbers, n_save, **_init_statics(statics)
+        params, static, X, y, hp, numbers, n_save, opt_state, **_init_statics(statics)
     )
     if check_initial_loss:
         _check_initial_loss(log_l0)
     numbers["diverge_above"] = diverge_level
     numbers["initial_log_loss"] = log_l0
     return carry, static, X, y, numbers, key, statics
+
+
+def _check_opt_state(opt_state, rule, params, hyperparams, static, X, y) -> None:
+    """Raise ``InvalidInput`` unless ``opt_state`` has the structure, shapes and dtypes of the
+    state the run's optimizer starts from."""
+    expected = eqx.filter_eval_shape(rule.init, params, hyperparams, static, X, y)
+    got = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), opt_state
+    )
+    want = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected)
+    if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(want) or any(
+        a.shape != b.shape or a.dtype != b.dtype
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want))
+    ):
+        raise InvalidInput(
+            "opt_state does not fit this run's optimizer and model: pass the opt_state of a run "
+            "with the same optimizer, hyperparameter names, model and dtype (GDResult.opt_state)."
+        )
 
 
 def _init_statics(statics: dict) -> dict:
@@ -925,6 +951,7 @@ def gradient_descent(
     checkpoints: Sequence[float] = (),
     stop_stalled: bool = False,
     summarize: Callable | None = None,
+    opt_state: PyTree | None = None,
 ) -> GDResult:
     """Run GD (or minibatch SGD) with an optax optimizer until a target, divergence or the budget.
 
@@ -967,6 +994,11 @@ def gradient_descent(
     - `stop_stalled`: stop (code 4) once the loss is carried by dead points, which no step
       moves (``wnjax._dynamics.stall``; margin losses only), checked at save points.
     - `summarize`: ``f(model, X, y) -> dict`` of arrays, saved at every save point.
+    - `opt_state`: the optimizer's state to start from instead of its ``init``: the
+      ``opt_state`` of a run this one continues (with ``model=result.final``), so momentum,
+      Adam's moments, schedules' step counts and ``loss_normalized_sgd``'s step size go on
+      where they were (full batch: the same steps as one run; a minibatch run draws its
+      batches afresh from ``key``).
 
     **Returns:** a ``GDResult`` whose save arrays hold the saved points only. Numbers
     (learning rates inside ``optimizer``, targets) are traced where optax keeps them as arrays,
@@ -998,6 +1030,7 @@ def gradient_descent(
         checkpoints=checkpoints,
         stop_stalled=stop_stalled,
         summarize=summarize,
+        opt_state=opt_state,
     )
     log_l0 = numbers["initial_log_loss"]
     carry = _drive(
