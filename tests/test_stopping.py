@@ -443,6 +443,7 @@ def test_the_advice_after_most_steps_were_rejected_follows_the_field():
     assert "likely jumps" not in r.message
 
 
+@pytest.mark.slow
 def test_reached_target_means_the_final_loss_is_at_the_target_in_float32():
     """float32, loss-normalized time on an EWN CNN to log L = -1000: where the root find of the
     last level runs out of the clock's digits (log L falls by more than the level's tolerance
@@ -465,6 +466,7 @@ def test_reached_target_means_the_final_loss_is_at_the_target_in_float32():
     assert abs(log_l - float(r.final_log_loss)) < 1e-4 * abs(log_l)
 
 
+@pytest.mark.slow
 def test_the_step_budget_holds_across_the_loss_levels():
     """A run saved at levels of log L is one solve per level: ``max_steps`` bounds their sum
     (a ReLU net that slides, so the budget runs out)."""
@@ -481,6 +483,7 @@ def test_the_step_budget_holds_across_the_loss_levels():
     assert "max_steps = 500 steps" in r.message
 
 
+@pytest.mark.slow
 def test_a_log_loss_the_tolerances_do_not_resolve_is_named():
     """Square loss, plain time, a depth-2 diagonal net converging to an interpolating point: at
     the defaults' atol the weights' error dwarfs the residual by t = 30, and log L drifts from
