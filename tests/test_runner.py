@@ -1,5 +1,7 @@
 """The experiments' vmapped GD runner: stalled seeds stop early, overflowed steps are undone."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -438,3 +440,52 @@ def test_concurrently_calls_meanwhile_after_every_compile_while_the_runs_go_on()
     i = log.index(("meanwhile", None))
     assert {e for e in log[:i]} == {("compile", 0), ("compile", 1), ("compile", 2)}
     assert sorted(log[i + 1 :]) == [("end", 0), ("end", 1), ("end", 2)]
+
+
+def test_runs_that_finished_before_a_stop_are_taken_by_the_rerun(tmp_path):
+    """``in_parallel`` and ``concurrently`` with a ``Finished`` store: a run that returned
+    before the stop request is kept and not run again by the rerun, which gives the results of
+    an uninterrupted run; the one that returned after it, and those never started, run again.
+    Other options (another identity) start afresh."""
+    import wnjax._runtime.interrupt as interrupt
+    from wnjax.experiments._finished import Finished
+    from wnjax.experiments._runner import concurrently, in_parallel
+
+    def store(identity):
+        return Finished(str(tmp_path / ".finished"), identity)
+
+    for runner in ("in_parallel", "concurrently"):
+        interrupt.clear()
+        store({"fresh": runner})  # another identity: an empty folder
+        calls = []
+
+        def work(name, stop=False):
+            calls.append(name)
+            if stop:
+                interrupt.request()  # as a signal during this run
+            return {"name": name, "value": np.arange(3.0) * len(name)}
+
+        def run(stop_at, identity):
+            names = ["a", "bb", "ccc"]
+            if runner == "in_parallel":
+                fns = {n: functools.partial(work, n, n == stop_at) for n in names}
+                return in_parallel(fns, workers=1, finished=store(identity))
+            return concurrently(
+                lambda n, turn: turn() and work(n, n == stop_at) or None,
+                {n: n for n in names},
+                finished=store(identity),
+            )
+
+        first = run("bb", {"k": 1})
+        assert list(first) == ["a", "bb"]  # "ccc" never started
+        interrupt.clear()
+        calls.clear()
+        again = run(None, {"k": 1})
+        assert calls == ["bb", "ccc"]  # "a" was kept
+        whole = {n: {"name": n, "value": np.arange(3.0) * len(n)} for n in ["a", "bb", "ccc"]}
+        assert list(again) == list(whole)
+        for n in whole:
+            np.testing.assert_array_equal(again[n]["value"], whole[n]["value"])
+        calls.clear()
+        run(None, {"k": 2})
+        assert calls == ["a", "bb", "ccc"]  # other options: nothing is taken

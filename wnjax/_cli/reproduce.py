@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         if _reproduce.mark_partial(out, started):
             print(
                 f"PARTIAL: interrupted; {out} holds what had finished (report.md names "
-                "what is missing)."
+                "what is missing); the same command run again goes on from the finished runs."
             )
         else:
             print("interrupted before any result had finished; nothing was written.")
@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         _interrupt.stopping()
         partial()
         return _interrupt.exit_code()
+    _reproduce.completed(out)
     print(f"wrote {out}/report.md, metrics.json and figures")
     verdicts = metrics.get("verdicts") if isinstance(metrics, dict) else None
     if isinstance(verdicts, list) and verdicts:

@@ -36,6 +36,7 @@ from wnjax.diagonal._nets import (
 )
 from wnjax.diagonal._polar import polar_rates, polar_sgd
 from wnjax.diagonal._sparse import l1_interpolator, min_l2_interpolator, q_alpha_interpolator
+from wnjax.experiments._finished import finished_runs
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     finite,
@@ -815,7 +816,12 @@ def run(options: Options) -> dict:
 
     with warnings.catch_warnings():  # a flow's success is judged from its final log loss
         warnings.filterwarnings("ignore", "gradient flow", RuntimeWarning)
-        in_parallel(calls, shares={pt: pt[0] for pt in points}, on_done=keep)
+        in_parallel(
+            calls,
+            shares={pt: pt[0] for pt in points},
+            on_done=keep,
+            finished=finished_runs("diagonal-wn", options),
+        )
     if len(complete) < len(calls):  # stopped: the partial outputs are written
         return _write_partial(options.out, metrics, list(calls), complete)
 

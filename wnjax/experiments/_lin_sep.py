@@ -23,6 +23,7 @@ from wnjax._losses import LogisticThenExponential, get_loss
 from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn, to_standard, trainable_weight_norm
 from wnjax.data._sets import lin_sep
+from wnjax.experiments._finished import finished_runs
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     PARAM_STYLE,
@@ -181,13 +182,15 @@ def simulate(
     cap=CAP,
     on_done=None,
     schedule=SCHEDULE,
+    finished=None,
 ):
     """All three parameterizations on ``seeds`` data sets and inits (vmapped), each in a thread
     of its own: compiled one after another (under GD the longest runs, SWN and the standard net,
     first), each run starting as soon as its program is compiled (``concurrently``); matplotlib
     is imported while they run.
     ``on_done(out)`` is called after each one finishes. SIGINT/SIGTERM stop the
-    parameterizations in progress, which are left out.
+    parameterizations in progress, which are left out; ``finished`` (a ``Finished`` store) keeps
+    those that finish and hands them to a rerun.
 
     **Returns:** dict ``name -> dict(reached, final diagnostics, history, ...)`` of the
     parameterizations that finished (all three unless interrupted), with per seed ``epochs``
@@ -290,6 +293,7 @@ def simulate(
         {k: PARAMETERIZATIONS[k] for k in order},
         on_done=None if on_done is None else lambda sim: on_done(in_order(sim)),
         meanwhile=pyplot,
+        finished=finished,
     )
     return in_order(out)
 
@@ -478,6 +482,7 @@ def run(options: Options) -> dict:
         cap=options.cap,
         on_done=on_done,
         schedule=options.schedule,
+        finished=finished_runs("lin-sep", options),
     )
     if len(sim) < len(PARAMETERIZATIONS):
         _interrupt.stopping()

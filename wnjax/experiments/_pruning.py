@@ -40,6 +40,7 @@ from wnjax._nets.models import MLP
 from wnjax._nets.parameterize import ewn, standard, swn, to_standard
 from wnjax._runtime.errors import InvalidInput
 from wnjax.data._sets import digits, mnist
+from wnjax.experiments._finished import finished_runs
 from wnjax.experiments._options import Common, option
 from wnjax.experiments._report import (
     PARAM_STYLE,
@@ -659,7 +660,11 @@ def run(options: Options) -> dict:
     # The three trainings run side by side, one thread each (``in_parallel``), SWN's first: it
     # takes the most epochs at the paper's rate.
     order = sorted(NAMES, key=lambda k: k != "swn")
-    in_parallel({k: functools.partial(one, k) for k in order}, on_done=write)
+    in_parallel(
+        {k: functools.partial(one, k) for k in order},
+        on_done=write,
+        finished=finished_runs("pruning", options),
+    )
     return written.get("metrics")  # None: stopped before any training had finished
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import shutil
 import time
 
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._sweeps.store import atomic_write_bytes, writable_dir
+from wnjax.experiments._finished import FOLDER as FINISHED
 from wnjax.experiments._options import COMMON, Common
 
 EXPERIMENTS: dict[str, str] = {
@@ -132,7 +134,9 @@ def reproduce(
     one raises ``TypeError`` naming the valid ones, a bad value ``InvalidInput``. Writes the
     figures, ``metrics.json`` and ``report.md`` under ``out`` (default ``runs/NAME``), checked
     for writability first. SIGINT/SIGTERM stop the experiment early: what had finished is
-    written and the report says PARTIAL.
+    written and the report says PARTIAL; the independent runs that had finished are kept in
+    ``OUT/.finished/``, and a rerun with the same options into the same ``out`` takes them
+    instead of running them again (``wnjax.experiments._finished``).
     """
     module = load(name)
     if getattr(module, "Options", None) is None:
@@ -148,10 +152,18 @@ def reproduce(
         metrics = module.run(opts)
         if _interrupt.requested():
             mark_partial(opts.out, started)
+        else:
+            completed(opts.out)
     if isinstance(metrics, dict):
         metrics["wall_seconds"] = time.time() - started
         _record_wall_time(opts.out, metrics["wall_seconds"])
     return metrics
+
+
+def completed(out: str) -> None:
+    """A reproduction into ``out`` completed: drop the runs kept for a rerun
+    (``wnjax.experiments._finished``)."""
+    shutil.rmtree(os.path.join(out, FINISHED), ignore_errors=True)
 
 
 def _record_wall_time(out: str, seconds: float) -> None:

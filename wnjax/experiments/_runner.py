@@ -28,6 +28,7 @@ from wnjax._dynamics.descent import STOP_DIVERGED, STOP_STALLED, STOP_TARGET
 from wnjax._dynamics.rules import DescentRule, EpochBacktracking
 from wnjax._dynamics.seeds import run_seeds
 from wnjax._losses import Loss, get_loss
+from wnjax.experiments._finished import Finished
 
 if TYPE_CHECKING:
     from wnjax._dynamics.flow import FlowResult
@@ -97,12 +98,25 @@ def stacked(make: Callable, *args) -> PyTree:
     return eqx.filter_jit(eqx.filter_vmap(make))(*args)
 
 
+def _kept(finished: Finished | None, names) -> dict:
+    """``name -> result`` of the runs ``finished`` holds."""
+    if finished is None:
+        return {}
+    out = {}
+    for name in names:
+        ok, result = finished.get(name)
+        if ok:
+            out[name] = result
+    return out
+
+
 def in_parallel(
     calls: Mapping[Any, Callable[[], Any]],
     *,
     shares: Mapping[Any, Any] | None = None,
     workers: int | None = None,
     on_done: Callable[[dict], Any] | None = None,
+    finished: Finished | None = None,
 ) -> dict:
     """``{name: call()}`` over ``calls``, run by ``workers`` threads at once. A CPU program runs
     in the thread that calls it with the GIL released, so independent runs (the points of a
@@ -124,10 +138,13 @@ def in_parallel(
     - `workers`: threads (default: ``usable_cores()``, at most the number of calls).
     - `on_done`: ``on_done(out)``, called in the calling thread each time a call returns, with
       the results so far (in the order of ``calls``): write what has finished.
+    - `finished`: where a call that returns before any stop request is kept, and taken from
+      instead of running again (``wnjax.experiments._finished``: a rerun after an interruption).
 
     **Returns:** ``name -> result`` of the calls that ran, in the order of ``calls``.
     """
     names = list(calls)
+    kept = _kept(finished, names)
     if workers is None:
         workers = _cores.usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -147,9 +164,13 @@ def in_parallel(
         if first[group[name]] != name:
             traced[group[name]].wait()  # its first call is running or done: it came earlier
         try:
+            if name in kept:
+                return kept[name], False
             if _interrupt.requested():
                 return skipped
-            return calls[name]()
+            result = calls[name]()
+            # kept for a rerun only if no stop was requested before it returned
+            return result, finished is not None and not _interrupt.requested()
         finally:
             if first[group[name]] == name:
                 traced[group[name]].set()
@@ -162,7 +183,10 @@ def in_parallel(
                 for future in as_completed(futures):
                     if future.result() is skipped:
                         continue
-                    results[futures[future]] = future.result()
+                    result, keep = future.result()
+                    results[futures[future]] = result
+                    if keep:
+                        finished.put(futures[future], result)
                     if on_done is not None:
                         on_done({k: results[k] for k in names if k in results})
             except BaseException:
@@ -179,6 +203,7 @@ def concurrently(
     *,
     on_done: Callable | None = None,
     meanwhile: Callable[[], Any] | None = None,
+    finished: Finished | None = None,
 ) -> dict:
     """``{name: fn(item, turn)}`` over ``items``, each call in a thread of its own. The calls
     compile one after another (tracing holds the GIL): a call starts once the one before it has
@@ -204,10 +229,12 @@ def concurrently(
       (or stopped), while the runs go on: host work the caller needs afterwards, such as
       importing a plotting library, kept off the compilations' way. Its result and errors are
       ignored; it is waited for before returning.
+    - `finished`: as for ``in_parallel``.
 
     **Returns:** ``name -> result`` of the calls that finished.
     """
     names = list(items)
+    kept = _kept(finished, names)
     compiled = [threading.Event() for _ in names]
 
     def wait(event) -> bool:
@@ -226,9 +253,13 @@ def concurrently(
     def call(k):
         # One compilation at a time: each starts once the one before it has compiled.
         try:
+            if names[k] in kept:
+                return kept[names[k]], False
             if k > 0 and not wait(compiled[k - 1]):
-                return None
-            return fn(items[names[k]], turn_of(k))
+                return None, False
+            result = fn(items[names[k]], turn_of(k))
+            # kept for a rerun only if no stop was requested before it returned
+            return result, finished is not None and not _interrupt.requested()
         finally:
             compiled[k].set()
 
@@ -246,9 +277,11 @@ def concurrently(
             if meanwhile is not None:
                 pool.submit(after_compiling)
             for future in as_completed(futures):
-                result = future.result()
+                result, keep = future.result()
                 if result is not None:
                     results[futures[future]] = result
+                    if keep:
+                        finished.put(futures[future], result)
                     if on_done is not None:
                         on_done({k: results[k] for k in names if k in results})
         except BaseException:
