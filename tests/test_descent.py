@@ -528,3 +528,55 @@ def test_a_run_continued_from_its_opt_state_is_the_whole_run(optimizer, hyperpar
         wnjax.gradient_descent(
             first.final, X, y, num_steps=10, learning_rate=1e-3, opt_state=first.opt_state
         )
+
+
+def test_a_frozen_layer_stays_put_under_weight_decay():
+    """AdamW's decay (and a decay chained before SGD) is an optimizer term of its own, not a
+    gradient: a frozen layer must not move under it, while the trained one does."""
+    k = jax.random.split(jax.random.key(0), 2)
+    X = jax.random.normal(k[0], (12, 3))
+    y = jnp.sign(X[:, 0] + 0.3)
+    net = wnjax.MLP(3, 5, 2, activation="relu2", key=k[1])
+    p = wnjax.ewn(net, freeze=lambda m: [m.layers[1]])
+    for opt in (
+        dict(optimizer=optax.adamw, learning_rate=0.01, hyperparams={"weight_decay": 0.1}),
+        dict(optimizer=optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.01))),
+    ):
+        r = wnjax.gradient_descent(p, X, y, num_steps=100, **opt)
+        out = wnjax.to_standard(r.final)
+        np.testing.assert_array_equal(np.asarray(out.layers[1].weight), net.layers[1].weight)
+        assert float(jnp.max(jnp.abs(out.layers[0].weight - net.layers[0].weight))) > 1e-3
+
+
+def test_where_a_minibatch_run_stops_does_not_depend_on_its_chunks():
+    """Minibatch SGD checks its target on the full data at save points, never at a chunk's end:
+    the same stop step and final weights for any ``chunk_size``."""
+    k = jax.random.split(jax.random.key(0), 2)
+    X = jax.random.normal(k[0], (13, 3))
+    y = jnp.sign(X[:, 0] + 0.3)
+    net = wnjax.MLP(3, 5, 2, activation="relu2", key=k[1])
+    kw = dict(num_steps=3000, learning_rate=0.05, batch_size=4, key=jax.random.key(7))
+    kw.update(loss="logistic", target_log_loss=-0.05, n_save=32)
+    runs = [wnjax.gradient_descent(net, X, y, chunk_size=c, **kw) for c in (7, 100, 1000)]
+    assert int(runs[0].stop_code) == 1  # reached the target
+    for r in runs[1:]:
+        assert int(r.num_steps) == int(runs[0].num_steps)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(r.final), jax.tree_util.tree_leaves(runs[0].final)
+        ):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_backtracked_trial_step_is_no_divergence():
+    """``loss_normalized_sgd`` with backtracking undoes a trial step whose loss rose, however far:
+    the divergence level does not end the run there (the same run with the level out of reach)."""
+    k = jax.random.split(jax.random.key(0), 2)
+    X = jax.random.normal(k[0], (12, 3))
+    y = jnp.sign(X[:, 0] + 0.3)
+    net = wnjax.MLP(3, 5, 2, activation="relu2", key=k[1])
+    kw = dict(num_steps=300, learning_rate=0.5, optimizer=wnjax.loss_normalized_sgd)
+    kw.update(hyperparams={"backtracking": True}, throw=False)
+    near = wnjax.gradient_descent(net, X, y, diverge_above=200.0, **kw)
+    far = wnjax.gradient_descent(net, X, y, diverge_above=1e6, **kw)
+    assert int(near.num_undone) > 0 and int(near.stop_code) == int(far.stop_code) == 2
+    assert float(near.final_log_loss) == float(far.final_log_loss)

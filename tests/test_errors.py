@@ -632,3 +632,23 @@ def test_normalized_margin_needs_a_positive_degree(problem):
     model, X, y = problem
     with pytest.raises(wnjax.InvalidInput, match="degree must be positive"):
         wnjax.normalized_margin(model, X, y, degree=0.0)
+
+
+def test_gd_option_combinations(problem):
+    model, X, y = problem
+    with pytest.raises(wnjax.InvalidInput, match="on minibatches"):
+        wnjax.gradient_descent(
+            model, X, y, num_steps=10, learning_rate=0.1, batch_size=4, key=jax.random.key(0),
+            optimizer=wnjax.loss_normalized_sgd, hyperparams={"backtracking": True},
+        )  # fmt: skip
+    with pytest.raises(wnjax.InvalidInput, match="checkpoints must be finite"):
+        _gd(model, X, y, checkpoints=[np.nan])
+
+
+@pytest.mark.parametrize("outputs, targets", [(3, None), (1, 3), (3, 2)])
+def test_square_loss_needs_one_target_per_output(outputs, targets, problem):
+    _, X, _ = problem
+    net = wnjax.MLP(X.shape[1], 4, 2, out_size=outputs, key=jax.random.key(0))
+    y = X[:, 0] if targets is None else jnp.tile(X[:, :1], (1, targets))
+    with pytest.raises(wnjax.InvalidInput, match="one target per output"):
+        _gd(net, X, y, loss="square")

@@ -401,6 +401,8 @@ def _run_chunk(
         at_target, blew_up = stops(value, finite)
         if guarded:
             blew_up = blew_up | (~at_target & bad(new_params, c["k"] + 1))
+        else:  # a state the optimizer undoes at this update (backtracking) is no divergence
+            blew_up = blew_up & ~undo
         c = checkpoint(c, watched(c["params"], value))
         take = ~at_target & ~blew_up
         c = dict(c)
@@ -494,8 +496,12 @@ def _run_chunk(
         return c
 
     def segment(c, end, active=True):
-        c = advance(c, jnp.minimum(jnp.maximum(next_save(c), attempts(c) + 1), end))
-        return maybe_record(full_checks(c), active)
+        # Full-data checks at save points only, never at a chunk's end: where a run stops does
+        # not depend on how it is chunked (``chunk_size='auto'`` sizes chunks by wall time).
+        at = jnp.maximum(next_save(c), attempts(c) + 1)
+        c = advance(c, jnp.minimum(at, end))
+        c = jax.lax.cond(attempts(c) >= at, full_checks, lambda c: dict(c), c)
+        return maybe_record(c, active)
 
     carry = maybe_record(carry)
     end = attempts(carry) + numbers["chunk_size"].astype(carry["k"].dtype)
@@ -662,10 +668,16 @@ def _host_int(v):
 
 
 def _levels(checkpoints, dtype):
-    """The checkpoint levels as a 1-D array (host NumPy unless traced)."""
-    if isinstance(checkpoints, jax.Array):
+    """The checkpoint levels as a 1-D array (host NumPy unless traced); each must be finite."""
+    if isinstance(checkpoints, jax.core.Tracer):
         return jnp.asarray(checkpoints, dtype).reshape(-1)
-    return np.asarray(list(checkpoints), dtype).reshape(-1)
+    levels = np.asarray(list(np.ravel(np.asarray(checkpoints))), dtype).reshape(-1)
+    if not np.all(np.isfinite(levels)):
+        raise InvalidInput(
+            f"checkpoints must be finite log L levels, got {levels.tolist()[:6]}; e.g. "
+            "checkpoints=(-10, -100)."
+        )
+    return levels if not isinstance(checkpoints, jax.Array) else jnp.asarray(levels)
 
 
 def prepare_run(
@@ -760,6 +772,12 @@ def prepare_run(
             )
         if key is None:
             raise InvalidInput("minibatch SGD needs a PRNG key: pass key=jax.random.key(...).")
+        if hp.get("backtracking") is True:
+            raise InvalidInput(
+                "backtracking undoes a step whose log L rose, and on minibatches the log L "
+                "before and after a step are those of different batches: run it full batch "
+                "(batch_size=None)."
+            )
     check_key(key)
     key = _default_key() if key is None else key
     optimizer = _optimizer(optimizer)
@@ -971,7 +989,7 @@ def gradient_descent(
     - `hyperparams`: further keyword arguments of the factory (``momentum=0.9``, ...).
     - `loss`: a loss name or ``Loss``.
     - `target_log_loss`: stop once full-data ``log L`` reaches it (full batch: checked every step;
-      minibatch: at every save point and chunk end). A run that ends short of it with a stalled
+      minibatch: at every save point). A run that ends short of it with a stalled
       loss warns (``GDResult.stall``: is the data separable?).
     - `batch_size`, `key`: minibatch SGD with a reshuffle every epoch, drawn from ``key``.
     - `objective`: ``'loss'`` or ``'log_loss'`` (the gradient that the optimizer sees).
@@ -990,7 +1008,7 @@ def gradient_descent(
     - `diagnostics`: also save the asymptotic diagnostics at the save points (see
       ``wnjax.gradient_flow``).
     - `checkpoints`: ``log L`` levels; the model is kept the first time ``log L`` is at or below
-      each (full batch: at the step; minibatch: at save points and chunk ends).
+      each (full batch: at the step; minibatch: at save points).
     - `stop_stalled`: stop (code 4) once the loss is carried by dead points, which no step
       moves (``wnjax._dynamics.stall``; margin losses only), checked at save points.
     - `summarize`: ``f(model, X, y) -> dict`` of arrays, saved at every save point.

@@ -29,6 +29,7 @@ from jaxtyping import Array
 from wnjax._dynamics.schedules import LossNormalizedState, backtrack_rate
 from wnjax._losses import Loss
 from wnjax._nets.dense import apply_batch
+from wnjax._nets.parameterize import Frozen
 from wnjax._runtime.tree import all_finite, tree_where
 
 
@@ -69,6 +70,18 @@ def may_undo(opt_state) -> bool:
     return bool(_loss_normalized_states(opt_state))
 
 
+def frozen_kept(updates):
+    """``updates`` with those of ``Frozen`` layers zeroed: a frozen weight receives no gradient,
+    and no optimizer term of its own (weight decay) moves it either."""
+
+    def zero(node):
+        if isinstance(node, Frozen):
+            return jax.tree_util.tree_map(jnp.zeros_like, node)
+        return node
+
+    return jax.tree_util.tree_map(zero, updates, is_leaf=lambda x: isinstance(x, Frozen))
+
+
 def descent_update(
     params,
     opt_state,
@@ -107,7 +120,7 @@ def descent_update(
     updates, opt_state = optimizer.update(
         g, opt_state, params, value=jnp.exp(value), log_value=value
     )
-    new_params = eqx.apply_updates(params, updates)
+    new_params = eqx.apply_updates(params, frozen_kept(updates))
     finite = all_finite(new_params) & (jnp.isfinite(value) | undone(opt_state))
     return value, new_params, opt_state, finite
 

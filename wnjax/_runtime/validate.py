@@ -311,6 +311,14 @@ def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
             "at least one layer: wnjax.standard(model), or fewer layers in freeze=."
         )
     per_example = _per_example_shape(model, X)
+    if not loss.margin_based:  # a regression: one target per output
+        targets = tuple(np.shape(y)[1:])
+        if int(np.prod(per_example, dtype=int)) != int(np.prod(targets, dtype=int)):
+            raise InvalidInput(
+                f"the {type(loss).__name__.lower()} loss compares each output with its target: "
+                f"the model outputs shape {per_example} per example, y has shape {targets} per "
+                "example; give y one target per output (shape (n,) for one output)."
+            )
     if loss.binary and loss.margin_based and per_example not in ((), (1,)):
         raise InvalidInput(
             f"the {type(loss).__name__.lower()} loss needs one output per example (shape () or "
