@@ -757,23 +757,18 @@ def _log_loss_fn(params, static, X, y, loss: Loss):
     return loss.log_loss(apply_batch(model, X), y)
 
 
-def _grad_norm(params, static, X, y, loss):
-    """``|grad log L|`` over the trainable arrays ``params``."""
-    return tree_norm(_grad_log_loss(params, static, X, y, loss, None)[1])
-
-
-def _resolution(params, static, X, y, loss, numbers) -> Array:
-    """How far ``log L`` moves under errors of the tolerances' size in the weights, independent
-    from one weight to the next: ``|d log L/d theta * (atol + rtol |theta|)|`` (Euclidean norm
-    of the elementwise product). Where it is a sizeable share of ``|log L|`` the tolerances do
-    not resolve ``log L``: a square loss near an interpolating point, whose
+def _grad_stats(params, static, X, y, loss, numbers) -> tuple[Array, Array]:
+    """``(|grad log L|, resolution)`` at ``params`` from one gradient. The resolution is how
+    far ``log L`` moves under errors of the tolerances' size in the weights, independent from
+    one weight to the next: ``|d log L/d theta * (atol + rtol |theta|)|`` (Euclidean norm of the
+    elementwise product). Where it is a sizeable share of ``|log L|`` the tolerances do not
+    resolve ``log L``: a square loss near an interpolating point, whose
     ``grad log L ~ 2 J^T r / |r|^2`` grows as the residual ``r`` vanishes."""
     grads = _grad_log_loss(params, static, X, y, loss, None)[1]
-    return tree_norm(
-        jax.tree_util.tree_map(
-            lambda g, x: g * (numbers["atol"] + numbers["rtol"] * jnp.abs(x)), grads, params
-        )
+    scaled = jax.tree_util.tree_map(
+        lambda g, x: g * (numbers["atol"] + numbers["rtol"] * jnp.abs(x)), grads, params
     )
+    return tree_norm(grads), tree_norm(scaled)
 
 
 # A run's result says its log L is not resolved where ``log_loss_resolution`` exceeds this
@@ -1212,8 +1207,9 @@ def _solve(
     code = jnp.where(finite, code, NONFINITE)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
-    stats["final_grad_norm"] = _grad_norm(final_params, static, X, y, loss)
-    stats["log_loss_resolution"] = _resolution(final_params, static, X, y, loss, numbers)
+    stats["final_grad_norm"], stats["log_loss_resolution"] = _grad_stats(
+        final_params, static, X, y, loss, numbers
+    )
     stats["nonfinite_ahead"] = _nonfinite_ahead(final_params, static, X, y, loss, code)
     stats["target_log_loss"] = numbers["target"]
     stats.update(_switch_stats(sol.solver_state))
@@ -1587,8 +1583,12 @@ def _solve_levels(
             "num_accepted_steps": end["accepted"],
             "num_rejected_steps": end["rejected"],
             "max_steps": jnp.asarray(max_steps),
-            "final_grad_norm": _grad_norm(final_params, static, X, y, loss),
-            "log_loss_resolution": _resolution(final_params, static, X, y, loss, numbers),
+            **dict(
+                zip(
+                    ("final_grad_norm", "log_loss_resolution"),
+                    _grad_stats(final_params, static, X, y, loss, numbers),
+                )
+            ),
             "nonfinite_ahead": _nonfinite_ahead(final_params, static, X, y, loss, end["code"]),
             "target_log_loss": numbers["target"],
             **_switch_stats(end["solver_state"][0]),

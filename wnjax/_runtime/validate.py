@@ -176,26 +176,30 @@ def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
     return X_out, _same_device(y_out, X_out)
 
 
-def _has_trainable_array(model: PyTree) -> bool:
-    """Whether ``model`` holds an inexact array outside its ``Frozen`` layers."""
+def check_finite_params(model: PyTree) -> None:
+    """Raise ``InvalidInput`` if an array of ``model`` (not traced) holds NaN or inf, or if it
+    has no trainable array (one outside its ``Frozen`` layers). One pass over its leaves."""
     from wnjax._nets.parameterize import Frozen
 
-    leaves = jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, Frozen))
-    return any(_inexact(leaf) for leaf in leaves if not isinstance(leaf, Frozen))
-
-
-def check_finite_params(model: PyTree) -> None:
-    """Raise ``InvalidInput`` if an array of ``model`` (not traced) holds NaN or inf."""
-    leaves = jax.tree_util.tree_leaves_with_path(model)
-    for path, leaf in leaves:
-        if not _inexact(leaf) or isinstance(leaf, jax.core.Tracer):
+    trainable = False
+    nodes = jax.tree_util.tree_leaves_with_path(model, is_leaf=lambda x: isinstance(x, Frozen))
+    for path, node in nodes:
+        frozen = isinstance(node, Frozen)
+        leaf = node.w if frozen else node
+        if not _inexact(leaf):
             continue
-        if not np.all(np.isfinite(np.asarray(leaf))):
-            where = jax.tree_util.keystr(path)
+        trainable = trainable or not frozen
+        if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf))):
+            where = jax.tree_util.keystr(path) + (".w" if frozen else "")
             raise InvalidInput(
                 f"the model's array {where or 'at its root'} holds NaN or inf; build the model "
                 "from finite weights (e.g. a finite, nonzero init_scale)."
             )
+    if not trainable:
+        raise InvalidInput(
+            "the model has no trainable array (every layer frozen, or no array at all); train "
+            "at least one layer: wnjax.standard(model), or fewer layers in freeze=."
+        )
 
 
 def _warn_zero_rows(Xn: np.ndarray) -> None:
@@ -305,11 +309,6 @@ def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
     """Check that the model's arrays are finite and its per-example output shape fits ``loss``
     (via ``jax.eval_shape``, traced once per model structure and data shape)."""
     check_finite_params(model)
-    if not _has_trainable_array(model):
-        raise InvalidInput(
-            "the model has no trainable array (every layer frozen, or no array at all); train "
-            "at least one layer: wnjax.standard(model), or fewer layers in freeze=."
-        )
     per_example = _per_example_shape(model, X)
     if not loss.margin_based:  # a regression: one target per output
         targets = tuple(np.shape(y)[1:])
