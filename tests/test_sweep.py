@@ -244,6 +244,8 @@ def test_flow_rows_do_not_depend_on_the_device_count():
     two = wnjax.sweep(run, 6, grid, batch_size=2, devices=2, progress=False)
     three = wnjax.sweep(run, 6, grid, batch_size=2, devices=1, workers=3, progress=False)
     assert one.table["ok"].all() and len(one) == 12
+    for r in (one, two, three):  # the runs' wall time, the compilations apart
+        assert 0 <= r.elapsed and 0 <= r.compile_seconds
     # Seeds differ in their step counts, so each block's while-loop ran its own length.
     assert np.unique(one.table["steps"]).size > 1
     for other in (two, three):

@@ -23,6 +23,7 @@ import importlib
 import os
 import shutil
 import time
+import warnings
 
 import wnjax._runtime.interrupt as _interrupt
 from wnjax._runtime.errors import InvalidInput
@@ -138,6 +139,16 @@ def reproduce(
     ``OUT/.finished/``, and a rerun with the same options into the same ``out`` takes them
     instead of running them again (``wnjax.experiments._finished``).
     """
+    import jax
+
+    if not jax.config.read("jax_enable_x64"):
+        warnings.warn(
+            f"reproduce({name!r}) runs in float32: jax_enable_x64 is off. `wnjax reproduce` runs "
+            "float64 unless --float32; for its numbers call "
+            "jax.config.update('jax_enable_x64', True) first.",
+            UserWarning,
+            stacklevel=2,
+        )
     module = load(name)
     if getattr(module, "Options", None) is None:
         from wnjax._cli.reproduce import argparse_namespace

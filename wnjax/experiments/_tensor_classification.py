@@ -495,18 +495,21 @@ def run(options: Options) -> dict:
             )
     l2diag = [r["gf_ratio"] for r in rows if r["arch"] == "diagonal" and r["depth"] == 2]
     fc = [r["gf_ratio"] for r in rows if r["arch"] == "fully_connected"]
+
+    def at_least(values, claim, what):
+        """The claim that every ratio in ``values`` is >= 0.95; not answered without any."""
+        if not values:
+            return not_answered(claim, f"no {what} was run (see --depths)")
+        return judge(min(values) >= 0.95, claim, f"ratios {', '.join(f'{v:.4f}' for v in values)}")
+
     verdicts = [
-        judge(
-            min(l2diag) >= 0.95,
+        at_least(
+            l2diag,
             "L = 2 diagonal (odeco) reaches >= 95% of the l1-SVM margin (LP)",
-            f"ratios {', '.join(f'{v:.4f}' for v in l2diag)}",
+            "L = 2 diagonal net",
         ),
         _trend_verdict(trends),
-        judge(
-            min(fc) >= 0.95,
-            "fully connected: l2-SVM margin",
-            f"ratios {', '.join(f'{v:.4f}' for v in fc)}",
-        ),
+        at_least(fc, "fully connected: l2-SVM margin", "fully connected net"),
     ]
     report = "\n".join(
         [
