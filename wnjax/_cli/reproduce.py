@@ -65,7 +65,7 @@ def add_option_arguments(
                     dest=f.name,
                     action="store_false",
                     default=default,
-                    help=help_,
+                    help=None if help_ is None else f"turn off (on by default): {help_}",
                 )
             else:
                 parser.add_argument(flag(f.name), action="store_true", default=default, help=help_)

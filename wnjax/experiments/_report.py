@@ -114,12 +114,16 @@ def _nan_to_none(x):
 def write_outputs(out: str, metrics: dict, report: str) -> None:
     """Write ``metrics.json`` and ``report.md`` into ``out``, each atomically (a stopped process
     leaves the previous file or the new one, never a part). Both name the arithmetic the run
-    used (``metrics["arithmetic"]``: ``'float64'``, or ``'float32'`` with x64 off)."""
+    used (``metrics["arithmetic"]``: ``metrics["dtype"]`` where the run records one, else
+    ``'float64'``, or ``'float32'`` with x64 off)."""
     import jax
 
     from wnjax._sweeps.store import atomic_write_bytes
 
-    arithmetic = "float64" if jax.config.read("jax_enable_x64") else "float32"
+    # the run's own dtype where it records one (a float32 run with x64 on), else x64's
+    arithmetic = metrics.get("dtype") or (
+        "float64" if jax.config.read("jax_enable_x64") else "float32"
+    )
     metrics = {**metrics, "arithmetic": arithmetic}
     report = f"{report.rstrip()}\n\nArithmetic: {arithmetic}.\n"
     atomic_write_bytes(os.path.join(out, "metrics.json"), json_text(metrics).encode())
