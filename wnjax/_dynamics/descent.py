@@ -131,11 +131,17 @@ class GDResult(RunResult):
         if code.ndim:
             return f"{int(np.asarray(self.ok).sum())}/{code.size} runs succeeded"
         k, v = int(self.num_steps), float(self.final_log_loss)
+        n_undone = int(np.asarray(self.num_undone))
         return {
             STOP_RUNNING: f"GD was interrupted after {k} steps (log L = {v:.6g}); the partial "
             "result is kept." + _interrupt.stop_note(),
             STOP_TARGET: f"GD reached the target log loss in {k} steps (log L = {v:.6g}).",
-            STOP_MAX_STEPS: f"GD ran its num_steps = {k} steps (log L = {v:.6g}).{self.stall}",
+            STOP_MAX_STEPS: (
+                f"GD ran its num_steps = {k} steps (log L = {v:.6g}).{self.stall}"
+                if not n_undone
+                else f"GD spent its num_steps = {k + n_undone} attempted steps, {k} accepted and "
+                f"{n_undone} undone by backtracking (log L = {v:.6g}).{self.stall}"
+            ),
             STOP_DIVERGED: f"GD diverged after {k} steps: the loss became non-finite or rose far "
             f"above its start (log L = {v:.6g} at the kept state). Lower the learning rate; the "
             "result keeps the last finite state.",
