@@ -1487,8 +1487,9 @@ def _solve_levels(
         at_level = _reached(log_l, level, X.dtype, _rounding(theta, static, X, y, loss))
         # Where the root find ran out of digits in the clock short of the level (in float32 a
         # fast-falling log L can drop by more than the level's tolerance within one ulp of s),
-        # the end of the step that crossed it, an accepted point of the path past the level,
-        # stands for the crossing.
+        # the crossing lies within the clock's resolution: of the point found and the end of
+        # the step that crossed the level (an accepted point of the path past it), the one whose
+        # log L is nearer the level stands for the crossing.
         _, t_end, y_end, h_end = sol.solver_state
         log_l_end = _log_loss_fn(unravel(y_end[0]), static, X, y, loss)
         past = (
@@ -1496,7 +1497,8 @@ def _solve_levels(
             & ~at_level
             & all_finite((y_end, log_l_end))
             & (h_end > 0)
-            & _reached(log_l_end, level, X.dtype, _rounding(unravel(y_end[0]), static, X, y, loss))
+            & (log_l_end <= level)
+            & (level - log_l_end < log_l - level)
         )
         new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(past, a, b), y_end, new_y)
         log_l = jnp.where(past, log_l_end, log_l)
@@ -1595,12 +1597,17 @@ def _solve_levels(
         },
         time=time,
         stop_code=end["code"],
+        # the last solve crossed its level (the target, within the clock's resolution), or the
+        # run ended within rounding of it
         reached_target=(end["code"] == 0)
-        & _reached(
-            final_log_loss,
-            numbers["target"],
-            X.dtype,
-            _rounding(final_params, static, X, y, loss),
+        & (
+            end["hit"]
+            | _reached(
+                final_log_loss,
+                numbers["target"],
+                X.dtype,
+                _rounding(final_params, static, X, y, loss),
+            )
         ),
     )
 
@@ -1773,11 +1780,13 @@ def gradient_flow(
       ``wnjax.diagonal.polar_rates(eta_r, eta_theta)``; its array fields are traced.
     - `target_log_loss`: stop once ``log L`` falls to this value. The crossing is root-found:
       the run ends ``2 level_tolerance(dtype) (1 + |target|)`` below the target, up to rounding
-      (or, where ``log L`` falls by more than that within the clock's resolution, as in float32
-      deep in the loss, at the end of the step that crossed it), and ``reached_target`` is
-      ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|) + 4 r`` with
-      ``r = eps sum_i |d log L / d f_i| 2 |f_i|`` the rounding in ``log L`` (large for a square
-      loss near an interpolating point). A run that reaches its target is a success.
+      (or, where ``log L`` falls by more than that within one ulp of the clock, as in float32
+      deep in the loss, at the nearer to the target of the two sides of the crossing: the point
+      found or the end of the step that crossed it, whose ``final_log_loss`` says how near),
+      and ``reached_target`` is ``final_log_loss <= target + target_tolerance(dtype)
+      (1 + |target|) + 4 r`` with ``r = eps sum_i |d log L / d f_i| 2 |f_i|`` the rounding in
+      ``log L`` (large for a square loss near an interpolating point), or a crossing located
+      to the clock's resolution. A run that reaches its target is a success.
     - `save`: where to save summaries: ``wnjax.LogSpaced(n)``, ``wnjax.AtTimes(ts)`` or
       ``wnjax.AtLossLevels(n)``. ``None``: ``AtLossLevels(n_save)`` for
       ``time='normalized'`` with a target and for ``time='loss'``, else ``LogSpaced(n_save)``
