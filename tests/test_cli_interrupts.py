@@ -281,6 +281,27 @@ def test_reuse_runs_a_partial_experiment_again(experiments, tmp_path):
     assert calls == {"a": 1, "b": 2, "c": 1}  # now finished: reused
 
 
+def test_reuse_takes_only_runs_with_the_scorecards_options(experiments, tmp_path, capsys):
+    """A run stored with other options (``wnjax reproduce a --seeds 2`` into the scorecard's
+    folder), or with none recorded, is run again at the defaults, and says why; a run with
+    the scorecard's own options is read back."""
+    calls, _ = experiments
+    out = tmp_path / "card"
+    assert _cli.main(["reproduce", "a", "--seeds", "2", "--out", str(out / "a")]) == 0
+    assert json.loads((out / "a" / "metrics.json").read_text())["options"]["seeds"] == 2
+    _reproduce.reproduce("b", out=str(out / "b"))  # the defaults: reusable
+    os.makedirs(out / "c")
+    (out / "c" / "metrics.json").write_text(json.dumps({"verdicts": []}))
+    capsys.readouterr()
+    assert _cli.main(["reproduce", "--all", "--reuse", "--out", str(out)]) == 0
+    assert calls == {"a": 2, "b": 1, "c": 1}
+    printed = capsys.readouterr().out
+    assert "seeds=2 (scorecard: 5)" in printed and "does not record the options" in printed
+    assert json.loads((out / "a" / "metrics.json").read_text())["options"]["seeds"] == 5
+    assert _cli.main(["reproduce", "--all", "--reuse", "--seeds", "2", "--out", str(out)]) == 0
+    assert calls == {"a": 3, "b": 2, "c": 2}  # --seeds 2 is not the runs' 5
+
+
 def test_all_stopped_marks_the_scorecard_partial(experiments, tmp_path, capsys):
     """A request during b: its verdict is not counted, c is not run; index.md says PARTIAL and
     has a row for b and c; exit 130; ``--reuse`` then runs b and c only."""

@@ -377,3 +377,18 @@ def test_saved_summaries_are_those_of_the_saved_states(mlp_problem, after_solve,
             )
     for name, values in r.summaries.items():
         assert np.all(np.isinf(np.asarray(values)[~reached])), name
+
+
+def test_eta_exponents_are_fitted_only_across_different_etas():
+    """``err = c eta^p`` is fitted to ``p`` in log-log; one eta (or one repeated) fits nothing,
+    and the report says why instead of showing it as unfinished."""
+    from wnjax._analysis.equivalence import _slopes, format_report
+
+    etas = np.array([0.04, 0.02, 0.01])
+    assert _slopes(list(zip(etas, 3.0 * etas**1.5))) == pytest.approx(1.5, abs=1e-12)
+    assert _slopes([(0.01, 1e-3), (0.01, 2e-3)]) is None
+    r = dict(model="mlp", width=4, depth=2, activation="relu2", loss="exponential", rtol=1e-10)
+    r.update(ewn_max_rel_err=1e-9, swn_max_rel_err=0.5, gd_horizon=1.0)
+    r.update(gd_drift=[(0.01, 4e-3)], gd_vs_flow=[(0.01, 1e-2)])
+    r.update(gd_drift_exponent=None, gd_vs_flow_exponent=None)
+    assert "none (a fit needs two or more etas)" in format_report(r)

@@ -271,3 +271,25 @@ def test_pruning_writes_each_training_as_it_finishes_in_any_order(tmp_path, monk
     assert writes[0] == (["standard"], True) and len(writes) == 3
     assert writes[-1] == (["ewn", "standard", "swn"], False) and not metrics["partial"]
     assert json.load(open(tmp_path / "metrics.json"))["finished"] == ["ewn", "swn", "standard"]
+
+
+def test_rise_under_heavy_pruning_needs_more_than_seed_noise():
+    """The claim that EWN's heavily pruned accuracy rises from log L = -10 to -300 counts a
+    rise only above twice the standard error of the per-seed rises; one seed answers
+    nothing."""
+    rng = np.random.default_rng(0)
+    levels, fractions = len(pruning.CHECKPOINTS), len(pruning.FRACTIONS)
+
+    def verdict(rises):
+        seeds = len(rises)
+        base = rng.uniform(40, 60, (levels, seeds, 1)) * np.ones((1, 1, fractions)) / 100
+        acc = {k: [base[j].copy() for j in range(levels)] for k in pruning.NAMES}
+        acc["ewn"][-1] = acc["ewn"][0] + np.asarray(rises)[:, None] / 100
+        res = {k: {"valid": np.ones((levels, seeds), bool)} for k in pruning.NAMES}
+        found = [v for v in pruning._verdicts(acc, res) if "rises" in v["claim"]]
+        return found[0]
+
+    noisy = np.array([6.0, -5.0, 4.0, -3.0, 1.0])  # mean +0.6, standard error 2.1
+    assert verdict(noisy)["verdict"] == "not reproduced"
+    assert verdict(noisy + 5.0)["verdict"] == "reproduced"  # mean +5.6 > 2 x 2.1
+    assert verdict([8.0])["verdict"] == "not answered"

@@ -178,6 +178,10 @@ def test_conv_rate_smoke(tmp_path):
         assert set(v) == {"claim", "verdict", "detail"}
         assert v["verdict"] in ("reproduced", "not reproduced")
         assert f"- **{v['verdict']}**: {v['claim']} ({v['detail']})" in report.splitlines()
+        assert "only the order is judged" in v["detail"]  # not the paper's depths 1 and 4
+    # one depth compares nothing: every claim is not answered
+    one = conv_rate.run(dataclasses.replace(options, depths=[2], out=str(tmp_path / "one")))
+    assert {v["verdict"] for v in one["verdicts"]} == {"not answered"}
 
 
 def test_verdict_rendering():
@@ -253,7 +257,7 @@ def test_experiment_options_and_flags():
             "--seeds",
             "3",
             "--dynamics",
-            "flow",
+            "gd",
             "--max-steps",
             "2000",
             "--schedule",
@@ -264,8 +268,23 @@ def test_experiment_options_and_flags():
         ],
     )
     assert got == lin_sep.Options(
-        seeds=3, dynamics="flow", max_steps=2000, schedule="paper-text", full=True, out="/tmp/x"
+        seeds=3, dynamics="gd", max_steps=2000, schedule="paper-text", full=True, out="/tmp/x"
     )
+    # a GD setting under the flow is an error naming it, not silently ignored; at its default
+    # it is no setting at all
+    from wnjax._runtime.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"--max-steps.*--dynamics gd"):
+        parse_options("lin-sep", ["--dynamics", "flow", "--max-steps", "2000"])
+    with pytest.raises(InvalidInput, match=r"--cap.*--dynamics gd"):
+        lin_sep.Options(dynamics="flow", cap=1.0)
+    assert lin_sep.Options(dynamics="flow", cap=lin_sep.CAP).dynamics == "flow"
+    with pytest.raises(InvalidInput, match=r"--rtol.*--dynamics flow"):
+        parse_options("pruning", ["--rtol", "1e-8"])
+    with pytest.raises(InvalidInput, match="escape_deltas needs two or more different deltas"):
+        parse_options("small-init", ["--escape-deltas", "1e-3,1e-3"])
+    # conv-rate's flow runs over the time lr * steps: both act under either dynamics
+    assert parse_options("conv-rate", ["--dynamics", "flow", "--lr", "0.01"]).lr == 0.01
     # the common flags given before NAME are the defaults of those after it
     got = parse_options("conv-rate", ["--depths", "1", "3"], seeds=2, full=True, out=None)
     assert (got.seeds, got.full, got.depths) == (2, True, (1, 3))
@@ -394,6 +413,8 @@ def test_argparse_experiment_still_runs(tmp_path, monkeypatch, capsys):
     assert wnjax.experiments.options("toy") == {"seeds", "out", "full", "scale"}
     m = wnjax.reproduce("toy", seeds=3, scale=0.5, out=str(tmp_path / "a"))
     assert m.pop("wall_seconds") >= 0  # every reproduction records its wall time
+    # and the options it ran with
+    assert m.pop("options") == {"seeds": 3, "scale": 0.5, "full": False}
     assert m == {"value": 1.5, "full": False}
     with pytest.raises(wnjax.InvalidInput, match=r"no option\(s\) \['scal'\].*\['scale'\]"):
         wnjax.reproduce("toy", scal=1.0, out=str(tmp_path / "a"))
@@ -404,8 +425,68 @@ def test_argparse_experiment_still_runs(tmp_path, monkeypatch, capsys):
         _cli.main(["reproduce", "--seeds", "2", "toy", "--scale", "4", "--full", "--out", str(out)])
         == 0
     )
-    assert json.loads((out / "metrics.json").read_text()) == {"value": 8.0, "full": True}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved.pop("wall_seconds") >= 0
+    assert saved == {
+        "value": 8.0,
+        "full": True,
+        "options": {"seeds": 2, "scale": 4.0, "full": True},
+    }
     sys.modules.pop("toy_argparse_experiment", None)
+
+
+def test_an_experiment_whose_target_is_met_at_the_start_is_refused(tmp_path, monkeypatch):
+    """A run inside an experiment whose target its start already meets (``TargetMetAtStart``
+    outside an experiment) is an ``InvalidInput`` of the reproduction, by the API and the
+    CLI; the experiment runner refuses it for vmapped seeds, before any step."""
+    import sys
+
+    import wnjax._cli as _cli
+    from wnjax.experiments import _reproduce
+    from wnjax.experiments._runner import refuse_met_target, run_gd
+
+    mod = tmp_path / "toy_target_experiment.py"
+    mod.write_text(
+        "import jax.numpy as jnp, wnjax\n"
+        "DESCRIPTION = 'toy'\n"
+        "def add_arguments(parser):\n"
+        "    parser.add_argument('--target', type=float, default=-3.0)\n"
+        "def run(args):\n"
+        "    X, y = jnp.eye(2), jnp.ones(2)\n"
+        "    net = wnjax.CoordinateLinear(jnp.asarray([0.5, 0.5]))\n"
+        "    r = wnjax.gradient_descent(net, X, y, learning_rate=0.5, num_steps=200,\n"
+        "                               target_log_loss=args.target)\n"
+        "    return {'steps': int(r.num_steps)}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_reproduce.EXPERIMENTS, "toy-target", "toy_target_experiment")
+    # L(0) = 2 exp(-1/2): log L(0) = log 2 - 1/2 ~ 0.193
+    with pytest.warns(wnjax.TargetMetAtStart, match="already met at the start"):
+        wnjax.gradient_descent(
+            wnjax.CoordinateLinear(jnp.asarray([0.5, 0.5])),
+            jnp.eye(2),
+            jnp.ones(2),
+            learning_rate=0.5,
+            num_steps=5,
+            target_log_loss=0.5,
+        )
+    assert wnjax.reproduce("toy-target", out=str(tmp_path / "a"))["steps"] > 0
+    with pytest.raises(wnjax.InvalidInput, match=r"log L\(0\) = 0.193.*untrained"):
+        wnjax.reproduce("toy-target", target=0.5, out=str(tmp_path / "b"))
+    assert _cli.main(["reproduce", "toy-target", "--target", "0.5", "--out", str(tmp_path)]) == 2
+    sys.modules.pop("toy_target_experiment", None)
+    # vmapped seeds: refused before any step, naming the seeds and the highest valid target
+    start = np.log(2.0) - 0.5
+    with pytest.raises(
+        wnjax.InvalidInput, match=r"1 of 2 seed\(s\) \(1; log L\(0\) = -1\).*below -1,"
+    ):
+        refuse_met_target([start, -1.0], -0.5)
+    refuse_met_target([start, -1.0], -1.5)  # no seed meets it
+    models = jax.vmap(lambda w: wnjax.CoordinateLinear(w))(jnp.asarray([[0.5, 0.5], [3.0, 3.0]]))
+    with pytest.raises(wnjax.InvalidInput, match="met at the start by 1 of 2"):
+        run_gd(
+            models, jnp.eye(2), jnp.ones(2), num_steps=10, learning_rate=0.1, target_log_loss=-1.0
+        )
 
 
 def test_common_flags_also_after_the_experiment_name(tmp_path, monkeypatch):

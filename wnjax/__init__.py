@@ -7,7 +7,7 @@ Data flow: model (``MLP``, ``CNN``, any bias-free equinox net) -> parameterizati
 The core, by topic:
 
 - **errors**: ``WnjaxError``, ``InvalidInput``, ``RunFailed`` (base of ``FlowFailed`` and
-  ``GDFailed``);
+  ``GDFailed``), the warning ``TargetMetAtStart``;
 - **models**: ``MLP``, ``CNN``, ``CoordinateLinear``, ``ReLUPower``, ``Identity``,
   ``relu_power``, ``homogeneity_degree``, ``weight_layers``, ``neuron_norms``;
 - **parameterizations**: ``ewn``, ``swn``, ``standard``, ``parameterization``, ``parameterize``,
@@ -52,7 +52,7 @@ except _metadata.PackageNotFoundError:  # a source tree that is not installed
 
 # Every public name of the core, by the module that defines it.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "wnjax._runtime.errors": ("InvalidInput", "WnjaxError"),
+    "wnjax._runtime.errors": ("InvalidInput", "TargetMetAtStart", "WnjaxError"),
     "wnjax._nets.models": (
         "CNN",
         "MLP",

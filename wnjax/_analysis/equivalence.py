@@ -286,8 +286,8 @@ def _reference_flows(model, X, y, *, loss, horizon, rtol, atol) -> tuple[Array, 
 
 def _slopes(pairs: list) -> float | None:
     """Fitted exponent ``p`` in ``err ~ eta^p`` (log-log least squares); ``None`` below two
-    points."""
-    if len(pairs) < 2:
+    different etas."""
+    if len({eta for eta, _ in pairs}) < 2:
         return None
     eta, err = np.log(np.array(pairs, float)).T
     return float(np.polyfit(eta, err, 1)[0])
@@ -405,8 +405,11 @@ def format_report(r: dict) -> str:
     ]
     for (eta, drift), (_, gap) in zip(r["gd_drift"], r["gd_vs_flow"]):
         lines.append(f"                  {eta:<8.4g} {drift:<19.3e} {gap:.3e}")
-    lines.append(
-        f"  fitted exponents in eta: drift {num(r['gd_drift_exponent'], '.2f')}, "
-        f"GD-vs-flow {num(r['gd_vs_flow_exponent'], '.2f')} (1 expected)"
-    )
+    if len({eta for eta, _ in r["gd_drift"]}) < 2 and not r.get("interrupted"):
+        lines.append("  fitted exponents in eta: none (a fit needs two or more etas)")
+    else:
+        lines.append(
+            f"  fitted exponents in eta: drift {num(r['gd_drift_exponent'], '.2f')}, "
+            f"GD-vs-flow {num(r['gd_vs_flow_exponent'], '.2f')} (1 expected)"
+        )
     return "\n".join(lines)

@@ -58,6 +58,8 @@ def add_option_arguments(
         kind, meta = kinds[f.name], f.metadata
         default = defaults.get(f.name, f.default)
         help_ = meta.get("help", "").replace("%", "%%") or None
+        if help_ and "only" in meta:
+            help_ += f" [only with {flag(meta['only'][0])} {meta['only'][1]}]"
         if kind.base is bool and not kind.many:
             if f.default is True:
                 parser.add_argument(
@@ -95,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reuse",
         action="store_true",
         help="with --all: read the finished runs under OUT instead of running them again "
-        "(a run marked PARTIAL is run again)",
+        "(a run marked PARTIAL, or run with other options or arithmetic, is run again)",
     )
     add_option_arguments(parser, Common)
     # None: not given (an experiment then takes Common's default; --all each experiment's own).
@@ -207,12 +209,14 @@ def run(args: argparse.Namespace) -> int:
             print("interrupted before any result had finished; nothing was written.")
 
     with _interrupt.handling(on_timeout=partial):
-        metrics = module.run(options)
+        metrics = _reproduce.run_module(module, options)
     if _interrupt.requested():
         _interrupt.stopping()
         partial()
         return _interrupt.exit_code()
     _reproduce.completed(out)
+    if isinstance(metrics, dict):
+        metrics.update(_reproduce.record_run(args.name, options, time.time() - started))
     print(f"wrote {out}/report.md, metrics.json and figures")
     verdicts = metrics.get("verdicts") if isinstance(metrics, dict) else None
     if isinstance(verdicts, list) and verdicts:

@@ -521,10 +521,10 @@ def _describe(r: FlowResult) -> str:
                 return out + (
                     f" The target log L = {target:g} was not reached, and at the end "
                     f"|grad log L| = {grad:.3g}: the flow has (nearly) stopped at a stationary "
-                    "point of the loss, a floor that raising t1 barely lowers: a minimum where "
-                    "the data are not separable by the model, points on which every ReLU-type "
-                    "unit is inactive (margin 0), or a saddle, which another initialization "
-                    "avoids."
+                    "point of the loss, a floor that raising t1 barely lowers: a minimum the "
+                    "model cannot get below (data it cannot separate; under the square loss, "
+                    "targets it cannot fit), points on which every ReLU-type unit is inactive "
+                    "(margin 0), or a saddle, which another initialization avoids."
                 )
             out += f" The target log L = {target:g} lies beyond t1: raise t1" + (
                 "."

@@ -123,6 +123,7 @@ def run_seeds(
     block_seeds: int | None = None,
     turn: Callable[[], bool] | None = None,
     program_key: tuple | None = None,
+    check_start: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[SeedRun, bool]:
     """Run the GD engine on stacked models, one vmapped lane per seed.
 
@@ -149,6 +150,8 @@ def run_seeds(
     - `program_key`: names ``rule``, ``loss`` and ``summarize`` (and whatever they close over)
       for ``wnjax._runtime.programs``: the traced programs are then kept on disk and a later
       run with the same key loads them without tracing. ``None``: JAX's cache alone.
+    - `check_start`: called with each seed's initial full-data ``log L`` (a host array) before
+      the first chunk runs; it may raise to refuse the run.
 
     **Returns:** ``(SeedRun, interrupted)``.
     """
@@ -230,6 +233,8 @@ def run_seeds(
         if not turn():
             return SeedRun(carry=_join(blocks, seeds), static=static, plain=plain), True
 
+    if check_start is not None:
+        check_start(np.asarray(log_l0)[:seeds])
     blocks = _drive(
         chunk,
         tuple(blocks),

@@ -9,3 +9,10 @@ class WnjaxError(Exception):
 
 class InvalidInput(WnjaxError, ValueError):
     """An argument or the data is invalid; the message names it, its value and the fix."""
+
+
+class TargetMetAtStart(UserWarning):
+    """A run's ``target_log_loss`` was met at its start, so it took no step. A warning for a
+    single run; ``wnjax.reproduce`` turns it into ``InvalidInput`` (an experiment would judge
+    untrained nets), and ``warnings.simplefilter("error", TargetMetAtStart)`` does so
+    anywhere."""

@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from wnjax._losses import Loss
-from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.errors import InvalidInput, TargetMetAtStart
 
 # How each numeric option is checked, and what to pass instead of a bad value.
 _POSITIVE_INT = {
@@ -336,8 +336,9 @@ def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
 
 
 def warn_target_met_at_start(log_loss, target, stacklevel: int) -> None:
-    """Warn when a run's target was met at its start (``log_loss[..., 0] <= target``): the run
-    took no step. Skipped under a transform."""
+    """Warn (``TargetMetAtStart``) when a run's target was met at its start
+    (``log_loss[..., 0] <= target``): the run took no step. Skipped under a transform."""
+
     if target is None or isinstance(log_loss, jax.core.Tracer):
         return
     start, target = np.asarray(log_loss)[..., 0], np.asarray(target)
@@ -347,7 +348,7 @@ def warn_target_met_at_start(log_loss, target, stacklevel: int) -> None:
         warnings.warn(
             f"target_log_loss = {float(np.ravel(target)[0]):g} is already met at the start "
             f"(log L(0) = {first:.6g}): the run took no step. Pass a target below log L(0).",
-            UserWarning,
+            TargetMetAtStart,
             stacklevel=stacklevel,
         )
 

@@ -152,10 +152,16 @@ class Options(Common):
         "eta0 of the GD schedule (default 0.01 with --cap 0.01: never grown, "
         "hundreds of epochs as the paper's; --lr 0.1 --cap 1: tens)",
         positive=True,
+        only=("dynamics", "gd"),
     )
-    frac: float = option(30.0, "power 1 - 1/frac of the schedule", positive=True)
+    frac: float = option(
+        30.0, "power 1 - 1/frac of the schedule", positive=True, only=("dynamics", "gd")
+    )
     max_steps: int = option(
-        30_000, "budget of attempted GD steps per seed (epochs and undone steps)", positive=True
+        30_000,
+        "budget of attempted GD steps per seed (epochs and undone steps)",
+        positive=True,
+        only=("dynamics", "gd"),
     )
     schedule: str = option(
         SCHEDULE,
@@ -164,9 +170,13 @@ class Options(Common):
         "until every margin exceeds 30, then the exponential; paper-text: step "
         f"eta0/L(theta_k)^(1-1/frac), exponential loss throughout. Why: {SCHEDULE_WHY}",
         choices=SCHEDULES,
+        only=("dynamics", "gd"),
     )
     cap: float = option(
-        CAP, "cap on eta0 as backtracking grows it (1.1x after each kept step)", positive=True
+        CAP,
+        "cap on eta0 as backtracking grows it (1.1x after each kept step)",
+        positive=True,
+        only=("dynamics", "gd"),
     )
 
 

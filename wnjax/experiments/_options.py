@@ -7,7 +7,10 @@ metadata (``option`` writes it, or ``dataclasses.field(metadata=...)``) may hold
 
 - ``help``: the flag's help text;
 - ``choices``: the allowed values;
-- ``positive``: the value must be > 0 (an integer: >= 1).
+- ``positive``: the value must be > 0 (an integer: >= 1);
+- ``only``: ``(other, value)``, the option acts only while option ``other`` is ``value``
+  (``("dynamics", "gd")``: a GD setting); set to anything but its default otherwise, it is an
+  error rather than silently ignored.
 
 Field types: ``int``, ``float``, ``str``, ``bool`` (a flag ``--x``, or ``--no-x`` when the default
 is true) and ``tuple[int, ...]``, ``tuple[float, ...]``, ``tuple[str, ...]`` (one or more
@@ -31,14 +34,23 @@ from wnjax._runtime.errors import InvalidInput
 _BASES = (bool, int, float, str)
 
 
-def option(default, help: str = "", *, choices=None, positive: bool = False):
-    """A dataclass field with ``default`` and the metadata ``help``, ``choices``, ``positive``
-    (see the module's docstring)."""
+def option(
+    default,
+    help: str = "",
+    *,
+    choices=None,
+    positive: bool = False,
+    only: tuple[str, object] | None = None,
+):
+    """A dataclass field with ``default`` and the metadata ``help``, ``choices``, ``positive``,
+    ``only`` (see the module's docstring)."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if positive:
         meta["positive"] = True
+    if only is not None:
+        meta["only"] = tuple(only)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -138,11 +150,23 @@ def convert(name: str, value, kind: FieldType, meta=None) -> object:
 
 
 def check_fields(options) -> None:
-    """Check and convert every field of the frozen dataclass ``options`` in place."""
+    """Check and convert every field of the frozen dataclass ``options`` in place; an option
+    whose ``only`` condition does not hold must keep its default."""
     kinds = field_types(type(options))
     for f in dataclasses.fields(options):
         value = convert(f.name, getattr(options, f.name), kinds[f.name], f.metadata)
         object.__setattr__(options, f.name, value)
+    for f in dataclasses.fields(options):
+        if "only" not in f.metadata:
+            continue
+        other, wanted = f.metadata["only"]
+        actual = getattr(options, other)
+        if actual != wanted and getattr(options, f.name) != f.default:
+            raise InvalidInput(
+                f"{f.name} ({flag(f.name)}) acts only with {other}={wanted!r} "
+                f"({flag(other)} {wanted}); with {other}={actual!r} it would be ignored. "
+                f"Drop {flag(f.name)}, or choose {flag(other)} {wanted}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

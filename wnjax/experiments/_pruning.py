@@ -132,13 +132,27 @@ class Options(Common):
         "float64 for flow)",
         choices=("float32", "float64"),
     )
-    lr: float = option(0.01, "initial eta0 of the SGD step eta0/L (Exp-WN: 0.01)", positive=True)
-    batch_size: int = option(128, "SGD batch size (Exp-WN: 128)", positive=True)
-    max_epochs: int = option(
-        MAX_EPOCHS, "cap on kept SGD epochs per seed (Exp-WN: 10,000 of 469 steps)", positive=True
+    lr: float = option(
+        0.01,
+        "initial eta0 of the SGD step eta0/L (Exp-WN: 0.01)",
+        positive=True,
+        only=("dynamics", "gd"),
     )
-    rtol: float = option(1e-6, "flow: relative tolerance (atol = rtol/100)", positive=True)
-    max_steps: int = option(200_000, "flow: solver steps per level", positive=True)
+    batch_size: int = option(
+        128, "SGD batch size (Exp-WN: 128)", positive=True, only=("dynamics", "gd")
+    )
+    max_epochs: int = option(
+        MAX_EPOCHS,
+        "cap on kept SGD epochs per seed (Exp-WN: 10,000 of 469 steps)",
+        positive=True,
+        only=("dynamics", "gd"),
+    )
+    rtol: float = option(
+        1e-6, "flow: relative tolerance (atol = rtol/100)", positive=True, only=("dynamics", "flow")
+    )
+    max_steps: int = option(
+        200_000, "flow: solver steps per level", positive=True, only=("dynamics", "flow")
+    )
 
 
 def init_net(key, d: int, width: int, activation: str = "relu") -> MLP:
@@ -883,11 +897,26 @@ def _verdicts(acc: dict, res: dict) -> list:
     else:
         lo, hi = mean_heavy("ewn", j10), mean_heavy("ewn", j300)
         paper = (np.mean(PAPER_AT_10["ewn"]), (PAPER[0.8]["ewn"] + PAPER[0.9]["ewn"]) / 2)
-        out.append(
-            judge(
-                hi > lo, claim, f"{lo:.1f}% -> {hi:.1f}%; paper {paper[0]:.1f}% -> {paper[1]:.1f}%"
-            )
+        # Per seed, the rise of the mean at 80% and 90%; a rise counts when the seeds' mean
+        # exceeds twice its standard error (paired: the same seed at both levels).
+        rise = np.mean(
+            [_heavy(acc, "ewn", j300, f) - _heavy(acc, "ewn", j10, f) for f in (0.8, 0.9)], 0
         )
+        rise = rise[np.isfinite(rise)]
+        detail = f"{lo:.1f}% -> {hi:.1f}%; paper {paper[0]:.1f}% -> {paper[1]:.1f}%"
+        if rise.size < 2:
+            why = (
+                f"{detail}; {rise.size} seed(s) at both levels: a rise cannot be told from "
+                "seed noise; run two or more seeds"
+            )
+            out.append(not_answered(claim, why))
+        else:
+            se = float(np.std(rise, ddof=1) / np.sqrt(rise.size))
+            detail += (
+                f"; per-seed rise {np.mean(rise):+.1f} points, standard error {se:.1f} "
+                f"over {rise.size} seeds (a rise counts above 2 standard errors)"
+            )
+            out.append(judge(bool(np.mean(rise) > 2 * se), claim, detail))
     return out
 
 

@@ -26,7 +26,7 @@ import time
 import warnings
 
 import wnjax._runtime.interrupt as _interrupt
-from wnjax._runtime.errors import InvalidInput
+from wnjax._runtime.errors import InvalidInput, TargetMetAtStart
 from wnjax._runtime.precision import in_float32
 from wnjax._sweeps.store import atomic_write_bytes, writable_dir
 from wnjax.experiments._finished import FOLDER as FINISHED
@@ -124,6 +124,20 @@ def show_run(out: str) -> None:
         print("figures:", ", ".join(os.path.join(out, n) for n in figures))
 
 
+def run_module(module, options):
+    """``module.run(options)`` with ``TargetMetAtStart`` raised as ``InvalidInput``: a run of an
+    experiment whose target is met at its start would leave its verdicts judging untrained
+    nets."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TargetMetAtStart)
+        try:
+            return module.run(options)
+        except TargetMetAtStart as met:
+            raise InvalidInput(
+                f"{met} (The experiment's verdicts would judge untrained nets.)"
+            ) from None
+
+
 @in_float32
 def reproduce(
     name: str, *, seeds: int = 5, out: str | None = None, full: bool = False, **options
@@ -160,14 +174,13 @@ def reproduce(
     opts = prepare(name, opts)
     started = time.time()
     with _interrupt.handling():
-        metrics = module.run(opts)
+        metrics = run_module(module, opts)
         if _interrupt.requested():
             mark_partial(opts.out, started)
         else:
             completed(opts.out)
     if isinstance(metrics, dict):
-        metrics["wall_seconds"] = time.time() - started
-        _record_wall_time(opts.out, metrics["wall_seconds"])
+        metrics.update(record_run(name, opts, time.time() - started))
     return metrics
 
 
@@ -177,18 +190,34 @@ def completed(out: str) -> None:
     shutil.rmtree(os.path.join(out, FINISHED), ignore_errors=True)
 
 
-def _record_wall_time(out: str, seconds: float) -> None:
-    """Add ``wall_seconds`` to the ``metrics.json`` this run wrote into ``out``."""
+def options_record(name: str, options) -> dict:
+    """The settings of a run of experiment ``name`` with ``options`` (an ``Options`` or an
+    ``argparse.Namespace``) as ``metrics.json`` holds them: each of its options
+    (``experiment_options``) but ``out``, in JSON types."""
     import json
 
-    path = os.path.join(out, "metrics.json")
+    from wnjax.experiments._report import json_text
+
+    keys = sorted(experiment_options(name) - {"out"})
+    return json.loads(json_text({k: getattr(options, k) for k in keys}))
+
+
+def record_run(name: str, options, seconds: float) -> dict:
+    """Add ``wall_seconds`` and ``options`` (``options_record``) to the ``metrics.json`` the run
+    of experiment ``name`` with ``options`` wrote into ``options.out``; return the two
+    entries."""
+    import json
+
+    entries = {"wall_seconds": seconds, "options": options_record(name, options)}
+    path = os.path.join(options.out, "metrics.json")
     if not os.path.exists(path):
-        return
+        return entries
     with open(path) as f:
         saved = json.load(f)
     if isinstance(saved, dict):
-        saved["wall_seconds"] = seconds
+        saved.update(entries)
         atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+    return entries
 
 
 def mark_partial(out: str, started: float) -> bool:

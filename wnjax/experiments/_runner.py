@@ -292,6 +292,26 @@ def concurrently(
     return {k: results[k] for k in names if k in results}
 
 
+def refuse_met_target(log_loss0, target: float | None) -> None:
+    """Raise ``InvalidInput`` when any seed's initial ``log L`` (``log_loss0``, one per seed) is
+    already at or below ``target``: that seed would take no step, and an experiment would
+    judge its untrained net."""
+    if target is None or not np.isfinite(target):
+        return
+    start = np.ravel(np.asarray(log_loss0, float))
+    met = np.flatnonzero(start <= target)
+    if met.size:
+        from wnjax._runtime.errors import InvalidInput
+
+        shown = ", ".join(map(str, met[:8])) + (", ..." if met.size > 8 else "")
+        raise InvalidInput(
+            f"the target log L = {target:g} is met at the start by {met.size} of {start.size} "
+            f"seed(s) ({shown}; log L(0) = {start[met[0]]:.6g}): they would take no step, and "
+            f"the experiment would judge untrained nets. Choose a target below "
+            f"{np.min(start):.6g}, the lowest initial log L."
+        )
+
+
 def run_gd(
     models: PyTree,
     X: Array,
@@ -347,7 +367,8 @@ def run_gd(
       same key loads them without tracing (``wnjax._runtime.programs``). ``None``: not kept.
 
     **Returns:** a ``BatchedRun``. SIGINT/SIGTERM end the run at the next chunk end, with
-    ``interrupted`` set.
+    ``interrupted`` set. A ``target_log_loss`` that a seed meets at its start raises
+    ``InvalidInput`` before any step (``refuse_met_target``).
     """
     seeds = _num_seeds(models)
     if not per_seed_data:
@@ -389,6 +410,7 @@ def run_gd(
         stop_stalled=stop_stalled,
         turn=turn,
         program_key=program_key,
+        check_start=lambda log_l0: refuse_met_target(log_l0, target_log_loss),
     )
     c = run.carry
     history, steps, _ = run.padded()
@@ -416,7 +438,8 @@ def run_flow(
 
     Keyword arguments go to ``gradient_flow`` (pass ``degree=`` explicitly: it cannot be
     measured on traced data). ``throw`` is off; check ``result.ok`` per seed. SIGINT/SIGTERM
-    stop every seed's solve within ~0.2 s (``result.interrupted``).
+    stop every seed's solve within ~0.2 s (``result.interrupted``). A ``target_log_loss`` that
+    a seed meets at its start raises ``InvalidInput`` (``refuse_met_target``).
     """
     from wnjax._dynamics.flow import gradient_flow
 
@@ -434,7 +457,9 @@ def run_flow(
 
     _maps.relieve()
     with _interrupt.handling():
-        return jax.block_until_ready(go(params, X, y))
+        r = jax.block_until_ready(go(params, X, y))
+    refuse_met_target(np.asarray(r.log_loss)[:, 0], kwargs.get("target_log_loss"))
+    return r
 
 
 def run_sgd_backtracking(
@@ -528,6 +553,7 @@ def run_sgd_backtracking(
         save_at=np.arange(1, max_epochs + 1),
         chunk_size=int(min(epochs_per_chunk, max_epochs)),
         auto_chunks=False,
+        check_start=lambda log_l0: refuse_met_target(log_l0, target_log_loss),
     )
     c = run.carry
     records, accepted, counts = run.padded()  # one record per attempt

@@ -7,7 +7,8 @@ claim: paper, claim, detail, verdict, a link to the experiment's report and figu
 
 SIGINT/SIGTERM stop it at the running experiment's next safe point: the scorecard is written
 marked PARTIAL, the interrupted experiment and those not run listed as not answered; with
-``rerun=False`` a later call runs them (a stored run marked partial is never reused).
+``rerun=False`` a later call runs them (a stored run marked partial, or run with other
+options than the scorecard's, is never reused).
 """
 
 from __future__ import annotations
@@ -75,6 +76,37 @@ def is_partial(folder: str, metrics) -> bool:
         return False
 
 
+def not_reusable(name: str, folder: str, metrics, seeds: int | None) -> str | None:
+    """Why the run stored in ``folder`` cannot stand in the scorecard of experiment ``name``
+    (``None`` if it can): it is partial (``is_partial``), or it was not run with the options
+    and arithmetic the scorecard runs (the defaults, ``seeds`` if given, and float64 unless
+    JAX's x64 mode is off)."""
+    import jax
+
+    if is_partial(folder, metrics):
+        return "its run is partial"
+    stored = metrics.get("options") if isinstance(metrics, dict) else None
+    if not isinstance(stored, dict):
+        return "its metrics.json does not record the options it was run with"
+    from wnjax.experiments._reproduce import make_options, options_class, options_record
+
+    if options_class(name) is None:
+        from wnjax._cli.reproduce import argparse_namespace
+
+        wanted = argparse_namespace(name, **({} if seeds is None else {"seeds": seeds}))
+    else:
+        wanted = make_options(name, **({} if seeds is None else {"seeds": seeds}))
+    wanted = options_record(name, wanted)
+    differ = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={stored.get(k)!r} (scorecard: {wanted.get(k)!r})" for k in differ)
+        return f"its run has other options than the scorecard's: {shown}"
+    arithmetic = "float64" if jax.config.read("jax_enable_x64") else "float32"
+    if metrics.get("arithmetic", arithmetic) != arithmetic:
+        return f"its run is in {metrics['arithmetic']}, the scorecard's in {arithmetic}"
+    return None
+
+
 def render(rows: list[dict], counts: dict, seconds: dict, stop: dict | None = None) -> str:
     """``index.md``: a PARTIAL line when ``stop`` (``interrupted``: the experiment the signal
     stopped, or ``None``; ``finished``; ``not_run``) is given, the counts, then one table row
@@ -140,8 +172,9 @@ def scorecard(
       ``out/index.md`` and ``out/metrics.json``.
     - `names`: the experiments to run (default: all, in registry order).
     - `seeds`: the number of seeds of every experiment (default: each experiment's own).
-    - `rerun`: ``False`` reads a finished ``out/NAME/metrics.json`` instead of running again
-      (a run marked partial, see ``is_partial``, is run again).
+    - `rerun`: ``False`` reads a finished ``out/NAME/metrics.json`` instead of running again;
+      a run marked partial (``is_partial``), or run with other options or arithmetic than the
+      scorecard's (``not_reusable``), is run again.
 
     **Returns:** the scorecard metrics: ``counts`` (claims per verdict), ``claims`` (one dict
     per claim: ``paper``, ``experiment``, ``claim``, ``detail``, ``verdict``, ``figure``),
@@ -216,7 +249,10 @@ def scorecard(
             if not rerun and os.path.exists(path):
                 with open(path) as f:
                     metrics = json.load(f)
-                reused = not is_partial(folder, metrics)  # a partial run is run again
+                why = not_reusable(name, folder, metrics, seeds)
+                reused = why is None
+                if not reused:
+                    print(f"{folder}: {why}; running it again.", flush=True)
             if not reused:
                 try:
                     kw = {} if seeds is None else {"seeds": seeds}

@@ -81,7 +81,7 @@ class Options(Common):
         choices=("flow", "gd"),
     )
     target: float = option(-50.0, "final log L (paper: -50)")
-    lr: float = option(1e-3, "eta0 of GD's step eta0/L", positive=True)
+    lr: float = option(1e-3, "eta0 of GD's step eta0/L", positive=True, only=("dynamics", "gd"))
 
 
 def simulate(W0: np.ndarray, *, dynamics: str = "flow", target: float = -50.0, lr: float = 1e-3):
@@ -96,7 +96,7 @@ def simulate(W0: np.ndarray, *, dynamics: str = "flow", target: float = -50.0, l
     for name, param in PARAMETERIZATIONS.items():
         models = eqx.filter_vmap(lambda w: param(CoordinateLinear(w)))(jnp.asarray(W0))
         if dynamics == "flow":
-            s_max = 2.0 * (-target) / min(POINT) + 10.0
+            s_max = 2.0 * abs(target) / min(POINT) + 10.0
             save = np.unique(np.concatenate([np.linspace(0, 1, 201), np.linspace(1, s_max, 200)]))
             r = run_flow(
                 models,

@@ -104,6 +104,11 @@ class Options(Common):
                     f"{name} must be comma-separated positive numbers such as "
                     f"'1e-2,1e-3', got {text!r}."
                 )
+            if name.startswith("escape") and len(set(values)) < 2:
+                raise InvalidInput(
+                    f"{name} needs two or more different deltas (the escape time is fitted "
+                    f"across them), got {text!r}; e.g. '1e-2,1e-3,1e-4'."
+                )
 
 
 def student(key, *, two_homogeneous: bool = False):
@@ -309,9 +314,11 @@ def run(options: Options) -> dict:
     """Run small-init with ``options``; write its figures, ``metrics.json`` and ``report.md``
     under ``options.out``. **Returns:** the metrics, with ``verdicts``."""
     t_start = time.time()
-    deltas = _floats(options.deltas)
-    esc_deltas = _floats(options.escape_deltas)
-    esc_deltas2 = _floats(options.escape_deltas_2)
+    # largest first: the fits and the "two smallest deltas" read them in this order
+    deltas, esc_deltas, esc_deltas2 = (
+        sorted(set(_floats(text)), reverse=True)
+        for text in (options.deltas, options.escape_deltas, options.escape_deltas_2)
+    )
     gd_deltas = (
         _floats(options.gd_deltas)
         if options.gd_deltas

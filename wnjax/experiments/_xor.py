@@ -81,8 +81,15 @@ class Options(Common):
         choices=("gd", "flow"),
     )
     target: float = option(-50.0, "final log L (paper: -50)")
-    lr: float = option(0.005, "eta0 of the GD step eta0/L (0.05 makes EWN diverge)", positive=True)
-    max_steps: int = option(100_000, "GD step budget per seed", positive=True)
+    lr: float = option(
+        0.005,
+        "eta0 of the GD step eta0/L (0.05 makes EWN diverge)",
+        positive=True,
+        only=("dynamics", "gd"),
+    )
+    max_steps: int = option(
+        100_000, "GD step budget per seed", positive=True, only=("dynamics", "gd")
+    )
 
 
 def simulate(seeds: int, *, dynamics="gd", target=-50.0, lr=0.005, max_steps=100_000, key=None):
