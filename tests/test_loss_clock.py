@@ -347,3 +347,22 @@ def test_a_linear_swn_classifier_reaches_minus_10000_under_the_loss_clock():
     u, v = w64 / np.linalg.norm(w64), svm.x / np.linalg.norm(svm.x)
     # the direction converges like 1/log t (Soudry et al., 2018): ~1e-4 at log t ~ 1e4
     assert np.linalg.norm(u - v) < 5e-4
+
+
+@pytest.mark.slow
+def test_float32_ewn_normalized_flow_runs_on_the_loss_clock_and_reports_s():
+    """In float32 an EWN flow to a target in normalized time runs on the loss clock (its blow-up
+    before a finite s would hold the float32 clock s to steps below its spacing) and is
+    reported in s: it reaches the target where s alone ran out of steps, at the s and log t of
+    the float64 normalized run to float32's tolerance."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    X = jax.random.normal(k1, (24, 6))
+    y = jnp.sign(X @ jax.random.normal(k2, (6,)))
+    p = wnjax.ewn(wnjax.MLP(6, 10, 3, activation="relu2", key=jax.random.key(5)))
+    kw = dict(loss="logistic", time="normalized", t1=1e8, target_log_loss=-300.0)
+    ref = wnjax.gradient_flow(p, X, y, **kw)
+    r = wnjax.gradient_flow(*_float32((p, X, y)), **kw)
+    assert r.ok and r.reached_target and r.time == "normalized" and "final_s" not in r.stats
+    assert r.final_time == pytest.approx(float(ref.final_time), rel=1e-3)
+    assert r.s[-1] == r.final_time  # the last level is the target, where the run ends
+    assert float(r.final_log_t) == pytest.approx(float(ref.final_log_t), abs=1e-2)

@@ -1563,8 +1563,9 @@ def _solve_levels(
     final_theta, final_tau = end["at_y"]
     final_params = unravel(final_theta)
     tau = saved.pop("tau")
+    clock_stats = {}
     if time == "loss":  # s is integrated alongside the clock sigma
-        s_saved, final_tau = saved.pop("s"), final_tau[0]
+        s_saved, clock_stats["final_s"], final_tau = saved.pop("s"), final_tau[1], final_tau[0]
     states = saved.pop("state", None)
     final_log_loss = _log_loss_fn(final_params, static, X, y, loss)
     return FlowResult(
@@ -1593,6 +1594,7 @@ def _solve_levels(
             ),
             "nonfinite_ahead": _nonfinite_ahead(final_params, static, X, y, loss, end["code"]),
             "target_log_loss": numbers["target"],
+            **clock_stats,
             **_switch_stats(end["solver_state"][0]),
         },
         time=time,
@@ -1774,7 +1776,9 @@ def gradient_flow(
       whose ``s = int L dt`` converges; a square loss near an interpolating point), above all
       in float32; ``'normalized'`` for the others (in float32 a linear SWN classifier's loss
       clock stops near ``log L = -1,400`` to ``-2,100`` on five of eight seeds, its steps below
-      the clock's spacing there; the normalized clock reaches ``-3,000`` on all eight).
+      the clock's spacing there; the normalized clock reaches ``-3,000`` on all eight). In
+      float32, ``'normalized'`` with a target and level saves on an EWN model runs on the loss
+      clock by itself (the same path) and reports ``s`` as ``final_time``.
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.diagonal.polar_rates(eta_r, eta_theta)``; its array fields are traced.
@@ -1859,6 +1863,19 @@ def gradient_flow(
     if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time != "plain" else t0):
         raise InvalidInput(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
+    # An EWN flow blows up before a finite s, and in float32 the clock s runs out of digits for
+    # the steps it needs there: such a run to a target, saved at levels, goes on the loss clock
+    # sigma (the same path, no blow-up) and is reported in s (``_on_normalized_clock``).
+    on_sigma = (
+        time == "normalized"
+        and target_log_loss is not None
+        and isinstance(save, (AtLossLevels, type(None)))
+        and save_ts is None
+        and jnp.dtype(dtype).itemsize < 8
+        and parameterization_name(p) == "ewn"
+    )
+    if on_sigma:
+        time = "loss"
     rtol, atol = _tolerances(rtol, atol, dtype)
     normalized = time != "plain"  # log t is integrated
     has_target = target_log_loss is not None
@@ -1952,13 +1969,23 @@ def gradient_flow(
             standard_out=not isinstance(model, Parameterized),
         )
         if not phased:
-            return _finish(solve(solver=method)[0], throw)
+            result = solve(solver=method)[0]
+            return _finish(_on_normalized_clock(result) if on_sigma else result, throw)
         result, handover = solve(solver=method.phase_solver(stiff))
         while bool(handover["switched"]):
             stiff = not stiff
             more, handover = solve(solver=method.phase_solver(stiff), start=handover)
             result = _join(result, more)
         return _finish(result, throw)
+
+
+def _on_normalized_clock(result: FlowResult) -> FlowResult:
+    """A loss-clock run reported as ``time='normalized'``: its ``final_time`` is ``s``."""
+    stats = {k: v for k, v in result.stats.items() if k != "final_s"}
+    result = eqx.tree_at(
+        lambda r: (r.final_time, r.stats), result, (result.stats["final_s"], stats)
+    )
+    return dataclasses.replace(result, time="normalized")
 
 
 def _finish(result: FlowResult, throw: bool) -> FlowResult:
