@@ -405,7 +405,7 @@ def format_report(r: dict) -> str:
     ]
     for (eta, drift), (_, gap) in zip(r["gd_drift"], r["gd_vs_flow"]):
         lines.append(f"                  {eta:<8.4g} {drift:<19.3e} {gap:.3e}")
-    if len({eta for eta, _ in r["gd_drift"]}) < 2 and not r.get("interrupted"):
+    if r["gd_drift_exponent"] is None and not r.get("interrupted"):
         lines.append("  fitted exponents in eta: none (a fit needs two or more etas)")
     else:
         lines.append(

@@ -338,7 +338,6 @@ def check_outputs(model: PyTree, X: Array, y: Array, loss: Loss) -> None:
 def warn_target_met_at_start(log_loss, target, stacklevel: int) -> None:
     """Warn (``TargetMetAtStart``) when a run's target was met at its start
     (``log_loss[..., 0] <= target``): the run took no step. Skipped under a transform."""
-
     if target is None or isinstance(log_loss, jax.core.Tracer):
         return
     start, target = np.asarray(log_loss)[..., 0], np.asarray(target)

@@ -235,7 +235,10 @@ def run(options: Options) -> dict:
     )
     # The paper's ratios are depth 1 over depth 4; another pair is judged by the ordering alone.
     paper_pair = (d0, d1) == PAPER_DEPTHS
-    near = (lambda r, k: PAPER_RATIO[k] / 3 < r < PAPER_RATIO[k] * 3) if paper_pair else None
+
+    def near(r, k):
+        return PAPER_RATIO[k] / 3 < r < PAPER_RATIO[k] * 3
+
     unlike = (
         "" if paper_pair else "; the paper's ratios are depth 1 over 4: only the order is judged"
     )
@@ -244,7 +247,7 @@ def run(options: Options) -> dict:
         "SWN's depends on depth (paper ~28x)",
         "unnormalized depends on depth (paper ~70x)",
     )
-    if len(set(depths)) < 2:
+    if len(depths) < 2:
         why = f"one depth ({d0}): nothing to compare; give two or more --depths"
         verdicts = [not_answered(c, why) for c in claims]
     else:

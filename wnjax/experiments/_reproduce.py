@@ -93,6 +93,19 @@ def make_options(name: str, **values) -> Common:
     return cls(**values)
 
 
+def run_options(name: str, **values):
+    """The options of a run of experiment ``name`` with ``values`` and the defaults: its
+    ``Options`` (``make_options``), or for a module with the argparse interface its
+    ``argparse.Namespace`` (with ``name`` set)."""
+    if options_class(name) is not None:
+        return make_options(name, **values)
+    from wnjax._cli.reproduce import argparse_namespace
+
+    opts = argparse_namespace(name, **values)
+    opts.name = name
+    return opts
+
+
 def prepare(name: str, options):
     """``options`` (an ``Options`` or an ``argparse.Namespace``) with ``out`` set (``runs/NAME``
     when ``None``) to a folder checked for writability before anything is computed."""
@@ -164,14 +177,7 @@ def reproduce(
             stacklevel=2,
         )
     module = load(name)
-    if getattr(module, "Options", None) is None:
-        from wnjax._cli.reproduce import argparse_namespace
-
-        opts = argparse_namespace(name, seeds=seeds, out=out, full=full, **options)
-        opts.name = name
-    else:
-        opts = make_options(name, seeds=seeds, out=out, full=full, **options)
-    opts = prepare(name, opts)
+    opts = prepare(name, run_options(name, seeds=seeds, out=out, full=full, **options))
     started = time.time()
     with _interrupt.handling():
         metrics = run_module(module, opts)

@@ -88,15 +88,9 @@ def not_reusable(name: str, folder: str, metrics, seeds: int | None) -> str | No
     stored = metrics.get("options") if isinstance(metrics, dict) else None
     if not isinstance(stored, dict):
         return "its metrics.json does not record the options it was run with"
-    from wnjax.experiments._reproduce import make_options, options_class, options_record
+    from wnjax.experiments._reproduce import options_record, run_options
 
-    if options_class(name) is None:
-        from wnjax._cli.reproduce import argparse_namespace
-
-        wanted = argparse_namespace(name, **({} if seeds is None else {"seeds": seeds}))
-    else:
-        wanted = make_options(name, **({} if seeds is None else {"seeds": seeds}))
-    wanted = options_record(name, wanted)
+    wanted = options_record(name, run_options(name, **({} if seeds is None else {"seeds": seeds})))
     differ = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
     if differ:
         shown = ", ".join(f"{k}={stored.get(k)!r} (scorecard: {wanted.get(k)!r})" for k in differ)
