@@ -397,15 +397,15 @@ def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
 @pytest.mark.slow
 def test_a_float32_clock_that_cannot_move_ends_the_run_and_says_so():
     """float32, a linear SWN classifier on lin-sep under the loss clock to log L = -10,000: near
-    sigma = 3,400 (log L ~ -1,700) the step the flow needs falls below half the float32 clock's
-    spacing (2.4e-4), so the step rounds to zero length, and so would every later one. The run
-    ends there, in a few hundred steps (not at max_steps), with its partial result; the message
-    names the clock's spacing, float64 and the normalized clock, on which the same float32 run
-    reaches the target."""
+    sigma = 4,100 (log L ~ -2,050) a step leaves the state unchanged and the next one falls below
+    half the spacing of the float32 clock (2.4e-4), so it cannot move the clock, and neither
+    could any later one. The run ends there, in a few hundred steps (not at max_steps), with its
+    partial result; the message names the clock's spacing, float64 and the normalized clock, on
+    which the same float32 run reaches the target."""
     from wnjax._dynamics.flow import FROZEN_CLOCK
 
     X, y = wnjax.data.lin_sep(jax.random.key(0))
-    model = wnjax.swn(wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(10)))
+    model = wnjax.swn(wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(12)))
     model, X, y = _float32(model, X, y)
     kw = dict(target_log_loss=-10_000.0, t1=1e9, save_states=False)
     with pytest.warns(RuntimeWarning, match="cannot move"):
@@ -520,3 +520,32 @@ def test_a_log_loss_the_tolerances_do_not_resolve_is_named():
         tight = wnjax.gradient_flow(net, A, b, loss="square", t1=30.0, rtol=1e-12, atol=1e-16)
     assert "do not resolve" not in tight.message
     assert abs(float(tight.final_log_loss) - ref_log_l) < 0.3  # against 5.5 at the defaults
+
+
+def test_a_run_to_a_target_without_t1_goes_on_to_it():
+    """Given a target and no t1, a run has no bound in time. EWN ReLU^2 to log L = -300 on
+    every clock: each reaches it, and plain time (its clock t itself, near exp(300)) ends at the
+    log t that normalized time integrates alongside (d log(1 + t)/ds = 1/((1 + t) L)). The plain
+    run's default saves lie before its crossing too. Without a target t1 is 1."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    X = jax.random.normal(k1, (16, 5))
+    y = jnp.sign(X @ jax.random.normal(k2, (5,)))
+    p = wnjax.ewn(wnjax.MLP(5, 8, 2, activation="relu2", key=jax.random.key(1)))
+    kw = dict(target_log_loss=-300.0, diagnostics=False, save_states=False)
+    runs = {
+        time: wnjax.gradient_flow(p, X, y, time=time, **kw)
+        for time in ("plain", "normalized", "loss")
+    }
+    for time, r in runs.items():
+        assert bool(r.ok) and bool(r.reached_target), (time, r.message)
+    plain, normalized = runs["plain"], runs["normalized"]
+    log_t = np.log(float(plain.final_time))
+    assert log_t == pytest.approx(float(normalized.final_log_t), rel=1e-6)
+    assert int(np.sum(np.isfinite(np.asarray(plain.log_loss)))) >= 16
+    assert float(wnjax.gradient_flow(p, X, y, diagnostics=False).final_time) == 1.0
+    # in float32 plain time cannot reach exp(300): the run says which clock can
+    p32, X32, y32 = _float32(p, X, y)
+    low = wnjax.gradient_flow(p32, X32, y32, **kw)
+    assert bool(low.ok) and not bool(low.reached_target)
+    assert "raise t1" not in low.message and "largest plain time" in low.message
+    assert "time='normalized'" in low.message

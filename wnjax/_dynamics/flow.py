@@ -12,8 +12,9 @@ evaluated accurately however small ``L`` becomes. Three clocks are offered:
   ``grad log L``; ``tau`` and ``s`` are integrated alongside (``d s/d sigma = 1/(1 +
   <grad log L, g>)``), and ``s`` reaching ``t1`` ends the run as in normalized time. Where the
   loss falls fast (``<grad log L, g> >> 1``, deep in the asymptotic regime) ``sigma`` is the
-  loss: the flow there has no finite-time blow-up to resolve (the normalized EWN flow has one),
-  and the clock never needs more digits than ``log L`` itself. On plateaus and floors of the
+  loss: the flow there has no finite-time blow-up to resolve (the normalized flow of an EWN
+  net, or of a net of degree above 2, has one), and the clock never needs more digits than
+  ``log L`` itself. On plateaus and floors of the
   loss it is normalized time, which keeps moving where ``log L`` does not.
 """
 
@@ -57,7 +58,6 @@ from wnjax._nets.parameterize import (
     Parameterized,
     as_parameterized,
     neuron_norm_sq_rate,
-    parameterization_name,
 )
 from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
@@ -296,11 +296,15 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
     short of ``t1`` ends with ``max_steps_reached``, so a solve continued from another's
     controller state keeps to the budget of both together. A step too short to move the clock
     (below half its spacing, as in float32 late in a run) ends the solve with
-    ``dt_min_reached``."""
+    ``dt_min_reached``. A solve on its own clock, which starts at ``origin`` of the run's clock,
+    ends so too once a step has left the state unchanged and the next is too short to move the
+    run's clock: its steps may be far shorter than that clock's spacing (as a blow-up asks for)
+    only while they move the state."""
 
     inner: diffrax.AbstractAdaptiveStepSizeController
     start: dict
     budget: int | Array = 2**31 - 1
+    origin: float | Array = 0.0
 
     @property
     def rtol(self):
@@ -315,7 +319,7 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         return self.inner.norm
 
     def wrap(self, direction):
-        return _Polled(self.inner.wrap(direction), self.start, self.budget)
+        return _Polled(self.inner.wrap(direction), self.start, self.budget, self.origin)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -334,8 +338,12 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         spent = (left <= 0) & (next_t0 < run["t1"])
         result = diffrax.RESULTS.where(spent, diffrax.RESULTS.max_steps_reached, result)
         # A next step shorter than half the clock's spacing there cannot move it: every later
-        # step would be the same empty step (``dt_min_reached``).
-        frozen = (next_t1 <= next_t0) & (next_t0 < run["t1"])
+        # step would be the same empty step (``dt_min_reached``). On a clock of its own, the
+        # same holds of the run's clock once a step has left the state as it was.
+        pairs = zip(jax.tree_util.tree_leaves(y1_candidate), jax.tree_util.tree_leaves(y0))
+        still = keep & functools.reduce(jnp.logical_and, [jnp.all(a == b) for a, b in pairs])
+        frozen = (next_t1 <= next_t0) | (still & (self.origin + next_t1 <= self.origin + next_t0))
+        frozen = frozen & (next_t0 < run["t1"])
         result = diffrax.RESULTS.where(frozen, diffrax.RESULTS.dt_min_reached, result)
         result = diffrax.RESULTS.where(poll["stop"], diffrax.RESULTS.internal_error, result)
         dt = jnp.asarray(next_t1 - next_t0, jnp.result_type(run["dt"]))
@@ -526,6 +534,13 @@ def _describe(r: FlowResult) -> str:
                     "targets it cannot fit), points on which every ReLU-type unit is inactive "
                     "(margin 0), or a saddle, which another initialization avoids."
                 )
+            clock = np.asarray(r.final_time)
+            if not normalized and float(clock) >= 0.99 * open_end_time(clock.dtype):
+                return out + (
+                    f" The target log L = {target:g} lies beyond the largest plain time the "
+                    f"{clock.dtype} clock holds: use time='normalized' (in plain time t grows "
+                    "like exp(-log L))."
+                )
             out += f" The target log L = {target:g} lies beyond t1: raise t1" + (
                 "."
                 if normalized
@@ -660,10 +675,13 @@ def _rounding_hint(r: FlowResult) -> str:
 
 
 def _normalized_hint(r: FlowResult) -> str:
-    """For a loss-clock run of a model whose normalized flow has no blow-up (only EWN's does):
-    the normalized clock, which needs no more digits than ``s``."""
-    if r.time == "loss" and parameterization_name(r.final) in ("standard", "swn"):
-        return " Or use time='normalized': this model's normalized flow has no blow-up."
+    """For a loss-clock run: the normalized clock, whose level solves each run on a clock of
+    their own, so it needs no more digits than a level's span of ``s``."""
+    if r.time == "loss":
+        return (
+            " Or use time='normalized': the same path on the clock s, each level of the loss "
+            "solved on a clock of its own."
+        )
     return ""
 
 
@@ -1447,12 +1465,17 @@ def _solve_levels(
     ftol = level_tolerance(X.dtype)
 
     def solve(c, level, next_level):
+        # Each solve runs on its own clock, from 0 at its start c["s"] (the field does not
+        # depend on the clock): its steps are resolved to the spacing of the level's span, not
+        # of the whole run's clock. In float32 a flow that blows up before a finite s (an EWN
+        # net, a net of degree above 2) needs steps far below the spacing of s itself there.
+        base = c["s"]
         # a finished run's solve ends where it starts, in no steps (its result is dropped)
-        t1 = jnp.where(c["done"], c["s"], cap)
+        t1 = jnp.where(c["done"], 0.0, cap - base)
         sol = diffrax.diffeqsolve(
             term,
             solver,
-            t0=c["s"],
+            t0=jnp.zeros_like(base),
             t1=t1,
             dt0=c["dt"],
             y0=c["y"],
@@ -1460,7 +1483,7 @@ def _solve_levels(
             saveat=diffrax.SaveAt(t1=True, solver_state=True, controller_state=polled),
             # the steps left of the run's budget (a level's solve may not spend all of it)
             stepsize_controller=(
-                _Polled(controller.inner, c["poll"], jnp.maximum(max_steps - c["steps"], 1))
+                _Polled(controller.inner, c["poll"], jnp.maximum(max_steps - c["steps"], 1), base)
                 if polled
                 else controller
             ),
@@ -1491,6 +1514,10 @@ def _solve_levels(
         # the step that crossed the level (an accepted point of the path past it), the one whose
         # log L is nearer the level stands for the crossing.
         _, t_end, y_end, h_end = sol.solver_state
+        t_sol = base + sol.ts[-1]
+        accepted = sol.stats["num_accepted_steps"]
+        # (a solve without an accepted step holds the step end of an earlier one, on its clock)
+        h_end = jnp.where(accepted > 0, h_end, 0.0)
         log_l_end = _log_loss_fn(unravel(y_end[0]), static, X, y, loss)
         past = (
             event
@@ -1508,7 +1535,6 @@ def _solve_levels(
         )
         hit = finite & (event | at_level)
         bounded = bounded & finite
-        accepted = sol.stats["num_accepted_steps"]
         steps = c["steps"] + sol.stats["num_steps"]
         code = jnp.where(hit | bounded, 0, sol.result._value)
         code = jnp.where(hit & (steps > max_steps), 1, code)
@@ -1516,14 +1542,16 @@ def _solve_levels(
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
         code = jnp.where(finite, code, NONFINITE)
         new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_y, c["at_y"])
-        new_s = jnp.where(finite, jnp.where(past, t_end, sol.ts[-1]), c["at_s"])
+        new_s = jnp.where(finite, jnp.where(past, base + t_end, t_sol), c["at_s"])
         # Go on from the end of the step that crossed the level where that end lies above the
         # next level (the event's gap, see level_event), else from the crossing.
         ahead = (log_l_end - next_level) / (1.0 + jnp.abs(next_level)) + 2 * ftol > 0
+        if time == "loss":  # and before the bound on s, which the next solve's event must see
+            ahead = ahead & (_s_gap(y_end[1][1], numbers["s1"]) > 0)
         from_end = hit & ahead & all_finite((y_end, log_l_end)) & (h_end > 0)
-        dt = jnp.where(accepted > 0, (sol.ts[-1] - c["s"]) / jnp.maximum(accepted, 1), c["dt"])
+        dt = jnp.where(accepted > 0, sol.ts[-1] / jnp.maximum(accepted, 1), c["dt"])
         new = {
-            "s": jnp.where(from_end, t_end, new_s),
+            "s": jnp.where(from_end, base + t_end, new_s),
             "y": jax.tree_util.tree_map(lambda a, b: jnp.where(from_end, a, b), y_end, new_y),
             "jump": ~from_end,
             "at_s": new_s,
@@ -1640,6 +1668,22 @@ def default_save_times(t0: float, t1: float, n_save: int) -> np.ndarray:
     return np.concatenate([[t0], t0 + span * _log_fractions(n_save - 1)])
 
 
+def open_end_time(dtype) -> float:
+    """The end of the clock of a run to a target given no ``t1``: ``sqrt`` of the dtype's largest
+    number (1.3e154 in float64, 1.8e19 in float32), a bound the run meets only where it has
+    stopped moving, with room for the clock's arithmetic."""
+    return float(np.sqrt(np.finfo(dtype).max))
+
+
+def open_save_times(t0: float, t1: float, target: float, n_save: int) -> np.ndarray:
+    """The save points of a plain-time run to ``target`` given no ``t1``: ``t0``, then
+    log-spaced from ``t0 + 1e-3`` to ``t0 + exp(|target| + 10)`` (at most ``t1``): plain time
+    reaches ``log L = target`` near ``t ~ exp(|target|)``."""
+    end = min(t1 - t0, math.exp(min(abs(target) + 10.0, math.log(t1))))
+    ts = t0 + np.logspace(-3, math.log10(end), n_save - 1)
+    return np.concatenate([[t0], np.minimum(ts, t1)])
+
+
 def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
     if not progress:
         return diffrax.NoProgressMeter()
@@ -1714,7 +1758,7 @@ def gradient_flow(
     y: Array,
     *,
     loss: str | Loss = "exponential",
-    t1: float = 1.0,
+    t1: float | None = None,
     t0: float = 0.0,
     log_t0: float | None = None,
     rtol: float | None = None,
@@ -1752,6 +1796,8 @@ def gradient_flow(
     - `loss`: ``'exponential'``, ``'logistic'``, ``'cross_entropy'``, ``'square'`` or a ``Loss``.
     - `t1`, `t0`: the time span (in ``s`` for ``time='normalized'``, where ``t0`` is the plain
       time at ``s = 0``; likewise for ``time='loss'``, whose run also ends at its target).
+      ``t1=None``: ``1`` without a target; with one, no bound (``open_end_time(dtype)``): the
+      run goes on to its target, a stationary point or ``max_steps``.
     - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` or
       ``'loss'``). Use it
       to continue a deep run, whose ``t = exp(log t)`` overflows: pass the previous result's
@@ -1771,14 +1817,13 @@ def gradient_flow(
     - `time`: the clock: ``'plain'`` (``t``), ``'normalized'`` (``s``, ``ds = L dt``) or
       ``'loss'`` (``sigma = s + log L(0) - log L``; needs ``target_log_loss``, saves at loss
       levels; ``s`` and ``log t`` are integrated alongside). For targets far below
-      ``log L = -30`` use ``'normalized'`` or ``'loss'``: ``'loss'`` where ``log L`` falls
-      without bound before a finite ``s`` (an EWN flow; a net of homogeneity degree above 2,
-      whose ``s = int L dt`` converges; a square loss near an interpolating point), above all
-      in float32; ``'normalized'`` for the others (in float32 a linear SWN classifier's loss
-      clock stops near ``log L = -1,400`` to ``-2,100`` on five of eight seeds, its steps below
-      the clock's spacing there; the normalized clock reaches ``-3,000`` on all eight). In
-      float32, ``'normalized'`` with a target and level saves on an EWN model runs on the loss
-      clock by itself (the same path) and reports ``s`` as ``final_time``.
+      ``log L = -30`` use ``'normalized'`` (with a target it saves at levels of ``log L``, and
+      each level's solve runs on its own clock, so the steps stay resolved where ``log L``
+      falls without bound before a finite ``s``: an EWN flow, a net of homogeneity degree
+      above 2, whose ``s = int L dt`` converges), or ``'loss'``, which has no such blow-up (in
+      float32 a linear SWN classifier's loss clock stops short of ``log L = -10,000`` on eight
+      seeds of eight, between ``-1,770`` and ``-6,500``, its steps there below the clock's
+      spacing and the state no longer moving; the normalized clock reaches it on all eight).
     - `rate`: ``None``, ``'neuron_norm_sq'``, or a callable ``rate(grads, params) -> grads``
       (both the parameterized model's type) that rescales the gradient, e.g.
       ``wnjax.diagonal.polar_rates(eta_r, eta_theta)``; its array fields are traced.
@@ -1849,6 +1894,9 @@ def gradient_flow(
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
+    open_end = t1 is None and target_log_loss is not None
+    if t1 is None:
+        t1 = open_end_time(X.dtype) if open_end else 1.0
     if time == "loss":
         if target_log_loss is None:
             raise InvalidInput(
@@ -1863,19 +1911,6 @@ def gradient_flow(
     if not isinstance(t1, jax.core.Tracer) and not t1 > (0.0 if time != "plain" else t0):
         raise InvalidInput(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
-    # An EWN flow blows up before a finite s, and in float32 the clock s runs out of digits for
-    # the steps it needs there: such a run to a target, saved at levels, goes on the loss clock
-    # sigma (the same path, no blow-up) and is reported in s (``_on_normalized_clock``).
-    on_sigma = (
-        time == "normalized"
-        and target_log_loss is not None
-        and isinstance(save, (AtLossLevels, type(None)))
-        and save_ts is None
-        and jnp.dtype(dtype).itemsize < 8
-        and parameterization_name(p) == "ewn"
-    )
-    if on_sigma:
-        time = "loss"
     rtol, atol = _tolerances(rtol, atol, dtype)
     normalized = time != "plain"  # log t is integrated
     has_target = target_log_loss is not None
@@ -1920,6 +1955,8 @@ def gradient_flow(
             save_s = start + (t1 - start) * jnp.concatenate(
                 [jnp.zeros(1), jnp.asarray(_log_fractions(save.n - 1))]
             )
+        elif open_end:  # in plain time: log-spaced up to about where the target lies
+            save_s = open_save_times(start, float(t1), target_log_loss, save.n)
         else:
             save_s = default_save_times(start, float(t1), save.n)
     save_s = as_number(save_s, dtype)
@@ -1970,22 +2007,13 @@ def gradient_flow(
         )
         if not phased:
             result = solve(solver=method)[0]
-            return _finish(_on_normalized_clock(result) if on_sigma else result, throw)
+            return _finish(result, throw)
         result, handover = solve(solver=method.phase_solver(stiff))
         while bool(handover["switched"]):
             stiff = not stiff
             more, handover = solve(solver=method.phase_solver(stiff), start=handover)
             result = _join(result, more)
         return _finish(result, throw)
-
-
-def _on_normalized_clock(result: FlowResult) -> FlowResult:
-    """A loss-clock run reported as ``time='normalized'``: its ``final_time`` is ``s``."""
-    stats = {k: v for k, v in result.stats.items() if k != "final_s"}
-    result = eqx.tree_at(
-        lambda r: (r.final_time, r.stats), result, (result.stats["final_s"], stats)
-    )
-    return dataclasses.replace(result, time="normalized")
 
 
 def _finish(result: FlowResult, throw: bool) -> FlowResult:
