@@ -522,30 +522,42 @@ def test_a_log_loss_the_tolerances_do_not_resolve_is_named():
     assert abs(float(tight.final_log_loss) - ref_log_l) < 0.3  # against 5.5 at the defaults
 
 
-def test_a_run_to_a_target_without_t1_goes_on_to_it():
-    """Given a target and no t1, a run has no bound in time. EWN ReLU^2 to log L = -300 on
-    every clock: each reaches it, and plain time (its clock t itself, near exp(300)) ends at the
-    log t that normalized time integrates alongside (d log(1 + t)/ds = 1/((1 + t) L)). The plain
-    run's default saves lie before its crossing too. Without a target t1 is 1."""
+def _ewn_relu2_problem():
     k1, k2 = jax.random.split(jax.random.key(3))
     X = jax.random.normal(k1, (16, 5))
     y = jnp.sign(X @ jax.random.normal(k2, (5,)))
-    p = wnjax.ewn(wnjax.MLP(5, 8, 2, activation="relu2", key=jax.random.key(1)))
-    kw = dict(target_log_loss=-300.0, diagnostics=False, save_states=False)
-    runs = {
-        time: wnjax.gradient_flow(p, X, y, time=time, **kw)
-        for time in ("plain", "normalized", "loss")
-    }
-    for time, r in runs.items():
-        assert bool(r.ok) and bool(r.reached_target), (time, r.message)
-    plain, normalized = runs["plain"], runs["normalized"]
+    return wnjax.ewn(wnjax.MLP(5, 8, 2, activation="relu2", key=jax.random.key(1))), X, y
+
+
+_NO_T1 = dict(target_log_loss=-300.0, diagnostics=False, save_states=False)
+
+
+def test_a_run_to_a_target_without_t1_goes_on_to_it():
+    """Given a target and no t1, a run has no bound in time. EWN ReLU^2 to log L = -300 in plain
+    and normalized time: both reach it, and plain time (its clock t itself, near exp(300)) ends
+    at the log t that normalized time integrates alongside (d log(1 + t)/ds = 1/((1 + t) L)).
+    The plain run's default saves lie before its crossing too. Without a target t1 is 1."""
+    p, X, y = _ewn_relu2_problem()
+    plain = wnjax.gradient_flow(p, X, y, **_NO_T1)
+    normalized = wnjax.gradient_flow(p, X, y, time="normalized", **_NO_T1)
+    for r in (plain, normalized):
+        assert bool(r.ok) and bool(r.reached_target), r.message
     log_t = np.log(float(plain.final_time))
     assert log_t == pytest.approx(float(normalized.final_log_t), rel=1e-6)
     assert int(np.sum(np.isfinite(np.asarray(plain.log_loss)))) >= 16
     assert float(wnjax.gradient_flow(p, X, y, diagnostics=False).final_time) == 1.0
-    # in float32 plain time cannot reach exp(300): the run says which clock can
-    p32, X32, y32 = _float32(p, X, y)
-    low = wnjax.gradient_flow(p32, X32, y32, **kw)
+
+
+@pytest.mark.slow  # two more programs (~20 s cold)
+def test_without_t1_the_loss_clock_reaches_its_target_and_float32_plain_time_names_its_limit():
+    """No t1, log L = -300: the loss clock reaches it, at the normalized clock's log t; float32
+    plain time cannot reach t ~ exp(300) and its message names the normalized clock, not t1."""
+    p, X, y = _ewn_relu2_problem()
+    r = wnjax.gradient_flow(p, X, y, time="loss", **_NO_T1)
+    assert bool(r.ok) and bool(r.reached_target), r.message
+    ref = wnjax.gradient_flow(p, X, y, time="normalized", **_NO_T1)
+    assert float(r.final_log_t) == pytest.approx(float(ref.final_log_t), rel=1e-6)
+    low = wnjax.gradient_flow(*_float32(p, X, y), **_NO_T1)
     assert bool(low.ok) and not bool(low.reached_target)
     assert "raise t1" not in low.message and "largest plain time" in low.message
     assert "time='normalized'" in low.message
