@@ -181,6 +181,7 @@ def test_a_floor_of_the_loss_ends_the_run_at_t1_as_in_normalized_time():
         assert abs(float(r.final_log_t) - float(ref.final_log_t)) < 1e-6 * float(ref.final_log_t)
 
 
+@pytest.mark.slow  # two programs (~20 s cold)
 def test_the_bound_on_s_ends_a_loss_clock_run_whose_level_step_crossed_it():
     """An EWN flow (blow-up at s* ~ 6.6) under the loss clock with t1 = 1, 64 levels to
     log L = -10,000: the step that crosses a level near the start also crosses s = 1.
