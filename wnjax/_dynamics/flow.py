@@ -456,8 +456,9 @@ class FlowResult(RunResult):
       ``nonfinite_ahead`` (the
       shortest distance, relative to ``1 + ||theta||``, from ``final`` along ``-grad log L`` at
       which ``log L`` or its gradient is NaN or inf, probed at ``1e-2 ... 1e-14`` when the
-      run ran out of steps; ``inf`` if none, or when it did not); with the default solver
-      also ``explicit_steps``, ``stiff_steps``, ``switches``);
+      run ran out of steps; ``inf`` if none, or when it did not); for ``time='loss'`` also
+      ``final_s`` (normalized time ``s`` at ``final``); with the default solver also
+      ``explicit_steps``, ``stiff_steps``, ``switches``);
     - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
       ``max_steps`` exhausted, ``FROZEN_CLOCK`` (diffrax's ``dt_min_reached``, ``10``) the
       next step was below half the clock's spacing, so the clock could not move (in float32
@@ -2006,8 +2007,7 @@ def gradient_flow(
             standard_out=not isinstance(model, Parameterized),
         )
         if not phased:
-            result = solve(solver=method)[0]
-            return _finish(result, throw)
+            return _finish(solve(solver=method)[0], throw)
         result, handover = solve(solver=method.phase_solver(stiff))
         while bool(handover["switched"]):
             stiff = not stiff
