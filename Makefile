@@ -1,5 +1,6 @@
 # `make demo`: create .venv, install wnjax, run the main job. `make test`: same set-up, run the
-# tests but those marked `slow`. `make test-all`: every test (what CI runs).
+# tests but those marked `slow`, compiled with XLA:CPU's quicker code generation (see
+# tests/conftest.py). `make test-all`: every test under XLA's defaults (what CI runs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/wnjax demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	WNJAX_TEST_CODEGEN=quick $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests

@@ -30,6 +30,7 @@ SCRIPTS = [
     "linsep_pipeline",
     "scaling",
     "roofline",
+    "compile_codegen",
 ]
 GPU_SCRIPTS = [
     "seeds_one_program",

@@ -1,5 +1,6 @@
 """Test configuration: float64, several forced CPU devices, rank promotion as an error, one
-persistent compilation cache for the whole run, and a fresh-key fixture.
+persistent compilation cache for the whole run, a choice of XLA:CPU code generation, and a
+fresh-key fixture.
 
 The compilation cache is ``.pytest_cache/jax-cache`` under the repository (or wherever
 ``WNJAX_COMPILATION_CACHE`` points; ``0`` turns it off). It is set through that environment
@@ -25,6 +26,22 @@ os.environ.setdefault(
 # Implicit rank promotion (adding a (n,) to a (n, 1)) is an error, as in equinox's own tests; in
 # the subprocesses too.
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+
+# XLA:CPU code generation: ``WNJAX_TEST_CODEGEN=quick`` (what ``make test`` sets) compiles with
+# ``wnjax._runtime.cache.QUICK_CPU_CODEGEN``, in ~0.6x the time: most of the fast set's time is
+# compiling programs that then run for milliseconds (~5 min instead of ~7.5 on a 2-core CPU).
+# Unset or ``default`` (``make test-all``, CI): XLA's defaults, what users run. Values agree up
+# to rounding; the tests that compare two programs bit for bit, or to 1e-10 after a saddle
+# escape amplifies rounding a million-fold, hold under XLA's defaults (``helpers.DEFAULT_CODEGEN``
+# pins them for one; ``needs_default_codegen`` skips the others under the quick one). Every
+# wnjax subprocess a test starts inherits the flags; a flag already in ``XLA_FLAGS`` is kept.
+CODEGEN = os.environ.get("WNJAX_TEST_CODEGEN", "default")
+if CODEGEN not in ("default", "quick"):
+    raise ValueError(f"WNJAX_TEST_CODEGEN must be 'default' or 'quick', got {CODEGEN!r}")
+if CODEGEN == "quick":
+    from wnjax._runtime.cache import quick_codegen_flags
+
+    os.environ["XLA_FLAGS"] = quick_codegen_flags(os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402
 

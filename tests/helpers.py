@@ -1,11 +1,23 @@
 """Shared test helpers: small separable data sets, flat weight vectors, slow-marked parameters."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import wnjax
+
+# XLA's default CPU code generation, as per-program compiler options: they override the quicker
+# one (``WNJAX_TEST_CODEGEN=quick``, see conftest) for a test that compares two programs bit for
+# bit.
+DEFAULT_CODEGEN = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
+# A test whose programs agree only under XLA's default code generation (see conftest).
+needs_default_codegen = pytest.mark.skipif(
+    os.environ.get("WNJAX_TEST_CODEGEN") == "quick",
+    reason="compares programs whose rounding agrees under XLA's default code generation only",
+)
 
 
 def separable_data(key, n=16, d=4, margin=0.3):

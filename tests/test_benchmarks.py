@@ -103,6 +103,20 @@ def test_gf_vs_torchdiffeq(tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_codegen(tmp_path):
+    doc = _run("compile_codegen", tmp_path)
+    assert (
+        doc["flags"]["default"] == ""
+        and "--xla_backend_optimization_level=1" in (doc["flags"]["quick"])
+    )
+    for mode in ("default", "quick"):
+        seconds = doc["seconds"][mode]
+        assert _positive(seconds["first"]["median"]) and _positive(seconds["step"]["median"])
+    assert doc["steps"]["step"] > 0
+    assert all(_positive(v) for v in doc["quick_over_default"].values())
+
+
+@pytest.mark.slow
 def test_gd_vs_torch(tmp_path):
     doc = _run("gd_vs_torch", tmp_path)
     for form in ("wnjax 1", "wnjax vmap", "wnjax sharded", "wnjax jit+sharding"):

@@ -193,7 +193,9 @@ def test_seed_blocks_give_the_same_numbers_on_two_devices(tmp_path, monkeypatch)
 
     out = tmp_path / "two.npy"
     script = BLOCKS_ON_DEVICES.format(tests=os.path.dirname(__file__), out=str(out))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # (this process's code generation flags, with two devices)
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "2"

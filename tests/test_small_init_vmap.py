@@ -6,6 +6,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from helpers import needs_default_codegen
 
 import wnjax
 from wnjax.experiments._small_init import LOSS, seed_escapes, seed_flows, student
@@ -20,6 +21,7 @@ def _setup():
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_vmapped_flows_equal_sequential_runs():
     X, y, models = _setup()
     t1s = [1e5, 0.8e5]
@@ -56,6 +58,7 @@ def test_vmapped_flows_equal_sequential_runs():
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_vmapped_escapes_equal_sequential_and_interpolated_ones():
     X, y, models = _setup()
     t1s = [1e5, 0.9e5]

@@ -563,7 +563,7 @@ def _describe(r: FlowResult) -> str:
             + (
                 f" result.final holds the last finite state (log L = {last:.6g})."
                 if np.isfinite(last)
-                else " The state at the end is not finite."
+                else f" log L at the end is {last}."
             )
             + (
                 " In float32 run in float64: jax.config.update('jax_enable_x64', True) and"

@@ -94,3 +94,20 @@ def enable(environ=os.environ) -> str | None:
 
     callback_cache.install()
     return path
+
+
+# XLA:CPU code generation that compiles faster: the legacy fusion emitters instead of the MLIR
+# ones, and LLVM at -O1 instead of -O3. A flow's solve (an EWN MLP to a target: ~17,000 HLO
+# lines, ~570 kernels) compiles in ~0.6x the time; a step of a small net runs up to ~1.2x
+# slower, one dominated by matrix products as fast (``benchmarks/compile_codegen.py``). The
+# test suite, whose programs mostly run for milliseconds, compiles under it; wnjax leaves
+# XLA's defaults alone elsewhere.
+QUICK_CPU_CODEGEN = {"xla_cpu_use_fusion_emitters": "false", "xla_backend_optimization_level": "1"}
+
+
+def quick_codegen_flags(flags: str = "") -> str:
+    """``flags`` (an ``XLA_FLAGS`` value) with the flags of ``QUICK_CPU_CODEGEN`` added, except
+    those ``flags`` already sets. Takes effect only in ``XLA_FLAGS`` before JAX's backend starts.
+    """
+    added = [f"--{k}={v}" for k, v in QUICK_CPU_CODEGEN.items() if f"--{k}=" not in flags]
+    return " ".join([flags, *added]).strip()
