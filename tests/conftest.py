@@ -28,8 +28,8 @@ os.environ.setdefault(
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
 # XLA:CPU code generation: ``WNJAX_TEST_CODEGEN=quick`` (what ``make test`` sets) compiles with
-# ``wnjax._runtime.cache.QUICK_CPU_CODEGEN``, in ~0.6x the time: most of the fast set's time is
-# compiling programs that then run for milliseconds (~5 min instead of ~7.5 on a 2-core CPU).
+# ``wnjax._runtime.cache.QUICK_CPU_CODEGEN``, in ~0.5x the time: most of the fast set's time is
+# compiling programs that then run for milliseconds (~4 min instead of ~7.5 on a 2-core CPU).
 # Unset or ``default`` (``make test-all``, CI): XLA's defaults, what users run. Values agree up
 # to rounding; the tests that compare two programs bit for bit, or to 1e-10 after a saddle
 # escape amplifies rounding a million-fold, hold under XLA's defaults (``helpers.DEFAULT_CODEGEN``

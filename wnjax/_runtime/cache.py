@@ -97,12 +97,12 @@ def enable(environ=os.environ) -> str | None:
 
 
 # XLA:CPU code generation that compiles faster: the legacy fusion emitters instead of the MLIR
-# ones, and LLVM at -O1 instead of -O3. A flow's solve (an EWN MLP to a target: ~17,000 HLO
-# lines, ~570 kernels) compiles in ~0.6x the time; a step of a small net runs up to ~1.2x
-# slower, one dominated by matrix products as fast (``benchmarks/compile_codegen.py``). The
-# test suite, whose programs mostly run for milliseconds, compiles under it; wnjax leaves
-# XLA's defaults alone elsewhere.
-QUICK_CPU_CODEGEN = {"xla_cpu_use_fusion_emitters": "false", "xla_backend_optimization_level": "1"}
+# ones, and LLVM at -O0 instead of -O3. The first ``gradient_flow`` call on a small EWN net
+# (tracing, compiling and running a solve of ~17,000 HLO lines, ~570 kernels) takes ~0.5x the
+# time; a step then runs ~2.7x slower on a small net and ~1.9x on an MNIST MLP
+# (``benchmarks/compile_codegen.py``). ``make test``, whose programs mostly run for
+# milliseconds, compiles under it; wnjax itself leaves XLA's defaults alone.
+QUICK_CPU_CODEGEN = {"xla_cpu_use_fusion_emitters": "false", "xla_backend_optimization_level": "0"}
 
 
 def quick_codegen_flags(flags: str = "") -> str:
