@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import needs_default_codegen
 
 import wnjax
 from wnjax._runtime.errors import InvalidInput
@@ -250,8 +249,7 @@ class _BreaksBeyond(wnjax.Exponential):
     # ~6 s each: `make test` runs the loss clock, CI every clock
     "time",
     [
-        # (plain time ends at the jump itself, on the side of it rounding puts it)
-        pytest.param("plain", marks=[_SLOW, needs_default_codegen]),
+        pytest.param("plain", marks=_SLOW),
         pytest.param("normalized", marks=_SLOW),
         "loss",
     ],
@@ -281,6 +279,26 @@ def test_a_run_whose_loss_turns_non_finite_is_never_a_success(time):
     assert np.isfinite(float(r.final_log_loss)) and float(r.final_log_loss) > -300.0
 
 
+def test_a_stop_at_a_jump_into_inf_keeps_the_last_finite_state():
+    """Plain time to a target with a loss whose log L jumps to -inf (``_BreaksBeyond``): the
+    target's event fires at the jump and the root find ends on its finite side, so ``final``
+    is the last finite state of the run and ``final_log_loss`` finite above the target, for
+    every data set (each root find ends within the clock's rounding of the jump, on either
+    side of it when it returned the bracket's midpoint)."""
+    from wnjax._dynamics.flow import NONFINITE
+
+    model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(100))
+    kw = dict(target_log_loss=-300.0, t1=1e12, loss=_BreaksBeyond(), max_steps=3000, n_save=8)
+    for key in range(4):
+        X, y = wnjax.data.lin_sep(jax.random.key(key))
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            r = wnjax.gradient_flow(model, X, y, throw=False, **kw)
+        assert int(r.stop_code) == NONFINITE and not bool(r.reached_target), key
+        last = float(r.final_log_loss)
+        assert -300.0 < last < -15.0 and f"last finite state (log L = {last:.6g})" in r.message
+        assert float(jnp.min(wnjax.margins(r.final, X, y))) <= 20.0  # before the jump
+
+
 def test_level_root_finder_stays_inside_the_step():
     """``_Crossing``, started at the bracket's upper end as diffrax starts an event's search: a
     bracketed root as bisection finds it (the cube root of 2); a bracket whose ends show no sign
@@ -304,6 +322,11 @@ def test_level_root_finder_stays_inside_the_step():
     assert abs(solve(crossing, lambda t: t**3 - 2.0, 0.0, 3.0) - 2.0 ** (1 / 3)) <= 1e-14
     assert abs(solve(crossing, lambda t: 2.0 - t**3, 0.0, 3.0) - 2.0 ** (1 / 3)) <= 1e-14
     assert solve(crossing, lambda t: t + 1.0, 0.0, 1.0) == 1.0
+    # A jump into -inf, NaN or +inf at t = 1/3: the root is on the finite side, next to it.
+    for broken in (-jnp.inf, jnp.nan, jnp.inf):
+        root = solve(crossing, lambda t, b=broken: jnp.where(t < 1 / 3, 1.0 - t, b), 0.0, 1.0)
+        assert root < 1 / 3 and 1 / 3 - root <= 1e-15
+
     widened = optx.Bisection(rtol=1e-12, atol=1e-12, expand_if_necessary=True)
     assert solve(widened, lambda t: t + 1.0, 0.0, 1.0) < -0.9
 

@@ -235,7 +235,13 @@ class _Crossing(optx.Bisection):
     ends (and starts the search at its end), so where the dense interpolant, rounded, shows
     none, the bracket collapses onto the step's end and the stop is there. (Widening it, as
     ``expand_if_necessary`` does, extrapolates the interpolant past the step: in float32 that
-    can put a level's stop at ``||theta|| ~ 1e17``.)"""
+    can put a level's stop at ``||theta|| ~ 1e17``.)
+
+    The root returned is the bracket's end on the side the run came from (``lower``: its gap
+    has the sign of the step's start), not the midpoint, and a gap that is not finite counts
+    as the other side's. At a true crossing the two ends are within the clock's rounding of
+    each other; at a jump of ``log L`` into NaN or inf (a model or loss that breaks down there)
+    the stop is then on the finite side, the last finite state of the run."""
 
     tol_t: float = 1e-14
 
@@ -245,19 +251,34 @@ class _Crossing(optx.Bisection):
         upper = jnp.asarray(options["upper"], f_struct.dtype)
         lower_val, _ = fn(lower, args)
         upper_val, _ = fn(upper, args)
-        bracketed = (lower_val < 0) != (upper_val < 0)
+        other_side = ~jnp.isfinite(upper_val) | ((lower_val < 0) != (upper_val < 0))
+        bracketed = jnp.isfinite(lower_val) & other_side
         return _BisectionState(
             lower=jnp.where(bracketed, lower, upper),
             upper=upper,
-            flip=lower_val > upper_val,
+            flip=~(lower_val < 0),  # (optx.Bisection's flip: a start's gap >= 0)
             error=jnp.asarray(jnp.inf, f_struct.dtype),
         )
+
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        gap, aux = fn(y, args)
+        # (optx.Bisection's rule, but for a gap that is not finite: never the start's side)
+        start_side = jnp.isfinite(gap) & (state.flip ^ (gap < 0))
+        lower = jnp.where(start_side, y, state.lower)
+        upper = jnp.where(start_side, state.upper, y)
+        new = _BisectionState(lower=lower, upper=upper, flip=state.flip, error=gap)
+        return lower + 0.5 * (upper - lower), new, aux
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
         width = jnp.abs(state.lower - state.upper)
         scale = jnp.abs(state.lower) + jnp.abs(state.upper)
         return width <= self.tol_t * scale + 1e-300, optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        del fn, y, args, options, tags, result
+        return state.lower, aux, {}
 
 
 # The result code of a run stopped by SIGINT/SIGTERM (diffrax's codes are >= 0).
@@ -464,7 +485,8 @@ class FlowResult(RunResult):
       next step was below half the clock's spacing, so the clock could not move (in float32
       late in a run), other positive values diffrax's failure codes, ``INTERRUPTED``
       (``-1``) stopped by SIGINT or SIGTERM, ``NONFINITE`` (``-2``) the state or loss became
-      NaN or inf (saves at loss levels keep the last finite state as ``final``);
+      NaN or inf (``final`` is the last finite state where the run saves at loss levels, or
+      stopped at a jump into NaN or inf that the target's or a level's event found);
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
     - `time`: the clock, ``'plain'``, ``'normalized'`` or ``'loss'`` (static).
