@@ -228,7 +228,7 @@ def _rtol_floor(dtype) -> float:
 class _Crossing(optx.Bisection):
     """Bisection for a level crossing, run until the bracket is at the clock's rounding
     (``tol_t`` relative). The root is then located as well as the arithmetic allows, whatever
-    the rounding in ``log L`` (which stalls a test on the gap's size): the midpoint returned is
+    the rounding in ``log L`` (which stalls a test on the gap's size): the end returned is
     within rounding of a point where the gap was seen to change sign.
 
     The bracket is the step's, never widened: diffrax saw the sign change between the step's
