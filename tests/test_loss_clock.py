@@ -248,11 +248,7 @@ class _BreaksBeyond(wnjax.Exponential):
 @pytest.mark.parametrize(
     # ~6 s each: `make test` runs the loss clock, CI every clock
     "time",
-    [
-        pytest.param("plain", marks=_SLOW),
-        pytest.param("normalized", marks=_SLOW),
-        "loss",
-    ],
+    [pytest.param("plain", marks=_SLOW), pytest.param("normalized", marks=_SLOW), "loss"],
 )
 def test_a_run_whose_loss_turns_non_finite_is_never_a_success(time):
     """A run never ends ``ok`` with a non-finite state or loss. Here every step into the region
@@ -283,8 +279,8 @@ def test_a_stop_at_a_jump_into_inf_keeps_the_last_finite_state():
     """Plain time to a target with a loss whose log L jumps to -inf (``_BreaksBeyond``): the
     target's event fires at the jump and the root find ends on its finite side, so ``final``
     is the last finite state of the run and ``final_log_loss`` finite above the target, for
-    every data set (each root find ends within the clock's rounding of the jump, on either
-    side of it when it returned the bracket's midpoint)."""
+    every data set (the root find's final bracket straddles the jump within the clock's
+    rounding; its midpoint lies on either side of it)."""
     from wnjax._dynamics.flow import NONFINITE
 
     model = wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(100))
