@@ -262,18 +262,21 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
     pre-activation ``w_u . x_i`` changes sign, and the flow can slide along that surface. Every
     error-controlled method is then held to steps proportional to rtol. The run that runs out of
     steps there says so and names the ways out; its end state has a pre-activation within 1e-5
-    of the median's scale of zero, which is the sliding surface the message describes."""
+    of the median's scale of zero, which is the sliding surface the message describes. That is
+    ReLU's own derivative (``kink_width=0``); with the default smoothing of the kink the same
+    run reaches ``t1``."""
     kx, kw, km = jax.random.split(jax.random.PRNGKey(1), 3)
     X = jax.random.normal(kx, (32, 5))
     y = jnp.where(X @ jax.random.normal(kw, (5,)) >= 0, 1.0, -1.0)
     model = wnjax.ewn(wnjax.MLP(5, 8, 2, activation="relu", key=km))
     with pytest.raises(wnjax.FlowFailed) as info:
-        wnjax.gradient_flow(model, X, y, t1=20.0, max_steps=4000)
+        wnjax.gradient_flow(model, X, y, t1=20.0, max_steps=4000, kink_width=0.0)
     r = info.value.result
     assert int(r.stats["num_rejected_steps"]) > 0.5 * int(r.stats["num_steps"])
     assert int(r.stats["stiff_steps"]) == 0
     assert "the vector field likely jumps" in r.message and "activation='relu2'" in r.message
-    assert "wnjax.gradient_descent" in r.message
+    assert "wnjax.gradient_descent" in r.message and "Leave kink_width unset" in r.message
+    assert bool(wnjax.gradient_flow(model, X, y, t1=20.0, max_steps=4000).ok)
     z = np.abs(np.asarray(X @ wnjax.to_standard(r.final).layers[0].weight.T))
     assert z.min() < 1e-5 * np.median(z)
     # In float32 the clock's spacing is named first, the jump next.
@@ -284,6 +287,7 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
             t1=20.0,
             max_steps=1000,
             throw=False,
+            kink_width=0.0,
         )
     assert "float32 clock's spacing" in low.message, low.message
     assert "If float64 does not help, the vector field likely jumps" in low.message
@@ -292,7 +296,9 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
 def test_relu_flow_out_of_steps_names_the_jump_whatever_its_rejections():
     """A ReLU net's field jumps (``jumping_field``), so a run of it that runs out of steps
     names the jump and the ways out from the model alone, here with Tsit5, whose rejected steps
-    (under half) alone would point at stiffness. A smooth net (ReLU^2) is not flagged."""
+    (under half) alone would point at stiffness: with the kink smoothed, Tsit5 is held by the
+    stiffness of the flow that slides, and the message names the width used. A smooth net
+    (ReLU^2) is not flagged."""
     from wnjax._dynamics.flow import jumping_field
 
     k = jax.random.key
@@ -305,6 +311,7 @@ def test_relu_flow_out_of_steps_names_the_jump_whatever_its_rejections():
     assert not bool(r.ok)
     assert int(r.stats["num_rejected_steps"]) < 0.5 * int(r.stats["num_steps"])
     assert "max(z, 0), makes -grad L jump" in r.message and "activation='relu2'" in r.message
+    assert "kink_width = 0.0001" in r.message
     assert jumping_field(model) and jumping_field(wnjax.to_standard(model))
     smooth = wnjax.MLP(5, 8, 2, activation="relu2", key=k(3))
     assert not jumping_field(smooth) and not jumping_field(lambda x: x)
@@ -561,3 +568,20 @@ def test_without_t1_the_loss_clock_reaches_its_target_and_float32_plain_time_nam
     assert bool(low.ok) and not bool(low.reached_target)
     assert "raise t1" not in low.message and "largest plain time" in low.message
     assert "time='normalized'" in low.message
+
+
+def test_a_float64_model_on_float32_data_runs_in_float64():
+    """Under ``jax_enable_x64`` a model is float64 by default; data read in float32 is common.
+    The flow runs in the wider dtype, as ``gradient_descent`` does: the normalized run to a
+    target (one solve per loss level, the switching solver in one program) reaches it with a
+    float64 ``final``, on the same path as the run on the data cast to float64 by hand."""
+    X, y = separable_data(jax.random.key(0), n=12, d=3)
+    model = wnjax.ewn(wnjax.MLP(3, 4, 2, activation="linear", key=jax.random.key(1)))
+    kw = dict(time="normalized", target_log_loss=-40.0, n_save=4, diagnostics=False)
+    mixed = wnjax.gradient_flow(model, X.astype(jnp.float32), y.astype(jnp.float32), **kw)
+    wide = wnjax.gradient_flow(model, X.astype(jnp.float32).astype(jnp.float64), y, **kw)
+    assert bool(mixed.reached_target) and mixed.final_log_loss.dtype == jnp.float64
+    assert all(
+        a.dtype == jnp.float64 for a in jax.tree.leaves(eqx.filter(mixed.final, eqx.is_array))
+    )
+    np.testing.assert_array_equal(np.asarray(mixed.log_loss), np.asarray(wide.log_loss))

@@ -15,8 +15,8 @@ The core, by topic:
 - **losses**: ``Loss``, ``Exponential``, ``Logistic``, ``LogisticThenExponential``, ``Square``,
   ``CrossEntropy``, ``get_loss``, ``log_loss``, ``margins``;
 - **gradient flow**: ``gradient_flow``, ``FlowResult``, ``FlowFailed``, ``default_solver``,
-  ``AutoSwitch``, ``stiff_solver``, ``AtTimes``, ``LogSpaced``, ``AtLossLevels``,
-  ``loss_levels``, ``summaries``;
+  ``default_kink_width``, ``AutoSwitch``, ``stiff_solver``, ``AtTimes``, ``LogSpaced``,
+  ``AtLossLevels``, ``loss_levels``, ``summaries``;
 - **gradient descent**: ``gradient_descent``, ``traced_gradient_descent``, ``GDResult``,
   ``GDFailed``, ``loss_normalized_sgd``, ``neuron_rate_sgd``, ``scale_by_neuron_norm_sq``;
 - **equivalence**: ``equivalence_check``, ``flow_equivalence``, ``gd_equivalence``;
@@ -91,6 +91,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "wnjax._dynamics.flow": (
         "FlowFailed",
         "FlowResult",
+        "default_kink_width",
         "default_solver",
         "gradient_flow",
         "loss_levels",

@@ -16,14 +16,43 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.dense import apply_each, dense
-from wnjax._nets.neurons import has_bias
+from wnjax._nets.neurons import has_bias, row_norms
 from wnjax._runtime.errors import InvalidInput
+
+# Beyond this |c| the smoothed ReLU's slope is 0 or 1 to float64's precision; the clip keeps
+# ``c = z/width`` finite (``c^2`` of ``hypot`` does not overflow, ``z/width`` with a tiny width
+# can).
+_C_MAX = 1e30
+
+
+@jax.custom_jvp
+def kinked_relu(z: Array, width: Array) -> Array:
+    """``max(z, 0)``, exactly, whose derivative is ``(1 + c/sqrt(1 + c^2))/2``, ``c = z/width``:
+    within a few ``width`` of the kink it passes smoothly from 0 to 1, beyond it it is ReLU's own
+    to ``(width/z)^2 / 4``. Forward-over-reverse (a Jacobian of a gradient) differentiates the
+    slope. ``width`` is held constant (its tangent is dropped)."""
+    return jax.nn.relu(z)
+
+
+@kinked_relu.defjvp
+def _kinked_relu_jvp(primals, tangents):
+    z, width = primals
+    dz, _ = tangents
+    c = jnp.clip(z / jnp.where(width > 0, width, 1.0), -_C_MAX, _C_MAX)
+    slope = 0.5 + 0.5 * c / jnp.hypot(1.0, c)
+    return jax.nn.relu(z), slope * dz
 
 
 class ReLUPower(eqx.Module):
-    """``sigma(z) = max(z, 0)^p``: ``p``-homogeneous; ``p = 1`` is ReLU, ``p >= 2`` is smooth."""
+    """``sigma(z) = max(z, 0)^p``: ``p``-homogeneous; ``p = 1`` is ReLU, ``p >= 2`` is smooth.
+
+    ``kink``: for ReLU (``p = 1``), a relative width ``kappa > 0`` over which the layers of
+    ``MLP`` and ``CNN`` smooth its derivative (``kinked_relu`` with ``width = kappa ||w_u||
+    ||x||``, the pre-activation ``z = w_u . x`` at most that); the function is unchanged.
+    ``gradient_flow`` sets it on the copy of the model that gives its vector field."""
 
     power: float = eqx.field(static=True, default=1.0)
+    kink: float = eqx.field(static=True, default=0.0)
 
     def __call__(self, z: Array) -> Array:
         r = jax.nn.relu(z)
@@ -32,6 +61,31 @@ class ReLUPower(eqx.Module):
     @property
     def degree(self) -> float:
         return float(self.power)
+
+    @property
+    def kinked(self) -> bool:
+        """Whether the derivative is smoothed at the kink (ReLU with ``kink > 0``)."""
+        return self.power == 1 and self.kink > 0
+
+
+def activate(activation: Callable, z: Array, scale: Callable[[], Array]) -> Array:
+    """``activation(z)``; for a ``kinked`` ReLU, ``kinked_relu(z, kink scale())``, with
+    ``scale()`` the bound ``||w_u|| ||x||`` on ``|z|`` (computed only then)."""
+    if isinstance(activation, ReLUPower) and activation.kinked:
+        return kinked_relu(z, jax.lax.stop_gradient(activation.kink * scale()))
+    return activation(z)
+
+
+def with_kink(model: PyTree, kappa: float) -> PyTree:
+    """``model`` (or the static part of one) with every ReLU activation's ``kink`` set to
+    ``kappa`` (``0``: ReLU's own derivative)."""
+
+    def set_kink(a):
+        if isinstance(a, ReLUPower) and a.power == 1:
+            return ReLUPower(a.power, float(kappa))
+        return a
+
+    return jax.tree_util.tree_map(set_kink, model, is_leaf=lambda a: isinstance(a, ReLUPower))
 
 
 class Identity(eqx.Module):
@@ -159,7 +213,11 @@ class MLP(eqx.Module):
 
     def __call__(self, x: Array) -> Array:
         for layer in self.layers[:-1]:
-            x = self.activation(layer(x))
+            x = activate(
+                self.activation,
+                layer(x),
+                lambda: row_norms(layer.weight) * jnp.linalg.norm(x),
+            )
         return self.layers[-1](x)
 
     def batched(self, X: Array) -> Array:
@@ -177,11 +235,16 @@ class MLP(eqx.Module):
         """``Z_1 = X W_1^T``, ``Z_l = sigma(Z_{l-1}) W_l^T`` (plus a hidden bias if there is one),
         with ``wnjax._nets.dense.dense`` products; ``X`` has shape ``(n, in_size)``."""
         for i, layer in enumerate(self.layers):
-            X = dense(X, layer.weight)
+            Z = dense(X, layer.weight)
             if layer.bias is not None:
-                X = X + layer.bias[None]
+                Z = Z + layer.bias[None]
             if i < len(self.layers) - 1:
-                X = self.activation(X)
+                Z = activate(
+                    self.activation,
+                    Z,
+                    lambda: jnp.linalg.norm(X, axis=1)[:, None] * row_norms(layer.weight)[None],
+                )
+            X = Z
         return X
 
 
@@ -257,9 +320,25 @@ class CNN(eqx.Module):
 
     def __call__(self, x: Array) -> Array:
         for conv in self.convs:
-            x = self.activation(conv(x))
+            x = activate(self.activation, conv(x), lambda: _filter_patch_norms(conv, x))
         feats = x.reshape(x.shape[0], -1).mean(axis=1) if self.pool == "mean" else x.ravel()
         return self.head(feats)
+
+
+def _filter_patch_norms(conv: eqx.nn.Conv, x: Array) -> Array:
+    """``||w_u|| ||patch||`` at every output position of a stride-1 ``conv`` on ``x`` (shape
+    ``(in_channels, *spatial)``): the bound on each pre-activation, shape of ``conv(x)``."""
+    ones = jnp.ones((1, 1, *conv.kernel_size), x.dtype)
+    patch_sq = jax.lax.conv_general_dilated(
+        jnp.sum(x * x, axis=0)[None, None],
+        ones,
+        window_strides=conv.stride,
+        padding=conv.padding,
+        rhs_dilation=conv.dilation,
+        precision=jax.lax.Precision.HIGHEST,
+    )[0]
+    norms = row_norms(conv.weight)
+    return norms.reshape((-1,) + (1,) * (x.ndim - 1)) * jnp.sqrt(jnp.maximum(patch_sq, 0.0))
 
 
 def _scale_weights(model: PyTree, c: float) -> PyTree:
