@@ -120,6 +120,7 @@ def test_relu_flow_follows_gradient_descent_as_its_step_vanishes():
     assert float(exact.stats["kink_width"]) == 0.0
     r = wnjax.gradient_flow(net, X, y, t1=1.0)
     assert bool(r.ok) and float(r.stats["kink_width"]) == 1e-4
+    assert "kink_width = 0.0001" in r.message
     got = np.concatenate([np.ravel(a) for a in _leaves(r.final)])
     err = np.max(np.abs(got - reference))
     assert np.max(np.abs(fine - coarse)) < 1e-4  # Euler's own error, 10x smaller still

@@ -550,6 +550,12 @@ def _describe(r: FlowResult) -> str:
     if int(code) == 0:
         how = "reached the target log loss" if bool(r.reached_target) else "reached t1"
         out = f"gradient flow {how} in {steps} steps (log L = {float(r.final_log_loss):.6g})."
+        kink = float(np.asarray(r.stats.get("kink_width", 0.0)))
+        if kink > 0:
+            out += (
+                f" The field smoothed ReLU's derivative at its kinks (kink_width = {kink:.3g}): "
+                "the path is the Filippov flow's to O(kink_width)."
+            )
         out += _resolution_note(r)
         if not bool(r.reached_target) and np.isfinite(target):
             grad = float(np.asarray(r.stats.get("final_grad_norm", np.inf)))
@@ -1936,10 +1942,11 @@ def gradient_flow(
       ``O(kappa)``: on a 5-8-1 net that slides, three data sets, the weights (of size ~1.4) at
       ``t = 1`` lie within ``1.3-19 kappa`` of gradient descent's as its step vanishes
       (``kappa = 1e-3, 1e-4, 1e-5``). ``None``: ``default_kink_width(rtol)``,
-      ``max(1e-4, 100 rtol)``; ``0``: ReLU's own derivative (``0`` at ``z = 0``), whose sliding holds every
-      error-controlled method to steps proportional to ``rtol``. Other models ignore it. The
-      loss, the summaries and ``final`` use the model unchanged; ``result.stats['kink_width']``
-      holds the value used (``0`` where none was).
+      ``max(1e-4, 100 rtol)``; ``0``: ReLU's own derivative (``0`` at ``z = 0``), whose
+      sliding holds every error-controlled method to steps proportional to ``rtol``. Other
+      models ignore it. The loss, the summaries and ``final`` use the model unchanged (the
+      message says the field was smoothed); ``result.stats['kink_width']`` holds the value
+      used (``0`` where none was).
 
     **Returns:** a ``FlowResult``.
 
