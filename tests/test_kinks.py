@@ -106,7 +106,7 @@ def test_relu_flow_follows_gradient_descent_as_its_step_vanishes():
     with ReLU's own derivative (``kink_width=0``) the run is held to tiny steps and runs out of
     them. With the default kink width (``1e-4``) it reaches ``t = 1``, and its weights (of size
     ~1.4) agree with gradient descent written out by hand as ``eta -> 0`` (``eta = 1e-5, 1e-6``,
-    extrapolated linearly: Euler's error is ``O(eta)``) to ``15 kappa`` (measured: 10).
+    extrapolated linearly: Euler's error is ``O(eta)``) to ``15 kappa`` (measured: 13).
     ``final`` keeps ReLU's own derivative; ``stats['kink_width']`` holds the width used."""
     X, y = _data(0)
     net = wnjax.MLP(5, 8, 2, key=jax.random.key(100))
@@ -144,7 +144,7 @@ def test_a_narrower_kink_is_nearer_gradient_descents_limit():
             r = wnjax.gradient_flow(net, X, y, t1=1.0, kink_width=kappa)
             got = np.concatenate([np.ravel(a) for a in _leaves(r.final)])
             errors.append(np.max(np.abs(got - reference)))
-        assert errors[1] < errors[0] / 4 and errors[1] < 2.5e-4, errors
+        assert errors[1] < errors[0] / 4 and errors[1] < 3e-4, errors
     check = wnjax.flow_equivalence(net, X, y, t1=1.0)
     assert check["ewn_max_rel_err"] < 1e-6, check
 
@@ -187,3 +187,19 @@ def test_kink_width_is_checked():
     for bad in (-1e-3, 1.0, float("nan"), "wide", True):
         with pytest.raises(wnjax.InvalidInput, match="kink_width must be a number in"):
             wnjax.gradient_flow(net, X, y, kink_width=bad)
+
+
+@pytest.mark.slow
+def test_an_swn_unit_through_zero_keeps_a_finite_kink():
+    """The XOR net (2-20-1, output weights frozen at +-1), SWN: units whose ``g_u`` decays pass
+    through ``g_u = 0``, where ``z = w_u . x`` vanishes for every point at once and a width of
+    ``kappa ||w_u|| ||x||`` would shrink with it. The layer's RMS floor keeps it finite: the
+    normalized flow reaches log L = -50 with the defaults on two seeds."""
+    from wnjax.data import xor
+    from wnjax.experiments._xor import parameterized, xor_model
+
+    X, y = xor()
+    for seed in range(2):
+        model = parameterized("swn", xor_model(jax.random.key(seed), "relu"))
+        r = wnjax.gradient_flow(model, X, y, time="normalized", target_log_loss=-50.0)
+        assert bool(r.reached_target), r.message

@@ -1936,11 +1936,12 @@ def gradient_flow(
     - `kink_width`: on an ``MLP`` or ``CNN`` with ReLU activations, whose ``-grad L`` jumps
       where a pre-activation ``z = w_u . x`` changes sign (the flow is then a differential
       inclusion, and it slides along such a surface wherever the field on both sides points at
-      it), the vector field uses ReLU's derivative smoothed over ``|z| <~ kappa ||w_u|| ||x||``
-      (``kinked_relu``, a Filippov regularization that keeps the field homogeneous), and the
+      it), the vector field uses ReLU's derivative smoothed over ``|z| <~ kappa s_u ||x||``,
+      ``s_u = sqrt(||w_u||^2 + mean_v ||w_v||^2)`` (``kinked_relu``, a Filippov regularization
+      that keeps the field homogeneous, and finite where a neuron shrinks to 0), and the
       solver takes the smooth, stiff flow that results. Its path is the Filippov solution's to
       ``O(kappa)``: on a 5-8-1 net that slides, three data sets, the weights (of size ~1.4) at
-      ``t = 1`` lie within ``1.3-19 kappa`` of gradient descent's as its step vanishes
+      ``t = 1`` lie within ``1.8-23 kappa`` of gradient descent's as its step vanishes
       (``kappa = 1e-3, 1e-4, 1e-5``). ``None``: ``default_kink_width(rtol)``,
       ``max(1e-4, 100 rtol)``; ``0``: ReLU's own derivative (``0`` at ``z = 0``), whose
       sliding holds every error-controlled method to steps proportional to ``rtol``. Other

@@ -47,8 +47,9 @@ class ReLUPower(eqx.Module):
     """``sigma(z) = max(z, 0)^p``: ``p``-homogeneous; ``p = 1`` is ReLU, ``p >= 2`` is smooth.
 
     ``kink``: for ReLU (``p = 1``), a relative width ``kappa > 0`` over which the layers of
-    ``MLP`` and ``CNN`` smooth its derivative (``kinked_relu`` with ``width = kappa ||w_u||
-    ||x||``, the pre-activation ``z = w_u . x`` at most that); the function is unchanged.
+    ``MLP`` and ``CNN`` smooth its derivative (``kinked_relu`` with ``width = kappa s_u ||x||``,
+    ``s_u = neuron_scale(W)_u >= ||w_u||``, so ``|z| = |w_u . x| <= width / kappa``); the
+    function is unchanged.
     ``gradient_flow`` sets it on the copy of the model that gives its vector field."""
 
     power: float = eqx.field(static=True, default=1.0)
@@ -68,9 +69,18 @@ class ReLUPower(eqx.Module):
         return self.power == 1 and self.kink > 0
 
 
+def neuron_scale(weight: Array) -> Array:
+    """``sqrt(||w_u||^2 + mean_v ||w_v||^2)`` for each neuron (row) ``u`` of a layer: its norm,
+    floored by the layer's RMS neuron norm, so that the kink width stays finite where a neuron
+    shrinks to zero (an SWN ``g_u`` through 0, a dying unit), whose ``z = w_u . x`` vanishes
+    for every ``x`` at once."""
+    norms = row_norms(weight)
+    return jnp.sqrt(norms * norms + jnp.mean(norms * norms))
+
+
 def activate(activation: Callable, z: Array, scale: Callable[[], Array]) -> Array:
     """``activation(z)``; for a ``kinked`` ReLU, ``kinked_relu(z, kink scale())``, with
-    ``scale()`` the bound ``||w_u|| ||x||`` on ``|z|`` (computed only then)."""
+    ``scale()`` the neuron's ``neuron_scale(W)_u ||x||`` (computed only then)."""
     if isinstance(activation, ReLUPower) and activation.kinked:
         return kinked_relu(z, jax.lax.stop_gradient(activation.kink * scale()))
     return activation(z)
@@ -216,7 +226,7 @@ class MLP(eqx.Module):
             x = activate(
                 self.activation,
                 layer(x),
-                lambda: row_norms(layer.weight) * jnp.linalg.norm(x),
+                lambda: neuron_scale(layer.weight) * jnp.linalg.norm(x),
             )
         return self.layers[-1](x)
 
@@ -242,7 +252,7 @@ class MLP(eqx.Module):
                 Z = activate(
                     self.activation,
                     Z,
-                    lambda: jnp.linalg.norm(X, axis=1)[:, None] * row_norms(layer.weight)[None],
+                    lambda: jnp.linalg.norm(X, axis=1)[:, None] * neuron_scale(layer.weight)[None],
                 )
             X = Z
         return X
@@ -326,8 +336,9 @@ class CNN(eqx.Module):
 
 
 def _filter_patch_norms(conv: eqx.nn.Conv, x: Array) -> Array:
-    """``||w_u|| ||patch||`` at every output position of a stride-1 ``conv`` on ``x`` (shape
-    ``(in_channels, *spatial)``): the bound on each pre-activation, shape of ``conv(x)``."""
+    """``neuron_scale(w)_u ||patch||`` at every output position of a stride-1 ``conv`` on ``x``
+    (shape ``(in_channels, *spatial)``): at least the bound ``||w_u|| ||patch||`` on each
+    pre-activation, shape of ``conv(x)``."""
     ones = jnp.ones((1, 1, *conv.kernel_size), x.dtype)
     patch_sq = jax.lax.conv_general_dilated(
         jnp.sum(x * x, axis=0)[None, None],
@@ -337,8 +348,8 @@ def _filter_patch_norms(conv: eqx.nn.Conv, x: Array) -> Array:
         rhs_dilation=conv.dilation,
         precision=jax.lax.Precision.HIGHEST,
     )[0]
-    norms = row_norms(conv.weight)
-    return norms.reshape((-1,) + (1,) * (x.ndim - 1)) * jnp.sqrt(jnp.maximum(patch_sq, 0.0))
+    scale = neuron_scale(conv.weight)
+    return scale.reshape((-1,) + (1,) * (x.ndim - 1)) * jnp.sqrt(jnp.maximum(patch_sq, 0.0))
 
 
 def _scale_weights(model: PyTree, c: float) -> PyTree:
