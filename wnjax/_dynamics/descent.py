@@ -53,12 +53,11 @@ from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, packed_while_loop, tree_where
 from wnjax._runtime.validate import (
-    cast_floats,
     check_data,
     check_key,
     check_options,
     check_outputs,
-    common_dtype,
+    in_common_dtype,
     warn_target_met_at_start,
 )
 
@@ -763,10 +762,7 @@ def prepare_run(
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
     # One float dtype for data and parameters: the loop's carry keeps its types.
-    dtype = common_dtype(p, X)
-    X, p = cast_floats(X, dtype), cast_floats(p, dtype)
-    if jnp.issubdtype(y.dtype, jnp.floating):
-        y = cast_floats(y, dtype)
+    p, X, y, dtype = in_common_dtype(p, X, y)
     if batch_size is not None:
         if (
             isinstance(batch_size, bool)

@@ -64,11 +64,10 @@ from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, tree_norm
 from wnjax._runtime.validate import (
-    cast_floats,
     check_data,
     check_options,
     check_outputs,
-    common_dtype,
+    in_common_dtype,
     warn_target_met_at_start,
 )
 from wnjax._solver.auto import AutoSwitch, PhaseState
@@ -1989,10 +1988,7 @@ def gradient_flow(
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     # the run's precision: the wider of the model's and the data's, as gradient_descent's
-    dtype = common_dtype(p, X)
-    X, p = cast_floats(X, dtype), cast_floats(p, dtype)
-    if jnp.issubdtype(y.dtype, jnp.floating):
-        y = cast_floats(y, dtype)
+    p, X, y, dtype = in_common_dtype(p, X, y)
     check_outputs(p, X, y, loss_obj)
     open_end = t1 is None and target_log_loss is not None
     if t1 is None:
@@ -2123,9 +2119,9 @@ def default_kink_width(rtol) -> float:
     derivative (``kink_width``). A narrower kink makes the regularized flow stiffer where it
     slides: on depth-3 ReLU MLPs (10-16-16-1, 32 points) the normalized flow to log L = -300
     took 3,400-8,300 steps (standard) and 3,100-5,000 (EWN) at width 1e-4, 56,000-64,000
-    (standard) at 1e-5, and ran out of 100,000 (EWN) at 1e-6. Below
-    ``~100 rtol`` the stiffness test no longer sees the layer that the explicit steps jump over,
-    and the steps shrink as at a jump."""
+    (standard) at 1e-5, and ran out of 100,000 (EWN) at 1e-6. Below ``~100 rtol`` the
+    stiffness test no longer sees the layer that the explicit steps jump over, and the steps
+    shrink as at a jump."""
     if isinstance(rtol, jax.core.Tracer):
         return 1e-4
     return max(1e-4, 100.0 * float(np.asarray(rtol)))
@@ -2151,7 +2147,7 @@ def _check_kink_width(kink_width) -> None:
 def _resolve_kink_width(kink_width, p, rtol) -> float:
     """The kink width the flow of ``p`` uses: ``0`` unless ``p`` has ReLU activations."""
     act = _activation(p)
-    if not (isinstance(act, ReLUPower) and act.power == 1):
+    if not (isinstance(act, ReLUPower) and act.jumps):
         return 0.0
     return default_kink_width(rtol) if kink_width is None else float(kink_width)
 

@@ -30,7 +30,7 @@ from wnjax._dynamics.descent import (
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.parameterize import Parameterized, as_parameterized
 from wnjax._runtime.programs import compiled
-from wnjax._runtime.validate import cast_floats, common_dtype
+from wnjax._runtime.validate import in_common_dtype
 
 
 @dataclass(frozen=True)
@@ -159,12 +159,7 @@ def run_seeds(
     plain = not isinstance(models, Parameterized)
     # A parameterized stack is used as it is; a plain one is parameterized in one program.
     p = eqx.filter_jit(eqx.filter_vmap(as_parameterized))(models) if plain else models
-    X = jnp.asarray(X)
-    dtype = common_dtype(p, X)
-    X, p = cast_floats(X, dtype), cast_floats(p, dtype)
-    y = jnp.asarray(y)
-    if jnp.issubdtype(y.dtype, jnp.floating):
-        y = cast_floats(y, dtype)
+    p, X, y, dtype = in_common_dtype(p, jnp.asarray(X), jnp.asarray(y))
     params, static = eqx.partition(p, eqx.is_inexact_array)
     save_at = np.unique(np.asarray(list(save_at), int))
     n_save = save_at.size + 1  # room for the record of a seed that stops between save points

@@ -64,9 +64,14 @@ class ReLUPower(eqx.Module):
         return float(self.power)
 
     @property
+    def jumps(self) -> bool:
+        """Whether the derivative jumps at ``z = 0`` (ReLU, ``p = 1``)."""
+        return self.power == 1
+
+    @property
     def kinked(self) -> bool:
         """Whether the derivative is smoothed at the kink (ReLU with ``kink > 0``)."""
-        return self.power == 1 and self.kink > 0
+        return self.jumps and self.kink > 0
 
 
 def neuron_scale(weight: Array) -> Array:
@@ -91,7 +96,7 @@ def with_kink(model: PyTree, kappa: float) -> PyTree:
     ``kappa`` (``0``: ReLU's own derivative)."""
 
     def set_kink(a):
-        if isinstance(a, ReLUPower) and a.power == 1:
+        if isinstance(a, ReLUPower) and a.jumps:
             return ReLUPower(a.power, float(kappa))
         return a
 

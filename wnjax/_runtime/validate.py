@@ -235,6 +235,16 @@ def common_dtype(p: PyTree, X: Array):
     return jnp.result_type(X.dtype, *(leaf.dtype for leaf in leaves))
 
 
+def in_common_dtype(p: PyTree, X: Array, y: Array) -> tuple:
+    """``(p, X, y, dtype)``: the model and the data in the run's float dtype (``common_dtype``;
+    integer labels stay as they are)."""
+    dtype = common_dtype(p, X)
+    X, p = cast_floats(X, dtype), cast_floats(p, dtype)
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        y = cast_floats(y, dtype)
+    return p, X, y, dtype
+
+
 def cast_floats(tree: PyTree, dtype) -> PyTree:
     """``tree`` with its inexact arrays in ``dtype`` (the same arrays where they already are)."""
     return jax.tree_util.tree_map(
