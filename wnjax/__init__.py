@@ -9,7 +9,7 @@ The core, by topic:
 - **errors**: ``WnjaxError``, ``InvalidInput``, ``RunFailed`` (base of ``FlowFailed`` and
   ``GDFailed``), the warning ``TargetMetAtStart``;
 - **models**: ``MLP``, ``CNN``, ``CoordinateLinear``, ``ReLUPower``, ``Identity``,
-  ``relu_power``, ``homogeneity_degree``, ``weight_layers``, ``neuron_norms``;
+  ``relu_power``, ``homogeneity_degree``, ``weight_layers``, ``neuron_norms``, ``smooth_kinks``;
 - **parameterizations**: ``ewn``, ``swn``, ``standard``, ``parameterization``, ``parameterize``,
   ``to_standard``, ``Parameterized``, ``LayerWeight``, ``EWN``, ``SWN``, ``Standard``, ``Frozen``;
 - **losses**: ``Loss``, ``Exponential``, ``Logistic``, ``LogisticThenExponential``, ``Square``,
@@ -63,6 +63,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "relu_power",
     ),
     "wnjax._nets.neurons": ("neuron_norms", "weight_layers"),
+    "wnjax._nets.kinks": ("smooth_kinks",),
     "wnjax._nets.parameterize": (
         "EWN",
         "SWN",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,7 @@ def default_problem(
 
 def _path(states) -> Array:
     """Flattened standard weights at every save point, shape ``(n_save, P)``."""
-    return jax.vmap(lambda s: flat_weights(to_standard(s)))(states)
+    return eqx.filter_vmap(lambda s: flat_weights(to_standard(s)))(states)
 
 
 def max_relative_error(path: Array, reference: Array) -> float:

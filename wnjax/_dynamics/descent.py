@@ -1098,12 +1098,12 @@ def _to_result(carry: dict, static, like, save_states: bool, trim: bool = False)
         if not plain:
             states = eqx.combine(cut(states), static)
         else:  # standard() on the full buffers: one program whatever the number saved
-            states = cut(jax.vmap(lambda s: s.standard())(eqx.combine(states, static)))
+            states = cut(eqx.filter_vmap(lambda s: s.standard())(eqx.combine(states, static)))
     checkpoints = None
     if carry["ck_steps"].shape[-1]:
         checkpoints = eqx.combine(carry["ck_params"], static)
         if plain:
-            checkpoints = jax.vmap(lambda s: s.standard())(checkpoints)
+            checkpoints = eqx.filter_vmap(lambda s: s.standard())(checkpoints)
     return GDResult(
         steps=steps,
         log_loss=saved["log_loss"],

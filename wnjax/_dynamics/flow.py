@@ -45,6 +45,7 @@ from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch
+from wnjax._nets.kinks import Smoothed, count_kinks, unsmoothed
 from wnjax._nets.models import (
     CNN,
     MLP,
@@ -483,7 +484,11 @@ class FlowResult(RunResult):
       which ``log L`` or its gradient is NaN or inf, probed at ``1e-2 ... 1e-14`` when the
       run ran out of steps; ``inf`` if none, or when it did not); for ``time='loss'`` also
       ``final_s`` (normalized time ``s`` at ``final``); ``kink_width`` (the relative width
-      over which the field smoothed ReLU's derivative, ``0`` where it did not); with the
+      over which the field smoothed the derivative at the model's kinks, ``0`` where it did
+      not); where a run with a target ended short of it, ``stuck_examples`` and
+      ``stuck_log_loss`` (how many examples have a zero gradient of their own loss at
+      ``final``, and the log of their summed loss, a floor under ``log L``; absent where none
+      has); with the
       default solver also ``explicit_steps``, ``stiff_steps``, ``switches``);
     - `stop_code`: how the run ended: ``0`` success (``t1`` or the target reached), ``1``
       ``max_steps`` exhausted, ``FROZEN_CLOCK`` (diffrax's ``dt_min_reached``, ``10``) the
@@ -552,8 +557,8 @@ def _describe(r: FlowResult) -> str:
         kink = float(np.asarray(r.stats.get("kink_width", 0.0)))
         if kink > 0:
             out += (
-                f" The field smoothed ReLU's derivative at its kinks (kink_width = {kink:.3g}): "
-                "the path is the Filippov flow's to O(kink_width)."
+                " The field smoothed the derivative at the model's kinks (ReLU's, say; "
+                f"kink_width = {kink:.3g}): the path is the Filippov flow's to O(kink_width)."
             )
         out += _resolution_note(r)
         if not bool(r.reached_target) and np.isfinite(target):
@@ -566,8 +571,10 @@ def _describe(r: FlowResult) -> str:
                     "point of the loss, a floor that raising t1 barely lowers: a minimum the "
                     "model cannot get below (data it cannot separate; under the square loss, "
                     "targets it cannot fit), points on which every ReLU-type unit is inactive "
-                    "(margin 0), or a saddle, which another initialization avoids."
+                    "(margin 0), or a saddle, which another initialization avoids." + _stuck_note(r)
                 )
+            if _stuck_note(r):
+                return out + _stuck_note(r)
             clock = np.asarray(r.final_time)
             if not normalized and float(clock) >= 0.99 * open_end_time(clock.dtype):
                 return out + (
@@ -605,6 +612,12 @@ def _describe(r: FlowResult) -> str:
                 else ""
             )
             + " Else check the data's scale, and for SWN/EWN that no direction v_u is zero."
+        )
+    if _stuck_note(r):
+        return (
+            f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g} with "
+            f"log L = {float(r.final_log_loss):.6g}." + _stuck_note(r) + " The partial result "
+            "is kept (result.final, result.summaries)."
         )
     ahead = float(np.asarray(r.stats.get("nonfinite_ahead", np.inf)))
     if int(code) in (1, FROZEN_CLOCK) and np.isfinite(ahead):
@@ -677,16 +690,22 @@ def _hints(r: FlowResult) -> str:
         hint = _solver_hint(r) + _rounding_hint(r)
     elif not _not_stiff(r):
         hint = clock
-    elif smooth_field(r.final) or kinked_field(r.final) and not jumping_field(r.final):
+    elif smooth_field(r.final) or kinked_field(r.final) and not _jumps(r):
         hint = clock + " If float64 does not help," + _STIFF_HINT
     else:
         hint = clock + " If float64 does not help," + _jump_hint(r)
-    if jumping_field(r.final) and _SLIDE not in hint:
+    if _jumps(r) and _SLIDE not in hint:
         hint += (
-            " The model's activation, max(z, 0), makes -grad L jump wherever a pre-activation "
-            "changes sign." + _slide_hint(r)
+            " The model's kinks (ReLU's max(z, 0), say) make -grad L jump wherever a "
+            "pre-activation changes sign." + _slide_hint(r)
         )
     return hint
+
+
+def _jumps(r: FlowResult) -> bool:
+    """Whether ``r``'s field is known to jump: wnjax's ``MLP``/``CNN`` with ReLU, or a model
+    whose kinks the field smoothed (``stats['kink_width'] > 0``)."""
+    return jumping_field(r.final) or float(np.max(r.stats.get("kink_width", 0.0))) > 0
 
 
 def _rounding_hint(r: FlowResult) -> str:
@@ -760,7 +779,7 @@ def _solver_hint(r: FlowResult) -> str:
                 f" {rejected} of the {steps} steps were rejected and the stiffness test found the "
                 "flow not stiff:"
             )
-            if jumping_field(r.final):
+            if _jumps(r):
                 return head + _jump_hint(r)
             return head + _STIFF_HINT + ("" if smooth_field(r.final) else _JUMP_IF_HINT)
         return ""
@@ -773,7 +792,7 @@ def _solver_hint(r: FlowResult) -> str:
             f" {rejected} of the {steps} steps were rejected. If the flow is stiff,"
             + stiff_hint
             + " If it is not (solver=None tells),"
-            + (_jump_hint(r) if jumping_field(r.final) else _JUMP_IF_HINT)
+            + (_jump_hint(r) if _jumps(r) else _JUMP_IF_HINT)
         )
     if rejected > 0.2 * steps:
         return " Many steps were rejected, as when a flow is stiff:" + stiff_hint
@@ -797,14 +816,14 @@ def _slide_hint(r: FlowResult) -> str:
     kink = float(np.asarray(r.stats.get("kink_width", 0.0)))
     if kink > 0:
         kink_way = (
-            f" The field smoothed ReLU's derivative over a relative width kink_width = {kink:.3g}"
-            ": a wider one (e.g. kink_width=1e-3) makes the regularized flow less stiff, its "
-            "path the Filippov flow's to O(kink_width)."
+            " The field smoothed the derivative at the model's kinks over a relative width "
+            f"kink_width = {kink:.3g}: a wider one (e.g. kink_width=1e-3) makes the regularized "
+            "flow less stiff, its path the Filippov flow's to O(kink_width)."
         )
     else:
         kink_way = (
-            " Leave kink_width unset (or pass a positive one): the field then smooths ReLU's "
-            "derivative at the kink, a Filippov regularization, and the solver takes the stiff "
+            " Leave kink_width unset (or pass a positive one): the field then smooths the "
+            "derivative at the kinks, a Filippov regularization, and the solver takes the stiff "
             "flow that results."
         )
     return (
@@ -829,7 +848,8 @@ _JUMP_IF_HINT = (
     "changes sign), the flow may slide along such a surface (a differential inclusion, not an "
     "ODE), which holds every error-controlled method to steps proportional to rtol: use a "
     "smooth activation, wnjax.gradient_descent with a small learning rate, a looser rtol, or "
-    "wnjax's own MLP or CNN, whose ReLU kinks the flow smooths (kink_width)."
+    "leave kink_width unset: the field then smooths the derivative of every max, min, abs and "
+    "where on a sign in the model (a Filippov regularization)."
 )
 
 
@@ -937,13 +957,10 @@ def _grad_log_loss(params, static, X, y, loss, rate, fn=_log_loss_fn):
     """``(log L, grad log L)``, the gradient through ``rate`` (a preconditioner, linear in the
     gradient); with ``fn=_loss_fn``, ``(L, grad L)``."""
     value, grads = jax.value_and_grad(fn)(params, static, X, y, loss)
-    if callable(
-        rate
-    ):  # a preconditioner rate(grads, params) -> grads, e.g. wnjax.diagonal.polar_rates
-        full = rate(eqx.combine(grads, static), eqx.combine(params, static))
-        grads = eqx.filter(full, eqx.is_inexact_array)
-    elif rate == "neuron_norm_sq":
-        full = neuron_norm_sq_rate(eqx.combine(grads, static), eqx.combine(params, static))
+    # a preconditioner rate(grads, params) -> grads, e.g. wnjax.diagonal.polar_rates
+    fn = rate if callable(rate) else neuron_norm_sq_rate if rate == "neuron_norm_sq" else None
+    if fn is not None:  # on the model itself where the field smooths its kinks
+        full = unsmoothed(fn)(eqx.combine(grads, static), eqx.combine(params, static))
         grads = eqx.filter(full, eqx.is_inexact_array)
     return value, grads
 
@@ -1066,15 +1083,16 @@ def _solve(
     ``summaries_after``: save the state alone at each save point, and compute the summaries of
     every save point after the solve, at once (vmapped; see ``_batched_summaries``).
 
-    ``kink``: the vector field's ReLU kink width (``with_kink``); everything else evaluates
-    the model as it is."""
+    ``kink``: the vector field's kink width (``with_kink`` on wnjax's ``MLP``/``CNN``, else
+    ``Smoothed``); everything else evaluates the model as it is."""
     params, static = eqx.partition(p, eqx.is_inexact_array)
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
     theta0, unravel = ravel_pytree(params)
     # The kink width is static metadata of the activation, in both halves of the model.
-    field_static = with_kink(static, kink) if kink else static
-    field_unravel = (lambda theta: with_kink(unravel(theta), kink)) if kink else unravel
+    own = _own_activation(p)  # wnjax's MLP/CNN: the activation's kink; else the jaxpr's
+    field_static = _smoothed(static, kink, own)
+    field_unravel = (lambda theta: _smoothed(unravel(theta), kink, own)) if kink else unravel
     if start is not None:
         theta0 = start["y"][0]
     normalized = time != "plain"  # tau is integrated
@@ -1347,6 +1365,8 @@ def _join(first: FlowResult, second: FlowResult) -> FlowResult:
     done = jnp.isfinite(first.s)
 
     def pick(a, b):
+        if not eqx.is_array(a):  # a model's static field (its activation function, say)
+            return a
         return jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b)
 
     fields = {f.name: getattr(second, f.name) for f in dataclasses.fields(second)}
@@ -1408,7 +1428,7 @@ def _as_output(p, standard_out: bool, stacked: bool = False):
     compiled program, so the caller gets it without further dispatches)."""
     if p is None or not standard_out:
         return p
-    return jax.vmap(lambda s: s.standard())(p) if stacked else p.standard()
+    return eqx.filter_vmap(lambda s: s.standard())(p) if stacked else p.standard()
 
 
 def loss_levels(log_l0: Array, target: Array, n: int) -> Array:
@@ -1932,21 +1952,26 @@ def gradient_flow(
     - `diagnostics`: also save the asymptotic diagnostics (``wnjax.asymptotic_summaries``:
       alignment, relation spreads, KKT residuals, ...) at the save points; ``False`` keeps only
       the loss, margins and norms (cheaper to compile and run).
-    - `kink_width`: on an ``MLP`` or ``CNN`` with ReLU activations, whose ``-grad L`` jumps
-      where a pre-activation ``z = w_u . x`` changes sign (the flow is then a differential
-      inclusion, and it slides along such a surface wherever the field on both sides points at
-      it), the vector field uses ReLU's derivative smoothed over ``|z| <~ kappa s_u ||x||``,
-      ``s_u = sqrt(||w_u||^2 + mean_v ||w_v||^2)`` (``kinked_relu``, a Filippov regularization
-      that keeps the field homogeneous, and finite where a neuron shrinks to 0), and the
-      solver takes the smooth, stiff flow that results. Its path is the Filippov solution's to
-      ``O(kappa)``: on a 5-8-1 net that slides, three data sets, the weights (of size ~1.4) at
-      ``t = 1`` lie within ``1.8-23 kappa`` of gradient descent's as its step vanishes
-      (``kappa = 1e-3, 1e-4, 1e-5``). ``None``: ``default_kink_width(rtol)``,
-      ``max(1e-4, 100 rtol)``; ``0``: ReLU's own derivative (``0`` at ``z = 0``), whose
-      sliding holds every error-controlled method to steps proportional to ``rtol``. Other
-      models ignore it. The loss, the summaries and ``final`` use the model unchanged (the
-      message says the field was smoothed); ``result.stats['kink_width']`` holds the value
-      used (``0`` where none was).
+    - `kink_width`: on a model with kinks, whose ``-grad L`` jumps where a pre-activation
+      ``z`` changes sign (the flow is then a differential inclusion, and it slides along such
+      a surface wherever the field on both sides points at it), the vector field blends the
+      derivatives of the two sides over ``|z| <= 2 kappa s``, ``kappa`` the kink width (a
+      Filippov regularization that keeps the field homogeneous), and the solver takes the
+      smooth, stiff flow that results. On an ``MLP`` or ``CNN`` with ReLU, ``s = s_u ||x||``
+      (``kinked_relu``), ``s_u = sqrt(||w_u||^2 + mean_v ||w_v||^2)``, finite where a neuron
+      shrinks to 0; on any other module (``eqx.nn.MLP`` with ``jax.nn.relu``, leaky ReLU,
+      ``jnp.abs``, a maxout) every ``max``, ``min``, ``abs`` and ``where`` on the sign of a
+      difference is blended, ``s`` the same bound on ``|z|`` from the weights and inputs of
+      the product that made it (``wnjax.smooth_kinks``); a kink raised to a power above 1
+      (ReLU^2) has a continuous derivative and is left as it is. The path is the Filippov
+      solution's to ``O(kappa)``: on 5-8-1 ReLU nets that slide, three data sets each, the
+      weights (of size ~1.4) at ``t = 1`` lie within ``1.2-3.4 kappa`` of gradient descent's
+      as its step vanishes (``kappa = 1e-3, 1e-4, 1e-5``). ``None``:
+      ``default_kink_width(rtol)``, ``max(1e-4, 100 rtol)``; ``0``: the model's own
+      derivative, whose sliding holds every error-controlled method to steps proportional to
+      ``rtol``. Models without kinks ignore it. The loss, the summaries and ``final`` use the
+      model unchanged (the message says the field was smoothed);
+      ``result.stats['kink_width']`` holds the value used (``0`` where none was).
 
     **Returns:** a ``FlowResult``.
 
@@ -2008,7 +2033,7 @@ def gradient_flow(
         raise InvalidInput(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
     rtol, atol = _tolerances(rtol, atol, dtype)
-    kink = _resolve_kink_width(kink_width, p, rtol)
+    kink = _resolve_kink_width(kink_width, p, X, rtol)
     normalized = time != "plain"  # log t is integrated
     has_target = target_log_loss is not None
     save = resolve_save(
@@ -2065,7 +2090,7 @@ def gradient_flow(
         n_params,
         traced=traced,
         smooth=smooth_field(p),
-        kinks=kinked_field(p),
+        kinks=kinked_field(p) or kink > 0,
         stiff_kinks=kink > 0,
     )
     # An AutoSwitch run outside jit is a chain of solves, each of one method alone (no branch on
@@ -2105,13 +2130,17 @@ def gradient_flow(
             kink=kink,
         )
         if not phased:
-            return _finish(_with_kink_stat(solve(solver=method)[0], kink, dtype), throw)
-        result, handover = solve(solver=method.phase_solver(stiff))
-        while bool(handover["switched"]):
-            stiff = not stiff
-            more, handover = solve(solver=method.phase_solver(stiff), start=handover)
-            result = _join(result, more)
-        return _finish(_with_kink_stat(result, kink, dtype), throw)
+            result = solve(solver=method)[0]
+        else:
+            result, handover = solve(solver=method.phase_solver(stiff))
+            while bool(handover["switched"]):
+                stiff = not stiff
+                more, handover = solve(solver=method.phase_solver(stiff), start=handover)
+                result = _join(result, more)
+        stats = {**result.stats, "kink_width": jnp.asarray(kink, dtype)}
+        if has_target and not isinstance(result.stop_code, jax.core.Tracer):
+            stats.update(_stuck_stats(result, X, y, loss_obj))
+        return _finish(dataclasses.replace(result, stats=stats), throw)
 
 
 def default_kink_width(rtol) -> float:
@@ -2144,18 +2173,94 @@ def _check_kink_width(kink_width) -> None:
         )
 
 
-def _resolve_kink_width(kink_width, p, rtol) -> float:
-    """The kink width the flow of ``p`` uses: ``0`` unless ``p`` has ReLU activations."""
-    act = _activation(p)
-    if not (isinstance(act, ReLUPower) and act.jumps):
+def _resolve_kink_width(kink_width, p, X, rtol) -> float:
+    """The kink width the flow of ``p`` on ``X`` uses: ``0`` unless ``p`` is wnjax's ``MLP`` or
+    ``CNN`` with ReLU, or another model with kinks (``count_kinks``)."""
+    if kink_width is not None and not kink_width:
+        return 0.0
+    if _own_activation(p):
+        kinked = _activation(p).jumps
+    else:
+        kinked = count_kinks(p, jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype))[0] > 0
+    if not kinked:
         return 0.0
     return default_kink_width(rtol) if kink_width is None else float(kink_width)
 
 
-def _with_kink_stat(result: FlowResult, kink: float, dtype) -> FlowResult:
-    """``result`` with ``stats['kink_width']``."""
-    stats = {**result.stats, "kink_width": jnp.asarray(kink, dtype)}
-    return dataclasses.replace(result, stats=stats)
+def _own_activation(p) -> bool:
+    """Whether ``p`` is an ``MLP`` or ``CNN`` with wnjax's ``ReLUPower`` activation, whose kinks
+    the model smooths itself (``with_kink``); other activations and models go through
+    ``Smoothed``."""
+    return isinstance(_activation(p), ReLUPower)
+
+
+def _smoothed(tree, kink: float, own: bool):
+    """``tree`` (a model, or its static or dynamic part) as the vector field evaluates it: its
+    kinks smoothed over the relative width ``kink`` (``0``: as it is)."""
+    if not kink:
+        return tree
+    return with_kink(tree, kink) if own else Smoothed(tree, kink)
+
+
+def _stuck_stats(r: FlowResult, X: Array, y: Array, loss: Loss) -> dict:
+    """For a run that ended short of its target (not interrupted) at a floor of the loss that
+    examples with a zero gradient of their own loss set (a ReLU net's examples on which every
+    unit is inactive: their outputs, and their share of ``L``, cannot move): ``stuck_examples``,
+    how many, and ``stuck_log_loss``, the log of their summed loss, within ``STUCK_SHARE`` of
+    ``log L``. Empty elsewhere."""
+    code = int(np.asarray(r.stop_code))
+    if bool(r.reached_target) or code not in (0, 1, FROZEN_CLOCK):
+        return {}
+    count, floor = _stuck_examples(r.final, X, y, loss)
+    # only where they hold (nearly) all of the loss: elsewhere the others still move, and may
+    # wake them (a dead ReLU unit of one example moves with the others' gradients)
+    if int(count) == 0 or not float(r.final_log_loss) - float(floor) < STUCK_SHARE:
+        return {}
+    return {"stuck_examples": count, "stuck_log_loss": floor}
+
+
+# ``_stuck_stats`` reports the examples with a zero gradient where ``log L`` is within this of
+# the log of their summed loss: the others hold under 0.1% of ``L``.
+STUCK_SHARE = 1e-3
+
+
+@eqx.filter_jit
+def _stuck_examples(model, X: Array, y: Array, loss: Loss) -> tuple[Array, Array]:
+    """``(count, log of their summed loss)`` of the examples ``i`` whose own loss has a zero
+    gradient, ``grad log l_i = 0``, at ``model`` (one example's gradient at a time)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def one(example):
+        x, t = example
+
+        def log_l(params):
+            return loss.log_loss(apply_batch(eqx.combine(params, static), x[None]), t[None])
+
+        value, grads = jax.value_and_grad(log_l)(params)
+        return value, tree_norm(grads)
+
+    values, norms = jax.lax.map(one, (X, y), batch_size=min(64, X.shape[0]))
+    stuck = (norms == 0) & jnp.isfinite(values)
+    return jnp.sum(stuck), jax.nn.logsumexp(jnp.where(stuck, values, -jnp.inf))
+
+
+def _stuck_note(r: FlowResult) -> str:
+    """The floor under ``log L`` that examples with a zero gradient set (``_stuck_stats``)."""
+    if "stuck_examples" not in r.stats:
+        return ""
+    count = int(np.asarray(r.stats["stuck_examples"]))
+    floor = float(np.asarray(r.stats["stuck_log_loss"]))
+    target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
+    many = count > 1
+    return (
+        f" log L sits at a floor, {floor:.6g}, short of the target log L = {target:g}: "
+        f"{count} example{'s' if many else ''} ha{'ve' if many else 's'} a zero gradient of "
+        f"{'their' if many else 'its'} own loss at result.final (an input of zeros; on a "
+        f"ReLU-type net, every unit {'they reach' if many else 'it reaches'} inactive, output 0), "
+        f"so neither {'their outputs nor their' if many else 'its output nor its'} share of the "
+        "loss can move, and the other examples hold under 0.1% of the loss. Another "
+        "initialization or a wider net keeps such examples alive."
+    )
 
 
 def _finish(result: FlowResult, throw: bool) -> FlowResult:

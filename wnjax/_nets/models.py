@@ -16,21 +16,17 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.dense import apply_each, dense
+from wnjax._nets.kinks import kink_slope
 from wnjax._nets.neurons import has_bias, row_norms
 from wnjax._runtime.errors import InvalidInput
-
-# Beyond this |c| the smoothed ReLU's slope is 0 or 1 to float64's precision; the clip keeps
-# ``c = z/width`` finite (``c^2`` of ``hypot`` does not overflow, ``z/width`` with a tiny width
-# can).
-_C_MAX = 1e30
 
 
 @jax.custom_jvp
 def kinked_relu(z: Array, width: Array) -> Array:
-    """``max(z, 0)``, exactly, whose derivative is ``(1 + c/sqrt(1 + c^2))/2``, ``c = z/width``:
-    within a few ``width`` of the kink it passes smoothly from 0 to 1, beyond it it is ReLU's own
-    to ``(width/z)^2 / 4``. Forward-over-reverse (a Jacobian of a gradient) differentiates the
-    slope. ``width`` is held constant (its tangent is dropped)."""
+    """``max(z, 0)``, exactly, whose derivative is ``kink_slope(z, width)``: 1/2 at the kink,
+    rising from 0 at ``z = -2 width`` to 1 at ``z = 2 width``, ReLU's own beyond.
+    Forward-over-reverse (a Jacobian of a gradient) differentiates the slope. ``width`` is held
+    constant (its tangent is dropped)."""
     return jax.nn.relu(z)
 
 
@@ -38,9 +34,7 @@ def kinked_relu(z: Array, width: Array) -> Array:
 def _kinked_relu_jvp(primals, tangents):
     z, width = primals
     dz, _ = tangents
-    c = jnp.clip(z / jnp.where(width > 0, width, 1.0), -_C_MAX, _C_MAX)
-    slope = 0.5 + 0.5 * c / jnp.hypot(1.0, c)
-    return jax.nn.relu(z), slope * dz
+    return jax.nn.relu(z), kink_slope(z, width) * dz
 
 
 class ReLUPower(eqx.Module):

@@ -1,0 +1,223 @@
+"""Any module's kinks (``jax.nn.relu``, leaky ReLU, ``abs``, ``where``, maxout): the vector
+field blends the derivatives of the two sides (``wnjax.smooth_kinks``), and the flow it gives
+follows gradient descent as the step vanishes."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_kinks import _data, _gd_weights, _leaves
+
+import wnjax
+from wnjax._nets.kinks import count_kinks
+
+
+class Maxout(eqx.Module):
+    """``a . max(W1 x, W2 x)``: 1-homogeneous, with a kink where ``W1 x = W2 x``."""
+
+    first: eqx.nn.Linear
+    second: eqx.nn.Linear
+    head: eqx.nn.Linear
+
+    def __init__(self, d, width, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.first = eqx.nn.Linear(d, width, use_bias=False, key=k1)
+        self.second = eqx.nn.Linear(d, width, use_bias=False, key=k2)
+        self.head = eqx.nn.Linear(width, "scalar", use_bias=False, key=k3)
+
+    def __call__(self, x):
+        return self.head(jnp.maximum(self.first(x), self.second(x)))
+
+
+class ScanReLU(eqx.Module):
+    """Two ReLU layers applied in a ``lax.scan``."""
+
+    layers: jax.Array
+    head: jax.Array
+
+    def __call__(self, x):
+        h, _ = jax.lax.scan(lambda h, W: (jax.nn.relu(W @ h), None), x, self.layers)
+        return self.head @ h
+
+
+def _mlp(activation, depth=1, key=None):
+    key = jax.random.key(1) if key is None else key
+    return eqx.nn.MLP(
+        5, "scalar", 8, depth, activation=activation, use_bias=False, use_final_bias=False, key=key
+    )
+
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "leaky": lambda z: jax.nn.leaky_relu(z, 0.1),
+    "abs": jnp.abs,
+    "where": lambda z: jnp.where(z > 0, z, 0.0),
+    "min": lambda z: -jnp.minimum(-z, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", [*ACTIVATIONS, "maxout", "ewn", "wnjax-mlp"])
+def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
+    """With a width far below every ``|z|`` (``kappa = 1e-10``) the smoothed module gives the
+    same outputs, bit for bit, and the same gradient (each side's own derivative is taken
+    exactly beyond the layer); every kink is counted, through ``vmap``'s moves of a ``where``'s
+    condition and ``jax.nn.relu``'s custom derivative, through EWN, and in wnjax's ``MLP`` with
+    a function for its activation."""
+    X = jax.random.normal(jax.random.key(0), (7, 5))
+    if name == "maxout":
+        model, kinks = Maxout(5, 6, jax.random.key(2)), 1
+    elif name == "ewn":
+        model, kinks = wnjax.ewn(_mlp(jax.nn.relu, depth=2)), 2
+    elif name == "wnjax-mlp":  # wnjax's MLP with a function for activation: its dense path
+        model, kinks = wnjax.MLP(5, 8, 3, activation=jax.nn.relu, key=jax.random.key(1)), 2
+    else:
+        model, kinks = _mlp(ACTIVATIONS[name], depth=2), 2
+    assert count_kinks(model, X) == (kinks, 0)
+
+    def f(m, smooth):
+        out = jax.vmap(wnjax.smooth_kinks(lambda m, x: m(x), 1e-10 if smooth else 0.0), (None, 0))
+        return jnp.sum(jnp.sin(out(m, X)))
+
+    np.testing.assert_array_equal(float(f(model, True)), float(f(model, False)))
+    smooth, plain = (eqx.filter_grad(f)(model, s) for s in (True, False))
+    for a, b in zip(_leaves(smooth), _leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_on_a_kink_the_derivative_is_the_midpoint_and_off_it_the_sides():
+    """``sum relu(W x)`` with ``z = w_0 . x`` swept through 0: the smoothed derivative in
+    ``W[0, 0]`` is ``x_0`` times the midpoint of ReLU's ``{0, 1}`` on the kink, the side's own
+    from ``|z| = 2 width`` on (``width = kappa sqrt(b_0^2 + mean_u b_u^2)``, ``b_u = ||w_u||
+    ||x||``), and rises monotonically in between."""
+    x = jnp.array([1.0, 2.0])
+    rest = jnp.array([[1.0, 0.5], [-0.3, 1.0]])
+    kappa = 0.1
+    f = wnjax.smooth_kinks(lambda W: jnp.sum(jax.nn.relu(W @ x)), kappa)
+
+    def g(z):
+        W = jnp.concatenate([jnp.array([[z, 0.0]]), rest])
+        return jax.grad(f)(W)[0, 0]
+
+    def width(z):
+        b2 = np.array([z * z, *np.sum(np.asarray(rest) ** 2, axis=1)]) * float(x @ x)
+        return kappa * np.sqrt(b2[0] + b2.mean())
+
+    assert float(g(0.0)) == 0.5
+    for z in (-1.0, -0.5, 0.5, 1.0):
+        assert abs(z) >= 2 * width(z)
+        assert float(g(z)) == float(z > 0), z
+    zs = jnp.linspace(-0.1, 0.1, 21)
+    values = np.asarray(jax.vmap(g)(zs))
+    assert np.all(np.diff(values) > 0) and 0 < values.min() and values.max() < 1
+    np.testing.assert_allclose(values + values[::-1], 1.0, atol=1e-14)
+
+
+def test_powers_guards_and_loops_are_left_alone():
+    """A kink raised to a power above 1 has a continuous derivative (ReLU^2, ``|z|^3``) and is
+    not counted; a ``where`` whose condition is far from changing leaves its derivative
+    exactly as it is; a kink inside ``lax.scan`` is counted as left."""
+    X = jax.random.normal(jax.random.key(0), (4, 5))
+    assert count_kinks(_mlp(lambda z: jax.nn.relu(z) ** 2), X) == (0, 0)
+    assert count_kinks(_mlp(lambda z: jnp.abs(z) ** 3), X) == (0, 0)
+    keys = jax.random.split(jax.random.key(3))
+    scan = ScanReLU(jax.random.normal(keys[0], (2, 5, 5)), jax.random.normal(keys[1], (5,)))
+    assert count_kinks(scan, X) == (0, 1)
+
+    def guarded(v):  # v / |v| guarded at v = 0, then a ReLU
+        n = jnp.sqrt(jnp.sum(v * v))
+        return jax.nn.relu(jnp.where(n > 0, v / jnp.where(n > 0, n, 1.0), 0.0) @ X.T)
+
+    v = jnp.array([0.3, -1.0, 0.5, 2.0, -0.7])
+    smooth = jax.jacobian(wnjax.smooth_kinks(guarded, 1e-10))(v)
+    np.testing.assert_allclose(np.asarray(smooth), np.asarray(jax.jacobian(guarded)(v)), rtol=1e-14)
+
+
+def test_an_equinox_relu_mlps_flow_follows_gradient_descent():
+    """``eqx.nn.MLP`` with ``jax.nn.relu`` (the weights of ``test_kinks``' 5-8-1 net, whose flow
+    slides): with its own derivative (``kink_width=0``) the run is held to tiny steps and runs
+    out of them, and the message says to leave ``kink_width`` unset; with the default the
+    field is smoothed, the run reaches ``t = 1`` and its weights agree with gradient descent
+    as ``eta -> 0`` to ``3.5 kappa`` (measured: 2.3). ``final`` is the module as given."""
+    X, y = _data(0)
+    net = wnjax.MLP(5, 8, 2, key=jax.random.key(100))
+    W1, W2 = net.layers[0].weight, net.layers[1].weight
+    coarse, fine = _gd_weights(W1, W2, X, y, 1e-5, 1.0), _gd_weights(W1, W2, X, y, 1e-6, 1.0)
+    reference = fine + (fine - coarse) / 9
+    mlp = eqx.tree_at(
+        lambda m: (m.layers[0].weight, m.layers[1].weight), _mlp(jax.nn.relu), (W1, W2)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        exact = wnjax.gradient_flow(mlp, X, y, t1=1.0, kink_width=0.0, max_steps=3000, throw=False)
+    assert not bool(exact.ok) and "leave kink_width unset" in exact.message
+    r = wnjax.gradient_flow(mlp, X, y, t1=1.0)
+    assert bool(r.ok) and float(r.stats["kink_width"]) == 1e-4, r.message
+    assert "model's kinks" in r.message
+    got = np.concatenate([np.ravel(a) for a in _leaves(r.final)])
+    assert np.max(np.abs(got - reference)) < 3.5e-4, np.max(np.abs(got - reference))
+    assert r.final.activation is jax.nn.relu
+    # a model without kinks is left as it is
+    lin = eqx.nn.Linear(5, "scalar", use_bias=False, key=jax.random.key(0))
+    assert float(wnjax.gradient_flow(lin, X, y, t1=1.0).stats["kink_width"]) == 0.0
+
+
+def _margin_data(seed, n=24, d=5):
+    """``n`` Gaussian points moved apart along a Gaussian teacher ``w``: margin 0.3."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    X, w = jax.random.normal(k1, (n, d)), jax.random.normal(k2, (d,))
+    y = jnp.sign(X @ w)
+    return X + 0.3 * y[:, None] * (w / jnp.linalg.norm(w))[None, :], y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["relu", "leaky", "maxout"])
+def test_equinox_modules_with_kinks_reach_deep_targets_with_the_defaults(name):
+    """``eqx.nn.MLP`` with ReLU (depth 2 and 3) and leaky ReLU, and a maxout net; standard, SWN,
+    EWN; two seeds: every normalized flow reaches log L = -300 with the defaults (with the
+    module's own derivative none of the 18 ReLU and leaky runs did: each ran out of 100,000
+    steps at log L between 0.4 and 3). EWN's flow is the rate-scaled one on the smoothed field
+    too (``flow_equivalence``)."""
+    for seed in range(2):
+        X, y = _margin_data(seed)
+        key = jax.random.key(100 + seed)
+        if name == "maxout":
+            nets = [Maxout(5, 8, key)]
+        else:
+            nets = [_mlp(ACTIVATIONS[name], depth, key) for depth in (1, 2)]
+        for net in nets:
+            for parameterize in (lambda m: m, wnjax.swn, wnjax.ewn):
+                r = wnjax.gradient_flow(
+                    parameterize(net), X, y, time="normalized", target_log_loss=-300.0
+                )
+                assert bool(r.ok) and bool(r.reached_target), (seed, r.message)
+    check = wnjax.flow_equivalence(nets[0], X, y, t1=1.0)
+    assert check["ewn_max_rel_err"] < 1e-6, check
+
+
+@pytest.mark.slow
+def test_examples_on_which_every_unit_is_dead_set_a_floor_the_message_names():
+    """An EWN ReLU net (5-8-1, 24 points) whose flow leaves one example with every hidden unit
+    inactive: its output stays 0, its loss 1, so log L cannot fall below 0. The run ends short
+    of its target, and its message says why (not that the field jumps), with the floor and
+    the count in ``stats``."""
+    X, y = _data(1, 24)
+    r = wnjax.gradient_flow(
+        wnjax.ewn(_mlp(jax.nn.relu, 1, jax.random.key(101))),
+        X,
+        y,
+        time="normalized",
+        target_log_loss=-300.0,
+        throw=False,
+    )
+    assert not bool(r.reached_target)
+    outputs = np.asarray(jax.vmap(wnjax.to_standard(r.final))(X))
+    hidden = np.asarray(jax.vmap(lambda x: r.final.standard().layers[0](x))(X))
+    dead = np.all(hidden <= 0, axis=1)
+    assert int(r.stats["stuck_examples"]) == int(dead.sum()) >= 1
+    assert np.all(outputs[dead] == 0)
+    # their summed exponential loss, exp(-0) each
+    assert float(r.stats["stuck_log_loss"]) == pytest.approx(np.log(dead.sum()), abs=1e-12)
+    assert "sits at a floor" in r.message and "jump" not in r.message

@@ -1,0 +1,385 @@
+"""Smoothing the kinks of any model's derivative: a Filippov regularization by jaxpr rewrite.
+
+A model built from ``max``, ``min``, ``abs`` or a ``where`` on the sign of a difference (ReLU,
+leaky ReLU, ``jnp.abs``, maxout) has a gradient that jumps where the difference ``z`` changes
+sign. ``smooth_kinks(fn, kappa)`` evaluates ``fn``'s jaxpr with each such operation's value
+unchanged and its derivative blended across the kink: ``out = where(z > 0, pos, neg)`` gets the
+tangent ``s d pos + (1 - s) d neg``, ``s`` rising from 0 at ``z = -2 width`` to 1 at
+``z = 2 width`` (a quintic, twice continuously differentiable): beyond the layer the derivative
+is the operation's own, exactly, so a ``where`` that guards a division, say, is left as it is
+wherever its condition is not within two widths of changing. The width is
+``kappa sqrt(b^2 + mean b^2)``, with ``b`` a bound on ``|z|`` that is homogeneous of ``z``'s own
+degree: for ``z = W h`` (a ``dot_general`` or a convolution), Cauchy-Schwarz's
+``||w_u|| ||h||`` per output (the patch norm for a convolution); the mean is over the site's
+elements, a floor that keeps the width finite where a unit shrinks through zero. This is
+``MLP``'s and ``CNN``'s ``kinked_relu`` for any module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Literal
+from jaxtyping import Array, PyTree
+
+from wnjax._nets.dense import apply_batch
+
+
+def kink_slope(z: Array, width: Array) -> Array:
+    """The positive side's weight ``s = t^3 (10 - 15 t + 6 t^2)``, ``t = (z/width + 2)/4``
+    clipped to ``[0, 1]``: 1/2 on the kink, exactly 0 for ``z <= -2 width`` and 1 for
+    ``z >= 2 width``, with ``ds/dz <= 15/(32 width)`` (``kinked_relu``'s is ``1/(2 width)``)."""
+    t = jnp.clip((z / jnp.where(width > 0, width, 1.0) + 2.0) / 4.0, 0.0, 1.0)
+    return t * t * t * (10.0 + t * (6.0 * t - 15.0))
+
+
+@jax.custom_jvp
+def kink_blend(z: Array, width: Array, out: Array, pos: Array, neg: Array) -> Array:
+    """``out`` (``= pos`` where ``z > 0``, ``= neg`` where ``z < 0``), with the tangent
+    ``s d pos + (1 - s) d neg``, ``s = kink_slope(z, width)`` (the side's own, selected, where
+    ``s`` is 0 or 1: a branch singular beyond the layer stays out); the tangents of ``z``,
+    ``width`` and ``out`` are dropped. Forward-over-reverse differentiates ``s``."""
+    return out
+
+
+@kink_blend.defjvp
+def _kink_blend_jvp(primals, tangents):
+    z, width, out, pos, neg = primals
+    _, _, _, dpos, dneg = tangents
+    s = kink_slope(z, width)
+    shape, dtype = jnp.shape(out), jnp.result_type(out)
+    dpos, dneg = (jnp.broadcast_to(d, shape).astype(dtype) for d in (dpos, dneg))
+    blend = s * dpos + (1.0 - s) * dneg
+    return out, jnp.where(s >= 1, dpos, jnp.where(s <= 0, dneg, blend))
+
+
+# Operations whose bound is the same operation applied to the bound of their first operand.
+_SHAPE_OPS = frozenset(
+    {
+        "reshape",
+        "broadcast_in_dim",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "convert_element_type",
+        "copy",
+        "copy_p",
+        "slice",
+        "rev",
+        "reduce_precision",
+        "reduce_sum",
+    }
+)
+# Operations that move a predicate's elements about.
+_MOVES = frozenset(
+    {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev"}
+)
+# Comparisons: True where ``sign (a - b) > 0``.
+_COMPARE = {"gt": 1.0, "ge": 1.0, "lt": -1.0, "le": -1.0}
+# Operations with a kink, and those that hold a jaxpr that may hold one.
+_KINKS = frozenset({"max", "min", "abs", "select_n"})
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
+_CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "checkpoint": "jaxpr"}
+
+
+def _floating(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _open(jaxpr):
+    """``(jaxpr, consts)`` of a closed or open jaxpr."""
+    return (jaxpr.jaxpr, jaxpr.consts) if hasattr(jaxpr, "consts") else (jaxpr, ())
+
+
+def _may_kink(jaxpr) -> bool:
+    """Whether a jaxpr holds an operation with a kink, at any depth."""
+    jaxpr = _open(jaxpr)[0]
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _KINKS:
+            return True
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            if _may_kink(sub):
+                return True
+    return False
+
+
+class _Rewrite:
+    """One evaluation of a jaxpr with its kinks smoothed: the values' provenance (bounds and
+    comparisons) and the counts of kinks smoothed and left (inside loops and branches)."""
+
+    def __init__(self, kappa: float, keep: frozenset = frozenset()):
+        self.kappa = kappa
+        self.keep = keep  # the kinked equations left as they are (a power after them)
+        self.bounds: dict[int, tuple] = {}  # id(value) -> (value, thunk or bound)
+        # id(pred) -> (pred, a, b, sign, shape, moves): pred = moves(sign (a - b) > 0)
+        self.compares: dict[int, tuple] = {}
+        self.smoothed = 0
+        self.left = 0
+
+    def bound(self, x) -> Array:
+        """A bound on ``|x|`` of ``x``'s degree, constant to differentiation."""
+        entry = self.bounds.get(id(x))
+        if entry is None or entry[0] is not x:
+            return jnp.abs(jax.lax.stop_gradient(x))
+        value, b = entry
+        if callable(b):
+            b = b()
+            self.bounds[id(x)] = (value, b)
+        return b
+
+    def eval(self, jaxpr, consts, args) -> list:
+        env = {}
+
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        for v, x in zip(jaxpr.constvars, consts):
+            env[v] = x
+        for v, x in zip(jaxpr.invars, args):
+            env[v] = x
+        for eqn in jaxpr.eqns:
+            invals = [read(v) for v in eqn.invars]
+            outs = self.inline(eqn, invals)
+            if outs is None:
+                with eqn.ctx.manager:
+                    ans = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+                outs = list(ans) if eqn.primitive.multiple_results else [ans]
+                if eqn.primitive.name in _KINKS and self.kappa and eqn not in self.keep:
+                    outs = [self.smooth(eqn.primitive.name, invals, outs[0])]
+                else:
+                    self.note(eqn, invals, outs)
+            for v, x in zip(eqn.outvars, outs):
+                env[v] = x
+        return [read(v) for v in jaxpr.outvars]
+
+    def inline(self, eqn, invals):
+        """The outputs of a call evaluated here (its kinks smoothed), else ``None``."""
+        name = eqn.primitive.name
+        if name in _CALLS:
+            jaxpr, consts = _open(eqn.params[_CALLS[name]])
+            return self.eval(jaxpr, consts, invals)
+        if name in _CUSTOM and _may_kink(eqn.params[_CUSTOM[name]]):
+            # a custom rule (jax.nn.relu's) gives way to the blend
+            jaxpr, consts = _open(eqn.params[_CUSTOM[name]])
+            return self.eval(jaxpr, consts, invals)
+        if any(_may_kink(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+            self.left += 1  # a kink inside a loop or a branch: evaluated as it is
+        return None
+
+    def note(self, eqn, invals, outs) -> None:
+        """Record how to bound an output, and which comparison made a predicate."""
+        name, out = eqn.primitive.name, outs[0]
+        if name in _COMPARE and len(invals) == 2 and _floating(invals[0]):
+            self.compares[id(out)] = (out, invals[0], invals[1], _COMPARE[name], jnp.shape(out), [])
+            return
+        if eqn.primitive.multiple_results:
+            return
+        params = eqn.primitive.get_bind_params(eqn.params)
+        held = self.compares.get(id(invals[0])) if invals else None
+        if name in _MOVES and held is not None and held[0] is invals[0]:
+            # a predicate moved (vmap's transposes): the comparison moves with it
+            move = (eqn.primitive, invals[1:], params)
+            self.compares[id(out)] = (out, *held[1:5], [*held[5], move])
+            return
+        if not _floating(out):
+            return
+        if name == "dot_general":
+            a, b = invals
+            thunk = lambda: _dot_bound(self.bound(a), self.bound(b), params)  # noqa: E731
+        elif name == "conv_general_dilated":
+            a, b = invals
+            thunk = lambda: _conv_bound(self.bound(a), self.bound(b), params)  # noqa: E731
+        elif name in _SHAPE_OPS:
+            x, rest = invals[0], invals[1:]
+            thunk = lambda: eqn.primitive.bind(self.bound(x), *rest, **params)  # noqa: E731
+        elif name == "neg":
+            thunk = lambda: self.bound(invals[0])  # noqa: E731
+        elif name in ("add", "sub"):
+            thunk = lambda: self.bound(invals[0]) + self.bound(invals[1])  # noqa: E731
+        elif name == "mul":
+            thunk = lambda: self.bound(invals[0]) * self.bound(invals[1])  # noqa: E731
+        else:
+            return
+        self.bounds[id(out)] = (out, thunk)
+
+    def smooth(self, name: str, invals, out):
+        """``out`` of a kinked operation, its derivative blended across the kink."""
+        if not _floating(out):
+            return out
+        if name == "abs":
+            (x,) = invals
+            z, pos, neg, bsq = x, x, -x, self.bound(x) ** 2
+        elif name in ("max", "min"):
+            a, b = invals
+            z = a - b
+            pos, neg = (a, b) if name == "max" else (b, a)
+            bsq = self.bound(a) ** 2 + self.bound(b) ** 2
+        else:  # select_n
+            if len(invals) != 3 or id(invals[0]) not in self.compares:
+                return out
+            pred, *cases = invals
+            held, a, b, sign, shape, moves = self.compares[id(pred)]
+            if held is not pred:
+                return out
+
+            def moved(v):
+                v = jnp.broadcast_to(v, shape)
+                for primitive, rest, params in moves:
+                    v = primitive.bind(v, *rest, **params)
+                return v
+
+            z = moved(sign * (a - b))  # positive where pred is True: the second case
+            pos, neg = cases[1], cases[0]
+            bsq = moved(self.bound(a) ** 2 + self.bound(b) ** 2)
+        bsq = jnp.broadcast_to(bsq, jnp.shape(out))
+        width = self.kappa * jnp.sqrt(bsq + jnp.mean(bsq))
+        self.smoothed += 1
+        return kink_blend(z, jax.lax.stop_gradient(width.astype(out.dtype)), out, pos, neg)
+
+
+def _dot_bound(a: Array, b: Array, params: dict) -> Array:
+    """Cauchy-Schwarz's bound on ``|dot_general(a, b)|``: per output element, the norm of ``a``
+    over the contracted axes times that of ``b``, laid out as ``dot_general``'s output."""
+    (ca, cb), (ba, bb) = params["dimension_numbers"]
+    free_a = [d for d in range(a.ndim) if d not in ca and d not in ba]
+    free_b = [d for d in range(b.ndim) if d not in cb and d not in bb]
+    sa = jnp.sum(jnp.transpose(a * a, (*ba, *free_a, *ca)), axis=tuple(range(-len(ca), 0)))
+    sb = jnp.sum(jnp.transpose(b * b, (*bb, *free_b, *cb)), axis=tuple(range(-len(cb), 0)))
+    nb = len(ba)
+    sa = sa.reshape(sa.shape + (1,) * len(free_b))
+    sb = sb.reshape(sb.shape[:nb] + (1,) * len(free_a) + sb.shape[nb:])
+    return jnp.sqrt(sa * sb).astype(params.get("preferred_element_type") or a.dtype)
+
+
+def _conv_bound(a: Array, b: Array, params: dict) -> Array:
+    """Cauchy-Schwarz's bound on ``|conv(a, b)|``: per output, the norm of the input patch
+    times that of the filter (over its overlap with the patch)."""
+    conv = jax.lax.conv_general_dilated_p
+    patch = conv.bind(a * a, jnp.ones_like(b), **params)
+    filt = conv.bind(jnp.ones_like(a), b * b, **params)
+    return jnp.sqrt(jnp.maximum(patch * filt, 0.0))
+
+
+def smooth_kinks(fn: Callable, kappa: float) -> Callable:
+    """``fn`` with the derivative of each kink blended over a relative width ``kappa``: every
+    ``max``, ``min``, ``abs`` and ``where`` on the sign of a difference ``z`` in ``fn``'s jaxpr
+    keeps its value, and its tangent becomes ``s d pos + (1 - s) d neg``, ``s`` rising from 0
+    at ``z = -2 width`` to 1 at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 +
+    mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A kink whose
+    every use raises it to a power above 1 (ReLU^2) is left as it is, and so is one inside a
+    loop or a branch (``lax.scan``, ``lax.cond``). ``gradient_flow`` evaluates the vector field
+    of any module with kinks this way (its ``kink_width``).
+
+    **Arguments:**
+
+    - `fn`: a function of arrays and pytrees of them (an equinox model's ``__call__``, say)
+      returning a pytree of arrays; non-array leaves are held static.
+    - `kappa`: the relative width; ``0`` gives ``fn`` itself.
+
+    **Returns:** a function with ``fn``'s arguments and values.
+
+    >>> import jax, jax.numpy as jnp, equinox as eqx, wnjax
+    >>> f = wnjax.smooth_kinks(lambda w, x: jax.nn.relu(w @ x), 0.1)
+    >>> w, x = jnp.array([[1.0, -1.0]]), jnp.array([1.0, 1.0])  # z = 0, on the kink
+    >>> float(f(w, x)[0]), jax.grad(lambda w: f(w, x)[0])(w).tolist()
+    (0.0, [[0.5, 0.5]])
+    """
+
+    def smoothed(*args):
+        return _rewrite(fn, kappa, args)[0]
+
+    return fn if not kappa else smoothed
+
+
+def _rewrite(fn: Callable, kappa: float, args) -> tuple[PyTree, _Rewrite]:
+    """``fn(*args)`` evaluated with its kinks smoothed, and the ``_Rewrite`` that did it."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    leaves, treedef = jax.tree_util.tree_flatten(dynamic)
+
+    def flat(*leaves):
+        return fn(*eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static))
+
+    closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    # One jaxpr, its calls inlined (a kink's users may lie outside the call that holds it)
+    inline = _Rewrite(0.0)
+    closed = jax.make_jaxpr(lambda *x: inline.eval(closed.jaxpr, closed.consts, x))(*leaves)
+    rewrite = _Rewrite(kappa, _powered(closed.jaxpr))
+    outs = rewrite.eval(closed.jaxpr, closed.consts, leaves)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), outs), rewrite
+
+
+def _powered(jaxpr) -> frozenset:
+    """The kinked equations of ``jaxpr`` whose every user raises the value to a power above 1
+    (``relu(z)^2``, ``|z|^3``): the derivative of that is continuous, so it is left as it is,
+    as ``MLP`` leaves ReLU^p."""
+    users: dict = {}
+    for eqn in jaxpr.eqns:
+        for v in eqn.invars:
+            if not isinstance(v, Literal):
+                users.setdefault(v, []).append(eqn)
+    outputs = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+
+    def powers(eqn, v) -> bool:
+        name = eqn.primitive.name
+        if name == "integer_pow":
+            return eqn.params["y"] >= 2
+        if name == "pow":
+            e = eqn.invars[1]
+            return eqn.invars[0] is v and isinstance(e, Literal) and float(np.max(e.val)) > 1
+        return name == "mul" and eqn.invars[0] is v and eqn.invars[1] is v
+
+    keep = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _KINKS and eqn.outvars:
+            v = eqn.outvars[0]
+            if v not in outputs and users.get(v) and all(powers(u, v) for u in users[v]):
+                keep.add(eqn)
+    return frozenset(keep)
+
+
+def count_kinks(model: PyTree, X) -> tuple[int, int]:
+    """``(smoothed, left)``: how many kinked operations ``smooth_kinks`` blends in evaluating
+    ``model`` on the rows of ``X`` (an array or a ``jax.ShapeDtypeStruct``; nothing is
+    computed), and how many it leaves as they are (inside a loop or a branch of the model)."""
+    counts = []
+
+    def run(model, X):
+        out, rewrite = _rewrite(apply_batch, 1.0, (model, X))
+        counts.append((rewrite.smoothed, rewrite.left))
+        return out
+
+    eqx.filter_eval_shape(run, model, X)
+    return counts[0]
+
+
+class Smoothed(eqx.Module):
+    """``model`` whose derivative ``smooth_kinks`` blends at its kinks (relative width
+    ``kappa``); called like ``model``, with the same values. ``gradient_flow`` evaluates its
+    vector field through it for a module that is not wnjax's ``MLP`` or ``CNN``."""
+
+    model: PyTree
+    kappa: float = eqx.field(static=True)
+
+    def __call__(self, x, *args, **kwargs):
+        return smooth_kinks(lambda m, x: m(x, *args, **kwargs), self.kappa)(self.model, x)
+
+    def batched(self, X: Array) -> Array:
+        """The outputs on every row of ``X``, smoothed as one batched jaxpr: the width's floor
+        averages over the examples too."""
+        return smooth_kinks(apply_batch, self.kappa)(self.model, X)
+
+
+def unsmoothed(fn: Callable[[PyTree, PyTree], PyTree]) -> Callable:
+    """``fn(grads, params)`` of a plain model, applied inside a ``Smoothed`` pair and wrapped
+    back (a per-neuron rate on the smoothed field)."""
+
+    def apply(grads, params):
+        if isinstance(params, Smoothed):
+            return Smoothed(fn(grads.model, params.model), params.kappa)
+        return fn(grads, params)
+
+    return apply
