@@ -33,14 +33,34 @@ class Maxout(eqx.Module):
 
 
 class ScanReLU(eqx.Module):
-    """Two ReLU layers applied in a ``lax.scan``."""
+    """ReLU layers applied in a ``lax.scan`` (``while_loop=True``: a ``lax.while_loop``)."""
 
     layers: jax.Array
     head: jax.Array
+    while_loop: bool = eqx.field(static=True, default=False)
 
     def __call__(self, x):
+        if self.while_loop:
+            n = self.layers.shape[0]
+            step = lambda c: (c[0] + 1, jax.nn.relu(self.layers[c[0]] @ c[1]))  # noqa: E731
+            return self.head @ jax.lax.while_loop(lambda c: c[0] < n, step, (0, x))[1]
         h, _ = jax.lax.scan(lambda h, W: (jax.nn.relu(W @ h), None), x, self.layers)
         return self.head @ h
+
+
+class BranchNet(eqx.Module):
+    """``sum relu(W x)`` or ``sum |W x|`` by the sign of ``x_0`` (a ``lax.cond``)."""
+
+    W: jax.Array
+
+    def __call__(self, x):
+        def relu(h):
+            return jnp.sum(jax.nn.relu(self.W @ h))
+
+        def absolute(h):
+            return jnp.sum(jnp.abs(self.W @ h))
+
+        return jax.lax.cond(x[0] > 0, relu, absolute, x)
 
 
 def _mlp(activation, depth=1, key=None):
@@ -59,13 +79,13 @@ ACTIVATIONS = {
 }
 
 
-@pytest.mark.parametrize("name", [*ACTIVATIONS, "maxout", "ewn", "wnjax-mlp"])
+@pytest.mark.parametrize("name", [*ACTIVATIONS, "maxout", "ewn", "wnjax-mlp", "scan", "cond"])
 def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
     """With a width far below every ``|z|`` (``kappa = 1e-10``) the smoothed module gives the
     same outputs, bit for bit, and the same gradient (each side's own derivative is taken
     exactly beyond the layer); every kink is counted, through ``vmap``'s moves of a ``where``'s
-    condition and ``jax.nn.relu``'s custom derivative, through EWN, and in wnjax's ``MLP`` with
-    a function for its activation."""
+    condition and ``jax.nn.relu``'s custom derivative, through EWN, in wnjax's ``MLP`` with a
+    function for its activation, in a ``lax.scan``'s body and in a ``lax.cond``'s branches."""
     X = jax.random.normal(jax.random.key(0), (7, 5))
     if name == "maxout":
         model, kinks = Maxout(5, 6, jax.random.key(2)), 1
@@ -73,6 +93,12 @@ def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
         model, kinks = wnjax.ewn(_mlp(jax.nn.relu, depth=2)), 2
     elif name == "wnjax-mlp":  # wnjax's MLP with a function for activation: its dense path
         model, kinks = wnjax.MLP(5, 8, 3, activation=jax.nn.relu, key=jax.random.key(1)), 2
+    elif name == "scan":  # one kink, in the scan's body
+        keys = jax.random.split(jax.random.key(3))
+        layers = jax.random.normal(keys[0], (3, 5, 5))
+        model, kinks = ScanReLU(layers, jax.random.normal(keys[1], (5,))), 1
+    elif name == "cond":  # one kink in each branch
+        model, kinks = BranchNet(jax.random.normal(jax.random.key(3), (6, 5))), 2
     else:
         model, kinks = _mlp(ACTIVATIONS[name], depth=2), 2
     assert count_kinks(model, X) == (kinks, 0)
@@ -118,13 +144,15 @@ def test_on_a_kink_the_derivative_is_the_midpoint_and_off_it_the_sides():
 def test_powers_guards_and_loops_are_left_alone():
     """A kink raised to a power above 1 has a continuous derivative (ReLU^2, ``|z|^3``) and is
     not counted; a ``where`` whose condition is far from changing leaves its derivative
-    exactly as it is; a kink inside ``lax.scan`` is counted as left."""
+    exactly as it is; a kink inside a ``lax.while_loop`` is counted as left."""
     X = jax.random.normal(jax.random.key(0), (4, 5))
     assert count_kinks(_mlp(lambda z: jax.nn.relu(z) ** 2), X) == (0, 0)
     assert count_kinks(_mlp(lambda z: jnp.abs(z) ** 3), X) == (0, 0)
     keys = jax.random.split(jax.random.key(3))
-    scan = ScanReLU(jax.random.normal(keys[0], (2, 5, 5)), jax.random.normal(keys[1], (5,)))
-    assert count_kinks(scan, X) == (0, 1)
+    loop = ScanReLU(
+        jax.random.normal(keys[0], (2, 5, 5)), jax.random.normal(keys[1], (5,)), while_loop=True
+    )
+    assert count_kinks(loop, X) == (0, 1)
 
     def guarded(v):  # v / |v| guarded at v = 0, then a ReLU
         n = jnp.sqrt(jnp.sum(v * v))

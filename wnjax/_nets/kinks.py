@@ -84,6 +84,17 @@ _COMPARE = {"gt": 1.0, "ge": 1.0, "lt": -1.0, "le": -1.0}
 _KINKS = frozenset({"max", "min", "abs", "select_n"})
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 _CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "checkpoint": "jaxpr"}
+# Loops and branches whose jaxprs are smoothed in place: the parameters that hold them.
+_BODIES = {"scan": ("jaxpr",), "cond": ("branches",)}
+
+
+def _bodies(eqn) -> list:
+    """The closed jaxprs a scan or a cond holds."""
+    out = []
+    for key in _BODIES[eqn.primitive.name]:
+        held = eqn.params[key]
+        out.extend(held if isinstance(held, tuple) else [held])
+    return out
 
 
 def _floating(x) -> bool:
@@ -109,7 +120,7 @@ def _may_kink(jaxpr) -> bool:
 
 class _Rewrite:
     """One evaluation of a jaxpr with its kinks smoothed: the values' provenance (bounds and
-    comparisons) and the counts of kinks smoothed and left (inside loops and branches)."""
+    comparisons) and the counts of kinks smoothed and left (inside a ``while_loop``)."""
 
     def __init__(self, kappa: float, keep: frozenset = frozenset()):
         self.kappa = kappa
@@ -166,9 +177,37 @@ class _Rewrite:
             # a custom rule (jax.nn.relu's) gives way to the blend
             jaxpr, consts = _open(eqn.params[_CUSTOM[name]])
             return self.eval(jaxpr, consts, invals)
+        if not self.kappa:
+            return None
+        if name in _BODIES and any(_may_kink(j) for j in _bodies(eqn)):
+            # a scan's body or a cond's branches, each smoothed on its own (their kinks' bounds
+            # come from inside them), bound as the same loop or branch
+            params = dict(eqn.params)
+            for key in _BODIES[name]:
+                held = params[key]
+                new = [
+                    self.smoothed_jaxpr(j) for j in (held if isinstance(held, tuple) else [held])
+                ]
+                params[key] = tuple(new) if isinstance(held, tuple) else new[0]
+            with eqn.ctx.manager:
+                out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+            return list(out) if eqn.primitive.multiple_results else [out]
         if any(_may_kink(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
-            self.left += 1  # a kink inside a loop or a branch: evaluated as it is
+            self.left += 1  # a kink inside a while loop, say: evaluated as it is
         return None
+
+    def smoothed_jaxpr(self, closed):
+        """``closed`` (a loop's body, a branch) with its kinks smoothed: a jaxpr of the same
+        inputs and outputs."""
+        avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+
+        def body(*args):
+            outs, inner = _smooth_jaxpr(closed, self.kappa, args)
+            self.smoothed += inner.smoothed
+            self.left += inner.left
+            return outs
+
+        return jax.make_jaxpr(body)(*avals)
 
     def note(self, eqn, invals, outs) -> None:
         """Record how to bound an output, and which comparison made a predicate."""
@@ -270,8 +309,9 @@ def smooth_kinks(fn: Callable, kappa: float) -> Callable:
     keeps its value, and its tangent becomes ``s d pos + (1 - s) d neg``, ``s`` rising from 0
     at ``z = -2 width`` to 1 at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 +
     mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A kink whose
-    every use raises it to a power above 1 (ReLU^2) is left as it is, and so is one inside a
-    loop or a branch (``lax.scan``, ``lax.cond``). ``gradient_flow`` evaluates the vector field
+    every use raises it to a power above 1 (ReLU^2) is left as it is; the bodies of
+    ``lax.scan`` and the branches of ``lax.cond`` are smoothed in place, a ``while_loop``'s are
+    left as they are. ``gradient_flow`` evaluates the vector field
     of any module with kinks this way (its ``kink_width``).
 
     **Arguments:**
@@ -304,12 +344,18 @@ def _rewrite(fn: Callable, kappa: float, args) -> tuple[PyTree, _Rewrite]:
         return fn(*eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static))
 
     closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
-    # One jaxpr, its calls inlined (a kink's users may lie outside the call that holds it)
-    inline = _Rewrite(0.0)
-    closed = jax.make_jaxpr(lambda *x: inline.eval(closed.jaxpr, closed.consts, x))(*leaves)
-    rewrite = _Rewrite(kappa, _powered(closed.jaxpr))
-    outs = rewrite.eval(closed.jaxpr, closed.consts, leaves)
+    outs, rewrite = _smooth_jaxpr(closed, kappa, leaves)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), outs), rewrite
+
+
+def _smooth_jaxpr(closed, kappa: float, args) -> tuple[list, _Rewrite]:
+    """``closed`` evaluated on ``args`` with its kinks smoothed, and the ``_Rewrite`` that did
+    it: first its calls are inlined into one jaxpr (a kink's users may lie outside the call
+    that holds it), then each kink not raised to a power is blended."""
+    inline = _Rewrite(0.0)
+    flat = jax.make_jaxpr(lambda *x: inline.eval(closed.jaxpr, closed.consts, x))(*args)
+    rewrite = _Rewrite(kappa, _powered(flat.jaxpr))
+    return rewrite.eval(flat.jaxpr, flat.consts, args), rewrite
 
 
 def _powered(jaxpr) -> frozenset:
@@ -344,7 +390,7 @@ def _powered(jaxpr) -> frozenset:
 def count_kinks(model: PyTree, X) -> tuple[int, int]:
     """``(smoothed, left)``: how many kinked operations ``smooth_kinks`` blends in evaluating
     ``model`` on the rows of ``X`` (an array or a ``jax.ShapeDtypeStruct``; nothing is
-    computed), and how many it leaves as they are (inside a loop or a branch of the model)."""
+    computed), and how many it leaves as they are (inside a ``while_loop`` of the model)."""
     counts = []
 
     def run(model, X):
