@@ -249,3 +249,20 @@ def test_examples_on_which_every_unit_is_dead_set_a_floor_the_message_names():
     # their summed exponential loss, exp(-0) each
     assert float(r.stats["stuck_log_loss"]) == pytest.approx(np.log(dead.sum()), abs=1e-12)
     assert "sits at a floor" in r.message and "jump" not in r.message
+
+
+def test_a_module_holding_a_function_keeps_its_states():
+    """``eqx.nn.MLP`` holds its activation, a function, as a field: the saved states of GD and
+    of a plain-time flow (stacked models) come back as that module, one state per save point;
+    the flow's last is its ``final``, and each GD state's loss is the one it logged."""
+    X, y = _data(2, 8)
+    net = _mlp(jax.nn.relu)
+    gd = wnjax.gradient_descent(net, X, y, learning_rate=0.05, num_steps=20, save_states=True)
+    flow = wnjax.gradient_flow(net, X, y, t1=0.5, n_save=3, save_states=True)
+    assert gd.states.activation is jax.nn.relu and flow.states.activation is jax.nn.relu
+    assert flow.states.layers[0].weight.shape == (3, 8, 5)
+    for a, b in zip(_leaves(flow.final), _leaves(flow.states)):
+        np.testing.assert_allclose(b[-1], a, rtol=1e-12, atol=1e-14)
+    for k in range(gd.states.layers[0].weight.shape[0]):
+        state = jax.tree_util.tree_map(lambda a: a[k] if eqx.is_array(a) else a, gd.states)
+        assert float(wnjax.log_loss(state, X, y)) == pytest.approx(float(gd.log_loss[k]), rel=1e-12)
