@@ -533,6 +533,21 @@ def test_xor_outcome_across_seeds():
 
 
 @pytest.mark.slow
+def test_xor_flow_on_relu_keeps_the_papers_counts():
+    """The exact flow on the paper's plain ReLU (its kinks smoothed), 3 seeds: every run reaches
+    log L = -50 at accuracy 1; EWN keeps a median of at most 6 neurons (GD's seeds keep 4-7 in
+    10-90% of draws), SWN 16 +- 3 on average; the unnormalized net keeps all 20 (the paper: ~4,
+    ~16, 20)."""
+    sim = xor.simulate(3, dynamics="flow", target=-50.0)  # the command's own seeds
+    kept = {k: (r["rel"] > xor.THRESHOLD).sum(1) for k, r in sim.items()}
+    for r in sim.values():
+        assert np.all(r["ok"]) and np.all(r["accuracy"] == 1.0)
+    assert np.median(kept["ewn"]) <= 6 and np.mean(kept["ewn"]) < np.mean(kept["swn"]) / 2
+    assert abs(np.mean(kept["swn"]) - 16) <= 3
+    assert np.all(kept["standard"] == xor.WIDTH)
+
+
+@pytest.mark.slow
 def test_lin_sep_flow_ewn_reaches_target_sooner_than_swn():
     """lin-sep, exact loss-normalized flow, 3 seeds: every run reaches log L = -300, and EWN gets
     there at a plain time t at least e^2 ~ 7x earlier than SWN on every seed (the paper: EWN
