@@ -112,9 +112,13 @@ def test_relu_flow_follows_gradient_descent_as_its_step_vanishes():
     them. With the default kink width (``1e-4``) it reaches ``t = 1``, and its weights (of size
     ~1.4) agree with gradient descent written out by hand as ``eta -> 0`` (``eta = 1e-5, 1e-6``,
     extrapolated linearly: Euler's error is ``O(eta)``) to ``3.5 kappa`` (measured: 2.3).
-    ``final`` keeps ReLU's own derivative; ``stats['kink_width']`` holds the width used."""
+    ``final`` keeps ReLU's own derivative; ``stats['kink_width']`` holds the width used.
+
+    The same net as ``eqx.nn.MLP`` with ``jax.nn.relu`` (the field through ``smooth_kinks``): the
+    same holds, and with ``kink_width=0`` the message says to leave it unset."""
     X, y = _data(0)
-    net = wnjax.MLP(5, 8, 2, key=jax.random.key(100))
+    key = jax.random.key(100)
+    net = wnjax.MLP(5, 8, 2, key=key)
     W1, W2 = net.layers[0].weight, net.layers[1].weight
     coarse, fine = _gd_weights(W1, W2, X, y, 1e-5, 1.0), _gd_weights(W1, W2, X, y, 1e-6, 1.0)
     reference = fine + (fine - coarse) / 9
@@ -131,6 +135,17 @@ def test_relu_flow_follows_gradient_descent_as_its_step_vanishes():
     assert np.max(np.abs(fine - coarse)) < 1e-4  # Euler's own error, 10x smaller still
     assert err < 3.5e-4, err
     assert r.final.activation.kink == 0.0  # the model handed back is the plain one
+    mlp = eqx.nn.MLP(5, "scalar", 8, 1, jax.nn.relu, use_bias=False, use_final_bias=False, key=key)
+    mlp = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[1].weight), mlp, (W1, W2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        exact = wnjax.gradient_flow(mlp, X, y, t1=1.0, kink_width=0.0, max_steps=1000, throw=False)
+    assert not bool(exact.ok) and "leave kink_width unset" in exact.message
+    r = wnjax.gradient_flow(mlp, X, y, t1=1.0)
+    assert bool(r.ok) and float(r.stats["kink_width"]) == 1e-4 and "model's kinks" in r.message
+    got = np.concatenate([np.ravel(a) for a in _leaves(r.final)])
+    assert np.max(np.abs(got - reference)) < 3.5e-4, np.max(np.abs(got - reference))
+    assert r.final.activation is jax.nn.relu
 
 
 @pytest.mark.slow

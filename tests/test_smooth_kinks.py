@@ -1,15 +1,13 @@
 """Any module's kinks (``jax.nn.relu``, leaky ReLU, ``abs``, ``where``, maxout): the vector
 field blends the derivatives of the two sides (``wnjax.smooth_kinks``), and the flow it gives
-follows gradient descent as the step vanishes."""
-
-import warnings
+follows gradient descent as the step vanishes (``test_kinks``)."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_kinks import _data, _gd_weights, _leaves
+from test_kinks import _data, _leaves
 
 import wnjax
 from wnjax._nets.kinks import count_kinks
@@ -148,6 +146,10 @@ def test_powers_guards_and_loops_are_left_alone():
     X = jax.random.normal(jax.random.key(0), (4, 5))
     assert count_kinks(_mlp(lambda z: jax.nn.relu(z) ** 2), X) == (0, 0)
     assert count_kinks(_mlp(lambda z: jnp.abs(z) ** 3), X) == (0, 0)
+    assert count_kinks(eqx.nn.Linear(5, "scalar", use_bias=False, key=jax.random.key(0)), X) == (
+        0,
+        0,
+    )
     keys = jax.random.split(jax.random.key(3))
     loop = ScanReLU(
         jax.random.normal(keys[0], (2, 5, 5)), jax.random.normal(keys[1], (5,)), while_loop=True
@@ -161,35 +163,6 @@ def test_powers_guards_and_loops_are_left_alone():
     v = jnp.array([0.3, -1.0, 0.5, 2.0, -0.7])
     smooth = jax.jacobian(wnjax.smooth_kinks(guarded, 1e-10))(v)
     np.testing.assert_allclose(np.asarray(smooth), np.asarray(jax.jacobian(guarded)(v)), rtol=1e-14)
-
-
-def test_an_equinox_relu_mlps_flow_follows_gradient_descent():
-    """``eqx.nn.MLP`` with ``jax.nn.relu`` (the weights of ``test_kinks``' 5-8-1 net, whose flow
-    slides): with its own derivative (``kink_width=0``) the run is held to tiny steps and runs
-    out of them, and the message says to leave ``kink_width`` unset; with the default the
-    field is smoothed, the run reaches ``t = 1`` and its weights agree with gradient descent
-    as ``eta -> 0`` to ``3.5 kappa`` (measured: 2.3). ``final`` is the module as given."""
-    X, y = _data(0)
-    net = wnjax.MLP(5, 8, 2, key=jax.random.key(100))
-    W1, W2 = net.layers[0].weight, net.layers[1].weight
-    coarse, fine = _gd_weights(W1, W2, X, y, 1e-5, 1.0), _gd_weights(W1, W2, X, y, 1e-6, 1.0)
-    reference = fine + (fine - coarse) / 9
-    mlp = eqx.tree_at(
-        lambda m: (m.layers[0].weight, m.layers[1].weight), _mlp(jax.nn.relu), (W1, W2)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        exact = wnjax.gradient_flow(mlp, X, y, t1=1.0, kink_width=0.0, max_steps=3000, throw=False)
-    assert not bool(exact.ok) and "leave kink_width unset" in exact.message
-    r = wnjax.gradient_flow(mlp, X, y, t1=1.0)
-    assert bool(r.ok) and float(r.stats["kink_width"]) == 1e-4, r.message
-    assert "model's kinks" in r.message
-    got = np.concatenate([np.ravel(a) for a in _leaves(r.final)])
-    assert np.max(np.abs(got - reference)) < 3.5e-4, np.max(np.abs(got - reference))
-    assert r.final.activation is jax.nn.relu
-    # a model without kinks is left as it is
-    lin = eqx.nn.Linear(5, "scalar", use_bias=False, key=jax.random.key(0))
-    assert float(wnjax.gradient_flow(lin, X, y, t1=1.0).stats["kink_width"]) == 0.0
 
 
 def _margin_data(seed, n=24, d=5):
