@@ -46,6 +46,22 @@ class ScanReLU(eqx.Module):
         return self.head @ h
 
 
+class Checkpointed(eqx.Module):
+    """A ReLU layer under ``jax.checkpoint``, with a ``jax.debug.callback`` (an effect, no
+    output) on its pre-activations."""
+
+    layer: eqx.nn.Linear
+    head: eqx.nn.Linear
+
+    def __call__(self, x):
+        def hidden(x):
+            z = self.layer(x)
+            jax.debug.callback(lambda z: None, z)
+            return jax.nn.relu(z)
+
+        return self.head(jax.checkpoint(hidden)(x))
+
+
 class BranchNet(eqx.Module):
     """``sum relu(W x)`` or ``sum |W x|`` by the sign of ``x_0`` (a ``lax.cond``)."""
 
@@ -77,13 +93,16 @@ ACTIVATIONS = {
 }
 
 
-@pytest.mark.parametrize("name", [*ACTIVATIONS, "maxout", "ewn", "wnjax-mlp", "scan", "cond"])
+@pytest.mark.parametrize(
+    "name", [*ACTIVATIONS, "maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint"]
+)
 def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
     """With a width far below every ``|z|`` (``kappa = 1e-10``) the smoothed module gives the
     same outputs, bit for bit, and the same gradient (each side's own derivative is taken
     exactly beyond the layer); every kink is counted, through ``vmap``'s moves of a ``where``'s
     condition and ``jax.nn.relu``'s custom derivative, through EWN, in wnjax's ``MLP`` with a
-    function for its activation, in a ``lax.scan``'s body and in a ``lax.cond``'s branches."""
+    function for its activation, in a ``lax.scan``'s body, in a ``lax.cond``'s branches, and
+    under ``jax.checkpoint`` beside an effect."""
     X = jax.random.normal(jax.random.key(0), (7, 5))
     if name == "maxout":
         model, kinks = Maxout(5, 6, jax.random.key(2)), 1
@@ -97,6 +116,10 @@ def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
         model, kinks = ScanReLU(layers, jax.random.normal(keys[1], (5,))), 1
     elif name == "cond":  # one kink in each branch
         model, kinks = BranchNet(jax.random.normal(jax.random.key(3), (6, 5))), 2
+    elif name == "checkpoint":
+        k1, k2 = jax.random.split(jax.random.key(4))
+        layer = eqx.nn.Linear(5, 6, use_bias=False, key=k1)
+        model, kinks = Checkpointed(layer, eqx.nn.Linear(6, "scalar", use_bias=False, key=k2)), 1
     else:
         model, kinks = _mlp(ACTIVATIONS[name], depth=2), 2
     assert count_kinks(model, X) == (kinks, 0)

@@ -2181,7 +2181,16 @@ def _resolve_kink_width(kink_width, p, X, rtol) -> float:
     if _own_activation(p):
         kinked = _activation(p).jumps
     else:
-        kinked = count_kinks(p, jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype))[0] > 0
+        try:
+            kinked = count_kinks(p, jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype))[0] > 0
+        except Exception as err:  # an operation the rewrite cannot evaluate
+            warnings.warn(
+                f"gradient_flow could not read the model's kinks ({type(err).__name__}: {err}); "
+                "its field uses the model's own derivative, as with kink_width=0.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return 0.0
     if not kinked:
         return 0.0
     return default_kink_width(rtol) if kink_width is None else float(kink_width)

@@ -83,7 +83,12 @@ _COMPARE = {"gt": 1.0, "ge": 1.0, "lt": -1.0, "le": -1.0}
 # Operations with a kink, and those that hold a jaxpr that may hold one.
 _KINKS = frozenset({"max", "min", "abs", "select_n"})
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
-_CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "checkpoint": "jaxpr"}
+_CUSTOM = {
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "checkpoint": "jaxpr",
+    "remat2": "jaxpr",  # jax.checkpoint
+}
 # Loops and branches whose jaxprs are smoothed in place: the parameters that hold them.
 _BODIES = {"scan": ("jaxpr",), "cond": ("branches",)}
 
@@ -211,6 +216,8 @@ class _Rewrite:
 
     def note(self, eqn, invals, outs) -> None:
         """Record how to bound an output, and which comparison made a predicate."""
+        if not outs:  # an effect (jax.debug.callback, say)
+            return
         name, out = eqn.primitive.name, outs[0]
         if name in _COMPARE and len(invals) == 2 and _floating(invals[0]):
             self.compares[id(out)] = (out, invals[0], invals[1], _COMPARE[name], jnp.shape(out), [])
