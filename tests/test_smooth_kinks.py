@@ -163,12 +163,15 @@ def test_on_a_kink_the_derivative_is_the_midpoint_and_off_it_the_sides():
 
 
 def test_powers_guards_and_loops_are_left_alone():
-    """A kink raised to a power above 1 has a continuous derivative (ReLU^2, ``|z|^3``) and is
-    not counted; a ``where`` whose condition is far from changing leaves its derivative
-    exactly as it is; a kink inside a ``lax.while_loop`` is counted as left."""
+    """A kink raised to a power above 1 has a continuous derivative (ReLU^2 as ``**``,
+    ``jnp.square`` or ``jnp.power``, ``|z|^3``, ReLU^1.5) and is not counted; a ``where``
+    whose condition is far from changing leaves its derivative exactly as it is; a kink inside
+    a ``lax.while_loop`` is counted as left."""
     X = jax.random.normal(jax.random.key(0), (4, 5))
     assert count_kinks(_mlp(lambda z: jax.nn.relu(z) ** 2), X) == (0, 0)
     assert count_kinks(_mlp(lambda z: jnp.abs(z) ** 3), X) == (0, 0)
+    assert count_kinks(_mlp(lambda z: jnp.square(jax.nn.relu(z))), X) == (0, 0)
+    assert count_kinks(_mlp(lambda z: jnp.power(jax.nn.relu(z), 1.5)), X) == (0, 0)
     assert count_kinks(eqx.nn.Linear(5, "scalar", use_bias=False, key=jax.random.key(0)), X) == (
         0,
         0,

@@ -380,6 +380,8 @@ def _powered(jaxpr) -> frozenset:
         name = eqn.primitive.name
         if name == "integer_pow":
             return eqn.params["y"] >= 2
+        if name == "square":
+            return True
         if name == "pow":
             e = eqn.invars[1]
             return eqn.invars[0] is v and isinstance(e, Literal) and float(np.max(e.val)) > 1
