@@ -206,7 +206,7 @@ def test_equinox_modules_with_kinks_reach_deep_targets_with_the_defaults(name):
     EWN; two seeds: every normalized flow reaches log L = -300 with the defaults (with the
     module's own derivative none of the 18 ReLU and leaky runs did: each ran out of 100,000
     steps at log L between 0.4 and 3). EWN's flow is the rate-scaled one on the smoothed field
-    too (``flow_equivalence``)."""
+    too (``flow_equivalence``, on the ReLU net)."""
     for seed in range(2):
         X, y = _margin_data(seed)
         key = jax.random.key(100 + seed)
@@ -220,8 +220,9 @@ def test_equinox_modules_with_kinks_reach_deep_targets_with_the_defaults(name):
                     parameterize(net), X, y, time="normalized", target_log_loss=-300.0
                 )
                 assert bool(r.ok) and bool(r.reached_target), (seed, r.message)
-    check = wnjax.flow_equivalence(nets[0], X, y, t1=1.0)
-    assert check["ewn_max_rel_err"] < 1e-6, check
+    if name == "relu":
+        check = wnjax.flow_equivalence(nets[0], X, y, t1=1.0)
+        assert check["ewn_max_rel_err"] < 1e-6, check
 
 
 @pytest.mark.slow
