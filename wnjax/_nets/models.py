@@ -16,25 +16,17 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.dense import apply_each, dense
-from wnjax._nets.kinks import kink_slope
+from wnjax._nets.kinks import kink_blend
 from wnjax._nets.neurons import has_bias, row_norms
 from wnjax._runtime.errors import InvalidInput
 
 
-@jax.custom_jvp
 def kinked_relu(z: Array, width: Array) -> Array:
     """``max(z, 0)``, exactly, whose derivative is ``kink_slope(z, width)``: 1/2 at the kink,
-    rising from 0 at ``z = -2 width`` to 1 at ``z = 2 width``, ReLU's own beyond.
-    Forward-over-reverse (a Jacobian of a gradient) differentiates the slope. ``width`` is held
-    constant (its tangent is dropped)."""
-    return jax.nn.relu(z)
-
-
-@kinked_relu.defjvp
-def _kinked_relu_jvp(primals, tangents):
-    z, width = primals
-    dz, _ = tangents
-    return jax.nn.relu(z), kink_slope(z, width) * dz
+    rising from 0 at ``z = -2 width`` to 1 at ``z = 2 width``, ReLU's own beyond (``kink_blend``
+    of the sides ``z`` and ``0``). Forward-over-reverse (a Jacobian of a gradient)
+    differentiates the slope. ``width`` is held constant (its tangent is dropped)."""
+    return kink_blend(z, width, jax.nn.relu(z), z, jnp.zeros_like(z))
 
 
 class ReLUPower(eqx.Module):
