@@ -1962,8 +1962,10 @@ def gradient_flow(
       shrinks to 0; on any other module (``eqx.nn.MLP`` with ``jax.nn.relu``, leaky ReLU,
       ``jnp.abs``, a maxout) every ``max``, ``min``, ``abs`` and ``where`` on the sign of a
       difference is blended, ``s`` the same bound on ``|z|`` from the weights and inputs of
-      the product that made it (``wnjax.smooth_kinks``); a kink raised to a power above 1
-      (ReLU^2) has a continuous derivative and is left as it is. The path is the Filippov
+      the product that made it, and every many-way maximum (max pooling, ``jnp.max``) shares
+      its derivative among the entries near it (``wnjax.smooth_kinks``); a kink whose value
+      there is 0, raised to a power above 1 (ReLU^2), has a continuous derivative and is left
+      as it is. The path is the Filippov
       solution's to ``O(kappa)``: on 5-8-1 ReLU nets that slide, three data sets each, the
       weights (of size ~1.4) at ``t = 1`` lie within ``1.2-3.4 kappa`` of gradient descent's
       as its step vanishes (``kappa = 1e-3, 1e-4, 1e-5``). ``None``:

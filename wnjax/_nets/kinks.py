@@ -12,7 +12,9 @@ wherever its condition is not within two widths of changing. The width is
 degree: for ``z = W h`` (a ``dot_general`` or a convolution), Cauchy-Schwarz's
 ``||w_u|| ||h||`` per output (the patch norm for a convolution); the mean is over the site's
 elements, a floor that keeps the width finite where a unit shrinks through zero. This is
-``MLP``'s and ``CNN``'s ``kinked_relu`` for any module.
+``MLP``'s and ``CNN``'s ``kinked_relu`` for any module. A many-way maximum (``jnp.max``,
+max pooling) passes on its derivative blended over the entries near the maximum
+(``max_blend``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,26 @@ def _kink_blend_jvp(primals, tangents):
     return out, jnp.where(s >= 1, dpos, jnp.where(s <= 0, dneg, blend))
 
 
+@jax.custom_jvp
+def max_blend(xs: Array, width: Array, out: Array) -> Array:
+    """``out`` (``= max`` of ``xs`` over its last axis) with the tangent ``sum_i w_i d xs_i``,
+    ``w_i = phi_i / sum_j phi_j``, ``phi_i = kink_slope(xs_i - out + 2 width, width)``: 1 for
+    the maximizers, 0 for entries ``4 width`` or more below, so ``k`` tied entries have
+    ``1/k`` each and a maximizer clear of the others its own derivative, exactly. The
+    tangents of ``width`` and ``out`` are dropped."""
+    return out
+
+
+@max_blend.defjvp
+def _max_blend_jvp(primals, tangents):
+    xs, width, out = primals
+    dxs = jnp.broadcast_to(tangents[0], jnp.shape(xs)).astype(jnp.result_type(out))
+    gap = jnp.where(xs == out[..., None], 0.0, xs - out[..., None])  # 0 also for -inf ties
+    w = width[..., None]
+    phi = kink_slope(gap + 2.0 * w, w)
+    return out, jnp.sum(phi * dxs, axis=-1) / jnp.sum(phi, axis=-1)
+
+
 # Operations whose bound is the same operation applied to the bound of their first operand.
 _SHAPE_OPS = frozenset(
     {
@@ -78,10 +100,13 @@ _SHAPE_OPS = frozenset(
 _MOVES = frozenset(
     {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev"}
 )
+# Many-way maxima (``jnp.max``, max pooling) and minima: the sign they are taken with.
+_REDUCE = {"reduce_max": 1.0, "reduce_min": -1.0}
+_WINDOW = {"reduce_window_max": 1.0, "reduce_window_min": -1.0}
 # Comparisons: True where ``sign (a - b) > 0``.
 _COMPARE = {"gt": 1.0, "ge": 1.0, "lt": -1.0, "le": -1.0}
 # Operations with a kink, and those that hold a jaxpr that may hold one.
-_KINKS = frozenset({"max", "min", "abs", "select_n"})
+_KINKS = frozenset({"max", "min", "abs", "select_n", *_REDUCE, *_WINDOW})
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 _CUSTOM = {
     "custom_jvp_call": "call_jaxpr",
@@ -165,7 +190,7 @@ class _Rewrite:
                     ans = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
                 outs = list(ans) if eqn.primitive.multiple_results else [ans]
                 if eqn.primitive.name in _KINKS and self.kappa and eqn not in self.keep:
-                    outs = [self.smooth(eqn.primitive.name, invals, outs[0])]
+                    outs = [self.smooth(eqn.primitive.name, invals, outs[0], eqn.params)]
                 else:
                     self.note(eqn, invals, outs)
             for v, x in zip(eqn.outvars, outs):
@@ -252,10 +277,12 @@ class _Rewrite:
             return
         self.bounds[id(out)] = (out, thunk)
 
-    def smooth(self, name: str, invals, out):
+    def smooth(self, name: str, invals, out, params: dict):
         """``out`` of a kinked operation, its derivative blended across the kink."""
         if not _floating(out):
             return out
+        if name in _REDUCE or name in _WINDOW:
+            return self.smooth_many(name, invals[0], out, params)
         if name == "abs":
             (x,) = invals
             z, pos, neg, bsq = x, x, -x, self.bound(x) ** 2
@@ -282,9 +309,58 @@ class _Rewrite:
             pos, neg = cases[1], cases[0]
             bsq = moved(self.bound(a) ** 2 + self.bound(b) ** 2)
         bsq = jnp.broadcast_to(bsq, jnp.shape(out))
-        width = self.kappa * jnp.sqrt(bsq + jnp.mean(bsq))
         self.smoothed += 1
-        return kink_blend(z, jax.lax.stop_gradient(width.astype(out.dtype)), out, pos, neg)
+        return kink_blend(z, self.width(bsq, out.dtype), out, pos, neg)
+
+    def width(self, bsq: Array, dtype) -> Array:
+        """``kappa sqrt(b^2 + mean b^2)`` of a site whose kinks have ``|z| <= b``."""
+        width = self.kappa * jnp.sqrt(bsq + jnp.mean(bsq))
+        return jax.lax.stop_gradient(width.astype(dtype))
+
+    def smooth_many(self, name: str, x: Array, out: Array, params: dict) -> Array:
+        """``out``, a maximum (minimum) of ``x`` over axes or windows, its derivative blended
+        over the entries within ``4 width`` of it (``max_blend``)."""
+        sign = _REDUCE.get(name, _WINDOW.get(name))
+        bound = self.bound(x)
+        if name in _REDUCE:
+            axes = tuple(params["axes"])
+            xs, bs = (_gather_axes(v, axes) for v in (x, bound))
+        else:
+            if any(d != 1 for d in params["base_dilation"]):
+                self.left += 1  # a transposed pooling: left as it is
+                return out
+            xs = _gather_windows(x, -sign * jnp.inf, params)
+            bs = _gather_windows(bound, 0.0, params)
+        if xs.shape[-1] == 1:  # a maximum over one entry: no kink
+            return out
+        self.smoothed += 1
+        bsq = 2.0 * jnp.max(bs * bs, axis=-1)  # |x_i - x_j| <= b_i + b_j
+        result = sign * max_blend(sign * xs, self.width(bsq, out.dtype), sign * out)
+        self.bounds[id(result)] = (result, jnp.max(bs, axis=-1))
+        return result
+
+
+def _gather_axes(x: Array, axes: tuple) -> Array:
+    """``x`` with ``axes`` moved to the end and flattened into one."""
+    keep = [d for d in range(x.ndim) if d not in axes]
+    x = jnp.transpose(x, (*keep, *axes))
+    return x.reshape(*x.shape[: len(keep)], -1)
+
+
+def _gather_windows(x: Array, fill, params: dict) -> Array:
+    """The windows of a ``reduce_window`` of ``x`` (padded with ``fill``), their entries along
+    a new last axis: ``out[i, k]`` is the ``k``-th entry of window ``i``."""
+    dims, strides = params["window_dimensions"], params["window_strides"]
+    dilation = params["window_dilation"]
+    x = jax.lax.pad(x, jnp.asarray(fill, x.dtype), [(lo, hi, 0) for lo, hi in params["padding"]])
+    span = [(w - 1) * d + 1 for w, d in zip(dims, dilation)]
+    count = [(n - s) // st + 1 for n, s, st in zip(x.shape, span, strides)]
+    entries = []
+    for offset in np.ndindex(*dims):
+        start = [o * d for o, d in zip(offset, dilation)]
+        limit = [s + (c - 1) * st + 1 for s, c, st in zip(start, count, strides)]
+        entries.append(jax.lax.slice(x, start, limit, strides))
+    return jnp.stack(entries, axis=-1)
 
 
 def _dot_bound(a: Array, b: Array, params: dict) -> Array:
@@ -315,8 +391,10 @@ def smooth_kinks(fn: Callable, kappa: float) -> Callable:
     ``max``, ``min``, ``abs`` and ``where`` on the sign of a difference ``z`` in ``fn``'s jaxpr
     keeps its value, and its tangent becomes ``s d pos + (1 - s) d neg``, ``s`` rising from 0
     at ``z = -2 width`` to 1 at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 +
-    mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A kink whose
-    every use raises it to a power above 1 (ReLU^2) is left as it is; the bodies of
+    mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A maximum over
+    axes or windows (``jnp.max``, max pooling; minima likewise) passes on the derivatives of
+    the entries within ``4 width`` of it, blended (``max_blend``). A kink whose value there is
+    0 and whose every use raises it to a power above 1 (ReLU^2) is left as it is; the bodies of
     ``lax.scan`` and the branches of ``lax.cond`` are smoothed in place, a ``while_loop``'s are
     left as they are. ``gradient_flow`` evaluates the vector field
     of any module with kinks this way (its ``kink_width``).
@@ -365,11 +443,42 @@ def _smooth_jaxpr(closed, kappa: float, args) -> tuple[list, _Rewrite]:
     return rewrite.eval(flat.jaxpr, flat.consts, args), rewrite
 
 
+def _zero(v, defs: dict) -> bool:
+    """Whether ``v`` is a literal zero, or one broadcast or converted."""
+    while not isinstance(v, Literal):
+        eqn = defs.get(v)
+        if eqn is None or eqn.primitive.name not in ("broadcast_in_dim", "convert_element_type"):
+            return False
+        v = eqn.invars[0]
+    return bool(np.all(np.asarray(v.val) == 0))
+
+
+def _zero_at_kink(eqn, defs: dict) -> bool:
+    """Whether a kinked equation's value is 0 on its kink: ``|z|``, ``max(z, 0)``, a ``where``
+    on the sign of ``z`` itself (``z > 0``); not ``max(a, b)``, whose value there is ``a``."""
+    name = eqn.primitive.name
+    if name == "abs":
+        return True
+    if name in ("max", "min"):
+        return any(_zero(v, defs) for v in eqn.invars)
+    if name != "select_n" or len(eqn.invars) != 3:
+        return False
+    pred = defs.get(eqn.invars[0])
+    while pred is not None and pred.primitive.name in _MOVES:
+        pred = defs.get(pred.invars[0])
+    return (
+        pred is not None
+        and pred.primitive.name in _COMPARE
+        and any(_zero(v, defs) for v in pred.invars)
+    )
+
+
 def _powered(jaxpr) -> frozenset:
-    """The kinked equations of ``jaxpr`` whose every user raises the value to a power above 1
-    (``relu(z)^2``, ``|z|^3``): the derivative of that is continuous, so it is left as it is,
-    as ``MLP`` leaves ReLU^p."""
+    """The kinked equations of ``jaxpr`` whose value is 0 on the kink and whose every user
+    raises it to a power above 1 (``relu(z)^2``, ``|z|^3``): the derivative of that is
+    continuous, so it is left as it is, as ``MLP`` leaves ReLU^p."""
     users: dict = {}
+    defs = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
     for eqn in jaxpr.eqns:
         for v in eqn.invars:
             if not isinstance(v, Literal):
@@ -389,7 +498,7 @@ def _powered(jaxpr) -> frozenset:
 
     keep = set()
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name in _KINKS and eqn.outvars:
+        if eqn.primitive.name in _KINKS and eqn.outvars and _zero_at_kink(eqn, defs):
             v = eqn.outvars[0]
             if v not in outputs and users.get(v) and all(powers(u, v) for u in users[v]):
                 keep.add(eqn)
