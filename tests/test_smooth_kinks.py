@@ -14,20 +14,22 @@ from wnjax._nets.kinks import _rewrite, count_kinks
 
 
 class Maxout(eqx.Module):
-    """``a . max(W1 x, W2 x)``: 1-homogeneous, with a kink where ``W1 x = W2 x``."""
+    """``a . max(W1 x, W2 x)^p``: homogeneous, with a kink where ``W1 x = W2 x``."""
 
     first: eqx.nn.Linear
     second: eqx.nn.Linear
     head: eqx.nn.Linear
+    power: int = eqx.field(static=True)
 
-    def __init__(self, d, width, key):
+    def __init__(self, d, width, key, power=1):
         k1, k2, k3 = jax.random.split(key, 3)
         self.first = eqx.nn.Linear(d, width, use_bias=False, key=k1)
         self.second = eqx.nn.Linear(d, width, use_bias=False, key=k2)
         self.head = eqx.nn.Linear(width, "scalar", use_bias=False, key=k3)
+        self.power = power
 
     def __call__(self, x):
-        return self.head(jnp.maximum(self.first(x), self.second(x)))
+        return self.head(jnp.maximum(self.first(x), self.second(x)) ** self.power)
 
 
 class ScanReLU(eqx.Module):
@@ -211,10 +213,22 @@ def test_a_tie_of_a_many_way_max_shares_the_derivative():
         np.testing.assert_allclose(jax.grad(wnjax.smooth_kinks(pooled, 0.1))(W), want, atol=1e-15)
 
 
-def test_powers_guards_and_loops_are_left_alone():
+class Preprocessed(eqx.Module):
+    """``mlp`` on features of the input made with ``abs``, ``where`` and ``max``: kinks of the
+    data alone."""
+
+    mlp: eqx.nn.MLP
+
+    def __call__(self, x):
+        return self.mlp(jnp.abs(x) * jnp.where(x > 0, 1.0, -1.0) + jnp.maximum(x, 0.0))
+
+
+def test_powers_data_masks_guards_and_loops_are_left_alone():
     """A kink whose value there is 0, raised to a power above 1, has a continuous derivative
     (ReLU^2 as ``**``, ``jnp.square`` or ``jnp.power``, ``|z|^3``, ReLU^1.5, leaky ReLU^2) and is
-    not counted; one whose value there is not 0 is (``max(z, 1)^2``, maxout squared); a ``where``
+    not counted; one whose value there is not 0 is (``max(z, 1)^2``, maxout squared); kinks on
+    the data alone (features ``|x|``, ``max(x, 0)``) are no kinks of the derivative in the
+    weights, so a ReLU^2 net on them has none and its flow says nothing of kinks; a ``where``
     whose condition is far from changing leaves its derivative exactly as it is; a kink inside
     a ``lax.while_loop`` is counted as left."""
     X = jax.random.normal(jax.random.key(0), (4, 5))
@@ -224,8 +238,12 @@ def test_powers_guards_and_loops_are_left_alone():
     assert count_kinks(_mlp(lambda z: jnp.power(jax.nn.relu(z), 1.5)), X) == (0, 0)
     assert count_kinks(_mlp(lambda z: jax.nn.leaky_relu(z, 0.1) ** 2), X) == (0, 0)
     assert count_kinks(_mlp(lambda z: jnp.maximum(z, 1.0) ** 2), X) == (1, 0)
-    squared = lambda m: lambda x: m(x) ** 2  # noqa: E731
-    assert count_kinks(squared(Maxout(5, 3, jax.random.key(0))), X) == (1, 0)
+    assert count_kinks(Maxout(5, 3, jax.random.key(0), power=2), X) == (1, 0)
+    assert count_kinks(Preprocessed(_mlp(jax.nn.relu)), X) == (1, 0)
+    smooth_net = Preprocessed(_mlp(lambda z: jax.nn.relu(z) ** 2))
+    assert count_kinks(smooth_net, X) == (0, 0)
+    r = wnjax.gradient_flow(smooth_net, X, jnp.sign(X[:, 0]), t1=1.0)
+    assert float(r.stats["kink_width"]) == 0 and "kink" not in r.message
     assert count_kinks(eqx.nn.Linear(5, "scalar", use_bias=False, key=jax.random.key(0)), X) == (
         0,
         0,

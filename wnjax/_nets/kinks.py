@@ -149,8 +149,9 @@ def _may_kink(jaxpr) -> bool:
 
 
 class _Rewrite:
-    """One evaluation of a jaxpr with its kinks smoothed: the values' provenance (bounds and
-    comparisons) and the counts of kinks smoothed and left (inside a ``while_loop``)."""
+    """One evaluation of a jaxpr with its kinks smoothed: the values' provenance (bounds,
+    comparisons, and which depend on the arguments differentiated) and the counts of kinks
+    smoothed and left (inside a ``while_loop``)."""
 
     def __init__(self, kappa: float, keep: frozenset = frozenset()):
         self.kappa = kappa
@@ -158,8 +159,16 @@ class _Rewrite:
         self.bounds: dict[int, tuple] = {}  # id(value) -> (value, thunk or bound)
         # id(pred) -> (pred, a, b, sign, shape, moves): pred = moves(sign (a - b) > 0)
         self.compares: dict[int, tuple] = {}
+        self.live: dict[int, object] = {}  # id(value) -> value: depends on the arguments
         self.smoothed = 0
         self.left = 0
+
+    def mark(self, x) -> None:
+        self.live[id(x)] = x
+
+    def is_live(self, *xs) -> bool:
+        """Whether any of ``xs`` depends on the arguments the kinks are smoothed in."""
+        return any(self.live.get(id(x)) is x for x in xs)
 
     def bound(self, x) -> Array:
         """A bound on ``|x|`` of ``x``'s degree, constant to differentiation."""
@@ -193,6 +202,9 @@ class _Rewrite:
                     outs = [self.smooth(eqn.primitive.name, invals, outs[0], eqn.params)]
                 else:
                     self.note(eqn, invals, outs)
+            if self.is_live(*invals):
+                for x in outs:
+                    self.mark(x)
             for v, x in zip(eqn.outvars, outs):
                 env[v] = x
         return [read(v) for v in jaxpr.outvars]
@@ -208,6 +220,8 @@ class _Rewrite:
             jaxpr, consts = _open(eqn.params[_CUSTOM[name]])
             return self.eval(jaxpr, consts, invals)
         if not self.kappa:
+            return None
+        if not self.is_live(*invals):  # on the data alone: no kink of the derivative
             return None
         if name in _BODIES and any(_may_kink(j) for j in _bodies(eqn)):
             # a scan's body or a cond's branches, each smoothed on its own (their kinks' bounds
@@ -232,7 +246,7 @@ class _Rewrite:
         avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
 
         def body(*args):
-            outs, inner = _smooth_jaxpr(closed, self.kappa, args)
+            outs, inner = _smooth_jaxpr(closed, self.kappa, args, [True] * len(args))
             self.smoothed += inner.smoothed
             self.left += inner.left
             return outs
@@ -278,8 +292,15 @@ class _Rewrite:
         self.bounds[id(out)] = (out, thunk)
 
     def smooth(self, name: str, invals, out, params: dict):
-        """``out`` of a kinked operation, its derivative blended across the kink."""
+        """``out`` of a kinked operation, its derivative blended across the kink (a kink on
+        the data alone is left as it is)."""
         if not _floating(out):
+            return out
+        if name == "select_n" and id(invals[0]) in self.compares:
+            operands = self.compares[id(invals[0])][1:3]
+        else:
+            operands = invals[:1] if name == "abs" or name in _REDUCE or name in _WINDOW else invals
+        if not self.is_live(*operands):
             return out
         if name in _REDUCE or name in _WINDOW:
             return self.smooth_many(name, invals[0], out, params)
@@ -386,7 +407,7 @@ def _conv_bound(a: Array, b: Array, params: dict) -> Array:
     return jnp.sqrt(jnp.maximum(patch * filt, 0.0))
 
 
-def smooth_kinks(fn: Callable, kappa: float) -> Callable:
+def smooth_kinks(fn: Callable, kappa: float, argnums: int | tuple[int, ...] = 0) -> Callable:
     """``fn`` with the derivative of each kink blended over a relative width ``kappa``: every
     ``max``, ``min``, ``abs`` and ``where`` on the sign of a difference ``z`` in ``fn``'s jaxpr
     keeps its value, and its tangent becomes ``s d pos + (1 - s) d neg``, ``s`` rising from 0
@@ -404,6 +425,9 @@ def smooth_kinks(fn: Callable, kappa: float) -> Callable:
     - `fn`: a function of arrays and pytrees of them (an equinox model's ``__call__``, say)
       returning a pytree of arrays; non-array leaves are held static.
     - `kappa`: the relative width; ``0`` gives ``fn`` itself.
+    - `argnums`: the arguments the derivative is taken in, as for ``jax.grad``: a kink whose
+      difference depends on none of them (a mask on the data alone) is no kink of that
+      derivative, and is left as it is.
 
     **Returns:** a function with ``fn``'s arguments and values.
 
@@ -415,31 +439,37 @@ def smooth_kinks(fn: Callable, kappa: float) -> Callable:
     """
 
     def smoothed(*args):
-        return _rewrite(fn, kappa, args)[0]
+        return _rewrite(fn, kappa, args, argnums)[0]
 
     return fn if not kappa else smoothed
 
 
-def _rewrite(fn: Callable, kappa: float, args) -> tuple[PyTree, _Rewrite]:
-    """``fn(*args)`` evaluated with its kinks smoothed, and the ``_Rewrite`` that did it."""
+def _rewrite(fn: Callable, kappa: float, args, argnums=0) -> tuple[PyTree, _Rewrite]:
+    """``fn(*args)`` evaluated with its kinks in ``args[argnums]`` smoothed, and the
+    ``_Rewrite`` that did it."""
     dynamic, static = eqx.partition(args, eqx.is_array)
     leaves, treedef = jax.tree_util.tree_flatten(dynamic)
+    argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    live = [i in argnums for i, arg in enumerate(dynamic) for _ in jax.tree_util.tree_leaves(arg)]
 
     def flat(*leaves):
         return fn(*eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static))
 
     closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
-    outs, rewrite = _smooth_jaxpr(closed, kappa, leaves)
+    outs, rewrite = _smooth_jaxpr(closed, kappa, leaves, live)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), outs), rewrite
 
 
-def _smooth_jaxpr(closed, kappa: float, args) -> tuple[list, _Rewrite]:
+def _smooth_jaxpr(closed, kappa: float, args, live) -> tuple[list, _Rewrite]:
     """``closed`` evaluated on ``args`` with its kinks smoothed, and the ``_Rewrite`` that did
     it: first its calls are inlined into one jaxpr (a kink's users may lie outside the call
     that holds it), then each kink not raised to a power is blended."""
     inline = _Rewrite(0.0)
     flat = jax.make_jaxpr(lambda *x: inline.eval(closed.jaxpr, closed.consts, x))(*args)
     rewrite = _Rewrite(kappa, _powered(flat.jaxpr))
+    for x, differentiated in zip(args, live):
+        if differentiated:
+            rewrite.mark(x)
     return rewrite.eval(flat.jaxpr, flat.consts, args), rewrite
 
 
