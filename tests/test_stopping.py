@@ -585,3 +585,39 @@ def test_a_float64_model_on_float32_data_runs_in_float64():
         a.dtype == jnp.float64 for a in jax.tree.leaves(eqx.filter(mixed.final, eqx.is_array))
     )
     np.testing.assert_array_equal(np.asarray(mixed.log_loss), np.asarray(wide.log_loss))
+
+
+def test_a_solve_whose_loss_rose_ends_the_run_at_the_state_before_it():
+    """Least squares with singular values 30 and 0.1 (stiff) under Tsit5 with rtol = atol = 0.3:
+    the error control lets an unstable step through and log L rises over a level's solve, as
+    no gradient flow's can. The run stops there with ``ROSE``, and ``final`` is the last state
+    before the rise: its loss (``sum r^2 / 2``, computed here) is the lowest the run saved and
+    below the start's; the message says the steps broke down and how to tighten them."""
+    from wnjax._dynamics.flow import ROSE
+
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(20, 3)) * np.array([1.0, 30.0, 0.1]))
+    y = jnp.asarray(rng.normal(size=20))
+    lin = eqx.nn.Linear(3, "scalar", use_bias=False, key=jax.random.key(0))
+
+    def log_l(model):
+        r = np.asarray(X) @ np.asarray(model.weight).ravel() - np.asarray(y)
+        return np.log(0.5 * np.sum(r * r))
+
+    r = wnjax.gradient_flow(
+        lin,
+        X,
+        y,
+        loss="square",
+        time="normalized",
+        target_log_loss=-1.0,
+        rtol=0.3,
+        atol=0.3,
+        solver="tsit5",
+        throw=False,
+    )
+    assert int(r.stop_code) == ROSE and not bool(r.ok)
+    saved = np.asarray(r.log_loss)[np.isfinite(np.asarray(r.log_loss))]
+    assert log_l(r.final) == pytest.approx(float(r.final_log_loss), abs=1e-12)
+    assert log_l(r.final) <= saved.min() + 1e-12 and log_l(r.final) <= log_l(lin)
+    assert "log L rose" in r.message and "tighter rtol" in r.message

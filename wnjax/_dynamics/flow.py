@@ -290,6 +290,9 @@ class _Crossing(optx.Bisection):
 INTERRUPTED = -1
 # The result code of a run whose state or loss became non-finite (NaN or inf).
 NONFINITE = -2
+# The result code of a run whose loss rose over a solve, as no gradient flow's can: its steps
+# broke down (the field's rounding above the tolerances, in float32 deep in the loss).
+ROSE = -3
 # The result code of a run whose next step could not move the clock (diffrax's dt_min_reached).
 FROZEN_CLOCK = int(diffrax.RESULTS.dt_min_reached._value)
 
@@ -496,7 +499,9 @@ class FlowResult(RunResult):
       late in a run), other positive values diffrax's failure codes, ``INTERRUPTED``
       (``-1``) stopped by SIGINT or SIGTERM, ``NONFINITE`` (``-2``) the state or loss became
       NaN or inf (``final`` is the last finite state where the run saves at loss levels, or
-      stopped at a jump into NaN or inf that the target's or a level's event found);
+      stopped at a jump into NaN or inf that the target's or a level's event found), ``ROSE``
+      (``-3``) the loss rose over a level's solve, as no gradient flow's can: its steps broke
+      down, and ``final`` is that solve's start;
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
     - `time`: the clock, ``'plain'``, ``'normalized'`` or ``'loss'`` (static).
@@ -613,6 +618,26 @@ def _describe(r: FlowResult) -> str:
             )
             + " Else check the data's scale, and for SWN/EWN that no direction v_u is zero."
         )
+    if int(code) == ROSE:
+        final = float(r.final_log_loss)
+        saved = np.asarray(r.log_loss)
+        lowest = float(np.min(saved[np.isfinite(saved)], initial=np.inf))
+        where = (
+            f"log L = {final:.6g}: over the next level's solve log L rose, as no gradient "
+            "flow's can, so its steps had broken down; result.final is the last state before it."
+            if final <= lowest
+            else f"log L = {final:.6g}, above the {lowest:.6g} it had fallen to: log L rose, as "
+            "no gradient flow's can, so its steps broke down; result.final lies past the rise "
+            "(result.log_loss and the saved summaries hold the path before it)."
+        )
+        return (
+            f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g} "
+            f"with {where}"
+            + (
+                _rounding_hint(r, loosen=False)
+                or " A tighter rtol makes the error control hold the steps it let through."
+            )
+        )
     if _stuck_note(r):
         return (
             f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g} with "
@@ -708,9 +733,9 @@ def _jumps(r: FlowResult) -> bool:
     return jumping_field(r.final) or float(np.max(r.stats.get("kink_width", 0.0))) > 0
 
 
-def _rounding_hint(r: FlowResult) -> str:
+def _rounding_hint(r: FlowResult, loosen: bool = True) -> str:
     """In low precision deep in the loss: the field's rounding, ``eps |log L|`` relative, above
-    what the default tolerances ask of it."""
+    what the default tolerances ask of it (and, with ``loosen``, the rtol that allows for it)."""
     log_l = np.asarray(r.final_log_loss)
     if log_l.dtype.itemsize >= 8 or not np.isfinite(log_l):
         return ""
@@ -722,8 +747,8 @@ def _rounding_hint(r: FlowResult) -> str:
         f"rounding of ~{noise:.1g} of the field (eps |log L|), and the gradient of a normalized "
         "direction (SWN, EWN), a small difference of large terms, can be rounding alone: "
         "steps that must resolve it stay short. Run in float64 "
-        "(jax.config.update('jax_enable_x64', True) and float64 data), or loosen rtol to "
-        f"~{10 * noise:.0e}." + _normalized_hint(r)
+        "(jax.config.update('jax_enable_x64', True) and float64 data)"
+        + (f", or loosen rtol to ~{10 * noise:.0e}." + _normalized_hint(r) if loosen else ".")
     )
 
 
@@ -1312,9 +1337,17 @@ def _solve(
     if has_target:  # a stop short of the target at a jump into NaN or inf is no crossing of it
         finite = finite & ~_jump_not_crossing(event & ~at_level, final_params, static, X, y, loss)
     reached = reached & finite
+    # log L at the end above its start, or above its lowest saved value: the steps broke down
+    saved_log_l = jnp.min(jnp.where(jnp.isfinite(saved["log_loss"]), saved["log_loss"], jnp.inf))
+    start = unravel(theta0)
+    log_l_start = jnp.minimum(_log_loss_fn(start, static, X, y, loss), saved_log_l)
+    rose = finite & _rose(
+        start, log_l_start, final_params, final_log_loss, static, X, y, loss, numbers
+    )
     code = jnp.where(reached, 0, sol.result._value)
     if poll:
         code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
+    code = jnp.where(rose, ROSE, code)
     code = jnp.where(finite, code, NONFINITE)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["max_steps"] = jnp.asarray(max_steps)
@@ -1405,6 +1438,25 @@ def _root_tolerances(solver, controller, dtype):
 def _reached(log_l: Array, target: Array, dtype, rounding) -> Array:
     """``log L <= target + target_tolerance(dtype) (1 + |target|) + 4 rounding``."""
     return log_l <= target + target_tolerance(dtype) * (1.0 + jnp.abs(target)) + 4 * rounding
+
+
+# A rise of log L beyond this many times the tolerances' resolution of it (``_grad_stats``),
+# besides its rounding, is a breakdown of the steps, not the error they are allowed.
+ROSE_RESOLUTIONS = 10.0
+
+
+def _rose(start, log_l_start: Array, end, log_l: Array, static, X, y, loss, numbers) -> Array:
+    """Whether ``log L`` rose from ``start`` to ``end`` (parameters), as no gradient flow's
+    can, beyond its rounding and ``ROSE_RESOLUTIONS`` times what errors of the tolerances'
+    size move it (the lesser of the two ends: a broken-down end has a gradient of any size):
+    the steps between broke down."""
+    slack = [
+        4 * _rounding(p, static, X, y, loss)
+        + ROSE_RESOLUTIONS * _grad_stats(p, static, X, y, loss, numbers)[1]
+        for p in (start, end)
+    ]
+    tol = target_tolerance(X.dtype) * (1.0 + jnp.abs(log_l_start))
+    return log_l > log_l_start + tol + jnp.minimum(*slack)
 
 
 def _rounding(params, static, X, y, loss: Loss) -> Array:
@@ -1591,6 +1643,8 @@ def _solve_levels(
         new_y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         theta = unravel(new_y[0])
         log_l = _log_loss_fn(theta, static, X, y, loss)
+        start_theta = unravel(c["y"][0])
+        log_l_start = _log_loss_fn(start_theta, static, X, y, loss)
         # An event of the level (not of the bound on s or the stall), or a crossing whose
         # root-find ran out of digits, reaches the level.
         event = sol.result == diffrax.RESULTS.event_occurred
@@ -1628,6 +1682,9 @@ def _solve_levels(
         finite = all_finite((new_y, log_l)) & ~_jump_not_crossing(
             event & ~at_level, theta, static, X, y, loss
         )
+        # A solve that ends above its start broke down, and the run ends at its start.
+        rose = finite & _rose(start_theta, log_l_start, theta, log_l, static, X, y, loss, numbers)
+        finite = finite & ~rose
         hit = finite & (event | at_level)
         bounded = bounded & finite
         steps = c["steps"] + sol.stats["num_steps"]
@@ -1635,7 +1692,7 @@ def _solve_levels(
         code = jnp.where(hit & (steps > max_steps), 1, code)
         if polled:
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
-        code = jnp.where(finite, code, NONFINITE)
+        code = jnp.where(finite, code, jnp.where(rose, ROSE, NONFINITE))
         new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_y, c["at_y"])
         new_s = jnp.where(finite, jnp.where(past, base + t_end, t_sol), c["at_s"])
         # Go on from the end of the step that crossed the level where that end lies above the
