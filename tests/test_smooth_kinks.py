@@ -302,8 +302,8 @@ def test_equinox_modules_with_kinks_reach_deep_targets_with_the_defaults(name):
 def test_max_pooling_nets_reach_deep_targets_with_the_defaults(global_max):
     """A ReLU convolution with max pooling (standard, SWN, EWN) or a global max (EWN) and a
     linear head, on 20 random 6x6 images with random labels: every normalized flow reaches
-    log L = -300 with the defaults (with the pooling's own derivative none of 12 such runs
-    did: each ran out of 100,000 steps at log L above 2)."""
+    log L = -300 with the defaults (with the pooling's own derivative none of 12 such runs on
+    other random images did: each ran out of 100,000 steps at log L above 2)."""
     k1, k2 = jax.random.split(jax.random.key(7))
     X = jax.random.normal(k1, (20, 1, 6, 6))
     y = jnp.where(jax.random.bernoulli(k2, 0.5, (20,)), 1.0, -1.0)
