@@ -103,10 +103,11 @@ _MOVES = frozenset(
 # Many-way maxima (``jnp.max``, max pooling) and minima: the sign they are taken with.
 _REDUCE = {"reduce_max": 1.0, "reduce_min": -1.0}
 _WINDOW = {"reduce_window_max": 1.0, "reduce_window_min": -1.0}
+_MANY = {**_REDUCE, **_WINDOW}
 # Comparisons: True where ``sign (a - b) > 0``.
 _COMPARE = {"gt": 1.0, "ge": 1.0, "lt": -1.0, "le": -1.0}
 # Operations with a kink, and those that hold a jaxpr that may hold one.
-_KINKS = frozenset({"max", "min", "abs", "select_n", *_REDUCE, *_WINDOW})
+_KINKS = frozenset({"max", "min", "abs", "select_n", *_MANY})
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 _CUSTOM = {
     "custom_jvp_call": "call_jaxpr",
@@ -299,10 +300,10 @@ class _Rewrite:
         if name == "select_n" and id(invals[0]) in self.compares:
             operands = self.compares[id(invals[0])][1:3]
         else:
-            operands = invals[:1] if name == "abs" or name in _REDUCE or name in _WINDOW else invals
+            operands = invals[:1] if name == "abs" or name in _MANY else invals
         if not self.is_live(*operands):
             return out
-        if name in _REDUCE or name in _WINDOW:
+        if name in _MANY:
             return self.smooth_many(name, invals[0], out, params)
         if name == "abs":
             (x,) = invals
@@ -341,7 +342,7 @@ class _Rewrite:
     def smooth_many(self, name: str, x: Array, out: Array, params: dict) -> Array:
         """``out``, a maximum (minimum) of ``x`` over axes or windows, its derivative blended
         over the entries within ``4 width`` of it (``max_blend``)."""
-        sign = _REDUCE.get(name, _WINDOW.get(name))
+        sign = _MANY[name]
         bound = self.bound(x)
         if name in _REDUCE:
             axes = tuple(params["axes"])
