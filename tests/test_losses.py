@@ -72,6 +72,37 @@ def test_loss_and_its_gradient_equal_the_naive_formula(name, scale):
         np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7 * np.max(np.abs(fd)))
 
 
+@pytest.mark.parametrize("name", ["exponential", "logistic", "cross_entropy", "square"])
+def test_each_points_log_loss_is_the_naive_formula_on_that_point(name):
+    """``Loss.log_losses``: point ``i``'s ``log l_i`` is the naive ``log L`` of that point
+    alone (over ``n`` under ``Square(mean=True)``), and their ``logsumexp`` is ``log L``."""
+    loss = wnjax.get_loss(name)
+    f, y = _data(name, jax.random.key(5))
+    each = np.asarray(loss.log_losses(f, y))
+    want = [naive(name, f[i : i + 1], y[i : i + 1]) for i in range(len(y))]
+    np.testing.assert_allclose(each, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.logaddexp.reduce(each), loss.log_loss(f, y), rtol=1e-12)
+    if name == "square":
+        mean = wnjax.Square(mean=True)
+        np.testing.assert_allclose(
+            np.asarray(mean.log_losses(f, y)), np.asarray(want) - np.log(len(y)), rtol=1e-12
+        )
+
+
+@pytest.mark.parametrize("shift", [0.0, 40.0])
+def test_logistic_then_exponential_log_losses_follow_the_whole_losss_branch(shift):
+    """Every point's ``log l_i`` takes the branch the whole loss takes: exponential (``-q_i``)
+    once every margin exceeds 30, else logistic, whatever its own margin."""
+    loss = wnjax.LogisticThenExponential()
+    f, y = _data("logistic", jax.random.key(6), scale=3.0)
+    f = f + shift * y[:, None]  # every margin raised by shift
+    q = np.asarray(f[:, 0] * y)
+    each = np.asarray(loss.log_losses(f, y))
+    want = -q if q.min() > 30 else np.log(np.log1p(np.exp(-q)))
+    np.testing.assert_allclose(each, want, rtol=1e-12)
+    np.testing.assert_allclose(np.logaddexp.reduce(each), loss.log_loss(f, y), rtol=1e-12)
+
+
 def test_margins():
     f, y = _data("exponential", jax.random.key(0))
     np.testing.assert_allclose(

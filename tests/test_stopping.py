@@ -621,3 +621,115 @@ def test_a_solve_whose_loss_rose_ends_the_run_at_the_state_before_it():
     assert log_l(r.final) == pytest.approx(float(r.final_log_loss), abs=1e-12)
     assert log_l(r.final) <= saved.min() + 1e-12 and log_l(r.final) <= log_l(lin)
     assert "log L rose" in r.message and "tighter rtol" in r.message
+
+
+def _dead_example_net(key, n=20, width=6):
+    """A bias-free 5-width-1 ReLU ``eqx.nn.MLP`` and data whose first example reaches no unit:
+    every first-layer weight has a first entry of at least 1, and ``x_0 = (-20, 0.1, ...)``."""
+    k1, k2 = jax.random.split(key)
+    X = jax.random.normal(k1, (n, 5))
+    X = X.at[0].set(jnp.array([-20.0, 0.1, 0.1, 0.1, 0.1]))
+    net = eqx.nn.MLP(
+        5, "scalar", width, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False, key=k2
+    )
+    w = net.layers[0].weight
+    net = eqx.tree_at(lambda m: m.layers[0].weight, net, w.at[:, 0].set(jnp.abs(w[:, 0]) + 1.0))
+    return net, X
+
+
+def _dead_at(net, X):
+    """The examples on which every hidden ReLU unit of ``net`` (standard) is inactive."""
+    hidden = np.asarray(X) @ np.asarray(net.layers[0].weight).T
+    return np.all(hidden <= 0, axis=1)
+
+
+@pytest.mark.parametrize("parameterize", ["standard", "ewn"])
+def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
+    """A ReLU net with an example that reaches no unit: its output stays 0 and its loss 1, so
+    the exponential loss cannot fall below ``n_dead`` (``log L >= log n_dead``). The flow to
+    ``log L = -300`` stops once the others hold under 0.1% of the loss (``FLOOR``), in a few
+    thousand of its 100,000 steps, within 1e-3 of ``log n_dead``, the dead examples counted by
+    hand from the final hidden layer."""
+    from wnjax._dynamics.flow import FLOOR
+
+    net, X = _dead_example_net(jax.random.key(0))
+    y = jnp.sign(X[:, 1] + 0.5 * X[:, 2]).at[0].set(1.0)
+    r = wnjax.gradient_flow(
+        wnjax.parameterize(net, parameterize),
+        X,
+        y,
+        time="normalized",
+        target_log_loss=-300.0,
+        throw=False,
+    )
+    assert int(r.stop_code) == FLOOR and not bool(r.ok) and not bool(r.reached_target)
+    assert int(r.stats["num_steps"]) < 20_000
+    dead = _dead_at(wnjax.to_standard(r.final), X)
+    assert dead[0] and int(r.stats["stuck_examples"]) == int(dead.sum())
+    assert 0 <= float(r.final_log_loss) - np.log(dead.sum()) < 1e-3
+    assert "sits at a floor" in r.message
+
+
+def test_a_square_loss_floor_of_dead_examples_is_their_summed_loss():
+    """Under the square loss a dead example's residual is its target: ``L >= sum_dead y_i^2 / 2``.
+    The flow to ``log L = -20`` stops there (``FLOOR``), within 1e-3 of that sum's log."""
+    from wnjax._dynamics.flow import FLOOR
+
+    net, X = _dead_example_net(jax.random.key(1))
+    y = jnp.tanh(X[:, 1]).at[0].set(3.0)
+    r = wnjax.gradient_flow(
+        net, X, y, loss="square", time="normalized", target_log_loss=-20.0, throw=False
+    )
+    assert int(r.stop_code) == FLOOR, r.message
+    dead = _dead_at(r.final, X)
+    floor = np.log(0.5 * np.sum(np.asarray(y)[dead] ** 2))
+    assert dead[0] and 0 <= float(r.final_log_loss) - floor < 1e-3
+
+
+def test_outputs_that_are_zero_but_move_are_no_floor():
+    """A two-layer linear net whose last layer starts at 0: every output is 0 at the start, and
+    all of the loss is theirs, but the loss's gradient is not 0 there (the last layer's), so
+    the flow moves on and reaches its target."""
+    X, y = separable_data(jax.random.key(2), n=16, d=4)
+    net = eqx.nn.MLP(
+        4,
+        "scalar",
+        6,
+        1,
+        activation=lambda z: z,
+        use_bias=False,
+        use_final_bias=False,
+        key=jax.random.key(3),
+    )
+    net = eqx.tree_at(lambda m: m.layers[1].weight, net, jnp.zeros_like(net.layers[1].weight))
+    assert np.all(np.asarray(jax.vmap(net)(X)) == 0)
+    r = wnjax.gradient_flow(net, X, y, time="normalized", target_log_loss=-30.0)
+    assert bool(r.ok) and bool(r.reached_target)
+
+
+def test_a_vmapped_flow_stops_each_run_on_its_own_floor():
+    """``jax.vmap`` over two nets, one with an example that reaches no unit and one without:
+    the first run stops on its floor (``FLOOR``), the second reaches its target."""
+    from wnjax._dynamics.flow import FLOOR
+
+    net, X = _dead_example_net(jax.random.key(0), width=12)
+    y = jnp.sign(X[:, 1] + 0.5 * X[:, 2]).at[0].set(1.0)
+    w = net.layers[0].weight[:6]
+    # the second's units come in pairs +-w_u: one of each pair is active on every example
+    dead_net, live_net = (
+        eqx.tree_at(lambda m: m.layers[0].weight, net, jnp.concatenate([w, s * w]))
+        for s in (1.0, -1.0)
+    )
+    assert _dead_at(dead_net, X)[0] and not _dead_at(live_net, X).any()
+    arrays, static = eqx.partition((dead_net, live_net), eqx.is_array)
+    nets = eqx.combine(jax.tree.map(lambda a, b: jnp.stack([a, b]), *arrays), static[0])
+
+    @eqx.filter_vmap
+    def run(net):
+        r = wnjax.gradient_flow(
+            net, X, y, time="normalized", target_log_loss=-30.0, n_save=4, throw=False
+        )
+        return r.stop_code, r.reached_target
+
+    codes, reached = run(nets)
+    assert codes.tolist() == [FLOOR, 0] and reached.tolist() == [False, True]

@@ -72,6 +72,10 @@ class Loss(eqx.Module):
     def log_loss(self, outputs: Array, y: Array) -> Array:
         """``log L`` from the network outputs on all points (leading axis) and labels."""
 
+    def log_losses(self, outputs: Array, y: Array) -> Array:
+        """``log l_i`` of each point, whose ``logsumexp`` is ``log L``."""
+        return jax.vmap(lambda o, t: self.log_loss(o[None], t[None]))(outputs, y)
+
     def loss(self, outputs: Array, y: Array) -> Array:
         """``L``, summed directly where the loss has a closed form, else ``exp(log L)``; it
         underflows to 0 below ``log L ~ -745`` (float64)."""
@@ -128,6 +132,10 @@ class LogisticThenExponential(Loss):
 
     def log_loss(self, outputs, y):
         return _switched_log_loss(self.margins(outputs, y), self.switch)
+
+    def log_losses(self, outputs, y):
+        q = self.margins(outputs, y)  # one branch for every point, as in log_loss
+        return jnp.where(jnp.min(q) > self.switch, -q, log_softplus(-q))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -191,6 +199,10 @@ class Square(Loss):
 
     def log_loss(self, outputs, y):
         return jnp.log(self.loss(outputs, y))
+
+    def log_losses(self, outputs, y):
+        r = outputs.reshape(outputs.shape[0], -1) - y.reshape(y.shape[0], -1)
+        return jnp.log(0.5 * jnp.sum(r * r, axis=1) / (r.shape[0] if self.mean else 1))
 
     def loss(self, outputs, y):
         r = outputs.reshape(outputs.shape[0], -1) - y.reshape(y.shape[0], -1)

@@ -43,6 +43,7 @@ import wnjax._runtime.maps as _maps
 from wnjax._analysis.diagnostics import summaries
 from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
+from wnjax._dynamics.stall import STALL_SHARE, on_floor
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch
 from wnjax._nets.kinks import Smoothed, count_kinks, unsmoothed
@@ -246,14 +247,19 @@ class _Crossing(optx.Bisection):
     has the sign of the step's start), not the midpoint, and a gap that is not finite counts
     as the other side's. At a true crossing the two ends are within the clock's rounding of
     each other; at a jump of ``log L`` into NaN or inf (a model or loss that breaks down there)
-    the stop is then on the finite side, the last finite state of the run."""
+    the stop is then on the finite side, the last finite state of the run.
+
+    The gap may be a tuple, one per event (diffrax's root find with several events): only the
+    event that triggered has a nonzero entry, and the gap is their sum."""
 
     tol_t: float = 1e-14
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         del y, aux_struct, tags
-        lower = jnp.asarray(options["lower"], f_struct.dtype)
-        upper = jnp.asarray(options["upper"], f_struct.dtype)
+        fn = _summed(fn)
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(f_struct))
+        lower = jnp.asarray(options["lower"], dtype)
+        upper = jnp.asarray(options["upper"], dtype)
         lower_val, _ = fn(lower, args)
         upper_val, _ = fn(upper, args)
         other_side = ~jnp.isfinite(upper_val) | ((lower_val < 0) != (upper_val < 0))
@@ -262,12 +268,12 @@ class _Crossing(optx.Bisection):
             lower=jnp.where(bracketed, lower, upper),
             upper=upper,
             flip=~(lower_val < 0),  # (optx.Bisection's flip: a start's gap >= 0)
-            error=jnp.asarray(jnp.inf, f_struct.dtype),
+            error=jnp.asarray(jnp.inf, dtype),
         )
 
     def step(self, fn, y, args, options, state, tags):
         del options, tags
-        gap, aux = fn(y, args)
+        gap, aux = _summed(fn)(y, args)
         # (optx.Bisection's rule, but for a gap that is not finite: never the start's side)
         start_side = jnp.isfinite(gap) & (state.flip ^ (gap < 0))
         lower = jnp.where(start_side, y, state.lower)
@@ -286,6 +292,16 @@ class _Crossing(optx.Bisection):
         return state.lower, aux, {}
 
 
+def _summed(fn):
+    """``fn`` whose value, a tuple of gaps, is summed (``_Crossing``)."""
+
+    def summed(t, args):
+        gaps, aux = fn(t, args)
+        return sum(jax.tree_util.tree_leaves(gaps)), aux
+
+    return summed
+
+
 # The result code of a run stopped by SIGINT/SIGTERM (diffrax's codes are >= 0).
 INTERRUPTED = -1
 # The result code of a run whose state or loss became non-finite (NaN or inf).
@@ -293,6 +309,9 @@ NONFINITE = -2
 # The result code of a run whose loss rose over a solve, as no gradient flow's can: its steps
 # broke down (the field's rounding above the tolerances, in float32 deep in the loss).
 ROSE = -3
+# The result code of a run with a target that stopped on a floor of the loss above it: the
+# points whose outputs are 0 hold all but STALL_SHARE of the loss, and no flow moves them.
+FLOOR = -4
 # The result code of a run whose next step could not move the clock (diffrax's dt_min_reached).
 FROZEN_CLOCK = int(diffrax.RESULTS.dt_min_reached._value)
 
@@ -501,7 +520,10 @@ class FlowResult(RunResult):
       NaN or inf (``final`` is the last finite state where the run saves at loss levels, or
       stopped at a jump into NaN or inf that the target's or a level's event found), ``ROSE``
       (``-3``) the loss rose over a level's solve, as no gradient flow's can: its steps broke
-      down, and ``final`` is that solve's start;
+      down, and ``final`` is that solve's start, ``FLOOR`` (``-4``) a run with a target
+      stopped on a floor of the loss above it: the examples whose outputs are 0 hold all but
+      ``STALL_SHARE`` (0.1%) of ``L``, and each has a zero gradient of its own loss, so no
+      flow moves them (``stats['stuck_examples']`` counts them);
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
     - `time`: the clock, ``'plain'``, ``'normalized'`` or ``'loss'`` (static).
@@ -638,11 +660,18 @@ def _describe(r: FlowResult) -> str:
                 or " A tighter rtol makes the error control hold the steps it let through."
             )
         )
-    if _stuck_note(r):
+    if _stuck_note(r) or int(code) == FLOOR:
         return (
             f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g} with "
-            f"log L = {float(r.final_log_loss):.6g}." + _stuck_note(r) + " The partial result "
-            "is kept (result.final, result.summaries)."
+            f"log L = {float(r.final_log_loss):.6g}."
+            + (
+                _stuck_note(r)
+                or f" log L sits at a floor short of the target log L = {target:g}: the examples "
+                "whose outputs are 0 hold all but 0.1% of the loss, and each has a zero "
+                "gradient of its own loss, so no flow moves them. Another initialization or a "
+                "wider net keeps such examples alive."
+            )
+            + " The partial result is kept (result.final, result.summaries)."
         )
     ahead = float(np.asarray(r.stats.get("nonfinite_ahead", np.inf)))
     if int(code) in (1, FROZEN_CLOCK) and np.isfinite(ahead):
@@ -1189,8 +1218,21 @@ def _solve(
                 bound = _s_gap(y[1][1], numbers["s1"]).astype(jnp.result_type(float))
                 return jnp.minimum(level_cond(t, y, args, **kwargs), bound)
 
+        def floor(t, y, args, **kwargs):
+            # The second event: a floor of log L above the target. A float's sign, not a bool
+            # (diffrax's root find takes a bool event's value on the clock's dtype, not the
+            # float64 of the level's), at half the share that _stuck_stats reports: the root
+            # find stops the run on the side before it turned.
+            stuck = on_floor(unravel(y[0]), static, X, labels, loss, floor_above, STALL_SHARE / 2)
+            return jnp.where(stuck, -1.0, 1.0).astype(jnp.result_type(float))
+
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
-        return diffrax.Event(cond, root_finder=_Crossing(rtol=0.0, atol=0.0, tol_t=4 * eps))
+        return diffrax.Event(
+            (cond, floor), root_finder=_Crossing(rtol=0.0, atol=0.0, tol_t=4 * eps)
+        )
+
+    # a floor of log L at the target's tolerance above it does not stop the run
+    floor_above = numbers["target"] + target_tolerance(X.dtype) * (1.0 + jnp.abs(numbers["target"]))
 
     eps = float(jnp.finfo(X.dtype).eps)
     ftol = level_tolerance(X.dtype)
@@ -1248,9 +1290,13 @@ def _solve(
         return save_fn(s, unflat(z), args)
 
     if event is not None:
-        crossing = event.cond_fn
         event = diffrax.Event(
-            lambda t, y, args, **kwargs: crossing(t, unflat(y), args, **kwargs),
+            tuple(
+                functools.partial(
+                    lambda cond, t, y, args, **kwargs: cond(t, unflat(y), args, **kwargs), cond
+                )
+                for cond in event.cond_fn
+            ),
             root_finder=event.root_finder,
         )
     saveat = diffrax.SaveAt(
@@ -1331,7 +1377,8 @@ def _solve(
     at_level = _reached(
         final_log_loss, numbers["target"], X.dtype, _rounding(final_params, static, X, y, loss)
     )
-    event = sol.result == diffrax.RESULTS.event_occurred
+    floored = sol.event_mask[1] if has_target else jnp.asarray(False)
+    event = (sol.result == diffrax.RESULTS.event_occurred) & ~floored
     reached = (at_level | event) if has_target else jnp.asarray(False)
     finite = all_finite((final_theta, final_log_loss))
     if has_target:  # a stop short of the target at a jump into NaN or inf is no crossing of it
@@ -1344,7 +1391,7 @@ def _solve(
     rose = finite & _rose(
         start, log_l_start, final_params, final_log_loss, static, X, y, loss, numbers
     )
-    code = jnp.where(reached, 0, sol.result._value)
+    code = jnp.where(reached, 0, jnp.where(floored, FLOOR, sol.result._value))
     if poll:
         code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
     code = jnp.where(rose, ROSE, code)
@@ -1645,9 +1692,10 @@ def _solve_levels(
         log_l = _log_loss_fn(theta, static, X, y, loss)
         start_theta = unravel(c["y"][0])
         log_l_start = _log_loss_fn(start_theta, static, X, y, loss)
-        # An event of the level (not of the bound on s or the stall), or a crossing whose
-        # root-find ran out of digits, reaches the level.
-        event = sol.result == diffrax.RESULTS.event_occurred
+        # An event of the level (not of the bound on s, the stall, or the floor), or a crossing
+        # whose root-find ran out of digits, reaches the level.
+        floored = sol.event_mask[1]
+        event = (sol.result == diffrax.RESULTS.event_occurred) & ~floored
         bounded = jnp.asarray(False)  # (time='loss') s reached t1 first: the run ends there
         if time == "loss":
             gap = (log_l - level) / (1.0 + jnp.abs(level))
@@ -1692,6 +1740,7 @@ def _solve_levels(
         code = jnp.where(hit & (steps > max_steps), 1, code)
         if polled:
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
+        code = jnp.where(floored, FLOOR, code)
         code = jnp.where(finite, code, jnp.where(rose, ROSE, NONFINITE))
         new_y = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new_y, c["at_y"])
         new_s = jnp.where(finite, jnp.where(past, base + t_end, t_sol), c["at_s"])
@@ -2277,19 +2326,14 @@ def _stuck_stats(r: FlowResult, X: Array, y: Array, loss: Loss) -> dict:
     how many, and ``stuck_log_loss``, the log of their summed loss, within ``STUCK_SHARE`` of
     ``log L``. Empty elsewhere."""
     code = int(np.asarray(r.stop_code))
-    if bool(r.reached_target) or code not in (0, 1, FROZEN_CLOCK):
+    if bool(r.reached_target) or code not in (0, 1, FROZEN_CLOCK, FLOOR):
         return {}
     count, floor = _stuck_examples(r.final, X, y, loss)
-    # only where they hold (nearly) all of the loss: elsewhere the others still move, and may
-    # wake them (a dead ReLU unit of one example moves with the others' gradients)
-    if int(count) == 0 or not float(r.final_log_loss) - float(floor) < STUCK_SHARE:
+    # only where they hold all but STALL_SHARE of the loss: elsewhere the others still move,
+    # and may wake them (a dead ReLU unit of one example moves with the others' gradients)
+    if int(count) == 0 or not float(r.final_log_loss) - float(floor) < STALL_SHARE:
         return {}
     return {"stuck_examples": count, "stuck_log_loss": floor}
-
-
-# ``_stuck_stats`` reports the examples with a zero gradient where ``log L`` is within this of
-# the log of their summed loss: the others hold under 0.1% of ``L``.
-STUCK_SHARE = 1e-3
 
 
 @eqx.filter_jit
@@ -2304,10 +2348,12 @@ def _stuck_examples(model, X: Array, y: Array, loss: Loss) -> tuple[Array, Array
         def log_l(params):
             return loss.log_loss(apply_batch(eqx.combine(params, static), x[None]), t[None])
 
-        value, grads = jax.value_and_grad(log_l)(params)
-        return value, tree_norm(grads)
+        # the largest entry, not the norm: squares of a tiny gradient underflow to 0
+        grads = jax.tree_util.tree_leaves(jax.grad(log_l)(params))
+        return jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in grads]))
 
-    values, norms = jax.lax.map(one, (X, y), batch_size=min(64, X.shape[0]))
+    values = loss.log_losses(apply_batch(model, X), y)
+    norms = jax.lax.map(one, (X, y), batch_size=min(64, X.shape[0]))
     stuck = (norms == 0) & jnp.isfinite(values)
     return jnp.sum(stuck), jax.nn.logsumexp(jnp.where(stuck, values, -jnp.inf))
 

@@ -1,4 +1,4 @@
-"""The stall rule of the GD engine: a run whose loss is carried by dead points has stopped.
+"""The stall rules: a run whose loss is carried by dead points has stopped.
 
 A point is *dead* when its margin is 0 and so is its margin gradient (for a bias-free ReLU^p
 net, a point on which every hidden unit is off, whose output is then exactly 0): no step moves
@@ -6,13 +6,19 @@ it, so ``L >= F = n_dead l(0)`` for good. A run has stalled when ``F`` is above 
 the live points add less than ``STALL_SHARE`` of it: ``log L`` can only creep towards
 ``log F``. (A dead point could in principle come back to life as the weights turn; such runs
 are reported as stalled, not as failures of the dynamics.)
+
+``stalled`` is the GD engine's rule, checked at save points; ``on_floor`` is gradient flow's,
+checked at every step's end (an event of the solve): cheap where no point is dead.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
 from jaxtyping import Array
 
 from wnjax._losses import Loss
@@ -20,6 +26,8 @@ from wnjax._nets.dense import apply_batch
 from wnjax._runtime.precision import float32_matmuls
 
 STALL_SHARE = 1e-3
+# the weights of ``on_floor``'s gradient test, 1 + frac(GOLDEN i)
+GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 # |q_i| and ||theta|| ||grad q_i|| below DEAD max_j |q_j|: a dead point
 DEAD = 1e-12
 
@@ -47,3 +55,56 @@ def stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Arr
     log_floor = jnp.log(jnp.maximum(n_dead, 1)) + loss.log_loss(jnp.zeros_like(out[:1]), y[:1])
     stuck = (n_dead > 0) & (log_floor > target) & (log_floor >= value - STALL_SHARE)
     return value, stuck & jnp.isfinite(value)
+
+
+def _sizes(outputs: Array) -> Array:
+    """``max_j |f_j(x_i)|`` of each point ``i``."""
+    return jnp.max(jnp.abs(outputs.reshape(outputs.shape[0], -1)), axis=1)
+
+
+def dead_points(outputs: Array, y: Array, loss: Loss) -> tuple[Array, Array, Array]:
+    """``(dead, log F, log L)`` from the outputs on all points: ``dead`` where every output of
+    a point is within ``DEAD max |f|`` of 0 (all of them where every output is 0), ``F`` their
+    summed loss (``-inf`` without one), ``log L`` the whole loss, both from ``loss.log_losses``."""
+    size = _sizes(outputs)
+    dead = size <= DEAD * jnp.max(size)
+    log_l = loss.log_losses(outputs, y)
+    return dead, logsumexp(jnp.where(dead, log_l, -jnp.inf)), logsumexp(log_l)
+
+
+def on_floor(
+    params, static, X: Array, y: Array, loss: Loss, target: Array, share: float = STALL_SHARE
+) -> Array:
+    """Whether the flow at ``params`` sits on a floor of ``log L`` above ``target``: the dead
+    points (``dead_points``) hold all but ``share`` of ``L``, ``log F > target``, and each has
+    ``grad l_i = 0`` exactly (no flow moves their outputs, so ``L >= F`` for good), tested at
+    once on ``sum_i r_i l_i`` with weights ``r_i`` in ``[1, 2)``.
+
+    Cheap where no point is dead (one forward pass and a reduction): the losses are read only
+    where some run of a ``vmap`` has a dead point, the gradient only where some has a floor."""
+    out = apply_batch(eqx.combine(params, static), X)
+    size = _sizes(out)
+    no = jnp.asarray(False)
+
+    def floor():
+        dead, log_f, log_l = dead_points(out, y, loss)
+        candidate = (log_f > target) & (log_f >= log_l - share) & jnp.isfinite(log_l)
+
+        def still():
+            # sum_i r_i l_i / F over the dead points, with weights r_i in [1, 2) that no
+            # symmetry of the data shares: its gradient is 0 where each point's is (not where
+            # theirs cancel, as for x and -x with one label at w.x = 0, a floor of the whole loss
+            # that the points' own gradients hold, not dead points)
+            r = (1.0 + np.mod(GOLDEN * np.arange(1, X.shape[0] + 1), 1.0)).astype(out.dtype)
+
+            def weighted(p):
+                log_l = loss.log_losses(apply_batch(eqx.combine(p, static), X), y)
+                return jnp.sum(r * jnp.exp(jnp.where(dead, log_l - log_f, -jnp.inf)))
+
+            grads = jax.tree_util.tree_leaves(jax.grad(weighted)(params))
+            return candidate & jnp.all(jnp.stack([jnp.all(g == 0) for g in grads]))
+
+        return jax.lax.cond(eqxi.unvmap_any(candidate), still, lambda: no)
+
+    some = jnp.min(size) <= DEAD * jnp.max(size)
+    return jax.lax.cond(eqxi.unvmap_any(some), floor, lambda: no)

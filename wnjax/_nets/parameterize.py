@@ -153,6 +153,10 @@ def frozen_weight(w: Array, layer_index: int = 0) -> Frozen:
     return Frozen(w)
 
 
+# ``parameterize``'s factories by name
+FACTORIES = {"ewn": ewn_weight, "swn": swn_weight, "standard": standard_weight}
+
+
 def _is_none(x) -> bool:
     return x is None
 
@@ -210,7 +214,8 @@ def parameterize(
     **Arguments:**
     - `model`: an equinox model built from ``eqx.nn.Linear``/``eqx.nn.Conv`` layers (a
       ``Parameterized`` is converted back to its plain model first).
-    - `factory`: maps a weight array to a ``LayerWeight`` (``ewn_weight``, ``swn_weight``, ...).
+    - `factory`: maps a weight array and its layer's index to a ``LayerWeight``
+      (``f(w, i) -> LayerWeight``), or names one: ``'ewn'``, ``'swn'``, ``'standard'``.
     - `where`: selects the layers to parameterize (``lambda m: [m.layers[0]]``); default all.
     - `freeze`: selects layers whose weight stays fixed (never normalized).
 
@@ -221,6 +226,14 @@ def parameterize(
 
     **Returns:** a ``Parameterized`` module that computes the same function as ``model``.
     """
+    if isinstance(factory, str) and factory.lower() in FACTORIES:
+        factory = FACTORIES[factory.lower()]
+    elif not callable(factory) or isinstance(factory, type):
+        raise InvalidInput(
+            f"factory must name a parameterization, one of {sorted(FACTORIES)}, or be a "
+            f"function f(w, layer_index) -> LayerWeight; got {factory!r}. For a whole model "
+            "wnjax.ewn(model), wnjax.swn(model) and wnjax.standard(model) do the same."
+        )
     if isinstance(model, Parameterized):
         model = model.standard()
     layers = weight_layers(model)
