@@ -667,7 +667,21 @@ def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
     dead = _dead_at(wnjax.to_standard(r.final), X)
     assert dead[0] and int(r.stats["stuck_examples"]) == int(dead.sum())
     assert 0 <= float(r.final_log_loss) - np.log(dead.sum()) < 1e-3
-    assert "sits at a floor" in r.message
+    assert "sits at a floor" in r.message and "stop_stalled=False" in r.message
+
+
+def test_a_flow_told_not_to_stop_on_a_floor_runs_on():
+    """``stop_stalled=False``: the same flow goes on past the floor to its step budget."""
+    from wnjax._dynamics.flow import FLOOR
+
+    net, X = _dead_example_net(jax.random.key(0))
+    y = jnp.sign(X[:, 1] + 0.5 * X[:, 2]).at[0].set(1.0)
+    kw = dict(time="normalized", target_log_loss=-300.0, max_steps=6_000, throw=False)
+    stopped = wnjax.gradient_flow(net, X, y, **kw)
+    r = wnjax.gradient_flow(net, X, y, stop_stalled=False, **kw)
+    assert int(stopped.stop_code) == FLOOR and int(r.stop_code) == 1
+    assert int(r.stats["num_steps"]) == 6_000 > int(stopped.stats["num_steps"])
+    assert float(r.final_log_loss) <= float(stopped.final_log_loss)
 
 
 def test_a_square_loss_floor_of_dead_examples_is_their_summed_loss():

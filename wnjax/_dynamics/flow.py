@@ -668,8 +668,15 @@ def _describe(r: FlowResult) -> str:
                 _stuck_note(r)
                 or f" log L sits at a floor short of the target log L = {target:g}: the examples "
                 "whose outputs are 0 hold all but 0.1% of the loss, and each has a zero "
-                "gradient of its own loss, so no flow moves them. Another initialization or a "
-                "wider net keeps such examples alive."
+                "gradient of its own loss, so their outputs do not move. Another initialization "
+                "or a wider net keeps such examples alive."
+            )
+            + (
+                " The run stopped there (stop_stalled=True): only the other examples, turning "
+                "the weights as their margins grow (over a span of log s), could wake these; "
+                "stop_stalled=False goes on to the target, t1 or max_steps."
+                if int(code) == FLOOR
+                else ""
             )
             + " The partial result is kept (result.final, result.summaries)."
         )
@@ -1124,6 +1131,7 @@ def _solve(
     poll: bool = True,
     start: dict | None = None,
     kink: float = 0.0,
+    floor: bool = False,
 ) -> tuple[FlowResult, dict | None]:
     """The solve of ``gradient_flow``, one compiled program: ``(result, handover)``.
 
@@ -1138,7 +1146,10 @@ def _solve(
     every save point after the solve, at once (vmapped; see ``_batched_summaries``).
 
     ``kink``: the vector field's kink width (``with_kink`` on wnjax's ``MLP``/``CNN``, else
-    ``Smoothed``); everything else evaluates the model as it is."""
+    ``Smoothed``); everything else evaluates the model as it is.
+
+    ``floor``: the target's event comes with a second, a floor of dead examples (``on_floor``:
+    ``gradient_flow``'s ``stop_stalled``)."""
     params, static = eqx.partition(p, eqx.is_inexact_array)
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
@@ -1218,7 +1229,7 @@ def _solve(
                 bound = _s_gap(y[1][1], numbers["s1"]).astype(jnp.result_type(float))
                 return jnp.minimum(level_cond(t, y, args, **kwargs), bound)
 
-        def floor(t, y, args, **kwargs):
+        def stalled(t, y, args, **kwargs):
             # The second event: a floor of log L above the target. A float's sign, not a bool
             # (diffrax's root find takes a bool event's value on the clock's dtype, not the
             # float64 of the level's), at half the share that _stuck_stats reports: the root
@@ -1228,7 +1239,8 @@ def _solve(
 
         # Bisection on the step's bracket: Newton can wander off on the dense interpolant.
         return diffrax.Event(
-            (cond, floor), root_finder=_Crossing(rtol=0.0, atol=0.0, tol_t=4 * eps)
+            (cond, stalled) if floor else (cond,),
+            root_finder=_Crossing(rtol=0.0, atol=0.0, tol_t=4 * eps),
         )
 
     # a floor of log L at the target's tolerance above it does not stop the run
@@ -1276,6 +1288,7 @@ def _solve(
             max_steps=max_steps,
             standard_out=standard_out,
             time=time,
+            floor=floor,
         ), None
     # The solver sees (theta, tau) as one flat vector z: diffrax selects each array of its
     # state when a step is accepted, and on XLA:CPU a step with more than eight operations ready
@@ -1377,7 +1390,7 @@ def _solve(
     at_level = _reached(
         final_log_loss, numbers["target"], X.dtype, _rounding(final_params, static, X, y, loss)
     )
-    floored = sol.event_mask[1] if has_target else jnp.asarray(False)
+    floored = sol.event_mask[1] if floor else jnp.asarray(False)
     event = (sol.result == diffrax.RESULTS.event_occurred) & ~floored
     reached = (at_level | event) if has_target else jnp.asarray(False)
     finite = all_finite((final_theta, final_log_loss))
@@ -1610,6 +1623,7 @@ def _solve_levels(
     max_steps: int,
     standard_out: bool = False,
     time: str = "normalized",
+    floor: bool = False,
 ) -> FlowResult:
     """One diffrax solve per level of ``log L``: each stops on its level (root-found event), and
     the summaries are saved there. Memory stays ``O(n_save)`` and the last level is the target.
@@ -1617,7 +1631,8 @@ def _solve_levels(
     ``s`` integrated, and ``s`` reaching ``numbers['s1']`` also ending the run) starts at ``0``.
     The solver's state (for ``AutoSwitch``: which method runs) carries from level to level, and
     so does the poll state of a ``_Polled`` controller. ``y0 = (theta, tau)`` holds the
-    trainable arrays as one flat vector; ``unravel`` rebuilds them.
+    trainable arrays as one flat vector; ``unravel`` rebuilds them. ``floor``: the level's
+    event has a second, a floor of dead examples, which ends the run (``FLOOR``).
 
     A level is saved at its crossing, interpolated inside the step that crossed it; the next
     solve goes on from that step's end, with the solver state (``_StepEnd``) and step size that
@@ -1694,7 +1709,7 @@ def _solve_levels(
         log_l_start = _log_loss_fn(start_theta, static, X, y, loss)
         # An event of the level (not of the bound on s, the stall, or the floor), or a crossing
         # whose root-find ran out of digits, reaches the level.
-        floored = sol.event_mask[1]
+        floored = sol.event_mask[1] if floor else jnp.asarray(False)
         event = (sol.result == diffrax.RESULTS.event_occurred) & ~floored
         bounded = jnp.asarray(False)  # (time='loss') s reached t1 first: the run ends there
         if time == "loss":
@@ -1980,6 +1995,7 @@ def gradient_flow(
     controller_kwargs: dict | None = None,
     diagnostics: bool = True,
     kink_width: float | None = None,
+    stop_stalled: bool = True,
 ) -> FlowResult:
     """Integrate gradient flow ``dw/dt = -grad L(w)`` of a (parameterized) model with diffrax.
 
@@ -2080,6 +2096,12 @@ def gradient_flow(
       ``rtol``. Models without kinks ignore it. The loss, the summaries and ``final`` use the
       model unchanged (the message says the field was smoothed);
       ``result.stats['kink_width']`` holds the value used (``0`` where none was).
+    - `stop_stalled`: with a target, stop (``FLOOR``) once examples whose outputs are 0, each
+      with a zero gradient of its own loss, hold all but 0.05% of ``L`` and their loss lies
+      above the target (on a ReLU-type net, examples on which every unit is inactive): no
+      flow moves their outputs, and only the others, turning the weights as their margins
+      grow (over a span of ``log s``), could wake them. ``False``: go on to the target,
+      ``t1`` or ``max_steps``.
 
     **Returns:** a ``FlowResult``.
 
@@ -2236,6 +2258,7 @@ def gradient_flow(
             # final/states as the input's type
             standard_out=not isinstance(model, Parameterized),
             kink=kink,
+            floor=bool(stop_stalled) and has_target,
         )
         if not phased:
             result = solve(solver=method)[0]
@@ -2371,9 +2394,9 @@ def _stuck_note(r: FlowResult) -> str:
         f"{count} example{'s' if many else ''} ha{'ve' if many else 's'} a zero gradient of "
         f"{'their' if many else 'its'} own loss at result.final (an input of zeros; on a "
         f"ReLU-type net, every unit {'they reach' if many else 'it reaches'} inactive, output 0), "
-        f"so neither {'their outputs nor their' if many else 'its output nor its'} share of the "
-        "loss can move, and the other examples hold under 0.1% of the loss. Another "
-        "initialization or a wider net keeps such examples alive."
+        f"so {'their outputs do' if many else 'its output does'} not move, and the other "
+        "examples hold under 0.1% of the loss. Another initialization or a wider net keeps such "
+        "examples alive."
     )
 
 
