@@ -99,6 +99,26 @@ class PoolNet(eqx.Module):
         return self.head(h)
 
 
+class OrderNet(eqx.Module):
+    """``a . h(W x)`` with ``h`` MaxMin (``jnp.sort`` of pairs, a GroupSort activation) or the
+    3 largest of 6 units (``lax.top_k``): homogeneous, with kinks where two units swap."""
+
+    first: eqx.nn.Linear
+    head: eqx.nn.Linear
+    top: bool = eqx.field(static=True)
+
+    def __init__(self, d, key, top=False):
+        k1, k2 = jax.random.split(key)
+        self.first = eqx.nn.Linear(d, 6, use_bias=False, key=k1)
+        self.head = eqx.nn.Linear(3 if top else 6, "scalar", use_bias=False, key=k2)
+        self.top = top
+
+    def __call__(self, x):
+        z = self.first(x)
+        h = jax.lax.top_k(z, 3)[0] if self.top else jnp.sort(z.reshape(3, 2), axis=1).ravel()
+        return self.head(h)
+
+
 def _mlp(activation, depth=1, key=None):
     key = jax.random.key(1) if key is None else key
     return eqx.nn.MLP(
@@ -117,7 +137,10 @@ ACTIVATIONS = {
 
 @pytest.mark.parametrize(
     "name",
-    [*ACTIVATIONS, "maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint", "pool", "max"],
+    [
+        *ACTIVATIONS,
+        *("maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint", "pool", "max", "sort", "top"),
+    ],
 )
 def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
     """With a width far below every ``|z|`` (``kappa = 1e-10``) the blend leaves the outputs of
@@ -127,13 +150,16 @@ def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
     exactly beyond the layer); every kink is counted, through ``vmap``'s moves of a ``where``'s
     condition and ``jax.nn.relu``'s custom derivative, through EWN, in wnjax's ``MLP`` with a
     function for its activation, in a ``lax.scan``'s body, in a ``lax.cond``'s branches,
-    under ``jax.checkpoint`` beside an effect, and in max pooling and a global max."""
+    under ``jax.checkpoint`` beside an effect, in max pooling and a global max, and in a sort
+    and a ``top_k``."""
     X = jax.random.normal(jax.random.key(0), (7, 5))
     if name in ("pool", "max"):  # a ReLU and a many-way max
         X = jax.random.normal(jax.random.key(0), (7, 1, 6, 6))
         model, kinks = PoolNet(jax.random.key(5), global_max=name == "max"), 2
     elif name == "maxout":
         model, kinks = Maxout(5, 6, jax.random.key(2)), 1
+    elif name in ("sort", "top"):
+        model, kinks = OrderNet(5, jax.random.key(6), top=name == "top"), 1
     elif name == "ewn":
         model, kinks = wnjax.ewn(_mlp(jax.nn.relu, depth=2)), 2
     elif name == "wnjax-mlp":  # wnjax's MLP with a function for activation: its dense path
@@ -213,6 +239,64 @@ def test_a_tie_of_a_many_way_max_shares_the_derivative():
         np.testing.assert_allclose(jax.grad(wnjax.smooth_kinks(pooled, 0.1))(W), want, atol=1e-15)
 
 
+def test_a_tie_of_a_sort_or_top_k_shares_the_derivative():
+    """``c . sort(W x)`` over 3 units and ``c . top_k(W x, 2)``: the tied units share the
+    weights ``c_k`` of the outputs they fill equally, an untied unit has its own output's; off a
+    tie but within the blend's width (two units 1e-3 apart), ``sum sort(W x)`` still has the
+    derivative ``x`` in every unit, as ``sum_k sort(z)_k = sum_i z_i``."""
+    x = jnp.array([1.0, 2.0])
+    c = jnp.array([0.3, -1.1, 2.0])
+    low, high = [1.0, 0.5], [3.0, 1.0]  # w . x = 2 and 5
+    for rows, want in [
+        ([low, low, high], [(c[0] + c[1]) / 2, (c[0] + c[1]) / 2, c[2]]),
+        ([low, low, low], [c.sum() / 3] * 3),
+        ([high, low, [0.0, 0.0]], [c[2], c[1], c[0]]),
+    ]:
+        W = jnp.array(rows)
+        got = jax.grad(wnjax.smooth_kinks(lambda W: c @ jnp.sort(W @ x), 0.01))(W)
+        np.testing.assert_allclose(got, np.outer(want, np.asarray(x)), atol=1e-15)
+    d = c[:2]
+    for rows, want in [
+        ([high, high, low], [d.sum() / 2, d.sum() / 2, 0.0]),
+        ([high, low, low], [d[0], d[1] / 2, d[1] / 2]),
+    ]:
+        W = jnp.array(rows)
+        got = jax.grad(wnjax.smooth_kinks(lambda W: d @ jax.lax.top_k(W @ x, 2)[0], 0.01))(W)
+        np.testing.assert_allclose(got, np.outer(want, np.asarray(x)), atol=1e-15)
+    W = jnp.array([low, [1.0, 0.5005], high])  # 2 and 2.001: within the width
+    total = jax.grad(wnjax.smooth_kinks(lambda W: jnp.sum(jnp.sort(W @ x)), 0.01))(W)
+    np.testing.assert_allclose(total, np.outer(np.ones(3), np.asarray(x)), atol=1e-14)
+    near = jax.grad(wnjax.smooth_kinks(lambda W: c @ jnp.sort(W @ x), 0.01))(W)
+    assert 0 < abs(float(near[0, 0] - c[0])) < abs(float(c[1] - c[0]))  # blended, not c_0's
+
+
+class Picked(eqx.Module):
+    """An entry of ``z = W x`` picked by an index: ``argmax z`` or ``argsort z`` (of the
+    weights' values), or ``argmax x`` (of the data alone)."""
+
+    first: eqx.nn.Linear
+    by: str = eqx.field(static=True)
+
+    def __call__(self, x):
+        z = self.first(x)
+        if self.by == "argsort":
+            return z[jnp.argsort(z)[-1]]
+        return z[jnp.argmax(z if self.by == "argmax" else x[:4])]
+
+
+def test_a_run_short_of_its_target_names_the_kinks_left_as_they_are():
+    """``max_u w_u . x`` taken as ``z[argmax z]``: the field leaves that kink as it is (an
+    index of the weights' values), counts it in ``stats['kinks_left']``, and a run that runs out
+    of steps says so and how to write it instead."""
+    X, y = _margin_data(0)
+    net = Picked(eqx.nn.Linear(5, 4, use_bias=False, key=jax.random.key(1)), "argmax")
+    r = wnjax.gradient_flow(
+        net, X, y, time="normalized", target_log_loss=-300.0, max_steps=200, throw=False
+    )
+    assert int(r.stop_code) == 1 and int(r.stats["kinks_left"]) == 1
+    assert "leaves 1 kinked operation" in r.message and "jnp.max" in r.message
+
+
 class Preprocessed(eqx.Module):
     """``mlp`` on features of the input made with ``abs``, ``where`` and ``max``: kinks of the
     data alone."""
@@ -253,6 +337,10 @@ def test_powers_data_masks_guards_and_loops_are_left_alone():
         jax.random.normal(keys[0], (2, 5, 5)), jax.random.normal(keys[1], (5,)), while_loop=True
     )
     assert count_kinks(loop, X) == (0, 1)
+    # an index of the weights' values picks entries: left as it is; one of the data is no kink
+    first = eqx.nn.Linear(5, 4, use_bias=False, key=jax.random.key(1))
+    for by, left in [("argmax", 1), ("argsort", 1), ("data", 0)]:
+        assert count_kinks(Picked(first, by), X) == (0, left), by
 
     def guarded(v):  # v / |v| guarded at v = 0, then a ReLU
         n = jnp.sqrt(jnp.sum(v * v))
@@ -272,18 +360,21 @@ def _margin_data(seed, n=24, d=5):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["relu", "leaky", "maxout"])
+@pytest.mark.parametrize("name", ["relu", "leaky", "maxout", "sort", "top"])
 def test_equinox_modules_with_kinks_reach_deep_targets_with_the_defaults(name):
-    """``eqx.nn.MLP`` with ReLU (depth 2 and 3) and leaky ReLU, and a maxout net; standard, SWN,
-    EWN; two seeds: every normalized flow reaches log L = -300 with the defaults (with the
-    module's own derivative none of the 18 ReLU and leaky runs did: each ran out of 100,000
-    steps at log L between 0.4 and 3). EWN's flow is the rate-scaled one on the smoothed field
-    too (``flow_equivalence``, on the ReLU net)."""
+    """``eqx.nn.MLP`` with ReLU (depth 2 and 3) and leaky ReLU, a maxout net, and MaxMin
+    (``jnp.sort``) and top-3 (``lax.top_k``) nets; standard, SWN, EWN; two seeds: every
+    normalized flow reaches log L = -300 with the defaults (with the module's own derivative
+    none of the 18 ReLU and leaky runs did: each ran out of 100,000 steps at log L between 0.4
+    and 3; nor did two runs of a deeper MaxMin net with its sort left unsmoothed). EWN's flow
+    is the rate-scaled one on the smoothed field too (``flow_equivalence``, on the ReLU net)."""
     for seed in range(2):
         X, y = _margin_data(seed)
         key = jax.random.key(100 + seed)
         if name == "maxout":
             nets = [Maxout(5, 8, key)]
+        elif name in ("sort", "top"):
+            nets = [OrderNet(5, key, top=name == "top")]
         else:
             nets = [_mlp(ACTIVATIONS[name], depth, key) for depth in (1, 2)]
         for net in nets:

@@ -507,7 +507,8 @@ class FlowResult(RunResult):
       run ran out of steps; ``inf`` if none, or when it did not); for ``time='loss'`` also
       ``final_s`` (normalized time ``s`` at ``final``); ``kink_width`` (the relative width
       over which the field smoothed the derivative at the model's kinks, ``0`` where it did
-      not); where a run with a target ended short of it, ``stuck_examples`` and
+      not); ``kinks_left`` (where the field leaves kinked operations of the model as they
+      are, how many: see ``count_kinks``); where a run with a target ended short of it, ``stuck_examples`` and
       ``stuck_log_loss`` (how many examples have a zero gradient of their own loss at
       ``final``, and the log of their summed loss, a floor under ``log L``; absent where none
       has); with the
@@ -759,6 +760,16 @@ def _hints(r: FlowResult) -> str:
         hint += (
             " The model's kinks (ReLU's max(z, 0), say) make -grad L jump wherever a "
             "pre-activation changes sign." + _slide_hint(r)
+        )
+    left = int(np.asarray(r.stats.get("kinks_left", 0)))
+    if left:
+        hint += (
+            f" The field leaves {left} kinked operation{'s' if left > 1 else ''} of the model as "
+            f"{'they are' if left > 1 else 'it is'} (inside a lax.while_loop, an argmax or "
+            "argsort of the weights' values that picks entries, a transposed pooling): -grad L "
+            "jumps there, which holds error-controlled steps small. Written with jnp.maximum, "
+            "jnp.minimum, jnp.max, jnp.sort or lax.top_k (or a lax.scan) they are smoothed; or "
+            "use wnjax.gradient_descent."
         )
     return hint
 
@@ -2084,8 +2095,9 @@ def gradient_flow(
       shrinks to 0; on any other module (``eqx.nn.MLP`` with ``jax.nn.relu``, leaky ReLU,
       ``jnp.abs``, a maxout) every ``max``, ``min``, ``abs`` and ``where`` on the sign of a
       difference is blended, ``s`` the same bound on ``|z|`` from the weights and inputs of
-      the product that made it, and every many-way maximum (max pooling, ``jnp.max``) shares
-      its derivative among the entries near it (``wnjax.smooth_kinks``); a kink whose value
+      the product that made it, and every many-way maximum (max pooling, ``jnp.max``) and
+      order statistic (``jnp.sort``, ``lax.top_k``) shares its derivative among the entries
+      near it (``wnjax.smooth_kinks``); a kink whose value
       there is 0, raised to a power above 1 (ReLU^2), has a continuous derivative and is left
       as it is. The path is the Filippov
       solution's to ``O(kappa)``: on 5-8-1 ReLU nets that slide, three data sets each, the
@@ -2163,7 +2175,7 @@ def gradient_flow(
         raise InvalidInput(f"t1 must exceed t0 (got t0={t0}, t1={t1}).")
     dtype = X.dtype
     rtol, atol = _tolerances(rtol, atol, dtype)
-    kink = _resolve_kink_width(kink_width, p, X, rtol)
+    kink, kinks_left = _resolve_kink_width(kink_width, p, X, rtol)
     normalized = time != "plain"  # log t is integrated
     has_target = target_log_loss is not None
     save = resolve_save(
@@ -2269,6 +2281,8 @@ def gradient_flow(
                 more, handover = solve(solver=method.phase_solver(stiff), start=handover)
                 result = _join(result, more)
         stats = {**result.stats, "kink_width": jnp.asarray(kink, dtype)}
+        if kinks_left:
+            stats["kinks_left"] = jnp.asarray(kinks_left)
         if has_target and not isinstance(result.stop_code, jax.core.Tracer):
             stats.update(_stuck_stats(result, X, y, loss_obj))
         return _finish(dataclasses.replace(result, stats=stats), throw)
@@ -2304,16 +2318,17 @@ def _check_kink_width(kink_width) -> None:
         )
 
 
-def _resolve_kink_width(kink_width, p, X, rtol) -> float:
-    """The kink width the flow of ``p`` on ``X`` uses: ``0`` unless ``p`` is wnjax's ``MLP`` or
-    ``CNN`` with ReLU, or another model with kinks (``count_kinks``)."""
+def _resolve_kink_width(kink_width, p, X, rtol) -> tuple[float, int]:
+    """``(width, left)``: the kink width the flow of ``p`` on ``X`` uses, ``0`` unless ``p`` is
+    wnjax's ``MLP`` or ``CNN`` with ReLU, or another model with kinks (``count_kinks``), and
+    how many kinked operations the field leaves as they are (``count_kinks``)."""
     if kink_width is not None and not kink_width:
-        return 0.0
+        return 0.0, 0
     if _own_activation(p):
-        kinked = _activation(p).jumps
+        kinked, left = _activation(p).jumps, 0
     else:
         try:
-            kinked = count_kinks(p, jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype))[0] > 0
+            smoothed, left = count_kinks(p, jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype))
         except Exception as err:  # an operation the rewrite cannot evaluate
             warnings.warn(
                 f"gradient_flow could not read the model's kinks ({type(err).__name__}: {err}); "
@@ -2321,10 +2336,11 @@ def _resolve_kink_width(kink_width, p, X, rtol) -> float:
                 RuntimeWarning,
                 stacklevel=4,
             )
-            return 0.0
+            return 0.0, 0
+        kinked = smoothed > 0
     if not kinked:
-        return 0.0
-    return default_kink_width(rtol) if kink_width is None else float(kink_width)
+        return 0.0, left
+    return (default_kink_width(rtol) if kink_width is None else float(kink_width)), left
 
 
 def _own_activation(p) -> bool:

@@ -14,7 +14,8 @@ degree: for ``z = W h`` (a ``dot_general`` or a convolution), Cauchy-Schwarz's
 elements, a floor that keeps the width finite where a unit shrinks through zero. This is
 ``MLP``'s and ``CNN``'s ``kinked_relu`` for any module. A many-way maximum (``jnp.max``,
 max pooling) passes on its derivative blended over the entries near the maximum
-(``max_blend``).
+(``max_blend``), and each output of a sort or a ``top_k`` over the entries near it
+(``order_blend``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,28 @@ def _max_blend_jvp(primals, tangents):
     return out, jnp.sum(phi * dxs, axis=-1) / jnp.sum(phi, axis=-1)
 
 
+@jax.custom_jvp
+def order_blend(xs: Array, width: Array, outs: Array) -> Array:
+    """``outs`` (order statistics of ``xs`` over its last axis: ``xs`` sorted, or its largest
+    entries) with the tangents ``d outs_k = sum_i w_ki d xs_i``, ``w_ki = phi_ki / sum_j
+    phi_kj``, ``phi_ki = kink_slope(2 width - |xs_i - outs_k|, width)``: 1 for the entries equal
+    to ``outs_k``, 0 for those ``4 width`` or more from it, so ``k`` tied entries share their
+    ``k`` outputs' tangents ``1/k`` each, and an entry clear of the others passes its own, exactly.
+    The tangents of ``width`` and ``outs`` are dropped."""
+    return outs
+
+
+@order_blend.defjvp
+def _order_blend_jvp(primals, tangents):
+    xs, width, outs = primals
+    dxs = jnp.broadcast_to(tangents[0], jnp.shape(xs)).astype(jnp.result_type(outs))
+    x, o = xs[..., None, :], outs[..., :, None]
+    gap = jnp.where(x == o, 0.0, x - o)  # 0 also for -inf ties
+    w = width[..., None, None]
+    phi = kink_slope(2.0 * w - jnp.abs(gap), w)
+    return outs, jnp.sum(phi * dxs[..., None, :], axis=-1) / jnp.sum(phi, axis=-1)
+
+
 # Operations whose bound is the same operation applied to the bound of their first operand.
 _SHAPE_OPS = frozenset(
     {
@@ -104,10 +127,15 @@ _MOVES = frozenset(
 _REDUCE = {"reduce_max": 1.0, "reduce_min": -1.0}
 _WINDOW = {"reduce_window_max": 1.0, "reduce_window_min": -1.0}
 _MANY = {**_REDUCE, **_WINDOW}
+# Order statistics: ``jnp.sort`` (a sort of one operand) and ``lax.top_k``'s values.
+_ORDER = frozenset({"sort", "top_k"})
+# Operations whose integer result, an index, picks entries of a value: a jump of the derivative
+# where the index changes, which the rewrite leaves as it is (counted as left).
+_INDEXING = frozenset({"argmax", "argmin"})
 # Comparisons: True where ``sign (a - b) > 0``.
 _COMPARE = {"gt": 1.0, "ge": 1.0, "lt": -1.0, "le": -1.0}
 # Operations with a kink, and those that hold a jaxpr that may hold one.
-_KINKS = frozenset({"max", "min", "abs", "select_n", *_MANY})
+_KINKS = frozenset({"max", "min", "abs", "select_n", *_MANY, *_ORDER})
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 _CUSTOM = {
     "custom_jvp_call": "call_jaxpr",
@@ -199,9 +227,15 @@ class _Rewrite:
                 with eqn.ctx.manager:
                     ans = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
                 outs = list(ans) if eqn.primitive.multiple_results else [ans]
-                if eqn.primitive.name in _KINKS and self.kappa and eqn not in self.keep:
-                    outs = [self.smooth(eqn.primitive.name, invals, outs[0], eqn.params)]
+                name = eqn.primitive.name
+                if name in _KINKS and self.kappa and eqn not in self.keep:
+                    if name in _ORDER:
+                        outs = self.smooth_order(name, invals, outs, eqn.params)
+                    else:
+                        outs = [self.smooth(name, invals, outs[0], eqn.params)]
                 else:
+                    if name in _INDEXING and self.is_live(*invals):
+                        self.left += 1  # an argmax that picks entries: left as it is
                     self.note(eqn, invals, outs)
             if self.is_live(*invals):
                 for x in outs:
@@ -361,6 +395,28 @@ class _Rewrite:
         self.bounds[id(result)] = (result, jnp.max(bs, axis=-1))
         return result
 
+    def smooth_order(self, name: str, invals, outs: list, params: dict) -> list:
+        """``outs`` of a sort or a ``top_k``, the derivative of the values blended over the
+        entries within ``4 width`` of each (``order_blend``). A sort that carries other operands
+        along (``jnp.argsort``: indices, which pick entries elsewhere) is left as it is."""
+        if not self.is_live(*invals):
+            return outs
+        if name == "sort" and len(invals) > 1 or not _floating(outs[0]):
+            self.left += 1
+            return outs
+        axis = params["dimension"] if name == "sort" else params.get("axis", -1)
+        x, values = invals[0], outs[0]
+        xs, bs = (jnp.moveaxis(v, axis, -1) for v in (x, self.bound(x)))
+        if xs.shape[-1] == 1:  # one entry: no kink
+            return outs
+        self.smoothed += 1
+        bsq = 2.0 * jnp.max(bs * bs, axis=-1)  # |x_i - x_j| <= b_i + b_j
+        blended = order_blend(xs, self.width(bsq, values.dtype), jnp.moveaxis(values, axis, -1))
+        result = jnp.moveaxis(blended, -1, axis)
+        bound = jnp.broadcast_to(jnp.max(bs, axis=-1, keepdims=True), blended.shape)
+        self.bounds[id(result)] = (result, jnp.moveaxis(bound, -1, axis))
+        return [result, *outs[1:]]
+
 
 def _gather_axes(x: Array, axes: tuple) -> Array:
     """``x`` with ``axes`` moved to the end and flattened into one."""
@@ -415,7 +471,10 @@ def smooth_kinks(fn: Callable, kappa: float, argnums: int | tuple[int, ...] = 0)
     at ``z = -2 width`` to 1 at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 +
     mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A maximum over
     axes or windows (``jnp.max``, max pooling; minima likewise) passes on the derivatives of
-    the entries within ``4 width`` of it, blended (``max_blend``). A kink whose value there is
+    the entries within ``4 width`` of it, blended (``max_blend``); so does each output of a
+    sort (``jnp.sort``, a GroupSort or MaxMin activation) or of ``lax.top_k``
+    (``order_blend``). An index of the values differentiated that picks entries (``argmax``,
+    ``argsort``) is left as it is, and counted (``count_kinks``). A kink whose value there is
     0 and whose every use raises it to a power above 1 (ReLU^2) is left as it is; the bodies of
     ``lax.scan`` and the branches of ``lax.cond`` are smoothed in place, a ``while_loop``'s are
     left as they are. ``gradient_flow`` evaluates the vector field
