@@ -508,7 +508,8 @@ class FlowResult(RunResult):
       ``final_s`` (normalized time ``s`` at ``final``); ``kink_width`` (the relative width
       over which the field smoothed the derivative at the model's kinks, ``0`` where it did
       not); ``kinks_left`` (where the field leaves kinked operations of the model as they
-      are, how many: see ``count_kinks``); where a run with a target ended short of it, ``stuck_examples`` and
+      are, how many: see ``count_kinks``); where a run with a target ended short of it,
+      ``stuck_examples`` and
       ``stuck_log_loss`` (how many examples have a zero gradient of their own loss at
       ``final``, and the log of their summed loss, a floor under ``log L``; absent where none
       has); with the
