@@ -311,6 +311,32 @@ def test_stalled_gd_says_so(problem):
     assert "stopped decreasing" not in _gd(model, X, y).message
 
 
+def test_gd_whose_loss_rose_says_so():
+    """EWN GD on a ReLU net (6-10-1, 30 points) with a step too large for it: log L falls, then
+    a step throws the net onto a floor above where it was. The run's message names the lowest
+    log L saved (numpy's minimum of ``result.log_loss``), its step, and the remedy."""
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    X = jax.random.normal(k1, (30, 6))
+    y = jnp.sign(X @ jax.random.normal(k2, (6,)))
+    net = eqx.nn.MLP(
+        6, "scalar", 10, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False, key=k3
+    )
+    r = wnjax.gradient_descent(
+        wnjax.ewn(net),
+        X,
+        y,
+        num_steps=2000,
+        learning_rate=0.1,
+        target_log_loss=-30.0,
+        throw=False,
+    )
+    log_l, steps = np.asarray(r.log_loss), np.asarray(r.steps)
+    low = int(np.argmin(log_l))
+    assert log_l[-1] - log_l[low] > 0.1
+    assert f"log L fell to {log_l[low]:.6g} (step {steps[low]}) and then rose" in r.message
+    assert "Lower learning_rate" in r.message and "separable" not in r.message
+
+
 # --- errors and the command line ---
 
 

@@ -150,8 +150,9 @@ class GDResult(RunResult):
 
     @property
     def stall(self) -> str:
-        """A sentence when ``log L`` stopped decreasing over the last half of the run (fell by
-        less than 1e-3 of its fall before), else ``''``."""
+        """A sentence when ``log L`` ended above the lowest value saved (by over 1e-3 of
+        ``1 + |log L|``: the steps overshot), else when it stopped decreasing over the last half
+        of the run (fell by less than 1e-3 of its fall before), else ``''``."""
         steps, log_l = np.asarray(self.steps), np.asarray(self.log_loss)
         if steps.ndim != 1 or log_l.ndim != 1:
             return ""
@@ -159,6 +160,16 @@ class GDResult(RunResult):
         steps, log_l = steps[keep], log_l[keep]
         if steps.size < 3 or not np.all(np.isfinite(log_l)):
             return ""
+        low = int(np.argmin(log_l))
+        if log_l[-1] - log_l[low] > 1e-3 * (1.0 + abs(log_l[low])):
+            return (
+                f" log L fell to {log_l[low]:.6g} (step {int(steps[low])}) and then rose, to "
+                f"{log_l[-1]:.6g} at the end: the steps were too large for the net there (and a "
+                "step that turns a unit off on every point leaves it off: "
+                "wnjax.margins(result.final, X, y) is 0 on the points that no unit reaches). "
+                "Lower learning_rate (under EWN a neuron's effective rate grows like "
+                "||w_u||^2), or use a schedule that backs off when log L rises."
+            )
         mid = int(np.flatnonzero(steps <= steps[-1] // 2)[-1])
         before, after = log_l[0] - log_l[mid], log_l[mid] - log_l[-1]
         if mid == 0 or after > 1e-3 * max(before, 0.0) + 1e-9 * (1.0 + abs(log_l[-1])):
@@ -790,7 +801,11 @@ def prepare_run(
                 "this optimizer is already built, so its numbers are fixed."
             )
         if not isinstance(optimizer, optax.GradientTransformation) and "learning_rate" not in hp:
-            raise InvalidInput("pass learning_rate=... (or hyperparams) for the optimizer factory.")
+            name = getattr(optimizer, "__name__", type(optimizer).__name__)
+            raise InvalidInput(
+                f"the optimizer factory {name} needs its step size: pass learning_rate=... "
+                "(e.g. learning_rate=0.1), or a built optax optimizer such as optax.sgd(0.1)."
+            )
         rule = DescentRule(loss_obj, optimizer, batch_size, objective)
     hp = {k: as_number(v, dtype) for k, v in hp.items()}
     if degree is None:
