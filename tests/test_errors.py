@@ -54,6 +54,24 @@ def test_non_finite_inputs(run, bad, problem):
 
 
 @RUNNERS
+def test_narrow_float_data_run_in_the_models_precision_and_text_is_refused(run, problem):
+    """bfloat16 and float16 data (JAX's narrow floats; bfloat16 is no NumPy float) run as the
+    same data widened: the run's ``log L`` is the widened run's; a NaN in them, or data of
+    strings, is refused by name."""
+    model, X, y = problem
+    for narrow in (jnp.bfloat16, jnp.float16):
+        Xn = X.astype(narrow)
+        got, want = run(model, Xn, y), run(model, Xn.astype(X.dtype), y)
+        assert float(got.final_log_loss) == float(want.final_log_loss)
+        with pytest.raises(ValueError, match="X contains NaN or inf"):
+            run(model, Xn.at[2, 1].set(np.nan), y)
+        with pytest.raises(ValueError, match="y contains NaN or inf"):
+            run(model, X, y.astype(narrow).at[0].set(np.nan), loss="square")
+    with pytest.raises(ValueError, match="X must hold numbers"):
+        run(model, np.full(X.shape, "a"), y)
+
+
+@RUNNERS
 def test_shape_mismatches(run, problem):
     model, X, y = problem
     with pytest.raises(ValueError, match="12 examples but y has shape"):

@@ -146,10 +146,14 @@ def check_data(X, y, loss: Loss) -> tuple[Array, Array]:
         )
     if np.issubdtype(Xn.dtype, np.complexfloating):
         raise InvalidInput(f"X must be real, got dtype {Xn.dtype}; pass its real part or features.")
-    if not np.issubdtype(Xn.dtype, np.number) or not np.all(np.isfinite(Xn)):
-        bad = np.argwhere(~np.isfinite(Xn))[:3].tolist()
+    if not jnp.issubdtype(Xn.dtype, jnp.number):
+        raise InvalidInput(f"X must hold numbers, got dtype {Xn.dtype}; pass a float array.")
+    # (bfloat16 and JAX's other narrow floats are no NumPy floats: compare them widened)
+    finite = np.isfinite(Xn if np.issubdtype(Xn.dtype, np.number) else Xn.astype(np.float32))
+    if not np.all(finite):
+        bad = np.argwhere(~finite)[:3].tolist()
         raise InvalidInput(f"X contains NaN or inf (first at indices {bad}); clean the data first.")
-    if np.issubdtype(yn.dtype, np.floating) and not np.all(np.isfinite(yn)):
+    if jnp.issubdtype(yn.dtype, jnp.floating) and not np.all(np.isfinite(yn.astype(np.float64))):
         raise InvalidInput("y contains NaN or inf; clean the labels first.")
     name = type(loss).__name__.lower()
     if loss.binary and loss.margin_based:
