@@ -192,12 +192,13 @@ def test_where_normalizes_only_chosen_layers(kind):
 
 
 def test_parameterize_takes_a_parameterization_by_name():
-    """``parameterize(model, 'ewn')`` (any case) is ``wnjax.ewn(model)``, with ``where`` too; a
-    name it does not know, or a class, is refused with the names it knows."""
+    """``parameterize(model, 'ewn')`` (any case, as ``parameterization``) is ``wnjax.ewn(model)``,
+    with ``where`` too; a name it does not know, or a class, is refused with the names it
+    knows."""
     model = wnjax.MLP(3, 5, 3, activation="relu", key=jax.random.key(1))
     for name in ("ewn", "SWN", "standard"):
         got = wnjax.parameterize(model, name, where=lambda m: [m.layers[1]])
-        want = wnjax.parameterization(name.lower())
+        want = wnjax.parameterization(name)  # any case too
         want = want(model) if name == "standard" else want(model, where=lambda m: [m.layers[1]])
         assert eqx.tree_equal(got, want)
     for bad in ("wn", wnjax.EWN, 3):

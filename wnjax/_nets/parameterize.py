@@ -307,7 +307,7 @@ PARAMETERIZATIONS: dict[str, Callable[..., Parameterized]] = {
 
 
 def parameterization(name: str | Callable[..., Parameterized]) -> Callable[..., Parameterized]:
-    """The parameterization called ``name``: ``'ewn'``, ``'swn'`` or ``'standard'``.
+    """The parameterization called ``name``: ``'ewn'``, ``'swn'`` or ``'standard'`` (any case).
 
     **Arguments:**
 
@@ -326,7 +326,7 @@ def parameterization(name: str | Callable[..., Parameterized]) -> Callable[..., 
     if callable(name):
         return name
     try:
-        return PARAMETERIZATIONS[name]
+        return PARAMETERIZATIONS[name.lower() if isinstance(name, str) else name]
     except (KeyError, TypeError):
         raise InvalidInput(
             f"unknown parameterization {name!r}; choose one of {sorted(PARAMETERIZATIONS)}."
