@@ -406,9 +406,9 @@ def test_max_pooling_nets_reach_deep_targets_with_the_defaults(global_max):
 
 def test_examples_on_which_every_unit_is_dead_set_a_floor_the_message_names():
     """An EWN ReLU net (5-8-1, 24 points) whose flow leaves one example with every hidden unit
-    inactive: its output stays 0, its loss 1, so log L cannot fall below 0. The run stops on
-    that floor (``FLOOR``), and its message says why (not that the field jumps), with the
-    floor and the count in ``stats``."""
+    inactive: its output stays 0, its loss 1, so log L cannot fall below 0. With
+    ``stop_stalled=True`` the run stops on that floor (``FLOOR``), and its message says why (not
+    that the field jumps), with the floor and the count in ``stats``."""
     from wnjax._dynamics.flow import FLOOR
 
     X, y = _data(1, 24)
@@ -418,6 +418,7 @@ def test_examples_on_which_every_unit_is_dead_set_a_floor_the_message_names():
         y,
         time="normalized",
         target_log_loss=-300.0,
+        stop_stalled=True,
         throw=False,
     )
     assert not bool(r.reached_target) and int(r.stop_code) == FLOOR

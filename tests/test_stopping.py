@@ -646,10 +646,10 @@ def _dead_at(net, X):
 @pytest.mark.parametrize("parameterize", ["standard", "ewn"])
 def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
     """A ReLU net with an example that reaches no unit: its output stays 0 and its loss 1, so
-    the exponential loss cannot fall below ``n_dead`` (``log L >= log n_dead``). The flow to
-    ``log L = -300`` stops once the others hold under 0.1% of the loss (``FLOOR``), in a few
-    thousand of its 100,000 steps, within 1e-3 of ``log n_dead``, the dead examples counted by
-    hand from the final hidden layer."""
+    the exponential loss cannot fall below ``n_dead`` (``log L >= log n_dead``). With
+    ``stop_stalled=True`` the flow to ``log L = -300`` stops once the others hold under 0.05% of
+    the loss (``FLOOR``), in a few thousand of its 100,000 steps, within 1e-3 of ``log n_dead``,
+    the dead examples counted by hand from the final hidden layer."""
     from wnjax._dynamics.flow import FLOOR
 
     net, X = _dead_example_net(jax.random.key(0))
@@ -660,6 +660,7 @@ def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
         y,
         time="normalized",
         target_log_loss=-300.0,
+        stop_stalled=True,
         throw=False,
     )
     assert int(r.stop_code) == FLOOR and not bool(r.ok) and not bool(r.reached_target)
@@ -667,32 +668,43 @@ def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
     dead = _dead_at(wnjax.to_standard(r.final), X)
     assert dead[0] and int(r.stats["stuck_examples"]) == int(dead.sum())
     assert 0 <= float(r.final_log_loss) - np.log(dead.sum()) < 1e-3
-    assert "sits at a floor" in r.message and "stop_stalled=False" in r.message
+    assert "sits at a floor" in r.message and "stopped there (stop_stalled=True)" in r.message
 
 
-def test_a_flow_told_not_to_stop_on_a_floor_runs_on():
-    """``stop_stalled=False``: the same flow goes on past the floor to its step budget."""
+def test_a_flow_not_told_to_stop_on_a_floor_runs_on():
+    """By default (``stop_stalled=False``) the same flow goes on past the floor to its step
+    budget, and its message says how to stop there."""
     from wnjax._dynamics.flow import FLOOR
 
     net, X = _dead_example_net(jax.random.key(0))
     y = jnp.sign(X[:, 1] + 0.5 * X[:, 2]).at[0].set(1.0)
     kw = dict(time="normalized", target_log_loss=-300.0, max_steps=6_000, throw=False)
-    stopped = wnjax.gradient_flow(net, X, y, **kw)
-    r = wnjax.gradient_flow(net, X, y, stop_stalled=False, **kw)
+    stopped = wnjax.gradient_flow(net, X, y, stop_stalled=True, **kw)
+    r = wnjax.gradient_flow(net, X, y, **kw)
     assert int(stopped.stop_code) == FLOOR and int(r.stop_code) == 1
+    assert "sits at a floor" in r.message
+    assert "stop_stalled=True stops a run at such a floor" in r.message
     assert int(r.stats["num_steps"]) == 6_000 > int(stopped.stats["num_steps"])
     assert float(r.final_log_loss) <= float(stopped.final_log_loss)
 
 
 def test_a_square_loss_floor_of_dead_examples_is_their_summed_loss():
     """Under the square loss a dead example's residual is its target: ``L >= sum_dead y_i^2 / 2``.
-    The flow to ``log L = -20`` stops there (``FLOOR``), within 1e-3 of that sum's log."""
+    With ``stop_stalled=True`` the flow to ``log L = -20`` stops there (``FLOOR``), within 1e-3
+    of that sum's log."""
     from wnjax._dynamics.flow import FLOOR
 
     net, X = _dead_example_net(jax.random.key(1))
     y = jnp.tanh(X[:, 1]).at[0].set(3.0)
     r = wnjax.gradient_flow(
-        net, X, y, loss="square", time="normalized", target_log_loss=-20.0, throw=False
+        net,
+        X,
+        y,
+        loss="square",
+        time="normalized",
+        target_log_loss=-20.0,
+        stop_stalled=True,
+        throw=False,
     )
     assert int(r.stop_code) == FLOOR, r.message
     dead = _dead_at(r.final, X)
@@ -717,7 +729,7 @@ def test_outputs_that_are_zero_but_move_are_no_floor():
     )
     net = eqx.tree_at(lambda m: m.layers[1].weight, net, jnp.zeros_like(net.layers[1].weight))
     assert np.all(np.asarray(jax.vmap(net)(X)) == 0)
-    r = wnjax.gradient_flow(net, X, y, time="normalized", target_log_loss=-30.0)
+    r = wnjax.gradient_flow(net, X, y, time="normalized", target_log_loss=-30.0, stop_stalled=True)
     assert bool(r.ok) and bool(r.reached_target)
 
 
@@ -741,7 +753,14 @@ def test_a_vmapped_flow_stops_each_run_on_its_own_floor():
     @eqx.filter_vmap
     def run(net):
         r = wnjax.gradient_flow(
-            net, X, y, time="normalized", target_log_loss=-30.0, n_save=4, throw=False
+            net,
+            X,
+            y,
+            time="normalized",
+            target_log_loss=-30.0,
+            n_save=4,
+            stop_stalled=True,
+            throw=False,
         )
         return r.stop_code, r.reached_target
 

@@ -675,10 +675,9 @@ def _describe(r: FlowResult) -> str:
             )
             + (
                 " The run stopped there (stop_stalled=True): only the other examples, turning "
-                "the weights as their margins grow (over a span of log s), could wake these; "
-                "stop_stalled=False goes on to the target, t1 or max_steps."
+                "the weights as their margins grow (over spans of log s), could wake these."
                 if int(code) == FLOOR
-                else ""
+                else " stop_stalled=True stops a run at such a floor as soon as it is reached."
             )
             + " The partial result is kept (result.final, result.summaries)."
         )
@@ -2007,7 +2006,7 @@ def gradient_flow(
     controller_kwargs: dict | None = None,
     diagnostics: bool = True,
     kink_width: float | None = None,
-    stop_stalled: bool = True,
+    stop_stalled: bool = False,
 ) -> FlowResult:
     """Integrate gradient flow ``dw/dt = -grad L(w)`` of a (parameterized) model with diffrax.
 
@@ -2111,10 +2110,13 @@ def gradient_flow(
       ``result.stats['kink_width']`` holds the value used (``0`` where none was).
     - `stop_stalled`: with a target, stop (``FLOOR``) once examples whose outputs are 0, each
       with a zero gradient of its own loss, hold all but 0.05% of ``L`` and their loss lies
-      above the target (on a ReLU-type net, examples on which every unit is inactive): no
-      flow moves their outputs, and only the others, turning the weights as their margins
-      grow (over a span of ``log s``), could wake them. ``False``: go on to the target,
-      ``t1`` or ``max_steps``.
+      above the target (on a ReLU-type net, examples on which every unit is inactive), as
+      ``gradient_descent``'s option does. No flow moves their outputs, but the other
+      examples, turning the weights as their margins grow (over spans of ``log s``), can wake
+      them, and a run that goes on can still reach its target (a small ReLU ``eqx.nn.MLP``
+      stopped at ``log L = 0.0005`` with the stop, and reaches ``-300`` without it).
+      ``False`` (default): go on to the target, ``t1`` or ``max_steps``; a run that ends at
+      such a floor says so.
 
     **Returns:** a ``FlowResult``.
 
