@@ -13,9 +13,8 @@ degree: for ``z = W h`` (a ``dot_general`` or a convolution), Cauchy-Schwarz's
 ``||w_u|| ||h||`` per output (the patch norm for a convolution); the mean is over the site's
 elements, a floor that keeps the width finite where a unit shrinks through zero. This is
 ``MLP``'s and ``CNN``'s ``kinked_relu`` for any module. A many-way maximum (``jnp.max``,
-max pooling) passes on its derivative blended over the entries near the maximum
-(``max_blend``), and each output of a sort or a ``top_k`` over the entries near it
-(``order_blend``).
+max pooling) passes on its derivative blended over the entries near the maximum, and so
+does each output of a sort or a ``top_k`` over the entries near it (``order_blend``).
 """
 
 from __future__ import annotations
@@ -61,33 +60,13 @@ def _kink_blend_jvp(primals, tangents):
 
 
 @jax.custom_jvp
-def max_blend(xs: Array, width: Array, out: Array) -> Array:
-    """``out`` (``= max`` of ``xs`` over its last axis) with the tangent ``sum_i w_i d xs_i``,
-    ``w_i = phi_i / sum_j phi_j``, ``phi_i = kink_slope(xs_i - out + 2 width, width)``: 1 for
-    the maximizers, 0 for entries ``4 width`` or more below, so ``k`` tied entries have
-    ``1/k`` each and a maximizer clear of the others its own derivative, exactly. The
-    tangents of ``width`` and ``out`` are dropped."""
-    return out
-
-
-@max_blend.defjvp
-def _max_blend_jvp(primals, tangents):
-    xs, width, out = primals
-    dxs = jnp.broadcast_to(tangents[0], jnp.shape(xs)).astype(jnp.result_type(out))
-    gap = jnp.where(xs == out[..., None], 0.0, xs - out[..., None])  # 0 also for -inf ties
-    w = width[..., None]
-    phi = kink_slope(gap + 2.0 * w, w)
-    return out, jnp.sum(phi * dxs, axis=-1) / jnp.sum(phi, axis=-1)
-
-
-@jax.custom_jvp
 def order_blend(xs: Array, width: Array, outs: Array) -> Array:
-    """``outs`` (order statistics of ``xs`` over its last axis: ``xs`` sorted, or its largest
-    entries) with the tangents ``d outs_k = sum_i w_ki d xs_i``, ``w_ki = phi_ki / sum_j
-    phi_kj``, ``phi_ki = kink_slope(2 width - |xs_i - outs_k|, width)``: 1 for the entries equal
-    to ``outs_k``, 0 for those ``4 width`` or more from it, so ``k`` tied entries share their
-    ``k`` outputs' tangents ``1/k`` each, and an entry clear of the others passes its own, exactly.
-    The tangents of ``width`` and ``outs`` are dropped."""
+    """``outs`` (order statistics of ``xs`` over its last axis: ``xs`` sorted, its largest
+    entries, or its maximum alone) with the tangents ``d outs_k = sum_i w_ki d xs_i``,
+    ``w_ki = phi_ki / sum_j phi_kj``, ``phi_ki = kink_slope(2 width - |xs_i - outs_k|, width)``:
+    1 for the entries equal to ``outs_k``, 0 for those ``4 width`` or more from it, so ``k``
+    tied entries share their ``k`` outputs' tangents ``1/k`` each, and an entry clear of the
+    others passes its own, exactly. The tangents of ``width`` and ``outs`` are dropped."""
     return outs
 
 
@@ -375,7 +354,7 @@ class _Rewrite:
 
     def smooth_many(self, name: str, x: Array, out: Array, params: dict) -> Array:
         """``out``, a maximum (minimum) of ``x`` over axes or windows, its derivative blended
-        over the entries within ``4 width`` of it (``max_blend``)."""
+        over the entries within ``4 width`` of it (``order_blend`` of the one output)."""
         sign = _MANY[name]
         bound = self.bound(x)
         if name in _REDUCE:
@@ -391,7 +370,8 @@ class _Rewrite:
             return out
         self.smoothed += 1
         bsq = 2.0 * jnp.max(bs * bs, axis=-1)  # |x_i - x_j| <= b_i + b_j
-        result = sign * max_blend(sign * xs, self.width(bsq, out.dtype), sign * out)
+        width = self.width(bsq, out.dtype)
+        result = sign * order_blend(sign * xs, width, sign * out[..., None])[..., 0]
         self.bounds[id(result)] = (result, jnp.max(bs, axis=-1))
         return result
 
@@ -471,10 +451,10 @@ def smooth_kinks(fn: Callable, kappa: float, argnums: int | tuple[int, ...] = 0)
     at ``z = -2 width`` to 1 at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 +
     mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A maximum over
     axes or windows (``jnp.max``, max pooling; minima likewise) passes on the derivatives of
-    the entries within ``4 width`` of it, blended (``max_blend``); so does each output of a
-    sort (``jnp.sort``, a GroupSort or MaxMin activation) or of ``lax.top_k``
-    (``order_blend``). An index of the values differentiated that picks entries (``argmax``,
-    ``argsort``) is left as it is, and counted (``count_kinks``). A kink whose value there is
+    the entries within ``4 width`` of it, blended, and so does each output of a sort
+    (``jnp.sort``, a GroupSort or MaxMin activation) or of ``lax.top_k`` (``order_blend``). An
+    index of the values differentiated that picks entries (``argmax``, ``argsort``) is left as
+    it is, and counted (``count_kinks``). A kink whose value there is
     0 and whose every use raises it to a power above 1 (ReLU^2) is left as it is; the bodies of
     ``lax.scan`` and the branches of ``lax.cond`` are smoothed in place, a ``while_loop``'s are
     left as they are. ``gradient_flow`` evaluates the vector field
