@@ -299,6 +299,75 @@ def test_all_zero_row_warns(run, problem):
         run(model, X.at[3].set(0.0), y, **kw)
 
 
+def _grid_data(n=24, d=3, period=4, seed=0):
+    """Rows that repeat every ``period`` rows, with labels drawn independently: identical rows
+    with different labels."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(period, d))
+    return np.tile(base, (n // period, 1)), rng
+
+
+def _least_group_loss(X, labels, lossfn, dim=1):
+    """An independent reference: ``log`` of the least summed loss of the groups of identical
+    rows whose labels differ, each group's output free (scipy BFGS over it)."""
+    from scipy.optimize import minimize
+
+    total = 0.0
+    for row in np.unique(X, axis=0):
+        idx = np.flatnonzero(np.all(X == row, axis=1))
+        if len({repr(labels[i]) for i in idx}) < 2:
+            continue
+        res = minimize(
+            lambda f: sum(lossfn(f, labels[i]) for i in idx),
+            np.zeros(dim),
+            method="BFGS",
+            options={"gtol": 1e-12},
+        )
+        total += res.fun
+    return np.log(total)
+
+
+CONFLICT_LOSSES = {
+    "exponential": lambda f, y: np.exp(-y * f[0]),
+    "logistic": lambda f, y: np.logaddexp(0.0, -y * f[0]),
+    "cross_entropy": lambda f, y: np.logaddexp.reduce(f) - f[y],
+    "square": lambda f, y: 0.5 * (f[0] - y) ** 2,
+}
+
+
+@RUNNERS
+@pytest.mark.parametrize("loss", sorted(CONFLICT_LOSSES))
+def test_identical_rows_with_other_labels_put_a_target_out_of_reach(run, loss):
+    X, rng = _grid_data()
+    if loss == "cross_entropy":
+        y, out, dim = rng.integers(0, 3, size=X.shape[0]), 3, 3
+    elif loss == "square":
+        y, out, dim = rng.normal(size=X.shape[0]), "scalar", 1
+    else:
+        y, out, dim = rng.choice([-1.0, 1.0], size=X.shape[0]), "scalar", 1
+    model = eqx.nn.MLP(3, out, 6, 1, use_bias=False, use_final_bias=False, key=jax.random.key(0))
+    floor = _least_group_loss(X, y, CONFLICT_LOSSES[loss], dim)
+    match = r"cannot be reached: rows 0 and \d+ of X are identical"
+    with pytest.raises(ValueError, match=match) as e:
+        run(model, X, y, loss=loss, target_log_loss=floor - 0.01)
+    quoted = float(re.search(r"log L >= ([-0-9.e+]+)", str(e.value)).group(1))
+    np.testing.assert_allclose(quoted, floor, rtol=1e-5)
+
+
+def test_identical_rows_warn_without_a_target_and_agreeing_rows_do_not(problem):
+    import warnings
+
+    model, _, _ = problem
+    X, rng = _grid_data()
+    y = rng.choice([-1.0, 1.0], size=X.shape[0])
+    with pytest.warns(UserWarning, match=r"rows 0 and \d+ of X are identical.*Drop or relabel"):
+        _gd(model, X, y)
+    agreeing = np.tile([1.0, -1.0, 1.0, 1.0], X.shape[0] // 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _gd(model, X, agreeing, target_log_loss=-5.0)
+
+
 # --- GD results ---
 
 
@@ -315,13 +384,14 @@ def test_gd_save_arrays_hold_saved_points_only(problem):
 
 
 def test_stalled_gd_says_so(problem):
-    """Each of six points twice, with opposite labels: L has a positive floor, so a deep target
-    is never reached; the run ends ok but warns and says why."""
+    """Six points and their doubles, with opposite labels: a bias-free ReLU^2 net gives ``2 x`` the
+    output ``4 f(x)``, of ``f(x)``'s sign, so L has a positive floor and a deep target is never
+    reached; the run ends ok but warns and says why."""
     model, X, y = problem
-    X2, y2 = jnp.concatenate([X[:6], X[:6]]), jnp.concatenate([y[:6], -y[:6]])
+    X2, y2 = jnp.concatenate([X[:6], 2 * X[:6]]), jnp.concatenate([y[:6], -y[:6]])
     with pytest.warns(RuntimeWarning, match=r"(?s)target_log_loss.*stopped decreasing.*separable"):
         r = wnjax.gradient_descent(
-            model, X2, y2, num_steps=2000, learning_rate=0.1, target_log_loss=-10.0
+            model, X2, y2, num_steps=2000, learning_rate=0.02, target_log_loss=-10.0
         )
     assert bool(r.ok) and not bool(r.reached_target)
     assert "is the data separable" in r.message.lower()

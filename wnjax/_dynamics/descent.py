@@ -53,6 +53,7 @@ from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, packed_while_loop, tree_where
 from wnjax._runtime.validate import (
+    check_conflicts,
     check_data,
     check_key,
     check_options,
@@ -772,6 +773,7 @@ def prepare_run(
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
+    check_conflicts(X, y, loss_obj, target_log_loss, stacklevel=5)
     # One float dtype for data and parameters: the loop's carry keeps its types.
     p, X, y, dtype = in_common_dtype(p, X, y)
     if batch_size is not None:

@@ -66,6 +66,7 @@ from wnjax._runtime.errors import InvalidInput
 from wnjax._runtime.precision import in_float32
 from wnjax._runtime.tree import all_finite, as_number, tree_norm
 from wnjax._runtime.validate import (
+    check_conflicts,
     check_data,
     check_options,
     check_outputs,
@@ -2160,6 +2161,7 @@ def gradient_flow(
     # the run's precision: the wider of the model's and the data's, as gradient_descent's
     p, X, y, dtype = in_common_dtype(p, X, y)
     check_outputs(p, X, y, loss_obj)
+    check_conflicts(X, y, loss_obj, target_log_loss, stacklevel=4)
     open_end = t1 is None and target_log_loss is not None
     if t1 is None:
         t1 = open_end_time(X.dtype) if open_end else 1.0

@@ -218,6 +218,122 @@ def _warn_zero_rows(Xn: np.ndarray) -> None:
         )
 
 
+def check_conflicts(X, y, loss: Loss, target, stacklevel: int) -> None:
+    """Identical rows of ``X`` with different labels (targets), which every model maps to one
+    output: raise ``InvalidInput`` when they put ``target`` (a ``log L``) out of reach, else
+    warn. Their floor ``B``: ``log L >= B``, the least ``log L`` of those rows over a shared
+    output, in closed form (``Exponential``: ``2 sqrt(n+ n-)`` per group, at ``f = log(n+/n-)/2``;
+    ``Logistic``, ``LogisticThenExponential`` and ``CrossEntropy``: ``-sum_k n_k log(n_k/m)``,
+    at logits ``log(n_k/m)``; ``Square``: the targets' spread about their mean), and for any
+    other margin loss ``logsumexp`` over groups of the least ``l_i(0)`` (a margin of the group
+    is at most 0). Skipped for traced data and for other losses.
+
+    **Arguments:** `X`, `y`: the data, as ``check_data`` returns them; `loss`: the ``Loss``;
+    `target`: the run's ``target_log_loss`` or ``None``; `stacklevel`: the warning's."""
+    if any(isinstance(a, jax.core.Tracer) for a in (X, y, target)):
+        return
+    floor = _conflict_floor(np.asarray(X), np.asarray(y), loss)
+    if floor is None:
+        return
+    bound, rows, groups, members = floor
+    pair = " and ".join(str(int(r)) for r in rows)
+    labels = np.asarray(y)[list(rows)].tolist()
+    what = "targets" if not loss.margin_based else "labels"
+    facts = (
+        f"rows {pair} of X are identical but their {what} differ ({labels[0]} and {labels[1]}"
+        f"{f'; {groups} such groups, {members} rows' if groups > 1 or members > 2 else ''}): "
+        f"every model gives them one output, so log L >= {bound:.6g} (the least loss of "
+        "such rows over one output each)"
+    )
+    fix = "Drop or relabel the conflicting rows"
+    target = None if target is None else float(np.max(np.asarray(target)))
+    tol = 1e-6 * (1.0 + abs(bound))
+    if target is not None and target < bound - tol:
+        raise InvalidInput(
+            f"target_log_loss = {target:g} cannot be reached: {facts}. {fix}, or pass a target "
+            f"above {bound:.6g}."
+        )
+    warnings.warn(f"{facts}. {fix}.", UserWarning, stacklevel=stacklevel)
+
+
+def _conflict_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
+    """``(B, rows, groups, members)`` of ``check_conflicts``: the floor, the rows of the first
+    conflicting group, the number of such groups and of their rows; ``None`` without any."""
+    from wnjax._losses import CrossEntropy, Exponential, Logistic, LogisticThenExponential, Square
+
+    n = Xn.shape[0]
+    if n < 2 or not (loss.margin_based or isinstance(loss, Square)):
+        return None
+    group = _identical_rows(Xn)
+    if group is None:
+        return None
+    _, first, group, counts = np.unique(
+        group, return_index=True, return_inverse=True, return_counts=True
+    )
+    group = group.ravel()
+    ys = yn.reshape(n, -1)
+    # a group conflicts where some row's labels differ from its first row's
+    differs = np.any(ys != ys[first[group]], axis=1)
+    bad = np.unique(group[differs])
+    if bad.size == 0:
+        return None
+    conflict = np.isin(group, bad)
+    odd = np.flatnonzero(differs)[0]
+    rows = (first[group[odd]], odd)  # a row of the first conflicting group and one unlike it
+    members = np.flatnonzero(conflict)
+    y_float = jnp.asarray(yn.astype(float))
+    if isinstance(loss, Square):  # each group's output at the mean of its targets
+        sums = np.zeros((counts.shape[0], ys.shape[1]))
+        np.add.at(sums, group, ys.astype(float))
+        outputs = (sums / counts[:, None])[group].reshape(yn.shape)
+        log_l = np.asarray(loss.log_losses(jnp.asarray(outputs), y_float))
+    elif isinstance(loss, (CrossEntropy, Logistic, LogisticThenExponential, Exponential)):
+        # logits log(n_k/m) of each class's share of its group (-inf for a class absent there)
+        cls = (ys[:, 0] > 0) if loss.binary else ys[:, 0]
+        freq = np.zeros((counts.shape[0], int(np.max(cls)) + 1 if not loss.binary else 2))
+        np.add.at(freq, (group, cls.astype(int)), 1.0)
+        with np.errstate(divide="ignore"):
+            logits = np.log(freq / counts[:, None])[group]
+        logits = np.where(conflict[:, None], logits, 0.0)  # any finite output for the others
+        if loss.binary:
+            # l(q) = exp(-q): n+ e^-f + n- e^f is least at f = log(n+/n-)/2
+            half = 0.5 if isinstance(loss, Exponential) else 1.0
+            outputs, labels = half * (logits[:, 1] - logits[:, 0]), y_float
+        else:
+            outputs, labels = logits, jnp.asarray(yn)
+        log_l = np.asarray(loss.log_losses(jnp.asarray(outputs), labels))
+    elif loss.binary:  # a margin loss without a closed form: a margin of each group is <= 0
+        log_l0 = np.asarray(loss.log_losses(jnp.zeros(n), y_float))
+        least = np.full(counts.shape[0], np.inf)
+        np.minimum.at(least, group[members], log_l0[members])
+        return float(np.logaddexp.reduce(least[bad])), rows, bad.size, members.size
+    else:
+        return None
+    return float(np.logaddexp.reduce(log_l[members])), rows, bad.size, members.size
+
+
+def _identical_rows(Xn: np.ndarray) -> np.ndarray | None:
+    """A label per row of ``Xn`` (its leading axis), equal for identical rows (``-0.0`` is
+    ``0.0``), or ``None`` where all rows differ. The rows' bits are hashed first (a wrapping
+    integer product with random odd words, ~0.2 s for 60,000 x 784), and only the rows whose hash
+    repeats are compared whole."""
+    n = Xn.shape[0]
+    flat = np.ascontiguousarray(Xn.reshape(n, -1) + np.zeros((), Xn.dtype))
+    words = flat.view(np.dtype(f"u{flat.dtype.itemsize}"))
+    odd = np.random.default_rng(0).integers(0, 2**63, size=words.shape[1], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        hashes = words @ (2 * odd + 1)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    maybe = np.flatnonzero(counts[inverse.ravel()] > 1)
+    if maybe.size == 0:
+        return None
+    rows = flat[maybe]
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    label = np.arange(n) + n  # a row whose hash is its own is unlike every other
+    label[maybe] = np.unique(keys, return_inverse=True)[1].ravel()
+    return label
+
+
 def _same_device(v: Array, like: Array) -> Array:
     """``v`` on ``like``'s device when both are committed to different single devices."""
     if not (getattr(v, "committed", False) and getattr(like, "committed", False)):
