@@ -2106,8 +2106,14 @@ def gradient_flow(
       as its step vanishes (``kappa = 1e-3, 1e-4, 1e-5``). ``None``:
       ``default_kink_width(rtol)``, ``max(1e-4, 100 rtol)``; ``0``: the model's own
       derivative, whose sliding holds every error-controlled method to steps proportional to
-      ``rtol``. Models without kinks ignore it. The loss, the summaries and ``final`` use the
-      model unchanged (the message says the field was smoothed);
+      ``rtol``. A ReLU (and any ``max``, ``min``, ``abs``) of the field's model takes within
+      the layer the value of the ramp whose slope is the blend (``kink_ramp``, at most
+      ``5 kappa s / 16`` from it): its output is 0 only where its slope is, so an example
+      waking from all-zero activations (a dead example coming alive) leaves no jump in the
+      slopes of the layers after it. Models without kinks ignore it. The loss, the events,
+      the summaries and ``final`` use the model unchanged (the message says the field was
+      smoothed); normalized time's clock ``t = int ds / L`` takes the field's model's ``L``,
+      as its path does (within ``O(kappa)`` of the model's);
       ``result.stats['kink_width']`` holds the value used (``0`` where none was).
     - `stop_stalled`: with a target, stop (``FLOOR``) once examples whose outputs are 0, each
       with a zero gradient of its own loss, hold all but 0.05% of ``L`` and their loss lies

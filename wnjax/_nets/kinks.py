@@ -2,12 +2,16 @@
 
 A model built from ``max``, ``min``, ``abs`` or a ``where`` on the sign of a difference (ReLU,
 leaky ReLU, ``jnp.abs``, maxout) has a gradient that jumps where the difference ``z`` changes
-sign. ``smooth_kinks(fn, kappa)`` evaluates ``fn``'s jaxpr with each such operation's value
-unchanged and its derivative blended across the kink: ``out = where(z > 0, pos, neg)`` gets the
-tangent ``s d pos + (1 - s) d neg``, ``s`` rising from 0 at ``z = -2 width`` to 1 at
-``z = 2 width`` (a quintic, twice continuously differentiable): beyond the layer the derivative
-is the operation's own, exactly, so a ``where`` that guards a division, say, is left as it is
-wherever its condition is not within two widths of changing. The width is
+sign. ``smooth_kinks(fn, kappa)`` evaluates ``fn``'s jaxpr with each such operation's
+derivative blended across the kink: ``out = where(z > 0, pos, neg)`` gets the tangent
+``s d pos + (1 - s) d neg``, ``s`` rising from 0 at ``z = -2 width`` to 1 at ``z = 2 width`` (a
+quintic, twice continuously differentiable): beyond the layer the derivative is the
+operation's own, exactly, so a ``where`` that guards a division, say, is left as it is wherever
+its condition is not within two widths of changing. A ``where`` keeps its value; ``max(a, b)``
+takes ``b + rho(a - b)`` (``min`` and ``abs`` likewise), ``rho`` the ramp whose slope is ``s``
+(``kink_ramp``, within ``5 width / 16`` of ``max(z, 0)``): a ReLU's output is then 0 only
+where its slope is, and the layers after it never see an input turn from exactly 0 to nonzero
+while their slopes, set by its direction, jump. The width is
 ``kappa sqrt(b^2 + mean b^2)``, with ``b`` a bound on ``|z|`` that is homogeneous of ``z``'s own
 degree: for ``z = W h`` (a ``dot_general`` or a convolution), Cauchy-Schwarz's
 ``||w_u|| ||h||`` per output (the patch norm for a convolution); the mean is over the site's
@@ -37,6 +41,17 @@ def kink_slope(z: Array, width: Array) -> Array:
     ``z >= 2 width``, with ``ds/dz <= 15/(32 width)`` (``kinked_relu``'s is ``1/(2 width)``)."""
     t = jnp.clip((z / jnp.where(width > 0, width, 1.0) + 2.0) / 4.0, 0.0, 1.0)
     return t * t * t * (10.0 + t * (6.0 * t - 15.0))
+
+
+def kink_ramp(z: Array, width: Array) -> Array:
+    """``rho(z) = int_{-inf}^z kink_slope``: ``max(z, 0)`` beyond two widths of the kink, and
+    between them the smooth ramp ``4 width t^4 (5/2 - 3 t + t^2)``, ``t = (z/width + 2)/4``,
+    within ``5 width / 16`` of ``max(z, 0)`` (``rho(0)``); its derivative is ``kink_slope``
+    (``width`` held constant). ``jnp.maximum(z, 0)`` where ``width`` is 0 (slope 1/2 at 0)."""
+    w = jnp.where(width > 0, width, 1.0)
+    t = jnp.clip((z / w + 2.0) / 4.0, 0.0, 1.0)
+    ramp = 4.0 * w * t**4 * (2.5 + t * (t - 3.0))
+    return jnp.where((width > 0) & (t < 1.0), ramp, jnp.maximum(z, 0.0))
 
 
 @jax.custom_jvp
@@ -318,14 +333,21 @@ class _Rewrite:
             return out
         if name in _MANY:
             return self.smooth_many(name, invals[0], out, params)
-        if name == "abs":
-            (x,) = invals
-            z, pos, neg, bsq = x, x, -x, self.bound(x) ** 2
-        elif name in ("max", "min"):
-            a, b = invals
-            z = a - b
-            pos, neg = (a, b) if name == "max" else (b, a)
-            bsq = self.bound(a) ** 2 + self.bound(b) ** 2
+        if name in ("abs", "max", "min"):
+            # The value is a smooth ramp's (kink_ramp): max(a, b) = b + rho(a - b) (ReLU's
+            # max(z, 0): an output that is 0 exactly only where its slope is, so the layers
+            # after it never see a zero input whose kinks' slopes jump as it turns nonzero).
+            if name == "abs":
+                (a,) = invals
+                z, bsq = a, self.bound(a) ** 2
+            else:
+                a, b = invals
+                z, bsq = a - b, self.bound(a) ** 2 + self.bound(b) ** 2
+            bsq = jnp.broadcast_to(bsq, jnp.shape(out))
+            self.smoothed += 1
+            ramp = kink_ramp(z, self.width(bsq, out.dtype))
+            value = {"abs": lambda: 2 * ramp - a, "max": lambda: b + ramp, "min": lambda: a - ramp}
+            return jnp.broadcast_to(value[name](), jnp.shape(out)).astype(out.dtype)
         else:  # select_n
             if len(invals) != 3 or id(invals[0]) not in self.compares:
                 return out
@@ -447,9 +469,11 @@ def _conv_bound(a: Array, b: Array, params: dict) -> Array:
 def smooth_kinks(fn: Callable, kappa: float, argnums: int | tuple[int, ...] = 0) -> Callable:
     """``fn`` with the derivative of each kink blended over a relative width ``kappa``: every
     ``max``, ``min``, ``abs`` and ``where`` on the sign of a difference ``z`` in ``fn``'s jaxpr
-    keeps its value, and its tangent becomes ``s d pos + (1 - s) d neg``, ``s`` rising from 0
-    at ``z = -2 width`` to 1 at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 +
-    mean b^2)`` with ``b`` a bound on ``|z|`` (Cauchy-Schwarz's for a product). A maximum over
+    gets the tangent ``s d pos + (1 - s) d neg``, ``s`` rising from 0 at ``z = -2 width`` to 1
+    at ``z = 2 width`` (``kink_slope``), ``width = kappa sqrt(b^2 + mean b^2)`` with ``b`` a
+    bound on ``|z|`` (Cauchy-Schwarz's for a product). A ``where`` keeps its value; ``max``,
+    ``min`` and ``abs`` take within the layer the value of the ramp whose slope that is
+    (``max(a, b) = b + kink_ramp(a - b)``, at most ``5 width / 16`` above it). A maximum over
     axes or windows (``jnp.max``, max pooling; minima likewise) passes on the derivatives of
     the entries within ``4 width`` of it, blended, and so does each output of a sort
     (``jnp.sort``, a GroupSort or MaxMin activation) or of ``lax.top_k`` (``order_blend``). An
@@ -469,13 +493,17 @@ def smooth_kinks(fn: Callable, kappa: float, argnums: int | tuple[int, ...] = 0)
       difference depends on none of them (a mask on the data alone) is no kink of that
       derivative, and is left as it is.
 
-    **Returns:** a function with ``fn``'s arguments and values.
+    **Returns:** a function with ``fn``'s arguments, and its values beyond two widths of every
+    kink.
 
     >>> import jax, jax.numpy as jnp, equinox as eqx, wnjax
     >>> f = wnjax.smooth_kinks(lambda w, x: jax.nn.relu(w @ x), 0.1)
     >>> w, x = jnp.array([[1.0, -1.0]]), jnp.array([1.0, 1.0])  # z = 0, on the kink
+    >>> jax.grad(lambda w: f(w, x)[0])(w).tolist()  # the middle of ReLU's subdifferential
+    [[0.5, 0.5]]
+    >>> w = jnp.array([[1.0, -2.0]])  # z = -1, beyond the layer (width 0.1 sqrt(2) ||w|| ||x||)
     >>> float(f(w, x)[0]), jax.grad(lambda w: f(w, x)[0])(w).tolist()
-    (0.0, [[0.5, 0.5]])
+    (0.0, [[0.0, 0.0]])
     """
 
     def smoothed(*args):

@@ -16,17 +16,18 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from wnjax._nets.dense import apply_each, dense
-from wnjax._nets.kinks import kink_blend
+from wnjax._nets.kinks import kink_ramp
 from wnjax._nets.neurons import has_bias, row_norms
 from wnjax._runtime.errors import InvalidInput
 
 
 def kinked_relu(z: Array, width: Array) -> Array:
-    """``max(z, 0)``, exactly, whose derivative is ``kink_slope(z, width)``: 1/2 at the kink,
-    rising from 0 at ``z = -2 width`` to 1 at ``z = 2 width``, ReLU's own beyond (``kink_blend``
-    of the sides ``z`` and ``0``). Forward-over-reverse (a Jacobian of a gradient)
-    differentiates the slope. ``width`` is held constant (its tangent is dropped)."""
-    return kink_blend(z, width, jax.nn.relu(z), z, jnp.zeros_like(z))
+    """``kink_ramp(z, width)``: ``max(z, 0)`` beyond two widths of the kink, a smooth ramp within
+    them (at most ``5 width / 16`` above ``max(z, 0)``), whose derivative is
+    ``kink_slope(z, width)``: 1/2 at the kink, rising from 0 at ``z = -2 width`` to 1 at
+    ``z = 2 width``. Its output is 0 exactly only where its slope is, so a unit's input leaves 0
+    as smoothly as its slope rises. ``width`` is held constant (its tangent is dropped)."""
+    return kink_ramp(z, width)
 
 
 class ReLUPower(eqx.Module):
@@ -34,8 +35,8 @@ class ReLUPower(eqx.Module):
 
     ``kink``: for ReLU (``p = 1``), a relative width ``kappa > 0`` over which the layers of
     ``MLP`` and ``CNN`` smooth its derivative (``kinked_relu`` with ``width = kappa s_u ||x||``,
-    ``s_u = neuron_scale(W)_u >= ||w_u||``, so ``|z| = |w_u . x| <= width / kappa``); the
-    function is unchanged.
+    ``s_u = neuron_scale(W)_u >= ||w_u||``, so ``|z| = |w_u . x| <= width / kappa``), and
+    within the layer takes the value of the ramp whose slope that is (``kink_ramp``).
     ``gradient_flow`` sets it on the copy of the model that gives its vector field."""
 
     power: float = eqx.field(static=True, default=1.0)
