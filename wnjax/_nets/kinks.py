@@ -346,8 +346,8 @@ class _Rewrite:
             bsq = jnp.broadcast_to(bsq, jnp.shape(out))
             self.smoothed += 1
             ramp = kink_ramp(z, self.width(bsq, out.dtype))
-            value = {"abs": lambda: 2 * ramp - a, "max": lambda: b + ramp, "min": lambda: a - ramp}
-            return jnp.broadcast_to(value[name](), jnp.shape(out)).astype(out.dtype)
+            value = 2 * ramp - a if name == "abs" else b + ramp if name == "max" else a - ramp
+            return jnp.broadcast_to(value, jnp.shape(out)).astype(out.dtype)
         else:  # select_n
             if len(invals) != 3 or id(invals[0]) not in self.compares:
                 return out

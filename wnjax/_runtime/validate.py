@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from wnjax._losses import Loss
+from wnjax._losses import CrossEntropy, Exponential, Logistic, LogisticThenExponential, Loss, Square
 from wnjax._runtime.errors import InvalidInput, TargetMetAtStart
 
 # How each numeric option is checked, and what to pass instead of a bad value.
@@ -259,8 +259,6 @@ def check_conflicts(X, y, loss: Loss, target, stacklevel: int) -> None:
 def _conflict_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
     """``(B, rows, groups, members)`` of ``check_conflicts``: the floor, the rows of the first
     conflicting group, the number of such groups and of their rows; ``None`` without any."""
-    from wnjax._losses import CrossEntropy, Exponential, Logistic, LogisticThenExponential, Square
-
     n = Xn.shape[0]
     if n < 2 or not (loss.margin_based or isinstance(loss, Square)):
         return None
@@ -306,10 +304,10 @@ def _conflict_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
         log_l0 = np.asarray(loss.log_losses(jnp.zeros(n), y_float))
         least = np.full(counts.shape[0], np.inf)
         np.minimum.at(least, group[members], log_l0[members])
-        return float(np.logaddexp.reduce(least[bad])), rows, bad.size, members.size
+        members, log_l = bad, least  # one row's l(0) for each group
     else:
         return None
-    return float(np.logaddexp.reduce(log_l[members])), rows, bad.size, members.size
+    return float(np.logaddexp.reduce(log_l[members])), rows, bad.size, conflict.sum()
 
 
 def _identical_rows(Xn: np.ndarray) -> np.ndarray | None:
