@@ -521,3 +521,36 @@ def test_a_stability_limited_explicit_run_switches_to_the_implicit_method():
         for x in (r, ref)
     )
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8 * np.max(np.abs(b)))
+
+
+def test_a_vmapped_relu_flow_takes_the_implicit_method_alone():
+    """Under ``vmap`` a branch on a batched value runs both of its sides, so the switch would pay
+    for both methods on every step of every run. A ReLU net's smoothed flow, stiff where it
+    slides, defaults there to Kvaerno5 alone: each run of the batch takes the steps it takes
+    alone with ``solver='stiff'`` (within the rounding of a batched program) and ends at the
+    same weights, to the tolerance's order. Under ``jit`` alone (a real branch) the default is
+    still the switch."""
+    rng = np.random.default_rng(3)
+    X = jnp.asarray(rng.normal(size=(12, 3)))
+    y = jnp.sign(X[:, 0] - 0.5 * X[:, 2])
+
+    def net(key):
+        return wnjax.ewn(wnjax.MLP(3, 4, 2, activation="relu", key=key))
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    kw = dict(t1=3.0, n_save=2, diagnostics=False, save_states=False)
+    batch = eqx.filter_jit(eqx.filter_vmap(lambda k: wnjax.gradient_flow(net(k), X, y, **kw)))(keys)
+    assert "switches" not in batch.stats
+    for i, key in enumerate(keys):
+        alone = wnjax.gradient_flow(net(key), X, y, solver="stiff", **kw)
+        # the same steps, up to the rounding of a batched program (the switch alone takes ~30%
+        # more: explicit steps where the flow is not stiff)
+        steps = int(alone.stats["num_steps"])
+        assert abs(int(batch.stats["num_steps"][i]) - steps) <= 0.1 * steps
+        for a, b in zip(
+            jax.tree.leaves(eqx.filter(alone.final, eqx.is_inexact_array)),
+            jax.tree.leaves(eqx.filter(batch.final, eqx.is_inexact_array)),
+        ):
+            np.testing.assert_allclose(b[i], a, rtol=0, atol=1e-6)  # 100 rtol
+    jitted = eqx.filter_jit(lambda k: wnjax.gradient_flow(net(k), X, y, **kw))(keys[0])
+    assert "switches" in jitted.stats

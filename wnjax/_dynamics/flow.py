@@ -177,6 +177,7 @@ def resolve_solver(
     smooth: bool = False,
     kinks: bool = False,
     stiff_kinks: bool = False,
+    batched: bool = False,
 ) -> diffrax.AbstractSolver:
     """A diffrax solver from ``None`` (``default_solver(rtol, n_params, smooth=smooth,
     kinks=kinks)``; ``Tsit5`` when ``traced``), a name in ``SOLVERS`` (``'auto'`` is the default
@@ -184,9 +185,15 @@ def resolve_solver(
 
     Under ``vmap`` the switch's two branches both run on every step, so a traced call (a seed
     sweep) defaults to ``Tsit5``, unless ``stiff_kinks`` (a ReLU net's smoothed kinks, where
-    the flow that slides is stiff); ``solver='auto'`` there is the caller's explicit choice."""
+    the flow that slides is stiff): then to the switch under ``jit`` alone, and to
+    ``stiff_solver(n_params)`` (Kvaerno5) when ``batched`` (under ``vmap``), whose steps are the
+    costlier branch of the switch's anyway and whose step sizes are never held by stability
+    (measured, EWN ReLU MLPs to ``log L = -30`` and ``-100``: 2.1-2.7x faster than the
+    switch under ``vmap``, in fewer steps). ``solver='auto'`` is the caller's explicit choice."""
     if solver is None and traced and not stiff_kinks:
         return diffrax.Tsit5()
+    if solver is None and batched and stiff_kinks:
+        return stiff_solver(n_params)
     if solver is None or (isinstance(solver, str) and solver == "auto"):
         return default_solver(rtol, n_params, smooth=smooth, kinks=kinks)
     if isinstance(solver, str):
@@ -2045,7 +2052,9 @@ def gradient_flow(
       ``result.stats`` then counts ``explicit_steps``, ``stiff_steps`` and ``switches``.
       ``'stiff'``/``'kvaerno5'``, ``'tsit5'``, ``'dopri5'``, ``'dopri8'``,
       ``'bosh3'`` name one method alone. Under ``jit``/``vmap`` (a seed sweep) the default is
-      ``Tsit5`` (see ``resolve_solver``).
+      ``Tsit5``; on a ReLU net whose kinks the field smooths, the switch under ``jit`` alone
+      and ``Kvaerno5`` under ``vmap``, where the switch would run both methods every step
+      (see ``resolve_solver``).
     - `time`: the clock: ``'plain'`` (``t``), ``'normalized'`` (``s``, ``ds = L dt``) or
       ``'loss'`` (``sigma = s + log L(0) - log L``; needs ``target_log_loss``, saves at loss
       levels; ``s`` and ``log t`` are integrated alongside). For targets far below
@@ -2245,6 +2254,7 @@ def gradient_flow(
         smooth=smooth_field(p),
         kinks=kinked_field(p) or kink > 0,
         stiff_kinks=kink > 0,
+        batched=_is_batched(p, X),
     )
     # An AutoSwitch run outside jit is a chain of solves, each of one method alone (no branch on
     # the method in its steps), each going on from where the last one switched: a run that never
@@ -2446,6 +2456,16 @@ def _is_traced(p, X) -> bool:
     """Whether the call is under a transform (``jit``, ``vmap``, a seed sweep)."""
     return isinstance(X, jax.core.Tracer) or any(
         isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)
+    )
+
+
+def _is_batched(p, X) -> bool:
+    """Whether the call is under ``vmap`` (its model or data batched), not ``jit`` alone."""
+    leaves = [X, *jax.tree_util.tree_leaves(p)]
+    # (JAX keeps its batching tracer's class private; its name has been stable)
+    return any(
+        isinstance(leaf, jax.core.Tracer) and type(leaf).__name__ == "BatchTracer"
+        for leaf in leaves
     )
 
 
