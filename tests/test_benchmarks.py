@@ -345,3 +345,12 @@ def test_reproduce_workers(tmp_path):
         assert _positive(row["one_worker_s"]["median"]), name
         # the numbers do not depend on how many runs go side by side
         assert row["same_metrics"] is True, name
+
+
+@pytest.mark.slow
+def test_vmapped_relu(tmp_path):
+    doc = _run("vmapped_relu", tmp_path)
+    for row in doc["rows"]:
+        assert _positive(row["default_s"]["median"]) and _positive(row["autoswitch_s"]["median"])
+        # both solvers take every run of the batch to its target
+        assert all(all(v) for v in row["reached"].values())
