@@ -2245,7 +2245,7 @@ def gradient_flow(
         else:
             save_s = default_save_times(start, float(t1), save.n)
     save_s = as_number(save_s, dtype)
-    traced = _is_traced(p, X)
+    traced = _is_traced(p, X, y)
     n_params = _count_params(p)
     method = resolve_solver(
         solver,
@@ -2255,7 +2255,7 @@ def gradient_flow(
         smooth=smooth_field(p),
         kinks=kinked_field(p) or kink > 0,
         stiff_kinks=kink > 0,
-        batched=_is_batched(p, X),
+        batched=_is_batched(p, X, y),
     )
     # An AutoSwitch run outside jit is a chain of solves, each of one method alone (no branch on
     # the method in its steps), each going on from where the last one switched: a run that never
@@ -2453,21 +2453,21 @@ def _finish(result: FlowResult, throw: bool) -> FlowResult:
     return result
 
 
-def _is_traced(p, X) -> bool:
+def _tracers(p, X, y) -> list:
+    """The leaves of the model and the data that are tracers (under ``jit``, ``vmap``)."""
+    leaves = [X, y, *jax.tree_util.tree_leaves(p)]
+    return [leaf for leaf in leaves if isinstance(leaf, jax.core.Tracer)]
+
+
+def _is_traced(p, X, y) -> bool:
     """Whether the call is under a transform (``jit``, ``vmap``, a seed sweep)."""
-    return isinstance(X, jax.core.Tracer) or any(
-        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(p)
-    )
+    return bool(_tracers(p, X, y))
 
 
-def _is_batched(p, X) -> bool:
+def _is_batched(p, X, y) -> bool:
     """Whether the call is under ``vmap`` (its model or data batched), not ``jit`` alone."""
-    leaves = [X, *jax.tree_util.tree_leaves(p)]
     # (JAX keeps its batching tracer's class private; its name has been stable)
-    return any(
-        isinstance(leaf, jax.core.Tracer) and type(leaf).__name__ == "BatchTracer"
-        for leaf in leaves
-    )
+    return any(type(leaf).__name__ == "BatchTracer" for leaf in _tracers(p, X, y))
 
 
 def _count_params(p) -> int:
