@@ -426,6 +426,7 @@ def test_max_pooling_nets_reach_deep_targets_with_the_defaults(global_max):
         assert bool(r.ok) and bool(r.reached_target), r.message
 
 
+@pytest.mark.slow  # ~15-25 s cold: run by make test-all (CI), not make test
 def test_examples_on_which_every_unit_is_dead_set_a_floor_the_message_names():
     """An EWN ReLU net (5-8-1, 24 points) whose flow leaves one example with every hidden unit
     inactive: its output stays 0, its loss 1, so log L cannot fall below 0. With

@@ -523,6 +523,7 @@ def test_a_stability_limited_explicit_run_switches_to_the_implicit_method():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8 * np.max(np.abs(b)))
 
 
+@pytest.mark.slow  # ~15-25 s cold: run by make test-all (CI), not make test
 def test_a_vmapped_relu_flow_takes_the_implicit_method_alone():
     """Under ``vmap`` a branch on a batched value runs both of its sides, so the switch would pay
     for both methods on every step of every run. A ReLU net's smoothed flow, stiff where it

@@ -427,6 +427,7 @@ def test_a_float32_clock_that_cannot_move_ends_the_run_and_says_so():
     assert bool(wnjax.gradient_flow(model, X, y, time="normalized", **kw).reached_target)
 
 
+@pytest.mark.slow  # ~15-25 s cold: run by make test-all (CI), not make test
 def test_the_advice_after_most_steps_were_rejected_follows_the_field():
     """A run out of steps, most rejected, the stiffness test having found the flow not stiff
     (the counts set on a real run's result): on a smooth field (linear, ReLU^3) the message names
@@ -671,6 +672,7 @@ def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
     assert "sits at a floor" in r.message and "stopped there (stop_stalled=True)" in r.message
 
 
+@pytest.mark.slow  # ~15-25 s cold: run by make test-all (CI), not make test
 def test_a_flow_not_told_to_stop_on_a_floor_runs_on():
     """By default (``stop_stalled=False``) the same flow goes on past the floor to its step
     budget, and its message says how to stop there."""
@@ -733,6 +735,7 @@ def test_outputs_that_are_zero_but_move_are_no_floor():
     assert bool(r.ok) and bool(r.reached_target)
 
 
+@pytest.mark.slow  # ~15-25 s cold: run by make test-all (CI), not make test
 def test_a_vmapped_flow_stops_each_run_on_its_own_floor():
     """``jax.vmap`` over two nets, one with an example that reaches no unit and one without:
     the first run stops on its floor (``FLOOR``), the second reaches its target."""
@@ -766,3 +769,96 @@ def test_a_vmapped_flow_stops_each_run_on_its_own_floor():
 
     codes, reached = run(nets)
     assert codes.tolist() == [FLOOR, 0] and reached.tolist() == [False, True]
+
+
+def _unfittable_regression(seed=24, n=24, d=4):
+    """A depth-3 linear ``wnjax.MLP`` and targets ``tanh(X w)`` it cannot fit (``n > d``), with
+    the least log L any linear map reaches, ``log(||X w_ls - y||^2 / 2)`` (numpy's lstsq)."""
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    X = jax.random.normal(k1, (n, d))
+    y = jnp.tanh(X @ jax.random.normal(k2, (d,)))
+    w, *_ = np.linalg.lstsq(np.asarray(X), np.asarray(y), rcond=None)
+    least = np.log(0.5 * np.sum((np.asarray(X) @ w - np.asarray(y)) ** 2))
+    return wnjax.MLP(d, 10, 3, activation="linear", key=k3), X, y, least
+
+
+def test_stationary_holds_where_the_gradient_vanishes_to_rounding():
+    """``stall.stationary`` on a linear model under the square loss: at the least-squares
+    solution (numpy's lstsq), whose gradient ``X^T (X w - y)`` is 0, it holds; a step of 1e-9
+    away, and on separable data under the exponential loss, it does not; a gradient of exact
+    zeros (every weight 0 of a two-layer net) holds too."""
+    from wnjax._dynamics.stall import stationary
+
+    _, X, y, _ = _unfittable_regression()
+    w, *_ = np.linalg.lstsq(np.asarray(X), np.asarray(y), rcond=None)
+    square, exponential = wnjax.get_loss("square"), wnjax.get_loss("exponential")
+
+    def at(weight, X, y, loss):
+        lin = eqx.nn.Linear(X.shape[1], "scalar", use_bias=False, key=jax.random.key(0))
+        lin = eqx.tree_at(lambda m: m.weight, lin, weight.reshape(lin.weight.shape))
+        params, static = eqx.partition(lin, eqx.is_array)
+        return bool(stationary(params, static, X, y, loss))
+
+    assert at(jnp.asarray(w), X, y, square)
+    assert not at(jnp.asarray(w) + 1e-9, X, y, square)
+    Xs, ys = separable_data(jax.random.key(1), n=16, d=4)
+    assert not at(
+        jnp.asarray(np.linalg.lstsq(np.asarray(Xs), np.asarray(ys))[0]), Xs, ys, exponential
+    )
+    net = eqx.nn.MLP(4, "scalar", 5, 1, use_bias=False, use_final_bias=False, key=jax.random.key(2))
+    zero = jax.tree.map(jnp.zeros_like, eqx.filter(net, eqx.is_array))
+    assert bool(stationary(zero, eqx.filter(net, eqx.is_array, inverse=True), X, y, square))
+
+
+def test_a_flow_at_a_minimum_above_its_target_stops_there():
+    """A depth-3 linear net, square loss, targets it cannot fit, target log L = -10: the flow
+    settles at the least-squares minimum (log L within 1e-9 of numpy's) and, its gradient
+    zero to rounding there, stops (``STATIONARY``) within a few thousand of its 100,000 steps;
+    the message names the stationary point. A run out of steps there before its first check
+    (``max_steps = 200``, Kvaerno5 throughout) names it too, and not more steps."""
+    from wnjax._dynamics.flow import STATIONARY
+
+    net, X, y, least = _unfittable_regression()
+    r = wnjax.gradient_flow(
+        net, X, y, loss="square", time="normalized", target_log_loss=-10.0, throw=False
+    )
+    assert int(r.stop_code) == STATIONARY and not bool(r.reached_target), r.message
+    assert abs(float(r.final_log_loss) - least) < 1e-9
+    assert int(r.stats["num_steps"]) < 5_000
+    assert "stationary point" in r.message and "max_steps" not in r.message
+    with pytest.raises(wnjax.FlowFailed, match="stationary point"):
+        wnjax.gradient_flow(net, X, y, loss="square", time="normalized", target_log_loss=-10.0)
+    short = wnjax.gradient_flow(
+        net, X, y, loss="square", target_log_loss=-10.0, max_steps=200, solver="stiff", throw=False
+    )
+    assert int(short.stop_code) == 1 and abs(float(short.final_log_loss) - least) < 1e-9
+    assert "stationary point" in short.message and "Raise max_steps" not in short.message
+
+
+@pytest.mark.slow  # two programs (~25 s cold)
+def test_a_vmapped_flow_stops_each_run_at_its_own_minimum():
+    """``jax.vmap`` over two target vectors, one a linear map of X (fitted exactly: it reaches
+    log L = -10) and one that no linear map fits (it stops at its least-squares minimum,
+    ``STATIONARY``), with Kvaerno5 throughout."""
+    from wnjax._dynamics.flow import STATIONARY
+
+    net, X, y, least = _unfittable_regression()
+    fit = X @ jnp.arange(1.0, 5.0) / 4.0
+
+    @jax.vmap
+    def run(labels):
+        r = wnjax.gradient_flow(
+            net,
+            X,
+            labels,
+            loss="square",
+            time="normalized",
+            target_log_loss=-10.0,
+            solver="stiff",
+            throw=False,
+        )
+        return r.stop_code, r.reached_target, r.final_log_loss
+
+    codes, reached, log_l = run(jnp.stack([fit, y]))
+    assert codes.tolist() == [0, STATIONARY] and reached.tolist() == [True, False]
+    assert abs(float(log_l[1]) - least) < 1e-9

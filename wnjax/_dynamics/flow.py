@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +44,7 @@ import wnjax._runtime.maps as _maps
 from wnjax._analysis.diagnostics import summaries
 from wnjax._dynamics.outcome import RunFailed, RunResult
 from wnjax._dynamics.save import AtLossLevels, AtTimes, Save, resolve_save
-from wnjax._dynamics.stall import STALL_SHARE, on_floor
+from wnjax._dynamics.stall import STALL_SHARE, STATIONARY_ROUNDING, on_floor, stationary
 from wnjax._losses import Loss, get_loss
 from wnjax._nets.dense import apply_batch
 from wnjax._nets.kinks import Smoothed, count_kinks, unsmoothed
@@ -321,6 +322,9 @@ ROSE = -3
 # The result code of a run with a target that stopped on a floor of the loss above it: the
 # points whose outputs are 0 hold all but STALL_SHARE of the loss, and no flow moves them.
 FLOOR = -4
+# The result code of a run with a target that stopped at a stationary point above it: grad L
+# zero to rounding (``stall.stationary``), as at a minimum of the loss above 0.
+STATIONARY = -5
 # The result code of a run whose next step could not move the clock (diffrax's dt_min_reached).
 FROZEN_CLOCK = int(diffrax.RESULTS.dt_min_reached._value)
 
@@ -356,12 +360,16 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
     ``dt_min_reached``. A solve on its own clock, which starts at ``origin`` of the run's clock,
     ends so too once a step has left the state unchanged and the next is too short to move the
     run's clock: its steps may be far shorter than that clock's spacing (as a blow-up asks for)
-    only while they move the state."""
+    only while they move the state. ``still`` (a run with a target): a function of the state
+    and ``args``, asked at each poll after an accepted step, that says the state is a
+    stationary point (``stall.stationary``): the solve then ends, with ``internal_error`` and
+    ``run['still']`` set (``_still``)."""
 
     inner: diffrax.AbstractAdaptiveStepSizeController
     start: dict
     budget: int | Array = 2**31 - 1
     origin: float | Array = 0.0
+    still: Any = None
 
     @property
     def rtol(self):
@@ -376,11 +384,16 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         return self.inner.norm
 
     def wrap(self, direction):
-        return _Polled(self.inner.wrap(direction), self.start, self.budget, self.origin)
+        return _Polled(self.inner.wrap(direction), self.start, self.budget, self.origin, self.still)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        run = {"dt": tnext - t0, "t1": t1, "left": jnp.asarray(self.budget, jnp.int32)}
+        run = {
+            "dt": tnext - t0,
+            "t1": t1,
+            "left": jnp.asarray(self.budget, jnp.int32),
+            "still": jnp.asarray(False),
+        }
         return tnext, (state, self.start, run)
 
     def adapt_step_size(
@@ -390,6 +403,16 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         keep, next_t0, next_t1, jump, state, result = self.inner.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
+        stationary = run["still"]
+        if self.still is not None:
+            # at a poll (under vmap: where some run polls), after an accepted step
+            due = keep & (poll["count"] + 1 >= poll["next"])
+            stationary = stationary | due & jax.lax.cond(
+                eqxi.unvmap_any(due),
+                lambda: self.still(y1_candidate, args),
+                lambda: jnp.asarray(False),
+            )
+            result = diffrax.RESULTS.where(stationary, diffrax.RESULTS.internal_error, result)
         poll = _ask({**poll, "count": poll["count"] + 1})
         left = run["left"] - 1
         spent = (left <= 0) & (next_t0 < run["t1"])
@@ -404,7 +427,8 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
         result = diffrax.RESULTS.where(frozen, diffrax.RESULTS.dt_min_reached, result)
         result = diffrax.RESULTS.where(poll["stop"], diffrax.RESULTS.internal_error, result)
         dt = jnp.asarray(next_t1 - next_t0, jnp.result_type(run["dt"]))
-        return keep, next_t0, next_t1, jump, (state, poll, {**run, "dt": dt, "left": left}), result
+        run = {**run, "dt": dt, "left": left, "still": stationary}
+        return keep, next_t0, next_t1, jump, (state, poll, run), result
 
 
 @jax.custom_batching.custom_vmap
@@ -486,6 +510,12 @@ def _stopped(sol) -> Array:
     return sol.controller_state[1]["stop"]
 
 
+def _still(sol) -> Array:
+    """Whether a solve run under ``_Polled`` (with ``SaveAt(controller_state=True)``) ended at
+    a stationary point (``_Polled.still``)."""
+    return sol.controller_state[2]["still"]
+
+
 class FlowFailed(RunFailed):
     """A gradient-flow solve stopped before ``t1`` or its target; ``.result`` has the partial
     run."""
@@ -534,7 +564,10 @@ class FlowResult(RunResult):
       down, and ``final`` is that solve's start, ``FLOOR`` (``-4``) a run with a target
       stopped on a floor of the loss above it: the examples whose outputs are 0 hold all but
       ``STALL_SHARE`` (0.1%) of ``L``, and each has a zero gradient of its own loss, so no
-      flow moves them (``stats['stuck_examples']`` counts them);
+      flow moves them (``stats['stuck_examples']`` counts them), ``STATIONARY`` (``-5``) a run
+      with a target and no ``t1`` stopped at a stationary point above it, where ``grad L`` is
+      zero to rounding (``STATIONARY_ROUNDING`` eps of the size of the terms it sums; checked
+      at the solve's polls, every ~0.2 s): a minimum of the loss above the target, say;
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
     - `time`: the clock, ``'plain'``, ``'normalized'`` or ``'loss'`` (static).
@@ -600,17 +633,8 @@ def _describe(r: FlowResult) -> str:
             )
         out += _resolution_note(r)
         if not bool(r.reached_target) and np.isfinite(target):
-            grad = float(np.asarray(r.stats.get("final_grad_norm", np.inf)))
-            eps = float(np.finfo(np.asarray(r.final_log_loss).dtype).eps)
-            if grad < np.sqrt(eps):
-                return out + (
-                    f" The target log L = {target:g} was not reached, and at the end "
-                    f"|grad log L| = {grad:.3g}: the flow has (nearly) stopped at a stationary "
-                    "point of the loss, a floor that raising t1 barely lowers: a minimum the "
-                    "model cannot get below (data it cannot separate; under the square loss, "
-                    "targets it cannot fit), points on which every ReLU-type unit is inactive "
-                    "(margin 0), or a saddle, which another initialization avoids." + _stuck_note(r)
-                )
+            if _stationary_note(r, "raising t1"):
+                return out + _stationary_note(r, "raising t1")
             if _stuck_note(r):
                 return out + _stuck_note(r)
             clock = np.asarray(r.final_time)
@@ -671,6 +695,16 @@ def _describe(r: FlowResult) -> str:
                 or " A tighter rtol makes the error control hold the steps it let through."
             )
         )
+    if int(code) == STATIONARY:
+        return (
+            f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g} with "
+            f"log L = {float(r.final_log_loss):.6g}, short of the target log L = {target:g}: "
+            "grad L is zero there to rounding (the terms l_i'(f_i) grad f_i it sums cancel to "
+            f"{STATIONARY_ROUNDING:g} eps of their size), so no step moves the state but by "
+            f"rounding. A stationary point of the loss: {_STATIONARY_KINDS}"
+            + _stuck_note(r)
+            + " The partial result is kept (result.final, result.summaries)."
+        )
     if _stuck_note(r) or int(code) == FLOOR:
         return (
             f"gradient flow stopped after {steps} steps, at time {float(r.final_time):.6g} with "
@@ -719,6 +753,13 @@ def _describe(r: FlowResult) -> str:
             + _normalized_hint(r)
             + ("" if low else _hints(r))
         )
+    if int(code) == 1 and _stationary_note(r, "more steps"):
+        return (
+            f"gradient flow stopped after max_steps = {steps} steps, at time "
+            f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}."
+            + _stationary_note(r, "more steps")
+            + " The partial result is kept (result.final, result.summaries)."
+        )
     if int(code) == 1:
         return (
             f"gradient flow stopped after max_steps = {steps} steps, at time "
@@ -747,6 +788,30 @@ def _describe(r: FlowResult) -> str:
         f"{float(r.final_time):.6g}: the step size collapsed or the state became non-finite. "
         "Check the data scale and the learning-rate option; the partial result is kept."
     )
+
+
+def _stationary_note(r: FlowResult, remedy: str) -> str:
+    """For a run short of its finite target whose ``|grad log L|`` at the end is below
+    ``sqrt(eps)``: that the flow has (nearly) stopped at a stationary point, which ``remedy``
+    (``'raising t1'``, ``'more steps'``) barely lowers; else ``''``."""
+    target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
+    if bool(r.reached_target) or not np.isfinite(target):
+        return ""
+    grad = float(np.asarray(r.stats.get("final_grad_norm", np.inf)))
+    if not grad < np.sqrt(float(np.finfo(np.asarray(r.final_log_loss).dtype).eps)):
+        return ""
+    return (
+        f" The target log L = {target:g} was not reached, and at the end |grad log L| = "
+        f"{grad:.3g}: the flow has (nearly) stopped at a stationary point of the loss, a floor "
+        f"that {remedy} barely lowers: {_STATIONARY_KINDS}" + _stuck_note(r)
+    )
+
+
+_STATIONARY_KINDS = (
+    "a minimum the model cannot get below (data it cannot separate; under the square loss, "
+    "targets it cannot fit), points on which every ReLU-type unit is inactive (margin 0), or a "
+    "saddle, which another initialization avoids."
+)
 
 
 def _hints(r: FlowResult) -> str:
@@ -1152,6 +1217,7 @@ def _solve(
     start: dict | None = None,
     kink: float = 0.0,
     floor: bool = False,
+    stop_stationary: bool = False,
 ) -> tuple[FlowResult, dict | None]:
     """The solve of ``gradient_flow``, one compiled program: ``(result, handover)``.
 
@@ -1169,7 +1235,9 @@ def _solve(
     ``Smoothed``); everything else evaluates the model as it is.
 
     ``floor``: the target's event comes with a second, a floor of dead examples (``on_floor``:
-    ``gradient_flow``'s ``stop_stalled``)."""
+    ``gradient_flow``'s ``stop_stalled``). ``stop_stationary`` (a target and no ``t1``): the
+    controller's polls also end the run at a stationary point (``stall.stationary``,
+    ``STATIONARY``)."""
     params, static = eqx.partition(p, eqx.is_inexact_array)
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
@@ -1287,8 +1355,15 @@ def _solve(
     controller = diffrax.PIDController(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
     )
+
+    def still(state, args):  # a stationary point of L short of the target ends the run
+        data, labels = args
+        return stationary(unravel(state[0]), static, data, labels, loss)
+
     if poll:  # a stop request (SIGINT/SIGTERM) ends the solve (see _Polled)
-        controller = _Polled(controller, _poll_start(), max_steps)
+        controller = _Polled(
+            controller, _poll_start(), max_steps, still=still if stop_stationary else None
+        )
     solver = _root_tolerances(solver, controller, X.dtype)
     if save_levels:
         return _solve_levels(
@@ -1321,6 +1396,9 @@ def _solve(
 
     def flat_save_fn(s, z, args):
         return save_fn(s, unflat(z), args)
+
+    if poll and stop_stationary:
+        controller = dataclasses.replace(controller, still=lambda z, args: still(unflat(z), args))
 
     if event is not None:
         event = diffrax.Event(
@@ -1426,6 +1504,7 @@ def _solve(
     )
     code = jnp.where(reached, 0, jnp.where(floored, FLOOR, sol.result._value))
     if poll:
+        code = jnp.where(_still(sol) & ~reached, STATIONARY, code)
         code = jnp.where(_stopped(sol) & ~reached, INTERRUPTED, code)
     code = jnp.where(rose, ROSE, code)
     code = jnp.where(finite, code, NONFINITE)
@@ -1443,7 +1522,7 @@ def _solve(
             sol.result == diffrax.RESULTS.internal_error
         )
         if poll:
-            switched = switched & ~_stopped(sol)
+            switched = switched & ~_stopped(sol) & ~_still(sol)
         handover = {
             "switched": switched & finite & ~reached,
             "s": sol.ts[1][-1],
@@ -1712,7 +1791,13 @@ def _solve_levels(
             saveat=diffrax.SaveAt(t1=True, solver_state=True, controller_state=polled),
             # the steps left of the run's budget (a level's solve may not spend all of it)
             stepsize_controller=(
-                _Polled(controller.inner, c["poll"], jnp.maximum(max_steps - c["steps"], 1), base)
+                _Polled(
+                    controller.inner,
+                    c["poll"],
+                    jnp.maximum(max_steps - c["steps"], 1),
+                    base,
+                    controller.still,
+                )
                 if polled
                 else controller
             ),
@@ -1774,6 +1859,7 @@ def _solve_levels(
         code = jnp.where(hit | bounded, 0, sol.result._value)
         code = jnp.where(hit & (steps > max_steps), 1, code)
         if polled:
+            code = jnp.where(_still(sol) & ~hit, STATIONARY, code)
             code = jnp.where(_stopped(sol) & ~hit, INTERRUPTED, code)
         code = jnp.where(floored, FLOOR, code)
         code = jnp.where(finite, code, jnp.where(rose, ROSE, NONFINITE))
@@ -2037,7 +2123,8 @@ def gradient_flow(
     - `t1`, `t0`: the time span (in ``s`` for ``time='normalized'``, where ``t0`` is the plain
       time at ``s = 0``; likewise for ``time='loss'``, whose run also ends at its target).
       ``t1=None``: ``1`` without a target; with one, no bound (``open_end_time(dtype)``): the
-      run goes on to its target, a stationary point or ``max_steps``.
+      run goes on to its target, a stationary point (``grad L`` zero to rounding, where it
+      stops: ``STATIONARY``) or ``max_steps``.
     - `log_t0`: ``log t`` at the start, in place of ``t0`` (``time='normalized'`` or
       ``'loss'``). Use it
       to continue a deep run, whose ``t = exp(log t)`` overflows: pass the previous result's
@@ -2293,6 +2380,7 @@ def gradient_flow(
             standard_out=not isinstance(model, Parameterized),
             kink=kink,
             floor=bool(stop_stalled) and has_target,
+            stop_stationary=open_end,
         )
         if not phased:
             result = solve(solver=method)[0]
@@ -2387,7 +2475,7 @@ def _stuck_stats(r: FlowResult, X: Array, y: Array, loss: Loss) -> dict:
     how many, and ``stuck_log_loss``, the log of their summed loss, within ``STUCK_SHARE`` of
     ``log L``. Empty elsewhere."""
     code = int(np.asarray(r.stop_code))
-    if bool(r.reached_target) or code not in (0, 1, FROZEN_CLOCK, FLOOR):
+    if bool(r.reached_target) or code not in (0, 1, FROZEN_CLOCK, FLOOR, STATIONARY):
         return {}
     count, floor = _stuck_examples(r.final, X, y, loss)
     # only where they hold all but STALL_SHARE of the loss: elsewhere the others still move,

@@ -9,6 +9,11 @@ are reported as stalled, not as failures of the dynamics.)
 
 ``stalled`` is the GD engine's rule, checked at save points; ``on_floor`` is gradient flow's,
 checked at every step's end (an event of the solve): cheap where no point is dead.
+
+A run has also stopped at a *stationary point* where ``grad L`` is zero to its rounding: the
+terms ``l_i'(f_i) grad f_i`` it sums cancel to ``STATIONARY_ROUNDING`` eps of their size
+(``stationary``), as at a minimum of the loss above 0 (under the square loss, targets the
+model cannot fit). No step of any solver moves such a state but by rounding.
 """
 
 from __future__ import annotations
@@ -55,6 +60,27 @@ def stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Arr
     log_floor = jnp.log(jnp.maximum(n_dead, 1)) + loss.log_loss(jnp.zeros_like(out[:1]), y[:1])
     stuck = (n_dead > 0) & (log_floor > target) & (log_floor >= value - STALL_SHARE)
     return value, stuck & jnp.isfinite(value)
+
+
+# ``stationary``'s bound, in units of eps: a sum of n terms computed in floating point carries
+# an error up to n eps times the sum of their sizes, typically sqrt(n) eps.
+STATIONARY_ROUNDING = 64.0
+
+
+def stationary(params, static, X: Array, y: Array, loss: Loss) -> Array:
+    """Whether ``grad L`` at ``params`` is zero to rounding: ``||J^T g|| <= STATIONARY_ROUNDING
+    eps ||J^T |g| ||`` with ``J`` the outputs' Jacobian and ``g = d log L / d outputs`` (so
+    wherever ``J^T g = 0`` exactly). At a point whose gradient terms do not cancel (every point
+    of a run that goes on lowering ``L``) the ratio is of order 1.
+
+    **Arguments:** `params`, `static`: the model's trainable arrays and the rest; `X`, `y`: the
+    data; `loss`: the ``Loss``."""
+    out, vjp = jax.vjp(lambda p: apply_batch(eqx.combine(p, static), X), params)
+    g = jax.grad(loss.log_loss)(out, y)
+    both = jax.vmap(lambda c: vjp(c)[0])(jnp.stack([g, jnp.abs(g)]))
+    sq = sum(jnp.sum(a.reshape(2, -1) ** 2, axis=1) for a in jax.tree_util.tree_leaves(both))
+    eps = jnp.finfo(out.dtype).eps
+    return jnp.all(jnp.isfinite(sq)) & (sq[0] <= (STATIONARY_ROUNDING * eps) ** 2 * sq[1])
 
 
 def _sizes(outputs: Array) -> Array:
