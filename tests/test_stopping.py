@@ -408,19 +408,25 @@ def test_a_float32_clock_that_cannot_move_ends_the_run_and_says_so():
     half the spacing of the float32 clock (2.4e-4), so it cannot move the clock, and neither
     could any later one. The run ends there, in a few hundred steps (not at max_steps), with its
     partial result; the message names the clock's spacing, float64 and the normalized clock, on
-    which the same float32 run reaches the target."""
+    which the same float32 run reaches the target. Whether a step leaves the state unchanged is
+    rounding, which differs between CPUs (XLA's code for each): where the state keeps moving
+    by rounding, the steps creep on to max_steps, and the message names the field's rounding,
+    float64 and the normalized clock."""
     from wnjax._dynamics.flow import FROZEN_CLOCK
 
     X, y = wnjax.data.lin_sep(jax.random.key(0))
     model = wnjax.swn(wnjax.MLP(2, 1, 1, activation="linear", key=jax.random.key(12)))
     model, X, y = _float32(model, X, y)
     kw = dict(target_log_loss=-10_000.0, t1=1e9, save_states=False)
-    with pytest.warns(RuntimeWarning, match="cannot move"):
-        r = wnjax.gradient_flow(model, X, y, time="loss", throw=False, **kw)
-    assert int(r.stop_code) == FROZEN_CLOCK and not bool(r.ok) and not bool(r.reached_target)
-    assert int(r.stats["num_steps"]) < 2_000
-    clock = np.asarray(r.final_time)
-    assert f"clock's spacing ({np.spacing(np.abs(clock)):.2g})" in r.message, r.message
+    with pytest.warns(RuntimeWarning, match="cannot move|rounding"):
+        r = wnjax.gradient_flow(model, X, y, time="loss", throw=False, max_steps=20_000, **kw)
+    assert not bool(r.ok) and not bool(r.reached_target)
+    if int(r.stop_code) == FROZEN_CLOCK:
+        assert int(r.stats["num_steps"]) < 2_000
+        clock = np.asarray(r.final_time)
+        assert f"clock's spacing ({np.spacing(np.abs(clock)):.2g})" in r.message, r.message
+    else:
+        assert int(r.stop_code) == 1 and "carry a rounding" in r.message, r.message
     for advice in ("jax_enable_x64", "time='normalized'"):
         assert advice in r.message, r.message
     assert np.isfinite(float(r.final_log_loss)) and float(r.final_log_loss) < -100.0
