@@ -792,7 +792,8 @@ def test_stationary_holds_where_the_gradient_vanishes_to_rounding():
     """``stall.stationary`` on a linear model under the square loss: at the least-squares
     solution (numpy's lstsq), whose gradient ``X^T (X w - y)`` is 0, it holds; a step of 1e-9
     away, and on separable data under the exponential loss, it does not; a gradient of exact
-    zeros (every weight 0 of a two-layer net) holds too."""
+    zeros (every weight 0 of a two-layer net) holds too, and a plateau near a saddle, whose tiny
+    weights have gradients of their own size, does not."""
     from wnjax._dynamics.stall import stationary
 
     _, X, y, _ = _unfittable_regression()
@@ -814,6 +815,26 @@ def test_stationary_holds_where_the_gradient_vanishes_to_rounding():
     net = eqx.nn.MLP(4, "scalar", 5, 1, use_bias=False, use_final_bias=False, key=jax.random.key(2))
     zero = jax.tree.map(jnp.zeros_like, eqx.filter(net, eqx.is_array))
     assert bool(stationary(zero, eqx.filter(net, eqx.is_array, inverse=True), X, y, square))
+    # a plateau near a saddle: x = u^2 - v^2 fits its first coordinate (the least-squares fit
+    # on that feature alone), and the second, u = v = 1e-15, has a gradient of its own size,
+    # 1e-15 of the first's terms: not stationary, though it is at u = v = 0
+    A = X[:, :2]
+    c = float(np.dot(A[:, 0], y) / np.dot(A[:, 0], A[:, 0]))
+    for tiny, still in ((1e-15, False), (0.0, True)):
+        u = jnp.array([np.sqrt(abs(c)) if c > 0 else 0.0, tiny])
+        v = jnp.array([0.0 if c > 0 else np.sqrt(abs(c)), 0.5 * tiny])
+        params, static = eqx.partition(_Diagonal(u, v), eqx.is_array)
+        assert bool(stationary(params, static, A, y, square)) == still
+
+
+class _Diagonal(eqx.Module):
+    """``x -> <x, u^2 - v^2>``."""
+
+    u: jax.Array
+    v: jax.Array
+
+    def __call__(self, x):
+        return jnp.dot(x, self.u**2 - self.v**2)
 
 
 def test_a_flow_at_a_minimum_above_its_target_stops_there():

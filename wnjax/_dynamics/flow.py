@@ -1236,8 +1236,8 @@ def _solve(
 
     ``floor``: the target's event comes with a second, a floor of dead examples (``on_floor``:
     ``gradient_flow``'s ``stop_stalled``). ``stop_stationary`` (a target and no ``t1``): the
-    controller's polls also end the run at a stationary point (``stall.stationary``,
-    ``STATIONARY``)."""
+    controller's polls also end the run at a stationary point of the field's model (kinks
+    smoothed as the field smooths them; ``stall.stationary``, ``STATIONARY``)."""
     params, static = eqx.partition(p, eqx.is_inexact_array)
     # theta is integrated as one flat vector: every per-step operation of the solver, the
     # controller and the stiffness test is then one kernel, not one per array.
@@ -1356,9 +1356,9 @@ def _solve(
         rtol=numbers["rtol"], atol=numbers["atol"], **dict(controller_kwargs)
     )
 
-    def still(state, args):  # a stationary point of L short of the target ends the run
+    def still(state, args):  # a stationary point of the field short of the target ends the run
         data, labels = args
-        return stationary(unravel(state[0]), static, data, labels, loss)
+        return stationary(field_unravel(state[0]), field_static, data, labels, loss)
 
     if poll:  # a stop request (SIGINT/SIGTERM) ends the solve (see _Polled)
         controller = _Polled(

@@ -62,25 +62,33 @@ def stalled(params, static, X, y, loss: Loss, target: Array) -> tuple[Array, Arr
     return value, stuck & jnp.isfinite(value)
 
 
-# ``stationary``'s bound, in units of eps: a sum of n terms computed in floating point carries
-# an error up to n eps times the sum of their sizes, typically sqrt(n) eps.
+# ``stationary``'s bounds, in units of eps: a sum of n terms computed in floating point carries
+# an error up to n eps times the sum of their sizes, typically sqrt(n) eps. At least-squares
+# minima of linear nets (standard, SWN, EWN; 12 of them) the whole gradient was 2-17 eps of
+# its terms' size, and its worst coordinate 15-960 eps of its own.
 STATIONARY_ROUNDING = 64.0
+STATIONARY_COORDINATE = 4096.0
 
 
 def stationary(params, static, X: Array, y: Array, loss: Loss) -> Array:
     """Whether ``grad L`` at ``params`` is zero to rounding: ``||J^T g|| <= STATIONARY_ROUNDING
-    eps ||J^T |g| ||`` with ``J`` the outputs' Jacobian and ``g = d log L / d outputs`` (so
+    eps ||J^T |g| ||`` with ``J`` the outputs' Jacobian and ``g = d log L / d outputs``, and
+    ``|(J^T g)_j| <= STATIONARY_COORDINATE eps |(J^T |g|)_j|`` for every parameter ``j`` (so
     wherever ``J^T g = 0`` exactly). At a point whose gradient terms do not cancel (every point
-    of a run that goes on lowering ``L``) the ratio is of order 1.
+    of a run that goes on lowering ``L``) the ratio is of order 1; the test by coordinates
+    keeps a plateau near a saddle, where the tiny weights that will grow have gradients of
+    their own size, from passing for stationary on the size of the others.
 
     **Arguments:** `params`, `static`: the model's trainable arrays and the rest; `X`, `y`: the
     data; `loss`: the ``Loss``."""
     out, vjp = jax.vjp(lambda p: apply_batch(eqx.combine(p, static), X), params)
     g = jax.grad(loss.log_loss)(out, y)
     both = jax.vmap(lambda c: vjp(c)[0])(jnp.stack([g, jnp.abs(g)]))
-    sq = sum(jnp.sum(a.reshape(2, -1) ** 2, axis=1) for a in jax.tree_util.tree_leaves(both))
+    a, b = jnp.concatenate([x.reshape(2, -1) for x in jax.tree_util.tree_leaves(both)], axis=1)
     eps = jnp.finfo(out.dtype).eps
-    return jnp.all(jnp.isfinite(sq)) & (sq[0] <= (STATIONARY_ROUNDING * eps) ** 2 * sq[1])
+    whole = jnp.sum(a**2) <= (STATIONARY_ROUNDING * eps) ** 2 * jnp.sum(b**2)
+    each = jnp.all(jnp.abs(a) <= STATIONARY_COORDINATE * eps * jnp.abs(b))
+    return jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b)) & whole & each
 
 
 def _sizes(outputs: Array) -> Array:
