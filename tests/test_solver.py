@@ -529,8 +529,8 @@ def test_a_vmapped_relu_flow_takes_the_implicit_method_alone():
     for both methods on every step of every run. A ReLU net's smoothed flow, stiff where it
     slides, defaults there to Kvaerno5 alone: each run of the batch takes the steps it takes
     alone with ``solver='stiff'`` (within the rounding of a batched program) and ends at the
-    same weights, to the tolerance's order. Under ``jit`` alone (a real branch) the default is
-    still the switch."""
+    same weights, to 1e-5 (1000 rtol: the flow slides, which amplifies rounding). Under ``jit``
+    alone (a real branch) the default is still the switch."""
     rng = np.random.default_rng(3)
     X = jnp.asarray(rng.normal(size=(12, 3)))
     y = jnp.sign(X[:, 0] - 0.5 * X[:, 2])
@@ -552,6 +552,8 @@ def test_a_vmapped_relu_flow_takes_the_implicit_method_alone():
             jax.tree.leaves(eqx.filter(alone.final, eqx.is_inexact_array)),
             jax.tree.leaves(eqx.filter(batch.final, eqx.is_inexact_array)),
         ):
-            np.testing.assert_allclose(b[i], a, rtol=0, atol=1e-6)  # 100 rtol
+            # the sliding amplifies the batched program's other rounding: 6e-8 on one CPU,
+            # 1.1e-6 on another
+            np.testing.assert_allclose(b[i], a, rtol=0, atol=1e-5)
     jitted = eqx.filter_jit(lambda k: wnjax.gradient_flow(net(k), X, y, **kw))(keys[0])
     assert "switches" in jitted.stats
