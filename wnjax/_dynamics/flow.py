@@ -360,10 +360,10 @@ class _Polled(diffrax.AbstractAdaptiveStepSizeController):
     ``dt_min_reached``. A solve on its own clock, which starts at ``origin`` of the run's clock,
     ends so too once a step has left the state unchanged and the next is too short to move the
     run's clock: its steps may be far shorter than that clock's spacing (as a blow-up asks for)
-    only while they move the state. ``still`` (a run with a target): a function of the state
-    and ``args``, asked at each poll after an accepted step, that says the state is a
-    stationary point (``stall.stationary``): the solve then ends, with ``internal_error`` and
-    ``run['still']`` set (``_still``)."""
+    only while they move the state. ``still`` (a run with a target and no ``t1``): a function
+    of the state and ``args``, asked at each poll after an accepted step, that says the state
+    is a stationary point (``stall.stationary``): the solve then ends, with ``internal_error``
+    and ``run['still']`` set (``_still``)."""
 
     inner: diffrax.AbstractAdaptiveStepSizeController
     start: dict
@@ -566,7 +566,8 @@ class FlowResult(RunResult):
       ``STALL_SHARE`` (0.1%) of ``L``, and each has a zero gradient of its own loss, so no
       flow moves them (``stats['stuck_examples']`` counts them), ``STATIONARY`` (``-5``) a run
       with a target and no ``t1`` stopped at a stationary point above it, where ``grad L`` is
-      zero to rounding (``STATIONARY_ROUNDING`` eps of the size of the terms it sums; checked
+      zero to rounding (``STATIONARY_ROUNDING`` eps of the size of the terms it sums, each
+      coordinate ``STATIONARY_COORDINATE`` eps of its own; checked
       at the solve's polls, every ~0.2 s): a minimum of the loss above the target, say;
     - `reached_target`: ``final_log_loss <= target + target_tolerance(dtype) (1 + |target|)``
       (or the root-found crossing of the target);
@@ -633,8 +634,8 @@ def _describe(r: FlowResult) -> str:
             )
         out += _resolution_note(r)
         if not bool(r.reached_target) and np.isfinite(target):
-            if _stationary_note(r, "raising t1"):
-                return out + _stationary_note(r, "raising t1")
+            if note := _stationary_note(r, "raising t1"):
+                return out + note
             if _stuck_note(r):
                 return out + _stuck_note(r)
             clock = np.asarray(r.final_time)
@@ -753,11 +754,11 @@ def _describe(r: FlowResult) -> str:
             + _normalized_hint(r)
             + ("" if low else _hints(r))
         )
-    if int(code) == 1 and _stationary_note(r, "more steps"):
+    if int(code) == 1 and (note := _stationary_note(r, "more steps")):
         return (
             f"gradient flow stopped after max_steps = {steps} steps, at time "
             f"{float(r.final_time):.6g} with log L = {float(r.final_log_loss):.6g}."
-            + _stationary_note(r, "more steps")
+            + note
             + " The partial result is kept (result.final, result.summaries)."
         )
     if int(code) == 1:
