@@ -5,6 +5,8 @@ and the default's wall time over the better of the two single methods.
 
     python benchmarks/problems.py [--quick] [--only NAME ...] [--rounds 3]
 
+``--quick`` runs two problems (``QUICK_PROBLEMS``) at their test sizes, one round.
+
 A method that fails (out of steps, or a failed solve) counts as infinitely slow; the
 default must not fail where either succeeds, and should be within 1.5x of the better one.
 """
@@ -19,6 +21,8 @@ import time
 import _common
 
 EXPLICIT_STEPS = 100_000  # the single methods' budget (the default's is the library default)
+# ``--quick`` (a smoke run): a linear classifier and a diagonal net of the zoo.
+QUICK_PROBLEMS = ("linear-exp", "diagonal-square-l1")
 
 
 def main() -> int:
@@ -34,7 +38,7 @@ def main() -> int:
     import wnjax.problems as zoo
 
     size = "test" if args.quick else "full"
-    names = args.only or zoo.names()
+    names = args.only or (QUICK_PROBLEMS if args.quick else zoo.names())
     rounds = 1 if args.quick else args.rounds
     rows = []
     for name in names:

@@ -10,6 +10,8 @@ agree (every key but wall times and the output folder): the numbers must not dep
 worker count.
 
     python benchmarks/reproduce_workers.py [--quick] [--rounds N] [--names diagonal-wn,pruning]
+
+``--quick`` (a smoke run) times ``pruning`` alone, at tiny sizes, one round.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ def _strip(x):
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
-    p.add_argument("--names", default=",".join(EXPERIMENTS), help="experiments to time")
+    p.add_argument("--names", default=None, help="experiments (default all; --quick: pruning)")
     args = p.parse_args()
+    args.names = args.names or ("pruning" if args.quick else ",".join(EXPERIMENTS))
     C.setup(args)
     from wnjax._runtime.cores import usable_cores
 

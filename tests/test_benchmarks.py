@@ -254,8 +254,8 @@ def test_time_to_result(tmp_path):
     assert _positive(doc["import"]["jax"]["median"]) and _positive(doc["import"]["wnjax"]["median"])
     # import wnjax loads none of the heavy optional modules (they load on first use)
     assert doc["import"]["heavy_modules_loaded"] == []
-    for job in ("lin_sep", "demo"):
-        assert all(_positive(doc[job][mode]["median"]) for mode in ("off", "cold", "warm")), job
+    assert all(_positive(doc["lin_sep"][mode]["median"]) for mode in ("off", "cold", "warm"))
+    assert "not measured" in doc["demo"]  # --quick leaves the demo out
 
 
 @pytest.mark.slow

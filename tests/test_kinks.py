@@ -260,12 +260,12 @@ def test_an_swn_unit_through_zero_keeps_a_finite_kink():
 @pytest.mark.parametrize("module", ["wnjax", "equinox"])
 def test_an_example_coming_alive_leaves_the_field_continuous(module):
     """A 4-3-3-3-1 ReLU net on 16 points (the equivalence check's data, seed 0), plain time to
-    ``t = 10`` at rtol 1e-10: an example whose second-layer units all sit at 0 comes alive as
-    one pre-activation turns positive. With a ReLU output of exactly 0 inside the smoothed layer,
-    the next layer's slopes jumped there (from 1/2 at a zero input to 0 or 1) whatever the kink
-    width, and each flow ran out of 100,000 steps at ``t = 4.16``; with the ramp's value
-    (``kink_ramp``) the adaptive-rate, EWN and SWN flows reach ``t = 10``, and EWN's path is the
-    adaptive-rate flow's (the equivalence theorem) to ``1e-7``."""
+    ``t = 5`` at rtol 1e-10: an example whose second-layer units all sit at 0 comes alive as
+    one pre-activation turns positive, at ``t = 4.16``. With a ReLU output of exactly 0 inside
+    the smoothed layer, the next layer's slopes jumped there (from 1/2 at a zero input to 0 or 1)
+    whatever the kink width, and each flow ran out of 100,000 steps at ``t = 4.16``; with the
+    ramp's value (``kink_ramp``) the adaptive-rate, EWN and SWN flows go on past it to ``t = 5``,
+    and EWN's path is the adaptive-rate flow's (the equivalence theorem) to ``1e-7``."""
     k_model, k_data, k_w = jax.random.split(jax.random.key(0), 3)
     X = jax.random.normal(k_data, (16, 4))
     y = jnp.where(X @ jax.random.normal(k_w, (4,)) >= 0, 1.0, -1.0)
@@ -276,6 +276,6 @@ def test_an_example_coming_alive_leaves_the_field_continuous(module):
         )
         weights = tuple(layer.weight for layer in net.layers)
         net = eqx.tree_at(lambda m: tuple(layer.weight for layer in m.layers), mlp, weights)
-    r = wnjax.flow_equivalence(net, X, y, n_save=8)
+    r = wnjax.flow_equivalence(net, X, y, t1=5.0, n_save=8)
     assert r["not_finished"] == [] and not r["interrupted"], r
     assert r["ewn_max_rel_err"] < 1e-7, r
