@@ -1,5 +1,5 @@
 """XLA:CPU's default code generation against the quicker one the test suite compiles under
-(``wnjax._runtime.cache.QUICK_CPU_CODEGEN``: legacy fusion emitters, LLVM -O1).
+(``wnjax._runtime.cache.QUICK_CPU_CODEGEN``: legacy fusion emitters, LLVM -O0).
 
 Each round starts one fresh process per code generation (interleaved, the order reversed every
 other round), with the persistent compilation cache off, and each process times:
