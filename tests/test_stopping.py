@@ -842,8 +842,10 @@ def test_a_flow_at_a_minimum_above_its_target_stops_there():
     settles at the least-squares minimum (log L within 1e-9 of numpy's) and, its gradient
     zero to rounding there, stops (``STATIONARY``) within a few thousand of its 100,000 steps;
     the message names the stationary point. A run out of steps there before its first check
-    (``max_steps = 200``, Kvaerno5 throughout) names it too, and not more steps."""
-    from wnjax._dynamics.flow import STATIONARY
+    (``max_steps = 200``, Kvaerno5 throughout) names it too, and not more steps. Under the
+    default ``throw`` both raise ``FlowFailed`` (the first through the same ending the call
+    takes, ``_finish``, instead of a second run)."""
+    from wnjax._dynamics.flow import STATIONARY, _finish
 
     net, X, y, least = _unfittable_regression()
     r = wnjax.gradient_flow(
@@ -854,10 +856,12 @@ def test_a_flow_at_a_minimum_above_its_target_stops_there():
     assert int(r.stats["num_steps"]) < 5_000
     assert "stationary point" in r.message and "max_steps" not in r.message
     with pytest.raises(wnjax.FlowFailed, match="stationary point"):
-        wnjax.gradient_flow(net, X, y, loss="square", time="normalized", target_log_loss=-10.0)
-    short = wnjax.gradient_flow(
-        net, X, y, loss="square", target_log_loss=-10.0, max_steps=200, solver="stiff", throw=False
-    )
+        _finish(r, throw=True)
+    with pytest.raises(wnjax.FlowFailed, match="stationary point") as failed:
+        wnjax.gradient_flow(
+            net, X, y, loss="square", target_log_loss=-10.0, max_steps=200, solver="stiff"
+        )
+    short = failed.value.result
     assert int(short.stop_code) == 1 and abs(float(short.final_log_loss) - least) < 1e-9
     assert "stationary point" in short.message and "Raise max_steps" not in short.message
 
