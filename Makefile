@@ -1,6 +1,7 @@
 # `make demo`: create .venv, install wnjax, run the main job. `make test`: same set-up, run the
 # tests but those marked `slow`, compiled with XLA:CPU's quicker code generation (see
-# tests/conftest.py). `make test-all`: every test under XLA's defaults (what CI runs).
+# tests/conftest.py). `make test-all` (what CI runs): every test, `make test` first, then the
+# slow tests and those marked `default_codegen` under XLA's defaults.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,8 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	WNJAX_TEST_CODEGEN=quick $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+test-all: test
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or default_codegen" tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -154,15 +154,15 @@ def child(args, name: str, devices: int, workers: int | None) -> dict:
 
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--max-seeds", type=int, default=None, help="largest S (default 1024; 16 quick)")
+    p.add_argument("--max-seeds", type=int, default=None, help="largest S (default 1024; 4 quick)")
     p.add_argument("--batch-size", type=int, default=None, help="vmap width (default 32; 8 quick)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per S (default 5)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per S (5; 1 quick)")
     p.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.max_seeds = args.max_seeds or (16 if args.quick else 1024)
+    args.max_seeds = args.max_seeds or (4 if args.quick else 1024)
     args.batch_size = args.batch_size or (8 if args.quick else 32)
-    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 5)
     seeds = [s for s in (1, 4, 16, 64, 256, 1024, 4096) if s <= args.max_seeds]
     if args.child:
         C.setup(args)

@@ -1,7 +1,5 @@
 """Shared test helpers: small separable data sets, flat weight vectors, slow-marked parameters."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,11 +11,9 @@ import wnjax
 # one (``WNJAX_TEST_CODEGEN=quick``, see conftest) for a test that compares two programs bit for
 # bit.
 DEFAULT_CODEGEN = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
-# A test whose programs agree only under XLA's default code generation (see conftest).
-needs_default_codegen = pytest.mark.skipif(
-    os.environ.get("WNJAX_TEST_CODEGEN") == "quick",
-    reason="compares programs whose rounding agrees under XLA's default code generation only",
-)
+# A test whose programs agree only under XLA's default code generation: skipped under the quick
+# one (conftest), and run by ``make test-all``'s second pass whether or not it is ``slow``.
+needs_default_codegen = pytest.mark.default_codegen
 
 
 def separable_data(key, n=16, d=4, margin=0.3):

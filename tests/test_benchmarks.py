@@ -240,7 +240,7 @@ def test_sweep_scaling(tmp_path):
         assert doc[key]["workers_per_device"] >= 1
         for name in ("gf", "gd"):
             rows = doc[key]["runs"][name]
-            assert [r["seeds"] for r in rows] == [1, 4, 16]
+            assert [r["seeds"] for r in rows] == [1, 4]
             assert all(_positive(r["seconds"]["median"]) for r in rows)
             assert all(_positive(r["per_seed_step_us"]) for r in rows)
     assert doc["one_device_one_worker"]["workers_per_device"] == 1
