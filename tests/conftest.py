@@ -29,7 +29,8 @@ os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
 # XLA:CPU code generation: ``WNJAX_TEST_CODEGEN=quick`` (what ``make test`` sets) compiles with
 # ``wnjax._runtime.cache.QUICK_CPU_CODEGEN``, in ~0.5x the time: most of the fast set's time is
-# compiling programs that then run for milliseconds (~4 min instead of ~7.5 on a 2-core CPU).
+# compiling programs that then run for milliseconds (on a 2-core CPU, a clean clone's fast set:
+# pytest ~10 min instead of ~23).
 # Unset or ``default``: XLA's defaults, what users run, under which ``make test-all`` (CI) runs
 # its second pass, the slow tests (long runs, where the quick code's slower steps would cost more
 # than it saves) and those marked ``default_codegen``; its first pass is ``make test``. Values
