@@ -1,7 +1,8 @@
 # `make demo`: create .venv, install wnjax, run the main job. `make test`: same set-up, run the
 # tests but those marked `slow`, compiled with XLA:CPU's quicker code generation (see
-# tests/conftest.py). `make test-all` (what CI runs): every test, `make test` first, then the
-# slow tests and those marked `default_codegen` under XLA's defaults.
+# tests/conftest.py). `make test-all` (what CI runs): every test, those marked `default_codegen`
+# under XLA's defaults, the others under the quicker code generation; both passes run, and it
+# fails if either did.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,8 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	WNJAX_TEST_CODEGEN=quick $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
-test-all: test
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or default_codegen" tests
+test-all: $(STAMP)
+	WNJAX_TEST_CODEGEN=quick $(PY) -m pytest -q -n 2 --dist loadfile -m "not default_codegen" tests; \
+	quick=$$?; \
+	$(PY) -m pytest -q -n 2 --dist loadfile -m default_codegen tests; \
+	default=$$?; \
+	test $$quick -eq 0 && test $$default -eq 0
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

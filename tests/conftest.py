@@ -31,14 +31,15 @@ os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 # ``wnjax._runtime.cache.QUICK_CPU_CODEGEN``, in ~0.5x the time: most of the fast set's time is
 # compiling programs that then run for milliseconds (on a 2-core CPU, a clean clone's fast set:
 # pytest ~10 min instead of ~23).
-# Unset or ``default``: XLA's defaults, what users run, under which ``make test-all`` (CI) runs
-# its second pass, the slow tests (long runs, where the quick code's slower steps would cost more
-# than it saves) and those marked ``default_codegen``; its first pass is ``make test``. Values
-# agree up to rounding; the tests that compare two programs bit for bit, or to 1e-10 after a
-# saddle escape amplifies rounding a million-fold, hold under XLA's defaults
-# (``helpers.DEFAULT_CODEGEN`` pins them for one program; the marker ``default_codegen`` skips
-# the others under the quick code generation). Every wnjax subprocess a test starts inherits the
-# flags; a flag already in ``XLA_FLAGS`` is kept.
+# Unset or ``default``: XLA's defaults, what users run. ``make test-all`` (CI) runs every test
+# under the quick code generation but those marked ``default_codegen``, which its second pass
+# runs under XLA's defaults: long runs, where the quick code's slower steps cost more than its
+# compilation saves, and comparisons that hold under XLA's defaults only. Values agree up to
+# rounding; the tests that compare two programs bit for bit, or to 1e-10 after a saddle escape
+# amplifies rounding a million-fold, or whose tolerance is within a factor of two of the
+# rounding, hold under XLA's defaults (``helpers.DEFAULT_CODEGEN`` pins them for one program; the
+# marker ``default_codegen`` skips the others under the quick code generation). Every wnjax
+# subprocess a test starts inherits the flags; a flag already in ``XLA_FLAGS`` is kept.
 CODEGEN = os.environ.get("WNJAX_TEST_CODEGEN", "default")
 if CODEGEN not in ("default", "quick"):
     raise ValueError(f"WNJAX_TEST_CODEGEN must be 'default' or 'quick', got {CODEGEN!r}")

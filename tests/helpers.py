@@ -6,14 +6,21 @@ import numpy as np
 import pytest
 
 import wnjax
+import wnjax._cli
 
 # XLA's default CPU code generation, as per-program compiler options: they override the quicker
 # one (``WNJAX_TEST_CODEGEN=quick``, see conftest) for a test that compares two programs bit for
 # bit.
 DEFAULT_CODEGEN = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
-# A test whose programs agree only under XLA's default code generation: skipped under the quick
-# one (conftest), and run by ``make test-all``'s second pass whether or not it is ``slow``.
+# A test run under XLA's default code generation: its programs agree only under it, or its long
+# runs take longer under the quick one (slower steps) than that one's compilation saves. Skipped
+# under the quick one (conftest), run by ``make test-all``'s second pass whether or not it is
+# ``slow``.
 needs_default_codegen = pytest.mark.default_codegen
+# How long a command line may take to stop after SIGINT/SIGTERM: its grace period (a compilation
+# in flight cannot stop early, and is ended when the grace period is over), then writing what had
+# finished, on a loaded machine.
+STOPS_WITHIN = wnjax._cli.INTERRUPT_GRACE + 15.0
 
 
 def separable_data(key, n=16, d=4, margin=0.3):

@@ -13,6 +13,7 @@ import sys
 import tarfile
 
 import pytest
+from helpers import needs_default_codegen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -91,6 +92,7 @@ def _baseline(doc: dict, key: str):
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_gf_vs_torchdiffeq(tmp_path):
     doc = _run("gf_vs_torchdiffeq", tmp_path)
     assert _positive(doc["wnjax"]["solve_s"]) and doc["wnjax"]["steps"] > 0
@@ -249,6 +251,7 @@ def test_sweep_scaling(tmp_path):
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_time_to_result(tmp_path):
     doc = _run("time_to_result", tmp_path)
     assert _positive(doc["import"]["jax"]["median"]) and _positive(doc["import"]["wnjax"]["median"])
@@ -324,6 +327,7 @@ def test_run_all_deadline(tmp_path):
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_gpu_smoke_agrees_with_itself_on_a_cpu(tmp_path):
     """On a CPU both sides of ``gpu_smoke.py`` are the CPU: every check agrees exactly, and the
     EWN equivalence error is small."""

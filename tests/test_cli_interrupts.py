@@ -117,6 +117,7 @@ def _request_after(module, name, calls, monkeypatch):
     return count
 
 
+@pytest.mark.slow
 def test_equivalence_stopped_after_a_flow_prints_no_verdict(monkeypatch, capsys):
     """A request once the adaptive-rate flow is done: no other run starts, the JSON says
     ``interrupted`` and names what finished, no path error or verdict is given, exit 130."""
@@ -142,6 +143,7 @@ def test_equivalence_stopped_after_a_flow_prints_no_verdict(monkeypatch, capsys)
     assert report.startswith("PARTIAL: interrupted") and "(not finished)" in report
 
 
+@pytest.mark.slow
 def test_gd_equivalence_stopped_keeps_the_finished_etas(monkeypatch):
     """A request after the first eta's two GD runs: the first eta's numbers are those of a run
     of that eta alone, the second eta is not run."""
@@ -168,6 +170,7 @@ def test_gd_equivalence_stopped_keeps_the_finished_etas(monkeypatch):
 # --- problems -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_problems_stop_before_the_next_problem(tmp_path, monkeypatch, capsys):
     """A request once the first problem is done: the second is not run, ``results.json`` holds
     the first and says partial, the table ends with a PARTIAL line, exit 130."""

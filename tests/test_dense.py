@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import needs_default_codegen
 
 import wnjax
 import wnjax._nets.models
@@ -163,6 +164,7 @@ def test_hidden_bias_and_foreign_activation():
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_gd_flow_and_seed_vmap_agree_on_both_paths(monkeypatch):
     """GD, a flow and a vmap over seeds give the same numbers whether the net goes through
     ``dense`` or through ``jax.vmap`` (forward-over-reverse, what implicit solvers need, is

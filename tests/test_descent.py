@@ -294,6 +294,7 @@ def _first_at_or_below(logs, level):
     return int(hit[0]) if hit.size else -1
 
 
+@pytest.mark.slow
 def test_checkpoints_and_summaries_match_a_numpy_loop():
     """``checkpoints``: the state, step and ``log L`` of the first iterate at or below each level
     equal those of a numpy GD loop (levels crossed at step 0, inside the second fast block, at
@@ -536,6 +537,7 @@ def test_a_run_continued_from_its_opt_state_is_the_whole_run(optimizer, hyperpar
         )
 
 
+@pytest.mark.slow
 def test_a_frozen_layer_stays_put_under_weight_decay():
     """AdamW's decay (and a decay chained before SGD) is an optimizer term of its own, not a
     gradient: a frozen layer must not move under it, while the trained one does."""

@@ -277,6 +277,7 @@ def test_gd_run_counts_iterations_like_a_numpy_loop(problem, method):
         assert int(r["first"][j]) == int(np.argmax(dist <= level)) + 1
 
 
+@pytest.mark.slow
 def test_speed_ladder_iterations_scale_like_flow_time(problem):
     """Small steps follow the flow: iterations to a fixed distance from the limit times the step
     are nearly constant, so doubling the step halves the count."""

@@ -54,6 +54,7 @@ def test_non_finite_inputs(run, bad, problem):
 
 
 @RUNNERS
+@pytest.mark.slow
 def test_narrow_float_data_run_in_the_models_precision_and_text_is_refused(run, problem):
     """bfloat16 and float16 data (JAX's narrow floats; bfloat16 is no NumPy float) run as the
     same data widened: the run's ``log L`` is the widened run's; a NaN in them, or data of
@@ -289,6 +290,7 @@ def test_integer_and_float32_data_and_two_devices(problem):
 
 @RUNNERS
 @pytest.mark.filterwarnings("ignore:gradient flow stopped:RuntimeWarning")
+@pytest.mark.slow
 def test_all_zero_row_warns(run, problem):
     model, X, y = problem
     if run is _flow:  # the settings of test_max_steps_exhausted_keeps_partial_result

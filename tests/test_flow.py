@@ -59,6 +59,7 @@ def test_ewn_flow_equals_adaptive_rate_flow(arch, request):
     assert loose > 10 * err  # the error is the integrators' own: it shrinks with rtol
 
 
+@pytest.mark.slow
 def test_swn_flow_differs_from_adaptive_rate_flow(mlp_problem):
     """SWN is not a scalar-rate reparameterization: radial rate 1, tangential rate ``||w_u||^2``."""
     model, X, y = mlp_problem
@@ -260,6 +261,7 @@ def test_target_already_met_stops_at_the_start(mlp_problem, time):
 
 
 @pytest.mark.parametrize("n_save", [2, pytest.param(3, marks=pytest.mark.slow), N_SAVE])
+@pytest.mark.slow
 def test_default_save_points_span_t0_to_t1(mlp_problem, n_save):
     """The default save points start at t0 and end at t1 for every n_save (n_save = 2 included),
     and the last saved loss is the final one. (t0 and t1 are traced: n_save = N_SAVE runs the
@@ -292,6 +294,7 @@ def test_equivalence_check_shares_its_flows_with_the_gd_part():
     assert check["ewn_max_rel_err"] < 1e-6 and check["swn_max_rel_err"] > 1e-3
 
 
+@pytest.mark.slow
 def test_flow_equivalence_in_float32_uses_tolerances_float32_can_give():
     """float32 data: ``flow_equivalence`` runs the flows at float32's default tolerances (no
     warning about an rtol below the dtype), reports the rtol they honoured, and the EWN path
@@ -308,6 +311,7 @@ def test_flow_equivalence_in_float32_uses_tolerances_float32_can_give():
     assert r["ewn_max_rel_err"] < 1e3 * r["rtol"] and r["swn_max_rel_err"] > 1e-3
 
 
+@pytest.mark.slow
 def test_flow_under_jit_with_a_closed_over_model_measures_its_degree():
     """``jax.jit`` of a function that closes over a concrete model and data, with the target
     traced: the homogeneity degree is measured eagerly inside the trace (not read from
@@ -329,6 +333,7 @@ def test_flow_under_jit_with_a_closed_over_model_measures_its_degree():
 
 
 @pytest.mark.parametrize("after_solve", [True, False])
+@pytest.mark.slow
 def test_saved_summaries_are_those_of_the_saved_states(mlp_problem, after_solve, monkeypatch):
     """Each save point's summaries, computed after the solve for every save point at once (a
     small run) or inside the solve's loop at the save point, are ``wnjax.summaries`` of the state

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import needs_default_codegen, slow_params
 
 import wnjax
 from wnjax._nets.models import kinked_relu, with_kink
@@ -79,7 +80,7 @@ def test_the_smoothed_derivative_is_relus_away_from_the_kink_and_half_on_it():
     assert float(jax.grad(kinked_relu)(0.0, 0.0)) == 0.5
 
 
-@pytest.mark.parametrize("kind", ["mlp", "dense", "cnn"])
+@pytest.mark.parametrize("kind", slow_params(["mlp", "dense", "cnn"], {"cnn"}))
 def test_a_kinked_net_computes_the_same_function_and_relus_gradient_off_the_kinks(kind):
     """``with_kink`` leaves the function as it is (to rounding) and its gradient the plain net's
     (and finite differences') to ``kappa^2`` relative where no pre-activation lies within
@@ -118,6 +119,7 @@ def test_a_kinked_net_computes_the_same_function_and_relus_gradient_off_the_kink
     np.testing.assert_allclose(dot, float(fd), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_relu_flow_follows_gradient_descent_as_its_step_vanishes():
     """A 5-8-1 ReLU net on 16 points, plain time to ``t = 1``, whose flow slides along a kink
     (``test_relu_flows_with_their_own_derivative_run_out_of_steps``): with the default kink
@@ -258,6 +260,7 @@ def test_an_swn_unit_through_zero_keeps_a_finite_kink():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["wnjax", "equinox"])
+@needs_default_codegen
 def test_an_example_coming_alive_leaves_the_field_continuous(module):
     """A 4-3-3-3-1 ReLU net on 16 points (the equivalence check's data, seed 0), plain time to
     ``t = 5`` at rtol 1e-10: an example whose second-layer units all sit at 0 comes alive as

@@ -20,6 +20,7 @@ def _float32(tree):
 
 
 @pytest.mark.parametrize("target", [-50.0, -300.0])
+@pytest.mark.slow
 def test_linear_one_point_matches_the_closed_form(target):
     """One point x (label +1), a linear model w, exponential loss: log L = -w.x, so
     d(w.x)/dt = ||x||^2 exp(-w.x), whence exp(w.x) = exp(w0.x) + ||x||^2 t and w moves along x:
@@ -43,6 +44,7 @@ def test_linear_one_point_matches_the_closed_form(target):
     assert np.all(np.diff(np.asarray(r.s)) > 0) and np.all(np.diff(np.asarray(r.log_t)) > 0)
 
 
+@pytest.mark.slow
 def test_float32_run_that_starts_deep_gets_going():
     """float32, one point at margin w0.x = 14.4 (log L = -14.4 at the start): the clock starts
     at 0, where the first step (~1e-8, set by d log t/d sigma ~ e^14) is representable; the
@@ -76,6 +78,7 @@ _SLOW = pytest.mark.slow
         ("normalized", jnp.float32, 60.0, -300.0),
     ],
 )
+@pytest.mark.slow
 def test_a_run_continued_from_a_deep_state_matches_the_closed_form(time, dtype, q0, target):
     """One point at margin ``w0.x = q0`` (log L = -q0: past float64's exp range at 1000, past
     float32's at 60 and 200), the clock at 0, as when a run is continued from ``result.final``:
@@ -109,6 +112,7 @@ def test_a_run_continued_from_a_deep_state_matches_the_closed_form(time, dtype, 
         pytest.param("standard", "neuron_norm_sq", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.slow
 def test_loss_clock_follows_the_normalized_path(name, rate):
     """The same flow under the two clocks, to log L = -100 at rtol 1e-10: the models at the
     target and log t there agree (the normalized clock integrates d theta/ds = -g; the loss
@@ -160,6 +164,7 @@ def test_float32_ewn_reaches_minus_300_under_the_loss_clock():
     assert abs(float(r.final_log_t) - float(ref.final_log_t)) <= 1e-3 * float(ref.final_log_t)
 
 
+@pytest.mark.slow
 def test_a_floor_of_the_loss_ends_the_run_at_t1_as_in_normalized_time():
     """Non-separable data (x and -x, both labelled +1) and a linear model w: L = 2 cosh(w.x),
     and the flow settles at w.x = 0, the floor of the loss, exponentially in s. There the clock
@@ -250,6 +255,7 @@ class _BreaksBeyond(wnjax.Exponential):
     "time",
     [pytest.param("plain", marks=_SLOW), pytest.param("normalized", marks=_SLOW), "loss"],
 )
+@pytest.mark.slow
 def test_a_run_whose_loss_turns_non_finite_is_never_a_success(time):
     """A run never ends ``ok`` with a non-finite state or loss. Here every step into the region
     where log L = -inf is rejected (the solvers reject a step whose error is not finite), so the
@@ -275,6 +281,7 @@ def test_a_run_whose_loss_turns_non_finite_is_never_a_success(time):
     assert np.isfinite(float(r.final_log_loss)) and float(r.final_log_loss) > -300.0
 
 
+@pytest.mark.slow
 def test_a_stop_at_a_jump_into_inf_keeps_the_last_finite_state():
     """Plain time to a target with a loss whose log L jumps to -inf (``_BreaksBeyond``): the
     target's event fires at the jump and the root find ends on its finite side, so ``final``
@@ -327,6 +334,7 @@ def test_level_root_finder_stays_inside_the_step():
     assert solve(widened, lambda t: t + 1.0, 0.0, 1.0) < -0.9
 
 
+@pytest.mark.slow
 def test_a_run_saved_at_many_levels_matches_scipy():
     """A linear classifier on four points, exponential loss, normalized clock to log L = -40:
     ``dw/ds = -grad log L = sum_i p_i y_i x_i``, ``p = softmax(-y_i x_i.w)``, written out by

@@ -49,6 +49,7 @@ def test_programs_are_dropped_past_the_limit_and_only_after_a_compilation(tmp_pa
     assert f._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_gradient_flow_relieves_before_it_compiles(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(maps, "relieve", lambda **kw: calls.append(kw) or False)
@@ -62,6 +63,7 @@ def test_gradient_flow_relieves_before_it_compiles(tmp_path, monkeypatch):
     assert len(calls) > n
 
 
+@pytest.mark.slow
 def test_flows_go_on_after_their_programs_are_dropped(monkeypatch):
     """With the limit set just above this process's maps, the second of three flows of other
     shapes drops the programs: every flow still runs, and the first, run again (recompiled),

@@ -257,6 +257,7 @@ def _readout_pair(key):
 
 
 @pytest.mark.parametrize("kind", ["standard", "ewn"])
+@pytest.mark.slow
 def test_bare_weight_arrays_are_weights_of_the_norm_degree_margin_and_kkt(kind):
     """A weight held as a bare array is trained, so it is part of ``w``: the degree is 3 in
     ``(W, a)`` together, the normalized margin is ``min q / ||(W, a)||^3`` (closed form), and
@@ -313,6 +314,7 @@ class BareLinear(eqx.Module):
         return jnp.dot(self.w, x)
 
 
+@pytest.mark.slow
 def test_a_model_of_bare_arrays_runs_unnormalized_and_refuses_normalization():
     """Without ``Linear``/``Conv`` layers a model has no neurons: its plain flow runs (the same
     path as the one-neuron layer model) and EWN/SWN say how to give it neurons."""

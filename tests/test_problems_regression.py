@@ -8,7 +8,6 @@ import jax
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import slow_params
 
 import wnjax
 import wnjax.problems as problems
@@ -22,11 +21,10 @@ NAMES = (
     "linear-conv-3",
     "matrix-factorization",
 )
-# The runs that take over 10 s each on a 2-core CPU.
-SLOW = set(NAMES) - {"diagonal-L3-class"}
 
 
-@pytest.mark.parametrize("name", slow_params(NAMES, SLOW))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
 def test_problem_meets_its_reference(name):
     problem = problems.make(name, "test")
     assert "solver" not in problem.flow_options

@@ -167,6 +167,7 @@ def test_tree_structures_with_equinox_modules_survive_the_round_trip():
     assert pickle.loads(pickle.dumps(tree)) != tree
 
 
+@pytest.mark.slow
 def test_run_gd_with_a_program_key_matches_the_traced_run(store):
     from wnjax.data._sets import lin_sep
     from wnjax.experiments._lin_sep import gd_options, neuron_diagnostics

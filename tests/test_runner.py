@@ -125,6 +125,7 @@ def _five_seeds():
     return models, X, y
 
 
+@pytest.mark.slow
 def test_seed_blocks_run_each_seed_as_alone(monkeypatch):
     """Five seeds in blocks of two (three blocks, the last filled up with a copy of the last
     seed): every seed's accepted steps and final weights are those of ``gradient_descent`` run
@@ -377,6 +378,7 @@ def test_in_parallel_skips_the_calls_not_started_at_a_stop_request():
     assert out == {"a": 1, "b": "stopped"} and seen[-1] == out
 
 
+@pytest.mark.slow
 def test_in_parallel_flows_give_the_numbers_of_serial_flows():
     """Gradient flows of several data sets run in two threads at once (each polling for stop
     requests from its own loop) end on the same bits as the same flows run one after another."""

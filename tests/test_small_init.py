@@ -172,6 +172,7 @@ def test_first_plateau_matches_reduced_network():
     assert abs(sol.fun / plateau - 1) < 1e-4
 
 
+@pytest.mark.slow
 def test_inactive_norms_scale_with_delta():
     _, d2 = flow_run(1e-2)
     _, d3 = flow_run(1e-3)

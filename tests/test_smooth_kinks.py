@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import needs_default_codegen, slow_params
 from test_kinks import _data, _leaves
 
 import wnjax
@@ -137,10 +138,14 @@ ACTIVATIONS = {
 
 @pytest.mark.parametrize(
     "name",
-    [
-        *ACTIVATIONS,
-        *("maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint", "pool", "max", "sort", "top"),
-    ],
+    slow_params(
+        [
+            *ACTIVATIONS,
+            *("maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint", "pool", "max", "sort"),
+            "top",
+        ],
+        {"pool"},
+    ),
 )
 def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
     """With a width far below every ``|z|`` (``kappa = 1e-10``) the blend leaves the outputs of
@@ -284,6 +289,7 @@ class Picked(eqx.Module):
         return z[jnp.argmax(z if self.by == "argmax" else x[:4])]
 
 
+@pytest.mark.slow
 def test_a_run_short_of_its_target_names_the_kinks_left_as_they_are():
     """``max_u w_u . x`` taken as ``z[argmax z]``: the field leaves that kink as it is (an
     index of the weights' values), counts it in ``stats['kinks_left']``, and a run that runs out
@@ -307,6 +313,7 @@ class Preprocessed(eqx.Module):
         return self.mlp(jnp.abs(x) * jnp.where(x > 0, 1.0, -1.0) + jnp.maximum(x, 0.0))
 
 
+@pytest.mark.slow
 def test_powers_data_masks_guards_and_loops_are_left_alone():
     """A kink whose value there is 0, raised to a power above 1, has a continuous derivative
     (ReLU^2 as ``**``, ``jnp.square`` or ``jnp.power``, ``|z|^3``, ReLU^1.5, leaky ReLU^2) and is
@@ -413,6 +420,7 @@ def test_equinox_modules_with_kinks_reach_deep_targets_with_the_defaults(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("global_max", [False, True])
+@needs_default_codegen
 def test_max_pooling_nets_reach_deep_targets_with_the_defaults(global_max):
     """A ReLU convolution with max pooling (standard, SWN, EWN) or a global max (EWN) and a
     linear head, on 20 random 6x6 images with random labels: every normalized flow reaches
@@ -456,6 +464,7 @@ def test_examples_on_which_every_unit_is_dead_set_a_floor_the_message_names():
     assert "sits at a floor" in r.message and "jump" not in r.message
 
 
+@pytest.mark.slow
 def test_a_module_holding_a_function_keeps_its_states():
     """``eqx.nn.MLP`` holds its activation, a function, as a field: the saved states of GD and
     of a plain-time flow (stacked models) come back as that module, one state per save point;

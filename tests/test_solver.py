@@ -104,6 +104,7 @@ def test_robertson_switches_and_agrees_with_radau():
     assert int(sol.stats["num_steps"]) < 2_000
 
 
+@pytest.mark.slow
 def test_van_der_pol_switches_both_ways_and_agrees_with_radau():
     """Van der Pol with mu = 1000 to t = 1000: a slow stiff phase (y1 from 2 to 1, until
     t ~ (3/2 - log 2) mu = 807), a fast jump, and the next slow phase, so the solver switches
@@ -211,6 +212,7 @@ def test_rho_is_exact_where_a_forward_difference_saturates():
     assert np.all(np.abs(np.asarray(sol.ys)[:, 0]) < 1e-12)
 
 
+@pytest.mark.slow
 def test_far_from_the_boundary_rho_is_measured_every_few_steps():
     """y' = A y, eigenvalues -2 and -0.5, to t = 20 at rtol 1e-10: accuracy, not stability,
     holds h, so ``h rho`` stays far below Tsit5's boundary. The default check then measures on
@@ -281,6 +283,7 @@ PHASES = dict(loss="square", t1=160.0, n_save=12, diagnostics=False, save_states
 COUNTS = ("num_steps", "num_accepted_steps", "num_rejected_steps", "explicit_steps", "stiff_steps")
 
 
+@pytest.mark.slow
 def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_program():
     """The plain-time flow of a diagonal net on square loss turns stiff near its minimum: the
     default solver switches to the implicit method. ``gradient_flow`` runs it as a chain of
@@ -322,6 +325,7 @@ def test_a_flow_that_turns_stiff_runs_as_phases_that_agree_with_radau_and_one_pr
     np.testing.assert_allclose(float(r.final_log_loss), float(one.final_log_loss), rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_the_step_budget_holds_across_phases():
     """``max_steps`` bounds the whole run, not each of its solves: a run whose budget ends after
     the switch stops after exactly ``max_steps`` steps, after the switch (a solver that never
@@ -357,6 +361,7 @@ def test_a_phase_must_name_a_method():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.slow
 def test_phases_chained_by_hand_count_their_steps_and_agree_with_radau(dtype):
     """Robertson to t = 100 as ``AutoSwitch``'s docstring chains its phases: a ``diffeqsolve``
     of the explicit phase ends on the switch; the implicit phase, from ``resume`` of that state,
@@ -400,6 +405,7 @@ def _types(tree):
     return treedef, [jax.typeof(jnp.asarray(x)) for x in leaves]  # shape, dtype and weak type
 
 
+@pytest.mark.slow
 def test_a_phase_hands_over_a_state_of_the_types_it_starts_from():
     """Van der Pol (mu = 1000) chained through its phases by hand: every solve of a phase
     starts from a state (``resume`` of the last solve's final state) of the same structure,

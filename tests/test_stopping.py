@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import separable_data
+from helpers import needs_default_codegen, separable_data
 
 import wnjax
 from wnjax._dynamics.flow import target_tolerance
@@ -25,6 +25,7 @@ def _reached(r, target, dtype):
     return float(r.final_log_loss) <= target + target_tolerance(dtype) * (1 + abs(target))
 
 
+@pytest.mark.slow
 def test_square_loss_to_minus_40_succeeds_and_matches_radau():
     """Depth-2 diagonal net on sparse regression, square loss, to log L = -40 (a residual near
     1e-8, where log L carries ~1e-7 of rounding): the run succeeds, stops at the target, and its
@@ -55,6 +56,7 @@ def test_square_loss_to_minus_40_succeeds_and_matches_radau():
 
 
 @pytest.mark.parametrize("target", [-30.0, -300.0])
+@pytest.mark.slow
 def test_float32_flow_with_a_target_succeeds(target):
     """float32 data (x64 on, so float64 is not the data's dtype): a loss-normalized linear flow
     reaches its target with the float32 defaults, and ``reached_target`` holds."""
@@ -85,6 +87,7 @@ def test_float32_flow_with_a_target_succeeds(target):
     "loss",
     [pytest.param("square", marks=pytest.mark.slow), "exponential"],
 )
+@pytest.mark.slow
 def test_float32_plain_time_target_is_found_and_matches_float64(loss):
     """float32 data with x64 on, plain time, a target: the crossing is root-found (the event's
     value in the dtype diffrax pairs it with) and the run stops there, at the time the float64
@@ -105,6 +108,7 @@ def test_float32_plain_time_target_is_found_and_matches_float64(loss):
     np.testing.assert_allclose(float(low.final_time), float(high.final_time), rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_target_beyond_t1_is_named_with_the_way_to_it():
     """Plain time to t1 = 100 on separable data: log L ~ -log t cannot reach -30 (that needs
     t ~ e^30). The run succeeds at t1 without the target, its stats keep the target, and the
@@ -122,6 +126,7 @@ def test_a_target_beyond_t1_is_named_with_the_way_to_it():
     assert "lies beyond t1: raise t1." in s.message
 
 
+@pytest.mark.slow
 def test_normalized_run_without_a_target_that_runs_out_says_to_pass_one():
     """EWN's loss-normalized flow blows up at a finite s (log L -> -inf), so without a target a
     run to a huge t1 spends its step budget there. Its result knows its clock, and the message
@@ -293,6 +298,7 @@ def test_relu_flow_sliding_on_a_kink_says_the_field_jumps():
     assert "If float64 does not help, the vector field likely jumps" in low.message
 
 
+@pytest.mark.slow
 def test_relu_flow_out_of_steps_names_the_jump_whatever_its_rejections():
     """A ReLU net's field jumps (``jumping_field``), so a run of it that runs out of steps
     names the jump and the ways out from the model alone, here with Tsit5, whose rejected steps
@@ -317,6 +323,7 @@ def test_relu_flow_out_of_steps_names_the_jump_whatever_its_rejections():
     assert not jumping_field(smooth) and not jumping_field(lambda x: x)
 
 
+@pytest.mark.slow
 def test_a_run_stuck_at_a_stationary_point_says_so_not_raise_t1():
     """ReLU^3 5-6-6-1 from its default init: the normalized flow settles where 21 of the 40
     points have every unit inactive (margin 0, so L >= 21) and the gradient vanishes. Its run
@@ -354,6 +361,7 @@ class _Cliff(eqx.Module):
 
 # ~8 s each: `make test` runs plain time, CI both
 @pytest.mark.parametrize("time", ["plain", pytest.param("loss", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_a_run_whose_steps_shrink_before_a_nan_region_names_it_not_max_steps(time):
     """The flow of ``_Cliff`` runs into the surface ||w||^2 = 3 (log L is still ~2 there): its
     steps shrink towards it until the next one cannot move the clock (``FROZEN_CLOCK``, long
@@ -382,6 +390,7 @@ def test_a_run_whose_steps_shrink_before_a_nan_region_names_it_not_max_steps(tim
     assert bool(inside.ok) and np.isinf(float(inside.stats["nonfinite_ahead"]))
 
 
+@pytest.mark.slow
 def test_float32_normalized_run_from_a_small_loss_takes_its_first_step():
     """float32, normalized time, saves at given s, Tsit5 (the traced default): one point at
     margin 14.4, so log t starts at 0 with d log t/ds = exp(14.4), and its error scale there is
@@ -503,6 +512,7 @@ def test_the_step_budget_holds_across_the_loss_levels():
 
 
 @pytest.mark.slow
+@needs_default_codegen
 def test_a_log_loss_the_tolerances_do_not_resolve_is_named():
     """Square loss, plain time, a depth-2 diagonal net converging to an interpolating point: at
     the defaults' atol the weights' error dwarfs the residual by t = 30, and log L drifts from
@@ -546,6 +556,7 @@ def _ewn_relu2_problem():
 _NO_T1 = dict(target_log_loss=-300.0, diagnostics=False, save_states=False)
 
 
+@pytest.mark.slow
 def test_a_run_to_a_target_without_t1_goes_on_to_it():
     """Given a target and no t1, a run has no bound in time. EWN ReLU^2 to log L = -300 in plain
     and normalized time: both reach it, and plain time (its clock t itself, near exp(300)) ends
@@ -577,6 +588,7 @@ def test_without_t1_the_loss_clock_reaches_its_target_and_float32_plain_time_nam
     assert "time='normalized'" in low.message
 
 
+@pytest.mark.slow
 def test_a_float64_model_on_float32_data_runs_in_float64():
     """Under ``jax_enable_x64`` a model is float64 by default; data read in float32 is common.
     The flow runs in the wider dtype, as ``gradient_descent`` does: the normalized run to a
@@ -651,6 +663,7 @@ def _dead_at(net, X):
 
 
 @pytest.mark.parametrize("parameterize", ["standard", "ewn"])
+@pytest.mark.slow
 def test_a_flow_on_a_floor_of_dead_examples_stops_there(parameterize):
     """A ReLU net with an example that reaches no unit: its output stays 0 and its loss 1, so
     the exponential loss cannot fall below ``n_dead`` (``log L >= log n_dead``). With
@@ -696,6 +709,7 @@ def test_a_flow_not_told_to_stop_on_a_floor_runs_on():
     assert float(r.final_log_loss) <= float(stopped.final_log_loss)
 
 
+@pytest.mark.slow
 def test_a_square_loss_floor_of_dead_examples_is_their_summed_loss():
     """Under the square loss a dead example's residual is its target: ``L >= sum_dead y_i^2 / 2``.
     With ``stop_stalled=True`` the flow to ``log L = -20`` stops there (``FLOOR``), within 1e-3
@@ -720,6 +734,7 @@ def test_a_square_loss_floor_of_dead_examples_is_their_summed_loss():
     assert dead[0] and 0 <= float(r.final_log_loss) - floor < 1e-3
 
 
+@pytest.mark.slow
 def test_outputs_that_are_zero_but_move_are_no_floor():
     """A two-layer linear net whose last layer starts at 0: every output is 0 at the start, and
     all of the loss is theirs, but the loss's gradient is not 0 there (the last layer's), so
@@ -837,6 +852,7 @@ class _Diagonal(eqx.Module):
         return jnp.dot(x, self.u**2 - self.v**2)
 
 
+@pytest.mark.slow
 def test_a_flow_at_a_minimum_above_its_target_stops_there():
     """A depth-3 linear net, square loss, targets it cannot fit, target log L = -10: the flow
     settles at the least-squares minimum (log L within 1e-9 of numpy's) and, its gradient

@@ -88,6 +88,7 @@ def test_odeco_transform_outputs_gradients_and_flow():
         wnjax.tensor.odeco_net(S, [rng.normal(size=(m, m))] * depth, key=jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_weight_normalization_applies(getkey):
     d = 6
     X = jax.random.normal(getkey(), (4, d))
@@ -138,6 +139,7 @@ SQUARE_FLOW = dict(
 
 
 @pytest.mark.parametrize("depth", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_regression_limit_matches_gradient_flow(depth):
     rng = np.random.default_rng(depth)
     n, d = 4, 8
@@ -165,6 +167,7 @@ def test_regression_limit_matches_gradient_flow(depth):
     assert np.linalg.norm(rho - pred) <= 1e-3 * np.linalg.norm(pred)
 
 
+@pytest.mark.slow
 def test_deep_fully_connected_regression_approaches_min_l2(getkey):
     n, d, depth = 3, 6, 3
     X = np.asarray(jax.random.normal(getkey(), (n, d)))
