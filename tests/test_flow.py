@@ -260,7 +260,7 @@ def test_target_already_met_stops_at_the_start(mlp_problem, time):
     np.testing.assert_allclose(float(r.final_log_loss), start, rtol=1e-9)  # stop time <= 1e-10
 
 
-@pytest.mark.parametrize("n_save", [2, pytest.param(3, marks=pytest.mark.slow), N_SAVE])
+@pytest.mark.parametrize("n_save", [2, 3, N_SAVE])
 @pytest.mark.slow
 def test_default_save_points_span_t0_to_t1(mlp_problem, n_save):
     """The default save points start at t0 and end at t1 for every n_save (n_save = 2 included),

@@ -107,9 +107,8 @@ def test_a_run_continued_from_a_deep_state_matches_the_closed_form(time, dtype, 
     "name, rate",
     [
         ("ewn", None),
-        # ~6 s each (two flows at rtol 1e-10): CI runs them, `make test` the EWN case only
-        pytest.param("swn", None, marks=pytest.mark.slow),
-        pytest.param("standard", "neuron_norm_sq", marks=pytest.mark.slow),
+        ("swn", None),
+        ("standard", "neuron_norm_sq"),
     ],
 )
 @pytest.mark.slow

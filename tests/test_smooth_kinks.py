@@ -134,18 +134,13 @@ ACTIVATIONS = {
     "where": lambda z: jnp.where(z > 0, z, 0.0),
     "min": lambda z: -jnp.minimum(-z, 0.0),
 }
+# The modules of the smoothing check besides the MLPs with the activations above.
+MODULES = ("maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint", "pool", "max", "sort", "top")
 
 
 @pytest.mark.parametrize(
     "name",
-    slow_params(
-        [
-            *ACTIVATIONS,
-            *("maxout", "ewn", "wnjax-mlp", "scan", "cond", "checkpoint", "pool", "max", "sort"),
-            "top",
-        ],
-        {"pool"},
-    ),
+    slow_params([*ACTIVATIONS, *MODULES], {"pool"}),
 )
 def test_smoothing_keeps_a_modules_values_and_its_gradient_off_the_kinks(name):
     """With a width far below every ``|z|`` (``kappa = 1e-10``) the blend leaves the outputs of

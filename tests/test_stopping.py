@@ -82,11 +82,8 @@ def test_float32_flow_with_a_target_succeeds(target):
     assert bool(r.ok) and bool(r.reached_target) and _reached(r, target, jnp.float32)
 
 
-@pytest.mark.parametrize(
-    # the square loss's flows turn stiff: four programs, ~30 s; CI runs it, `make test` skips it
-    "loss",
-    [pytest.param("square", marks=pytest.mark.slow), "exponential"],
-)
+# the square loss's flows turn stiff: four programs, ~30 s
+@pytest.mark.parametrize("loss", ["square", "exponential"])
 @pytest.mark.slow
 def test_float32_plain_time_target_is_found_and_matches_float64(loss):
     """float32 data with x64 on, plain time, a target: the crossing is root-found (the event's
@@ -359,8 +356,7 @@ class _Cliff(eqx.Module):
         return self.lin(x) + 0.0 * jnp.log(self.radius - jnp.sum(self.lin.weight**2))
 
 
-# ~8 s each: `make test` runs plain time, CI both
-@pytest.mark.parametrize("time", ["plain", pytest.param("loss", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("time", ["plain", "loss"])
 @pytest.mark.slow
 def test_a_run_whose_steps_shrink_before_a_nan_region_names_it_not_max_steps(time):
     """The flow of ``_Cliff`` runs into the surface ||w||^2 = 3 (log L is still ~2 there): its

@@ -138,7 +138,7 @@ SQUARE_FLOW = dict(
 )
 
 
-@pytest.mark.parametrize("depth", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("depth", [2, 3])
 @pytest.mark.slow
 def test_regression_limit_matches_gradient_flow(depth):
     rng = np.random.default_rng(depth)
