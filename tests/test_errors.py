@@ -4,6 +4,7 @@ are reported with their partial result."""
 import os
 import re
 import stat
+import warnings
 
 import equinox as eqx
 import jax
@@ -357,8 +358,6 @@ def test_identical_rows_with_other_labels_put_a_target_out_of_reach(run, loss):
 
 
 def test_identical_rows_warn_without_a_target_and_agreeing_rows_do_not(problem):
-    import warnings
-
     model, _, _ = problem
     X, rng = _grid_data()
     y = rng.choice([-1.0, 1.0], size=X.shape[0])
@@ -368,6 +367,79 @@ def test_identical_rows_warn_without_a_target_and_agreeing_rows_do_not(problem):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _gd(model, X, agreeing, target_log_loss=-5.0)
+
+
+def _multiples_data(dtype=np.float64, scale=0.7, classes=0):
+    """Eight directions on the circle at two radii, 1 and ``scale``, with opposite labels (as
+    ``make_circles`` without noise draws them), and eight more points of random directions."""
+    t = np.linspace(0.0, 2 * np.pi, 8, endpoint=False)
+    ring = np.c_[np.cos(t), np.sin(t)]
+    rng = np.random.default_rng(3)
+    X = np.r_[ring, scale * ring, rng.normal(size=(8, 2))].astype(dtype)
+    if classes:
+        y = np.r_[np.zeros(8), np.ones(8), rng.integers(0, classes, 8)].astype(int)
+    else:
+        y = np.r_[np.ones(8), -np.ones(8), rng.choice([-1.0, 1.0], 8)]
+    return X, y
+
+
+@RUNNERS
+@pytest.mark.parametrize("loss", ["exponential", "logistic", "cross_entropy"])
+def test_positive_multiples_with_other_labels_put_a_target_out_of_reach(run, loss):
+    """Rows ``x`` and ``0.7 x`` with other labels: a bias-free ReLU net's outputs there have one
+    sign (one argmax), so one margin of each of the 8 pairs stays <= 0 and its loss >= l(0)
+    (cross-entropy: >= log 2): ``log L >= log(8 l(0))``. The true floor, each pair's output
+    ``z`` free and the other's ``0.7 z`` (scipy), is above that bound."""
+    from scipy.optimize import minimize
+
+    classes = 3 if loss == "cross_entropy" else 0
+    X, y = _multiples_data(classes=classes)
+    model = wnjax.MLP(2, 8, 2, max(classes, 1), activation="relu", key=jax.random.key(0))
+    l0 = {"exponential": 1.0, "logistic": np.log(2.0), "cross_entropy": np.log(2.0)}[loss]
+    bound = np.log(8 * l0)
+    lossfn = CONFLICT_LOSSES[loss]
+    dim = max(classes, 1)
+    pair = minimize(
+        lambda z: lossfn(z, y[0]) + lossfn(0.7 * z, y[8]), np.zeros(dim), method="BFGS"
+    ).fun
+    assert np.log(8 * pair) >= bound - 1e-9
+    with pytest.raises(ValueError, match=r"rows 0 and 8 of X are positive multiples") as e:
+        run(model, X, y, loss=loss, target_log_loss=bound - 0.01)
+    assert "x_8 = 0.7 x_0" in str(e.value) and "8 such groups, 16 rows" in str(e.value)
+    quoted = float(re.search(r"log L >= ([-0-9.e+]*\d)", str(e.value)).group(1))
+    np.testing.assert_allclose(quoted, bound, rtol=1e-5)
+    # a target above the bound: a warning (made an error here: the flow is not run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match=r"positive multiples.*Drop or relabel"):
+            run(model, X, y, loss=loss, target_log_loss=bound + 1.0)
+
+
+def test_positive_multiples_of_float32_data_are_found_and_near_ones_are_not():
+    """In float32, ``0.7 x`` rounds each coordinate on its own: still a multiple to a few ulps.
+    Rows turned ``1e-4`` off a multiple are not; nor are rows with agreeing labels."""
+    from wnjax._runtime.validate import _multiples_floor
+
+    loss = wnjax.get_loss("exponential")
+    X, y = _multiples_data(np.float32)
+    assert _multiples_floor(X, y, loss)[1:] == ((0, 8), 8, 16)
+    near = X.copy()
+    near[8:16] += 1e-4 * (X[8:16] @ np.array([[0.0, 1.0], [-1.0, 0.0]], np.float32))  # turned
+    assert _multiples_floor(near, y, loss) is None
+    agreeing = np.r_[np.ones(16), y[16:]]
+    assert _multiples_floor(X, agreeing, loss) is None
+
+
+def test_positive_multiples_only_warn_for_a_model_of_unknown_input_homogeneity():
+    """An equinox MLP of the user's may not be homogeneous in its input: the check warns,
+    naming the target it would put out of reach, and the run goes on."""
+    X, y = _multiples_data()
+    bias_free = dict(use_bias=False, use_final_bias=False)
+    model = eqx.nn.MLP(
+        2, "scalar", 8, 1, activation=jax.nn.relu, **bias_free, key=jax.random.key(0)
+    )
+    with pytest.warns(UserWarning, match=r"a model positively homogeneous.*cannot be reached"):
+        _gd(model, X, y, target_log_loss=-5.0)
 
 
 # --- GD results ---
@@ -387,13 +459,16 @@ def test_gd_save_arrays_hold_saved_points_only(problem):
 
 def test_stalled_gd_says_so(problem):
     """Six points and their doubles, with opposite labels: a bias-free ReLU^2 net gives ``2 x`` the
-    output ``4 f(x)``, of ``f(x)``'s sign, so L has a positive floor and a deep target is never
-    reached; the run ends ok but warns and says why."""
+    output ``4 f(x)``, of ``f(x)``'s sign, so ``L >= 6 min_z (e^-z + e^4z) = 6 * 1.649`` (log
+    2.29). The checks before the run see ``log L >= log 6`` only; a target between the two is
+    never reached, and the run ends ok but warns and says why."""
     model, X, y = problem
     X2, y2 = jnp.concatenate([X[:6], 2 * X[:6]]), jnp.concatenate([y[:6], -y[:6]])
-    with pytest.warns(RuntimeWarning, match=r"(?s)target_log_loss.*stopped decreasing.*separable"):
+    stalled = r"(?s)target_log_loss.*stopped decreasing.*separable"
+    bound = r"positive multiples.*log L >= 1.79176"  # log 6
+    with pytest.warns(RuntimeWarning, match=stalled), pytest.warns(UserWarning, match=bound):
         r = wnjax.gradient_descent(
-            model, X2, y2, num_steps=2000, learning_rate=0.02, target_log_loss=-10.0
+            model, X2, y2, num_steps=2000, learning_rate=0.02, target_log_loss=2.0
         )
     assert bool(r.ok) and not bool(r.reached_target)
     assert "is the data separable" in r.message.lower()

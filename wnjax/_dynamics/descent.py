@@ -773,7 +773,7 @@ def prepare_run(
     X, y = check_data(X, y, loss_obj)
     p = as_parameterized(model)
     check_outputs(p, X, y, loss_obj)
-    check_conflicts(X, y, loss_obj, target_log_loss, stacklevel=5)
+    check_conflicts(X, y, loss_obj, target_log_loss, stacklevel=5, model=p)
     # One float dtype for data and parameters: the loop's carry keeps its types.
     p, X, y, dtype = in_common_dtype(p, X, y)
     if batch_size is not None:

@@ -2265,7 +2265,7 @@ def gradient_flow(
     # the run's precision: the wider of the model's and the data's, as gradient_descent's
     p, X, y, dtype = in_common_dtype(p, X, y)
     check_outputs(p, X, y, loss_obj)
-    check_conflicts(X, y, loss_obj, target_log_loss, stacklevel=4)
+    check_conflicts(X, y, loss_obj, target_log_loss, stacklevel=4, model=p)
     open_end = t1 is None and target_log_loss is not None
     if t1 is None:
         t1 = open_end_time(X.dtype) if open_end else 1.0

@@ -218,42 +218,81 @@ def _warn_zero_rows(Xn: np.ndarray) -> None:
         )
 
 
-def check_conflicts(X, y, loss: Loss, target, stacklevel: int) -> None:
-    """Identical rows of ``X`` with different labels (targets), which every model maps to one
-    output: raise ``InvalidInput`` when they put ``target`` (a ``log L``) out of reach, else
-    warn. Their floor ``B``: ``log L >= B``, the least ``log L`` of those rows over a shared
-    output, in closed form (``Exponential``: ``2 sqrt(n+ n-)`` per group, at ``f = log(n+/n-)/2``;
-    ``Logistic``, ``LogisticThenExponential`` and ``CrossEntropy``: ``-sum_k n_k log(n_k/m)``,
-    at logits ``log(n_k/m)``; ``Square``: the targets' spread about their mean), and for any
-    other margin loss ``logsumexp`` over groups of the least ``l_i(0)`` (a margin of the group
-    is at most 0). Skipped for traced data and for other losses.
+def check_conflicts(X, y, loss: Loss, target, stacklevel: int, model: PyTree = None) -> None:
+    """Rows of ``X`` that no model can fit at once: raise ``InvalidInput`` when they put
+    ``target`` (a ``log L``) out of reach, else warn.
+
+    - **Identical rows with different labels (targets)**, which every model maps to one output.
+      Their floor ``B``: ``log L >= B``, the least ``log L`` of those rows over a shared output,
+      in closed form (``Exponential``: ``2 sqrt(n+ n-)`` per group, at ``f = log(n+/n-)/2``;
+      ``Logistic``, ``LogisticThenExponential`` and ``CrossEntropy``: ``-sum_k n_k log(n_k/m)``,
+      at logits ``log(n_k/m)``; ``Square``: the targets' spread about their mean), and for any
+      other margin loss ``logsumexp`` over groups of the least ``l_i(0)`` (a margin of the
+      group is at most 0).
+    - Else, under a margin loss, **rows that are positive multiples of one another with
+      different labels** (``x_j = c x_i``, ``c > 0``, to a few ulps). A model positively
+      homogeneous in its input (``f(c x) = c^k f(x)``) gives them outputs of one sign (one
+      argmax), so a margin of each such group stays ``<= 0``: ``B = logsumexp`` over groups of
+      the least ``l_i(0)`` (``CrossEntropy``: ``log 2``). It raises only where ``model`` is
+      known to be such a model (wnjax's bias-free ``MLP``/``CNN``), else warns.
+
+    Skipped for traced data and for other losses.
 
     **Arguments:** `X`, `y`: the data, as ``check_data`` returns them; `loss`: the ``Loss``;
-    `target`: the run's ``target_log_loss`` or ``None``; `stacklevel`: the warning's."""
+    `target`: the run's ``target_log_loss`` or ``None``; `stacklevel`: the warning's; `model`:
+    the model (plain or ``Parameterized``), or ``None`` (not known)."""
     if any(isinstance(a, jax.core.Tracer) for a in (X, y, target)):
         return
-    floor = _conflict_floor(np.asarray(X), np.asarray(y), loss)
-    if floor is None:
-        return
-    bound, rows, groups, members = floor
-    pair = " and ".join(str(int(r)) for r in rows)
-    labels = np.asarray(y)[list(rows)].tolist()
-    what = "targets" if not loss.margin_based else "labels"
-    facts = (
-        f"rows {pair} of X are identical but their {what} differ ({labels[0]} and {labels[1]}"
-        f"{f'; {groups} such groups, {members} rows' if groups > 1 or members > 2 else ''}): "
-        f"every model gives them one output, so log L >= {bound:.6g} (the least loss of "
-        "such rows over one output each)"
-    )
+    Xn, yn = np.asarray(X), np.asarray(y)
+    floor = _conflict_floor(Xn, yn, loss)
+    certain = True
+    if floor is not None:
+        bound, rows, groups, members = floor
+        pair = " and ".join(str(int(r)) for r in rows)
+        labels = yn[list(rows)].tolist()
+        what = "targets" if not loss.margin_based else "labels"
+        facts = (
+            f"rows {pair} of X are identical but their {what} differ ({labels[0]} and "
+            f"{labels[1]}{_how_many(groups, members)}): every model gives them one output, so "
+            f"log L >= {bound:.6g} (the least loss of such rows over one output each)"
+        )
+    else:
+        floor = _multiples_floor(Xn, yn, loss)
+        if floor is None:
+            return
+        bound, (i, j), groups, members = floor
+        from wnjax._nets.models import known_degree
+
+        certain = model is not None and known_degree(model) is not None
+        scale = float(np.linalg.norm(Xn[j]) / np.linalg.norm(Xn[i]))
+        who = (
+            "this model is positively homogeneous in its input (f(c x) = c^k f(x) for c > 0) and "
+            "gives"
+            if certain
+            else "a model positively homogeneous in its input (f(c x) = c^k f(x) for c > 0, as "
+            "a bias-free net of ReLU, ReLU^p or linear layers is) gives"
+        )
+        facts = (
+            f"rows {i} and {j} of X are positive multiples of each other (x_{j} = {scale:.6g} "
+            f"x_{i}) but their labels differ ({yn[i].tolist()} and {yn[j].tolist()}"
+            f"{_how_many(groups, members)}): {who} them outputs of one sign, so a margin of each "
+            f"such group stays <= 0 and log L >= {bound:.6g}"
+        )
     fix = "Drop or relabel the conflicting rows"
     target = None if target is None else float(np.max(np.asarray(target)))
     tol = 1e-6 * (1.0 + abs(bound))
     if target is not None and target < bound - tol:
-        raise InvalidInput(
-            f"target_log_loss = {target:g} cannot be reached: {facts}. {fix}, or pass a target "
-            f"above {bound:.6g}."
-        )
+        if certain:
+            raise InvalidInput(
+                f"target_log_loss = {target:g} cannot be reached: {facts}. {fix}, or pass a "
+                f"target above {bound:.6g}."
+            )
+        fix = f"For such a model target_log_loss = {target:g} cannot be reached. {fix}"
     warnings.warn(f"{facts}. {fix}.", UserWarning, stacklevel=stacklevel)
+
+
+def _how_many(groups: int, members: int) -> str:
+    return f"; {groups} such groups, {members} rows" if groups > 1 or members > 2 else ""
 
 
 def _conflict_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
@@ -329,6 +368,75 @@ def _identical_rows(Xn: np.ndarray) -> np.ndarray | None:
     keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
     label = np.arange(n) + n  # a row whose hash is its own is unlike every other
     label[maybe] = np.unique(keys, return_inverse=True)[1].ravel()
+    return label
+
+
+def _multiples_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
+    """``(B, rows, groups, members)`` of ``check_conflicts``' positive multiples: the floor, two
+    rows of the first conflicting group (the first row and one whose label differs), the
+    number of such groups and of their rows; ``None`` without any, or for a loss that is not
+    margin-based."""
+    n = Xn.shape[0]
+    if n < 2 or not loss.margin_based:
+        return None
+    group = _positive_multiples(Xn)
+    if group is None:
+        return None
+    _, first, group = np.unique(group, return_index=True, return_inverse=True)
+    group = group.ravel()
+    ys = yn.reshape(n, -1)
+    differs = np.any(ys != ys[first[group]], axis=1)
+    bad = np.unique(group[differs])
+    if bad.size == 0:
+        return None
+    odd = np.flatnonzero(differs)[0]
+    conflict = np.isin(group, bad)
+    if loss.binary:  # the least l_i(0) of each group: a margin there is <= 0
+        log_l0 = np.asarray(loss.log_losses(jnp.zeros(n), jnp.asarray(yn.astype(float))))
+        least = np.full(first.shape[0], np.inf)
+        np.minimum.at(least, group[conflict], log_l0[conflict])
+        log_l = least[bad]
+    else:  # cross-entropy at a margin <= 0: log(1 + sum_k exp(z_k - z_y)) >= log 2
+        log_l = np.full(bad.size, math.log(math.log(2.0)))
+    return float(np.logaddexp.reduce(log_l)), (first[group[odd]], odd), bad.size, conflict.sum()
+
+
+def _positive_multiples(Xn: np.ndarray) -> np.ndarray | None:
+    """A label per row of ``Xn`` (its leading axis), equal for nonzero rows that are positive
+    multiples of one another (their unit vectors within ``16 eps`` of ``Xn``'s dtype), or
+    ``None`` where no two are. The unit vectors are put in cells of a grid on four random
+    projections (side ``4096 eps``, at most ``1e-2``); only the rows of a cell are compared
+    whole, so a pair that straddles a cell's side (about 0.2% of them) is not seen."""
+    n = Xn.shape[0]
+    flat = Xn.reshape(n, -1).astype(np.float64, copy=False)
+    norms = np.linalg.norm(flat, axis=1)
+    live = np.flatnonzero(norms > 0)
+    if live.size < 2:
+        return None
+    eps = float(jnp.finfo(Xn.dtype).eps) if jnp.issubdtype(Xn.dtype, jnp.inexact) else 2.0**-52
+    eps = max(eps, 2.0**-52)
+    directions = np.random.default_rng(0).standard_normal((flat.shape[1], 4))
+    projections = (flat[live] @ directions) / (norms[live, None] * np.sqrt(flat.shape[1]))
+    cells = np.floor(projections / min(4096 * eps, 1e-2)).astype(np.int64)
+    # one integer per cell: a wrapping product of its four coordinates with odd words
+    odd = np.random.default_rng(1).integers(0, 2**63, size=4, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        keys = cells.view(np.uint64) @ (2 * odd + 1)
+    _, cell, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    cell = cell.ravel()
+    shared = np.flatnonzero(counts[cell] > 1)
+    if shared.size == 0:
+        return None
+    label = np.arange(n) + n  # a row alone in its cell is a multiple of no other row
+    order = shared[np.argsort(cell[shared], kind="stable")]
+    for members in np.split(order, np.flatnonzero(np.diff(cell[order])) + 1):
+        unit = flat[live[members]] / norms[live[members], None]
+        while members.size:
+            same = np.max(np.abs(unit - unit[0]), axis=1) <= 16 * eps
+            label[live[members[same]]] = live[members[0]]
+            members, unit = members[~same], unit[~same]
+    if np.unique(label).size == n:
+        return None
     return label
 
 
