@@ -375,7 +375,7 @@ def _multiples_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
     """``(B, rows, groups, members)`` of ``check_conflicts``' positive multiples: the floor, two
     rows of the first conflicting group (the first row and one whose label differs), the
     number of such groups and of their rows; ``None`` without any, or for a loss that is not
-    margin-based."""
+    margin-based (or multi-class other than ``CrossEntropy``)."""
     n = Xn.shape[0]
     if n < 2 or not loss.margin_based:
         return None
@@ -396,8 +396,10 @@ def _multiples_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
         least = np.full(first.shape[0], np.inf)
         np.minimum.at(least, group[conflict], log_l0[conflict])
         log_l = least[bad]
-    else:  # cross-entropy at a margin <= 0: log(1 + sum_k exp(z_k - z_y)) >= log 2
+    elif isinstance(loss, CrossEntropy):  # at a margin <= 0: log(1 + sum exp(z_k - z_y)) >= log 2
         log_l = np.full(bad.size, math.log(math.log(2.0)))
+    else:  # another multi-class loss: no bound known
+        return None
     return float(np.logaddexp.reduce(log_l)), (first[group[odd]], odd), bad.size, conflict.sum()
 
 
