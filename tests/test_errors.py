@@ -430,6 +430,19 @@ def test_positive_multiples_of_float32_data_are_found_and_near_ones_are_not():
     assert _multiples_floor(X, agreeing, loss) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_make_circles_without_noise_is_refused_for_a_relu_net(dtype):
+    """scikit-learn's ``make_circles(noise=0)`` draws both circles at the same angles: each inner
+    point is ``factor`` times an outer one, with the other label. 50 pairs, ``l(0) = 1`` each."""
+    from sklearn.datasets import make_circles
+
+    X, labels = make_circles(n_samples=100, noise=0.0, factor=0.8, random_state=0)
+    y = 2.0 * labels - 1.0
+    net = wnjax.MLP(2, 16, 2, activation="relu", key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"50 such groups, 100 rows.*log L >= 3.91202"):  # log 50
+        _gd(wnjax.ewn(net), X.astype(dtype), y, target_log_loss=-300.0)
+
+
 def test_positive_multiples_only_warn_for_a_model_of_unknown_input_homogeneity():
     """An equinox MLP of the user's may not be homogeneous in its input: the check warns,
     naming the target it would put out of reach, and the run goes on."""
