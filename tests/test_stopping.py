@@ -905,3 +905,26 @@ def test_a_vmapped_flow_stops_each_run_at_its_own_minimum():
     codes, reached, log_l = run(jnp.stack([fit, y]))
     assert codes.tolist() == [0, STATIONARY] and reached.tolist() == [True, False]
     assert abs(float(log_l[1]) - least) < 1e-9
+
+
+@pytest.mark.slow
+def test_a_float32_run_that_nearly_stopped_is_told_float64_can_tell_slow_from_stationary():
+    """``|grad log L| < sqrt(eps)`` is 3.5e-4 in float32: a flow that is only slow (an example
+    whose units are all but off) passes it too. A float32 run short of its target with such a
+    gradient names float64 as the way to tell; the same run's message in float64 does not."""
+    import dataclasses
+
+    from wnjax._dynamics.flow import _stationary_note
+
+    X, y = separable_data(jax.random.key(3), n=8, d=3)
+    model, X, y = _float32(wnjax.MLP(3, 4, 2, activation="relu2", key=jax.random.key(4)), X, y)
+    r = wnjax.gradient_flow(model, X, y, t1=0.5, target_log_loss=-300.0, throw=False)
+    assert r.final_log_loss.dtype == jnp.float32 and not bool(r.reached_target)
+    slow = dataclasses.replace(r, stats={**r.stats, "final_grad_norm": jnp.float32(1e-4)})
+    note = _stationary_note(slow, "more steps")
+    assert "(nearly) stopped" in note and "jax_enable_x64" in note
+    wide = dataclasses.replace(slow, final_log_loss=slow.final_log_loss.astype(jnp.float64))
+    assert _stationary_note(wide, "more steps") == ""  # 1e-4 > sqrt(eps) in float64
+    wide = dataclasses.replace(wide, stats={**r.stats, "final_grad_norm": jnp.float64(1e-9)})
+    note = _stationary_note(wide, "more steps")
+    assert "(nearly) stopped" in note and "jax_enable_x64" not in note

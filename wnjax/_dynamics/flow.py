@@ -794,17 +794,28 @@ def _describe(r: FlowResult) -> str:
 def _stationary_note(r: FlowResult, remedy: str) -> str:
     """For a run short of its finite target whose ``|grad log L|`` at the end is below
     ``sqrt(eps)``: that the flow has (nearly) stopped at a stationary point, which ``remedy``
-    (``'raising t1'``, ``'more steps'``) barely lowers; else ``''``."""
+    (``'raising t1'``, ``'more steps'``) barely lowers (in low precision: or is only slow, and
+    float64 tells); else ``''``."""
     target = float(np.asarray(r.stats.get("target_log_loss", -np.inf)))
     if bool(r.reached_target) or not np.isfinite(target):
         return ""
     grad = float(np.asarray(r.stats.get("final_grad_norm", np.inf)))
-    if not grad < np.sqrt(float(np.finfo(np.asarray(r.final_log_loss).dtype).eps)):
+    dtype = np.asarray(r.final_log_loss).dtype
+    if not grad < np.sqrt(float(np.finfo(dtype).eps)):
         return ""
     return (
         f" The target log L = {target:g} was not reached, and at the end |grad log L| = "
         f"{grad:.3g}: the flow has (nearly) stopped at a stationary point of the loss, a floor "
-        f"that {remedy} barely lowers: {_STATIONARY_KINDS}" + _stuck_note(r)
+        f"that {remedy} barely lowers: {_STATIONARY_KINDS}"
+        + _stuck_note(r)
+        + (
+            f" In {dtype} the test (|grad log L| below sqrt(eps)) also passes where the flow is "
+            "only slow, as on an example whose units are all but off, which float64 can follow "
+            "back to life: run in float64 to tell them apart: "
+            "jax.config.update('jax_enable_x64', True) and float64 data."
+            if dtype.itemsize < 8
+            else ""
+        )
     )
 
 
