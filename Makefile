@@ -10,11 +10,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all install bench docs lint clean
 
+# pip installs without byte-compiling, which it does on one core; compileall uses every core.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -e ".[test]"
-	# byte-compiled here on every core (pip compiles on one: twice the time)
 	$(PY) -m compileall -q -j 0 $(VENV)/lib
 	touch $(STAMP)
 
