@@ -301,22 +301,11 @@ def _conflict_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
     n = Xn.shape[0]
     if n < 2 or not (loss.margin_based or isinstance(loss, Square)):
         return None
-    group = _identical_rows(Xn)
-    if group is None:
+    found = _label_conflicts(_identical_rows(Xn), yn)
+    if found is None:
         return None
-    _, first, group, counts = np.unique(
-        group, return_index=True, return_inverse=True, return_counts=True
-    )
-    group = group.ravel()
+    group, first, counts, bad, conflict, rows = found
     ys = yn.reshape(n, -1)
-    # a group conflicts where some row's labels differ from its first row's
-    differs = np.any(ys != ys[first[group]], axis=1)
-    bad = np.unique(group[differs])
-    if bad.size == 0:
-        return None
-    conflict = np.isin(group, bad)
-    odd = np.flatnonzero(differs)[0]
-    rows = (first[group[odd]], odd)  # a row of the first conflicting group and one unlike it
     members = np.flatnonzero(conflict)
     y_float = jnp.asarray(yn.astype(float))
     if isinstance(loss, Square):  # each group's output at the mean of its targets
@@ -379,18 +368,10 @@ def _multiples_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
     n = Xn.shape[0]
     if n < 2 or not loss.margin_based:
         return None
-    group = _positive_multiples(Xn)
-    if group is None:
+    found = _label_conflicts(_positive_multiples(Xn), yn)
+    if found is None:
         return None
-    _, first, group = np.unique(group, return_index=True, return_inverse=True)
-    group = group.ravel()
-    ys = yn.reshape(n, -1)
-    differs = np.any(ys != ys[first[group]], axis=1)
-    bad = np.unique(group[differs])
-    if bad.size == 0:
-        return None
-    odd = np.flatnonzero(differs)[0]
-    conflict = np.isin(group, bad)
+    group, first, _, bad, conflict, rows = found
     if loss.binary:  # the least l_i(0) of each group: a margin there is <= 0
         log_l0 = np.asarray(loss.log_losses(jnp.zeros(n), jnp.asarray(yn.astype(float))))
         least = np.full(first.shape[0], np.inf)
@@ -400,7 +381,28 @@ def _multiples_floor(Xn: np.ndarray, yn: np.ndarray, loss: Loss):
         log_l = np.full(bad.size, math.log(math.log(2.0)))
     else:  # another multi-class loss: no bound known
         return None
-    return float(np.logaddexp.reduce(log_l)), (first[group[odd]], odd), bad.size, conflict.sum()
+    return float(np.logaddexp.reduce(log_l)), rows, bad.size, conflict.sum()
+
+
+def _label_conflicts(label: np.ndarray | None, yn: np.ndarray):
+    """The groups of rows that share a ``label`` and whose labels (targets) ``yn`` differ:
+    ``(group, first, counts, bad, conflict, rows)``, each row's group, each group's first row
+    and size, the conflicting groups, a mask of their rows, and a row of the first conflicting
+    group with one unlike it; ``None`` without any (or for ``label=None``: no shared labels)."""
+    if label is None:
+        return None
+    _, first, group, counts = np.unique(
+        label, return_index=True, return_inverse=True, return_counts=True
+    )
+    group = group.ravel()
+    ys = yn.reshape(yn.shape[0], -1)
+    # a group conflicts where some row's labels differ from its first row's
+    differs = np.any(ys != ys[first[group]], axis=1)
+    bad = np.unique(group[differs])
+    if bad.size == 0:
+        return None
+    odd = np.flatnonzero(differs)[0]
+    return group, first, counts, bad, np.isin(group, bad), (first[group[odd]], odd)
 
 
 def _positive_multiples(Xn: np.ndarray) -> np.ndarray | None:
