@@ -346,9 +346,7 @@ def _identical_rows(Xn: np.ndarray) -> np.ndarray | None:
     n = Xn.shape[0]
     flat = np.ascontiguousarray(Xn.reshape(n, -1) + np.zeros((), Xn.dtype))
     words = flat.view(np.dtype(f"u{flat.dtype.itemsize}"))
-    odd = np.random.default_rng(0).integers(0, 2**63, size=words.shape[1], dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        hashes = words @ (2 * odd + 1)
+    hashes = _hash_rows(words)
     _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     maybe = np.flatnonzero(counts[inverse.ravel()] > 1)
     if maybe.size == 0:
@@ -422,11 +420,9 @@ def _positive_multiples(Xn: np.ndarray) -> np.ndarray | None:
     directions = np.random.default_rng(0).standard_normal((flat.shape[1], 4))
     projections = (flat[live] @ directions) / (norms[live, None] * np.sqrt(flat.shape[1]))
     cells = np.floor(projections / min(4096 * eps, 1e-2)).astype(np.int64)
-    # one integer per cell: a wrapping product of its four coordinates with odd words
-    odd = np.random.default_rng(1).integers(0, 2**63, size=4, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        keys = cells.view(np.uint64) @ (2 * odd + 1)
-    _, cell, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    _, cell, counts = np.unique(
+        _hash_rows(cells.view(np.uint64)), return_inverse=True, return_counts=True
+    )
     cell = cell.ravel()
     shared = np.flatnonzero(counts[cell] > 1)
     if shared.size == 0:
@@ -442,6 +438,14 @@ def _positive_multiples(Xn: np.ndarray) -> np.ndarray | None:
     if np.unique(label).size == n:
         return None
     return label
+
+
+def _hash_rows(words: np.ndarray) -> np.ndarray:
+    """One ``uint64`` per row of ``words`` (unsigned integers, ``(n, m)``): their wrapping
+    product with fixed random odd words. Equal rows hash alike; unequal ones rarely do."""
+    odd = np.random.default_rng(0).integers(0, 2**63, size=words.shape[1], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return words @ (2 * odd + 1)
 
 
 def _same_device(v: Array, like: Array) -> Array:
